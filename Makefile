@@ -1,0 +1,100 @@
+# Tend — the two commands of the quick start are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON  ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+VAR     := $(CURDIR)/var
+AS_OF   ?= $(shell date -u +%F)
+CUSTOMERS ?= 2000
+SEED    ?= 7
+
+# Embedded defaults: SQLite files and a file outbox under var/, a project-local AIRFLOW_HOME.
+export TEND_VAR_DIR            := $(VAR)
+export TEND_OUTBOX_DIR         ?= $(VAR)/outbox
+export AIRFLOW_HOME            := $(VAR)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER    := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES  := False
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE := $(VAR)/airflow/passwords.json
+export AIRFLOW_CONN_TEND_SHOP  ?= sqlite:///$(VAR)/shop.db
+export AIRFLOW_CONN_TEND_STORE ?= sqlite:///$(VAR)/store.db
+export TEND_SHOP_URL           ?= sqlite:///$(VAR)/shop.db
+export TEND_STORE_URL          ?= sqlite:///$(VAR)/store.db
+
+STAMP := $(VENV)/.installed
+
+.PHONY: help install run test lint airflow airflow-db demo night clean-var lock
+
+help:
+	@echo "make run      set everything up and run one night on the demo shop (outbox in var/outbox)"
+	@echo "make test     set everything up and run the whole test suite"
+	@echo "make airflow  start Airflow (standalone) with Tend's DAGs on the same embedded defaults"
+	@echo "make lint     ruff"
+	@echo "make clean-var  forget the demo shop, the contact store and the outbox"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.toml
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	@touch $@
+
+install: $(STAMP)
+
+$(VAR)/shop.db: | $(STAMP)
+	@mkdir -p $(VAR)
+	$(BIN)/tend demo-data --db sqlite:///$(VAR)/shop.db --customers $(CUSTOMERS) --seed $(SEED) --as-of $(AS_OF)
+
+demo: $(VAR)/shop.db
+
+$(AIRFLOW_HOME)/airflow.db: | $(STAMP)
+	@mkdir -p $(AIRFLOW_HOME) $(VAR)/logs
+	$(BIN)/airflow db migrate > $(VAR)/logs/airflow-db-migrate.log 2>&1 || { tail -30 $(VAR)/logs/airflow-db-migrate.log; exit 1; }
+
+airflow-db: $(AIRFLOW_HOME)/airflow.db
+
+# One night through Airflow: ingest, then programs (as the asset schedule would), then totals.
+run: install demo airflow-db
+	@mkdir -p $(VAR)/logs $(TEND_OUTBOX_DIR)
+	$(BIN)/tend migrate
+	@echo "airflow dags test tend_ingest $(AS_OF)   (log: var/logs/tend_ingest-$(AS_OF).log)"
+	@$(BIN)/airflow dags test tend_ingest $(AS_OF) > $(VAR)/logs/tend_ingest-$(AS_OF).log 2>&1 \
+	  || { tail -40 $(VAR)/logs/tend_ingest-$(AS_OF).log; exit 1; }
+	@grep -q "state=success" $(VAR)/logs/tend_ingest-$(AS_OF).log || { tail -40 $(VAR)/logs/tend_ingest-$(AS_OF).log; exit 1; }
+	@echo "airflow dags test tend_programs $(AS_OF) (log: var/logs/tend_programs-$(AS_OF).log)"
+	@$(BIN)/airflow dags test tend_programs $(AS_OF) > $(VAR)/logs/tend_programs-$(AS_OF).log 2>&1 \
+	  || { tail -40 $(VAR)/logs/tend_programs-$(AS_OF).log; exit 1; }
+	@grep -q "state=success" $(VAR)/logs/tend_programs-$(AS_OF).log || { tail -40 $(VAR)/logs/tend_programs-$(AS_OF).log; exit 1; }
+	@echo
+	@$(BIN)/tend summary --as-of $(AS_OF)
+	@echo
+	@echo "Messages: $$(ls $(TEND_OUTBOX_DIR) | grep -c '\.eml$$') .eml files in $(TEND_OUTBOX_DIR)"
+	@echo "Why did a customer get (or not get) a message?  $(BIN)/tend why C000042 --as-of $(AS_OF)"
+
+# Same as run but without Airflow, for quick iterations.
+night: install demo
+	$(BIN)/tend night --as-of $(AS_OF)
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+airflow: install demo airflow-db
+	@$(BIN)/tend migrate
+	@test -f $(VAR)/airflow/passwords.json || \
+	  $(BIN)/python -c "import json,secrets; print(json.dumps({'admin': secrets.token_urlsafe(12)}))" > $(VAR)/airflow/passwords.json
+	@echo "Airflow UI: http://localhost:8080  login: admin  password: $$($(BIN)/python -c "import json; print(json.load(open('$(VAR)/airflow/passwords.json'))['admin'])")"
+	$(BIN)/airflow standalone
+
+clean-var:
+	rm -rf $(VAR)/shop.db* $(VAR)/store.db* $(VAR)/outbox $(VAR)/logs
+
+lock: install
+	$(BIN)/pip freeze --exclude-editable | grep -viE '^(pytest|pytest-timeout|hypothesis|ruff|iniconfig|sortedcontainers|tend)==' > requirements.lock.new
+	@echo "review requirements.lock.new, then fold it into requirements.txt"

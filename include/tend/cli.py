@@ -1,0 +1,201 @@
+"""The ``tend`` command: the same functions the DAGs call, for analysts, replays and scripts.
+
+Database URLs come from ``--db``/``--store``, else ``TEND_SHOP_URL``/``TEND_STORE_URL``, else the
+embedded SQLite files under ``var/``. Errors Tend raises on purpose print one line that says how
+to fix them and exit with status 2; anything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tend import config
+from tend.errors import TendError
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date; use YYYY-MM-DD") from exc
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be a whole number >= 1")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tend", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="-v: progress lines as in the Airflow task log; -vv: debug")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def shop_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--db", help="shop database URL (default: TEND_SHOP_URL or var/shop.db)")
+
+    def store_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--store", help="contact store URL (default: TEND_STORE_URL or "
+                                        "var/store.db)")
+
+    sp = sub.add_parser("migrate", help="create or upgrade the contact store schema")
+    store_arg(sp)
+
+    sp = sub.add_parser("demo-data", help="generate a realistic demo shop")
+    shop_arg(sp)
+    sp.add_argument("--customers", type=_positive, default=2000)
+    sp.add_argument("--seed", type=int, default=7)
+    sp.add_argument("--as-of", type=_date, default=dt.date.today(),
+                    help="the last day with orders (default: today)")
+    sp.add_argument("--years", type=_positive, default=3)
+
+    sp = sub.add_parser("load-csv", help="load customers/products/orders/order_lines CSV files")
+    shop_arg(sp)
+    sp.add_argument("directory", type=Path)
+    sp.add_argument("--quarantine", type=Path, help="where rejected rows go "
+                                                     "(default: DIRECTORY/quarantine.csv)")
+
+    for name, helptext in (("ingest", "fold orders up to --as-of into customer features"),
+                           ("plan", "decide and claim tonight's messages (sends nothing)"),
+                           ("night", "ingest, plan and send one night without Airflow")):
+        sp = sub.add_parser(name, help=helptext)
+        shop_arg(sp)
+        store_arg(sp)
+        sp.add_argument("--as-of", type=_date, required=True)
+        sp.add_argument("--run-id", default=None)
+        if name in ("ingest", "night"):
+            sp.add_argument("--full", action="store_true", help="rebuild every customer")
+        if name == "night":
+            sp.add_argument("--delivery", choices=config.DELIVERY_BACKENDS)
+
+    sp = sub.add_parser("send", help="send one claimed batch")
+    store_arg(sp)
+    sp.add_argument("--as-of", type=_date, required=True)
+    sp.add_argument("--batch", type=int, required=True)
+    sp.add_argument("--delivery", choices=config.DELIVERY_BACKENDS)
+
+    sp = sub.add_parser("summary", help="a night's totals: candidates, sent, skipped by reason")
+    store_arg(sp)
+    sp.add_argument("--as-of", type=_date, required=True)
+
+    sp = sub.add_parser("why", help="the story of one customer's nights")
+    store_arg(sp)
+    sp.add_argument("customer_id")
+    sp.add_argument("--as-of", type=_date)
+
+    sp = sub.add_parser("programs", help="validate the program registry")
+    sp.add_argument("action", choices=["check"])
+    sp.add_argument("--file", type=Path)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _dispatch(args)
+    except TendError as exc:
+        print(f"tend: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "migrate":
+        from tend.store import migrate
+
+        url = config.store_url(args.store)
+        print(f"contact store {config.mask_url(url)} at revision {migrate(url)}")
+    elif cmd == "demo-data":
+        from tend.demo import generate_demo_shop
+
+        url = config.shop_url(args.db)
+        summary = generate_demo_shop(url, customers=args.customers, seed=args.seed,
+                                     as_of=args.as_of, years=args.years)
+        print(f"demo shop at {config.mask_url(url)} (seed {args.seed}, as of {args.as_of})")
+        _print(summary.lines())
+    elif cmd == "load-csv":
+        from tend.csvload import load_csv_dir
+
+        report = load_csv_dir(config.shop_url(args.db), args.directory,
+                              quarantine_file=args.quarantine)
+        _print(report.lines())
+    elif cmd in ("ingest", "plan", "night"):
+        _night(args)
+    elif cmd == "send":
+        from tend import runtime
+        from tend.nightly import send_batch
+
+        backend = runtime.backend(args.delivery)
+        try:
+            result = send_batch(config.store_url(args.store), args.as_of, args.batch,
+                                backend=backend, renderer=runtime.renderer(),
+                                settings=config.ShopSettings.from_env())
+        finally:
+            backend.close()
+        _print(result.lines())
+    elif cmd == "summary":
+        from tend.nightly import summary_lines
+
+        _print(summary_lines(config.store_url(args.store), args.as_of))
+    elif cmd == "why":
+        from tend.nightly import why_lines
+
+        _print(why_lines(config.store_url(args.store), args.customer_id, args.as_of))
+    elif cmd == "programs":
+        from tend.programs import load_registry, registry_path
+
+        reg = load_registry(args.file)
+        print(f"{args.file or registry_path()}: {len(reg.programs)} program(s) OK "
+              f"({', '.join(p.name for p in reg.programs)}); caps: "
+              + ", ".join(f"{c.messages} per {c.days}d" for c in reg.caps))
+    return 0
+
+
+def _night(args: argparse.Namespace) -> None:
+    from tend import nightly, runtime
+    from tend.store import migrate
+
+    shop_url = config.shop_url(args.db)
+    store_url = config.store_url(args.store)
+    run_id = args.run_id or f"cli__{args.as_of.isoformat()}"
+    settings = config.ShopSettings.from_env()
+    if args.command in ("ingest", "night"):
+        migrate(store_url)
+        _print(nightly.run_ingest(shop_url, store_url, args.as_of, run_id,
+                                  full=args.full).lines())
+    if args.command in ("plan", "night"):
+        planned = nightly.plan_night(shop_url, store_url, args.as_of, run_id,
+                                     settings=settings, renderer=runtime.renderer(settings),
+                                     secret=config.unsubscribe_secret())
+        _print(planned.lines())
+    if args.command == "night":
+        backend = runtime.backend(args.delivery)
+        renderer = runtime.renderer(settings)
+        try:
+            for batch in planned.batches:
+                _print(nightly.send_batch(store_url, args.as_of, batch, backend=backend,
+                                          renderer=renderer, settings=settings).lines())
+        finally:
+            backend.close()
+        _print(["", *nightly.summary_lines(store_url, args.as_of)])
+
+
+def _print(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

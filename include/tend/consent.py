@@ -1,0 +1,97 @@
+"""Lawful basis and suppressions: who may receive which kind of message.
+
+CASL (Canada) is the strictest law Tend's shops face, so it sets the defaults for everyone:
+marketing needs express consent, or implied consent from a purchase within the last two years.
+Unsubscribes, spam reports and "do not disturb" stop marketing and service mail; hard bounces
+and invalid addresses stop everything (nothing can be delivered); an open complaint pauses
+marketing only. Transactional mail (a receipt) needs no consent but still needs an address.
+
+Everything is vectorised over the candidate table; the result is one fate per candidate
+(``None`` = may be contacted) and a sentence explaining it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import numpy as np
+import pandas as pd
+
+IMPLIED_CONSENT_DAYS = 730  # CASL s.10(10): two years from the purchase
+
+# reason -> kinds it blocks
+SUPPRESSION_SCOPE: dict[str, tuple[str, ...]] = {
+    "invalid_address": ("marketing", "service", "transactional"),
+    "hard_bounce": ("marketing", "service", "transactional"),
+    "unsubscribed": ("marketing", "service"),
+    "spam_report": ("marketing", "service"),
+    "do_not_disturb": ("marketing", "service"),
+    "complaint": ("marketing",),
+}
+
+_EMAIL = re.compile(
+    r"^[^@\s<>,;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
+)
+
+
+def is_valid_email(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= 320 and bool(_EMAIL.match(value))
+
+
+def consent_fates(
+    candidates: pd.DataFrame,
+    customers: pd.DataFrame,
+    suppressions: pd.DataFrame,
+    as_of: dt.date,
+) -> pd.DataFrame:
+    """Fate per candidate row (same index): columns ``fate`` (None = allowed) and ``why``.
+
+    ``candidates``: customer_id, kind, last_order_date. ``customers``: the shop's customer rows
+    (email, marketing_consent, consent_at, unsubscribed_at). ``suppressions``: customer_id,
+    reason for active suppressions (resolved complaints already removed).
+    """
+    c = candidates.merge(
+        customers[["customer_id", "email", "marketing_consent", "unsubscribed_at"]],
+        on="customer_id", how="left",
+    )
+    c.index = candidates.index
+    fate = pd.Series(None, index=c.index, dtype="object")
+    why = pd.Series(None, index=c.index, dtype="object")
+
+    def decide(mask: pd.Series | np.ndarray, f: str, w: str) -> None:
+        m = pd.Series(mask, index=c.index).fillna(False).astype(bool) & fate.isna()
+        fate.loc[m] = f
+        why.loc[m] = w
+
+    decide(c["email"].isna(), "suppressed:unknown_customer",
+           "customer not found in the shop's customers table")
+    decide(~c["email"].map(is_valid_email), "suppressed:invalid_address",
+           "the email address is not valid")
+
+    by_customer = (
+        suppressions.groupby("customer_id")["reason"].agg(set)
+        if not suppressions.empty else pd.Series(dtype=object)
+    )
+    held = c["customer_id"].map(by_customer)
+    for reason, kinds in SUPPRESSION_SCOPE.items():
+        has = held.map(lambda s, r=reason: isinstance(s, set) and r in s)
+        decide(has & c["kind"].isin(kinds), f"suppressed:{reason}",
+               f"on the suppression list ({reason.replace('_', ' ')})")
+
+    end = pd.Timestamp(as_of + dt.timedelta(days=1), tz="UTC")
+    unsub = c["unsubscribed_at"].notna() & (c["unsubscribed_at"] < end)
+    decide(unsub & c["kind"].isin(SUPPRESSION_SCOPE["unsubscribed"]), "suppressed:unsubscribed",
+           "unsubscribed in the shop")
+
+    marketing = c["kind"] == "marketing"
+    consent = c["marketing_consent"].fillna("none").str.lower()
+    last = pd.to_datetime(c["last_order_date"])
+    age_days = (pd.Timestamp(as_of) - last).dt.days
+    implied_ok = (consent == "implied") & (age_days <= IMPLIED_CONSENT_DAYS)
+    lawful = (consent == "express") | implied_ok
+    expired = (consent == "implied") & ~implied_ok
+    decide(marketing & expired, "no_consent",
+           f"implied consent expired: last purchase more than {IMPLIED_CONSENT_DAYS} days ago")
+    decide(marketing & ~lawful, "no_consent", "no express or implied consent to marketing")
+    return pd.DataFrame({"fate": fate, "why": why})

@@ -1,0 +1,96 @@
+"""Engines and migrations for the contact store.
+
+``connect`` is the single place engines are made, so SQLite gets the pragmas it needs to behave
+like a server database under Tend's access pattern (foreign keys, WAL so the Airflow UI can
+read while a night writes, a busy timeout instead of "database is locked" errors).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from tend.config import mask_url
+from tend.errors import ConfigError
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+VERSION_TABLE = "tend_alembic_version"
+
+
+@functools.cache
+def connect(url: str) -> Engine:
+    """One pooled engine per URL per process (cached: engines are meant to be shared)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):  # type: ignore[no-untyped-def]
+            # Take the write lock when the transaction starts: a WAL reader that later tries to
+            # write fails with SQLITE_BUSY instead of waiting, and the cap check in a claim must
+            # see every row a concurrent claim committed before it.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def migrate(url: str) -> str:
+    """Bring the store to the newest schema; safe to run every night (a no-op when current)."""
+    engine = connect(url)
+    cfg = _alembic_config()
+    # Alembic announces every revision at INFO; operators only need to hear about failures.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    return head_revision()
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(url: str) -> str | None:
+    with connect(url).connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return ctx.get_current_revision()
+
+
+def require_current(url: str) -> None:
+    """Fail early and clearly when the store was never migrated or is behind the code."""
+    current = current_revision(url)
+    if current != head_revision():
+        raise ConfigError(
+            f"the contact store at {mask_url(url)} is at schema revision {current or 'none'}, "
+            f"the code needs {head_revision()}; run `tend migrate` (or the tend_ingest DAG, "
+            "which migrates first)"
+        )

@@ -1,0 +1,123 @@
+"""SQLAlchemy Core description of the contact store (the migrations create exactly this).
+
+Ledger statuses follow DESIGN.md's protocol: ``claimed -> sending -> sent | failed | unknown``.
+The unique key (customer_id, program, occurrence) is what makes a rerun of a night send nothing
+new: the same candidate claims the same row, and the insert is a no-op.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+LEDGER_STATUSES = ("claimed", "sending", "sent", "failed", "unknown")
+MESSAGE_KINDS = ("marketing", "service", "transactional")
+
+customer_features = Table(
+    "customer_features",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("as_of", Date, nullable=False),
+    Column("orders_count", Integer, nullable=False),
+    Column("first_order_at", DateTime(timezone=True), nullable=False),
+    Column("last_order_at", DateTime(timezone=True), nullable=False),
+    Column("total_spent", Float, nullable=False),
+    Column("avg_order_value", Float, nullable=False),
+    Column("mean_interval_days", Float),
+    Column("median_interval_days", Float),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+ingest_state = Table(
+    "ingest_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    # Orders with ordered_at <= watermark have been folded into the features.
+    Column("watermark", DateTime(timezone=True), nullable=False),
+    Column("as_of", Date, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+contact_ledger = Table(
+    "contact_ledger",
+    metadata,
+    Column("message_id", String(40), primary_key=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("program", String(100), nullable=False),
+    Column("occurrence", String(100), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("as_of", Date, nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("batch_id", Integer, nullable=False),
+    # Everything needed to render the message again identically on a retry (JSON).
+    Column("context", Text, nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+    Column("sending_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("provider_id", String(200)),
+    Column("error", Text),
+    UniqueConstraint("customer_id", "program", "occurrence", name="uq_ledger_key"),
+)
+Index("ix_ledger_customer_claimed", contact_ledger.c.customer_id, contact_ledger.c.claimed_at)
+Index("ix_ledger_run_batch", contact_ledger.c.run_id, contact_ledger.c.batch_id)
+Index("ix_ledger_status", contact_ledger.c.status)
+
+decision_log = Table(
+    "decision_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("as_of", Date, nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("customer_id", String(64), nullable=False),
+    Column("program", String(100), nullable=False),
+    # sent path: "claimed"; otherwise e.g. "capped:3d", "suppressed:unsubscribed", "no_consent".
+    Column("fate", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("message_id", String(40)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("as_of", "customer_id", "program", name="uq_decision_night"),
+)
+Index("ix_decision_customer", decision_log.c.customer_id, decision_log.c.as_of)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("email", String(320)),
+    # unsubscribed | hard_bounce | spam_report | invalid_address | do_not_disturb | complaint
+    Column("reason", String(32), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # A complaint is open until resolved; other reasons never expire.
+    Column("resolved_at", DateTime(timezone=True)),
+    UniqueConstraint("customer_id", "reason", name="uq_suppression"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("as_of", Date, nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("record_key", String(200)),
+    Column("reason", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("source", "record_key", "reason", name="uq_quarantine_record"),
+)
