@@ -80,7 +80,8 @@ def consent_fates(
                f"on the suppression list ({reason.replace('_', ' ')})")
 
     end = pd.Timestamp(as_of + dt.timedelta(days=1), tz="UTC")
-    unsub = c["unsubscribed_at"].notna() & (c["unsubscribed_at"] < end)
+    unsubscribed_at = pd.to_datetime(c["unsubscribed_at"], utc=True, errors="coerce")
+    unsub = unsubscribed_at.notna() & (unsubscribed_at < end)
     decide(unsub & c["kind"].isin(SUPPRESSION_SCOPE["unsubscribed"]), "suppressed:unsubscribed",
            "unsubscribed in the shop")
 

@@ -84,6 +84,7 @@ def run_ingest(
     (a replay) or ``full=True`` rebuilds everything as of that night.
     """
     require_current(store_url)
+    shop.require_schema(shop_url)
     store = connect(store_url)
     with store.connect() as conn:
         state = conn.execute(

@@ -13,9 +13,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
-from sqlalchemy import String, and_, cast, select
+from sqlalchemy import String, and_, cast, inspect, select
 
 from tend import shop_schema as s
+from tend.config import mask_url
+from tend.errors import DataError
 from tend.store.db import connect
 
 #: An order total above this is treated as a data error (a price typed in cents, a test order).
@@ -34,6 +36,19 @@ class Quarantined:
 def end_of_day(as_of: dt.date) -> dt.datetime:
     """The exclusive upper bound of night ``as_of``: orders before it exist for the night."""
     return dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def require_schema(url: str) -> None:
+    """Fail the night with the fix when the shop database lacks Tend's tables or views."""
+    have = set(inspect(connect(url)).get_table_names()) | set(
+        inspect(connect(url)).get_view_names())
+    missing = [t for t in s.metadata.tables if t not in have]
+    if missing:
+        raise DataError(
+            f"the shop database {mask_url(url)} has no {', '.join(missing)}; create views with "
+            "these names over the shop's own tables (README: 'Point Tend at your shop'), or load "
+            "CSV exports with `tend load-csv`"
+        )
 
 
 def changed_customer_ids(url: str, since: dt.datetime, as_of: dt.date) -> list[str]:
@@ -55,7 +70,8 @@ def read_orders(
     """Orders that exist on night ``as_of`` (all of them, or those of ``customer_ids``).
 
     Returns clean orders (customer_id, order_id, ordered_at as UTC timestamps, total) and the
-    rows that were set aside with a reason.
+    rows that were set aside with a reason. Orders placed after the night are not bad data,
+    they simply do not exist yet for it (a replay), so they are left out without a reason.
     """
     o = s.orders
     base = select(
@@ -63,7 +79,10 @@ def read_orders(
         o.c.customer_id,
         cast(o.c.ordered_at, String).label("ordered_at"),
         cast(o.c.total, String).label("total"),
-    ).where(o.c.ordered_at < end_of_day(as_of))
+    )
+    # No time filter in SQL: a shop's view may hold timestamps that do not compare as
+    # timestamps (text in SQLite), and a row we never read is a row silently lost. Orders are
+    # filtered after parsing, where an unparseable one can be quarantined.
     frames: list[pd.DataFrame] = []
     with connect(url).connect() as conn:
         if customer_ids is None:
@@ -112,7 +131,6 @@ def validate_orders(
          "order without a customer")
     flag(~df["customer_id"].isin(list(known_customers)), "order for an unknown customer")
     flag(ts.isna(), "unparseable ordered_at timestamp")
-    flag(ts >= end, "ordered_at after the night being run")
     flag(total.isna(), "total is not a number")
     flag(total < 0, "negative order total")
     flag(total > ABSURD_TOTAL, f"order total above {ABSURD_TOTAL:,.0f} (absurd amount)")
@@ -120,6 +138,7 @@ def validate_orders(
     flag(dup, "duplicate order_id (the first occurrence was kept)")
 
     bad = reasons.notna()
+    later = (ts >= end).fillna(False) & ~bad
     quarantined = [
         Quarantined(
             source="orders",
@@ -132,12 +151,13 @@ def validate_orders(
             df.loc[bad].itertuples(), reasons.loc[bad], strict=True
         )
     ]
+    keep = ~bad & ~later
     clean = pd.DataFrame(
         {
-            "customer_id": df.loc[~bad, "customer_id"].astype(str),
-            "order_id": df.loc[~bad, "order_id"].astype(str),
-            "ordered_at": ts.loc[~bad],
-            "total": total.loc[~bad].astype(float),
+            "customer_id": df.loc[keep, "customer_id"].astype(str),
+            "order_id": df.loc[keep, "order_id"].astype(str),
+            "ordered_at": ts.loc[keep],
+            "total": total.loc[keep].astype(float),
         }
     ).reset_index(drop=True)
     return clean, quarantined

@@ -1,0 +1,190 @@
+"""The ledger protocol and the claim-within-caps transaction, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pandas as pd
+import pytest
+from sqlalchemy import func, select
+
+from tend.errors import LedgerError
+from tend.programs import Cap
+from tend.store import ledger
+from tend.store.db import connect
+from tend.store.tables import contact_ledger, decision_log
+
+NIGHT = dt.date(2026, 11, 20)
+CAPS = (Cap(1, 3), Cap(2, 7), Cap(4, 30))
+
+
+def winners(*rows: tuple[str, str, str], kind: str = "marketing", cooldown: int = 90
+            ) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"customer_id": c, "program": p, "occurrence": o, "kind": kind,
+          "cooldown_days": cooldown, "context": "{}"} for c, p, o in rows]
+    )
+
+
+def claim(url: str, w: pd.DataFrame, night: dt.date = NIGHT, batch_size: int = 100
+          ) -> pd.DataFrame:
+    with connect(url).begin() as conn:
+        return ledger.claim(conn, w, as_of=night, run_id=f"run-{night}", caps=CAPS,
+                            batch_size=batch_size).frame.set_index("customer_id")
+
+
+def statuses(url: str) -> dict[str, str]:
+    with connect(url).connect() as conn:
+        rows = conn.execute(select(contact_ledger.c.message_id, contact_ledger.c.status)).all()
+    return {m: s for m, s in rows}
+
+
+def test_message_id_is_deterministic_per_key() -> None:
+    a = ledger.message_id_for("C1", "winback", "lapsed:2026-01-01")
+    assert a == ledger.message_id_for("C1", "winback", "lapsed:2026-01-01")
+    assert a != ledger.message_id_for("C1", "winback", "lapsed:2026-02-01")
+    assert len(a) == 32
+
+
+def test_claim_then_rerun_claims_nothing_new(store_url: str) -> None:
+    w = winners(("C1", "winback", "e1"), ("C2", "winback", "e1"))
+    first = claim(store_url, w)
+    assert list(first["fate"]) == ["claimed", "claimed"]
+    again = claim(store_url, w)
+    assert list(again["fate"]) == ["already_claimed", "already_claimed"]
+    assert len(statuses(store_url)) == 2
+
+
+@pytest.mark.parametrize(
+    ("previous_night_offset", "expected"),
+    [
+        (-1, "capped:3d"),   # yesterday: inside 3 days
+        (-2, "capped:3d"),
+        (-3, "claimed"),     # 3 days ago: outside "any 3 days"
+        (+2, "capped:3d"),   # a later night already sent (replay of the past)
+    ],
+)
+def test_one_marketing_message_in_any_three_days(
+    store_url: str, previous_night_offset: int, expected: str
+) -> None:
+    claim(store_url, winners(("C1", "newsletter", "n1")),
+          night=NIGHT + dt.timedelta(days=previous_night_offset))
+    out = claim(store_url, winners(("C1", "winback", "e1")))
+    assert out.loc["C1", "fate"] == expected
+
+
+def test_rolling_caps_over_seven_and_thirty_days(store_url: str) -> None:
+    for i, offset in enumerate((-6, -3)):
+        claim(store_url, winners(("C1", f"p{i}", "x")), night=NIGHT + dt.timedelta(days=offset))
+    assert claim(store_url, winners(("C1", "winback", "e1"))).loc["C1", "fate"] == "capped:7d"
+
+
+def test_cooldown_per_program(store_url: str) -> None:
+    claim(store_url, winners(("C1", "winback", "episode-1")), night=NIGHT - dt.timedelta(days=40))
+    out = claim(store_url, winners(("C1", "winback", "episode-2")))
+    assert out.loc["C1", "fate"] == "cooldown:winback"
+    later = claim(store_url, winners(("C1", "winback", "episode-2")),
+                  night=NIGHT + dt.timedelta(days=60))
+    assert later.loc["C1", "fate"] == "claimed"
+
+
+def test_transactional_messages_are_not_capped(store_url: str) -> None:
+    claim(store_url, winners(("C1", "winback", "e1")))
+    out = claim(store_url, winners(("C1", "receipt", "o-9"), kind="transactional", cooldown=0))
+    assert out.loc["C1", "fate"] == "claimed"
+
+
+def test_failed_messages_do_not_count_against_caps(store_url: str) -> None:
+    first = claim(store_url, winners(("C1", "newsletter", "n1")), night=NIGHT - dt.timedelta(1))
+    mid = first.loc["C1", "message_id"]
+    with connect(store_url).begin() as conn:
+        ledger.mark_sending(conn, [mid])
+        ledger.record_results(conn, [{"message_id": mid, "status": "failed", "error": "400"}])
+    assert claim(store_url, winners(("C1", "winback", "e1"))).loc["C1", "fate"] == "claimed"
+
+
+def test_batches_are_numbered_per_night(store_url: str) -> None:
+    out = claim(store_url, winners(*[(f"C{i}", "winback", "e") for i in range(5)]), batch_size=2)
+    assert sorted(out["batch_id"].astype(int)) == [0, 0, 1, 1, 2]
+    more = claim(store_url, winners(("C9", "winback", "e")), batch_size=2)
+    assert int(more.loc["C9", "batch_id"]) == 3
+    with connect(store_url).connect() as conn:
+        assert ledger.batches_to_send(conn, NIGHT) == [0, 1, 2, 3]
+
+
+def test_protocol_walk_and_crash_recovery(store_url: str) -> None:
+    out = claim(store_url, winners(("C1", "winback", "e"), ("C2", "winback", "e"),
+                                   ("C3", "winback", "e")))
+    m1, m2, m3 = (out.loc[c, "message_id"] for c in ("C1", "C2", "C3"))
+    engine = connect(store_url)
+    with engine.begin() as conn:
+        ledger.mark_sending(conn, [m1, m2])
+        ledger.record_results(conn, [{"message_id": m1, "status": "sent", "provider_id": "x1"}])
+    # The worker died with m2 'sending': the next attempt must not resend it.
+    with engine.begin() as conn:
+        assert ledger.recover_interrupted(conn, NIGHT, 0) == 1
+    with engine.connect() as conn:
+        left = [r.message_id for r in ledger.next_claimed(conn, NIGHT, 0, 10)]
+    assert left == [m3]
+    assert statuses(store_url) == {m1: "sent", m2: "unknown", m3: "claimed"}
+
+
+def test_mark_sending_refuses_rows_that_are_not_claimed(store_url: str) -> None:
+    out = claim(store_url, winners(("C1", "winback", "e")))
+    mid = out.loc["C1", "message_id"]
+    with connect(store_url).begin() as conn:
+        ledger.mark_sending(conn, [mid])
+    with pytest.raises(LedgerError, match="another worker"), connect(store_url).begin() as conn:
+        ledger.mark_sending(conn, [mid])
+
+
+def test_release_returns_unsent_rows_to_claimed(store_url: str) -> None:
+    mid = claim(store_url, winners(("C1", "winback", "e"))).loc["C1", "message_id"]
+    with connect(store_url).begin() as conn:
+        ledger.mark_sending(conn, [mid])
+        ledger.release(conn, [mid])
+    assert statuses(store_url) == {mid: "claimed"}
+
+
+def test_record_decisions_keeps_the_first_story_of_a_night(store_url: str) -> None:
+    d1 = pd.DataFrame([{"customer_id": "C1", "program": "winback", "fate": "claimed",
+                        "why": "first", "message_id": "m"}])
+    d2 = d1.assign(fate="already_claimed", why="second")
+    for d in (d1, d2):
+        with connect(store_url).begin() as conn:
+            ledger.record_decisions(conn, d, as_of=NIGHT, run_id="r")
+    with connect(store_url).connect() as conn:
+        rows = conn.execute(select(decision_log.c.fate, decision_log.c.reason)).all()
+    assert [tuple(r) for r in rows] == [("claimed", "first")]
+
+
+@pytest.mark.postgres
+def test_concurrent_claims_cannot_both_pass_a_cap(pg_schema_url: str) -> None:
+    """Two runs (say the nightly programs and a campaign) claim the same customers at once."""
+    from tend.store import migrate
+
+    migrate(pg_schema_url)
+    customers = [f"C{i:04d}" for i in range(300)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def worker(program: str) -> None:
+        try:
+            barrier.wait()
+            claim(pg_schema_url, winners(*[(c, program, "x") for c in customers]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(f"program{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with connect(pg_schema_url).connect() as conn:
+        per_customer = conn.execute(
+            select(contact_ledger.c.customer_id, func.count())
+            .group_by(contact_ledger.c.customer_id)).all()
+    assert len(per_customer) == len(customers)
+    assert max(n for _, n in per_customer) == 1
