@@ -1,0 +1,54 @@
+"""The ``tend`` command, driven as a user would (in-process, real files)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from tend.cli import main
+
+NIGHT = "2026-11-20"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("TEND_VAR_DIR", str(tmp_path))
+    for var in ("TEND_SHOP_URL", "TEND_STORE_URL", "TEND_DELIVERY", "TEND_OUTBOX_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def test_demo_then_night_then_why(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo-data", "--customers", "150", "--seed", "5", "--as-of", NIGHT]) == 0
+    assert main(["night", "--as-of", NIGHT]) == 0
+    out = capsys.readouterr().out
+    assert "Tend night 2026-11-20" in out
+    sent = int(next(line.split()[-1] for line in out.splitlines()
+                    if line.strip().startswith("sent ")).replace(",", ""))
+    assert sent == len(list((env / "outbox").glob("*.eml"))) > 0
+
+    assert main(["summary", "--as-of", NIGHT]) == 0
+    assert f"sent        {sent:,}" in capsys.readouterr().out
+    assert main(["why", "C000001", "--as-of", NIGHT]) == 0
+    assert "customer C000001" in capsys.readouterr().out
+
+
+def test_programs_check(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["programs", "check"]) == 0
+    assert "1 program(s) OK (winback)" in capsys.readouterr().out
+
+
+def test_tend_errors_exit_2_with_one_line(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--as-of", NIGHT]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tend: ") and "tend migrate" in err
+
+
+def test_bad_dates_are_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["summary", "--as-of", "20/11/2026"])
+    assert exc.value.code == 2
+    assert "use YYYY-MM-DD" in capsys.readouterr().err
+    assert dt.date.fromisoformat(NIGHT)

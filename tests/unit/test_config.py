@@ -1,0 +1,48 @@
+"""The configuration contract: flag > environment > embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tend import config
+from tend.errors import ConfigError
+
+
+def test_defaults_are_sqlite_files_under_var(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    for var in ("TEND_SHOP_URL", "TEND_STORE_URL", "TEND_DELIVERY", "TEND_OUTBOX_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TEND_VAR_DIR", str(tmp_path))
+    assert config.shop_url() == f"sqlite:///{tmp_path / 'shop.db'}"
+    assert config.store_url() == f"sqlite:///{tmp_path / 'store.db'}"
+    assert config.delivery_backend() == "outbox"
+    assert config.outbox_dir() == tmp_path / "outbox"
+
+
+def test_environment_then_flag_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEND_SHOP_URL", "postgresql://shop@db:5432/shop")
+    assert config.shop_url() == "postgresql://shop@db:5432/shop"
+    assert config.shop_url("sqlite:////x/flag.db") == "sqlite:////x/flag.db"
+    monkeypatch.setenv("TEND_DELIVERY", "SMTP")
+    assert config.delivery_backend() == "smtp"
+
+
+def test_bad_values_say_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEND_DELIVERY", "pigeon")
+    with pytest.raises(ConfigError, match="one of: outbox, smtp, sendgrid"):
+        config.delivery_backend()
+    with pytest.raises(ConfigError, match="postgresql://user@host:5432/db"):
+        config.store_url("not a url")
+
+
+def test_passwords_never_reach_logs() -> None:
+    assert "s3cret" not in config.mask_url("postgresql://u:s3cret@h/db")
+
+
+def test_shop_settings_from_env() -> None:
+    s = config.ShopSettings.from_env({"TEND_SHOP_NAME": "Café Lune",
+                                      "TEND_BASE_URL": "https://x.example/tend/"})
+    assert s.name == "Café Lune" and s.from_name == "Café Lune"
+    assert s.base_url == "https://x.example/tend"
