@@ -84,8 +84,8 @@ class LoadReport:
         ]
         for what, count in self.warnings.items():
             examples = ", ".join(str(n) for n in self.warning_lines.get(what, []))
-            out.append(f"warning: {what}: {count:,} row(s) loaded anyway (line {examples}"
-                       f"{', …' if count > len(self.warning_lines.get(what, [])) else ''})")
+            more = ", …" if count > len(self.warning_lines.get(what, [])) else ""
+            out.append(f"warning: {what}: {count:,} row(s) loaded anyway (line {examples}{more})")
         if self.quarantine_file is not None:
             out.append(f"quarantined rows written to {self.quarantine_file}: fix them there "
                        "or in the export, then load again")
@@ -118,8 +118,8 @@ class _Row:
 
     def string(self, column: str, table: Table, value: str | None = None) -> None:
         value = self.text(column) if value is None else value
-        limit = getattr(table.c[column].type, "length", None)
-        if isinstance(table.c[column].type, String) and limit and len(value) > limit:
+        limit = _LENGTHS[table.name].get(column)
+        if limit is not None and len(value) > limit:
             self.problems.append(f"{column} longer than {limit} characters")
         self.values[column] = value
 
@@ -188,6 +188,14 @@ class _Row:
         return number
 
 
+# Column widths, so a value too long for PostgreSQL is a quarantined row, not a failed load.
+_LENGTHS: dict[str, dict[str, int]] = {
+    t.name: {c.key: c.type.length for c in t.columns
+             if isinstance(c.type, String) and c.type.length}
+    for t in shop_schema.metadata.tables.values()
+}
+
+
 @lru_cache(maxsize=4096)
 def _is_timezone(name: str) -> bool:
     try:
@@ -221,7 +229,7 @@ def _customer(row: _Row) -> None:
     row.key("customer_id", t)
     row.string("email", t)
     if not _EMAIL.match(row.values["email"]):
-        row.warnings.append("invalid email syntax (customer loaded, never emailed)")
+        row.warnings.append("invalid email syntax")
     row.optional_string("first_name", t)
     row.optional_string("last_name", t)
     locale = row.text("locale")
@@ -543,7 +551,7 @@ class _Loader:
             for order_id, total, summed in self.conn.execute(base.where(o.c.order_id.in_(chunk))):
                 if abs(Decimal(str(total)) - Decimal(str(summed))) > Decimal("0.005"):
                     self.warn("orders", orders[(order_id,)],
-                              "order total differs from the sum of its lines (total kept)")
+                              "order total differs from the sum of its lines")
 
 
 def load_csv_dir(

@@ -78,8 +78,9 @@ def as_of(context: Mapping[str, Any]) -> dt.date:
     if logical is None:
         raise ValueError("this run has no logical date and no as_of; trigger it with "
                          '--conf \'{"as_of": "YYYY-MM-DD"}\'')
-    run_type = str(getattr(dag_run, "run_type", "") or "")
-    if run_type.endswith("scheduled"):
+    run_type = getattr(dag_run, "run_type", None)
+    # DagRunType is a str Enum whose str() is "DagRunType.SCHEDULED": compare its value.
+    if getattr(run_type, "value", run_type) == "scheduled":
         tz = context["dag"].timezone
         return logical.astimezone(tz).date()
     return logical.astimezone(dt.UTC).date()
