@@ -130,6 +130,14 @@ _DRIVERS = {"postgres": "postgresql", "postgresql": "postgresql", "sqlite": "sql
             "mysql": "mysql", "mssql": "mssql", "oracle": "oracle"}
 
 
+# Connection extras that are libpq/driver parameters; other extras (Airflow's own flags such as
+# "iam" or "cursor") must not leak into the URL, where the driver would reject them.
+_DRIVER_PARAMS = frozenset({
+    "sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "application_name",
+    "options", "target_session_attrs", "charset",
+})
+
+
 def sqlalchemy_url_from_connection(conn: ConnectionLike) -> str:
     """Turn an Airflow connection back into the SQLAlchemy URL the user meant.
 
@@ -147,7 +155,8 @@ def sqlalchemy_url_from_connection(conn: ConnectionLike) -> str:
     if driver == "sqlite":
         path = conn.schema or conn.host or ""
         return "sqlite://" if not path else f"sqlite:///{path}"
-    query = {k: str(v) for k, v in extra.items() if isinstance(v, str | int | float)}
+    query = {k: str(v) for k, v in extra.items()
+             if k in _DRIVER_PARAMS and isinstance(v, str | int) and not isinstance(v, bool)}
     url = URL.create(
         driver,
         username=conn.login or None,

@@ -58,9 +58,9 @@ def as_of(context: Mapping[str, Any]) -> dt.date:
 
     1. an explicit ``as_of`` in the run's conf (``airflow dags trigger --conf``),
     2. the newest ``as_of`` carried by the triggering asset events (tend_programs after ingest),
-    3. the logical date: for a scheduled run its data interval starts at the business night
-       (taken in the DAG's timezone); for a manual run (``airflow dags test DAG DATE``, the UI)
-       the calendar date the user gave, which Airflow parses as UTC midnight.
+    3. the logical date: for a scheduled (or backfill) run its data interval starts at the
+       business night (taken in the DAG's timezone); for a manual run (``airflow dags test DAG
+       DATE``, the UI) the calendar date the user gave, which Airflow parses as UTC midnight.
     """
     dag_run = context.get("dag_run")
     conf = getattr(dag_run, "conf", None) or {}
@@ -80,7 +80,7 @@ def as_of(context: Mapping[str, Any]) -> dt.date:
                          '--conf \'{"as_of": "YYYY-MM-DD"}\'')
     run_type = getattr(dag_run, "run_type", None)
     # DagRunType is a str Enum whose str() is "DagRunType.SCHEDULED": compare its value.
-    if getattr(run_type, "value", run_type) == "scheduled":
+    if getattr(run_type, "value", run_type) in ("scheduled", "backfill"):
         tz = context["dag"].timezone
         return logical.astimezone(tz).date()
     return logical.astimezone(dt.UTC).date()

@@ -1,0 +1,264 @@
+"""The DAG folder parses cleanly, follows the house rules, and does no I/O at parse time.
+
+Airflow reads its configuration (AIRFLOW_HOME, the metadata DB, the DAG folder) once, at import
+time, so the DagBag is filled in a separate interpreter with a clean environment and a throw-away
+AIRFLOW_HOME. Before the DagBag loads, that interpreter replaces every way the DAG files could reach
+the outside world (Connection.get, Variable.get, sqlalchemy.create_engine, any use of an existing
+engine, socket connect / DNS) with a guard that records the call and raises. It prints one JSON
+report that the tests below read. A negative control runs the same harness on a deliberately bad
+DAG folder, so a guard that silently stopped working would fail the suite instead of passing it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2]
+DAGS = PROJECT / "dags"
+DOMAIN = PROJECT / "include" / "tend"
+EXPECTED_DAG_IDS = {"tend_ingest", "tend_programs"}
+# Modules that must stay out of the parse: the domain core is imported inside tasks.
+HEAVY_DOMAIN_MODULES = ("tend.nightly", "tend.store", "tend.shop", "tend.features")
+
+PARSE_SCRIPT = textwrap.dedent(
+    r'''
+    import json, socket, sys
+
+    dag_folder, report_path = sys.argv[1], sys.argv[2]
+    attempts = []
+
+    def guard(name):
+        def forbidden(*args, **kwargs):
+            attempts.append(name)
+            raise RuntimeError(f"{name} called while parsing DAGs")
+        return forbidden
+
+    # Network first: nothing (not even importing airflow) may open a socket or resolve a name.
+    socket.socket.connect = guard("socket.connect")
+    socket.socket.connect_ex = guard("socket.connect")
+    socket.getaddrinfo = guard("socket.getaddrinfo")
+
+    # Importing airflow builds its metadata engine (settings.configure_orm), so the DB guards go
+    # in after that import and before any DAG file is read.
+    import airflow  # noqa: F401
+    import airflow.sdk
+    import sqlalchemy
+    import sqlalchemy.engine
+    import sqlalchemy.engine.create
+    from airflow.dag_processing.dagbag import DagBag
+
+    sqlalchemy.create_engine = guard("sqlalchemy.create_engine")
+    sqlalchemy.engine.create_engine = guard("sqlalchemy.create_engine")
+    sqlalchemy.engine.create.create_engine = guard("sqlalchemy.create_engine")
+    sqlalchemy.engine.Engine.connect = guard("Engine.connect")
+    sqlalchemy.engine.Engine.raw_connection = guard("Engine.connect")
+    airflow.sdk.Connection.get = classmethod(guard("Connection.get"))
+    airflow.sdk.Variable.get = staticmethod(guard("Variable.get"))
+
+    modules_before = set(sys.modules)
+    bag = DagBag(dag_folder=dag_folder)
+
+    def aware(value):
+        return value is not None and value.tzinfo is not None and value.utcoffset() is not None
+
+    report = {
+        "import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
+        "guard_attempts": attempts,
+        "new_tend_modules": sorted(
+            m for m in set(sys.modules) - modules_before if m == "tend" or m.startswith("tend.")
+            or m == "tend_airflow" or m.startswith("tend_airflow.")
+        ),
+        "dags": [
+            {
+                "dag_id": d.dag_id,
+                "fileloc": d.fileloc,
+                "tags": sorted(d.tags or []),
+                "doc_md": d.doc_md,
+                "catchup": d.catchup,
+                "start_date": d.start_date.isoformat() if d.start_date else None,
+                "start_date_aware": aware(d.start_date),
+                "timezone": str(d.timezone),
+                "tasks": {t.task_id: t.retries for t in d.tasks},
+            }
+            for d in bag.dags.values()
+        ],
+    }
+    with open(report_path, "w") as fh:
+        json.dump(report, fh)
+    '''
+)
+
+
+def parse_dags(dag_folder: Path, workdir: Path) -> dict[str, Any]:
+    """Fill a DagBag from ``dag_folder`` in a fresh interpreter; return its JSON report."""
+    home = workdir / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    report = workdir / "report.json"
+    env = {
+        # A clean environment: no AIRFLOW_CONN_*/AIRFLOW_VAR_*/TEND_* leaking in from the caller.
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(workdir),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dag_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(workdir / "plugins"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE_SCRIPT, str(dag_folder), str(report)],
+        env=env, cwd=workdir, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, f"DAG parse harness failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(report.read_text())
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return parse_dags(DAGS, tmp_path_factory.mktemp("dagbag"))
+
+
+@pytest.fixture(scope="module")
+def dags(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {d["dag_id"]: d for d in report["dags"]}
+
+
+def test_no_import_errors(report: dict[str, Any]) -> None:
+    assert report["import_errors"] == {}
+
+
+def test_exactly_the_tend_dags(dags: dict[str, dict[str, Any]]) -> None:
+    assert set(dags) == EXPECTED_DAG_IDS
+
+
+def test_one_dag_per_file_named_after_it(report: dict[str, Any]) -> None:
+    files = [Path(d["fileloc"]) for d in report["dags"]]
+    assert len(files) == len(set(files)), f"a file defines several DAGs: {sorted(files)}"
+    for d in report["dags"]:
+        assert Path(d["fileloc"]).stem == d["dag_id"]
+    dag_files = {p.stem for p in DAGS.glob("*.py") if not p.name.startswith("_")}
+    assert dag_files == {d["dag_id"] for d in report["dags"]}, "a DAG file defines no DAG"
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAG_IDS))
+def test_dag_house_rules(dags: dict[str, dict[str, Any]], dag_id: str) -> None:
+    d = dags[dag_id]
+    assert "tend" in d["tags"]
+    assert d["doc_md"] and d["doc_md"].strip(), "doc_md is what the UI shows on the DAG page"
+    assert d["catchup"] is False
+    assert d["start_date"] is not None and d["start_date_aware"], d["start_date"]
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAG_IDS))
+def test_every_task_retries(dags: dict[str, dict[str, Any]], dag_id: str) -> None:
+    tasks = dags[dag_id]["tasks"]
+    assert tasks
+    no_retry = {t: r for t, r in tasks.items() if not r or r < 1}
+    assert not no_retry, f"tasks without retries: {no_retry}"
+
+
+def test_no_connection_variable_db_or_network_at_parse_time(report: dict[str, Any]) -> None:
+    assert report["guard_attempts"] == []
+    assert report["import_errors"] == {}  # a swallowed guard error would surface here
+
+
+def test_parsing_does_not_import_the_domain_core(report: dict[str, Any]) -> None:
+    loaded = report["new_tend_modules"]
+    heavy = [m for m in loaded if m.startswith(HEAVY_DOMAIN_MODULES)]
+    assert heavy == [], f"DAG files import the domain core at parse time: {heavy}"
+    assert "tend.nightly" not in loaded
+
+
+def test_harness_catches_a_misbehaving_dag(tmp_path: Path) -> None:
+    """Negative control: each guard fires, and a top-level domain import is seen."""
+    folder = tmp_path / "bad_dags"
+    folder.mkdir()
+    (folder / "bad_dag.py").write_text(textwrap.dedent(
+        """
+        import socket
+
+        import pendulum
+        import tend.nightly  # noqa: F401
+        from airflow.sdk import Connection, Variable, dag, task
+
+        def attempt(fn):
+            try:
+                fn()
+            except Exception:
+                pass
+
+        attempt(lambda: Variable.get("tend_delivery"))
+        attempt(lambda: Connection.get("tend_shop"))
+
+        def db():
+            import sqlalchemy
+            sqlalchemy.create_engine("sqlite://")
+
+        attempt(db)
+
+        def raw_connect():
+            with socket.socket() as s:
+                s.connect(("127.0.0.1", 9))
+
+        attempt(raw_connect)
+        attempt(lambda: socket.create_connection(("example.com", 80)))
+
+        @dag(dag_id="bad_dag", schedule=None, start_date=pendulum.datetime(2026, 1, 1))
+        def bad_dag():
+            @task
+            def noop():
+                pass
+
+            noop()
+
+        bad_dag()
+        """
+    ))
+    bad = parse_dags(folder, tmp_path / "work")
+    assert [d["dag_id"] for d in bad["dags"]] == ["bad_dag"]
+    assert {"Variable.get", "Connection.get", "sqlalchemy.create_engine",
+            "socket.connect", "socket.getaddrinfo"} <= set(bad["guard_attempts"])
+    assert "tend.nightly" in bad["new_tend_modules"]
+
+
+# -- the domain core never imports airflow ---------------------------------------------------
+
+def _airflow_imports(path: Path, root: Path = PROJECT) -> list[str]:
+    """Every ``import airflow...`` / ``from airflow... import`` in a file, at any depth."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [f"{path.relative_to(root)}:{node.lineno}: {n}" for n in names
+                  if n == "airflow" or n.startswith("airflow.")]
+    return found
+
+
+def test_domain_core_never_imports_airflow() -> None:
+    files = sorted(DOMAIN.rglob("*.py"))
+    assert len(files) > 5, f"no domain sources found under {DOMAIN}"
+    offenders = [hit for f in files for hit in _airflow_imports(f)]
+    assert offenders == []
+
+
+def test_airflow_import_detector_works(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import os\nimport airflow.sdk as a\nimport airflowish\n"
+        "def f():\n    from airflow import DAG\n    from .airflow import x\n"
+    )
+    hits = _airflow_imports(sample, root=tmp_path)
+    assert hits == ["sample.py:2: airflow.sdk", "sample.py:5: airflow"]

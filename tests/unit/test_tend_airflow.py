@@ -1,0 +1,334 @@
+"""The Airflow adapter: which night a run is, and how connections become SQLAlchemy URLs.
+
+Airflow reads AIRFLOW_HOME when it is first imported, so the ``airflow_sdk`` fixture points it at a
+throw-away directory before the first import (nothing is written to ~/airflow). Connections are
+real ``airflow.sdk.Connection`` objects built the way Airflow builds them (from a URI or from the
+JSON form of ``AIRFLOW_CONN_*``). ``Connection.get`` outside a task falls back to Airflow's
+environment-variable secrets backend (no SUPERVISOR_COMMS, no metadata DB), which is exactly the
+``AIRFLOW_CONN_TEND_SHOP`` path, so shop_url()/store_url() resolution is tested here directly;
+the integration test covers it again inside real task runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Iterator
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pendulum
+import pytest
+from sqlalchemy.engine import make_url
+
+import tend_airflow
+from tend.config import sqlalchemy_url_from_connection
+
+TORONTO = pendulum.timezone("America/Toronto")
+TOKYO = pendulum.timezone("Asia/Tokyo")
+UTC = pendulum.UTC
+
+
+@pytest.fixture(scope="module")
+def airflow_sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    with pytest.MonkeyPatch.context() as mp:
+        if "airflow" not in sys.modules:
+            mp.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
+            mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        import airflow.sdk
+
+        yield airflow.sdk
+
+
+# -- as_of ------------------------------------------------------------------------------------
+
+def event(as_of: Any = None, **extra: Any) -> SimpleNamespace:
+    """An asset event as the task sees it (only ``extra`` matters to as_of)."""
+    if as_of is not None:
+        extra["as_of"] = as_of
+    return SimpleNamespace(extra=extra)
+
+
+def context(
+    *,
+    conf: dict[str, Any] | None = None,
+    events: dict[str, list[Any]] | None = None,
+    logical: dt.datetime | None = None,
+    run_type: Any = "manual",
+    tz: Any = TORONTO,
+    run_after: dt.datetime | None = None,
+) -> dict[str, Any]:
+    dag_run = SimpleNamespace(conf=conf, run_type=run_type, run_after=run_after)
+    return {
+        "dag": SimpleNamespace(timezone=tz),
+        "dag_run": dag_run,
+        "logical_date": logical,
+        "triggering_asset_events": events or {},
+        "run_id": "manual__test",
+    }
+
+
+NOV20_UTC_MIDNIGHT = pendulum.datetime(2026, 11, 20, tz="UTC")
+# 22:00 on Nov 20 in Toronto is 03:00 on Nov 21 in UTC: the two readings disagree.
+LATE_EVENING_TORONTO = pendulum.datetime(2026, 11, 21, 3, tz="UTC")
+# 02:00 on Nov 20 in Tokyo is 17:00 on Nov 19 in UTC.
+TOKYO_2AM = pendulum.datetime(2026, 11, 20, 2, tz=TOKYO)
+
+AS_OF_CASES = [
+    pytest.param(
+        context(conf={"as_of": "2026-11-18"}, events={"a": [event("2026-11-20")]},
+                 logical=LATE_EVENING_TORONTO, run_type="scheduled"),
+        dt.date(2026, 11, 18), id="conf-wins-over-events-and-logical-date"),
+    pytest.param(context(conf={"as_of": dt.date(2026, 11, 17)}, logical=NOV20_UTC_MIDNIGHT),
+                 dt.date(2026, 11, 17), id="conf-date-object"),
+    pytest.param(context(conf={"as_of": "2026-11-17T23:30:00+00:00"}, logical=NOV20_UTC_MIDNIGHT),
+                 dt.date(2026, 11, 17), id="conf-timestamp-keeps-its-date"),
+    pytest.param(context(conf={"other": 1}, logical=NOV20_UTC_MIDNIGHT),
+                 dt.date(2026, 11, 20), id="conf-without-as-of-is-ignored"),
+    pytest.param(
+        context(events={"tend://customer_features": [event("2026-11-19"), event("2026-11-20")],
+                        "tend://other": [event("2026-11-17"), event(None, rows=3)]},
+                logical=pendulum.datetime(2026, 11, 25, tz="UTC"), run_type="asset_triggered"),
+        dt.date(2026, 11, 20), id="events-newest-as-of-of-several"),
+    pytest.param(context(events={"a": [event(None, rows=3)]}, logical=NOV20_UTC_MIDNIGHT,
+                         run_type="asset_triggered"),
+                 dt.date(2026, 11, 20), id="events-without-as-of-fall-back-to-logical-date"),
+    pytest.param(context(logical=NOV20_UTC_MIDNIGHT, run_type="manual", tz=TORONTO),
+                 dt.date(2026, 11, 20), id="manual-utc-midnight-not-shifted-to-dag-tz"),
+    pytest.param(context(logical=LATE_EVENING_TORONTO, run_type="manual", tz=TORONTO),
+                 dt.date(2026, 11, 21), id="manual-uses-utc-date"),
+    pytest.param(context(logical=None, run_after=pendulum.datetime(2026, 11, 20, 12, tz="UTC")),
+                 dt.date(2026, 11, 20), id="manual-without-logical-date-uses-run-after"),
+    pytest.param(context(logical=LATE_EVENING_TORONTO, run_type="scheduled", tz=TORONTO),
+                 dt.date(2026, 11, 20), id="scheduled-converts-to-dag-tz-west"),
+    pytest.param(context(logical=TOKYO_2AM.in_timezone("UTC"), run_type="scheduled", tz=TOKYO),
+                 dt.date(2026, 11, 20), id="scheduled-converts-to-dag-tz-east"),
+    pytest.param(
+        context(logical=pendulum.datetime(2026, 11, 20, 7, tz="UTC"), run_type="scheduled",
+                tz=TORONTO),
+        dt.date(2026, 11, 20), id="scheduled-tend-ingest-0200-toronto"),
+]
+
+
+@pytest.mark.parametrize(("ctx", "expected"), AS_OF_CASES)
+def test_as_of(ctx: dict[str, Any], expected: dt.date) -> None:
+    assert tend_airflow.as_of(ctx) == expected
+
+
+@pytest.mark.parametrize(
+    "conf_value",
+    ["20/11/2026", "tomorrow", "2026-13-01", "2026-11", 3.5],
+)
+def test_as_of_bad_conf_date(conf_value: Any) -> None:
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        tend_airflow.as_of(context(conf={"as_of": conf_value}, logical=NOV20_UTC_MIDNIGHT))
+
+
+def test_as_of_bad_event_date() -> None:
+    ctx = context(events={"a": [event("2026-11-20"), event("not-a-date")]},
+                  logical=NOV20_UTC_MIDNIGHT)
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        tend_airflow.as_of(ctx)
+
+
+def test_as_of_without_any_date() -> None:
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        tend_airflow.as_of(context(logical=None, run_after=None))
+
+
+# The same decisions with the objects the task runner really hands a task: the SDK's DagRun model
+# (run_type is the SDK's DagRunType enum) and a TriggeringAssetEventsAccessor.
+
+def sdk_dag_run(airflow_sdk: ModuleType, run_type: str, logical: dt.datetime,
+                conf: dict[str, Any] | None = None) -> Any:
+    from airflow.sdk.api.datamodels._generated import DagRun
+
+    return DagRun.model_validate({
+        "dag_id": "tend_ingest", "run_id": f"{run_type}__x", "logical_date": logical,
+        "data_interval_start": logical, "data_interval_end": logical + dt.timedelta(days=1),
+        "run_after": logical + dt.timedelta(days=1), "start_date": None, "end_date": None,
+        "run_type": run_type, "state": "running", "conf": conf, "consumed_asset_events": [],
+        "partition_key": None,
+    })
+
+
+def test_as_of_manual_sdk_dag_run(airflow_sdk: ModuleType) -> None:
+    run = sdk_dag_run(airflow_sdk, "manual", LATE_EVENING_TORONTO)
+    ctx = {"dag": SimpleNamespace(timezone=TORONTO), "dag_run": run,
+           "logical_date": LATE_EVENING_TORONTO, "triggering_asset_events": {}}
+    assert tend_airflow.as_of(ctx) == dt.date(2026, 11, 21)
+
+
+@pytest.mark.parametrize("run_type", ["scheduled", "backfill"])
+def test_as_of_scheduled_sdk_dag_run(airflow_sdk: ModuleType, run_type: str) -> None:
+    """Inside a task run_type is a str Enum (str() is 'DagRunType.SCHEDULED'): compare values."""
+    logical = TOKYO_2AM.in_timezone("UTC")  # the night of Nov 20 in Tokyo, Nov 19 in UTC
+    run = sdk_dag_run(airflow_sdk, run_type, logical)
+    ctx = {"dag": SimpleNamespace(timezone=TOKYO), "dag_run": run, "logical_date": logical,
+           "triggering_asset_events": {}}
+    assert tend_airflow.as_of(ctx) == dt.date(2026, 11, 20)
+
+
+def test_as_of_from_real_triggering_asset_events(airflow_sdk: ModuleType) -> None:
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    def ref(name: str, extra: dict[str, Any], aliases: tuple[str, ...] = ()) -> Any:
+        # The server sends the normalised URI it stored ("tend://x" is stored as "tend://x/").
+        uri = airflow_sdk.Asset(uri=f"tend://{name}", name=name).uri
+        return AssetEventDagRunReferenceResult(
+            asset={"name": name, "uri": uri, "extra": {}}, extra=extra,
+            source_task_id="ingest_orders", source_dag_id="tend_ingest",
+            source_run_id="scheduled__x", source_map_index=-1,
+            source_aliases=[{"name": a} for a in aliases],
+            timestamp=pendulum.datetime(2026, 11, 21, 7, tz="UTC"),
+        )
+
+    events = TriggeringAssetEventsAccessor.build([
+        ref("customer_features", {"as_of": "2026-11-19", "changed_customers": 3}),
+        ref("customer_features", {"as_of": "2026-11-20", "changed_customers": 5}, ("nightly",)),
+        ref("other", {"rows": 1}),
+    ])
+    run = sdk_dag_run(airflow_sdk, "asset_triggered", pendulum.datetime(2026, 11, 23, tz="UTC"))
+    ctx = {"dag": SimpleNamespace(timezone=UTC), "dag_run": run,
+           "logical_date": run.logical_date, "triggering_asset_events": events}
+    assert tend_airflow.as_of(ctx) == dt.date(2026, 11, 20)
+
+    with_conf = sdk_dag_run(airflow_sdk, "asset_triggered", run.logical_date,
+                            conf={"as_of": "2026-11-15"})
+    assert tend_airflow.as_of({**ctx, "dag_run": with_conf}) == dt.date(2026, 11, 15)
+
+
+def test_run_id() -> None:
+    assert tend_airflow.run_id({"run_id": "scheduled__2026-11-20T07:00:00+00:00"}) == (
+        "scheduled__2026-11-20T07:00:00+00:00")
+
+
+# -- sqlalchemy_url_from_connection, with real Airflow connections ---------------------------
+
+SPECIAL_PASSWORD = "p@ss:w/o#rd %?&=+ é"
+
+
+def quote_all(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+URI_CASES = [
+    pytest.param("sqlite:////abs/path/shop.db", "sqlite:////abs/path/shop.db", id="sqlite-abs"),
+    pytest.param("sqlite:///relative/shop.db", "sqlite:///relative/shop.db", id="sqlite-rel"),
+    pytest.param("postgresql://user@host:5432/db", "postgresql://user@host:5432/db",
+                 id="postgresql"),
+    pytest.param("postgres://user@host:5432/db", "postgresql://user@host:5432/db",
+                 id="postgres-scheme"),
+    pytest.param("postgresql://user@host/db", "postgresql://user@host/db", id="no-port"),
+    pytest.param("postgresql+psycopg://user@host:5432/db",
+                 "postgresql+psycopg://user@host:5432/db", id="explicit-driver"),
+    pytest.param("mysql://user:pw@host:3306/shop", "mysql://user:pw@host:3306/shop", id="mysql"),
+    pytest.param("postgresql://user@host:5432/db?sslmode=require",
+                 "postgresql://user@host:5432/db?sslmode=require", id="sslmode-extra-to-query"),
+    pytest.param(
+        "postgresql://user@host:5432/db?sqlalchemy_url="
+        + quote_all("postgresql+psycopg://other@elsewhere/db?application_name=tend"),
+        "postgresql+psycopg://other@elsewhere/db?application_name=tend",
+        id="extra-sqlalchemy-url-wins"),
+]
+
+
+@pytest.mark.parametrize(("uri", "expected"), URI_CASES)
+def test_url_from_connection_uri(airflow_sdk: ModuleType, uri: str, expected: str) -> None:
+    conn = airflow_sdk.Connection(conn_id="tend_shop", uri=uri)
+    assert sqlalchemy_url_from_connection(conn) == expected
+
+
+def test_url_from_connection_from_uri_classmethod(airflow_sdk: ModuleType) -> None:
+    conn = airflow_sdk.Connection.from_uri("sqlite:////abs/path/shop.db", conn_id="tend_shop")
+    assert sqlalchemy_url_from_connection(conn) == "sqlite:////abs/path/shop.db"
+
+
+def test_password_with_special_characters_round_trips(airflow_sdk: ModuleType) -> None:
+    user = "tend@shop"
+    uri = f"postgresql://{quote_all(user)}:{quote_all(SPECIAL_PASSWORD)}@db.internal:6432/tend"
+    conn = airflow_sdk.Connection(conn_id="tend_store", uri=uri)
+    assert conn.password == SPECIAL_PASSWORD  # what Airflow decoded
+    url = make_url(sqlalchemy_url_from_connection(conn))
+    assert (url.drivername, url.username, url.password, url.host, url.port, url.database) == (
+        "postgresql", user, SPECIAL_PASSWORD, "db.internal", 6432, "tend")
+
+
+def test_sslmode_extra_becomes_query_param(airflow_sdk: ModuleType) -> None:
+    conn = airflow_sdk.Connection(
+        conn_id="tend_store", conn_type="postgres", host="db", login="tend", password="secret",
+        schema="tend", port=5432, extra=json.dumps({"sslmode": "verify-full"}),
+    )
+    url = make_url(sqlalchemy_url_from_connection(conn))
+    assert url.query == {"sslmode": "verify-full"}
+    assert url.render_as_string(hide_password=False) == (
+        "postgresql://tend:secret@db:5432/tend?sslmode=verify-full")
+
+
+def test_extra_sqlalchemy_url_wins_over_fields(airflow_sdk: ModuleType) -> None:
+    conn = airflow_sdk.Connection(
+        conn_id="tend_shop", conn_type="postgres", host="ignored", schema="ignored",
+        extra=json.dumps({"sqlalchemy_url": "sqlite:////srv/tend/shop.db", "sslmode": "x"}),
+    )
+    assert sqlalchemy_url_from_connection(conn) == "sqlite:////srv/tend/shop.db"
+
+
+def test_connection_json_form(airflow_sdk: ModuleType) -> None:
+    conn = airflow_sdk.Connection.from_json(json.dumps({
+        "conn_type": "postgresql", "host": "db", "login": "tend", "password": SPECIAL_PASSWORD,
+        "schema": "tend", "port": 5432, "extra": {"sslmode": "require"},
+    }), conn_id="tend_store")
+    url = make_url(sqlalchemy_url_from_connection(conn))
+    assert (url.drivername, url.password, url.query) == (
+        "postgresql", SPECIAL_PASSWORD, {"sslmode": "require"})
+
+
+# -- shop_url()/store_url()/delivery_name() resolution ---------------------------------------
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, airflow_sdk: ModuleType
+              ) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_", "TEND_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("TEND_VAR_DIR", str(tmp_path))
+    return monkeypatch
+
+
+@pytest.mark.parametrize(("fn", "conn_env", "url_env", "default"), [
+    (tend_airflow.shop_url, "AIRFLOW_CONN_TEND_SHOP", "TEND_SHOP_URL", "shop.db"),
+    (tend_airflow.store_url, "AIRFLOW_CONN_TEND_STORE", "TEND_STORE_URL", "store.db"),
+], ids=["shop", "store"])
+def test_url_resolution(clean_env: pytest.MonkeyPatch, tmp_path: Any, fn: Any, conn_env: str,
+                        url_env: str, default: str) -> None:
+    # Nothing set: the embedded default under TEND_VAR_DIR.
+    assert fn() == f"sqlite:///{tmp_path.resolve() / default}"
+    # TEND_*_URL when the connection is not defined.
+    clean_env.setenv(url_env, "sqlite:////from/env/var.db")
+    assert fn() == "sqlite:////from/env/var.db"
+    # The Airflow connection wins over TEND_*_URL.
+    clean_env.setenv(conn_env, "sqlite:////from/connection/x.db")
+    assert fn() == "sqlite:////from/connection/x.db"
+    # ... in its JSON form too.
+    clean_env.setenv(conn_env, json.dumps({
+        "conn_type": "postgres", "host": "db", "login": "tend", "password": SPECIAL_PASSWORD,
+        "schema": "tend", "port": 5432, "extra": {"sslmode": "require"}}))
+    url = make_url(fn())
+    assert (url.drivername, url.host, url.password, url.query) == (
+        "postgresql", "db", SPECIAL_PASSWORD, {"sslmode": "require"})
+    # Removing the connection falls back again (no stale cache).
+    clean_env.delenv(conn_env)
+    assert fn() == "sqlite:////from/env/var.db"
+
+
+def test_delivery_name_resolution(clean_env: pytest.MonkeyPatch) -> None:
+    assert tend_airflow.delivery_name() == "outbox"
+    clean_env.setenv("AIRFLOW_VAR_TEND_DELIVERY", "smtp")
+    assert tend_airflow.delivery_name() == "smtp"
+    clean_env.setenv("TEND_DELIVERY", "sendgrid")
+    assert tend_airflow.delivery_name() == "sendgrid"
