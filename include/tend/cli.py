@@ -156,10 +156,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif cmd == "programs":
         from tend.programs import load_registry, registry_path
 
+        from tend.logs import table
+
         reg = load_registry(args.file)
-        print(f"{args.file or registry_path()}: {len(reg.programs)} program(s) OK "
-              f"({', '.join(p.name for p in reg.programs)}); caps: "
-              + ", ".join(f"{c.messages} per {c.days}d" for c in reg.caps))
+        print(f"{args.file or registry_path()}: {len(reg.programs)} program(s) OK, "
+              f"{len(reg.enabled())} enabled")
+        print("caps (marketing): " + ", ".join(f"{c.messages} per {c.days} days"
+                                                for c in reg.caps)
+              + f"; send window {reg.send_window.start:%H:%M}-{reg.send_window.end:%H:%M} "
+              "in the customer's timezone")
+        _print(table(
+            ["program", "signal", "kind", "priority", "cooldown", "holdout", "enabled"],
+            [(p.name, ", ".join(p.signals), p.kind, p.priority, f"{p.cooldown_days}d",
+              f"{p.holdout_share:.0%}", "yes" if p.enabled else "no") for p in reg.programs],
+        ))
     return 0
 
 

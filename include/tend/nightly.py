@@ -8,10 +8,7 @@ only orders placed before the end of ``as_of`` (UTC) exist for the night.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import json
 import time
 from collections import Counter
@@ -24,14 +21,14 @@ from sqlalchemy import delete, func, select
 
 from tend import shop
 from tend.config import ShopSettings
-from tend.consent import consent_fates
 from tend.delivery.base import DeliveryBackend, DeliveryStatus, OutgoingMessage
 from tend.errors import DeliveryAuthError, TemplateError
 from tend.features import FEATURE_COLUMNS, compute_features
 from tend.logs import log, mask_email, table
-from tend.programs import Program, Registry, load_registry
-from tend.render import Renderer, sample_context
-from tend.signals.lapsed import detect_lapsed
+
+# The programs stage lives in tend.plan; re-exported for the DAGs, the CLI and the send stage.
+from tend.plan import PlanResult, context_for_render, plan_night, voucher_code  # noqa: F401
+from tend.render import Renderer
 from tend.store import ledger
 from tend.store.db import connect, require_current
 from tend.store.tables import (
@@ -40,7 +37,6 @@ from tend.store.tables import (
     decision_log,
     ingest_state,
     quarantine,
-    suppressions,
 )
 
 WATERMARK = "orders"
@@ -163,200 +159,7 @@ def read_features(store_url: str) -> pd.DataFrame:
     return df
 
 
-# -- plan ------------------------------------------------------------------------------------
-
-@dataclass
-class PlanResult:
-    as_of: dt.date
-    candidates: int
-    fates: pd.DataFrame  # program, fate, count
-    batches: list[int]
-
-    def claimed(self) -> int:
-        return int(self.fates.loc[self.fates["fate"] == "claimed", "count"].sum())
-
-    def lines(self) -> list[str]:
-        out = [f"plan {self.as_of}: {self.candidates:,} candidates, {self.claimed():,} claimed "
-               f"in {len(self.batches)} batch(es)"]
-        rows = [(r.program, r.fate, int(r.count)) for r in self.fates.itertuples()]
-        return out + table(["program", "fate", "customers"], rows)
-
-
-def detect_signals(features: pd.DataFrame, as_of: dt.date, signal: str) -> pd.DataFrame:
-    if signal == "lapsed":
-        return detect_lapsed(features, as_of)
-    raise ValueError(f"no detector for signal {signal!r}")  # registry validation prevents this
-
-
-def plan_night(
-    shop_url: str,
-    store_url: str,
-    as_of: dt.date,
-    run_id: str,
-    *,
-    settings: ShopSettings,
-    renderer: Renderer,
-    secret: str,
-    registry: Registry | None = None,
-    batch_size: int = 5000,
-) -> PlanResult:
-    """Decide tonight's messages and claim them in the ledger; nothing is sent here.
-
-    Templates are checked first, so a broken template fails the run before anything is claimed.
-    """
-    require_current(store_url)
-    registry = registry or load_registry()
-    programs = registry.enabled()
-    for program in programs:
-        problems = renderer.check(program.template, ("en", "fr"),
-                                  sample_context(program.template))
-        if problems:
-            raise TemplateError(
-                f"program {program.name}: template {program.template!r} failed its check: "
-                + "; ".join(problems), template=program.template)
-
-    features = read_features(store_url)
-    cands = _candidates(features, as_of, programs)
-    if cands.empty:
-        empty = pd.DataFrame(columns=["program", "fate", "count"])
-        return PlanResult(as_of, 0, empty, _batches(store_url, as_of))
-
-    customers = shop.read_customers(shop_url, cands["customer_id"].unique())
-    with connect(store_url).connect() as conn:
-        supp = pd.DataFrame(
-            conn.execute(select(suppressions.c.customer_id, suppressions.c.reason)
-                         .where(suppressions.c.resolved_at.is_(None))).all(),
-            columns=["customer_id", "reason"],
-        )
-    fates = consent_fates(cands, customers, supp, as_of)
-    cands = cands.join(fates)
-
-    # Arbitration: the best allowed program per customer wins; the others are told why.
-    allowed = cands.loc[cands["fate"].isna()].sort_values(
-        ["customer_id", "priority", "score"], ascending=[True, False, False])
-    winners = allowed.drop_duplicates("customer_id", keep="first")
-    lost = allowed.index.difference(winners.index)
-    won_by = winners.set_index("customer_id")["program"]
-    cands.loc[lost, "fate"] = "lost_to:" + cands.loc[lost, "customer_id"].map(won_by)
-    cands.loc[lost, "why"] = "another program had a better message for this customer tonight"
-
-    winners = winners.merge(customers, on="customer_id", how="left")
-    winners["context"] = [
-        json.dumps(_context(r, by_name(programs, r["program"]), settings, secret, as_of),
-                   default=str)
-        for r in winners.to_dict("records")
-    ]
-    invalid = cands.loc[cands["fate"] == "suppressed:invalid_address", "customer_id"].unique()
-    stamp = ledger.now()
-    with connect(store_url).begin() as conn:
-        outcome = ledger.claim(conn, winners, as_of=as_of, run_id=run_id,
-                               caps=registry.caps, batch_size=batch_size).frame
-        ledger.insert_ignore(conn, suppressions, [
-            {"customer_id": c, "email": None, "reason": "invalid_address",
-             "source": "validation", "created_at": stamp} for c in invalid
-        ])
-        decided = pd.concat([
-            cands.loc[cands["fate"].notna(), ["customer_id", "program", "fate", "why"]]
-            .assign(message_id=None),
-            outcome[["customer_id", "program", "fate", "why", "message_id"]],
-        ], ignore_index=True)
-        decided.loc[decided["fate"] != "claimed", "message_id"] = None
-        won = decided["fate"] == "claimed"
-        signal_reason = winners.set_index("customer_id")["reason"]
-        decided.loc[won, "why"] = decided.loc[won, "customer_id"].map(signal_reason)
-        ledger.record_decisions(conn, decided, as_of=as_of, run_id=run_id)
-        batches = ledger.batches_to_send(conn, as_of)
-
-    counts = (decided.groupby(["program", "fate"]).size().rename("count").reset_index()
-              .sort_values(["program", "count"], ascending=[True, False]))
-    result = PlanResult(as_of, len(cands), counts, batches)
-    for line in result.lines():
-        log.info(line)
-    return result
-
-
-def by_name(programs: Sequence[Program], name: str) -> Program:
-    return next(p for p in programs if p.name == name)
-
-
-def _batches(store_url: str, as_of: dt.date) -> list[int]:
-    with connect(store_url).connect() as conn:
-        return ledger.batches_to_send(conn, as_of)
-
-
-def _candidates(features: pd.DataFrame, as_of: dt.date, programs: Sequence[Program]
-                ) -> pd.DataFrame:
-    frames = []
-    cache: dict[str, pd.DataFrame] = {}
-    for p in programs:
-        if p.signal not in cache:
-            cache[p.signal] = detect_signals(features, as_of, p.signal)
-        sig = cache[p.signal]
-        if sig.empty:
-            continue
-        frames.append(sig.assign(
-            program=p.name, kind=p.kind, priority=p.priority, cooldown_days=p.cooldown_days,
-            # One message per lapse episode: a new order starts a new episode.
-            occurrence=p.signal + ":" + sig["last_order_date"].astype(str),
-        ))
-    if not frames:
-        return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True)
-
-
-def voucher_code(secret: str, message_id: str, prefix: str) -> str:
-    """Unique per message, unguessable, stable across retries (derived, not stored twice)."""
-    mac = hmac.new(secret.encode(), f"voucher:{message_id}".encode(), hashlib.sha256).digest()
-    code = base64.b32encode(mac).decode()[:8]
-    return f"{prefix}-{code[:4]}-{code[4:]}"
-
-
-def _context(row: dict[str, Any], program: Program, settings: ShopSettings, secret: str,
-             as_of: dt.date) -> dict[str, Any]:
-    message_id = ledger.message_id_for(row["customer_id"], program.name, row["occurrence"])
-    ctx: dict[str, Any] = {
-        "template": program.template,
-        "locale": row.get("locale") or settings.default_locale,
-        "customer": {
-            "customer_id": row["customer_id"],
-            "first_name": _clean(row.get("first_name")),
-            "last_name": _clean(row.get("last_name")),
-            "email": row.get("email"),
-            "locale": row.get("locale") or settings.default_locale,
-        },
-        "signal": {
-            "reason": row["reason"],
-            "days_since_last_order": int(row["days_since_last_order"]),
-            "orders_count": int(row["orders_count"]),
-            "last_order_date": str(row["last_order_date"]),
-        },
-    }
-    if program.offer is not None:
-        o = program.offer
-        ctx["offer"] = {
-            "code": voucher_code(secret, message_id, o.code_prefix),
-            "amount": o.amount,
-            "currency": settings.currency,
-            "kind": o.kind,
-            "expires_on": str(as_of + dt.timedelta(days=o.valid_days)),
-        }
-    return ctx
-
-
-def _clean(v: Any) -> str | None:
-    return None if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
-
-
-def context_for_render(raw: str) -> dict[str, Any]:
-    """The stored JSON context with dates turned back into dates for the templates."""
-    ctx = json.loads(raw)
-    sig = ctx.get("signal", {})
-    if sig.get("last_order_date"):
-        sig["last_order_date"] = dt.date.fromisoformat(sig["last_order_date"])
-    offer = ctx.get("offer")
-    if offer and offer.get("expires_on"):
-        offer["expires_on"] = dt.date.fromisoformat(offer["expires_on"])
-    return ctx
+# -- plan: see tend.plan (re-exported above for the DAGs, the CLI and the send stage) ---------
 
 
 # -- send ------------------------------------------------------------------------------------

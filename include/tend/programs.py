@@ -6,6 +6,7 @@ to write instead, because the people editing programs.yaml are not always engine
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,17 @@ from typing import Any
 
 import yaml
 
+from tend.caps import SendWindow, parse_clock
 from tend.errors import ConfigError
 
 DEFAULT_REGISTRY = Path(__file__).with_name("programs.yaml")
 KINDS = ("marketing", "service", "transactional")
-KNOWN_SIGNALS = ("lapsed",)
+#: Behavioural signals (tend.signals) plus "newsletter", which fires on a calendar schedule.
+KNOWN_SIGNALS = (
+    "lapsed", "seasonal", "replenish", "checkup", "first_purchase", "survey",
+    "loyalty_nth_order", "loyalty_tier", "anniversary", "cross_sell", "newsletter",
+)
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
 @dataclass(frozen=True)
@@ -29,9 +36,29 @@ class Offer:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """When a calendar program (the newsletter) fires: a day of the month or of the week."""
+
+    monthly_on_day: int | None = None
+    weekly_on: str | None = None
+
+    def fires_on(self, day: dt.date) -> bool:
+        if self.monthly_on_day is not None:
+            return day.day == self.monthly_on_day
+        return self.weekly_on is not None and WEEKDAYS[day.weekday()] == self.weekly_on
+
+    def period(self, day: dt.date) -> str:
+        """The occurrence key: one newsletter per month (or ISO week) per customer."""
+        if self.monthly_on_day is not None:
+            return f"{day:%Y-%m}"
+        year, week, _ = day.isocalendar()
+        return f"{year}-W{week:02d}"
+
+
+@dataclass(frozen=True)
 class Program:
     name: str
-    signal: str
+    signals: tuple[str, ...]
     template: str
     kind: str
     priority: int
@@ -41,6 +68,11 @@ class Program:
     enabled: bool = True
     description: str = ""
     offer: Offer | None = None
+    schedule: Schedule | None = None
+
+    @property
+    def signal(self) -> str:
+        return self.signals[0]
 
 
 @dataclass(frozen=True)
@@ -57,6 +89,7 @@ class Cap:
 class Registry:
     programs: tuple[Program, ...]
     caps: tuple[Cap, ...] = field(default_factory=tuple)
+    send_window: SendWindow = field(default_factory=SendWindow)
 
     def enabled(self) -> list[Program]:
         return [p for p in self.programs if p.enabled]
@@ -88,13 +121,30 @@ def load_registry(path: Path | None = None) -> Registry:
 def parse_registry(raw: Any, *, source: str = "programs.yaml") -> Registry:
     if not isinstance(raw, dict) or not isinstance(raw.get("programs"), list):
         raise ConfigError(f"{source}: expected a mapping with a 'programs:' list")
+    unknown = sorted(set(raw) - {"caps", "programs", "send_window"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level keys {', '.join(unknown)}; "
+                          "allowed: caps, programs, send_window")
     caps = tuple(_cap(c, source, i) for i, c in enumerate(raw.get("caps") or []))
+    window = _window(raw.get("send_window"), source)
     programs = tuple(_program(p, source, i) for i, p in enumerate(raw["programs"]))
     names = [p.name for p in programs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{source}: program names must be unique; repeated: {', '.join(dupes)}")
-    return Registry(programs=programs, caps=caps)
+    return Registry(programs=programs, caps=caps, send_window=window)
+
+
+def _window(raw: Any, source: str) -> SendWindow:
+    if raw is None:
+        return SendWindow()
+    if not isinstance(raw, dict) or set(raw) != {"start", "end"}:
+        raise ConfigError(f'{source}: write send_window as {{start: "09:00", end: "20:00"}}')
+    start = parse_clock(str(raw["start"]), f"{source}: send_window.start")
+    end = parse_clock(str(raw["end"]), f"{source}: send_window.end")
+    if not start < end:
+        raise ConfigError(f"{source}: send_window.start must be before send_window.end")
+    return SendWindow(start=start, end=end)
 
 
 def _cap(raw: Any, source: str, i: int) -> Cap:
@@ -108,7 +158,7 @@ def _cap(raw: Any, source: str, i: int) -> Cap:
 
 
 _REQUIRED = ("name", "signal", "template", "kind", "priority", "cooldown_days", "validity_days")
-_ALLOWED = {*_REQUIRED, "holdout_share", "enabled", "description", "offer"}
+_ALLOWED = {*_REQUIRED, "holdout_share", "enabled", "description", "offer", "schedule"}
 
 
 def _program(raw: Any, source: str, i: int) -> Program:
@@ -126,10 +176,17 @@ def _program(raw: Any, source: str, i: int) -> Program:
         )
     if raw["kind"] not in KINDS:
         raise ConfigError(f"{where}: kind {raw['kind']!r} must be one of {', '.join(KINDS)}")
-    if raw["signal"] not in KNOWN_SIGNALS:
+    signals = raw["signal"] if isinstance(raw["signal"], list) else [raw["signal"]]
+    bad = [sig for sig in signals if sig not in KNOWN_SIGNALS]
+    if not signals or bad:
         raise ConfigError(
-            f"{where}: signal {raw['signal']!r} is not known; known: {', '.join(KNOWN_SIGNALS)}"
+            f"{where}: signal {', '.join(map(repr, bad)) or '[]'} is not known; "
+            f"known: {', '.join(KNOWN_SIGNALS)}"
         )
+    schedule = _schedule(raw.get("schedule"), where)
+    if ("newsletter" in signals) != (schedule is not None):
+        raise ConfigError(f"{where}: the newsletter signal needs a schedule "
+                          "(schedule: {monthly_on_day: 1} or {weekly_on: tuesday}), and only it")
     for key in ("priority", "cooldown_days", "validity_days"):
         if not isinstance(raw[key], int) or raw[key] < 0:
             raise ConfigError(f"{where}: {key} must be a whole number >= 0")
@@ -139,7 +196,7 @@ def _program(raw: Any, source: str, i: int) -> Program:
     offer = _offer(raw["offer"], where) if raw.get("offer") is not None else None
     return Program(
         name=str(raw["name"]),
-        signal=raw["signal"],
+        signals=tuple(signals),
         template=str(raw["template"]),
         kind=raw["kind"],
         priority=raw["priority"],
@@ -149,7 +206,21 @@ def _program(raw: Any, source: str, i: int) -> Program:
         enabled=bool(raw.get("enabled", True)),
         description=str(raw.get("description", "")),
         offer=offer,
+        schedule=schedule,
     )
+
+
+def _schedule(raw: Any, where: str) -> Schedule | None:
+    if raw is None:
+        return None
+    if isinstance(raw, dict) and set(raw) == {"monthly_on_day"}:
+        day = raw["monthly_on_day"]
+        if isinstance(day, int) and 1 <= day <= 28:
+            return Schedule(monthly_on_day=day)
+    if isinstance(raw, dict) and set(raw) == {"weekly_on"} and raw["weekly_on"] in WEEKDAYS:
+        return Schedule(weekly_on=raw["weekly_on"])
+    raise ConfigError(f"{where}: schedule must be {{monthly_on_day: 1..28}} or "
+                      f"{{weekly_on: {'|'.join(WEEKDAYS)}}}")
 
 
 def _offer(raw: Any, where: str) -> Offer:

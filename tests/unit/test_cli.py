@@ -37,7 +37,11 @@ def test_demo_then_night_then_why(env: Path, capsys: pytest.CaptureFixture[str])
 
 def test_programs_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["programs", "check"]) == 0
-    assert "1 program(s) OK (winback)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "9 program(s) OK" in out
+    assert "1 per 3 days, 2 per 7 days, 4 per 30 days" in out
+    assert any(line.startswith("winback ") and line.rstrip().endswith("yes")
+               for line in out.splitlines())
 
 
 def test_tend_errors_exit_2_with_one_line(env: Path, capsys: pytest.CaptureFixture[str]) -> None:

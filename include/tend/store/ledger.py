@@ -29,7 +29,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    Text,
     and_,
     bindparam,
     func,
@@ -86,67 +85,75 @@ _stage = Table(
     Column("message_id", String(40), primary_key=True),
     Column("customer_id", String(64), nullable=False),
     Column("program", String(100), nullable=False),
-    Column("occurrence", String(100), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("cooldown_days", Integer, nullable=False),
-    Column("context", Text, nullable=False),
     prefixes=["TEMPORARY"],
 )
+_STAGE_COLS = ["message_id", "customer_id", "program", "kind", "cooldown_days"]
 
 
 @dataclass(frozen=True)
 class ClaimOutcome:
-    """Per candidate: ``fate`` is "claimed" or why not; batch_id set when claimed."""
+    """Per candidate: ``fate`` is "claimed" or why not; batch_id set when claimed.
 
-    frame: pd.DataFrame  # message_id, customer_id, program, fate, why, batch_id
+    ``blocked`` is True where a cap, a cooldown or a better message stood in the way tonight,
+    which is what may be deferred to another night (as opposed to already_claimed).
+    """
+
+    frame: pd.DataFrame  # message_id, customer_id, program, occurrence, fate, why, batch_id
 
 
 def claim(
     conn: Connection,
-    winners: pd.DataFrame,
+    candidates: pd.DataFrame,
     *,
     as_of: dt.date,
     run_id: str,
     caps: Iterable[Cap],
     batch_size: int,
 ) -> ClaimOutcome:
-    """Claim ``winners`` (customer_id, program, occurrence, kind, cooldown_days, context).
+    """Arbitrate ``candidates`` and claim at most one message per customer, within caps.
 
-    Must run inside a transaction (``engine.begin()``); takes the ledger lock first. Returns
-    every row with its fate: claimed, already_claimed (a rerun), cooldown:<program> or
-    capped:<N>d. Caps count marketing rows in a window around ``as_of`` in both directions, so a
+    ``candidates``: customer_id, program, occurrence, kind, priority, score, cooldown_days,
+    context. Must run inside a transaction (``engine.begin()``); takes the ledger lock first, so
+    the caps it checks cannot change before its claims commit.
+
+    Set-based: the candidates' keys go to a temporary table in one bulk load (COPY on
+    PostgreSQL); one query per rule flags what is blocked (already claimed, cooldown, each cap);
+    arbitration picks the best unblocked candidate per customer by priority then score; the
+    winners go to the ledger in one bulk insert. No query per customer.
+
+    Caps and cooldowns count ledger rows in a window around ``as_of`` in both directions, so a
     replayed past night also respects messages sent after it.
     """
     lock_ledger(conn)
-    cols = ["message_id", "customer_id", "program", "occurrence", "kind", "cooldown_days",
-            "context"]
-    if winners.empty:
-        return ClaimOutcome(pd.DataFrame(columns=[*cols, "fate", "why", "batch_id"]))
-    w = winners.copy()
-    w["message_id"] = [
-        message_id_for(c, p, o)
-        for c, p, o in zip(w["customer_id"], w["program"], w["occurrence"], strict=True)
+    out_cols = ["message_id", "customer_id", "program", "occurrence", "kind", "fate", "why",
+                "batch_id"]
+    if candidates.empty:
+        return ClaimOutcome(pd.DataFrame(columns=out_cols))
+    c = candidates.reset_index(drop=True).copy()
+    c["message_id"] = [
+        message_id_for(cu, p, o)
+        for cu, p, o in zip(c["customer_id"], c["program"], c["occurrence"], strict=True)
     ]
+    c = c.drop_duplicates("message_id", keep="first").reset_index(drop=True)
+    c["cooldown_days"] = c["cooldown_days"].astype(int)
+
     _stage.drop(conn, checkfirst=True)
     _stage.create(conn)
     try:
-        conn.execute(insert(_stage), w[cols].to_dict("records"))
-        fate = pd.Series(pd.NA, index=w["message_id"].values, dtype="object")
-        why = pd.Series(pd.NA, index=fate.index, dtype="object")
+        bulk_load(conn, _stage, c[_STAGE_COLS])
+        flags: dict[str, tuple[str, str]] = {}
 
-        def mark(ids: Iterable[str], f: str, reason: str) -> None:
-            ids = [i for i in ids if pd.isna(fate.get(i))]
-            fate.loc[ids] = f
-            why.loc[ids] = reason
+        def flag(ids: Iterable[str], fate: str, why: str) -> None:
+            for i in ids:
+                flags.setdefault(i, (fate, why))
 
-        existing = conn.execute(
+        flag(conn.execute(
             select(_stage.c.message_id).join(L, L.c.message_id == _stage.c.message_id)
-        ).scalars()
-        mark(existing, "already_claimed", "this message was already claimed by an earlier run")
+        ).scalars(), "already_claimed", "this message was already claimed by an earlier run")
 
-        for days in sorted({int(d) for d in w["cooldown_days"]}):
-            if days <= 0:
-                continue
+        for days in sorted({d for d in c["cooldown_days"] if d > 0}):
             q = (
                 select(_stage.c.message_id, _stage.c.program)
                 .join(L, and_(L.c.customer_id == _stage.c.customer_id,
@@ -159,52 +166,74 @@ def claim(
                 .distinct()
             )
             for mid, program in conn.execute(q):
-                mark([mid], f"cooldown:{program}",
+                flag([mid], f"cooldown:{program}",
                      f"already contacted by {program} within its {days}-day cooldown")
 
-        for cap in sorted(caps, key=lambda c: c.days):
-            q = (
-                select(_stage.c.message_id)
-                .join(L, L.c.customer_id == _stage.c.customer_id)
-                .where(_stage.c.kind == "marketing")
-                .where(L.c.kind == "marketing")
-                .where(L.c.status.in_(COUNTED))
+        for cap in sorted(caps, key=lambda cp: cp.days):
+            over = (
+                select(L.c.customer_id)
+                .where(L.c.kind == "marketing", L.c.status.in_(COUNTED))
                 .where(L.c.as_of > as_of - dt.timedelta(days=cap.days))
                 .where(L.c.as_of < as_of + dt.timedelta(days=cap.days))
-                .group_by(_stage.c.message_id)
+                .where(L.c.customer_id.in_(select(_stage.c.customer_id)))
+                .group_by(L.c.customer_id)
                 .having(func.count() >= cap.messages)
             )
-            mark(conn.execute(q).scalars(), cap.label,
+            q = select(_stage.c.message_id).where(
+                _stage.c.kind == "marketing", _stage.c.customer_id.in_(over))
+            flag(conn.execute(q).scalars(), cap.label,
                  f"cap reached: {cap.messages} marketing message(s) in {cap.days} days")
-
-        free = fate.isna()
-        fate.loc[free] = "claimed"
-        why.loc[free] = "won tonight's arbitration and passed caps"
-        w["fate"] = fate.loc[w["message_id"]].to_numpy()
-        w["why"] = why.loc[w["message_id"]].to_numpy()
-
-        to_claim = w.loc[w["fate"] == "claimed"].reset_index(drop=True)
-        first_batch = (
-            conn.execute(select(func.coalesce(func.max(L.c.batch_id), -1)).where(
-                L.c.as_of == as_of)).scalar_one() + 1
-        )
-        to_claim["batch_id"] = first_batch + (to_claim.index // batch_size)
-        stamp = now()
-        rows = [
-            {
-                "message_id": r.message_id, "customer_id": r.customer_id,
-                "program": r.program, "occurrence": r.occurrence, "kind": r.kind,
-                "status": "claimed", "as_of": as_of, "run_id": run_id,
-                "batch_id": int(r.batch_id), "context": r.context, "claimed_at": stamp,
-            }
-            for r in to_claim.itertuples()
-        ]
-        if rows:
-            conn.execute(insert(L), rows)
-        w = w.merge(to_claim[["message_id", "batch_id"]], on="message_id", how="left")
     finally:
         _stage.drop(conn, checkfirst=True)
-    return ClaimOutcome(w[[*cols, "fate", "why", "batch_id"]])
+
+    c["fate"] = c["message_id"].map(lambda m: flags.get(m, (None, None))[0])
+    c["why"] = c["message_id"].map(lambda m: flags.get(m, (None, None))[1])
+
+    # Arbitration: the best unblocked candidate per customer wins tonight.
+    free = c.loc[c["fate"].isna()].sort_values(
+        ["customer_id", "priority", "score", "program"], ascending=[True, False, False, True])
+    winners = free.drop_duplicates("customer_id", keep="first")
+    losers = free.index.difference(winners.index)
+    won_by = winners.set_index("customer_id")["program"]
+    if len(losers):
+        c.loc[losers, "fate"] = "lost_to:" + c.loc[losers, "customer_id"].map(won_by).astype(str)
+        c.loc[losers, "why"] = "another program had a better message for this customer tonight"
+    c.loc[winners.index, "fate"] = "claimed"
+    c.loc[winners.index, "why"] = "won tonight's arbitration and passed caps"
+
+    first_batch = conn.execute(
+        select(func.coalesce(func.max(L.c.batch_id), -1)).where(L.c.as_of == as_of)
+    ).scalar_one() + 1
+    w = c.loc[winners.index].sort_values("message_id")
+    c["batch_id"] = pd.Series(dtype="Int64")
+    c.loc[w.index, "batch_id"] = first_batch + pd.RangeIndex(len(w)) // batch_size
+    if len(w):
+        stamp = now()
+        rows = pd.DataFrame({
+            "message_id": w["message_id"], "customer_id": w["customer_id"],
+            "program": w["program"], "occurrence": w["occurrence"], "kind": w["kind"],
+            "status": "claimed", "as_of": as_of, "run_id": run_id,
+            "batch_id": c.loc[w.index, "batch_id"].astype(int), "context": w["context"],
+            "claimed_at": stamp,
+        })
+        bulk_load(conn, L, rows)
+    return ClaimOutcome(c[out_cols])
+
+
+def bulk_load(conn: Connection, table: Table, frame: pd.DataFrame) -> None:
+    """Insert a frame fast: COPY on PostgreSQL, executemany elsewhere."""
+    if frame.empty:
+        return
+    if conn.dialect.name == "postgresql":
+        cols = ", ".join(f'"{c}"' for c in frame.columns)
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({cols}) FROM STDIN') as copy:
+            for row in frame.itertuples(index=False, name=None):
+                copy.write_row(row)
+        return
+    records = frame.to_dict("records")
+    for i in range(0, len(records), 10_000):
+        conn.execute(insert(table), records[i : i + 10_000])
 
 
 def record_decisions(
@@ -214,6 +243,7 @@ def record_decisions(
     stamp = now()
     rows = [
         {"as_of": as_of, "run_id": run_id, "customer_id": r.customer_id, "program": r.program,
+         "occurrence": getattr(r, "occurrence", "") or "",
          "fate": r.fate, "reason": r.why, "created_at": stamp,
          "message_id": None if pd.isna(r.message_id) else r.message_id}
         for r in decisions.itertuples()

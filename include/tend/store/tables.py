@@ -70,8 +70,11 @@ contact_ledger = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("provider_id", String(200)),
     Column("error", Text),
+    # Quiet hours: when the provider was asked to deliver (None = at once).
+    Column("send_at", DateTime(timezone=True)),
     UniqueConstraint("customer_id", "program", "occurrence", name="uq_ledger_key"),
 )
+Index("ix_ledger_as_of", contact_ledger.c.as_of, contact_ledger.c.kind)
 Index("ix_ledger_customer_claimed", contact_ledger.c.customer_id, contact_ledger.c.claimed_at)
 Index("ix_ledger_run_batch", contact_ledger.c.run_id, contact_ledger.c.batch_id)
 Index("ix_ledger_status", contact_ledger.c.status)
@@ -89,9 +92,29 @@ decision_log = Table(
     Column("reason", Text, nullable=False),
     Column("message_id", String(40)),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("as_of", "customer_id", "program", name="uq_decision_night"),
+    Column("occurrence", String(100), nullable=False, server_default=""),
+    UniqueConstraint("as_of", "customer_id", "program", "occurrence", name="uq_decision_night"),
 )
 Index("ix_decision_customer", decision_log.c.customer_id, decision_log.c.as_of)
+
+#: Candidates that lost tonight to a cap, a cooldown or a better message but are still
+#: relevant: they compete again every night until ``valid_until`` passes, then expire.
+deferred = Table(
+    "deferred",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("program", String(100), primary_key=True),
+    Column("occurrence", String(100), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("cooldown_days", Integer, nullable=False),
+    Column("valid_until", Date, nullable=False),
+    Column("last_order_date", Date),
+    Column("context", Text, nullable=False),
+    Column("first_deferred_on", Date, nullable=False),
+    Column("last_reason", Text, nullable=False),
+)
 
 suppressions = Table(
     "suppressions",

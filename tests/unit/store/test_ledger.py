@@ -19,11 +19,11 @@ NIGHT = dt.date(2026, 11, 20)
 CAPS = (Cap(1, 3), Cap(2, 7), Cap(4, 30))
 
 
-def winners(*rows: tuple[str, str, str], kind: str = "marketing", cooldown: int = 90
-            ) -> pd.DataFrame:
+def winners(*rows: tuple[str, str, str], kind: str = "marketing", cooldown: int = 90,
+            priority: int = 50) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"customer_id": c, "program": p, "occurrence": o, "kind": kind,
-          "cooldown_days": cooldown, "context": "{}"} for c, p, o in rows]
+        [{"customer_id": c, "program": p, "occurrence": o, "kind": kind, "priority": priority,
+          "score": 0.5, "cooldown_days": cooldown, "context": "{}"} for c, p, o in rows]
     )
 
 
@@ -102,6 +102,30 @@ def test_failed_messages_do_not_count_against_caps(store_url: str) -> None:
         ledger.mark_sending(conn, [mid])
         ledger.record_results(conn, [{"message_id": mid, "status": "failed", "error": "400"}])
     assert claim(store_url, winners(("C1", "winback", "e1"))).loc["C1", "fate"] == "claimed"
+
+
+def test_arbitration_picks_one_message_per_customer_by_priority(store_url: str) -> None:
+    cands = pd.concat([
+        winners(("C1", "winback", "e"), priority=50),
+        winners(("C1", "checkup", "boiler"), kind="service", priority=80),
+        winners(("C2", "winback", "e"), priority=50),
+    ])
+    out = claim(store_url, cands).reset_index().set_index(["customer_id", "program"])
+    assert out.loc[("C1", "checkup"), "fate"] == "claimed"
+    assert out.loc[("C1", "winback"), "fate"] == "lost_to:checkup"
+    assert out.loc[("C2", "winback"), "fate"] == "claimed"
+    assert len(statuses(store_url)) == 2
+
+
+def test_a_capped_best_message_lets_an_uncapped_one_through(store_url: str) -> None:
+    claim(store_url, winners(("C1", "newsletter", "n1")), night=NIGHT - dt.timedelta(days=1))
+    cands = pd.concat([
+        winners(("C1", "winback", "e"), priority=90),
+        winners(("C1", "checkup", "boiler"), kind="service", priority=10),
+    ])
+    out = claim(store_url, cands).reset_index().set_index("program")
+    assert out.loc["winback", "fate"] == "capped:3d"
+    assert out.loc["checkup", "fate"] == "claimed"
 
 
 def test_batches_are_numbered_per_night(store_url: str) -> None:
