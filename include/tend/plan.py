@@ -256,10 +256,12 @@ def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
     gone = rows["valid_until"] < as_of
     # A program switched off since: its waiting messages expire with it.
     off = ~rows["program"].isin(list(programs))
-    expired = rows.loc[gone | off].assign(
+    ended = rows.loc[gone | off]
+    expired = ended.assign(
         fate="expired",
         why=np.where(gone.loc[gone | off],
-                     "deferred until " + rows["valid_until"].astype(str) + ", no longer relevant",
+                     "deferred until " + ended["valid_until"].astype(str)
+                     + ", no longer relevant",
                      "the program was disabled while the message waited"),
     )[["customer_id", "program", "occurrence", "fate", "why"]]
     if len(expired):
@@ -290,7 +292,7 @@ def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
     """Blocked but still valid -> 'deferred' (kept in the store); claimed/final -> forgotten."""
     d = decided.reset_index(drop=True)
     blocked = d["fate"].astype(str).str.startswith(DEFERRABLE)
-    valid = pd.Series([bool(v and v > as_of) for v in d.get("valid_until", [None] * len(d))],
+    valid = pd.Series([bool(v and v >= as_of) for v in d.get("valid_until", [None] * len(d))],
                       index=d.index)
     defer = blocked & valid
     d.loc[defer, "why"] = (d.loc[defer, "fate"] + ": " + d.loc[defer, "why"].astype(str)
