@@ -154,9 +154,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         _print(why_lines(config.store_url(args.store), args.customer_id, args.as_of))
     elif cmd == "programs":
-        from tend.programs import load_registry, registry_path
-
         from tend.logs import table
+        from tend.programs import load_registry, registry_path
 
         reg = load_registry(args.file)
         print(f"{args.file or registry_path()}: {len(reg.programs)} program(s) OK, "

@@ -119,7 +119,9 @@ def test_a_deferred_message_expires_when_its_window_closes(shop_url: str,
     who = lost.iloc[0]
     for offset in (1, 2, 3):
         night(shop_url, store_url, MONDAY + dt.timedelta(days=offset), reg)
-    story = decisions(store_url).query("customer_id == @who and program == 'newsletter'")
+    everything = decisions(store_url)
+    story = everything.loc[(everything["customer_id"] == who)
+                           & (everything["program"] == "newsletter")]
     fates = dict(zip(story["as_of"], story["fate"], strict=True))
     assert fates[MONDAY + dt.timedelta(days=1)] == "deferred"  # capped:3d, still valid
     assert fates[MONDAY + dt.timedelta(days=2)] == "deferred"
