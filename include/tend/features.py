@@ -2,13 +2,40 @@
 
 Each night only customers with new orders since the watermark are recomputed, from their own
 full history, so the result is identical to a full rebuild (tested). Everything here is
-vectorised over customers: no per-customer Python loop, no ``groupby().apply``.
+vectorised over integer-coded customers: rows are sorted once by (customer, time) and every
+aggregate is a ``bincount``/``reduceat``/sorted-position pick — no per-customer Python loop, no
+``groupby().apply``.
+
+Three frames come out (``FeatureSet``):
+
+* ``customers`` — one row per customer with at least one clean order: the base columns
+  (``FEATURE_COLUMNS``, the ``customer_features`` table) and the profile the signals need
+  (``PROFILE_COLUMNS``, the ``customer_profile`` table): the rhythm of their visits on the log
+  scale, what they spent on their last visit, and their seasonal window.
+* ``skus`` — one row per customer and product bought (``SKU_COLUMNS``): when, how often, how
+  much, the customer's own repurchase interval (per unit), and the phase of the purchase days.
+* ``daily`` — the shop's clean orders and revenue per UTC day (``DAILY_COLUMNS``): the shop's
+  own seasonality, so a customer's window can be compared with it.
+
+Visits are distinct UTC order *days*: two orders on the same day are one visit for the purpose of
+"how often does this customer come back".
+
+Seasonal window (circular statistics on the day of the year): each visit day is a point on the
+year circle; the customer's visits are averaged per *cycle* (one point per customer per year, so
+a year with three December orders counts once), and the cycles are averaged again. The
+direction of that mean is the customer's season (``season_doy``), its length ``season_r`` in
+[0, 1] says how consistently they come at that time (1: always the same day; a regular who buys
+all year long is near 0). Cycles are years centred on the customer's own season, so a window
+around New Year is not cut in two. ``season_years`` counts the cycles with a visit within
+``SEASON_HALF_WIDTH`` days of the season's centre.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 FEATURE_COLUMNS = [
@@ -21,38 +48,287 @@ FEATURE_COLUMNS = [
     "mean_interval_days",
     "median_interval_days",
 ]
+PROFILE_COLUMNS = [
+    "customer_id",
+    "order_days",  # distinct order days (visits)
+    "gap_log_mean",  # mean of log(days between visits); NaN with one visit
+    "gap_log_var",  # sample variance of those logs; NaN with fewer than three visits
+    "last_day_spent",  # spent on the last visit (tells which spend tier was crossed)
+    "season_doy",  # centre of the customer's seasonal window, day of the year (1-366)
+    "season_r",  # concentration of visits around it, 0..1 (mean resultant length)
+    "season_cycles",  # years (cycles) with a visit
+    "season_years",  # cycles with a visit inside the window
+    "season_share",  # share of visits inside the window
+    "season_sku",  # the product most bought inside the window (None without order lines)
+]
+SKU_COLUMNS = [
+    "customer_id",
+    "sku",
+    "days",  # distinct days the customer bought it
+    "first_day",
+    "last_day",
+    "quantity",  # units in total
+    "last_quantity",  # units bought on the last of those days
+    "gap_median",  # median days between two purchases of it; NaN when bought once
+    "unit_gap_median",  # median of (days to the next purchase / units bought before it)
+    "phase_cos",  # sum over purchase days of cos(2 pi day-of-year phase)
+    "phase_sin",
+    "season_days",  # purchase days inside the customer's seasonal window
+]
+DAILY_COLUMNS = ["day", "orders", "revenue"]
+
+#: Half width, in days, of a seasonal window ("the same calendar window": ±3 weeks).
+SEASON_HALF_WIDTH = 21
+YEAR_DAYS = 365.2425
+_US_PER_DAY = 86_400_000_000
+TWO_PI = 2.0 * np.pi
+
+
+@dataclass
+class FeatureSet:
+    customers: pd.DataFrame  # FEATURE_COLUMNS + PROFILE_COLUMNS[1:]
+    skus: pd.DataFrame  # SKU_COLUMNS
+    daily: pd.DataFrame  # DAILY_COLUMNS
 
 
 def compute_features(orders: pd.DataFrame) -> pd.DataFrame:
     """One row per customer from clean orders (customer_id, order_id, ordered_at UTC, total).
 
-    Intervals are measured between distinct order *days*: two orders on the same day are one
-    visit for the purpose of "how often does this customer come back".
+    The base columns and the profile; ``season_sku`` is None (that needs order lines, see
+    ``compute_feature_set``).
     """
-    if orders.empty:
-        return pd.DataFrame(columns=FEATURE_COLUMNS)
-    g = orders.groupby("customer_id", sort=True)
-    out = pd.DataFrame(
-        {
-            "orders_count": g["order_id"].nunique(),
-            "first_order_at": g["ordered_at"].min(),
-            "last_order_at": g["ordered_at"].max(),
-            "total_spent": g["total"].sum(),
-        }
-    )
-    out["avg_order_value"] = out["total_spent"] / out["orders_count"]
+    return compute_feature_set(orders, None).customers
 
-    days = (
-        orders.assign(day=orders["ordered_at"].dt.floor("D"))[["customer_id", "day"]]
-        .drop_duplicates()
-        .sort_values(["customer_id", "day"])
-    )
-    gaps = days.groupby("customer_id")["day"].diff().dt.total_seconds() / 86400.0
-    gaps = gaps.groupby(days["customer_id"])
-    out["mean_interval_days"] = gaps.mean()
-    out["median_interval_days"] = gaps.median()
-    out = out.reset_index()
-    return out[FEATURE_COLUMNS]
+
+def compute_feature_set(orders: pd.DataFrame, lines: pd.DataFrame | None) -> FeatureSet:
+    """Every feature from clean orders and their clean lines (``order`` = row in ``orders``,
+    ``sku``, ``quantity``), as ``tend.shop.read_history`` returns them."""
+    customers_cols = [*FEATURE_COLUMNS, *PROFILE_COLUMNS[1:]]
+    if orders.empty:
+        return FeatureSet(_empty(customers_cols), _empty(SKU_COLUMNS), _empty(DAILY_COLUMNS))
+
+    codes, ids = pd.factorize(orders["customer_id"].astype(str), sort=True)
+    n = len(ids)
+    ts = orders["ordered_at"].dt.tz_convert("UTC").dt.as_unit("us").array.asi8
+    total = orders["total"].to_numpy(dtype=float)
+    day = ts // _US_PER_DAY
+    order = sort_order(codes, day)
+    cust, ts, total, day = codes[order], ts[order], total[order], day[order]
+
+    count = np.bincount(cust, minlength=n)
+    ends = np.cumsum(count)
+    starts = ends - count
+    spent = np.bincount(cust, weights=total, minlength=n)
+
+    # Visits: distinct (customer, day).
+    new_day = np.ones(len(day), bool)
+    new_day[1:] = (cust[1:] != cust[:-1]) | (day[1:] != day[:-1])
+    day_idx = np.cumsum(new_day) - 1
+    vcust, vday = cust[new_day], day[new_day]
+    vspent = np.bincount(day_idx, weights=total)
+    visits = np.bincount(vcust, minlength=n)
+    vends = np.cumsum(visits)
+
+    same = vcust[1:] == vcust[:-1]
+    gaps = (vday[1:] - vday[:-1])[same].astype(float)
+    gcust = vcust[1:][same]
+    ngaps = np.bincount(gcust, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_gap = np.bincount(gcust, weights=gaps, minlength=n) / ngaps
+        logs = np.log(gaps)
+        log_mean = np.bincount(gcust, weights=logs, minlength=n) / ngaps
+        dev = logs - log_mean[gcust]
+        log_var = np.bincount(gcust, weights=dev * dev, minlength=n) / (ngaps - 1)
+    log_var[ngaps < 2] = np.nan
+    median_gap = group_median(gcust, gaps, n)
+
+    season = _seasons(vcust, vday, n)
+
+    first = pd.to_datetime(np.minimum.reduceat(ts, starts), unit="us", utc=True)
+    last = pd.to_datetime(np.maximum.reduceat(ts, starts), unit="us", utc=True)
+    customers = pd.DataFrame({
+        "customer_id": pd.Series(ids, dtype=str),
+        "orders_count": count.astype(np.int64),
+        "first_order_at": first,
+        "last_order_at": last,
+        "total_spent": spent,
+        "avg_order_value": spent / count,
+        "mean_interval_days": mean_gap,
+        "median_interval_days": median_gap,
+        "order_days": visits.astype(np.int64),
+        "gap_log_mean": log_mean,
+        "gap_log_var": log_var,
+        "last_day_spent": vspent[vends - 1],
+        "season_doy": season["doy"],
+        "season_r": season["r"],
+        "season_cycles": season["cycles"],
+        "season_years": season["years"],
+        "season_share": season["share"],
+        "season_sku": pd.Series([None] * n, dtype=object),
+    })
+
+    uday, day_pos = np.unique(day, return_inverse=True)
+    daily = pd.DataFrame({
+        "day": pd.to_datetime(uday, unit="D").date,
+        "orders": np.bincount(day_pos).astype(np.int64),
+        "revenue": np.bincount(day_pos, weights=total),
+    })
+
+    skus = _empty(SKU_COLUMNS)
+    if lines is not None and len(lines):
+        inv = np.empty(len(order), np.int64)
+        inv[order] = np.arange(len(order))
+        skus = _sku_features(cust, day, inv[lines["order"].to_numpy()], lines, ids,
+                             season["centre"])
+        if len(skus):
+            in_season = skus.loc[skus["season_days"] > 0].sort_values(
+                ["customer_id", "season_days", "sku"], ascending=[True, False, True])
+            top = in_season.drop_duplicates("customer_id").set_index("customer_id")["sku"]
+            customers["season_sku"] = customers["customer_id"].map(top).astype(object)
+            customers.loc[customers["season_sku"].isna(), "season_sku"] = None
+    return FeatureSet(customers, skus, daily)
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+def sort_order(*keys: np.ndarray) -> np.ndarray:
+    """Stable order by several non-negative-after-shift integer keys (first key most
+    significant), packed into one int64 when they fit, else ``np.lexsort``."""
+    shifted, bits = [], 0
+    for k in keys:
+        k = k.astype(np.int64) - (int(k.min()) if len(k) else 0)
+        width = max(int(k.max()).bit_length() if len(k) else 1, 1)
+        shifted.append((k, width))
+        bits += width
+    if bits > 62:
+        return np.lexsort(tuple(k for k, _ in reversed(shifted)))
+    packed = np.zeros(len(keys[0]), np.int64)
+    for k, width in shifted:
+        packed = (packed << width) | k
+    return np.argsort(packed, kind="stable")
+
+
+def group_median(groups: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Median of ``values`` per integer group 0..n_groups-1 (NaN for an empty group)."""
+    out = np.full(n_groups, np.nan)
+    if len(values) == 0:
+        return out
+    integral = bool(np.all(values == np.floor(values))) and values.min() >= 0
+    order = (sort_order(groups, values.astype(np.int64)) if integral
+             else np.lexsort((values, groups)))
+    v = values[order]
+    counts = np.bincount(groups, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    has = counts > 0
+    lo = starts[has] + (counts[has] - 1) // 2
+    hi = starts[has] + counts[has] // 2
+    out[has] = (v[lo] + v[hi]) / 2.0
+    return out
+
+
+def phase(day: np.ndarray) -> np.ndarray:
+    """Position of a day (days since 1970-01-01) in its year, as an angle in [0, 2 pi)."""
+    return TWO_PI * np.mod(day / YEAR_DAYS, 1.0)
+
+
+def phase_to_doy(angle: np.ndarray | float) -> np.ndarray:
+    """The inverse of ``phase``: 1 = 1 January."""
+    return np.mod(np.asarray(angle) / TWO_PI, 1.0) * YEAR_DAYS + 1.0
+
+
+def circular_distance_days(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Shortest distance in days between two angles on the year circle."""
+    d = np.mod(a - b + np.pi, TWO_PI) - np.pi
+    return np.abs(d) * YEAR_DAYS / TWO_PI
+
+
+def _cycle_means(vcust: np.ndarray, cycle: np.ndarray, angle: np.ndarray, n: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over a customer's cycles of the cycle's mean unit vector (one point per year)."""
+    new = np.ones(len(cycle), bool)
+    new[1:] = (vcust[1:] != vcust[:-1]) | (cycle[1:] != cycle[:-1])
+    gidx = np.cumsum(new) - 1
+    per = np.bincount(gidx)
+    c = np.bincount(gidx, weights=np.cos(angle)) / per
+    s = np.bincount(gidx, weights=np.sin(angle)) / per
+    gcust = vcust[new]
+    ncycles = np.bincount(gcust, minlength=n)
+    with np.errstate(invalid="ignore"):
+        return (np.bincount(gcust, weights=c, minlength=n) / ncycles,
+                np.bincount(gcust, weights=s, minlength=n) / ncycles, ncycles)
+
+
+def _seasons(vcust: np.ndarray, vday: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    angle = phase(vday)
+    # Pass 1: calendar-ish years give a first direction; pass 2 re-cuts the years around it.
+    c1, s1, _ = _cycle_means(vcust, np.floor(vday / YEAR_DAYS).astype(np.int64), angle, n)
+    centre1 = np.arctan2(s1, c1)
+    cycle = np.rint(vday / YEAR_DAYS - centre1[vcust] / TWO_PI).astype(np.int64)
+    c, s, ncycles = _cycle_means(vcust, cycle, angle, n)
+    centre = np.arctan2(s, c)
+    inside = circular_distance_days(angle, centre[vcust]) <= SEASON_HALF_WIDTH
+    visits = np.bincount(vcust, minlength=n)
+    first_in_cycle = np.ones(len(cycle), bool)
+    first_in_cycle[1:] = (vcust[1:] != vcust[:-1]) | (cycle[1:] != cycle[:-1])
+    # A cycle counts once: mark the cycles that have any visit inside the window.
+    cyc_id = np.cumsum(first_in_cycle) - 1
+    cyc_inside = np.bincount(cyc_id, weights=inside.astype(float)) > 0
+    years = np.bincount(vcust[first_in_cycle], weights=cyc_inside.astype(float), minlength=n)
+    return {
+        "centre": centre,
+        "doy": np.round(phase_to_doy(centre), 1),
+        "r": np.hypot(c, s),
+        "cycles": ncycles.astype(np.int64),
+        "years": years.astype(np.int64),
+        "share": np.bincount(vcust, weights=inside.astype(float), minlength=n) / visits,
+    }
+
+
+def _sku_features(cust: np.ndarray, day: np.ndarray, line_order: np.ndarray,
+                  lines: pd.DataFrame, ids: np.ndarray, centre: np.ndarray) -> pd.DataFrame:
+    """Per (customer, sku): visits, dates, quantities, own repurchase interval, phase sums."""
+    sku_codes, sku_ids = pd.factorize(lines["sku"].astype(str), sort=True)
+    lc, ld = cust[line_order], day[line_order]
+    qty = lines["quantity"].to_numpy(dtype=np.int64)
+    order = sort_order(lc, sku_codes, ld)
+    lc, ls, ld, qty = lc[order], sku_codes[order], ld[order], qty[order]
+    # (customer, sku, day) with the units bought that day
+    new = np.ones(len(lc), bool)
+    new[1:] = (lc[1:] != lc[:-1]) | (ls[1:] != ls[:-1]) | (ld[1:] != ld[:-1])
+    idx = np.cumsum(new) - 1
+    dq = np.bincount(idx, weights=qty).astype(np.int64)
+    dc, ds, dd = lc[new], ls[new], ld[new]
+    # (customer, sku) groups
+    gnew = np.ones(len(dc), bool)
+    gnew[1:] = (dc[1:] != dc[:-1]) | (ds[1:] != ds[:-1])
+    g = np.cumsum(gnew) - 1
+    ng = int(g[-1]) + 1 if len(g) else 0
+    days = np.bincount(g, minlength=ng)
+    gends = np.cumsum(days)
+    gstarts = gends - days
+    same = g[1:] == g[:-1]
+    gap = (dd[1:] - dd[:-1]).astype(float)[same]
+    unit_gap = gap / dq[:-1][same]
+    gg = g[1:][same]
+    angle = phase(dd)
+    inside = circular_distance_days(angle, centre[dc]) <= SEASON_HALF_WIDTH
+    return pd.DataFrame({
+        "customer_id": pd.Series(ids[dc[gnew]], dtype=str),
+        "sku": pd.Series(sku_ids[ds[gnew]], dtype=str),
+        "days": days.astype(np.int64),
+        "first_day": pd.to_datetime(dd[gstarts], unit="D").date,
+        "last_day": pd.to_datetime(dd[gends - 1], unit="D").date,
+        "quantity": np.bincount(g, weights=dq, minlength=ng).astype(np.int64),
+        "last_quantity": dq[gends - 1],
+        "gap_median": group_median(gg, gap, ng),
+        "unit_gap_median": group_median(gg, unit_gap, ng),
+        "phase_cos": np.bincount(g, weights=np.cos(angle), minlength=ng),
+        "phase_sin": np.bincount(g, weights=np.sin(angle), minlength=ng),
+        "season_days": np.bincount(g, weights=inside.astype(float), minlength=ng
+                                   ).astype(np.int64),
+    })
 
 
 def days_between(later: dt.date, earlier: pd.Series) -> pd.Series:

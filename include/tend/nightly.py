@@ -9,7 +9,6 @@ only orders placed before the end of ``as_of`` (UTC) exist for the night.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -17,51 +16,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 
-from tend import shop
+from tend import ingest, shop  # noqa: F401 - shop: kept for callers of nightly.shop
 from tend.config import ShopSettings
 from tend.delivery.base import DeliveryBackend, DeliveryStatus, OutgoingMessage
 from tend.errors import DeliveryAuthError, TemplateError
-from tend.features import FEATURE_COLUMNS, compute_features
+from tend.ingest import WATERMARK, IngestResult  # noqa: F401 - re-exported
 from tend.logs import log, mask_email, table
 
 # The programs stage lives in tend.plan; re-exported for the DAGs, the CLI and the send stage.
 from tend.plan import PlanResult, context_for_render, plan_night, voucher_code  # noqa: F401
 from tend.render import Renderer
 from tend.store import ledger
-from tend.store.db import connect, require_current
+from tend.store.db import connect
 from tend.store.tables import (
     contact_ledger,
-    customer_features,
     decision_log,
-    ingest_state,
     quarantine,
 )
 
-WATERMARK = "orders"
-
-
-# -- ingest ----------------------------------------------------------------------------------
-
-@dataclass
-class IngestResult:
-    as_of: dt.date
-    mode: str  # "full" | "incremental"
-    orders_read: int
-    changed_customers: int
-    quarantined: Counter[str] = field(default_factory=Counter)
-
-    def lines(self) -> list[str]:
-        out = [
-            f"ingest {self.as_of} ({self.mode}): {self.orders_read:,} orders read, "
-            f"{self.changed_customers:,} customers updated, "
-            f"{sum(self.quarantined.values()):,} rows quarantined",
-        ]
-        if self.quarantined:
-            out += table(["quarantined because", "rows"], sorted(self.quarantined.items()))
-        return out
-
+# -- ingest: see tend.ingest (thin delegates, for the DAGs and the CLI) ----------------------
 
 def run_ingest(
     shop_url: str,
@@ -72,91 +47,14 @@ def run_ingest(
     full: bool = False,
     lookback_days: int = 2,
 ) -> IngestResult:
-    """Fold orders up to ``as_of`` into the feature table.
-
-    Incremental by default: customers with an order in (watermark - lookback, end of as_of] are
-    recomputed from their whole history, which equals a full rebuild for them (the lookback
-    catches orders that reached the shop database late). A night earlier than the stored one
-    (a replay) or ``full=True`` rebuilds everything as of that night.
-    """
-    require_current(store_url)
-    shop.require_schema(shop_url)
-    store = connect(store_url)
-    with store.connect() as conn:
-        state = conn.execute(
-            select(ingest_state).where(ingest_state.c.name == WATERMARK)
-        ).first()
-
-    mode = "full" if full or state is None or as_of < state.as_of else "incremental"
-    if mode == "full":
-        orders, bad = shop.read_orders(shop_url, as_of)
-        changed: list[str] | None = None
-    else:
-        since = _aware(state.watermark) - dt.timedelta(days=lookback_days)
-        changed = shop.changed_customer_ids(shop_url, since, as_of)
-        orders, bad = shop.read_orders(shop_url, as_of, changed)
-
-    feats = compute_features(orders)
-    stamp = ledger.now()
-    feats = feats.assign(as_of=as_of, updated_at=stamp)
-    watermark = orders["ordered_at"].max() if len(orders) else None
-    new_watermark = max(
-        [w for w in (watermark and watermark.to_pydatetime(),
-                     state and _aware(state.watermark)) if w],
-        default=shop.end_of_day(as_of) - dt.timedelta(microseconds=1),
-    )
-    if mode == "full":
-        new_watermark = watermark.to_pydatetime() if watermark is not None else new_watermark
-
-    with store.begin() as conn:
-        if changed is None:
-            conn.execute(delete(customer_features))
-        else:
-            for i in range(0, len(changed), 900):
-                conn.execute(delete(customer_features).where(
-                    customer_features.c.customer_id.in_(changed[i : i + 900])))
-        records = feats[[*FEATURE_COLUMNS, "as_of", "updated_at"]].to_dict("records")
-        for r in records:
-            for k in ("first_order_at", "last_order_at"):
-                r[k] = r[k].to_pydatetime()
-            for k in ("mean_interval_days", "median_interval_days"):
-                r[k] = None if pd.isna(r[k]) else float(r[k])
-            r["orders_count"] = int(r["orders_count"])
-        for i in range(0, len(records), 5000):
-            conn.execute(customer_features.insert(), records[i : i + 5000])
-        ledger.insert_ignore(conn, quarantine, [
-            {"as_of": as_of, "run_id": run_id, "source": q.source, "record_key": q.record_key,
-             "reason": q.reason, "payload": json.dumps(q.payload, default=str),
-             "created_at": stamp}
-            for q in bad
-        ])
-        conn.execute(delete(ingest_state).where(ingest_state.c.name == WATERMARK))
-        conn.execute(ingest_state.insert().values(
-            name=WATERMARK, watermark=new_watermark, as_of=as_of, updated_at=stamp))
-
-    result = IngestResult(
-        as_of=as_of, mode=mode, orders_read=len(orders) + len(bad),
-        changed_customers=len(feats), quarantined=Counter(q.reason for q in bad),
-    )
-    for line in result.lines():
-        log.info(line)
-    return result
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    """Fold orders up to ``as_of`` into the feature tables (``tend.ingest.run_ingest``)."""
+    return ingest.run_ingest(shop_url, store_url, as_of, run_id, full=full,
+                             lookback_days=lookback_days)
 
 
 def read_features(store_url: str) -> pd.DataFrame:
-    with connect(store_url).connect() as conn:
-        df = pd.DataFrame(conn.execute(select(customer_features)).mappings().all())
-    if df.empty:
-        return pd.DataFrame(columns=FEATURE_COLUMNS)
-    for col in ("first_order_at", "last_order_at"):
-        df[col] = pd.to_datetime(df[col], utc=True)
-    for col in ("mean_interval_days", "median_interval_days", "total_spent", "avg_order_value"):
-        df[col] = pd.to_numeric(df[col])
-    return df
+    """One row per customer: base features and profile (``tend.ingest.read_features``)."""
+    return ingest.read_features(store_url)
 
 
 # -- plan: see tend.plan (re-exported above for the DAGs, the CLI and the send stage) ---------

@@ -74,10 +74,10 @@ contact_ledger = Table(
     Column("send_at", DateTime(timezone=True)),
     UniqueConstraint("customer_id", "program", "occurrence", name="uq_ledger_key"),
 )
-Index("ix_ledger_as_of", contact_ledger.c.as_of, contact_ledger.c.kind)
-Index("ix_ledger_customer_claimed", contact_ledger.c.customer_id, contact_ledger.c.claimed_at)
-Index("ix_ledger_run_batch", contact_ledger.c.run_id, contact_ledger.c.batch_id)
-Index("ix_ledger_status", contact_ledger.c.status)
+# Few indexes on purpose: every one is paid for on each claim of a million-row night.
+# (as_of, batch_id) serves the send stage and the caps' date window; the unique key serves
+# "already claimed" and cooldowns (customer_id, program prefix).
+Index("ix_ledger_night_batch", contact_ledger.c.as_of, contact_ledger.c.batch_id)
 
 decision_log = Table(
     "decision_log",
@@ -143,4 +143,52 @@ quarantine = Table(
     Column("payload", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("source", "record_key", "reason", name="uq_quarantine_record"),
+)
+
+# -- signal features (migration 0002) ---------------------------------------------------------
+# The profile beside customer_features (tend.features.PROFILE_COLUMNS), one row per customer and
+# product bought (SKU_COLUMNS), and the shop's clean orders per UTC day (DAILY_COLUMNS). All are
+# rewritten for the changed customers (and the days since the watermark) each night.
+
+customer_profile = Table(
+    "customer_profile",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("as_of", Date, nullable=False),
+    Column("order_days", Integer, nullable=False),
+    Column("gap_log_mean", Float),
+    Column("gap_log_var", Float),
+    Column("last_day_spent", Float, nullable=False),
+    Column("season_doy", Float, nullable=False),
+    Column("season_r", Float, nullable=False),
+    Column("season_cycles", Integer, nullable=False),
+    Column("season_years", Integer, nullable=False),
+    Column("season_share", Float, nullable=False),
+    Column("season_sku", String(64)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+customer_sku_features = Table(
+    "customer_sku_features",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("sku", String(64), primary_key=True),
+    Column("days", Integer, nullable=False),
+    Column("first_day", Date, nullable=False),
+    Column("last_day", Date, nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("last_quantity", Integer, nullable=False),
+    Column("gap_median", Float),
+    Column("unit_gap_median", Float),
+    Column("phase_cos", Float, nullable=False),
+    Column("phase_sin", Float, nullable=False),
+    Column("season_days", Integer, nullable=False),
+)
+
+shop_daily = Table(
+    "shop_daily",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("orders", Integer, nullable=False),
+    Column("revenue", Float, nullable=False),
 )
