@@ -1,4 +1,4 @@
-"""Arbitration: deferred candidates, decisions per occurrence, send_at, a ledger date index.
+"""Arbitration: deferred candidates, decisions per occurrence, send_at, leaner ledger indexes.
 
 Revision ID: 0003
 Revises: 0001
@@ -40,11 +40,18 @@ def upgrade() -> None:
             "uq_decision_night", ["as_of", "customer_id", "program", "occurrence"])
     with op.batch_alter_table("contact_ledger") as batch:
         batch.add_column(sa.Column("send_at", TZ))
-    op.create_index("ix_ledger_as_of", "contact_ledger", ["as_of", "kind"])
+    # Every ledger index is paid for on each claim; keep the ones the queries use.
+    op.drop_index("ix_ledger_status", "contact_ledger")
+    op.drop_index("ix_ledger_customer_claimed", "contact_ledger")
+    op.drop_index("ix_ledger_run_batch", "contact_ledger")
+    op.create_index("ix_ledger_night_batch", "contact_ledger", ["as_of", "batch_id"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_ledger_as_of", "contact_ledger")
+    op.drop_index("ix_ledger_night_batch", "contact_ledger")
+    op.create_index("ix_ledger_run_batch", "contact_ledger", ["run_id", "batch_id"])
+    op.create_index("ix_ledger_customer_claimed", "contact_ledger", ["customer_id", "claimed_at"])
+    op.create_index("ix_ledger_status", "contact_ledger", ["status"])
     with op.batch_alter_table("contact_ledger") as batch:
         batch.drop_column("send_at")
     with op.batch_alter_table("decision_log") as batch:

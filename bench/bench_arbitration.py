@@ -1,0 +1,107 @@
+"""Benchmark: arbitration + cap check for 1M candidates against a 10M-row ledger (PostgreSQL).
+
+    make bench-arbitration            # BENCH_DATABASE_URL, default the local test database
+
+The ledger is generated server-side (generate_series) once into the schema ``tend_bench`` and
+reused by later runs; each run claims inside a transaction that is rolled back, so the ledger
+stays at 10M rows. Prints the time of ``tend.store.ledger.claim`` (lock, bulk load of the
+candidates, one query per rule, arbitration, bulk insert of the winners) and its phases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tend.programs import Cap
+from tend.store import ledger, migrate
+from tend.store.db import connect
+
+LEDGER_ROWS = int(os.environ.get("BENCH_LEDGER_ROWS", 10_000_000))
+CANDIDATES = int(os.environ.get("BENCH_CANDIDATES", 1_000_000))
+CUSTOMERS = 2_000_000
+NIGHT = dt.date(2026, 11, 20)
+SCHEMA = "tend_bench"
+CAPS = (Cap(1, 3), Cap(2, 7), Cap(4, 30))
+PROGRAMS = ["winback", "newsletter", "replenish", "checkup", "seasonal", "cross_sell"]
+
+
+def main() -> int:
+    base = os.environ.get("BENCH_DATABASE_URL",
+                          os.environ.get("TEST_DATABASE_URL",
+                                         "postgresql://postgres@127.0.0.1:5432/test"))
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={SCHEMA}"})
+    url_s = url.render_as_string(hide_password=False)
+    migrate(url_s)
+    engine = connect(url_s)
+    with engine.begin() as conn:
+        have = conn.execute(text("SELECT count(*) FROM contact_ledger")).scalar_one()
+    if have != LEDGER_ROWS:
+        t = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE contact_ledger"))
+            conn.execute(text(f"""
+                INSERT INTO contact_ledger (message_id, customer_id, program, occurrence, kind,
+                    status, as_of, run_id, batch_id, context, claimed_at)
+                SELECT md5(g::text),
+                       'C' || lpad((g % {CUSTOMERS})::text, 7, '0'),
+                       (ARRAY['winback','newsletter','replenish','checkup','seasonal',
+                              'cross_sell'])[1 + g % 6],
+                       'bench:' || g,
+                       CASE WHEN g % 6 = 3 THEN 'service' ELSE 'marketing' END,
+                       'sent', DATE '{NIGHT}' - (g % 365)::int, 'bench', 0, '{{}}', now()
+                FROM generate_series(1, {LEDGER_ROWS}) AS g"""))
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE contact_ledger"))
+        print(f"generated a {LEDGER_ROWS:,}-row ledger in {time.perf_counter() - t:.0f}s")
+
+    rng = np.random.default_rng(7)
+    customers = rng.choice(CUSTOMERS, size=CANDIDATES, replace=True)
+    ctx = json.dumps({"template": "winback", "locale": "fr", "customer": {
+        "customer_id": "C0000000", "first_name": "Marie", "last_name": "Tremblay",
+        "email": "marie.tremblay@example.com", "locale": "fr"}, "signal": {
+        "name": "lapsed", "reason": "last order 142 days ago; usually orders every 35 days",
+        "days_since_last_order": 142, "orders_count": 7, "last_order_date": "2026-07-01"},
+        "offer": {"code": "WB-ABCD-EFGH", "amount": 10.0, "currency": "CAD",
+                  "kind": "amount", "expires_on": "2026-12-20"}})
+    cands = pd.DataFrame({
+        "customer_id": [f"C{c:07d}" for c in customers],
+        "program": [PROGRAMS[i % len(PROGRAMS)] for i in range(CANDIDATES)],
+        "occurrence": [f"night:{i}" for i in range(CANDIDATES)],
+        "kind": ["service" if i % len(PROGRAMS) == 3 else "marketing"
+                 for i in range(CANDIDATES)],
+        "priority": rng.integers(10, 100, CANDIDATES),
+        "score": rng.random(CANDIDATES),
+        "cooldown_days": [(14, 30, 90)[i % 3] for i in range(CANDIDATES)],
+        "context": ctx,
+    })
+    logging.basicConfig(level=logging.DEBUG, format="  %(message)s", stream=sys.stdout)
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+    print(f"claim: {len(cands):,} candidates ({cands['customer_id'].nunique():,} customers) "
+          f"against {LEDGER_ROWS:,} ledger rows, caps 1/3d 2/7d 4/30d, cooldowns")
+    with engine.connect() as conn:
+        trans = conn.begin()
+        t = time.perf_counter()
+        out = ledger.claim(conn, cands, as_of=NIGHT, run_id="bench", caps=CAPS,
+                           batch_size=5000).frame
+        took = time.perf_counter() - t
+        trans.rollback()
+    print(out["fate"].str.split(":").str[0].value_counts().to_string())
+    print(f"claim took {took:.2f}s ({len(cands) / took:,.0f} candidates/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
