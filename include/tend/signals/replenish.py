@@ -1,0 +1,88 @@
+"""Replenishment: consumables run out; remind the customer shortly before theirs does.
+
+Which products: those with ``replenish_days`` in the catalogue, and those the data shows are
+re-bought (at least ``min_product_customers`` customers bought them on two or more days, and
+at least ``min_repurchase_share`` of their buyers did). The interval per unit is
+``replenish_days``, else the median over customers of (days to the next purchase / units bought
+before it) for the product, else for its category; it is scaled by the units last bought. The
+customer's own median interval wins once they have bought the product ``min_own_purchases``
+times. Due = last purchase + interval; the reminder is due ``lead_days`` before that and valid
+``grace_days`` after. Services (``service_interval_days``) are check-ups, not replenishment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from tend.signals import SignalParams, empty_signals, frame, in_window
+
+
+def product_intervals(skus: pd.DataFrame, products: pd.DataFrame,
+                      params: SignalParams | None = None) -> pd.DataFrame:
+    """Per replenishable sku: interval_per_unit (days) and where it comes from."""
+    p = (params or SignalParams()).replenish
+    cat = products.set_index("sku")
+    again = skus.loc[skus["days"] >= 2]
+    stats = pd.DataFrame({
+        "buyers": skus.groupby("sku").size(),
+        "rebuyers": again.groupby("sku").size(),
+        "data_interval": again.groupby("sku")["unit_gap_median"].median(),
+    }).reindex(cat.index)
+    stats["rebuyers"] = stats["rebuyers"].fillna(0)
+    stats["category"] = cat["category"]
+    by_cat = again.assign(category=again["sku"].map(cat["category"])).groupby(
+        "category")["unit_gap_median"].median()
+    trusted = (stats["rebuyers"] >= p.min_product_customers) & (
+        stats["rebuyers"] / stats["buyers"].clip(lower=1) >= p.min_repurchase_share)
+    listed = cat["replenish_days"].notna()
+    out = pd.DataFrame(index=cat.index)
+    out["interval_per_unit"] = np.where(
+        listed, cat["replenish_days"],
+        np.where(trusted, stats["data_interval"].fillna(stats["category"].map(by_cat)),
+                 np.nan))
+    out["source"] = np.where(listed, "catalogue", "data")
+    out = out.loc[(listed | trusted) & cat["service_interval_days"].isna()
+                  & out["interval_per_unit"].notna()]
+    return out
+
+
+def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
+           params: SignalParams | None = None) -> pd.DataFrame:
+    params = params or SignalParams()
+    p = params.replenish
+    skus = fs.skus  # type: ignore[attr-defined]
+    if skus.empty:
+        return empty_signals()
+    intervals = product_intervals(skus, products, params)
+    rows = skus.loc[skus["sku"].isin(intervals.index)].copy()
+    if rows.empty:
+        return empty_signals()
+    own = (rows["days"] >= p.min_own_purchases) & rows["gap_median"].notna()
+    unit = rows["sku"].map(intervals["interval_per_unit"]).astype(float)
+    interval = np.where(own, rows["gap_median"], unit * rows["last_quantity"])
+    rows["interval"] = np.maximum(np.rint(interval), 1).astype(int)
+    last = pd.to_datetime(rows["last_day"])
+    due_on = last + pd.to_timedelta(rows["interval"], unit="D")
+    due = (due_on - pd.Timedelta(days=p.lead_days)).dt.date
+    valid = (due_on + pd.Timedelta(days=p.grace_days)).dt.date
+    ok = in_window(due, valid, as_of, params.horizon_days)
+    rows, due, valid, due_on, own = rows.loc[ok], due[ok], valid[ok], due_on[ok], own[ok]
+    if rows.empty:
+        return empty_signals()
+    names = products.set_index("sku")["name"]
+    name = rows["sku"].map(names)
+    reason = [
+        (f"buys {n} every {i} days; last on {d}, due around {u:%Y-%m-%d}" if o else
+         f"{n} bought on {d} usually lasts about {i} days; due around {u:%Y-%m-%d}")
+        for n, i, d, u, o in zip(name, rows["interval"], rows["last_day"], due_on, own,
+                                 strict=True)]
+    score = np.where(own, np.minimum(1.0, 0.5 + 0.1 * rows["days"]), 0.5)
+    return frame(
+        "replenish", rows["customer_id"], score, due, valid, reason,
+        [{"due_on": f"{u:%Y-%m-%d}", "last_bought": str(d), "interval_days": int(i),
+          "own_interval": bool(o)}
+         for u, d, i, o in zip(due_on, rows["last_day"], rows["interval"], own, strict=True)],
+        sku=rows["sku"].tolist(), product_name=name.tolist())

@@ -1,0 +1,120 @@
+"""Seasonal reorder windows: a reminder shortly before a customer's own season opens again.
+
+A customer is seasonal when their visits, taken one point per year, cluster around the same
+day of the year (``tend.features``: ``season_r``) in at least ``min_years`` different years,
+most of their visits fall inside that window, and the window is theirs rather than the shop's:
+either their share of visits inside it is ``shop_lift`` times the shop's own share of orders
+in the same window (Christmas makes everybody buy in December; that alone is not a season), or
+what they buy inside it is a seasonal product (its sales across customers concentrate around
+a peak close to the window). Services with an interval are left to the check-up signal.
+
+The reminder is due ``lead_days`` before the window opens and valid until its centre; nobody
+who already ordered since then gets one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from tend.features import (
+    SEASON_HALF_WIDTH,
+    TWO_PI,
+    YEAR_DAYS,
+    circular_distance_days,
+    phase,
+)
+from tend.signals import SignalParams, empty_signals, frame, in_window
+
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def shop_share(daily: pd.DataFrame, centres: np.ndarray) -> np.ndarray:
+    """The shop's share of orders within ``SEASON_HALF_WIDTH`` days of each centre angle."""
+    if daily.empty:
+        return np.full(len(centres), (2 * SEASON_HALF_WIDTH + 1) / YEAR_DAYS)
+    days = np.array([(d - _EPOCH).days for d in daily["day"]], dtype=float)
+    orders = daily["orders"].to_numpy(dtype=float)
+    grid = np.linspace(0, TWO_PI, 366, endpoint=False)
+    ang = phase(days)
+    share = np.array([orders[circular_distance_days(ang, g) <= SEASON_HALF_WIDTH].sum()
+                      for g in grid]) / orders.sum()
+    idx = np.rint(np.mod(centres, TWO_PI) / TWO_PI * 366).astype(int) % 366
+    return share[idx]
+
+
+def product_seasons(skus: pd.DataFrame) -> pd.DataFrame:
+    """Per sku: concentration (0..1) and centre angle of its purchase days over all customers."""
+    if skus.empty:
+        return pd.DataFrame(columns=["r", "centre"])
+    g = skus.groupby("sku")[["phase_cos", "phase_sin", "days"]].sum()
+    return pd.DataFrame({"r": np.hypot(g["phase_cos"], g["phase_sin"]) / g["days"],
+                         "centre": np.arctan2(g["phase_sin"], g["phase_cos"])})
+
+
+def seasonal_customers(fs: object, products: pd.DataFrame, params: SignalParams | None = None
+                       ) -> pd.DataFrame:
+    """Every seasonal customer with their window's centre (doy, angle) and evidence."""
+    p = (params or SignalParams()).seasonal
+    c = fs.customers  # type: ignore[attr-defined]
+    cand = c.loc[(c["season_years"] >= p.min_years) & (c["season_r"] >= p.min_concentration)
+                 & (c["season_share"] >= p.min_share)].copy()
+    if cand.empty:
+        return cand.assign(centre=[], lift=[], product_tied=[])
+    cand["centre"] = TWO_PI * (cand["season_doy"].to_numpy() - 1.0) / YEAR_DAYS
+    base = shop_share(fs.daily, cand["centre"].to_numpy())  # type: ignore[attr-defined]
+    cand["lift"] = cand["season_share"].to_numpy() / np.maximum(base, 1e-9)
+    ps = product_seasons(fs.skus)  # type: ignore[attr-defined]
+    sku_r = cand["season_sku"].map(ps["r"]).astype(float).fillna(0.0).to_numpy()
+    sku_c = cand["season_sku"].map(ps["centre"]).astype(float).fillna(0.0).to_numpy()
+    cand["product_tied"] = (sku_r >= p.product_concentration) & (
+        circular_distance_days(sku_c, cand["centre"].to_numpy()) <= p.product_distance_days)
+    services = set(products.loc[products["service_interval_days"].notna(), "sku"])
+    keep = ((cand["lift"] >= p.shop_lift) | cand["product_tied"]) & ~cand["season_sku"].isin(
+        services)
+    return cand.loc[keep]
+
+
+def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
+           params: SignalParams | None = None) -> pd.DataFrame:
+    params = params or SignalParams()
+    p = params.seasonal
+    s = seasonal_customers(fs, products, params)
+    if s.empty:
+        return empty_signals()
+    today = (as_of - _EPOCH).days
+    # The next centre on or after as_of - half width (a window already open still counts).
+    ahead = np.mod(s["centre"].to_numpy() - phase(np.array([today - SEASON_HALF_WIDTH])),
+                   TWO_PI)
+    centre_day = today - SEASON_HALF_WIDTH + np.rint(ahead / TWO_PI * YEAR_DAYS).astype(int)
+    start = pd.to_datetime(centre_day - SEASON_HALF_WIDTH, unit="D")
+    end = pd.to_datetime(centre_day + SEASON_HALF_WIDTH, unit="D")
+    centre = pd.to_datetime(centre_day, unit="D")
+    due = (start - pd.Timedelta(days=p.lead_days)).date
+    valid = centre.date
+    last = s["last_order_at"].dt.tz_convert("UTC").dt.tz_localize(None).dt.floor("D")
+    already = (last >= pd.to_datetime(due)).to_numpy()
+    ok = in_window(pd.Series(due), pd.Series(valid), as_of, params.horizon_days) & ~already
+    if not ok.any():
+        return empty_signals()
+    s = s.loc[ok]
+    names = products.set_index("sku")["name"]
+    cats = products.set_index("sku")["category"]
+    start_d, end_d = start[ok].date, end[ok].date
+    around = pd.to_datetime(centre_day[ok], unit="D")
+    reason = [
+        f"ordered around {a:%B} {a.day} in {int(y)} different years; their window opens "
+        f"{st:%Y-%m-%d}"
+        for a, y, st in zip(around, s["season_years"], start_d, strict=True)]
+    score = (s["season_r"].to_numpy() * np.minimum(1.0, s["season_years"].to_numpy() / 3.0))
+    return frame(
+        "seasonal", s["customer_id"], score, np.array(due)[ok], np.array(valid)[ok], reason,
+        [{"window_start": str(a), "window_end": str(b), "category": cats.get(k),
+          "years": int(y)}
+         for a, b, k, y in zip(start_d, end_d, s["season_sku"], s["season_years"],
+                               strict=True)],
+        sku=s["season_sku"].tolist(),
+        product_name=[names.get(k) for k in s["season_sku"]],
+    )
