@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from tend import config
 from tend.errors import TendError
 
@@ -90,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("customer_id")
     sp.add_argument("--as-of", type=_date)
 
+    for name, helptext in (
+            ("features", "one row per customer: lapse score, next order, value, features"),
+            ("signals", "one row per customer and signal: score, due date, reason")):
+        sp = sub.add_parser(name, help=helptext)
+        shop_arg(sp)
+        sp.add_argument("--as-of", type=_date, required=True,
+                        help="only orders up to the end of this day (UTC) exist")
+        sp.add_argument("--out", type=Path, required=True, help="CSV file to write")
+        sp.add_argument("--store", help="read the store's features (ingested for --as-of) "
+                                        "instead of computing them from the shop")
+
     sp = sub.add_parser("programs", help="validate the program registry")
     sp.add_argument("action", choices=["check"])
     sp.add_argument("--file", type=Path)
@@ -153,6 +166,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tend.nightly import why_lines
 
         _print(why_lines(config.store_url(args.store), args.customer_id, args.as_of))
+    elif cmd in ("features", "signals"):
+        _analyst(args)
     elif cmd == "programs":
         from tend.logs import table
         from tend.programs import load_registry, registry_path
@@ -170,6 +185,39 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"{p.holdout_share:.0%}", "yes" if p.enabled else "no") for p in reg.programs],
         ))
     return 0
+
+
+def _analyst(args: argparse.Namespace) -> None:
+    """`tend features` / `tend signals`: CSV for analysts, computed as of any past night."""
+    from tend import ingest, signals
+    from tend.shop import read_products
+    from tend.signals.lapsed import lapse_scores
+
+    shop_url = config.shop_url(args.db)
+    if args.store:
+        store_url = config.store_url(args.store)
+        if ingest.store_as_of(store_url) != args.as_of:
+            from tend.errors import DataError
+
+            raise DataError(f"the store was not ingested for {args.as_of}: run "
+                            f"`tend ingest --as-of {args.as_of}` or drop --store")
+        fs = ingest.read_feature_set(store_url)
+    else:
+        fs, history = ingest.compute_from_shop(shop_url, args.as_of)
+        if history.quarantined:
+            print(f"{len(history.quarantined):,} row(s) set aside (see `tend ingest`)",
+                  file=sys.stderr)
+    if args.command == "features":
+        scored = lapse_scores(fs.customers, args.as_of)
+        scored = scored.drop(columns=[c for c in scored if c in fs.customers])
+        out = pd.concat([fs.customers[["customer_id"]], scored,
+                         fs.customers.drop(columns=["customer_id"])], axis=1)
+        out = out.rename(columns={"value": "value_estimate", "reason": "lapse_reason"})
+    else:
+        out = signals.detect(fs, read_products(shop_url), args.as_of)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(args.out, index=False)
+    print(f"{len(out):,} rows written to {args.out}")
 
 
 def _night(args: argparse.Namespace) -> None:
