@@ -57,7 +57,8 @@ class SeasonalParams:
     min_concentration: float = 0.8  # season_r: one point per year, averaged over the years
     min_share: float = 0.6  # of the customer's visits inside the window
     shop_lift: float = 3.0  # window share / the shop's own share of orders in that window
-    product_concentration: float = 0.25  # a product whose sales are this concentrated ...
+    product_concentration: float = 0.25  # a product this much more concentrated than the shop
+
     product_distance_days: float = 30.0  # ... around a peak this close to the window
 
 

@@ -6,7 +6,8 @@ most of their visits fall inside that window, and the window is theirs rather th
 either their share of visits inside it is ``shop_lift`` times the shop's own share of orders
 in the same window (Christmas makes everybody buy in December; that alone is not a season), or
 what they buy inside it is a seasonal product (its sales across customers concentrate around
-a peak close to the window). Services with an interval are left to the check-up signal.
+a peak close to the window, more than the shop's sales as a whole do). Services with an
+interval are left to the check-up signal.
 
 The reminder is due ``lead_days`` before the window opens and valid until its centre; nobody
 who already ordered since then gets one.
@@ -45,6 +46,16 @@ def shop_share(daily: pd.DataFrame, centres: np.ndarray) -> np.ndarray:
     return share[idx]
 
 
+def _shop_harmonic(daily: pd.DataFrame) -> tuple[float, float]:
+    if daily.empty:
+        return 0.0, 0.0
+    days = np.array([(d - _EPOCH).days for d in daily["day"]], dtype=float)
+    w = daily["orders"].to_numpy(dtype=float)
+    ang = phase(days)
+    c, s = np.sum(w * np.cos(ang)) / w.sum(), np.sum(w * np.sin(ang)) / w.sum()
+    return float(np.hypot(c, s)), float(np.arctan2(s, c))
+
+
 def product_seasons(skus: pd.DataFrame) -> pd.DataFrame:
     """Per sku: concentration (0..1) and centre angle of its purchase days over all customers."""
     if skus.empty:
@@ -69,8 +80,13 @@ def seasonal_customers(fs: object, products: pd.DataFrame, params: SignalParams 
     ps = product_seasons(fs.skus)  # type: ignore[attr-defined]
     sku_r = cand["season_sku"].map(ps["r"]).astype(float).fillna(0.0).to_numpy()
     sku_c = cand["season_sku"].map(ps["centre"]).astype(float).fillna(0.0).to_numpy()
-    cand["product_tied"] = (sku_r >= p.product_concentration) & (
-        circular_distance_days(sku_c, cand["centre"].to_numpy()) <= p.product_distance_days)
+    # The product must be more seasonal than the shop itself around this window: compare the
+    # first harmonics (mean resultant vectors) projected on the window's direction.
+    shop_r, shop_c = _shop_harmonic(fs.daily)  # type: ignore[attr-defined]
+    mu = cand["centre"].to_numpy()
+    excess = sku_r * np.cos(sku_c - mu) - shop_r * np.cos(shop_c - mu)
+    cand["product_tied"] = (excess >= p.product_concentration) & (
+        circular_distance_days(sku_c, mu) <= p.product_distance_days)
     services = set(products.loc[products["service_interval_days"].notna(), "sku"])
     keep = ((cand["lift"] >= p.shop_lift) | cand["product_tied"]) & ~cand["season_sku"].isin(
         services)

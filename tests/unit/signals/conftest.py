@@ -1,0 +1,23 @@
+"""One demo shop with ground truth for the signal tests (generated once per session)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+NIGHT = dt.date(2026, 11, 20)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    from tend.demo import generate_demo_shop
+    from tend.ingest import compute_from_shop
+    from tend.shop import read_products
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('signals') / 'shop.db'}"
+    generate_demo_shop(url, customers=3000, seed=5, as_of=NIGHT)
+    fs, _ = compute_from_shop(url, NIGHT)
+    truth = pd.read_sql("SELECT * FROM demo_truth", url).set_index("customer_id")
+    return {"url": url, "fs": fs, "products": read_products(url), "truth": truth}
