@@ -242,6 +242,8 @@ def read_feature_set(store_url: str) -> FeatureSet:
     for col in ("orders_count", "order_days", "season_cycles", "season_years"):
         cust[col] = pd.to_numeric(cust[col]).astype(np.int64)
     cust["customer_id"] = cust["customer_id"].astype(str)
+    cust["season_sku"] = cust["season_sku"].astype(object).where(cust["season_sku"].notna(),
+                                                                  None)
     cust = cust.sort_values("customer_id", ignore_index=True)
     for col in ("first_day", "last_day"):
         skus[col] = pd.to_datetime(skus[col]).dt.date

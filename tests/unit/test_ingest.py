@@ -1,0 +1,147 @@
+"""Ingest: incremental nights equal a full rebuild (every feature table and every signal);
+bad rows are quarantined with a reason; the fast SQLite path reads exactly what the generic
+path reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+from tend import ingest, shop
+from tend.demo import generate_demo_shop
+from tend.signals import detect_all
+from tend.store import migrate
+from tend.store.db import connect
+from tend.store.tables import quarantine
+
+NIGHT = dt.date(2026, 11, 20)
+NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('ingest') / 'shop.db'}"
+    generate_demo_shop(url, customers=1500, seed=3, as_of=NIGHT)
+    return url
+
+
+@pytest.fixture
+def shop_url(demo_shop: str, tmp_path: Path) -> str:
+    dst = tmp_path / "shop.db"
+    with sqlite3.connect(demo_shop.removeprefix("sqlite:///")) as src, \
+            sqlite3.connect(dst) as copy:
+        src.backup(copy)
+    return f"sqlite:///{dst}"
+
+
+def _store(tmp_path: Path, name: str) -> str:
+    url = f"sqlite:///{tmp_path / name}"
+    migrate(url)
+    return url
+
+
+def test_incremental_nights_equal_a_full_rebuild(shop_url: str, tmp_path: Path) -> None:
+    inc = _store(tmp_path, "inc.db")
+    modes = [ingest.run_ingest(shop_url, inc, NIGHT - dt.timedelta(days=d), f"r{d}").mode
+             for d in (90, 40, 39, 7, 0)]
+    assert modes == ["full"] + ["incremental"] * 4
+    full = _store(tmp_path, "full.db")
+    ingest.run_ingest(shop_url, full, NIGHT, "full", full=True)
+    a, b = ingest.read_feature_set(inc), ingest.read_feature_set(full)
+    assert len(a.customers) > 1000 and len(a.skus) > len(a.customers)
+    pd.testing.assert_frame_equal(a.customers, b.customers)
+    pd.testing.assert_frame_equal(a.skus, b.skus)
+    pd.testing.assert_frame_equal(a.daily, b.daily)
+    pd.testing.assert_frame_equal(detect_all(inc, shop_url, NIGHT),
+                                  detect_all(full, shop_url, NIGHT))
+
+
+def test_an_incremental_night_only_touches_changed_customers(shop_url: str,
+                                                             tmp_path: Path) -> None:
+    store = _store(tmp_path, "s.db")
+    ingest.run_ingest(shop_url, store, NIGHT - dt.timedelta(days=1), "r1")
+    result = ingest.run_ingest(shop_url, store, NIGHT, "r2")
+    assert result.mode == "incremental"
+    assert 0 < result.changed_customers < 200
+
+
+def test_store_features_equal_features_computed_from_the_shop(shop_url: str,
+                                                              tmp_path: Path) -> None:
+    store = _store(tmp_path, "s.db")
+    ingest.run_ingest(shop_url, store, NIGHT, "r1")
+    stored = ingest.read_feature_set(store)
+    direct, _ = ingest.compute_from_shop(shop_url, NIGHT)
+    cols = list(stored.customers.columns)
+    pd.testing.assert_frame_equal(stored.customers,
+                                  direct.customers[cols].sort_values("customer_id",
+                                                                     ignore_index=True),
+                                  check_dtype=False)
+
+
+BAD_ORDERS = [
+    ("BAD-1", "", "2026-10-01 10:00:00", "10.00", "order without a customer"),
+    ("BAD-2", "NOBODY", "2026-10-01 10:00:00", "10.00", "unknown customer"),
+    ("BAD-3", "C000001", "2026-10-01 10:00:00", "-5.00", "negative order total"),
+    ("BAD-4", "C000001", "2026-10-01 10:00:00", "5000000", "absurd amount"),
+    ("BAD-5", "C000001", "not a date", "10.00", "unparseable ordered_at"),
+    ("BAD-6", "C000001", "2026-12-25 10:00:00", "10.00", "in the future"),
+    ("BAD-7", "C000001", "2026-10-01 10:00:00", "ten", "total is not a number"),
+]
+BAD_LINES = [
+    ("O0000001", "NO-SUCH-SKU", 1, "unknown sku"),
+    ("NO-SUCH-ORDER", "HOM-CANDLE", 1, "unknown order"),
+    ("O0000002", "HOM-CANDLE", -2, "positive whole number"),
+]
+
+
+def _add_bad_rows(url: str) -> None:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
+        raw.executemany("INSERT INTO orders (order_id, customer_id, ordered_at, total, currency) "
+                        "VALUES (?, ?, ?, ?, 'CAD')", [b[:4] for b in BAD_ORDERS])
+        raw.executemany("INSERT INTO order_lines (order_id, sku, quantity, unit_price) "
+                        "VALUES (?, ?, ?, 1)", [b[:3] for b in BAD_LINES])
+        # Well-formed rows stored with odd types the fast path must re-read as text.
+        raw.execute("UPDATE orders SET total = '12.50' WHERE order_id = 'O0000003'")
+        raw.execute("UPDATE orders SET ordered_at = '2026-01-05T10:00:00-05:00' "
+                    "WHERE order_id = 'O0000004'")
+
+
+def test_bad_rows_are_quarantined_counted_and_never_fatal(shop_url: str,
+                                                          tmp_path: Path) -> None:
+    _add_bad_rows(shop_url)
+    store = _store(tmp_path, "s.db")
+    result = ingest.run_ingest(shop_url, store, NIGHT, "r1", now=NOW)
+    reasons = " | ".join(result.quarantined)
+    for *_, expected in BAD_ORDERS + BAD_LINES:
+        assert expected in reasons
+    assert sum(result.quarantined.values()) == len(BAD_ORDERS) + len(BAD_LINES)
+    assert "rows quarantined" in result.lines()[0]
+    with connect(store).connect() as conn:
+        keys = {k for (k,) in conn.execute(select(quarantine.c.record_key))}
+    assert {b[0] for b in BAD_ORDERS} <= keys
+    assert "O0000001:NO-SUCH-SKU" in keys
+
+
+def test_a_replay_does_not_call_later_orders_future(shop_url: str) -> None:
+    _add_bad_rows(shop_url)
+    h = shop.read_history(shop_url, NIGHT - dt.timedelta(days=60), now=NOW)
+    reasons = {q.reason for q in h.quarantined}
+    assert sum("future" in r for r in reasons) == 1  # only BAD-6, dated after the run's date
+    assert (h.orders["ordered_at"] < pd.Timestamp(NIGHT - dt.timedelta(days=59), tz="UTC")).all()
+
+
+def test_fast_sqlite_path_reads_exactly_what_the_generic_path_reads(shop_url: str) -> None:
+    _add_bad_rows(shop_url)
+    fast = shop.read_history(shop_url, NIGHT, now=NOW)
+    slow = shop._read_generic(shop_url, NIGHT, None, now=NOW, lines=True)
+    pd.testing.assert_frame_equal(fast.orders, slow.orders)
+    pd.testing.assert_frame_equal(fast.lines, slow.lines)
+    assert sorted((q.record_key, q.reason) for q in fast.quarantined) == sorted(
+        (q.record_key, q.reason) for q in slow.quarantined)
+    assert fast.rows_read == slow.rows_read
+    assert fast.orders.set_index("order_id").loc["O0000003", "total"] == 12.5
