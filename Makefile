@@ -98,3 +98,8 @@ clean-var:
 lock: install
 	$(BIN)/pip freeze --exclude-editable | grep -viE '^(pytest|pytest-timeout|hypothesis|ruff|iniconfig|sortedcontainers|tend)==' > requirements.lock.new
 	@echo "review requirements.lock.new, then fold it into requirements.txt"
+
+# Ingest + signals on 1M demo customers / ~20M order lines (the shop is generated once and
+# cached under var/bench/): full rebuild, a 1% incremental night, detect_all, BG/NBD fit.
+bench-signals: install
+	$(BIN)/python bench/bench_signals.py

@@ -1,0 +1,100 @@
+"""Benchmark the ingest and signals on a large demo shop (``make bench-signals``).
+
+Creates the demo shop once (1M customers ≈ 20M order lines; ~5 minutes) and caches it under
+var/bench/, then measures on a fresh store each run: a full rebuild, an incremental night where
+~1% of customers have a new order, the signal detection, the BG/NBD fit, and peak memory.
+
+    .venv/bin/python bench/bench_signals.py [--customers 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import resource
+import shutil
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+NIGHT = dt.date(2026, 11, 20)
+VAR = Path(__file__).resolve().parent.parent / "var" / "bench"
+
+
+def peak_gib() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + kids) / 1024 / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--customers", type=int, default=1_000_000)
+    args = ap.parse_args()
+    from tend import ingest
+    from tend.demo import generate_demo_shop
+    from tend.signals import bgnbd, detect_all
+    from tend.store import migrate
+
+    VAR.mkdir(parents=True, exist_ok=True)
+    cached = VAR / f"shop-{args.customers}.db"
+    if not cached.exists():
+        t = time.perf_counter()
+        tmp = cached.with_suffix(".tmp")
+        summary = generate_demo_shop(f"sqlite:///{tmp}", customers=args.customers, seed=7,
+                                     as_of=NIGHT)
+        tmp.rename(cached)
+        print(f"generated {cached.name}: {summary.orders:,} orders, {summary.order_lines:,} "
+              f"lines in {time.perf_counter() - t:.0f}s")
+    # The incremental night: a copy of the shop with one new order for 1% of the customers.
+    shop = VAR / "shop-night.db"
+    shutil.copyfile(cached, shop)
+    store_path = VAR / "store.db"
+    for p in VAR.glob("store.db*"):
+        p.unlink()
+    store = f"sqlite:///{store_path}"
+    shop_url = f"sqlite:///{shop}"
+    migrate(store)
+
+    t = time.perf_counter()
+    full = ingest.run_ingest(shop_url, store, NIGHT - dt.timedelta(days=1), "bench-full",
+                             full=True)
+    t_full = time.perf_counter() - t
+    mem_full = peak_gib()
+
+    with sqlite3.connect(shop) as con:
+        n = con.execute("SELECT count(*) FROM customers").fetchone()[0]
+        step = 100
+        rows = [(f"BENCH-{i}", f"C{i:06d}", f"{NIGHT} 15:00:00.000000", 25.0)
+                for i in range(1, n + 1, step)]
+        con.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, 'CAD')", rows)
+        con.executemany("INSERT INTO order_lines VALUES (?, 'COF-BEANS-HOUSE', 1, 25.0)",
+                        [(r[0],) for r in rows])
+    t = time.perf_counter()
+    inc = ingest.run_ingest(shop_url, store, NIGHT, "bench-inc")
+    t_inc = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sig = detect_all(store, shop_url, NIGHT)
+    t_sig = time.perf_counter() - t
+
+    feats = ingest.read_features(store)
+    t = time.perf_counter()
+    rfm = bgnbd.summarise(feats, NIGHT)
+    bgnbd.fit(rfm)
+    t_bg = time.perf_counter() - t
+
+    print(f"shop: {n:,} customers, {full.orders_read:,} orders")
+    print(f"full rebuild      {t_full:6.1f} s   peak memory {mem_full:.2f} GiB "
+          f"({full.changed_customers:,} customers)")
+    print(f"incremental night {t_inc:6.1f} s   ({inc.changed_customers:,} customers changed)")
+    print(f"detect_all        {t_sig:6.1f} s   ({len(sig):,} signals)")
+    print(f"BG/NBD fit        {t_bg:6.1f} s   ({len(bgnbd.collapse(rfm)):,} distinct (x, t_x, T)"
+          " rows)")
+    print(f"peak memory overall {peak_gib():.2f} GiB (this process + its reader process)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
