@@ -83,6 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch", type=int, required=True)
     sp.add_argument("--delivery", choices=config.DELIVERY_BACKENDS)
 
+    sp = sub.add_parser("fake-sendgrid", help="serve a local SendGrid stand-in (tests, "
+                                              "benchmarks, rehearsals without an account)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8025)
+    sp.add_argument("--api-key", help="accept only this key (default: any Bearer key)")
+    sp.add_argument("--latency-ms", type=float, default=0.0,
+                    help="delay every answer, e.g. 20 (SendGrid answers in ~20-200 ms)")
+    sp.add_argument("--fault-rate", type=float, default=0.0,
+                    help="share of requests that get a fault, e.g. 0.1")
+    sp.add_argument("--faults", default="429,503,500,slow,drop",
+                    help="comma-separated fault kinds among 429,503,500,slow,drop,reset,400,413,"
+                         "401,403 (see tend.delivery.fake_sendgrid)")
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--reset-ms", type=int, default=1000, help="429: when the limit resets")
+    sp.add_argument("--slow-ms", type=int, default=5000, help="slow: how late the 202 comes")
+    sp.add_argument("--record", type=Path, help="append every accepted message to this JSONL")
+    sp.add_argument("--keep-payloads", action="store_true",
+                    help="keep whole payloads in memory and in --record (default: summaries)")
+
     sp = sub.add_parser("summary", help="a night's totals: candidates, sent, skipped by reason")
     store_arg(sp)
     sp.add_argument("--as-of", type=_date, required=True)
@@ -162,6 +181,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tend.nightly import summary_lines
 
         _print(summary_lines(config.store_url(args.store), args.as_of))
+    elif cmd == "fake-sendgrid":
+        from tend.delivery.fake_sendgrid import run_from_args
+
+        run_from_args(args, sys.stdout)
     elif cmd == "why":
         from tend.nightly import why_lines
 

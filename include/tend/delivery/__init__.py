@@ -1,37 +1,73 @@
 """Delivery: hand rendered messages to a backend through one batch-shaped interface.
 
-``outbox`` (the embedded default) writes ``.eml`` files to a directory, so a fresh install can
-run every program end to end without any email account. ``smtp`` and ``sendgrid`` arrive later;
-asking for them today fails loudly rather than pretending to send.
+Three backends, chosen by ``TEND_DELIVERY`` / the Airflow Variable ``tend_delivery``:
+
+* ``outbox`` (the embedded default) writes ``.eml`` files to a directory, so a fresh install can
+  run every program end to end without any email account;
+* ``smtp`` sends over one reused connection to any relay, or to Mailpit locally
+  (:mod:`tend.delivery.smtp`);
+* ``sendgrid`` is production: SendGrid's v3 Mail Send API over a pooled keep-alive client with
+  bounded concurrency (:mod:`tend.delivery.sendgrid`). ``tend fake-sendgrid`` serves a local
+  stand-in (:mod:`tend.delivery.fake_sendgrid`) for tests, benchmarks and rehearsals.
+
+The heavy modules are imported only when their backend is built, so the outbox path (and DAG
+parsing) never imports aiohttp.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tend.delivery.base import DeliveryBackend, DeliveryResult, DeliveryStatus, OutgoingMessage
+from tend.delivery.base import (
+    DEFAULT_CHUNK_SIZE,
+    AuthRejected,
+    DeliveryBackend,
+    DeliveryResult,
+    DeliveryStatus,
+    DeliveryStopped,
+    OutgoingMessage,
+    chunk_size_of,
+)
 from tend.delivery.outbox import OutboxBackend
 from tend.errors import ConfigError
 
+if TYPE_CHECKING:
+    from tend.delivery.sendgrid import SendGridSettings
+    from tend.delivery.smtp import SmtpSettings
+
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
     "KNOWN_BACKENDS",
+    "AuthRejected",
     "DeliveryBackend",
     "DeliveryResult",
     "DeliveryStatus",
+    "DeliveryStopped",
     "OutboxBackend",
     "OutgoingMessage",
+    "chunk_size_of",
     "make_backend",
 ]
 
-KNOWN_BACKENDS: tuple[str, ...] = ("outbox",)
-_PLANNED_BACKENDS: tuple[str, ...] = ("smtp", "sendgrid")
+KNOWN_BACKENDS: tuple[str, ...] = ("outbox", "smtp", "sendgrid")
 
 
-def make_backend(name: str, *, outbox_dir: Path | None = None) -> DeliveryBackend:
+def make_backend(
+    name: str,
+    *,
+    outbox_dir: Path | None = None,
+    sendgrid: SendGridSettings | None = None,
+    smtp: SmtpSettings | None = None,
+    env: Mapping[str, str] | None = None,
+) -> DeliveryBackend:
     """Build the backend called ``name`` (case-insensitive).
 
-    Raises ConfigError for a backend that does not exist, or one that is planned but not
-    available yet, so a typo in the configuration stops the run before anything is sent.
+    ``sendgrid``/``smtp`` settings come from the Airflow connections (``tend_airflow``); when
+    they are not given, the environment is read (``TEND_SENDGRID_API_KEY``, ``TEND_SMTP_URL``,
+    ...). Raises ConfigError for an unknown backend or missing settings, so a typo in the
+    configuration stops the run before anything is sent.
     """
     key = name.strip().lower()
     if key == "outbox":
@@ -41,12 +77,14 @@ def make_backend(name: str, *, outbox_dir: Path | None = None) -> DeliveryBacken
                 "set the outbox directory in Tend's configuration (e.g. var/outbox)"
             )
         return OutboxBackend(Path(outbox_dir))
-    if key in _PLANNED_BACKENDS:
-        raise ConfigError(
-            f"delivery backend {name!r} is not available yet; use 'outbox' for now "
-            f"(available: {', '.join(KNOWN_BACKENDS)})"
-        )
+    if key == "sendgrid":
+        from tend.delivery.sendgrid import SendGridBackend, SendGridSettings
+
+        return SendGridBackend(sendgrid or SendGridSettings.from_env(env))
+    if key == "smtp":
+        from tend.delivery.smtp import SmtpBackend, SmtpSettings
+
+        return SmtpBackend(smtp or SmtpSettings.from_env(env))
     raise ConfigError(
-        f"unknown delivery backend {name!r}; choose one of: {', '.join(KNOWN_BACKENDS)} "
-        f"({', '.join(_PLANNED_BACKENDS)} are planned but not available yet)"
+        f"unknown delivery backend {name!r}; choose one of: {', '.join(KNOWN_BACKENDS)}"
     )

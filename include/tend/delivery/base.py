@@ -18,10 +18,20 @@ Contract
 * Per-message problems (a malformed address, a refused header) are ``FAILED`` results with an
   ``error`` that says what to fix; they never raise, so one bad row cannot sink a chunk.
 * A backend raises :class:`~tend.errors.DeliveryAuthError` only when credentials are rejected:
-  no later message can succeed, so the run should stop at once.
+  no later message can succeed, so the run should stop at once. Other requests of the same
+  chunk may already have been accepted by then, so a backend that sends concurrently raises
+  :class:`AuthRejected`, which carries the results that *did* complete; the caller records
+  those and puts only the rest back to ``claimed``. A bare ``DeliveryAuthError`` (no results)
+  promises that nothing of the chunk was accepted.
+* :class:`DeliveryStopped` is the same shape for "the provider cannot take anything right now"
+  (still unreachable or rate-limited after every retry, or a wrong API URL): completed results
+  are recorded, the messages that never left go back to ``claimed`` for the next attempt.
 * ``UNKNOWN`` means the backend may or may not have accepted the message (e.g. a timeout after
   the request was sent). The ledger must not resend those blindly.
 * Backends must be idempotent on ``message_id`` where the provider allows it.
+* A backend may declare ``chunk_size``: how many messages it wants per ``send()`` call (the
+  outbox and SMTP 50, SendGrid 500). It is also the bound on how many messages a crash can
+  leave ambiguous, because the ledger marks exactly one chunk ``sending`` at a time.
 """
 
 from __future__ import annotations
@@ -32,7 +42,21 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-__all__ = ["DeliveryBackend", "DeliveryResult", "DeliveryStatus", "OutgoingMessage"]
+from tend.errors import DeliveryAuthError, DeliveryError
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "AuthRejected",
+    "DeliveryBackend",
+    "DeliveryResult",
+    "DeliveryStatus",
+    "DeliveryStopped",
+    "OutgoingMessage",
+    "chunk_size_of",
+]
+
+DEFAULT_CHUNK_SIZE = 50
+"""Messages per ``send()`` call for a backend that states no preference."""
 
 
 @dataclass(frozen=True)
@@ -94,3 +118,33 @@ class DeliveryBackend(Protocol):
     def close(self) -> None:
         """Release connections; the backend is not used after this."""
         ...
+
+
+def chunk_size_of(backend: object) -> int:
+    """The backend's preferred chunk size (see the module docstring), else 50."""
+    size = getattr(backend, "chunk_size", None)
+    return int(size) if isinstance(size, int) and size >= 1 else DEFAULT_CHUNK_SIZE
+
+
+class AuthRejected(DeliveryAuthError):
+    """Credentials were refused mid-chunk; ``results`` holds what completed before the stop.
+
+    Every message of the chunk without a result here never reached the provider (or was
+    refused with the same 401/403), so the caller may safely put it back to ``claimed``.
+    """
+
+    def __init__(self, message: str, results: Sequence[DeliveryResult] = ()) -> None:
+        super().__init__(message)
+        self.results: list[DeliveryResult] = list(results)
+
+
+class DeliveryStopped(DeliveryError):
+    """The provider cannot take messages now; ``results`` holds what completed before the stop.
+
+    Raised after the retries are spent (connection refused, 503, 429 for too long) or when the
+    configuration is wrong (404 on the API URL). Messages without a result were not accepted.
+    """
+
+    def __init__(self, message: str, results: Sequence[DeliveryResult] = ()) -> None:
+        super().__init__(message)
+        self.results: list[DeliveryResult] = list(results)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tend.delivery.base import DeliveryResult, DeliveryStatus, OutgoingMessage
 
-__all__ = ["OutboxBackend"]
+__all__ = ["MessageRefused", "OutboxBackend", "build_email"]
 
 # A message id becomes a file name and the local part of the Message-ID header: keep it to a
 # conservative alphabet so neither can be abused (no "/", "..", spaces or angle brackets).
@@ -53,8 +53,11 @@ _RESERVED_HEADERS = frozenset(
 )  # fmt: skip
 
 
-class _Refused(ValueError):
+class MessageRefused(ValueError):
     """A message this backend will not write; the text becomes the FAILED result's error."""
+
+
+_Refused = MessageRefused
 
 
 def _no_line_break(header: str, value: str) -> None:
@@ -134,8 +137,16 @@ class OutboxBackend:
             raise
 
 
-def _build(message: OutgoingMessage) -> EmailMessage:
-    """Turn an OutgoingMessage into a multipart/alternative EmailMessage (text first)."""
+def build_email(message: OutgoingMessage, *, id_domain: str = "tend.local") -> EmailMessage:
+    """Turn an OutgoingMessage into a multipart/alternative EmailMessage (text first).
+
+    Shared by the outbox and the SMTP backend, so a reviewed ``.eml`` is exactly what SMTP
+    carries. Raises MessageRefused (header injection, reserved headers, naive send_at).
+    """
+    return _build(message, id_domain=id_domain)
+
+
+def _build(message: OutgoingMessage, *, id_domain: str = "tend.local") -> EmailMessage:
     single_line = {
         "Subject": message.subject,
         "From (name)": message.from_name,
@@ -171,7 +182,7 @@ def _build(message: OutgoingMessage) -> EmailMessage:
         msg["Reply-To"] = message.reply_to  # parsed, so "Name <addr>" works too
     msg["Subject"] = message.subject
     msg["Date"] = format_datetime(datetime.now(UTC))
-    msg["Message-ID"] = f"<{message.message_id}@tend.local>"
+    msg["Message-ID"] = f"<{message.message_id}@{id_domain}>"
     for name, value in message.headers.items():
         msg[name] = value
     msg["X-Tend-Message-Id"] = message.message_id

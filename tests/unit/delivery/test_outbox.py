@@ -223,14 +223,16 @@ def test_make_backend_outbox_needs_a_directory() -> None:
         make_backend("outbox")
 
 
-@pytest.mark.parametrize("name", ["smtp", "sendgrid", "SendGrid"])
-def test_planned_backends_are_not_available_yet(name: str) -> None:
-    with pytest.raises(ConfigError, match="not available yet"):
-        make_backend(name)
+@pytest.mark.parametrize(("name", "needs"), [("smtp", "TEND_SMTP_URL"),
+                                             ("SendGrid", "TEND_SENDGRID_API_KEY")])
+def test_smtp_and_sendgrid_need_their_settings(name: str, needs: str) -> None:
+    with pytest.raises(ConfigError, match=needs):
+        make_backend(name, env={})
 
 
 def test_unknown_backend_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown delivery backend 'mailchimp'.*outbox"):
+    with pytest.raises(ConfigError,
+                       match=r"unknown delivery backend 'mailchimp'.*outbox, smtp, sendgrid"):
         make_backend("mailchimp")
 
 

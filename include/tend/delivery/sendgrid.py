@@ -1,0 +1,590 @@
+"""SendGrid v3 Mail Send: fast (one keep-alive session, bounded concurrency) and careful.
+
+SendGrid's Mail Send API has no idempotency key: a request that may have reached SendGrid must
+never be sent again, or the customer gets the mail twice. So every failure is sorted by one
+question, *could SendGrid have accepted this request?*
+
+==========================================  ==========  ====================================
+what happened                               could it?   what the backend does
+==========================================  ==========  ====================================
+202 Accepted (X-Message-Id)                 yes         ``sent``, provider id = X-Message-Id
+200 OK (sandbox mode)                       no (test)   ``sent``, provider id ``sandbox``
+400 / 413 / other 4xx                       no          ``failed`` with SendGrid's error text
+429 Too Many Requests                       no          wait for X-RateLimit-Reset /
+                                                        Retry-After, then retry (the whole
+                                                        backend pauses, not only this request)
+503 Service Unavailable                     no          retry with backoff and jitter
+connection refused / connect timeout / DNS  no          retry with backoff and jitter
+401 / 403                                   no          stop the run now (AuthRejected)
+404 / 405                                   no          stop the run now (wrong API URL)
+500, 502, 504, other 5xx                    maybe       ``unknown``: never resent
+read timeout, connection dropped            maybe       ``unknown``: never resent
+==========================================  ==========  ====================================
+
+When retries run out (SendGrid unreachable, or still 503 or 429 after the budget), the backend
+raises :class:`~tend.delivery.base.DeliveryStopped` carrying what completed; the messages that
+never left go back to ``claimed`` and the task's retry sends them.
+
+Speed. The official client opens a new HTTPS connection per request and has no timeout. Here one
+:class:`aiohttp.ClientSession` lives as long as the backend, on a private event loop in a
+background thread (uvloop when available), with at most ``max_in_flight`` requests (default 64)
+over keep-alive connections; ``send()`` hands a chunk to that loop and waits. JSON bodies are
+built as plain dicts (the ``sendgrid`` package's ``Mail`` helper produces the same document but
+costs far more CPU per message; the tests compare both). CPU per request is what limits a
+2-core machine, so the hot path does as little as possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import threading
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from email.utils import parseaddr
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+try:  # msgspec (an Airflow dependency) encodes a body in half the CPU of json.dumps
+    from msgspec.json import Encoder as _Encoder
+
+    _encode = _Encoder().encode
+except ImportError:  # pragma: no cover
+    def _encode(doc: Any) -> bytes:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+from tend.delivery.base import (
+    AuthRejected,
+    DeliveryResult,
+    DeliveryStatus,
+    DeliveryStopped,
+    OutgoingMessage,
+)
+from tend.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "SendGridBackend",
+    "SendGridSettings",
+    "error_text",
+    "mail_send_payload",
+]
+
+log = logging.getLogger("tend.delivery.sendgrid")
+
+DEFAULT_BASE_URL = "https://api.sendgrid.com"
+MAIL_SEND_PATH = "/v3/mail/send"
+CONNECTION_ID = "sendgrid_default"
+_RESERVED_HEADERS = frozenset(
+    h.lower() for h in ("x-sg-id", "x-sg-eid", "received", "dkim-signature", "Content-Type",
+                        "Content-Transfer-Encoding", "To", "From", "Subject", "Reply-To", "CC",
+                        "BCC")
+)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _flag(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{what} must be true or false, not {value!r}")
+
+
+def _number(value: Any, what: str, kind: type = int) -> Any:
+    try:
+        n = kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} must be a number, not {value!r}") from exc
+    if n <= 0:
+        raise ConfigError(f"{what} must be positive, not {value!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class SendGridSettings:
+    """Everything the SendGrid backend needs. ``api_key`` never appears in a repr or a log."""
+
+    api_key: str = field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    sandbox: bool = False
+    """SendGrid validates every message and delivers none (answers 200, no X-Message-Id)."""
+    asm_group_id: int | None = None
+    """Optional SendGrid unsubscribe group, attached to marketing messages only."""
+    max_in_flight: int = 64
+    chunk_size: int = 500
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 5
+    """Tries per message for failures that certainly did not reach SendGrid (refused, 503)."""
+    backoff_base: float = 0.5
+    backoff_max: float = 20.0
+    max_rate_limit_wait: float = 900.0
+    """Seconds one message may spend waiting on 429s before the run stops (left claimed)."""
+
+    def __post_init__(self) -> None:
+        if not self.api_key or not self.api_key.strip():
+            raise ConfigError(
+                "the SendGrid API key is empty: put it in the password field of the Airflow "
+                f"connection {CONNECTION_ID} (or TEND_SENDGRID_API_KEY outside Airflow)")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"the SendGrid API URL {self.base_url!r} is not an http(s) URL; leave the host "
+                f"of the {CONNECTION_ID} connection empty for {DEFAULT_BASE_URL}, or give a "
+                "full URL such as http://127.0.0.1:8025 for a local stand-in")
+        for name in ("max_in_flight", "chunk_size", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"SendGrid setting {name} must be at least 1")
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + MAIL_SEND_PATH
+
+    def with_(self, **changes: Any) -> SendGridSettings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SendGridSettings:
+        """Outside Airflow: ``TEND_SENDGRID_API_KEY`` (or ``SENDGRID_API_KEY``), and optional
+        ``TEND_SENDGRID_URL``, ``TEND_SENDGRID_SANDBOX``, ``TEND_SENDGRID_ASM_GROUP_ID``,
+        ``TEND_SENDGRID_MAX_IN_FLIGHT``, ``TEND_SENDGRID_CHUNK_SIZE``,
+        ``TEND_SENDGRID_CONNECT_TIMEOUT``, ``TEND_SENDGRID_READ_TIMEOUT``."""
+        env = os.environ if env is None else env
+        key = env.get("TEND_SENDGRID_API_KEY") or env.get("SENDGRID_API_KEY") or ""
+        if not key.strip():
+            raise ConfigError(
+                "the sendgrid delivery backend needs an API key: set the password of the "
+                f"Airflow connection {CONNECTION_ID}, or TEND_SENDGRID_API_KEY for the CLI "
+                "(for a rehearsal without an account: tend fake-sendgrid --port 8025 and "
+                "TEND_SENDGRID_URL=http://127.0.0.1:8025 with any key)")
+        return cls(api_key=key.strip(), **_options(env, prefix="TEND_SENDGRID_", url_key="URL"))
+
+    @classmethod
+    def from_connection(cls, conn: Any, env: Mapping[str, str] | None = None
+                        ) -> SendGridSettings:
+        """From an Airflow connection: password = API key; host overrides the API URL.
+
+        The host may be a full URL (``http://127.0.0.1:8025``) or a bare host name with the
+        port in the port field; the scheme is then the connection type when it is http/https,
+        else extra ``scheme``, else http for localhost and https otherwise. Extras:
+        ``sandbox_mode``, ``asm_group_id``, ``max_in_flight``, ``chunk_size``,
+        ``connect_timeout``, ``read_timeout``. ``TEND_SENDGRID_SANDBOX`` in ``env`` wins over
+        the connection's ``sandbox_mode``.
+        """
+        key = (getattr(conn, "password", None) or "").strip()
+        if not key:
+            raise ConfigError(
+                f"the Airflow connection {CONNECTION_ID} has no password: put the SendGrid API "
+                "key (SG....) in its password field")
+        extra = dict(getattr(conn, "extra_dejson", None) or {})
+        opts = _options(extra, prefix="", url_key="base_url")
+        if "sandbox_mode" in extra:
+            opts["sandbox"] = _flag(extra["sandbox_mode"], f"{CONNECTION_ID} extra sandbox_mode")
+        host = (getattr(conn, "host", None) or "").strip()
+        if host:
+            if "://" in host:
+                opts["base_url"] = host
+            else:
+                conn_type = (getattr(conn, "conn_type", None) or "").lower()
+                scheme = str(extra.get("scheme") or (
+                    conn_type if conn_type in ("http", "https") else
+                    "http" if host in ("localhost", "127.0.0.1", "::1") else "https"))
+                port = getattr(conn, "port", None)
+                opts["base_url"] = f"{scheme}://{host}" + (f":{port}" if port else "")
+        env = os.environ if env is None else env
+        if env.get("TEND_SENDGRID_SANDBOX"):
+            opts["sandbox"] = _flag(env["TEND_SENDGRID_SANDBOX"], "TEND_SENDGRID_SANDBOX")
+        return cls(api_key=key, **opts)
+
+
+def _options(src: Mapping[str, Any], *, prefix: str, url_key: str) -> dict[str, Any]:
+    def get(name: str) -> Any:
+        key = prefix + (name.upper() if prefix else name)
+        return src.get(key) if src.get(key) not in (None, "") else None
+
+    out: dict[str, Any] = {}
+    if get(url_key) is not None:
+        out["base_url"] = str(get(url_key))
+    if get("sandbox") is not None:
+        out["sandbox"] = _flag(get("sandbox"), prefix + "SANDBOX" if prefix else "sandbox")
+    if get("asm_group_id") is not None:
+        out["asm_group_id"] = _number(get("asm_group_id"), "the ASM group id")
+    for name, kind in (("max_in_flight", int), ("chunk_size", int), ("connect_timeout", float),
+                       ("read_timeout", float)):
+        if get(name) is not None:
+            out[name] = _number(get(name), f"SendGrid {name}", kind)
+    return out
+
+
+# -- the document SendGrid expects ------------------------------------------------------------
+
+class _Refused(ValueError):
+    """A message SendGrid would refuse; caught before any request, reported as FAILED."""
+
+
+def _ascii_category(value: str) -> str:
+    folded = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
+    return folded.strip()[:255]
+
+
+def mail_send_payload(message: OutgoingMessage, *, sandbox: bool = False,
+                      asm_group_id: int | None = None) -> dict[str, Any]:
+    """The v3 Mail Send body for one message, as SendGrid documents it.
+
+    One personalization per message (every message is rendered for one customer); text/plain
+    before text/html; at most 10 unique ASCII categories of at most 255 characters (accents are
+    folded: "Noël" -> "Noel"); ``custom_args`` with string values (tend_message_id, program or
+    campaign, kind, run_id); the RFC 8058 one-click unsubscribe headers; ``send_at`` as a unix
+    timestamp (quiet hours); the ASM group for marketing mail; sandbox mode when asked.
+    Raises _Refused for what SendGrid would refuse, so no request is wasted on it.
+    """
+    to: dict[str, str] = {"email": message.to_email}
+    if message.to_name:
+        to["name"] = message.to_name
+    sender: dict[str, str] = {"email": message.from_email}
+    if message.from_name:
+        sender["name"] = message.from_name
+    doc: dict[str, Any] = {
+        "personalizations": [{"to": [to]}],
+        "from": sender,
+        "subject": message.subject,
+        "content": [],
+    }
+    if message.text:
+        doc["content"].append({"type": "text/plain", "value": message.text})
+    if message.html:
+        doc["content"].append({"type": "text/html", "value": message.html})
+    if not doc["content"]:
+        raise _Refused("the message has neither a text nor an HTML part")
+    if not message.subject or "\r" in message.subject or "\n" in message.subject:
+        raise _Refused("the subject is empty or contains a line break")
+    if message.reply_to:
+        name, addr = parseaddr(message.reply_to)
+        if not addr or "@" not in addr:
+            raise _Refused(f"reply-to {message.reply_to!r} is not an email address")
+        doc["reply_to"] = {"email": addr, **({"name": name} if name else {})}
+    if message.headers:
+        headers: dict[str, str] = {}
+        for name, value in message.headers.items():
+            if name.lower() in _RESERVED_HEADERS:
+                raise _Refused(f"header {name} is reserved by SendGrid; set it through the "
+                               "message's own fields")
+            if not name.isascii() or " " in name or "\r" in value or "\n" in value:
+                raise _Refused(f"header {name!r} has a non-ASCII name or a line break in its "
+                               "value (header injection)")
+            headers[name] = str(value)
+        doc["headers"] = headers
+    if message.categories:
+        cats: list[str] = []
+        for c in message.categories:
+            folded = _ascii_category(str(c))
+            if folded and folded not in cats:
+                cats.append(folded)
+        if cats:
+            doc["categories"] = cats[:10]
+    if message.custom_args:
+        args = {str(k): str(v) for k, v in message.custom_args.items()}
+        if len(json.dumps(args).encode()) > 10_000:
+            raise _Refused("custom_args exceed SendGrid's 10,000-byte limit")
+        doc["custom_args"] = args
+    if message.send_at is not None:
+        if message.send_at.utcoffset() is None:
+            raise _Refused("send_at has no timezone; quiet hours need an aware datetime")
+        doc["send_at"] = int(message.send_at.timestamp())
+    if asm_group_id is not None and message.custom_args.get("kind", "marketing") == "marketing":
+        doc["asm"] = {"group_id": int(asm_group_id)}
+    if sandbox:
+        doc["mail_settings"] = {"sandbox_mode": {"enable": True}}
+    return doc
+
+
+def error_text(status: int, body: str) -> str:
+    """SendGrid's ``{"errors": [{"field", "message"}]}`` as one readable line."""
+    try:
+        errors = json.loads(body).get("errors") or []
+        parts = [f"{e['field']}: {e['message']}" if e.get("field") else str(e.get("message"))
+                 for e in errors if isinstance(e, dict)]
+    except (ValueError, AttributeError, TypeError):
+        parts = []
+    detail = "; ".join(parts) or (body.strip()[:300] or "no error text")
+    return f"SendGrid {status}: {detail}"[:1000]
+
+
+# -- the backend ------------------------------------------------------------------------------
+
+_NOT_SENT = None  # a message that never left because the chunk stopped
+
+
+class _Chunk:
+    def __init__(self) -> None:
+        self.stop: AuthRejected | DeliveryStopped | None = None
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    if os.environ.get("TEND_SENDGRID_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop ships with Airflow's requirements
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class SendGridBackend:
+    """Deliver chunks through SendGrid's v3 Mail Send API; see the module docstring."""
+
+    name = "sendgrid"
+
+    def __init__(self, settings: SendGridSettings, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.chunk_size = settings.chunk_size
+        self.stats: Counter[str] = Counter()
+        """requests, retries and waits so far (for progress lines and the benchmark)."""
+        self._rng = rng or random.Random()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._resume_at = 0.0  # loop time before which no request may leave (after a 429)
+        self._headers = {
+            "Authorization": f"Bearer {settings.api_key}",
+            "Content-Type": "application/json",
+            "User-Agent": "tend-sendgrid/1 (aiohttp)",
+        }
+        if settings.sandbox:
+            log.warning("SendGrid sandbox mode: SendGrid validates every message and delivers "
+                        "none; the ledger still records them as sent (provider id 'sandbox')")
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"SendGridBackend(url={s.url!r}, max_in_flight={s.max_in_flight}, "
+                f"chunk_size={s.chunk_size}, sandbox={s.sandbox})")
+
+    # -- the sync face -------------------------------------------------------------------
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        """Send one chunk concurrently; one result per message, in order.
+
+        Raises AuthRejected / DeliveryStopped (with the results that completed) when the run
+        must stop; messages without a result there never reached SendGrid.
+        """
+        if not messages:
+            return []
+        loop = self._ensure_loop()
+        future = asyncio.run_coroutine_threadsafe(self._send_chunk(list(messages)), loop)
+        return future.result()
+
+    def close(self) -> None:
+        """Close the keep-alive connections and stop the loop thread (idempotent)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._loop = self._thread = None
+        if loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self._aclose(), loop).result(timeout=10)
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(timeout=10)
+        if not loop.is_running():
+            loop.close()
+
+    def __enter__(self) -> SendGridBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is not None:
+            return self._loop
+        loop = _new_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, name="tend-sendgrid", daemon=True)
+        thread.start()
+        ready.wait()
+        self._loop, self._thread = loop, thread
+        return loop
+
+    async def _aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            s = self.settings
+            connector = aiohttp.TCPConnector(
+                limit=s.max_in_flight, limit_per_host=s.max_in_flight, keepalive_timeout=15,
+                ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, connect=None,
+                                              sock_connect=s.connect_timeout,
+                                              sock_read=s.read_timeout),
+                headers=self._headers,
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self._session
+
+    # -- the async core ------------------------------------------------------------------
+
+    async def _send_chunk(self, messages: list[OutgoingMessage]) -> list[DeliveryResult]:
+        session = self._get_session()
+        gate = asyncio.Semaphore(self.settings.max_in_flight)
+        chunk = _Chunk()
+        results = await asyncio.gather(
+            *(self._send_one(session, gate, chunk, m) for m in messages))
+        if chunk.stop is not None:
+            chunk.stop.results = [r for r in results if r is not _NOT_SENT]
+            raise chunk.stop
+        return results  # type: ignore[return-value]
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
+        return max(0.01, self._rng.uniform(cap / 2, cap))  # "equal jitter"
+
+    async def _send_one(self, session: aiohttp.ClientSession, gate: asyncio.Semaphore,
+                        chunk: _Chunk, m: OutgoingMessage) -> DeliveryResult | None:
+        s = self.settings
+        try:
+            body = _encode(mail_send_payload(m, sandbox=s.sandbox,
+                                             asm_group_id=s.asm_group_id))
+        except _Refused as exc:
+            return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
+                                  error=f"not sent to SendGrid: {exc}")
+        loop = asyncio.get_running_loop()
+        attempts = 0
+        waited = 0.0
+        async with gate:
+            while True:
+                pause = self._resume_at - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                if chunk.stop is not None:
+                    return _NOT_SENT
+                attempts += 1
+                self.stats["requests"] += 1
+                try:
+                    async with session.post(s.url, data=body) as resp:
+                        status = resp.status
+                        headers = resp.headers
+                        try:
+                            text = (await resp.read()).decode("utf-8", "replace")
+                        except (TimeoutError, aiohttp.ClientError):
+                            text = ""
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                    # Never connected: the request cannot have reached SendGrid.
+                    why = f"could not connect to {s.base_url} ({type(exc).__name__}: {exc})"
+                    if await self._retry_later(chunk, attempts, why):
+                        continue
+                    return _NOT_SENT
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    self.stats["unknown"] += 1
+                    detail = str(exc) or "no answer"
+                    return DeliveryResult(
+                        m.message_id, DeliveryStatus.UNKNOWN,
+                        error=f"{type(exc).__name__} after the request was sent ({detail}); "
+                              "SendGrid may have accepted it: not resent (at-most-once)")
+
+                if status in (200, 202):
+                    provider_id = headers.get("X-Message-Id") or ("sandbox" if status == 200
+                                                                 else None)
+                    return DeliveryResult(m.message_id, DeliveryStatus.SENT,
+                                          provider_id=provider_id)
+                if status == 429:
+                    self.stats["rate_limited"] += 1
+                    wait = self._rate_limit_wait(headers, attempts)
+                    waited += wait
+                    if waited > s.max_rate_limit_wait:
+                        if chunk.stop is None:
+                            chunk.stop = DeliveryStopped(
+                                f"SendGrid kept answering 429 Too Many Requests for "
+                                f"{waited:.0f}s; stopping: unsent messages stay claimed for the "
+                                "next attempt (check the account's rate limits)")
+                        return _NOT_SENT
+                    resume = loop.time() + wait
+                    if resume > self._resume_at + 0.05:
+                        log.warning("SendGrid rate limit (429): pausing all requests for %.1fs",
+                                    wait)
+                    self._resume_at = max(self._resume_at, resume)
+                    attempts -= 1  # a 429 is not a failed attempt: it says when to come back
+                    continue
+                if status == 503:
+                    if await self._retry_later(chunk, attempts, error_text(status, text)):
+                        continue
+                    return _NOT_SENT
+                if status in (401, 403):
+                    if chunk.stop is None or not isinstance(chunk.stop, AuthRejected):
+                        chunk.stop = AuthRejected(
+                            f"SendGrid refused the API key ({error_text(status, text)}); check "
+                            f"the {CONNECTION_ID} connection (password = an API key with the "
+                            "Mail Send permission). Unsent messages stay claimed for the next "
+                            "run")
+                    return _NOT_SENT
+                if status in (404, 405):
+                    if chunk.stop is None:
+                        chunk.stop = DeliveryStopped(
+                            f"SendGrid answered {status} for POST {s.url}: the API URL is wrong; "
+                            f"check the host of the {CONNECTION_ID} connection (empty for "
+                            f"{DEFAULT_BASE_URL}). Unsent messages stay claimed")
+                    return _NOT_SENT
+                if 400 <= status < 500:
+                    return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
+                                          error=error_text(status, text))
+                self.stats["unknown"] += 1
+                return DeliveryResult(
+                    m.message_id, DeliveryStatus.UNKNOWN,
+                    error=f"{error_text(status, text)}; the request reached SendGrid, which "
+                          "may have queued it: not resent (at-most-once)")
+
+    async def _retry_later(self, chunk: _Chunk, attempts: int, why: str) -> bool:
+        """Back off before another try of a request that certainly did not reach SendGrid."""
+        if attempts >= self.settings.max_attempts:
+            if chunk.stop is None:
+                chunk.stop = DeliveryStopped(
+                    f"SendGrid is unavailable after {attempts} attempts ({why}); unsent messages "
+                    "stay claimed and the task's retry will send them")
+            return False
+        self.stats["retries"] += 1
+        delay = self._backoff(attempts)
+        log.info("SendGrid not reached (%s); retrying in %.2fs", why, delay)
+        await asyncio.sleep(delay)
+        return chunk.stop is None
+
+    def _rate_limit_wait(self, headers: Mapping[str, str], attempt: int) -> float:
+        """Seconds until SendGrid takes requests again: Retry-After, else X-RateLimit-Reset."""
+        wait: float | None = None
+        retry_after = headers.get("Retry-After")
+        if retry_after:
+            try:
+                wait = float(retry_after)
+            except ValueError:
+                wait = None
+        if wait is None and headers.get("X-RateLimit-Reset"):
+            try:
+                wait = float(headers["X-RateLimit-Reset"]) - time.time()
+            except ValueError:
+                wait = None
+        if wait is None or wait <= 0:  # no usable header, or our clock is ahead of SendGrid's
+            wait = self._backoff(max(attempt, 1))
+        return min(wait, 120.0) * self._rng.uniform(1.0, 1.1)

@@ -1,0 +1,358 @@
+"""SMTP delivery through any relay (Postfix, Amazon SES, Mailgun, ...) or Mailpit locally.
+
+One authenticated connection is opened lazily and reused for every message until the backend is
+closed (or the server drops it, then a new one is opened). Messages are the same RFC 5322
+documents the file outbox writes (:func:`tend.delivery.outbox.build_email`), so what you review
+in ``var/outbox`` is exactly what SMTP carries.
+
+SMTP says precisely where a transaction failed, so the at-most-once rule is easy to honour:
+
+* before ``DATA`` (connect, EHLO, STARTTLS, ``MAIL FROM``, ``RCPT TO``) nothing was accepted:
+  connection problems are retried on a fresh connection with backoff; a recipient refused with
+  5xx is ``failed`` with the server's reply; a sender refused with 5xx stops the run (every
+  message would fail the same way);
+* a reply to ``DATA`` or to the message's final dot is authoritative: 250 is ``sent`` (the
+  provider id is the server's reply, usually "queued as ..."), 5xx is ``failed``, 4xx is
+  retried a few times then ``failed``;
+* a connection lost *during* ``DATA`` is ``unknown``: the server may have queued it;
+* a refused login raises :class:`~tend.delivery.base.AuthRejected` ("check the smtp_default
+  connection"), carrying the results of the chunk so far.
+
+Settings come from the Airflow connection ``smtp_default`` (host, port, login, password; extras
+``starttls``, ``ssl``, ``timeout``) or, outside Airflow, ``TEND_SMTP_URL`` such as
+``smtp://user:pass@smtp.example.com:587?starttls=true``, ``smtps://user:pass@host:465`` or
+``smtp://localhost:1025`` (Mailpit). Without an explicit choice, port 465 means implicit TLS
+and port 587 means STARTTLS.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import smtplib
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email import policy
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from tend.delivery.base import (
+    AuthRejected,
+    DeliveryResult,
+    DeliveryStatus,
+    DeliveryStopped,
+    OutgoingMessage,
+)
+from tend.delivery.outbox import MessageRefused, build_email
+from tend.errors import ConfigError
+
+__all__ = ["SmtpBackend", "SmtpSettings"]
+
+log = logging.getLogger("tend.delivery.smtp")
+
+CONNECTION_ID = "smtp_default"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in _TRUE
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Where and how to connect. The password never appears in a repr or a log."""
+
+    host: str = "localhost"
+    port: int = 25
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    starttls: bool = False
+    ssl: bool = False
+    """Implicit TLS from the first byte (port 465), as opposed to STARTTLS."""
+    timeout: float = 30.0
+    chunk_size: int = 50
+    max_attempts: int = 3
+    backoff_base: float = 0.5
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    """Trust settings for TLS (default: the system's CAs, verified)."""
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigError(f"the SMTP host is empty; set the host of the {CONNECTION_ID} "
+                              "connection or TEND_SMTP_URL (e.g. smtp://localhost:1025)")
+        if self.starttls and self.ssl:
+            raise ConfigError("choose STARTTLS or implicit TLS (ssl), not both")
+        if self.username and self.password is None:
+            raise ConfigError(f"SMTP user {self.username!r} has no password")
+
+    @classmethod
+    def _defaults(cls, port: int | None, starttls: Any, use_ssl: Any, scheme: str = "smtp"
+                  ) -> tuple[int, bool, bool]:
+        use_ssl = _flag(use_ssl) if use_ssl is not None else (scheme == "smtps" or port == 465)
+        port = port or (465 if use_ssl else 25)
+        starttls = _flag(starttls) if starttls is not None else (port == 587 and not use_ssl)
+        return port, starttls, use_ssl
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpSettings:
+        """``smtp://[user:pass@]host[:port][?starttls=true&timeout=30]`` or ``smtps://...``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ConfigError(
+                "TEND_SMTP_URL must look like smtp://user:pass@host:587?starttls=true, "
+                "smtps://user:pass@host:465 or smtp://localhost:1025 (Mailpit)")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            port_value = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"TEND_SMTP_URL has an invalid port: {exc}") from exc
+        port, starttls, use_ssl = cls._defaults(port_value, query.get("starttls"),
+                                                query.get("ssl"), parts.scheme)
+        return cls(
+            host=parts.hostname, port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            starttls=starttls, ssl=use_ssl,
+            timeout=float(query.get("timeout", 30)),
+            chunk_size=int(query.get("chunk_size", 50)),
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SmtpSettings:
+        env = os.environ if env is None else env
+        url = env.get("TEND_SMTP_URL")
+        if not url:
+            raise ConfigError(
+                "the smtp delivery backend needs a server: set the Airflow connection "
+                f"{CONNECTION_ID}, or TEND_SMTP_URL for the CLI (e.g. smtp://localhost:1025 for "
+                "Mailpit, smtp://user:pass@smtp.example.com:587?starttls=true for a relay)")
+        return cls.from_url(url)
+
+    @classmethod
+    def from_connection(cls, conn: Any) -> SmtpSettings:
+        """Host, port, login, password; extras ``starttls``/``ssl`` (or the Airflow SMTP
+        provider's ``disable_tls``/``disable_ssl``), ``timeout``, ``chunk_size``."""
+        extra = dict(getattr(conn, "extra_dejson", None) or {})
+        starttls = extra.get("starttls")
+        use_ssl = extra.get("ssl")
+        if starttls is None and "disable_tls" in extra:
+            starttls = not _flag(extra["disable_tls"])
+        if use_ssl is None and "disable_ssl" in extra:
+            use_ssl = not _flag(extra["disable_ssl"])
+        port, starttls, use_ssl = cls._defaults(getattr(conn, "port", None), starttls, use_ssl)
+        return cls(
+            host=(getattr(conn, "host", None) or "").strip(), port=port,
+            username=getattr(conn, "login", None) or None,
+            password=getattr(conn, "password", None) or None,
+            starttls=starttls, ssl=use_ssl,
+            timeout=float(extra.get("timeout", 30)),
+            chunk_size=int(extra.get("chunk_size", 50)),
+        )
+
+
+class _Retry(Exception):
+    """Not accepted, safe to try again (on a fresh connection when ``reconnect``)."""
+
+    def __init__(self, why: str, *, reconnect: bool) -> None:
+        super().__init__(why)
+        self.reconnect = reconnect
+
+
+class SmtpBackend:
+    """Deliver over one reused SMTP connection; see the module docstring."""
+
+    name = "smtp"
+
+    def __init__(self, settings: SmtpSettings, *,
+                 sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.chunk_size = settings.chunk_size
+        self.connections_opened = 0
+        self._conn: smtplib.SMTP | None = None
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"SmtpBackend(host={s.host!r}, port={s.port}, starttls={s.starttls}, "
+                f"ssl={s.ssl}, user={s.username!r})")
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        results: list[DeliveryResult] = []
+        for message in messages:
+            try:
+                results.append(self._send_one(message))
+            except (AuthRejected, DeliveryStopped) as stop:
+                stop.results = list(results)
+                raise
+        return results
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                conn.close()
+
+    # -- one message ---------------------------------------------------------------------
+
+    def _send_one(self, m: OutgoingMessage) -> DeliveryResult:
+        try:
+            domain = m.from_email.rpartition("@")[2] or "tend.local"
+            data = build_email(m, id_domain=domain).as_bytes(policy=policy.SMTP)
+        except (MessageRefused, ValueError, TypeError) as exc:
+            return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
+                                  error=f"could not build the message: {exc}")
+        why = ""
+        for attempt in range(1, self.settings.max_attempts + 1):
+            try:
+                return self._transaction(m, data)
+            except _Retry as retry:
+                why = str(retry)
+                if retry.reconnect:
+                    self._drop()
+                if attempt < self.settings.max_attempts:
+                    delay = self.settings.backoff_base * 2 ** (attempt - 1)
+                    delay = self._rng.uniform(delay / 2, delay)
+                    log.info("SMTP: %s; retrying in %.2fs", why, delay)
+                    self._sleep(delay)
+        if why.startswith("temporary"):
+            return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
+                                  error=f"{why} (after {self.settings.max_attempts} attempts)")
+        raise DeliveryStopped(
+            f"the SMTP server {self.settings.host}:{self.settings.port} cannot be used ({why}) "
+            f"after {self.settings.max_attempts} attempts; unsent messages stay claimed for the "
+            "next attempt")
+
+    def _transaction(self, m: OutgoingMessage, data: bytes) -> DeliveryResult:
+        conn = self._connection()
+        options: list[str] = []
+        if not (m.from_email.isascii() and m.to_email.isascii()):
+            if not conn.has_extn("smtputf8"):
+                return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
+                                      error="the address is not ASCII and the SMTP server does "
+                                            "not offer SMTPUTF8")
+            options.append("SMTPUTF8")
+        # Envelope: nothing is accepted before DATA, so any failure here is safe to retry.
+        try:
+            code, reply = conn.mail(m.from_email, options)
+            if code != 250:
+                self._rset(conn)
+                if code >= 500:
+                    raise DeliveryStopped(
+                        f"the SMTP server refused the sender {m.from_email} ({code} "
+                        f"{_text(reply)}); check TEND_FROM_EMAIL and the relay's allowed "
+                        "senders")
+                raise _Retry(f"temporary refusal of MAIL FROM ({code} {_text(reply)})",
+                             reconnect=False)
+            code, reply = conn.rcpt(m.to_email)
+            if code not in (250, 251):
+                self._rset(conn)
+                if code >= 500:
+                    return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
+                                          error=f"SMTP {code}: {_text(reply)} (recipient "
+                                                "refused)")
+                raise _Retry(f"temporary refusal of the recipient ({code} {_text(reply)})",
+                             reconnect=False)
+        except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
+            raise _Retry(f"connection lost before DATA ({type(exc).__name__}: {exc})",
+                         reconnect=True) from exc
+        # DATA: from here the server may queue the message; only its reply is authoritative.
+        try:
+            code, reply = conn.data(data)
+        except smtplib.SMTPDataError as exc:
+            self._rset(conn)
+            if exc.smtp_code >= 500:
+                return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
+                                      error=f"SMTP {exc.smtp_code}: {_text(exc.smtp_error)}")
+            raise _Retry(f"temporary refusal of the message ({exc.smtp_code} "
+                         f"{_text(exc.smtp_error)})", reconnect=False) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            return DeliveryResult(
+                m.message_id, DeliveryStatus.UNKNOWN,
+                error=f"connection lost during DATA ({type(exc).__name__}: {exc}); the server "
+                      "may have queued it: not resent (at-most-once)")
+        if code >= 400:  # smtplib returns the reply to the final dot instead of raising
+            self._rset(conn)
+            if code >= 500:
+                return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
+                                      error=f"SMTP {code}: {_text(reply)}")
+            raise _Retry(f"temporary refusal of the message ({code} {_text(reply)})",
+                         reconnect=False)
+        return DeliveryResult(m.message_id, DeliveryStatus.SENT,
+                              provider_id=f"smtp:{_text(reply)}"[:200])
+
+    # -- the connection ------------------------------------------------------------------
+
+    def _connection(self) -> smtplib.SMTP:
+        if self._conn is not None:
+            return self._conn
+        s = self.settings
+        context = s.ssl_context or ssl.create_default_context()
+        try:
+            if s.ssl:
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(s.host, s.port, timeout=s.timeout,
+                                                      context=context)
+            else:
+                conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout)
+            conn.ehlo()
+            if s.starttls:
+                if not conn.has_extn("starttls"):
+                    conn.close()
+                    raise DeliveryStopped(
+                        f"the SMTP server {s.host}:{s.port} does not offer STARTTLS; turn "
+                        f"starttls off in the {CONNECTION_ID} connection (or TEND_SMTP_URL) "
+                        "only if the network is trusted")
+                conn.starttls(context=context)
+                conn.ehlo()
+        except DeliveryStopped:
+            raise
+        except ssl.SSLError as exc:
+            raise DeliveryStopped(f"TLS with {s.host}:{s.port} failed ({exc}); check the "
+                                  "server certificate and the ssl/starttls settings") from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise _Retry(f"cannot connect to {s.host}:{s.port} ({type(exc).__name__}: {exc})",
+                         reconnect=True) from exc
+        if s.username:
+            try:
+                conn.login(s.username, s.password or "")
+            except smtplib.SMTPAuthenticationError as exc:
+                conn.close()
+                raise AuthRejected(
+                    f"the SMTP server refused the login for {s.username!r} ({exc.smtp_code} "
+                    f"{_text(exc.smtp_error)}); check the {CONNECTION_ID} connection (or "
+                    "TEND_SMTP_URL). Unsent messages stay claimed for the next run") from exc
+            except smtplib.SMTPNotSupportedError as exc:
+                conn.close()
+                raise DeliveryStopped(
+                    f"the SMTP server {s.host}:{s.port} offers no AUTH (many servers only offer "
+                    "it after STARTTLS); check the starttls setting") from exc
+            except (smtplib.SMTPException, OSError) as exc:
+                conn.close()
+                raise _Retry(f"login interrupted ({type(exc).__name__}: {exc})",
+                             reconnect=True) from exc
+        self._conn = conn
+        self.connections_opened += 1
+        return conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _rset(self, conn: smtplib.SMTP) -> None:
+        try:
+            conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+
+
+def _text(reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return " ".join(text.split())
