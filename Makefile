@@ -25,13 +25,14 @@ export TEND_STORE_URL          ?= sqlite:///$(VAR)/store.db
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint airflow airflow-db demo night clean-var lock
+.PHONY: help install run test lint airflow airflow-db demo night clean-var lock bench-send
 
 help:
 	@echo "make run      set everything up and run one night on the demo shop (outbox in var/outbox)"
 	@echo "make test     set everything up and run the whole test suite"
 	@echo "make airflow  start Airflow (standalone) with Tend's DAGs on the same embedded defaults"
 	@echo "make lint     ruff"
+	@echo "make bench-send  100k messages end to end against the local SendGrid stand-in"
 	@echo "make clean-var  forget the demo shop, the contact store and the outbox"
 
 $(VENV)/bin/python:
@@ -55,7 +56,12 @@ $(AIRFLOW_HOME)/airflow.db: | $(STAMP)
 	@mkdir -p $(AIRFLOW_HOME) $(VAR)/logs
 	$(BIN)/airflow db migrate > $(VAR)/logs/airflow-db-migrate.log 2>&1 || { tail -30 $(VAR)/logs/airflow-db-migrate.log; exit 1; }
 
-airflow-db: $(AIRFLOW_HOME)/airflow.db
+# The pool that bounds concurrent send tasks (tend_programs.send); created once per metadata DB.
+$(AIRFLOW_HOME)/.pool-tend_send: $(AIRFLOW_HOME)/airflow.db
+	$(BIN)/airflow pools set tend_send 4 "Tend senders" > $(VAR)/logs/airflow-pools.log 2>&1 || { tail -30 $(VAR)/logs/airflow-pools.log; exit 1; }
+	@touch $@
+
+airflow-db: $(AIRFLOW_HOME)/airflow.db $(AIRFLOW_HOME)/.pool-tend_send
 
 # One night through Airflow: ingest, then programs (as the asset schedule would), then totals.
 run: install demo airflow-db
@@ -91,6 +97,11 @@ airflow: install demo airflow-db
 	  $(BIN)/python -c "import json,secrets; print(json.dumps({'admin': secrets.token_urlsafe(12)}))" > $(VAR)/airflow/passwords.json
 	@echo "Airflow UI: http://localhost:8080  login: admin  password: $$($(BIN)/python -c "import json; print(json.load(open('$(VAR)/airflow/passwords.json'))['admin'])")"
 	$(BIN)/airflow standalone
+
+# 100k messages end to end (render + ledger + HTTP) against `tend fake-sendgrid --latency-ms 20`,
+# beside the official sendgrid client measured in the same run. BENCH_ARGS="--messages 20000" etc.
+bench-send: install
+	$(BIN)/python bench/send_bench.py $(BENCH_ARGS)
 
 clean-var:
 	rm -rf $(VAR)/shop.db* $(VAR)/store.db* $(VAR)/outbox $(VAR)/logs

@@ -4,8 +4,10 @@
 Scheduled on the asset `tend://customer_features` (after **tend_ingest**), taking `as_of` from
 the asset event. `plan` detects signals, applies consent and suppressions, picks at most one
 message per customer within caps, and claims the winners in the contact ledger; `send` runs one
-mapped task per batch of claimed messages (batch ids in XCom, never message lists); `summary`
-prints the night's totals.
+mapped task per batch of claimed messages (batch ids in XCom, never message lists), at most four
+at a time in the `tend_send` pool, through the backend named by the Variable `tend_delivery`
+(SendGrid reads the connection `sendgrid_default`; `{"sendgrid_sandbox": true}` in the run's conf
+switches SendGrid's sandbox mode for that run); `summary` prints the night's totals.
 
 Replay a night: `airflow dags test tend_programs 2026-11-20` (after tend_ingest for that date).
 Rerunning a night sends nothing new: the ledger already holds every message it claimed.
@@ -49,25 +51,13 @@ def tend_programs() -> None:
     def batches(planned: dict) -> list[dict]:
         return [{"as_of": planned["as_of"], "batch_id": b} for b in planned["batches"]]
 
-    @task(max_active_tis_per_dagrun=4)
-    def send(batch: dict) -> dict:
-        import datetime as dt
+    # The pool bounds concurrent senders across every DAG run (create it once:
+    # `airflow pools set tend_send 4 "Tend senders"`; `make airflow`/`make run` do).
+    @task(pool="tend_send", max_active_tis_per_dagrun=4)
+    def send(batch: dict, **context) -> dict:
+        from tend_airflow import send_batch_task
 
-        from tend import runtime
-        from tend.config import ShopSettings
-        from tend.nightly import send_batch
-        from tend_airflow import delivery_name, store_url
-
-        settings = ShopSettings.from_env()
-        backend = runtime.backend(delivery_name())
-        try:
-            result = send_batch(
-                store_url(), dt.date.fromisoformat(batch["as_of"]), batch["batch_id"],
-                backend=backend, renderer=runtime.renderer(settings), settings=settings,
-            )
-        finally:
-            backend.close()
-        return dict(result.counts)
+        return send_batch_task(batch, context)
 
     @task(trigger_rule="all_done")
     def summary(planned: dict) -> None:

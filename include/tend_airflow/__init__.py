@@ -10,26 +10,38 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tend import config
+
+if TYPE_CHECKING:
+    from tend.delivery import DeliveryBackend
+    from tend.delivery.sendgrid import SendGridSettings
+    from tend.delivery.smtp import SmtpSettings
 
 log = logging.getLogger("tend")
 
 SHOP_CONN_ID = "tend_shop"
 STORE_CONN_ID = "tend_store"
 DELIVERY_VARIABLE = "tend_delivery"
+SENDGRID_CONN_ID = "sendgrid_default"
+SMTP_CONN_ID = "smtp_default"
+SANDBOX_CONF_KEY = "sendgrid_sandbox"
 
 
-def _conn_url(conn_id: str) -> str | None:
+def _connection(conn_id: str) -> Any | None:
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
-        conn = Connection.get(conn_id)
+        return Connection.get(conn_id)
     except AirflowNotFoundException:
         return None
-    return config.sqlalchemy_url_from_connection(conn)
+
+
+def _conn_url(conn_id: str) -> str | None:
+    conn = _connection(conn_id)
+    return None if conn is None else config.sqlalchemy_url_from_connection(conn)
 
 
 def shop_url() -> str:
@@ -51,6 +63,72 @@ def delivery_name() -> str:
     if os.environ.get("TEND_DELIVERY"):
         return config.delivery_backend()
     return config.delivery_backend(Variable.get(DELIVERY_VARIABLE, default=None))
+
+
+def sendgrid_settings(context: Mapping[str, Any] | None = None) -> SendGridSettings:
+    """The SendGrid backend's settings, secrets included, from the ``sendgrid_default``
+    connection: password = API key, host = API URL override (e.g. ``http://127.0.0.1:8025`` for
+    ``tend fake-sendgrid``), extras for sandbox mode, ASM group, concurrency and timeouts.
+    Without that connection, the environment (``TEND_SENDGRID_API_KEY``, ...). The run's conf
+    ``{"sendgrid_sandbox": true}`` switches sandbox mode for that run only.
+    """
+    from tend.delivery.sendgrid import SendGridSettings, _flag
+
+    conn = _connection(SENDGRID_CONN_ID)
+    settings = (SendGridSettings.from_connection(conn) if conn is not None
+                else SendGridSettings.from_env())
+    conf = getattr((context or {}).get("dag_run"), "conf", None) or {}
+    if conf.get(SANDBOX_CONF_KEY) is not None:
+        settings = settings.with_(sandbox=_flag(conf[SANDBOX_CONF_KEY],
+                                                f"the run's conf {SANDBOX_CONF_KEY}"))
+    return settings
+
+
+def smtp_settings() -> SmtpSettings:
+    """The ``smtp_default`` connection (host, port, login, password; extras starttls/ssl),
+    else ``TEND_SMTP_URL``."""
+    from tend.delivery.smtp import SmtpSettings
+
+    conn = _connection(SMTP_CONN_ID)
+    return SmtpSettings.from_connection(conn) if conn is not None else SmtpSettings.from_env()
+
+
+def delivery_backend(context: Mapping[str, Any] | None = None) -> DeliveryBackend:
+    """The backend named by TEND_DELIVERY / the Variable, built from its Airflow connection."""
+    from tend.delivery import make_backend
+
+    name = delivery_name()
+    if name == "sendgrid":
+        return make_backend(name, sendgrid=sendgrid_settings(context))
+    if name == "smtp":
+        return make_backend(name, smtp=smtp_settings())
+    return make_backend(name, outbox_dir=config.outbox_dir())
+
+
+def send_batch_task(batch: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, int]:
+    """The body of tend_programs' mapped ``send`` task: one batch id in, counts out.
+
+    Rejected credentials fail the task without retries (a retry cannot fix a key); any other
+    error fails it normally, and Airflow's retry sends what is still claimed.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend import runtime
+    from tend.config import ShopSettings
+    from tend.errors import DeliveryAuthError
+    from tend.nightly import send_batch
+
+    settings = ShopSettings.from_env()
+    backend = delivery_backend(context)
+    try:
+        result = send_batch(store_url(), dt.date.fromisoformat(str(batch["as_of"])),
+                            int(batch["batch_id"]), backend=backend,
+                            renderer=runtime.renderer(settings), settings=settings)
+    except DeliveryAuthError as exc:
+        raise AirflowFailException(str(exc)) from exc
+    finally:
+        backend.close()
+    return dict(result.counts)
 
 
 def as_of(context: Mapping[str, Any]) -> dt.date:

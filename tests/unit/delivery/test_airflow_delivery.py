@@ -1,0 +1,169 @@
+"""The Airflow glue for delivery: connections -> backend settings, the send task, the pool.
+
+Connections are given the way Airflow documents (``AIRFLOW_CONN_SENDGRID_DEFAULT``); outside a
+task ``Connection.get`` reads them from the environment-variable secrets backend, so no metadata
+database is needed. The send task body runs for real against the local SendGrid stand-in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from tend import nightly, runtime
+from tend.config import ShopSettings
+from tend.delivery.fake_sendgrid import FaultPlan, run_in_thread
+from tend.delivery.outbox import OutboxBackend
+from tend.delivery.sendgrid import SendGridBackend
+from tend.delivery.smtp import SmtpBackend
+from tend.demo import generate_demo_shop
+from tend.errors import ConfigError
+from tend.store import migrate
+from tend.store.db import connect
+from tend.store.tables import contact_ledger
+
+PROJECT = Path(__file__).resolve().parents[3]
+NIGHT = dt.date(2026, 11, 20)
+KEY = "SG.airflow-test-key"
+
+
+@pytest.fixture(scope="module")
+def airflow_sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    with pytest.MonkeyPatch.context() as mp:
+        if "airflow" not in sys.modules:  # Airflow reads AIRFLOW_HOME once, on first import
+            mp.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
+            mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        import airflow.sdk
+
+        yield airflow.sdk
+
+
+@pytest.fixture
+def tend_airflow(airflow_sdk: ModuleType, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    for var in ("AIRFLOW_CONN_SENDGRID_DEFAULT", "AIRFLOW_CONN_SMTP_DEFAULT", "TEND_DELIVERY",
+                "TEND_SENDGRID_API_KEY", "SENDGRID_API_KEY", "TEND_SENDGRID_URL",
+                "TEND_SENDGRID_SANDBOX", "TEND_SMTP_URL"):
+        monkeypatch.delenv(var, raising=False)
+    import tend_airflow
+
+    return tend_airflow
+
+
+def run(conf: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"dag_run": SimpleNamespace(conf=conf or {}), "run_id": "manual__test"}
+
+
+def test_sendgrid_settings_from_the_connection(tend_airflow: ModuleType,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", json.dumps({
+        "conn_type": "http", "host": "127.0.0.1", "port": 8025, "password": KEY,
+        "extra": {"asm_group_id": 12, "chunk_size": 250}}))
+    s = tend_airflow.sendgrid_settings(run())
+    assert (s.api_key, s.base_url, s.asm_group_id, s.chunk_size, s.sandbox) == (
+        KEY, "http://127.0.0.1:8025", 12, 250, False)
+    assert tend_airflow.sendgrid_settings(run({"sendgrid_sandbox": True})).sandbox is True
+
+
+def test_sendgrid_connection_as_a_uri(tend_airflow: ModuleType,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", f"sendgrid://:{KEY}@")
+    s = tend_airflow.sendgrid_settings(run())
+    assert (s.api_key, s.base_url) == (KEY, "https://api.sendgrid.com")
+
+
+def test_without_the_connection_the_environment_is_read(
+        tend_airflow: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="sendgrid_default"):
+        tend_airflow.sendgrid_settings(run())
+    monkeypatch.setenv("TEND_SENDGRID_API_KEY", KEY)
+    assert tend_airflow.sendgrid_settings(run()).api_key == KEY
+
+
+def test_the_backend_follows_tend_delivery(tend_airflow: ModuleType, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEND_OUTBOX_DIR", str(tmp_path))
+    monkeypatch.setenv("TEND_DELIVERY", "outbox")
+    assert isinstance(tend_airflow.delivery_backend(run()), OutboxBackend)
+    monkeypatch.setenv("TEND_DELIVERY", "smtp")
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", "smtp://tend:pw@mail.example:587")
+    smtp = tend_airflow.delivery_backend(run())
+    assert isinstance(smtp, SmtpBackend)
+    assert (smtp.settings.host, smtp.settings.port, smtp.settings.starttls) == (
+        "mail.example", 587, True)
+    monkeypatch.setenv("TEND_DELIVERY", "sendgrid")
+    monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", f"http://:{KEY}@127.0.0.1:9")
+    sg = tend_airflow.delivery_backend(run())
+    assert isinstance(sg, SendGridBackend) and sg.settings.base_url == "http://127.0.0.1:9"
+    sg.close()
+
+
+@pytest.fixture
+def claimed_night(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, list[int]]:
+    shop, store = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 'store.db'}"
+    generate_demo_shop(shop, customers=250, seed=5, as_of=NIGHT)
+    migrate(store)
+    settings = ShopSettings.from_env({})
+    nightly.run_ingest(shop, store, NIGHT, "r1")
+    planned = nightly.plan_night(shop, store, NIGHT, "r1", settings=settings,
+                                 renderer=runtime.renderer(settings), secret="s", batch_size=40)
+    monkeypatch.setenv("AIRFLOW_CONN_TEND_STORE", f"sqlite:///{tmp_path / 'store.db'}")
+    return store, planned.batches
+
+
+def statuses(store: str) -> list[str]:
+    with connect(store).connect() as conn:
+        return [s for (s,) in conn.execute(select(contact_ledger.c.status))]
+
+
+def test_the_send_task_sends_a_batch_through_the_connection(
+        tend_airflow: ModuleType, claimed_night: tuple[str, list[int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store, batches = claimed_night
+    with run_in_thread(api_key=KEY, faults=FaultPlan(latency_ms=1)) as fake:
+        monkeypatch.setenv("TEND_DELIVERY", "sendgrid")
+        monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", f"http://:{KEY}@127.0.0.1:{fake.port}")
+        counts = tend_airflow.send_batch_task({"as_of": NIGHT.isoformat(),
+                                               "batch_id": batches[0]}, run())
+        assert counts == {"sent": 40}
+        assert len(fake.fake.accepted_counts()) == 40
+    assert statuses(store).count("sent") == 40
+
+
+def test_a_refused_key_fails_the_task_without_retries(
+        tend_airflow: ModuleType, claimed_night: tuple[str, list[int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    store, batches = claimed_night
+    with run_in_thread(api_key=KEY) as fake:
+        monkeypatch.setenv("TEND_DELIVERY", "sendgrid")
+        monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT",
+                           f"http://:SG.revoked@127.0.0.1:{fake.port}")
+        with pytest.raises(AirflowFailException, match="check the sendgrid_default connection"):
+            tend_airflow.send_batch_task({"as_of": NIGHT.isoformat(), "batch_id": batches[0]},
+                                         run())
+    assert set(statuses(store)) == {"claimed"}
+
+
+def test_the_send_task_runs_in_the_tend_send_pool(airflow_sdk: ModuleType) -> None:
+    spec = importlib.util.spec_from_file_location("tend_programs_dag",
+                                                  PROJECT / "dags" / "tend_programs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dags = [v for v in vars(module).values() if isinstance(v, airflow_sdk.DAG)]
+    if not dags:  # the @dag decorator registers the DAG object on the module's call
+        dags = [module.tend_programs()]
+    send = dags[0].get_task("send")
+    assert send.pool == "tend_send"
+    assert send.max_active_tis_per_dagrun == 4
+    assert send.retries >= 1
