@@ -110,6 +110,11 @@ lock: install
 	$(BIN)/pip freeze --exclude-editable | grep -viE '^(pytest|pytest-timeout|hypothesis|ruff|iniconfig|sortedcontainers|tend)==' > requirements.lock.new
 	@echo "review requirements.lock.new, then fold it into requirements.txt"
 
+# Arbitration + cap check for 1M candidates against a 10M-row ledger on PostgreSQL
+# (BENCH_DATABASE_URL, default the local test database; the ledger is generated once).
+bench-arbitration: install
+	$(BIN)/python bench/bench_arbitration.py
+
 # Ingest + signals on 1M demo customers / ~20M order lines (the shop is generated once and
 # cached under var/bench/): full rebuild, a 1% incremental night, detect_all, BG/NBD fit.
 bench-signals: install

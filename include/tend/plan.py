@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,18 +32,17 @@ from tend.caps import held_out, holdout_period
 from tend.config import ShopSettings
 from tend.consent import consent_fates
 from tend.errors import TemplateError
-from tend.features import FEATURE_COLUMNS
+from tend.ingest import read_features
 from tend.logs import log, table
 from tend.programs import Program, Registry, load_registry
 from tend.render import Renderer, sample_context
-from tend.signals.lapsed import detect_lapsed
+from tend.signals import SIGNAL_COLUMNS, detect_all
 from tend.store import ledger
 from tend.store.db import connect, require_current
-from tend.store.tables import customer_features, deferred, suppressions
+from tend.store.tables import deferred, suppressions
 
 #: What a signal frame carries (the contract between tend.signals and the programs stage).
-SIGNAL_FRAME = ["customer_id", "signal", "score", "due_date", "valid_until", "reason", "value",
-                "sku", "product_name", "detail"]
+SIGNAL_FRAME = SIGNAL_COLUMNS
 #: Fates that mean "not tonight, but maybe tomorrow" while the candidate is still valid.
 DEFERRABLE = ("capped:", "cooldown:", "lost_to:")
 
@@ -65,31 +64,16 @@ class PlanResult:
         return out + table(["program", "fate", "customers"], rows)
 
 
-def read_features(store_url: str) -> pd.DataFrame:
-    with connect(store_url).connect() as conn:
-        df = pd.DataFrame(conn.execute(select(customer_features)).mappings().all())
-    if df.empty:
-        return pd.DataFrame(columns=FEATURE_COLUMNS)
-    for col in ("first_order_at", "last_order_at"):
-        df[col] = pd.to_datetime(df[col], utc=True)
-    for col in ("mean_interval_days", "median_interval_days", "total_spent", "avg_order_value"):
-        df[col] = pd.to_numeric(df[col])
-    return df
+def detect_signals(store_url: str, shop_url: str, as_of: dt.date) -> pd.DataFrame:
+    """Every behavioural signal tonight (tend.signals), in the SIGNAL_FRAME shape.
 
-
-def detect_signals(store_url: str, shop_url: str, as_of: dt.date,
-                   features: pd.DataFrame) -> pd.DataFrame:
-    """Every behavioural signal tonight, in the SIGNAL_FRAME shape."""
-    lapsed = detect_lapsed(features, as_of)
-    detail = [
-        json.dumps({"days_since_last_order": int(d), "orders_count": int(n),
-                    "last_order_date": str(last)})
-        for d, n, last in zip(lapsed["days_since_last_order"], lapsed["orders_count"],
-                              lapsed["last_order_date"], strict=True)
-    ]
-    value = lapsed["customer_id"].map(features.set_index("customer_id")["total_spent"])
-    return lapsed.assign(value=value.astype(float), sku=None, product_name=None,
-                         detail=detail)[SIGNAL_FRAME]
+    A signal whose due date is still ahead (an upcoming check-up, a season about to open) is
+    not a candidate yet: it comes back on its day.
+    """
+    sig = detect_all(store_url, shop_url, as_of)
+    sig["due_date"] = pd.to_datetime(sig["due_date"]).dt.date  # occurrence keys use ISO dates
+    sig["valid_until"] = pd.to_datetime(sig["valid_until"]).dt.date
+    return sig.loc[sig["due_date"] <= as_of, SIGNAL_FRAME].reset_index(drop=True)
 
 
 def newsletter_signals(features: pd.DataFrame, as_of: dt.date,
@@ -141,10 +125,13 @@ def plan_night(
     secret: str,
     registry: Registry | None = None,
     batch_size: int = 5000,
+    detector: Callable[[str, str, dt.date], pd.DataFrame] | None = None,
 ) -> PlanResult:
     """Decide tonight's messages and claim them in the ledger; nothing is sent here.
 
     Templates are checked first, so a broken template fails the run before anything is claimed.
+    ``detector`` (default: every behavioural signal, ``detect_signals``) is a seam for tests
+    that exercise the programs stage over many nights with a cheaper signal source.
     """
     require_current(store_url)
     registry = registry or load_registry()
@@ -159,7 +146,7 @@ def plan_night(
     by_program = {p.name: p for p in programs}
 
     features = read_features(store_url)
-    signals = pd.concat([detect_signals(store_url, shop_url, as_of, features),
+    signals = pd.concat([(detector or detect_signals)(store_url, shop_url, as_of),
                          newsletter_signals(features, as_of, programs)], ignore_index=True)
     fresh = candidates_for(signals, programs, as_of)
     if not fresh.empty:

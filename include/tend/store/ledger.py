@@ -178,6 +178,23 @@ def claim(
             select(_stage.c.message_id).join(L, L.c.message_id == _stage.c.message_id)
         ).scalars(), "already_claimed", "this message was already claimed by an earlier run")
 
+        # One message per customer per night, across runs: a rerun (or a campaign claiming
+        # after the nightly run) must not add a second message for a customer who already has
+        # tonight's.
+        # Transactional messages (a receipt) are outside this rule, as they are outside caps.
+        tonight = conn.execute(
+            select(L.c.customer_id, func.min(L.c.program))
+            .where(L.c.as_of == as_of, L.c.status.in_(COUNTED), L.c.kind != "transactional")
+            .where(L.c.customer_id.in_(select(_stage.c.customer_id)))
+            .group_by(L.c.customer_id)
+        ).all()
+        if tonight:
+            had = dict(tonight)
+            taken = c.loc[c["customer_id"].isin(had) & (c["kind"] != "transactional")]
+            for mid, cid in zip(taken["message_id"], taken["customer_id"], strict=True):
+                flag([mid], f"lost_to:{had[cid]}",
+                     f"already has tonight's message ({had[cid]}); one message per night")
+
         # Every cooldown length in one query: the window travels with each staged row.
         q = (
             select(_stage.c.message_id, _stage.c.program, _stage.c.cooldown_days)
@@ -235,12 +252,15 @@ def claim(
     c["fate"] = c["message_id"].map(lambda m: flags.get(m, (None, None))[0])
     c["why"] = c["message_id"].map(lambda m: flags.get(m, (None, None))[1])
 
-    # Arbitration: the best unblocked candidate per customer wins tonight.
+    # Arbitration: the best unblocked marketing or service candidate per customer wins
+    # tonight; transactional messages (receipts, thank-yous) are not in the contest.
     free = c.loc[c["fate"].isna()].sort_values(
         ["customer_id", "priority", "score", "program"], ascending=[True, False, False, True])
-    winners = free.drop_duplicates("customer_id", keep="first")
-    losers = free.index.difference(winners.index)
-    won_by = winners.set_index("customer_id")["program"]
+    contest = free.loc[free["kind"] != "transactional"]
+    best = contest.drop_duplicates("customer_id", keep="first")
+    winners = pd.concat([best, free.loc[free["kind"] == "transactional"]])
+    losers = contest.index.difference(best.index)
+    won_by = best.set_index("customer_id")["program"]
     if len(losers):
         c.loc[losers, "fate"] = "lost_to:" + c.loc[losers, "customer_id"].map(won_by).astype(str)
         c.loc[losers, "why"] = "another program had a better message for this customer tonight"

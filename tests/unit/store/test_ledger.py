@@ -212,3 +212,21 @@ def test_concurrent_claims_cannot_both_pass_a_cap(pg_schema_url: str) -> None:
             .group_by(contact_ledger.c.customer_id)).all()
     assert len(per_customer) == len(customers)
     assert max(n for _, n in per_customer) == 1
+
+
+def test_one_message_per_customer_per_night_across_runs(store_url: str) -> None:
+    claim(store_url, winners(("C1", "winback", "e")))
+    # a later run the same night (a rerun, a campaign) offers a service message: not tonight
+    out = claim(store_url, winners(("C1", "checkup", "boiler"), kind="service", cooldown=0))
+    assert out.loc["C1", "fate"] == "lost_to:winback"
+    assert "one message per night" in out.loc["C1", "why"]
+
+
+def test_transactional_messages_do_not_compete(store_url: str) -> None:
+    cands = pd.concat([
+        winners(("C1", "thank_you", "o-1"), kind="transactional", cooldown=0, priority=100),
+        winners(("C1", "winback", "e"), priority=50),
+    ])
+    out = claim(store_url, cands).reset_index().set_index("program")
+    assert out.loc["thank_you", "fate"] == "claimed"
+    assert out.loc["winback", "fate"] == "claimed"
