@@ -90,8 +90,8 @@ class SendResult:
         return sum(self.counts.values()) / self.seconds if self.seconds else 0.0
 
     def lines(self) -> list[str]:
-        head = (f"batch {self.batch_id}: " + ", ".join(
-            f"{k} {v:,}" for k, v in sorted(self.counts.items())) or "nothing to send")
+        done = ", ".join(f"{k} {v:,}" for k, v in sorted(self.counts.items()) if v)
+        head = f"batch {self.batch_id}: {done or 'nothing to send'}"
         out = [f"{head} in {self.seconds:.1f}s ({self.rate():,.0f} msg/s)"]
         if self.recovered_unknown:
             out.append(f"{self.recovered_unknown:,} message(s) were mid-send when a previous "

@@ -797,6 +797,9 @@ def serve(
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, host, port, reuse_address=True)
     loop.run_until_complete(site.start())
+    server = getattr(site, "_server", None)
+    if port == 0 and server is not None and server.sockets:  # --port 0: the OS picked one
+        port = server.sockets[0].getsockname()[1]
     if ready is not None:
         plan = fake.faults
         print(f"fake SendGrid listening on http://{host}:{port}  (POST {MAIL_SEND_PATH}; "

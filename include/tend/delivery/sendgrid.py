@@ -297,7 +297,9 @@ def mail_send_payload(message: OutgoingMessage, *, sandbox: bool = False,
             doc["categories"] = cats[:10]
     if message.custom_args:
         args = {str(k): str(v) for k, v in message.custom_args.items()}
-        if len(json.dumps(args).encode()) > 10_000:
+        # JSON never takes more than 6 bytes per UTF-8 byte (\uXXXX): measure only if close.
+        rough = sum(len(k) + len(v) + 6 for k, v in args.items())
+        if rough > 1_600 and len(json.dumps(args).encode()) > 10_000:
             raise _Refused("custom_args exceed SendGrid's 10,000-byte limit")
         doc["custom_args"] = args
     if message.send_at is not None:
@@ -359,6 +361,7 @@ class SendGridBackend:
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # loop time before which no request may leave (after a 429)
+        self._url = settings.url
         self._headers = {
             "Authorization": f"Bearer {settings.api_key}",
             "Content-Type": "application/json",
@@ -485,7 +488,7 @@ class SendGridBackend:
                 attempts += 1
                 self.stats["requests"] += 1
                 try:
-                    async with session.post(s.url, data=body) as resp:
+                    async with session.post(self._url, data=body) as resp:
                         status = resp.status
                         headers = resp.headers
                         try:

@@ -17,7 +17,7 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tend import nightly, runtime
 from tend.config import ShopSettings
@@ -106,17 +106,28 @@ def test_the_backend_follows_tend_delivery(tend_airflow: ModuleType, tmp_path: P
     sg.close()
 
 
-@pytest.fixture
-def claimed_night(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, list[int]]:
-    shop, store = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 'store.db'}"
+@pytest.fixture(scope="module")
+def planned_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[int]]:
+    folder = tmp_path_factory.mktemp("night")
+    shop, store = f"sqlite:///{folder / 'shop.db'}", f"sqlite:///{folder / 'store.db'}"
     generate_demo_shop(shop, customers=250, seed=5, as_of=NIGHT)
     migrate(store)
     settings = ShopSettings.from_env({})
     nightly.run_ingest(shop, store, NIGHT, "r1")
     planned = nightly.plan_night(shop, store, NIGHT, "r1", settings=settings,
                                  renderer=runtime.renderer(settings), secret="s", batch_size=40)
-    monkeypatch.setenv("AIRFLOW_CONN_TEND_STORE", f"sqlite:///{tmp_path / 'store.db'}")
     return store, planned.batches
+
+
+@pytest.fixture
+def claimed_night(planned_store: tuple[str, list[int]],
+                  monkeypatch: pytest.MonkeyPatch) -> tuple[str, list[int]]:
+    store, batches = planned_store
+    with connect(store).begin() as conn:
+        conn.execute(update(contact_ledger).values(status="claimed", provider_id=None, error=None,
+                                                   sending_at=None, finished_at=None))
+    monkeypatch.setenv("AIRFLOW_CONN_TEND_STORE", store)
+    return store, batches
 
 
 def statuses(store: str) -> list[str]:

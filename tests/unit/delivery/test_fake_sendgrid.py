@@ -8,8 +8,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -232,36 +232,31 @@ def test_records_accepted_messages_to_a_jsonl_file(tmp_path: Path) -> None:
     assert row["tend_message_id"] == "m1" and row["payload"]["subject"] == "Hello"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_cli_serves_a_stand_in(tmp_path: Path) -> None:
-    port = _free_port()
     tend = Path(sys.executable).parent / "tend"
     proc = subprocess.Popen(
-        [str(tend), "fake-sendgrid", "--port", str(port), "--latency-ms", "1",
+        [str(tend), "fake-sendgrid", "--port", "0", "--latency-ms", "1",
          "--fault-rate", "1", "--faults", "503", "--record", str(tmp_path / "r.jsonl")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     try:
         assert proc.stdout is not None
         banner = proc.stdout.readline()
-        assert f"listening on http://127.0.0.1:{port}" in banner
-        url = f"http://127.0.0.1:{port}"
-        assert httpx.post(f"{url}/v3/mail/send", json=doc(), headers=AUTH).status_code == 503
-        httpx.post(f"{url}/_faults", json={"rate": 0})
-        assert httpx.post(f"{url}/v3/mail/send", json=doc(), headers=AUTH).status_code == 202
-        assert httpx.get(f"{url}/_stats").json()["outcomes"] == {"503": 1, "202": 1}
+        match = re.search(r"listening on (http://127\.0\.0\.1:(\d+))", banner)
+        assert match and match.group(2) != "0", banner
+        url = match.group(1)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            assert c.post("/v3/mail/send", json=doc(), headers=AUTH).status_code == 503
+            c.post("/_faults", json={"rate": 0})
+            assert c.post("/v3/mail/send", json=doc(), headers=AUTH).status_code == 202
+            assert c.get("/_stats").json()["outcomes"] == {"503": 1, "202": 1}
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
+        proc.wait(timeout=30)
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
 
 
-def test_the_cli_refuses_unknown_faults() -> None:
-    tend = Path(sys.executable).parent / "tend"
-    out = subprocess.run([str(tend), "fake-sendgrid", "--faults", "teapot", "--fault-rate", "1"],
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 2 and "unknown fault" in out.stderr
+def test_the_cli_refuses_unknown_faults(capsys: pytest.CaptureFixture[str]) -> None:
+    from tend.cli import main
+
+    assert main(["fake-sendgrid", "--faults", "teapot", "--fault-rate", "1"]) == 2
+    assert "unknown fault" in capsys.readouterr().err

@@ -10,15 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sqlite3
+import os
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text, update
+from sqlalchemy.engine import make_url
 
 from tend import nightly, runtime
 from tend.caps import SendWindow
@@ -28,6 +29,7 @@ from tend.delivery.fake_sendgrid import FaultPlan, RunningFake, run_in_thread
 from tend.delivery.sendgrid import SendGridBackend, SendGridSettings
 from tend.demo import generate_demo_shop
 from tend.errors import DeliveryAuthError, DeliveryError
+from tend.store import migrate
 from tend.store.db import connect
 from tend.store.tables import contact_ledger
 
@@ -38,25 +40,63 @@ AMBIGUOUS = {"500", "slow", "drop", "reset"}
 ALWAYS_OPEN = SendWindow(dt.time(0, 0), dt.time(23, 59, 59))
 
 
-@pytest.fixture(scope="module")
-def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("shop") / "shop.db"
-    generate_demo_shop(f"sqlite:///{path}", customers=400, seed=11, as_of=NIGHT)
-    return f"sqlite:///{path}"
+def _postgres_schema() -> Iterator[str]:
+    """A private schema on TEST_DATABASE_URL for this module (as tests/conftest.py does)."""
+    base = os.environ.get("TEST_DATABASE_URL")
+    if not base:
+        message = "TEST_DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"PostgreSQL tests must run in CI: {message}")
+        pytest.skip(message)
+    schema = f"tend_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        connect(url.render_as_string(hide_password=False)).dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
-@pytest.fixture
-def planned(demo_shop: str, store_url: str, tmp_path: Path) -> nightly.PlanResult:
-    dst = tmp_path / "shop.db"
-    with sqlite3.connect(demo_shop.removeprefix("sqlite:///")) as src, sqlite3.connect(dst) as cp:
-        src.backup(cp)
-    shop_url = f"sqlite:///{dst}"
+@pytest.fixture(scope="module",
+                params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def planned_night(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[tuple[str, nightly.PlanResult]]:
+    """A demo night planned once per backend; each test starts from its claimed ledger."""
+    folder = tmp_path_factory.mktemp("night")
+    shop_url = f"sqlite:///{folder / 'shop.db'}"
+    generate_demo_shop(shop_url, customers=400, seed=11, as_of=NIGHT)
+    urls = (iter([f"sqlite:///{folder / 'store.db'}"]) if request.param == "sqlite"
+            else _postgres_schema())
+    store_url = next(urls)
+    migrate(store_url)
     nightly.run_ingest(shop_url, store_url, NIGHT, "r1")
     result = nightly.plan_night(shop_url, store_url, NIGHT, "run-1", settings=SETTINGS,
                                 renderer=runtime.renderer(SETTINGS), secret="s",
                                 batch_size=100)
     assert result.claimed() > 50
-    return result
+    yield store_url, result
+    for _ in urls:  # drops the PostgreSQL schema
+        pass
+
+
+@pytest.fixture
+def store_url(planned_night: tuple[str, nightly.PlanResult]) -> str:
+    """The planned store, every message back to 'claimed' (as right after planning)."""
+    url = planned_night[0]
+    with connect(url).begin() as conn:
+        conn.execute(update(contact_ledger).values(status="claimed", provider_id=None, error=None,
+                                                   sending_at=None, finished_at=None))
+    return url
+
+
+@pytest.fixture
+def planned(planned_night: tuple[str, nightly.PlanResult], store_url: str) -> nightly.PlanResult:
+    return planned_night[1]
 
 
 @pytest.fixture
