@@ -23,6 +23,9 @@ from sqlalchemy import func, select
 from tend import ingest, shop  # noqa: F401 - shop: kept for callers of nightly.shop
 from tend.caps import SendWindow
 from tend.config import ShopSettings
+
+# The programs stage lives in tend.plan; re-exported for the DAGs, the CLI and the send stage.
+from tend.contexts import context_for_render, voucher_code  # noqa: F401
 from tend.delivery.base import (
     DeliveryBackend,
     DeliveryResult,
@@ -33,9 +36,7 @@ from tend.delivery.base import (
 from tend.errors import DeliveryAuthError, DeliveryError, TemplateError
 from tend.ingest import WATERMARK, IngestResult  # noqa: F401 - re-exported
 from tend.logs import log, mask_email, table
-
-# The programs stage lives in tend.plan; re-exported for the DAGs, the CLI and the send stage.
-from tend.plan import PlanResult, context_for_render, plan_night, voucher_code  # noqa: F401
+from tend.plan import PlanResult, plan_night  # noqa: F401
 from tend.render import Renderer
 from tend.store import ledger
 from tend.store.db import connect

@@ -14,10 +14,7 @@ explains it, which is what ``tend why`` prints.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +28,7 @@ from tend import shop
 from tend.caps import held_out, holdout_period
 from tend.config import ShopSettings
 from tend.consent import consent_fates
+from tend.contexts import ContextBuilder
 from tend.errors import TemplateError
 from tend.ingest import read_features
 from tend.logs import log, table
@@ -177,17 +175,14 @@ def plan_night(
     allowed = cands.loc[cands["fate"].isna()].merge(
         customers, on="customer_id", how="left", suffixes=("", "_customer"))
     allowed.index = cands.index[cands["fate"].isna()]
-    allowed["context"] = [
-        r["context"] if isinstance(r.get("context"), str) and r.get("from_deferred")
-        else json.dumps(build_context(r, by_program[r["program"]], settings, secret, as_of),
-                        default=str)
-        for r in allowed.to_dict("records")
-    ]
+    contexts = ContextBuilder(shop_url=shop_url, programs=by_program, settings=settings,
+                              secret=secret, as_of=as_of, features=features)
     invalid = cands.loc[cands["fate"] == "suppressed:invalid_address", "customer_id"].unique()
     stamp = ledger.now()
     with connect(store_url).begin() as conn:
         outcome = ledger.claim(conn, allowed, as_of=as_of, run_id=run_id,
-                               caps=registry.caps, batch_size=batch_size).frame
+                               caps=registry.caps, batch_size=batch_size,
+                               context_for=contexts).frame
         ledger.insert_ignore(conn, suppressions, [
             {"customer_id": c, "email": None, "reason": "invalid_address",
              "source": "validation", "created_at": stamp} for c in invalid
@@ -227,6 +222,10 @@ def _holdouts(cands: pd.DataFrame, programs: dict[str, Program], as_of: dt.date)
                                  f"receive nothing from {name} in {holdout_period(as_of)}")
 
 
+#: What a deferred candidate keeps of its signal row, to compete (and be rendered) later.
+_SIGNAL_KEEP = ("signal", "reason", "due_date", "valid_until", "sku", "product_name", "detail",
+                "value")
+
 _DEFERRED_COLS = ["customer_id", "program", "occurrence", "kind", "priority", "score",
                   "cooldown_days", "valid_until", "last_order_date", "context", "reason"]
 
@@ -257,10 +256,11 @@ def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
                 deferred.c.customer_id, deferred.c.program, deferred.c.occurrence
             ).in_(list(expired[["customer_id", "program", "occurrence"]]
                        .itertuples(index=False, name=None)))))
-    waiting = rows.loc[~(gone | off)].rename(columns={"last_reason": "reason"})
-    waiting = waiting.assign(from_deferred=True)
-    waiting["reason"] = waiting["reason"].str.replace(r"^.*?; deferred: ", "", regex=True)
-    return waiting, expired
+    waiting = rows.loc[~(gone | off)].drop(columns=["last_reason"]).reset_index(drop=True)
+    signal_rows = pd.DataFrame([json.loads(c) for c in waiting.pop("context")],
+                               columns=list(_SIGNAL_KEEP))
+    waiting = pd.concat([waiting, signal_rows.drop(columns=["valid_until"])], axis=1)
+    return waiting.assign(from_deferred=True), expired
 
 
 def _merge(fresh: pd.DataFrame, waiting: pd.DataFrame) -> pd.DataFrame:
@@ -300,74 +300,9 @@ def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
             "priority": later["priority"].astype(int), "score": later["score"].astype(float),
             "cooldown_days": later["cooldown_days"].astype(int),
             "valid_until": later["valid_until"], "last_order_date": later["last_order_date"],
-            "context": later["context"], "first_deferred_on": as_of,
+            "context": [json.dumps({k: r.get(k) for k in _SIGNAL_KEEP}, default=str)
+                        for r in later.to_dict("records")],
+            "first_deferred_on": as_of,
             "last_reason": later["why"],
         }))
     return d
-
-
-def voucher_code(secret: str, message_id: str, prefix: str) -> str:
-    """Unique per message, unguessable, stable across retries (derived, not stored twice)."""
-    mac = hmac.new(secret.encode(), f"voucher:{message_id}".encode(), hashlib.sha256).digest()
-    code = base64.b32encode(mac).decode()[:8]
-    return f"{prefix}-{code[:4]}-{code[4:]}"
-
-
-def build_context(row: dict[str, Any], program: Program, settings: ShopSettings, secret: str,
-                  as_of: dt.date) -> dict[str, Any]:
-    """Everything the template needs, stored with the claim so a retry renders identically."""
-    message_id = ledger.message_id_for(row["customer_id"], program.name, row["occurrence"])
-    locale = _clean(row.get("locale")) or settings.default_locale
-    detail = json.loads(row["detail"]) if isinstance(row.get("detail"), str) else {}
-    ctx: dict[str, Any] = {
-        "template": program.template,
-        "locale": locale,
-        "timezone": _clean(row.get("timezone")),
-        "customer": {
-            "customer_id": row["customer_id"],
-            "first_name": _clean(row.get("first_name")),
-            "last_name": _clean(row.get("last_name")),
-            "email": _clean(row.get("email")),
-            "locale": locale,
-        },
-        "signal": {
-            "name": row["signal"],
-            "reason": row["reason"],
-            "due_date": str(row["due_date"]),
-            "sku": _clean(row.get("sku")),
-            "product_name": _clean(row.get("product_name")),
-            **detail,
-        },
-    }
-    if program.offer is not None:
-        o = program.offer
-        ctx["offer"] = {
-            "code": voucher_code(secret, message_id, o.code_prefix),
-            "amount": o.amount,
-            "currency": settings.currency,
-            "kind": o.kind,
-            "expires_on": str(as_of + dt.timedelta(days=o.valid_days)),
-        }
-    return ctx
-
-
-def _clean(v: Any) -> str | None:
-    if v is None or (isinstance(v, float) and pd.isna(v)) or v is pd.NA:
-        return None
-    return str(v)
-
-
-_DATE_FIELDS = ("last_order_date", "due_date", "due_on", "window_start", "window_end")
-
-
-def context_for_render(raw: str) -> dict[str, Any]:
-    """The stored JSON context with dates turned back into dates for the templates."""
-    ctx = json.loads(raw)
-    sig = ctx.get("signal", {})
-    for key in _DATE_FIELDS:
-        if isinstance(sig.get(key), str) and len(sig[key]) == 10:
-            sig[key] = dt.date.fromisoformat(sig[key])
-    offer = ctx.get("offer")
-    if offer and offer.get("expires_on"):
-        offer["expires_on"] = dt.date.fromisoformat(offer["expires_on"])
-    return ctx

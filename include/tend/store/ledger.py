@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,12 +133,15 @@ def claim(
     run_id: str,
     caps: Iterable[Cap],
     batch_size: int,
+    context_for: Callable[[pd.DataFrame], Sequence[str]] | None = None,
 ) -> ClaimOutcome:
     """Arbitrate ``candidates`` and claim at most one message per customer, within caps.
 
     ``candidates``: customer_id, program, occurrence, kind, priority, score, cooldown_days,
-    context. Must run inside a transaction (``engine.begin()``); takes the ledger lock first, so
-    the caps it checks cannot change before its claims commit.
+    and either a ``context`` column or ``context_for``, which builds the contexts of the
+    winners only (a night may have many more candidates than messages). Must run inside a
+    transaction (``engine.begin()``); takes the ledger lock first, so the caps it checks cannot
+    change before its claims commit.
 
     Set-based: the candidates' keys go to a temporary table in one bulk load (COPY on
     PostgreSQL); one query per rule flags what is blocked (already claimed, cooldown, each cap);
@@ -275,11 +278,12 @@ def claim(
     c.loc[w.index, "batch_id"] = first_batch + pd.RangeIndex(len(w)) // batch_size
     if len(w):
         stamp = now()
+        context = list(context_for(w)) if context_for is not None else w["context"]
         rows = pd.DataFrame({
             "message_id": w["message_id"], "customer_id": w["customer_id"],
             "program": w["program"], "occurrence": w["occurrence"], "kind": w["kind"],
             "status": "claimed", "as_of": as_of, "run_id": run_id,
-            "batch_id": c.loc[w.index, "batch_id"].astype(int), "context": w["context"],
+            "batch_id": c.loc[w.index, "batch_id"].astype(int), "context": context,
             "claimed_at": stamp,
         })
         bulk_load(conn, L, rows)
