@@ -32,11 +32,14 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--customers", type=int, default=1_000_000)
     args = ap.parse_args()
+    import logging
+
     from tend import ingest
     from tend.demo import generate_demo_shop
     from tend.signals import bgnbd, detect_all
     from tend.store import migrate
 
+    logging.basicConfig(level=logging.INFO, format="  %(message)s")
     VAR.mkdir(parents=True, exist_ok=True)
     cached = VAR / f"shop-{args.customers}.db"
     if not cached.exists():
@@ -49,6 +52,8 @@ def main() -> int:
               f"lines in {time.perf_counter() - t:.0f}s")
     # The incremental night: a copy of the shop with one new order for 1% of the customers.
     shop = VAR / "shop-night.db"
+    for p in VAR.glob("shop-night.db*"):  # a stale -wal would replay an earlier run's rows
+        p.unlink()
     shutil.copyfile(cached, shop)
     store_path = VAR / "store.db"
     for p in VAR.glob("store.db*"):

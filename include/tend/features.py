@@ -289,7 +289,11 @@ def _seasons(vcust: np.ndarray, vday: np.ndarray, n: int) -> dict[str, np.ndarra
 def _sku_features(cust: np.ndarray, day: np.ndarray, line_order: np.ndarray,
                   lines: pd.DataFrame, ids: np.ndarray, centre: np.ndarray) -> pd.DataFrame:
     """Per (customer, sku): visits, dates, quantities, own repurchase interval, phase sums."""
-    sku_codes, sku_ids = pd.factorize(lines["sku"].astype(str), sort=True)
+    if isinstance(lines["sku"].dtype, pd.CategoricalDtype):  # the fast reader's codes
+        sku_codes = lines["sku"].cat.codes.to_numpy().astype(np.int64)
+        sku_ids = np.asarray(lines["sku"].cat.categories, dtype=object)
+    else:
+        sku_codes, sku_ids = pd.factorize(lines["sku"].astype(str), sort=True)
     lc, ld = cust[line_order], day[line_order]
     qty = lines["quantity"].to_numpy(dtype=np.int64)
     order = sort_order(lc, sku_codes, ld)
@@ -323,7 +327,8 @@ def _sku_features(cust: np.ndarray, day: np.ndarray, line_order: np.ndarray,
         "quantity": np.bincount(g, weights=dq, minlength=ng).astype(np.int64),
         "last_quantity": dq[gends - 1],
         "gap_median": group_median(gg, gap, ng),
-        "unit_gap_median": group_median(gg, unit_gap, ng),
+        # to a tenth of a day, which keeps the median an integer sort
+        "unit_gap_median": group_median(gg, np.round(unit_gap * 10.0), ng) / 10.0,
         "phase_cos": np.bincount(g, weights=np.cos(angle), minlength=ng),
         "phase_sin": np.bincount(g, weights=np.sin(angle), minlength=ng),
         "season_days": np.bincount(g, weights=inside.astype(float), minlength=ng

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,7 @@ def run_ingest(
 
     mode = "full" if full or state is None or as_of < state.as_of else "incremental"
     since_day: dt.date | None = None
+    clock = time.perf_counter()
     if mode == "full":
         history = shop.read_history(shop_url, as_of, now=now)
         changed: list[str] | None = None
@@ -104,7 +106,9 @@ def run_ingest(
         history = shop.read_history(shop_url, as_of, changed, now=now) if changed else \
             shop.History(shop._empty_orders(), shop._empty_lines())
 
+    t_read = time.perf_counter() - clock
     fs = compute_feature_set(history.orders, history.lines)
+    t_features = time.perf_counter() - clock - t_read
     stamp = ledger.now()
     orders = history.orders
     watermark = orders["ordered_at"].max() if len(orders) else None
@@ -152,6 +156,9 @@ def run_ingest(
     )
     for line in result.lines():
         log.info(line)
+    t_write = time.perf_counter() - clock - t_read - t_features
+    log.info("ingest timings: read and validate %.1fs, features %.1fs, store %.1fs",
+             t_read, t_features, t_write)
     return result
 
 
@@ -194,16 +201,21 @@ def bulk_insert(conn: Connection, tbl: Table, df: pd.DataFrame, chunk: int = 50_
 
 
 def _column_values(s: pd.Series, sqltype: object, sqlite: bool) -> list[object]:
+    """A column as Python values in the form the driver stores (vectorised in Arrow/NumPy)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     name = type(sqltype).__name__
     if name == "DateTime":
         ts = pd.to_datetime(s, utc=True)
-        if sqlite:
-            text = ts.dt.strftime("%Y-%m-%d %H:%M:%S.%f")
-            return [None if pd.isna(v) else v for v in text.tolist()]
+        if sqlite:  # SQLAlchemy's SQLite format: "YYYY-MM-DD HH:MM:SS.ffffff"
+            arr = pa.array(ts.dt.tz_convert(None).dt.as_unit("us"))
+            return pc.strftime(arr, format="%Y-%m-%d %H:%M:%S").to_pylist()
         return [None if pd.isna(v) else v for v in ts.dt.to_pydatetime().tolist()]
     if name == "Date":
         if sqlite:
-            return [None if v is None or v is pd.NaT else str(v) for v in s.tolist()]
+            return pa.array(pd.to_datetime(s).dt.date, type=pa.date32()).cast(
+                pa.string()).to_pylist()
         return [None if v is None or v is pd.NaT else v for v in s.tolist()]
     if name == "Integer":
         return s.astype(np.int64).tolist()

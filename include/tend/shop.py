@@ -184,7 +184,7 @@ _FAST_ORDERS = f"""
 SELECT rowid AS rid, CAST(order_id AS TEXT) AS order_id, CAST(customer_id AS TEXT) AS customer_id,
        CASE WHEN {_TS_OK} THEN unixepoch(ordered_at, 'subsec') * 1.0 END AS ts,
        CASE WHEN typeof(total) IN ('integer', 'real') THEN total * 1.0 END AS total
-FROM orders"""
+FROM orders ORDER BY rowid"""
 _FAST_LINES = """
 SELECT rowid AS rid, CAST(order_id AS TEXT) AS order_id, CAST(sku AS TEXT) AS sku,
        CASE WHEN typeof(quantity) = 'integer' THEN quantity END AS quantity
@@ -215,13 +215,12 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
             n_lines = con.execute("SELECT max(rowid) FROM order_lines").fetchone()[0] or 0
         if n_lines > PARALLEL_LINES:
             pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
-            future = pool.submit(_adbc_fetch, path, _FAST_LINES)
+            future = pool.submit(_lines_by_order_row, path)
     try:
         ot = _adbc_fetch(path, _FAST_ORDERS)
         known = _adbc_fetch(path, "SELECT CAST(customer_id AS TEXT) AS c FROM customers")
         if lines:
-            lt = future.result() if future is not None else _adbc_fetch(path, _FAST_LINES)
-            skus = _adbc_fetch(path, "SELECT CAST(sku AS TEXT) AS sku FROM products")
+            got = future.result() if future is not None else _lines_by_order_row(path)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -244,7 +243,8 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
             texts["ordered_at"], utc=True, errors="coerce", format="mixed").to_numpy()
         orders.loc[odd, "total"] = pd.to_numeric(texts["total"], errors="coerce").to_numpy()
     known_ids = pd.Index(_text(known.column("c")).to_pandas())
-    clean, bad_mask, reasons = check_orders(orders, known_ids, as_of, now=now)
+    clean, bad_mask, reasons, keep = check_orders(orders, known_ids, as_of, now=now,
+                                                  with_keep=True)
     bad_idx = np.flatnonzero(bad_mask)
     raw_bad = orders.iloc[bad_idx][["order_id", "customer_id"]].assign(
         ordered_at=orders["ordered_at"].iloc[bad_idx].astype("string"),
@@ -260,17 +260,78 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
         reasons.iloc[bad_idx].reset_index(drop=True), "order_id"), len(orders))
     if not lines:
         return history
-    qty = lt.column("quantity").to_numpy(zero_copy_only=False).astype(float)
-    odd_l = np.flatnonzero(np.isnan(qty))
-    if len(odd_l):
-        ltext = _rows_as_text(path, "order_lines", _LINE_COLS,
-                              lt.column("rid").to_numpy()[odd_l])
-        qty[odd_l] = pd.to_numeric(ltext["quantity"], errors="coerce").to_numpy()
-    history.lines, bad_lines = _check_lines(
-        _text(lt.column("order_id")), _text(lt.column("sku")), qty,
-        pa.array(clean["order_id"]), _text(ot.column("order_id")), _text(skus.column("sku")))
+    history.lines, bad_lines = _fast_lines(path, got, orders, keep)
     history.quarantined += bad_lines
     return history
+
+
+def _lines_by_order_row(path: str) -> dict[str, object]:
+    """Order lines as row numbers of ``_FAST_ORDERS``' rows, product codes and quantities.
+
+    Runs in a second process for a large shop: it reads the order ids itself and matches them
+    in Arrow, so only three integer columns (and the few odd rows as text) cross back.
+    """
+    ids = _text(_adbc_fetch(path, "SELECT CAST(order_id AS TEXT) AS order_id FROM orders "
+                                  "ORDER BY rowid").column("order_id")).combine_chunks()
+    lt = _adbc_fetch(path, _FAST_LINES)
+    skus = _text(_adbc_fetch(path, "SELECT CAST(sku AS TEXT) AS sku FROM products"
+                             ).column("sku")).combine_chunks()
+    skus = pc.array_take(skus, pc.array_sort_indices(skus))
+    oid, sku = _text(lt.column("order_id")), _text(lt.column("sku"))
+    raw_pos = pc.index_in(oid, value_set=pc.cast(ids, oid.type)).to_numpy(zero_copy_only=False)
+    raw_pos = np.where(np.isnan(raw_pos.astype(float)), -1, raw_pos).astype(np.int64)
+    sku_idx = pc.index_in(sku, value_set=pc.cast(skus, sku.type)).to_numpy(
+        zero_copy_only=False)
+    sku_idx = np.where(np.isnan(sku_idx.astype(float)), -1, sku_idx).astype(np.int32)
+    qty = lt.column("quantity").to_numpy(zero_copy_only=False).astype(float)
+    odd = np.flatnonzero((raw_pos < 0) | (sku_idx < 0) | ~(qty > 0))
+    take = pa.array(odd)
+    return {
+        "raw_pos": raw_pos.astype(np.int32), "sku_idx": sku_idx,
+        "qty": np.nan_to_num(qty, nan=0.0).astype(np.int32), "skus": skus.to_pylist(),
+        "odd": odd, "odd_rid": lt.column("rid").to_numpy()[odd],
+        "odd_order_id": oid.take(take).to_pylist(), "odd_sku": sku.take(take).to_pylist(),
+    }
+
+
+def _fast_lines(path: str, got: dict, orders: pd.DataFrame, keep: np.ndarray
+                ) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """Clean lines and quarantine records from ``_lines_by_order_row``'s columns."""
+    raw_pos, sku_idx = got["raw_pos"], got["sku_idx"]
+    qty = got["qty"].astype(float)
+    odd = got["odd"]
+    if len(odd):  # odd quantities (text, decimals): parse them like the generic path
+        text = _rows_as_text(path, "order_lines", ["quantity"], got["odd_rid"])
+        qty[odd] = pd.to_numeric(text["quantity"], errors="coerce").to_numpy()
+    # raw order row -> clean row; a duplicated id's lines go to the copy that was kept
+    to_clean = np.where(keep, np.cumsum(keep) - 1, -1)
+    if len(orders) and orders["order_id"].duplicated().any():
+        kept = pd.Series(to_clean[keep], index=orders["order_id"].to_numpy()[keep])
+        first = ~orders["order_id"].duplicated(keep="first").to_numpy()
+        dup_ids = orders["order_id"].to_numpy()[first]
+        to_clean[first] = pd.Series(dup_ids).map(kept).fillna(-1).astype(np.int64).to_numpy()
+    n = len(raw_pos)
+    reason = np.full(len(odd), None, dtype=object)
+    with np.errstate(invalid="ignore"):
+        qty_ok = (qty > 0) & (qty == np.floor(qty))
+    for mask, text_ in ((raw_pos[odd] < 0, "order line for an unknown order"),
+                        (sku_idx[odd] < 0, "order line with an unknown sku"),
+                        (~qty_ok[odd], "order line quantity is not a positive whole number")):
+        reason[mask & (reason == None)] = text_  # noqa: E711 - elementwise
+    bad = np.zeros(n, bool)
+    bad[odd[reason != None]] = True  # noqa: E711
+    pos = np.where(raw_pos >= 0, to_clean[np.maximum(raw_pos, 0)], -1)
+    ok = ~bad & (pos >= 0)
+    clean = pd.DataFrame({
+        "order": pos[ok].astype(np.int64),
+        "sku": pd.Categorical.from_codes(sku_idx[ok], categories=got["skus"]),
+        "quantity": qty[ok].astype(np.int64)})
+    flagged = reason != None  # noqa: E711
+    raw = pd.DataFrame({"order_id": np.array(got["odd_order_id"], dtype=object)[flagged],
+                        "sku": np.array(got["odd_sku"], dtype=object)[flagged],
+                        "quantity": qty[odd][flagged]})
+    return clean, quarantine_records("order_lines", raw, np.ones(len(raw), bool),
+                                     pd.Series(reason[flagged]), "order_id", "sku")
 
 
 def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -398,8 +459,8 @@ def validate_orders(
 
 def check_orders(
     df: pd.DataFrame, known_customers: set[str] | pd.Index, as_of: dt.date,
-    *, now: dt.datetime | None = None,
-) -> tuple[pd.DataFrame, np.ndarray, pd.Series]:
+    *, now: dt.datetime | None = None, with_keep: bool = False,
+) -> tuple:  # type: ignore[type-arg]
     """Order rows with parsed ``ordered_at`` (UTC, NaT if unparseable) and ``total`` (NaN if
     not a number) -> (clean orders, bad-row mask, reasons). Shared by every reading path.
 
@@ -449,7 +510,7 @@ def check_orders(
             "total": total[keep].astype(float),
         }
     ).reset_index(drop=True)
-    return clean, bad, reasons
+    return (clean, bad, reasons, keep) if with_keep else (clean, bad, reasons)
 
 
 def quarantine_records(source: str, raw: pd.DataFrame, bad: np.ndarray, reasons: pd.Series,
