@@ -58,6 +58,22 @@ class TemplateSpec:
     optional: Mapping[str, str]
     sample: Mapping[str, Any]
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    by_language: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Overrides for a sample shown in another language (campaign text typed in French)."""
+
+
+# A Québec shop's catalogue in French, for samples shown in French (the pipeline passes the
+# names the shop's catalogue has; these only make previews read naturally).
+_NAMES_FR = {
+    "TOM-6": "Plants de tomates, paquet de 6",
+    "SOIL-25": "Terreau biologique, 25 L",
+    "FLT-3": "Cartouches filtrantes, paquet de 3",
+    "SVC-BOIL": "Entretien annuel de la chaudière",
+    "SKL-26": "Poêlon en fonte, 26 cm",
+    "OIL-SEA": "Huile de culottage, 250 ml",
+    "SCR-CHN": "Tampon en cotte de mailles",
+    "TEA-CHAI": "Chaï épicé, 100 g",
+}
 
 
 def _product(sku: str, name: str, price: str, *, url: bool = True,
@@ -90,7 +106,8 @@ def _offer(code: str, amount: str, kind: str = "amount",
 
 
 _CUSTOMER_DOC = "customer_id, first_name (None -> plain greeting), last_name, email, locale"
-_PRODUCTS_DOC = "list of products: sku, name, price, currency, url (or None), image_url (or None)"
+_PRODUCTS_DOC = ("list of products: sku, name, price (or None), currency, url (or None), "
+                 "image_url (or None)")
 _OFFER_DOC = "code (unique per customer), amount, currency, kind (amount | percent), expires_on"
 _NO_NAME = {"customer": {"first_name": None}}
 
@@ -101,14 +118,14 @@ _SPECS: tuple[TemplateSpec, ...] = (
         description="a customer who used to buy has gone quiet; welcome them back with a voucher",
         required={
             "customer": _CUSTOMER_DOC,
-            "signal": "reason (reports only), days_since_last_order, orders_count, "
-                      "last_order_date",
+            "signal": "reason (reports only; the template shows no signal data)",
             "offer": _OFFER_DOC,
         },
         optional={"products": "products picked for this customer (complements of past buys)"},
         sample={
             "customer": _customer(),
             "signal": {
+                "name": "lapsed",
                 "reason": "no order in 187 days after 4 orders (usual gap 41 days)",
                 "days_since_last_order": 187,
                 "orders_count": 4,
@@ -131,17 +148,18 @@ _SPECS: tuple[TemplateSpec, ...] = (
         description="a customer who buys in the same window every year; it opens soon",
         required={
             "customer": _CUSTOMER_DOC,
-            "signal": "reason (reports only), window_opens (date), last_year_on (date of "
-                      "last season's order)",
-            "products": "what they bought last season (at least one; the first is named)",
+            "signal": "reason (reports only), window_start (date the customer's season "
+                      "opens), window_end",
         },
-        optional={"offer": _OFFER_DOC},
+        optional={"products": "what they bought last season (the first is named)",
+                  "offer": _OFFER_DOC},
         sample={
             "customer": _customer(),
             "signal": {
-                "reason": "ordered garden supplies in late March in 2024 and 2025",
-                "window_opens": date(2027, 3, 20),
-                "last_year_on": date(2026, 3, 24),
+                "name": "seasonal",
+                "reason": "ordered garden supplies in late March in 2025 and 2026",
+                "window_start": date(2027, 3, 20),
+                "window_end": date(2027, 4, 17),
             },
             "products": [_product("TOM-6", "Tomato seedlings, 6-pack", "12.99"),
                          _product("SOIL-25", "Organic potting soil, 25 L", "14.50")],
@@ -150,12 +168,12 @@ _SPECS: tuple[TemplateSpec, ...] = (
         variants={"no first name": _NO_NAME},
     ),
     TemplateSpec(
-        name="replenishment",
+        name="replenish",
         kind="marketing",
         description="a consumable the customer buys is probably running out",
         required={
             "customer": _CUSTOMER_DOC,
-            "signal": "reason (reports only), last_purchased_on (date), due_on (date)",
+            "signal": "reason (reports only), last_bought (date), due_on (date)",
             "products": "the consumable(s) to reorder (at least one; the first is named)",
         },
         optional={"offer": _OFFER_DOC},
@@ -163,7 +181,8 @@ _SPECS: tuple[TemplateSpec, ...] = (
             "customer": _customer(),
             "signal": {
                 "reason": "water filter cartridges usually last 60 days; last bought 54 days ago",
-                "last_purchased_on": date(2026, 9, 30),
+                "name": "replenish",
+                "last_bought": date(2026, 9, 30),
                 "due_on": date(2026, 11, 29),
             },
             "products": [_product("FLT-3", "Water filter cartridges, 3-pack", "34.95")],
@@ -183,7 +202,8 @@ _SPECS: tuple[TemplateSpec, ...] = (
         description="a service the customer bought (boiler, car, dental cleaning) is due again",
         required={
             "customer": _CUSTOMER_DOC,
-            "signal": "reason (reports only), due_on (date), last_service_on (date)",
+            "signal": "reason (reports only), due_on (date), last_bought (date of the last "
+                      "service)",
             "products": "products[0] is the service; its url (or None) is where to book",
         },
         optional={},
@@ -191,14 +211,19 @@ _SPECS: tuple[TemplateSpec, ...] = (
             "customer": _customer(),
             "signal": {
                 "reason": "annual boiler service bought 2026-03-12; due again in 12 months",
+                "name": "checkup",
                 "due_on": date(2027, 3, 12),
-                "last_service_on": date(2026, 3, 12),
+                "last_bought": date(2026, 3, 12),
             },
             "products": [_product("SVC-BOIL", "Annual boiler service", "149.00")],
         },
         variants={
             "nowhere to book": {
                 "products": [_product("SVC-BOIL", "Annual boiler service", "149.00", url=False)],
+            },
+            "gone from the catalogue": {
+                "products": [{"sku": "SVC-BOIL", "name": "Annual boiler service", "price": None,
+                              "currency": None, "url": None, "image_url": None}],
             },
             "no first name": _NO_NAME,
         },
@@ -210,9 +235,8 @@ _SPECS: tuple[TemplateSpec, ...] = (
         required={
             "customer": _CUSTOMER_DOC,
             "order": "order_id, ordered_at (date), total, currency",
-            "products": "what they bought",
         },
-        optional={},
+        optional={"products": "what they bought (catalogue products; may be empty)"},
         sample={
             "customer": _customer(),
             "order": {"order_id": "O-104233", "ordered_at": date(2026, 11, 22),
@@ -228,14 +252,15 @@ _SPECS: tuple[TemplateSpec, ...] = (
         description="ask how a purchase is working out, some weeks after it",
         required={
             "customer": _CUSTOMER_DOC,
-            "order": "order_id, ordered_at (date)",
-            "products": "what they bought (the first is named)",
+            "signal": "reason (reports only), order_date (date of the purchase)",
             "survey": "url: the customer's own survey link (the template adds rating=1..5)",
         },
-        optional={},
+        optional={"products": "what they bought (the first is named; without it the message "
+                              "speaks of 'your order')"},
         sample={
             "customer": _customer(),
-            "order": {"order_id": "O-103871", "ordered_at": date(2026, 10, 28)},
+            "signal": {"name": "survey", "reason": "order of 2026-10-28, 26 days ago",
+                       "order_date": date(2026, 10, 28)},
             "products": [_product("SKL-26", "Cast-iron skillet, 26 cm", "49.95")],
             "survey": {"url": "http://localhost:8080/tend/survey/Y3VzXzAwMDE0Mg.q2Vh8sT1"},
         },
@@ -247,32 +272,35 @@ _SPECS: tuple[TemplateSpec, ...] = (
         description="reward an Nth order, a spend tier reached, or a relationship anniversary",
         required={
             "customer": _CUSTOMER_DOC + ", orders_count, member_since (date)",
-            "signal": "reason (reports only), milestone (nth_order | tier | anniversary), "
-                      "orders_count, tier, years (the ones a milestone does not use may be None)",
+            "signal": "name (loyalty_nth_order | loyalty_tier | anniversary), reason "
+                      "(reports only), nth, tier, years (the ones a signal does not use may be "
+                      "None)",
             "offer": _OFFER_DOC + " (the reward)",
         },
         optional={},
         sample={
             "customer": _customer(orders_count=10, member_since=date(2021, 3, 8)),
             "signal": {
+                "name": "loyalty_nth_order",
                 "reason": "10th order placed on 2026-11-20",
-                "milestone": "nth_order",
-                "orders_count": 10,
+                "nth": 10,
                 "tier": None,
                 "years": None,
             },
             "offer": _offer("MERCI-9XQ4", "15.00"),
         },
         variants={
-            "tier": {"signal": {"milestone": "tier", "tier": "Gold",
+            "tier": {"signal": {"name": "loyalty_tier", "tier": "gold",
                                 "reason": "spent over $1,000 since 2021"}},
-            "anniversary": {"signal": {"milestone": "anniversary", "years": 5,
+            "anniversary": {"signal": {"name": "anniversary", "years": 5,
                                        "reason": "first order on 2021-11-25"}},
             "first anniversary, 1 order": {
                 "customer": {"orders_count": 1},
-                "signal": {"milestone": "anniversary", "years": 1, "orders_count": 1},
+                "signal": {"name": "anniversary", "years": 1},
             },
-            "21st order": {"signal": {"orders_count": 21}, "customer": {"orders_count": 21}},
+            "21st order": {"signal": {"nth": 21}, "customer": {"orders_count": 21}},
+            "another loyalty signal": {"signal": {"name": "loyalty"}},
+            "no first order date": {"customer": {"member_since": None}},
             "no first name": _NO_NAME,
         },
     ),
@@ -321,10 +349,10 @@ _SPECS: tuple[TemplateSpec, ...] = (
             "customer": _customer(),
             "newsletter": {
                 "subject": "Winter is coming: our cosy picks",
-                "preheader": "Three ideas for warm evenings, and what's new in the shop.",
+                "preheader": "A few ideas for warm evenings, and what's new in the shop.",
                 "title": "Cosy season at Maison Verte",
                 "intro": "The first snow is here, and the shop smells of cinnamon.\n\n"
-                         "Here are three ideas for warm evenings at home.",
+                         "Here are a few ideas for warm evenings at home.",
                 "articles": [
                     {"title": "Bread in a cast-iron pot",
                      "body": "No kneading, four ingredients, one hot oven. Our favourite "
@@ -350,6 +378,26 @@ _SPECS: tuple[TemplateSpec, ...] = (
             },
             "no first name": _NO_NAME,
         },
+        by_language={"fr": {"newsletter": {
+            "subject": "L'hiver arrive : nos idées douillettes",
+            "preheader": "Quelques idées pour les soirées au chaud, et les nouveautés de la "
+                         "boutique.",
+            "title": "La saison douillette chez Maison Verte",
+            "intro": "La première neige est arrivée et la boutique sent la cannelle.\n\n"
+                     "Voici quelques idées pour les soirées au chaud.",
+            "articles": [
+                {"title": "Du pain cuit en cocotte de fonte",
+                 "body": "Sans pétrissage, quatre ingrédients, un four bien chaud : notre recette "
+                         "d'hiver préférée, étape par étape.",
+                 "url": f"{SHOP_URL}/blogue/pain-sans-petrissage",
+                 "image_url": None},
+                {"title": "Préparer son jardin de balcon pour l'hiver",
+                 "body": "Emballer, pailler et patienter : comment garder vos vivaces en forme "
+                         "jusqu'en avril.",
+                 "url": None,
+                 "image_url": None},
+            ],
+        }}},
     ),
 )
 
@@ -368,22 +416,49 @@ def template_spec(template: str) -> TemplateSpec:
         ) from None
 
 
-def sample_context(template: str) -> dict[str, Any]:
-    """A realistic context for ``template``, exactly as the pipeline passes it (a fresh copy)."""
-    return copy.deepcopy(dict(template_spec(template).sample))
+def sample_context(template: str, locale: str | None = None) -> dict[str, Any]:
+    """A realistic context for ``template``, exactly as the pipeline passes it (a fresh copy).
 
-
-def sample_contexts(template: str, base: Mapping[str, Any] | None = None
-                    ) -> list[tuple[str, dict[str, Any]]]:
-    """The sample (or ``base``), each variant merged into it, and the sample without its
-    optional variables: together they reach every branch of the template."""
+    With a French ``locale`` the shop's words (product names, the campaign's text) are the
+    French ones, as a Québec shop would have them; the variables are the same.
+    """
     spec = template_spec(template)
-    root = copy.deepcopy(dict(spec.sample if base is None else base))
+    ctx = copy.deepcopy(dict(spec.sample))
+    if _language(locale) == "fr":
+        ctx = _in_french(merge(ctx, spec.by_language.get("fr", {})))
+    return ctx
+
+
+def _in_french(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = {k: _in_french(v) for k, v in value.items()}
+        if "sku" in out and out["sku"] in _NAMES_FR and "name" in out:
+            out["name"] = _NAMES_FR[out["sku"]]
+        return out
+    if isinstance(value, list):
+        return [_in_french(v) for v in value]
+    return value
+
+
+def sample_contexts(template: str, base: Mapping[str, Any] | None = None,
+                    locale: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The sample (or ``base``), each variant merged into it, and the sample without its
+    optional variables: together they reach every branch of the template. Without ``base``,
+    a French ``locale`` gives the French sample (see :func:`sample_context`)."""
+    spec = template_spec(template)
+    french = base is None and _language(locale) == "fr"
+    root = copy.deepcopy(dict(base)) if base is not None else sample_context(template, locale)
     out = [("sample", root)]
-    out += [(label, merge(root, overrides)) for label, overrides in spec.variants.items()]
+    for label, overrides in spec.variants.items():
+        variant = merge(root, overrides)
+        out.append((label, _in_french(variant) if french else variant))
     if spec.optional:
         out.append(("required variables only", without(root, spec.optional)))
     return out
+
+
+def _language(locale: str | None) -> str:
+    return (locale or "").replace("-", "_").split("_")[0].lower()
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -499,7 +499,7 @@ _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001|<!--\ue002(\\d+)\ue003-->")
 _LINK_ATTRIBUTE = re.compile(r"""\s(?:href|src)\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)
 _EXPRESSION = re.compile(r"^\{\{(-?)(.*?)(-?)\}\}$", re.DOTALL)
 _URL_NAME = re.compile(r"^\s*\(?\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
-_START_TAG = re.compile(r"<([a-zA-Z][a-zA-Z0-9]*)\b")
+_EVENT = re.compile("<([a-zA-Z][a-zA-Z0-9]*)\\b|\ue000\\d+\ue001|<!--\ue002\\d+\ue003-->")
 _INSERTED_BY_PARSER = {"tbody", "html", "head", "body"}
 
 
@@ -632,31 +632,37 @@ class _EmailLoader(jinja2.BaseLoader):
     @staticmethod
     def _check_structure(protected: str, inlined: str, name: str, n_tags: int) -> None:
         """css-inline parses HTML like a browser: a Jinja expression between a <table> and its
-        rows, a statement inside a tag, or a <tr> outside a table would be moved or dropped.
-        Refuse that at load rather than send a mangled email."""
-        found = [int(a or b) for a, b in _PLACEHOLDER.findall(inlined)]
-        problem = None
-        if found != list(range(n_tags)):
-            problem = "a Jinja tag moved or vanished"
-        else:
-            before: dict[str, int] = {}
-            after: dict[str, int] = {}
-            for tag in _START_TAG.findall(protected):
-                before[tag.lower()] = before.get(tag.lower(), 0) + 1
-            for tag in _START_TAG.findall(inlined):
-                after[tag.lower()] = after.get(tag.lower(), 0) + 1
-            lost = sorted(t for t, n in before.items() if after.get(t, 0) != n
-                          and t not in _INSERTED_BY_PARSER)
-            if lost:
-                problem = f"<{'>, <'.join(lost)}> elements moved or vanished"
-        if problem:
+        rows is moved before the table, a statement inside a tag or a <tr> outside a table
+        vanishes. The sequence of start tags and Jinja tags must come out as it went in;
+        refuse the template at load rather than send a mangled email."""
+
+        def events(html: str) -> list[str]:
+            out = []
+            for m in _EVENT.finditer(html):
+                if m.group(1):
+                    tag = m.group(1).lower()
+                    if tag not in _INSERTED_BY_PARSER:
+                        out.append(tag)
+                else:
+                    out.append(m.group(0))
+            return out
+
+        before, after = events(protected), events(inlined)
+        if before != after:
+            where = next((i for i, (a, b) in enumerate(zip(before, after, strict=False))
+                          if a != b), min(len(before), len(after)))
+            near = [e if not e.startswith(("\ue000", "<!--")) else "{{ ... }}"
+                    for e in before[max(where - 2, 0):where + 2]]
             raise TemplateError(
-                f"{name} cannot be read safely as HTML to inline its CSS ({problem}): keep "
-                "Jinja statements where markup may stand, expressions inside text or attribute "
-                "values (never between <table> and <tr> or among a tag's attributes), and "
-                "table rows inside a <table>",
+                f"{name} cannot be read safely as HTML to inline its CSS (around "
+                f"{' '.join(near)}): keep Jinja statements where markup may stand, expressions "
+                "inside text or attribute values (never between <table> and <tr> or among a "
+                "tag's attributes), and table rows inside a <table>",
                 template=name,
             )
+        if len(_PLACEHOLDER.findall(inlined)) != n_tags:  # pragma: no cover - events cover it
+            raise TemplateError(f"{name}: a Jinja tag vanished while inlining CSS",
+                                template=name)
 
 
 # --- the renderer ------------------------------------------------------------------------------
@@ -815,11 +821,7 @@ class Renderer:
             kind = spec.kind if spec else "marketing"
         if kind not in KINDS:
             return [f"message kind {kind!r} is unknown; use one of {', '.join(KINDS)}"]
-        if spec is not None:
-            contexts = sample_contexts(template, sample_context)
-        elif sample_context is not None:
-            contexts = [("sample", dict(sample_context))]
-        else:
+        if spec is None and sample_context is None:
             return [str(_no_spec(template))]
         problems: list[str] = []
         for locale in locales:
@@ -834,6 +836,8 @@ class Renderer:
                     f"{self.shop.default_locale}/ versions and translate)"
                 )
                 continue
+            contexts = (sample_contexts(template, sample_context, locale) if spec is not None
+                        else [("sample", dict(sample_context or {}))])
             for label, ctx in contexts:
                 where = locale if label == "sample" else f"{locale} ({label})"
                 try:
@@ -843,6 +847,18 @@ class Renderer:
                     problems.append(f"{where}: {exc}")
                     break  # the other variants would repeat the same error
                 problems += [f"{where}: {p}" for p in self._inspect(rendered, kind)]
+                # The fast path pours the content block into a layout rendered once per kind;
+                # it must give exactly what rendering the whole template gives.
+                whole = self._render_bundle(bundle, ctx, _sample_id(ctx), kind, fast=False)
+                for part in ("html", "text"):
+                    if getattr(whole, part) != getattr(rendered, part):
+                        problems.append(
+                            f"{where}: {rendered.template} renders differently through its "
+                            f"layout frame ({part}); keep message data inside "
+                            "{% block content %} (layouts and their partials may use only "
+                            "shop, t, kind, lang, locale, subject, preheader, unsubscribe_url "
+                            "and preferences_url)"
+                        )
         return problems
 
     def check_all(
@@ -1484,7 +1500,8 @@ def render_user_text(source: str, context: Mapping[str, Any], *,
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"campaign text has a syntax error on line {exc.lineno}: "
                             f"{exc.message}", template="<campaign text>") from exc
-    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError) as exc:
+    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError,
+            AttributeError, RecursionError) as exc:
         raise TemplateError(f"campaign text failed: {exc}", template="<campaign text>") from exc
     if len(text) > 4 * USER_TEXT_MAX_CHARS:
         raise TemplateError("campaign text renders far too long", template="<campaign text>")
