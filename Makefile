@@ -44,7 +44,24 @@ $(STAMP): $(VENV)/bin/python requirements.txt requirements-dev.txt pyproject.tom
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# Headless Chromium for `tend preview --png` and its test (which CI runs): Debian's chromium
+# package, installed with apt-get when no Chromium is found (as root, or through sudo).
+# Without apt-get it only warns locally (the PNG test then skips) and fails when CI=true.
+.PHONY: chromium
+chromium:
+	@if [ -n "$$TEND_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 \
+	    || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing Debian's chromium for PNG previews (apt-get)"; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	    || { echo "could not install chromium"; [ "$${CI:-}" != true ] || exit 1; }; \
+	else \
+	  echo "no apt-get here: install Chromium yourself for PNG previews (tend preview --png)"; \
+	  [ "$${CI:-}" != true ] || exit 1; \
+	fi
 
 $(VAR)/shop.db: | $(STAMP)
 	@mkdir -p $(VAR)

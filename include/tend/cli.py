@@ -125,6 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("programs", help="validate the program registry")
     sp.add_argument("action", choices=["check"])
     sp.add_argument("--file", type=Path)
+
+    sp = sub.add_parser("templates", help="render every email template in every locale "
+                                          "against its sample contexts")
+    sp.add_argument("action", choices=["check"])
+    sp.add_argument("--locale", action="append",
+                    help="only this locale (repeatable; default: every locale directory)")
+    sp.add_argument("--template", action="append", help="only this template (repeatable)")
+
+    sp = sub.add_parser("preview", help="render one program's email for one customer to "
+                                        "HTML (and a PNG with --png)")
+    shop_arg(sp)
+    sp.add_argument("program", help="a program in programs.yaml (or a template name)")
+    sp.add_argument("--locale", help="default: the customer's locale, else the shop's")
+    sp.add_argument("--customer", help="a customer id from the shop database (default: the "
+                                       "template's sample customer)")
+    sp.add_argument("--as-of", type=_date, default=None,
+                    help="the night to preview (order history and voucher expiry; "
+                         "default: today)")
+    sp.add_argument("--out", type=Path, help="folder for the files (default: var/previews)")
+    sp.add_argument("--png", action="store_true", help="also a screenshot (headless Chromium)")
+    sp.add_argument("--dark", action="store_true", help="screenshot in dark mode")
+    sp.add_argument("--width", type=_positive, default=640, help="screenshot width in px")
     return p
 
 
@@ -207,6 +229,25 @@ def _dispatch(args: argparse.Namespace) -> int:
             [(p.name, ", ".join(p.signals), p.kind, p.priority, f"{p.cooldown_days}d",
               f"{p.holdout_share:.0%}", "yes" if p.enabled else "no") for p in reg.programs],
         ))
+    elif cmd == "templates":
+        from tend import runtime
+        from tend.preview import check_templates
+        from tend.programs import load_registry
+
+        check_templates(runtime.renderer(), locales=args.locale, templates=args.template,
+                        programs=[(p.name, p.template, p.kind)
+                                  for p in load_registry().programs])
+    elif cmd == "preview":
+        from tend import runtime
+        from tend.preview import make_preview
+
+        settings = config.ShopSettings.from_env()
+        _print(make_preview(
+            args.program, renderer=runtime.renderer(settings), settings=settings,
+            out_dir=args.out or config.var_dir() / "previews", locale=args.locale,
+            customer_id=args.customer, shop_url=config.shop_url(args.db), as_of=args.as_of,
+            png=args.png, width=args.width, dark=args.dark,
+        ).lines())
     return 0
 
 
