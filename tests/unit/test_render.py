@@ -17,6 +17,9 @@ from tend.render import (
     ShopIdentity,
     format_long_date,
     format_money,
+    format_number,
+    format_ordinal,
+    format_plural,
     sample_context,
 )
 from tend.tokens import verify_token
@@ -397,3 +400,91 @@ def test_product_card_partial_escapes_and_formats(renderer: Renderer) -> None:
         )
     )
     assert "Chain ($42.00)" in text
+
+
+# --- Babel: plurals, ordinals, months, numbers (cached per value and locale) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "locale", "expected"),
+    [(0, "en", "0 orders"), (1, "en", "1 order"), (2, "en", "2 orders"),
+     (0, "fr", "0 commande"), (1, "fr", "1 commande"), (2, "fr", "2 commandes"),
+     (1500, "fr_CA", "1\xa0500 commandes"), (1500, "en", "1,500 orders")],
+)
+def test_plural(n: int, locale: str, expected: str) -> None:
+    one, other = ("{n} commande", "{n} commandes") if locale.startswith("fr") else (
+        "{n} order", "{n} orders")
+    assert format_plural(n, locale, one=one, other=other) == expected
+
+
+@pytest.mark.parametrize(
+    ("n", "expected_en", "expected_fr"),
+    [(1, "1st", "1re"), (2, "2nd", "2e"), (3, "3rd", "3e"), (4, "4th", "4e"), (11, "11th", "11e"),
+     (12, "12th", "12e"), (13, "13th", "13e"), (21, "21st", "21e"), (22, "22nd", "22e"),
+     (103, "103rd", "103e")],
+)
+def test_ordinal(n: int, expected_en: str, expected_fr: str) -> None:
+    assert format_ordinal(n, "en", one="{n}st", two="{n}nd", few="{n}rd",
+                          other="{n}th") == expected_en
+    assert format_ordinal(n, "fr", one="{n}re", other="{n}e") == expected_fr
+
+
+def test_plural_needs_other_and_a_number() -> None:
+    with pytest.raises(ValueError, match="other"):
+        format_plural(1, "en", one="x")
+    with pytest.raises(ValueError, match="not a number"):
+        format_plural(None, "en", one="x", other="y")
+
+
+@pytest.mark.parametrize(
+    ("style", "locale", "expected"),
+    [("month", "fr", "mars"), ("month", "en", "March"), ("month_year", "fr_CA", "mars 2021"),
+     ("month_year", "en", "March 2021"), ("short", "en", "3/8/21"), ("long", "fr", "8 mars 2021")],
+)
+def test_date_styles(style: str, locale: str, expected: str) -> None:
+    assert format_long_date(date(2021, 3, 8), locale, style) == expected
+
+
+def test_unknown_date_style_is_an_error() -> None:
+    with pytest.raises(ValueError, match="date style"):
+        format_long_date(date(2021, 3, 8), "en", "weird")
+
+
+def test_number_and_string_amounts() -> None:
+    assert format_number(1234567, "fr") == "1\u202f234\u202f567"
+    assert format_money("10", "CAD", "fr") == "10,00\xa0$"
+    with pytest.raises(ValueError, match="not a number"):
+        format_money("ten", "CAD", "en")
+
+
+# --- kinds and results -------------------------------------------------------------------------
+
+
+def test_service_mail_carries_the_unsubscribe_link(renderer: Renderer) -> None:
+    email = renderer.render("winback", "fr", sample_context("winback"), customer_id="c",
+                            kind="service")
+    assert email.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "Vous recevez ce rappel en lien avec un achat" in email.text
+    assert "parce que vous avez déjà fait un achat" not in email.text
+
+
+def test_rendered_email_says_which_files_and_formats(renderer: Renderer) -> None:
+    email = renderer.render("winback", "fr-CA", sample_context("winback"), customer_id="c")
+    assert (email.template, email.locale) == ("fr/winback", "fr_CA")
+    assert renderer.render("winback", "de", sample_context("winback"),
+                           customer_id="c").template == "en/winback"
+
+
+def test_check_uses_the_kind_the_template_is_written_for(renderer: Renderer) -> None:
+    assert renderer.check("thank_you", ["en"]) == []
+    with pytest.raises(TemplateError, match="no sample context"):
+        sample_context("nope")
+    assert renderer.check("nope", ["en"])[0].startswith("no sample context for template 'nope'")
+
+
+def test_text_part_is_tidy(renderer: Renderer) -> None:
+    ctx = sample_context("winback")
+    ctx["customer"]["first_name"] = "Marie  \r\n\r\n\r\n\r\nx"
+    text = renderer.render("winback", "en", ctx, customer_id="c").text
+    assert "\r" not in text and "\n\n\n" not in text and text.endswith("\n")
+    assert all(line == line.rstrip() for line in text.splitlines())

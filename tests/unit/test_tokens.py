@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tend.tokens import make_token, verify_token
 
@@ -92,3 +94,59 @@ def test_empty_inputs_are_refused_when_making() -> None:
         make_token(SECRET, "")
     with pytest.raises(ValueError):
         make_token(SECRET, "cus_1", "")
+
+
+# --- forgery ------------------------------------------------------------------------------------
+
+
+
+def _forge(customer_id: str, key: bytes, purpose: str = "unsubscribe") -> str:
+    """A token made the way Tend makes them, with a key the attacker chose."""
+    import hashlib
+    import hmac
+
+    message = b"\x00".join((b"tend-token-v1", purpose.encode(), customer_id.encode()))
+    mac = hmac.new(key, message, hashlib.sha256).digest()[:16]
+    return f"{_b64(customer_id.encode())}.{_b64(mac)}"
+
+
+def test_the_real_key_makes_what_verify_accepts() -> None:
+    # The forging helper is right: with the real secret it produces the genuine token ...
+    assert _forge("cus_1", SECRET.encode()) == make_token(SECRET, "cus_1")
+    # ... and with any other key, nothing that verifies.
+    for key in (b"", b"guess", b"tend-demo-secret", SECRET.encode()[:-1], SECRET.upper().encode()):
+        assert verify_token(SECRET, _forge("cus_1", key)) is None
+
+
+def test_unhashed_or_unkeyed_macs_are_rejected() -> None:
+    import hashlib
+
+    body = b"\x00".join((b"tend-token-v1", b"unsubscribe", b"cus_1"))
+    for mac in (hashlib.sha256(body).digest()[:16], hashlib.md5(body).digest(),
+                (SECRET.encode() + body)[:16], bytes(range(16))):
+        assert verify_token(SECRET, f"{_b64(b'cus_1')}.{_b64(mac)}") is None
+
+
+def test_guessing_the_next_customer_does_not_work() -> None:
+    mine = make_token(SECRET, "C000041")
+    mac = mine.split(".")[1]
+    assert verify_token(SECRET, f"{_b64(b'C000042')}.{mac}") is None
+    assert verify_token(SECRET, make_token(SECRET, "C000042")) == "C000042"
+
+
+@settings(max_examples=300, deadline=None)
+@given(customer_id=st.text(min_size=1, max_size=64).filter(lambda s: "\x00" not in s),
+       position=st.integers(min_value=0), bit=st.integers(min_value=0, max_value=7))
+def test_any_single_bit_flip_is_rejected(customer_id: str, position: int, bit: int) -> None:
+    token = make_token(SECRET, customer_id)
+    encoded_id, encoded_mac = token.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(encoded_mac + "=="))
+    raw[position % len(raw)] ^= 1 << bit
+    assert verify_token(SECRET, f"{encoded_id}.{_b64(bytes(raw))}") is None
+    assert verify_token(SECRET, token) == customer_id
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_random_strings_never_verify(token: str) -> None:
+    assert verify_token(SECRET, token) is None
