@@ -33,6 +33,7 @@ help:
 	@echo "make airflow  start Airflow (standalone) with Tend's DAGs on the same embedded defaults"
 	@echo "make lint     ruff"
 	@echo "make bench-send  100k messages end to end against the local SendGrid stand-in"
+	@echo "make bench-render  messages rendered per second per core (every template, en/fr)"
 	@echo "make clean-var  forget the demo shop, the contact store and the outbox"
 
 $(VENV)/bin/python:
@@ -131,6 +132,12 @@ lock: install
 # (BENCH_DATABASE_URL, default the local test database; the ledger is generated once).
 bench-arbitration: install
 	$(BIN)/python bench/bench_arbitration.py
+
+# Messages rendered per second per core: every template in en/fr for different customers,
+# CSS already inlined at load. BENCH_RENDER_ARGS="--messages 50000 --rounds 7" etc.
+.PHONY: bench-render
+bench-render: install
+	$(BIN)/python bench/bench_render.py $(BENCH_RENDER_ARGS)
 
 # Ingest + signals on 1M demo customers / ~20M order lines (the shop is generated once and
 # cached under var/bench/): full rebuild, a 1% incremental night, detect_all, BG/NBD fit.

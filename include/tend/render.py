@@ -670,9 +670,10 @@ class _EmailLoader(jinja2.BaseLoader):
 
 _FRAME_KEYS = ("subject", "preheader", "unsubscribe_url", "preferences_url", "content")
 _FRAME_MARK = re.compile("\ue100(\\d)\ue101")
-_Frame = str
-"""A rendered layout as a str.format string: {0} subject, {1} preheader, {2} unsubscribe URL,
-{3} preferences URL, {4} the content block (literal braces doubled)."""
+_Frame = tuple[str, tuple[tuple[int, str], ...]]
+"""A rendered layout: its first static piece, then (which value, the static piece after it)
+pairs; values are 0 subject, 1 preheader, 2 unsubscribe URL, 3 preferences URL, 4 the content
+block. (Joining pieces costs a microsecond; str.format on an 8 KB layout costs twenty.)"""
 
 
 @dataclass(frozen=True)
@@ -1009,10 +1010,8 @@ class Renderer:
                 keys = pieces[1::2]
                 if keys.count(str(_FRAME_KEYS.index("content"))) == 1 and not any(
                         "\ue100" in static or "\ue101" in static for static in statics):
-                    escaped = [st.replace("{", "{{").replace("}", "}}") for st in statics]
-                    frame = escaped[0] + "".join(
-                        f"{{{key}}}{static}" for key, static in zip(keys, escaped[1:],
-                                                                     strict=True))
+                    frame = (statics[0], tuple((int(key), static) for key, static
+                                               in zip(keys, statics[1:], strict=True)))
         part.frames[kind] = frame
         return frame
 
@@ -1039,7 +1038,13 @@ class Renderer:
             if error is exc:
                 raise
             raise error from exc
-        return frame.format(*values, content)
+        first, rest = frame
+        every = (*values, content)
+        out = [first]
+        for key, static in rest:
+            out.append(every[key])
+            out.append(static)
+        return "".join(out)
 
     def _render_bundle(
         self, bundle: _Bundle, context: Mapping[str, Any], customer_id: str, kind: str,
