@@ -129,10 +129,8 @@ def run_ingest(
             for t in (customer_features, customer_profile, customer_sku_features, shop_daily):
                 conn.execute(delete(t))
         else:
-            for i in range(0, len(changed), _IN_CHUNK):
-                chunk = changed[i : i + _IN_CHUNK]
-                for t in (customer_features, customer_profile, customer_sku_features):
-                    conn.execute(delete(t).where(t.c.customer_id.in_(chunk)))
+            for t in (customer_features, customer_profile, customer_sku_features):
+                _delete_customers(conn, t, changed)
             conn.execute(delete(shop_daily).where(shop_daily.c.day >= since_day))
         cust = fs.customers.assign(as_of=as_of, updated_at=stamp)
         bulk_insert(conn, customer_features, cust[[*FEATURE_COLUMNS, "as_of", "updated_at"]])
@@ -160,6 +158,15 @@ def run_ingest(
     log.info("ingest timings: read and validate %.1fs, features %.1fs, store %.1fs",
              t_read, t_features, t_write)
     return result
+
+
+def _delete_customers(conn: Connection, tbl: Table, ids: Sequence[str]) -> None:
+    if conn.dialect.name == "sqlite":  # one statement, the ids bound as one JSON array
+        conn.exec_driver_sql(f"DELETE FROM {tbl.name} WHERE customer_id IN "
+                             "(SELECT value FROM json_each(?))", (json.dumps(list(ids)),))
+        return
+    for i in range(0, len(ids), _IN_CHUNK):
+        conn.execute(delete(tbl).where(tbl.c.customer_id.in_(ids[i : i + _IN_CHUNK])))
 
 
 def _aware(value: dt.datetime) -> dt.datetime:

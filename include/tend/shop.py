@@ -9,6 +9,7 @@ cannot be used is returned as a quarantine record with a reason instead of crash
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -107,9 +108,9 @@ def read_history(
     in a second process when there are many) that returns exactly what the generic SQLAlchemy
     path returns: rows the fast path cannot type are re-read as text and validated the same way.
     """
-    if customer_ids is None and _sqlite_path(url) is not None:
+    if _sqlite_path(url) is not None:
         try:
-            return _read_sqlite_fast(url, as_of, now=now, lines=lines)
+            return _read_sqlite_fast(url, as_of, now=now, lines=lines, customer_ids=customer_ids)
         except ImportError:
             pass
         except Exception as exc:  # any driver surprise: take the generic path
@@ -184,24 +185,31 @@ _FAST_ORDERS = f"""
 SELECT rowid AS rid, CAST(order_id AS TEXT) AS order_id, CAST(customer_id AS TEXT) AS customer_id,
        CASE WHEN {_TS_OK} THEN unixepoch(ordered_at, 'subsec') * 1.0 END AS ts,
        CASE WHEN typeof(total) IN ('integer', 'real') THEN total * 1.0 END AS total
-FROM orders ORDER BY rowid"""
+FROM orders {{where}} ORDER BY rowid"""
 _FAST_LINES = """
 SELECT rowid AS rid, CAST(order_id AS TEXT) AS order_id, CAST(sku AS TEXT) AS sku,
        CASE WHEN typeof(quantity) = 'integer' THEN quantity END AS quantity
-FROM order_lines"""
+FROM order_lines {where} ORDER BY rowid"""
+# A customer subset is one bound JSON array: no chunking, the customer_id index does the work.
+_IN_CUSTOMERS = "WHERE customer_id IN (SELECT value FROM json_each(?))"
+_LINES_OF_CUSTOMERS = ("WHERE order_id IN (SELECT order_id FROM orders "
+                       "WHERE customer_id IN (SELECT value FROM json_each(?)))")
 
 
-def _adbc_fetch(path: str, sql: str):  # type: ignore[no-untyped-def]
+def _adbc_fetch(path: str, sql: str, ids_json: str | None = None):  # type: ignore[no-untyped-def]
     """One query into an Arrow table (ADBC's SQLite driver, read-only)."""
     import adbc_driver_sqlite.dbapi as adbc
 
     with adbc.connect(f"file:{path}?mode=ro") as con, con.cursor() as cur:
-        cur.execute(sql)
+        if ids_json is None:
+            cur.execute(sql)
+        else:
+            cur.execute(sql, (ids_json,))
         return cur.fetch_arrow_table()
 
 
 def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
-                      lines: bool) -> History:
+                      lines: bool, customer_ids: Sequence[str] | None = None) -> History:
     import sqlite3
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -209,18 +217,21 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
 
     path = _sqlite_path(url)
     assert path is not None
+    ids = None if customer_ids is None else json.dumps([str(c) for c in customer_ids])
     pool = future = None
-    if lines:
+    if lines and ids is None:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
             n_lines = con.execute("SELECT max(rowid) FROM order_lines").fetchone()[0] or 0
         if n_lines > PARALLEL_LINES:
             pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
             future = pool.submit(_lines_by_order_row, path)
     try:
-        ot = _adbc_fetch(path, _FAST_ORDERS)
-        known = _adbc_fetch(path, "SELECT CAST(customer_id AS TEXT) AS c FROM customers")
+        where = "" if ids is None else _IN_CUSTOMERS
+        ot = _adbc_fetch(path, _FAST_ORDERS.format(where=where), ids)
+        known = _adbc_fetch(path, f"SELECT CAST(customer_id AS TEXT) AS c FROM customers "
+                                  f"{where}", ids)
         if lines:
-            got = future.result() if future is not None else _lines_by_order_row(path)
+            got = future.result() if future is not None else _lines_by_order_row(path, ids)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -265,15 +276,18 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
     return history
 
 
-def _lines_by_order_row(path: str) -> dict[str, object]:
+def _lines_by_order_row(path: str, ids_json: str | None = None) -> dict[str, object]:
     """Order lines as row numbers of ``_FAST_ORDERS``' rows, product codes and quantities.
 
     Runs in a second process for a large shop: it reads the order ids itself and matches them
     in Arrow, so only three integer columns (and the few odd rows as text) cross back.
     """
-    ids = _text(_adbc_fetch(path, "SELECT CAST(order_id AS TEXT) AS order_id FROM orders "
-                                  "ORDER BY rowid").column("order_id")).combine_chunks()
-    lt = _adbc_fetch(path, _FAST_LINES)
+    where = "" if ids_json is None else _IN_CUSTOMERS
+    ids = _text(_adbc_fetch(path, f"SELECT CAST(order_id AS TEXT) AS order_id FROM orders "
+                                  f"{where} ORDER BY rowid", ids_json).column("order_id")
+                ).combine_chunks()
+    lines_where = "" if ids_json is None else _LINES_OF_CUSTOMERS
+    lt = _adbc_fetch(path, _FAST_LINES.format(where=lines_where), ids_json)
     skus = _text(_adbc_fetch(path, "SELECT CAST(sku AS TEXT) AS sku FROM products"
                              ).column("sku")).combine_chunks()
     skus = pc.array_take(skus, pc.array_sort_indices(skus))
