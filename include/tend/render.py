@@ -82,7 +82,7 @@ from tend.email_contexts import (
     template_spec,
 )
 from tend.errors import ConfigError, TemplateError
-from tend.tokens import make_token
+from tend.tokens import token_maker
 
 __all__ = [
     "KINDS",
@@ -464,13 +464,41 @@ class _Context(jinja2.runtime.Context):
                     and not obj.catch_kwargs and not obj.catch_varargs
                     and not obj._environment.is_async):
                 rv = obj._func(*args)
-                return markupsafe.Markup(rv) if self.eval_ctx.autoescape else rv
+                if self.eval_ctx.autoescape:
+                    return (_new_str(markupsafe.Markup, rv) if rv.__class__ is str
+                            else markupsafe.Markup(rv))
+                return rv
         elif getattr(obj, "_tend_plain", False):
             return obj(*args, **kwargs)
         return jinja2.runtime.Context.call(self, obj, *args, **kwargs)
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
+_escape_inner = markupsafe._escape_inner  # markupsafe's C escaper (what escape() calls)
+_new_str = str.__new__
+
+
+def _fast_escape(value: Any) -> markupsafe.Markup:
+    """``markupsafe.escape`` for the common case, a plain str, without ``Markup.__new__``'s
+    Python-level checks: same result (tests compare with stock Jinja), a third of the cost,
+    and HTML templates call it for every ``{{ }}``."""
+    if value.__class__ is str:
+        return _new_str(markupsafe.Markup, _escape_inner(value))  # type: ignore[no-any-return]
+    return markupsafe.escape(value)
+
+
+class _Template(jinja2.Template):
+    """Compiled templates look ``escape`` up in their module namespace: give them the fast
+    one."""
+
+    @classmethod
+    def from_code(cls, environment: jinja2.Environment, code: Any, globals: Any,
+                  uptodate: Callable[[], bool] | None = None) -> jinja2.Template:
+        template = super().from_code(environment, code, globals, uptodate)
+        namespace = template.root_render_func.__globals__
+        if namespace.get("escape") is markupsafe.escape:
+            namespace["escape"] = _fast_escape
+        return template
 
 
 class _Environment(jinja2.Environment):
@@ -732,6 +760,8 @@ class Renderer:
             if isinstance(unsubscribe_secret, str) else bytes(unsubscribe_secret)
         )
         self._base_url = shop.base_url.rstrip("/")
+        self._unsubscribe_token = token_maker(self._secret, "unsubscribe")
+        self._preferences_token = token_maker(self._secret, "preferences")
         css_path = self.templates_dir / CSS_FILE
         css = css_path.read_text(encoding="utf-8") if css_path.is_file() else None
         self._loader = _EmailLoader(self.templates_dir, css)
@@ -760,6 +790,7 @@ class Renderer:
             _link=_link,
         )
         self.env.context_class = _Context
+        self.env.template_class = _Template
         self._globals = dict(self.env.globals)
         self._strings: dict[str, _Strings] = {}
         self._bundles: dict[tuple[str, str | None], _Bundle] = {}
@@ -1058,11 +1089,10 @@ class Renderer:
         headers: dict[str, str]
         if kind in UNSUBSCRIBE_KINDS:
             unsubscribe_url: str | None = (
-                f"{self._base_url}/unsubscribe/{make_token(self._secret, customer_id)}"
+                f"{self._base_url}/unsubscribe/{self._unsubscribe_token(customer_id)}"
             )
             preferences_url: str | None = (
-                f"{self._base_url}/preferences/"
-                f"{make_token(self._secret, customer_id, 'preferences')}"
+                f"{self._base_url}/preferences/{self._preferences_token(customer_id)}"
             )
             headers = {
                 "List-Unsubscribe": f"<{unsubscribe_url}>",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import pytest
 
 import tend.render as render_module
@@ -348,8 +349,12 @@ def test_jinja_inside_table_structure_is_refused_at_load(tmp_path: Path) -> None
 @pytest.mark.parametrize("template", NAMES)
 def test_fast_path_equals_stock_jinja(renderer: Renderer, template: str) -> None:
     reference = Renderer(TEMPLATES, SHOP, SECRET)
-    reference.env.context_class = jinja2.runtime.Context
-    reference.env.getattr = jinja2.Environment.getattr.__get__(reference.env)  # type: ignore[method-assign]
+    reference.env.template_class = jinja2.Template  # stock escape()
+    reference.env.context_class = jinja2.runtime.Context  # stock call()
+    reference.env.getattr = (  # type: ignore[method-assign]
+        jinja2.Environment.getattr.__get__(reference.env))  # stock attribute lookup
+    assert reference.env.get_template("en/winback.html.j2").root_render_func.__globals__[
+        "escape"] is markupsafe.escape
     for locale in ("en", "fr-CA"):
         for label, ctx in sample_contexts(template, locale=locale):
             fast = _render(renderer, template, locale, ctx)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tend.tokens import make_token, verify_token
+from tend.tokens import make_token, token_maker, verify_token
 
 SECRET = "test-secret-0123456789abcdef"
 
@@ -150,3 +150,13 @@ def test_any_single_bit_flip_is_rejected(customer_id: str, position: int, bit: i
 @given(st.text(max_size=200))
 def test_random_strings_never_verify(token: str) -> None:
     assert verify_token(SECRET, token) is None
+
+
+@pytest.mark.parametrize("purpose", ["unsubscribe", "preferences"])
+@pytest.mark.parametrize("customer_id", ["cus_1", "été-ü/ß", "x" * 64])
+def test_token_maker_makes_the_same_tokens(purpose: str, customer_id: str) -> None:
+    made = token_maker(SECRET, purpose)(customer_id)
+    assert made == make_token(SECRET, customer_id, purpose)
+    assert verify_token(SECRET, made, purpose) == customer_id
+    with pytest.raises(ValueError):
+        token_maker(SECRET, purpose)("")
