@@ -12,7 +12,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,7 @@ from tend.delivery.base import (
     DeliveryStatus,
     OutgoingMessage,
     chunk_size_of,
+    chunks_in_flight_of,
 )
 from tend.errors import DeliveryAuthError, DeliveryError, TemplateError
 from tend.ingest import WATERMARK, IngestResult  # noqa: F401 - re-exported
@@ -166,12 +167,13 @@ def send_batch(
 ) -> SendResult:
     """Send every claimed message of one batch, following the ledger protocol.
 
-    Each chunk (``chunk_size``, else the backend's preference: outbox/SMTP 50, SendGrid 500) is
+    Each chunk (``chunk_size``, else the backend's preference: outbox/SMTP 50, SendGrid 250) is
     rendered, marked 'sending' in one committed statement, handed to the backend on a worker
     thread, and its results recorded; the next chunk renders while the backend works, but is
-    marked 'sending' only after the previous chunk's results are committed. So at most one
-    chunk is ever 'sending': a crash leaves at most ``chunk_size`` rows that the next attempt
-    turns into 'unknown' (never a second copy); 'claimed' rows are simply sent by the retry.
+    marked 'sending' only when it is handed over, and at most ``chunks_in_flight`` (the
+    backend's, usually 1; SendGrid 2) are handed over at once. So a crash leaves at most
+    ``chunk_size`` x ``chunks_in_flight`` rows 'sending', which the next attempt turns into
+    'unknown' (never a second copy); 'claimed' rows are simply sent by the retry.
 
     When the backend stops the run (credentials refused, provider unavailable), the results
     that completed are recorded and only the messages that never left go back to 'claimed'.
@@ -277,38 +279,54 @@ def send_batch(
         finally:
             timings["backend"] += time.perf_counter() - t0
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tend-send")
-    in_flight: tuple[_Chunk, concurrent.futures.Future[list[DeliveryResult]]] | None = None
+    handed_max = chunks_in_flight_of(backend)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=handed_max,
+                                                 thread_name_prefix="tend-send")
+    in_flight: deque[tuple[_Chunk, concurrent.futures.Future[list[DeliveryResult]]]] = deque()
+
+    def settle(chunk: _Chunk, future: concurrent.futures.Future[list[DeliveryResult]]
+               ) -> DeliveryError | None:
+        """Record one handed-over chunk; a stop is recorded too, and returned."""
+        try:
+            results = wait(future, sum(len(c.outgoing) for c, _ in in_flight))
+        except DeliveryError as exc:
+            _record_stopped(chunk, exc, record)
+            return exc
+        record(chunk, results)
+        return None
+
     try:
         chunk = prepare()
-        while chunk is not None:
-            t0 = clock()
-            with engine.begin() as conn:
-                ledger.mark_sending(conn, chunk.ids)
-            timings["ledger"] += clock() - t0
-            future: concurrent.futures.Future[list[DeliveryResult]] = concurrent.futures.Future()
-            if chunk.outgoing:
-                future = pool.submit(timed_send, chunk.outgoing)
-            else:
-                future.set_result([])
-            in_flight = (chunk, future)
-            upcoming = prepare()  # renders while the backend works on `chunk`
-            try:
-                results = wait(future, len(chunk.outgoing))
-            except DeliveryError as exc:
-                in_flight = None
-                _record_stopped(chunk, exc, record)
-                raise
-            in_flight = None
-            record(chunk, results)
+        while chunk is not None or in_flight:
+            # Hand chunks over up to the backend's window; the next one renders meanwhile.
+            while chunk is not None and len(in_flight) < handed_max:
+                t0 = clock()
+                with engine.begin() as conn:
+                    ledger.mark_sending(conn, chunk.ids)
+                timings["ledger"] += clock() - t0
+                future: concurrent.futures.Future[list[DeliveryResult]]
+                if chunk.outgoing:
+                    future = pool.submit(timed_send, chunk.outgoing)
+                else:
+                    future = concurrent.futures.Future()
+                    future.set_result([])
+                in_flight.append((chunk, future))
+                chunk = prepare()
+            oldest, future = in_flight[0]
+            stop = settle(oldest, future)
+            in_flight.popleft()
+            if stop is not None:  # the backend halted: settle the other chunks, then stop
+                while in_flight:
+                    settle(*in_flight[0])
+                    in_flight.popleft()
+                raise stop
             progress.maybe_log()
-            chunk = upcoming
     except BaseException:
-        # Interrupted (SIGTERM from Airflow, a bug in rendering) with a chunk in flight: record
+        # Interrupted (SIGTERM from Airflow, a bug in rendering) with chunks in flight: record
         # what the backend finishes, so fewer rows are left ambiguous. A backend that itself
-        # died leaves its chunk 'sending'; the retry marks it unknown.
-        if in_flight is not None:
-            pending, future = in_flight
+        # died leaves its chunks 'sending'; the retry marks them unknown.
+        while in_flight:
+            pending, future = in_flight.popleft()
             with contextlib.suppress(BaseException):  # the original exception is what matters
                 record(pending, future.result(timeout=30))
         raise

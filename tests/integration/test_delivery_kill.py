@@ -6,7 +6,7 @@ PostgreSQL. It is killed several times, at random instants (during start-up, ren
 requests in flight, when the stand-in has accepted a random number of messages), then run to the
 end. The stand-in is the customer's inbox: it must never have accepted a message twice, and every
 claimed message must end sent, failed or unknown (``unknown`` only for a chunk that was in
-flight at a kill, so at most one chunk per kill).
+flight at a kill: at most two chunks of 25 per kill, SendGrid's chunks_in_flight).
 
 The random seed is printed with every failure; ``TEND_KILL_SEED=N`` replays it.
 """
@@ -63,7 +63,8 @@ def ledger(store_url: str) -> dict[str, dict[str, Any]]:
 
 def worker(store_url: str, fake: RunningFake) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TEND_SENDGRID_API_KEY": KEY, "TEND_SENDGRID_URL": fake.url,
-           "TEND_SENDGRID_CHUNK_SIZE": str(CHUNK), "TEND_SENDGRID_MAX_IN_FLIGHT": "8",
+           "TEND_SENDGRID_CHUNK_SIZE": str(CHUNK), "TEND_SENDGRID_CHUNKS_IN_FLIGHT": "2",
+           "TEND_SENDGRID_MAX_IN_FLIGHT": "8",
            "TEND_DELIVERY": "sendgrid"}
     return subprocess.Popen(
         [str(TEND), "send", "--as-of", NIGHT.isoformat(), "--batch", "0", "--delivery",
@@ -102,7 +103,7 @@ def test_a_worker_killed_at_random_points_never_sends_twice_and_loses_nothing(
             kills += 1
         proc.wait(timeout=60)
         mid = Counter(r["status"] for r in ledger(store_url).values())
-        assert mid["sending"] <= CHUNK, f"more than one chunk was 'sending' {mid} {why}"
+        assert mid["sending"] <= 2 * CHUNK, f"more than two chunks were 'sending' {mid} {why}"
 
     final = worker(store_url, fake)
     out, _ = final.communicate(timeout=120)
@@ -123,5 +124,6 @@ def test_a_worker_killed_at_random_points_never_sends_twice_and_loses_nothing(
             assert accepted_ids.get(mid) == row["provider_id"], f"{mid} {why}"
         if mid in accepted_ids:  # everything SendGrid took is sent, or at worst unknown
             assert row["status"] in ("sent", "unknown"), f"{mid} {row['status']} {why}"
-    assert statuses["unknown"] <= kills * CHUNK, f"{statuses} after {kills} kills {why}"
+    # SendGrid hands two chunks over at once: at most two chunks per kill become ambiguous.
+    assert statuses["unknown"] <= kills * 2 * CHUNK, f"{statuses} after {kills} kills {why}"
     assert len(fake.fake.request_log()) == len(accepted), why  # no request was ever repeated

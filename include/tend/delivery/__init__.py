@@ -29,6 +29,7 @@ from tend.delivery.base import (
     DeliveryStopped,
     OutgoingMessage,
     chunk_size_of,
+    chunks_in_flight_of,
 )
 from tend.delivery.outbox import OutboxBackend
 from tend.errors import ConfigError
@@ -48,6 +49,7 @@ __all__ = [
     "OutboxBackend",
     "OutgoingMessage",
     "chunk_size_of",
+    "chunks_in_flight_of",
     "make_backend",
 ]
 

@@ -30,8 +30,10 @@ Contract
   the request was sent). The ledger must not resend those blindly.
 * Backends must be idempotent on ``message_id`` where the provider allows it.
 * A backend may declare ``chunk_size``: how many messages it wants per ``send()`` call (the
-  outbox and SMTP 50, SendGrid 500). It is also the bound on how many messages a crash can
-  leave ambiguous, because the ledger marks exactly one chunk ``sending`` at a time.
+  outbox and SMTP 50, SendGrid 250), and ``chunks_in_flight``: how many ``send()`` calls it
+  accepts at once from different threads (default 1; SendGrid 2, so its connections never idle
+  while a chunk is recorded). Their product bounds how many messages a crash can leave
+  ambiguous, because the ledger marks a chunk ``sending`` only when it is handed over.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "DeliveryStopped",
     "OutgoingMessage",
     "chunk_size_of",
+    "chunks_in_flight_of",
 ]
 
 DEFAULT_CHUNK_SIZE = 50
@@ -124,6 +127,12 @@ def chunk_size_of(backend: object) -> int:
     """The backend's preferred chunk size (see the module docstring), else 50."""
     size = getattr(backend, "chunk_size", None)
     return int(size) if isinstance(size, int) and size >= 1 else DEFAULT_CHUNK_SIZE
+
+
+def chunks_in_flight_of(backend: object) -> int:
+    """How many chunks the backend takes at once (see the module docstring), else 1."""
+    n = getattr(backend, "chunks_in_flight", None)
+    return int(n) if isinstance(n, int) and n >= 1 else 1
 
 
 class AuthRejected(DeliveryAuthError):

@@ -124,7 +124,11 @@ class SendGridSettings:
     asm_group_id: int | None = None
     """Optional SendGrid unsubscribe group, attached to marketing messages only."""
     max_in_flight: int = 64
-    chunk_size: int = 500
+    """Requests in flight at once, over as many keep-alive connections."""
+    chunk_size: int = 250
+    chunks_in_flight: int = 2
+    """Chunks handed over at once, so the connections never idle while a chunk's results are
+    recorded. A crash can leave at most chunk_size x chunks_in_flight (500) messages ambiguous."""
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_attempts: int = 5
@@ -144,8 +148,8 @@ class SendGridSettings:
             raise ConfigError(
                 f"the SendGrid API URL {self.base_url!r} is not an http(s) URL; leave the host "
                 f"of the {CONNECTION_ID} connection empty for {DEFAULT_BASE_URL}, or give a "
-                "full URL such as http://127.0.0.1:8025 for a local stand-in")
-        for name in ("max_in_flight", "chunk_size", "max_attempts"):
+                "full URL such as http://127.0.0.1:8089 for a local stand-in")
+        for name in ("max_in_flight", "chunk_size", "chunks_in_flight", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SendGrid setting {name} must be at least 1")
 
@@ -161,6 +165,7 @@ class SendGridSettings:
         """Outside Airflow: ``TEND_SENDGRID_API_KEY`` (or ``SENDGRID_API_KEY``), and optional
         ``TEND_SENDGRID_URL``, ``TEND_SENDGRID_SANDBOX``, ``TEND_SENDGRID_ASM_GROUP_ID``,
         ``TEND_SENDGRID_MAX_IN_FLIGHT``, ``TEND_SENDGRID_CHUNK_SIZE``,
+        ``TEND_SENDGRID_CHUNKS_IN_FLIGHT``,
         ``TEND_SENDGRID_CONNECT_TIMEOUT``, ``TEND_SENDGRID_READ_TIMEOUT``."""
         env = os.environ if env is None else env
         key = env.get("TEND_SENDGRID_API_KEY") or env.get("SENDGRID_API_KEY") or ""
@@ -168,8 +173,8 @@ class SendGridSettings:
             raise ConfigError(
                 "the sendgrid delivery backend needs an API key: set the password of the "
                 f"Airflow connection {CONNECTION_ID}, or TEND_SENDGRID_API_KEY for the CLI "
-                "(for a rehearsal without an account: tend fake-sendgrid --port 8025 and "
-                "TEND_SENDGRID_URL=http://127.0.0.1:8025 with any key)")
+                "(for a rehearsal without an account: tend fake-sendgrid --port 8089 and "
+                "TEND_SENDGRID_URL=http://127.0.0.1:8089 with any key)")
         return cls(api_key=key.strip(), **_options(env, prefix="TEND_SENDGRID_", url_key="URL"))
 
     @classmethod
@@ -177,10 +182,10 @@ class SendGridSettings:
                         ) -> SendGridSettings:
         """From an Airflow connection: password = API key; host overrides the API URL.
 
-        The host may be a full URL (``http://127.0.0.1:8025``) or a bare host name with the
+        The host may be a full URL (``http://127.0.0.1:8089``) or a bare host name with the
         port in the port field; the scheme is then the connection type when it is http/https,
         else extra ``scheme``, else http for localhost and https otherwise. Extras:
-        ``sandbox_mode``, ``asm_group_id``, ``max_in_flight``, ``chunk_size``,
+        ``sandbox_mode``, ``asm_group_id``, ``max_in_flight``, ``chunk_size``, ``chunks_in_flight``,
         ``connect_timeout``, ``read_timeout``. ``TEND_SENDGRID_SANDBOX`` in ``env`` wins over
         the connection's ``sandbox_mode``.
         """
@@ -222,7 +227,8 @@ def _options(src: Mapping[str, Any], *, prefix: str, url_key: str) -> dict[str, 
         out["sandbox"] = _flag(get("sandbox"), prefix + "SANDBOX" if prefix else "sandbox")
     if get("asm_group_id") is not None:
         out["asm_group_id"] = _number(get("asm_group_id"), "the ASM group id")
-    for name, kind in (("max_in_flight", int), ("chunk_size", int), ("connect_timeout", float),
+    for name, kind in (("max_in_flight", int), ("chunk_size", int), ("chunks_in_flight", int),
+                       ("connect_timeout", float),
                        ("read_timeout", float)):
         if get(name) is not None:
             out[name] = _number(get(name), f"SendGrid {name}", kind)
@@ -327,12 +333,7 @@ def error_text(status: int, body: str) -> str:
 
 # -- the backend ------------------------------------------------------------------------------
 
-_NOT_SENT = None  # a message that never left because the chunk stopped
-
-
-class _Chunk:
-    def __init__(self) -> None:
-        self.stop: AuthRejected | DeliveryStopped | None = None
+_NOT_SENT = None  # a message that never left because the backend stopped
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -354,6 +355,7 @@ class SendGridBackend:
     def __init__(self, settings: SendGridSettings, *, rng: random.Random | None = None) -> None:
         self.settings = settings
         self.chunk_size = settings.chunk_size
+        self.chunks_in_flight = settings.chunks_in_flight
         self.stats: Counter[str] = Counter()
         """requests, retries and waits so far (for progress lines and the benchmark)."""
         self._rng = rng or random.Random()
@@ -361,6 +363,8 @@ class SendGridBackend:
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # loop time before which no request may leave (after a 429)
+        self._gate: asyncio.Semaphore | None = None
+        self._halt: AuthRejected | DeliveryStopped | None = None
         self._url = settings.url
         self._headers = {
             "Authorization": f"Bearer {settings.api_key}",
@@ -374,18 +378,24 @@ class SendGridBackend:
     def __repr__(self) -> str:
         s = self.settings
         return (f"SendGridBackend(url={s.url!r}, max_in_flight={s.max_in_flight}, "
-                f"chunk_size={s.chunk_size}, sandbox={s.sandbox})")
+                f"chunk_size={s.chunk_size}, chunks_in_flight={s.chunks_in_flight}, "
+                f"sandbox={s.sandbox})")
 
     # -- the sync face -------------------------------------------------------------------
 
     def send(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
         """Send one chunk concurrently; one result per message, in order.
 
+        Thread-safe: up to ``chunks_in_flight`` chunks may be sent at once from different
+        threads; they share the connections, the 429 pause and the stop.
+
         Raises AuthRejected / DeliveryStopped (with the results that completed) when the run
         must stop; messages without a result there never reached SendGrid.
         """
         if not messages:
             return []
+        if self._halt is not None:  # stopped earlier: nothing more leaves
+            raise type(self._halt)(str(self._halt), [])
         loop = self._ensure_loop()
         future = asyncio.run_coroutine_threadsafe(self._send_chunk(list(messages)), loop)
         return future.result()
@@ -453,21 +463,27 @@ class SendGridBackend:
 
     async def _send_chunk(self, messages: list[OutgoingMessage]) -> list[DeliveryResult]:
         session = self._get_session()
-        gate = asyncio.Semaphore(self.settings.max_in_flight)
-        chunk = _Chunk()
-        results = await asyncio.gather(
-            *(self._send_one(session, gate, chunk, m) for m in messages))
-        if chunk.stop is not None:
-            chunk.stop.results = [r for r in results if r is not _NOT_SENT]
-            raise chunk.stop
+        if self._gate is None:  # shared by every chunk in flight: max_in_flight in all
+            self._gate = asyncio.Semaphore(self.settings.max_in_flight)
+        results = await asyncio.gather(*(self._send_one(session, m) for m in messages))
+        if any(r is _NOT_SENT for r in results):  # only ever after the backend halted
+            halt = self._halt
+            assert halt is not None
+            raise type(halt)(str(halt), [r for r in results if r is not _NOT_SENT])
         return results  # type: ignore[return-value]
+
+    def _stop(self, exc: AuthRejected | DeliveryStopped) -> None:
+        """Halt the backend: no request of any chunk leaves after this (a 401 wins)."""
+        if self._halt is None or (isinstance(exc, AuthRejected)
+                                  and not isinstance(self._halt, AuthRejected)):
+            self._halt = exc
 
     def _backoff(self, attempt: int) -> float:
         cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
         return max(0.01, self._rng.uniform(cap / 2, cap))  # "equal jitter"
 
-    async def _send_one(self, session: aiohttp.ClientSession, gate: asyncio.Semaphore,
-                        chunk: _Chunk, m: OutgoingMessage) -> DeliveryResult | None:
+    async def _send_one(self, session: aiohttp.ClientSession,
+                        m: OutgoingMessage) -> DeliveryResult | None:
         s = self.settings
         try:
             body = _encode(mail_send_payload(m, sandbox=s.sandbox,
@@ -478,12 +494,13 @@ class SendGridBackend:
         loop = asyncio.get_running_loop()
         attempts = 0
         waited = 0.0
-        async with gate:
+        assert self._gate is not None
+        async with self._gate:
             while True:
                 pause = self._resume_at - loop.time()
                 if pause > 0:
                     await asyncio.sleep(pause)
-                if chunk.stop is not None:
+                if self._halt is not None:
                     return _NOT_SENT
                 attempts += 1
                 self.stats["requests"] += 1
@@ -498,7 +515,7 @@ class SendGridBackend:
                 except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                     # Never connected: the request cannot have reached SendGrid.
                     why = f"could not connect to {s.base_url} ({type(exc).__name__}: {exc})"
-                    if await self._retry_later(chunk, attempts, why):
+                    if await self._retry_later(attempts, why):
                         continue
                     return _NOT_SENT
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -519,11 +536,10 @@ class SendGridBackend:
                     wait = self._rate_limit_wait(headers, attempts)
                     waited += wait
                     if waited > s.max_rate_limit_wait:
-                        if chunk.stop is None:
-                            chunk.stop = DeliveryStopped(
-                                f"SendGrid kept answering 429 Too Many Requests for "
-                                f"{waited:.0f}s; stopping: unsent messages stay claimed for the "
-                                "next attempt (check the account's rate limits)")
+                        self._stop(DeliveryStopped(
+                            f"SendGrid kept answering 429 Too Many Requests for {waited:.0f}s; "
+                            "stopping: unsent messages stay claimed for the next attempt (check "
+                            "the account's rate limits)"))
                         return _NOT_SENT
                     resume = loop.time() + wait
                     if resume > self._resume_at + 0.05:
@@ -533,23 +549,21 @@ class SendGridBackend:
                     attempts -= 1  # a 429 is not a failed attempt: it says when to come back
                     continue
                 if status == 503:
-                    if await self._retry_later(chunk, attempts, error_text(status, text)):
+                    if await self._retry_later(attempts, error_text(status, text)):
                         continue
                     return _NOT_SENT
                 if status in (401, 403):
-                    if chunk.stop is None or not isinstance(chunk.stop, AuthRejected):
-                        chunk.stop = AuthRejected(
+                    self._stop(AuthRejected(
                             f"SendGrid refused the API key ({error_text(status, text)}); check "
                             f"the {CONNECTION_ID} connection (password = an API key with the "
                             "Mail Send permission). Unsent messages stay claimed for the next "
-                            "run")
+                            "run"))
                     return _NOT_SENT
                 if status in (404, 405):
-                    if chunk.stop is None:
-                        chunk.stop = DeliveryStopped(
+                    self._stop(DeliveryStopped(
                             f"SendGrid answered {status} for POST {s.url}: the API URL is wrong; "
                             f"check the host of the {CONNECTION_ID} connection (empty for "
-                            f"{DEFAULT_BASE_URL}). Unsent messages stay claimed")
+                            f"{DEFAULT_BASE_URL}). Unsent messages stay claimed"))
                     return _NOT_SENT
                 if 400 <= status < 500:
                     return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
@@ -560,19 +574,18 @@ class SendGridBackend:
                     error=f"{error_text(status, text)}; the request reached SendGrid, which "
                           "may have queued it: not resent (at-most-once)")
 
-    async def _retry_later(self, chunk: _Chunk, attempts: int, why: str) -> bool:
+    async def _retry_later(self, attempts: int, why: str) -> bool:
         """Back off before another try of a request that certainly did not reach SendGrid."""
         if attempts >= self.settings.max_attempts:
-            if chunk.stop is None:
-                chunk.stop = DeliveryStopped(
-                    f"SendGrid is unavailable after {attempts} attempts ({why}); unsent messages "
-                    "stay claimed and the task's retry will send them")
+            self._stop(DeliveryStopped(
+                f"SendGrid is unavailable after {attempts} attempts ({why}); unsent messages "
+                "stay claimed and the task's retry will send them"))
             return False
         self.stats["retries"] += 1
         delay = self._backoff(attempts)
         log.info("SendGrid not reached (%s); retrying in %.2fs", why, delay)
         await asyncio.sleep(delay)
-        return chunk.stop is None
+        return self._halt is None
 
     def _rate_limit_wait(self, headers: Mapping[str, str], attempt: int) -> float:
         """Seconds until SendGrid takes requests again: Retry-After, else X-RateLimit-Reset."""

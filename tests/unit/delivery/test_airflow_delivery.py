@@ -65,11 +65,11 @@ def run(conf: dict[str, Any] | None = None) -> dict[str, Any]:
 def test_sendgrid_settings_from_the_connection(tend_airflow: ModuleType,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", json.dumps({
-        "conn_type": "http", "host": "127.0.0.1", "port": 8025, "password": KEY,
+        "conn_type": "http", "host": "127.0.0.1", "port": 8089, "password": KEY,
         "extra": {"asm_group_id": 12, "chunk_size": 250}}))
     s = tend_airflow.sendgrid_settings(run())
     assert (s.api_key, s.base_url, s.asm_group_id, s.chunk_size, s.sandbox) == (
-        KEY, "http://127.0.0.1:8025", 12, 250, False)
+        KEY, "http://127.0.0.1:8089", 12, 250, False)
     assert tend_airflow.sendgrid_settings(run({"sendgrid_sandbox": True})).sandbox is True
 
 

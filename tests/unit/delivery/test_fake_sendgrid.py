@@ -157,6 +157,10 @@ def test_non_json_body_and_wrong_content_type(client: httpx.Client) -> None:
                        headers={"Content-Type": "application/json"}).status_code == 400
     assert client.post("/v3/mail/send", content=b"x",
                        headers={"Content-Type": "text/plain"}).status_code == 415
+    invalid_utf8 = client.post("/v3/mail/send", content=b'{"subject": "\xff"}',
+                               headers={"Content-Type": "application/json"})
+    assert invalid_utf8.status_code == 415
+    assert invalid_utf8.json()["errors"][0]["message"] == "Invalid UTF8 in request"
 
 
 def test_scripted_faults_in_order(client: httpx.Client) -> None:

@@ -233,8 +233,8 @@ def conn(**fields: object) -> SimpleNamespace:
 @pytest.mark.parametrize(
     ("fields", "url"),
     [({}, "https://api.sendgrid.com"),
-     ({"host": "http://127.0.0.1:8025"}, "http://127.0.0.1:8025"),
-     ({"host": "127.0.0.1", "port": 8025}, "http://127.0.0.1:8025"),
+     ({"host": "http://127.0.0.1:8089"}, "http://127.0.0.1:8089"),
+     ({"host": "127.0.0.1", "port": 8089}, "http://127.0.0.1:8089"),
      ({"conn_type": "http", "host": "stand-in", "port": 9000}, "http://stand-in:9000"),
      ({"host": "eu.api.example"}, "https://eu.api.example"),
      ({"host": "proxy", "extra_dejson": {"scheme": "http"}}, "http://proxy")],
