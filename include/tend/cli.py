@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("fake-sendgrid", help="serve a local SendGrid stand-in (tests, "
                                               "benchmarks, rehearsals without an account)")
     sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=8025, help="0: any free port (printed)")
+    sp.add_argument("--port", type=int, default=8089, help="0: any free port (printed)")
     sp.add_argument("--api-key", help="accept only this key (default: any Bearer key)")
     sp.add_argument("--latency-ms", type=float, default=0.0,
                     help="delay every answer, e.g. 20 (SendGrid answers in ~20-200 ms)")
