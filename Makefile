@@ -10,6 +10,9 @@ AS_OF   ?= $(shell date -u +%F)
 CUSTOMERS ?= 2000
 SEED    ?= 7
 
+# Airflow starts its own components as `airflow ...` subprocesses: the venv must be on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
 # Embedded defaults: SQLite files and a file outbox under var/, a project-local AIRFLOW_HOME.
 export TEND_VAR_DIR            := $(VAR)
 export TEND_OUTBOX_DIR         ?= $(VAR)/outbox
