@@ -456,6 +456,8 @@ class SendGridBackend:
                                               sock_read=s.read_timeout),
                 headers=self._headers,
                 skip_auto_headers=("Accept-Encoding",),
+                cookie_jar=aiohttp.DummyCookieJar(),  # an API: no cookies to keep per request
+                auto_decompress=False,
             )
         return self._session
 
