@@ -166,7 +166,7 @@ def detect(features: object, products: pd.DataFrame, as_of: dt.date,
     frames: list[pd.DataFrame] = []
     wanted = set(p.signals)
     if "lapsed" in wanted:
-        lap = detect_lapsed(customers, as_of, p.lapsed)  # type: ignore[arg-type]
+        lap = detect_lapsed(customers, as_of, p.lapsed, scored)  # type: ignore[arg-type]
         frames.append(frame(
             "lapsed", lap["customer_id"], lap["score"], lap["due_date"], lap["valid_until"],
             lap["reason"],

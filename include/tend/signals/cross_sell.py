@@ -27,24 +27,28 @@ def pairs(skus: pd.DataFrame, products: pd.DataFrame, params: SignalParams | Non
     out = [pd.DataFrame(listed, columns=["because_sku", "complement_sku"]).assign(
         score=0.7, source="catalogue")]
     if len(skus):
+        from scipy import sparse
+
         codes, uniq = pd.factorize(skus["sku"])
         cust, _ = pd.factorize(skus["customer_id"])
-        bought = pd.DataFrame({"c": cust, "s": codes})
-        both = bought.merge(bought, on="c")
-        both = both.loc[both["s_x"] != both["s_y"]]
-        support = both.groupby(["s_x", "s_y"]).size().rename("n").reset_index()
+        # customers x products (bought or not); its Gram matrix counts customers per pair
+        x = sparse.csr_matrix((np.ones(len(codes), np.float32), (cust, codes)),
+                              shape=(int(cust.max()) + 1, len(uniq)))
+        both = (x.T @ x).tocoo()
+        off = both.row != both.col
+        sx, sy, n = both.row[off], both.col[off], both.data[off].astype(np.int64)
         buyers = np.bincount(codes, minlength=len(uniq))
-        total = cust.max() + 1
-        support["lift"] = support["n"] * total / (buyers[support["s_x"]] * buyers[support["s_y"]])
+        total = int(cust.max()) + 1
+        lift = n * total / (buyers[sx] * buyers[sy])
         cat = products.set_index("sku")["category"]
-        a, b = uniq[support["s_x"]], uniq[support["s_y"]]
+        a, b = uniq[sx], uniq[sy]
         services = set(products.loc[products["service_interval_days"].notna(), "sku"])
-        good = ((support["n"] >= p.min_support) & (support["lift"] >= p.min_lift)
+        good = ((n >= p.min_support) & (lift >= p.min_lift)
                 & (pd.Series(a).map(cat).to_numpy() == pd.Series(b).map(cat).to_numpy())
                 & ~pd.Series(b).isin(services).to_numpy())
         out.append(pd.DataFrame({
             "because_sku": a[good], "complement_sku": b[good],
-            "score": np.minimum(0.9, 0.4 + 0.1 * support.loc[good, "lift"].to_numpy()),
+            "score": np.minimum(0.9, 0.4 + 0.1 * lift[good]),
             "source": "co-purchase"}))
     allp = pd.concat(out, ignore_index=True)
     return allp.sort_values("score", ascending=False).drop_duplicates(

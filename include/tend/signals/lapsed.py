@@ -215,13 +215,14 @@ def lapse_scores(features: pd.DataFrame, as_of: dt.date, params: LapsedParams | 
 
 
 def detect_lapsed(
-    features: pd.DataFrame, as_of: dt.date, params: LapsedParams | None = None
+    features: pd.DataFrame, as_of: dt.date, params: LapsedParams | None = None,
+    scored: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The lapsed customers tonight: customer_id, signal, score (= lapse_score), due_date (the
     day they became overdue), valid_until, reason, value, and the facts the win-back message
     shows (days_since_last_order, orders_count, last_order_date, typical_interval_days)."""
     p = params or LapsedParams()
-    scored = lapse_scores(features, as_of, p)
+    scored = scored if scored is not None else lapse_scores(features, as_of, p)
     out = scored.loc[scored["lapsed"]] if len(scored) else scored
     cols = ["customer_id", "signal", "score", "due_date", "valid_until", "reason", "value",
             "days_since_last_order", "orders_count", "last_order_date", "typical_interval_days",
