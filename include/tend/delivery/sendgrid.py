@@ -76,6 +76,7 @@ __all__ = [
     "SendGridSettings",
     "error_text",
     "mail_send_payload",
+    "verify_event_webhook",
 ]
 
 log = logging.getLogger("tend.delivery.sendgrid")
@@ -329,6 +330,24 @@ def error_text(status: int, body: str) -> str:
         parts = []
     detail = "; ".join(parts) or (body.strip()[:300] or "no error text")
     return f"SendGrid {status}: {detail}"[:1000]
+
+
+def verify_event_webhook(public_key: str, payload: bytes | str, signature: str,
+                         timestamp: str) -> bool:
+    """Is this Event Webhook POST really from SendGrid? (for the webhook endpoint)
+
+    ``public_key`` is the verification key shown under Mail Settings > Signed Event Webhook;
+    ``signature`` and ``timestamp`` are the ``X-Twilio-Email-Event-Webhook-Signature`` and
+    ``-Timestamp`` headers; ``payload`` is the raw body, exactly as received. The ``sendgrid``
+    package does the ECDSA check; a malformed key or signature is simply not valid.
+    """
+    from sendgrid.helpers.eventwebhook import EventWebhook
+
+    body = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+    try:
+        return bool(EventWebhook(public_key).verify_signature(body, signature, timestamp))
+    except (ValueError, TypeError):  # not a PEM key, not base64, not a DER signature
+        return False
 
 
 # -- the backend ------------------------------------------------------------------------------

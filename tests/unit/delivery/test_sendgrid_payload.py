@@ -154,3 +154,24 @@ def test_error_text_reads_sendgrids_error_list() -> None:
         "character in length.; also this")
     assert error_text(413, "payload too large") == "SendGrid 413: payload too large"
     assert error_text(400, "") == "SendGrid 400: no error text"
+
+
+def test_event_webhook_signatures_are_verified_with_the_sendgrid_package() -> None:
+    import base64
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tend.delivery.sendgrid import verify_event_webhook
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public = "".join(public.strip().splitlines()[1:-1])  # as SendGrid shows it: base64 only
+    body = b'[{"event": "delivered", "tend_message_id": "m-0001"}]'
+    stamp = "1763900000"
+    sig = base64.b64encode(key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+    assert verify_event_webhook(public, body, sig, stamp)
+    assert not verify_event_webhook(public, body.replace(b"delivered", b"bounce"), sig, stamp)
+    assert not verify_event_webhook(public, body, sig, "1763900001")
+    assert not verify_event_webhook(public, body, "not base64!", stamp)
