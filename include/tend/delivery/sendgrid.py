@@ -379,6 +379,7 @@ class SendGridBackend:
         """requests, retries and waits so far (for progress lines and the benchmark)."""
         self._rng = rng or random.Random()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # loop time before which no request may leave (after a 429)
@@ -441,6 +442,10 @@ class SendGridBackend:
         self.close()
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:  # two chunks may arrive at once from two threads
+            return self._start_loop()
+
+    def _start_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is not None:
             return self._loop
         loop = _new_loop()

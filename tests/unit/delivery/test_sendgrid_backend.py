@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -282,3 +283,22 @@ def test_make_backend_builds_sendgrid_from_the_environment() -> None:
                                             "TEND_SENDGRID_CHUNK_SIZE": "300"})
     assert isinstance(backend, SendGridBackend) and backend.chunk_size == 300
     backend.close()
+
+
+def test_two_chunks_at_once_share_one_loop_and_one_limit(fake: RunningFake) -> None:
+    """send_batch hands chunks_in_flight chunks over from different threads at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with backend_for(fake, max_in_flight=4) as backend:
+        start = threading.Barrier(2)
+
+        def send(chunk: list[OutgoingMessage]) -> list[Any]:
+            start.wait()  # both threads start the backend at the same instant
+            return backend.send(chunk)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            a, b = pool.map(send, [[msg(i) for i in range(40)], [msg(i) for i in range(40, 80)]])
+        loops = [t for t in threading.enumerate() if t.name == "tend-sendgrid"]
+    assert {r.status for r in a + b} == {SENT}
+    assert len(loops) == 1
+    assert len({r["peer"] for r in fake.fake.request_log()}) <= 4  # the limit is shared
