@@ -411,6 +411,12 @@ def summary_lines(store_url: str, as_of: dt.date) -> list[str]:
            f"  unknown     {statuses.get('unknown', 0):,}",
            f"  waiting     {statuses.get('claimed', 0) + statuses.get('sending', 0):,}",
            f"  skipped     {sum(skipped.values()):,}"]
+    by_program: dict[str, Counter[str]] = {}
+    for program, fate, n in fates:
+        by_program.setdefault(program, Counter())["claimed" if fate == "claimed" else
+                                                  "skipped"] += n
+    out += ["", *table(["program", "claimed", "skipped"],
+                       [(p, c["claimed"], c["skipped"]) for p, c in sorted(by_program.items())])]
     out += ["", *table(["skipped because", "customers"], sorted(skipped.items(),
                                                                 key=lambda kv: -kv[1]))]
     if quarantined:
