@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,9 @@ def require_postgres() -> str:
     pytest.skip(message)
 
 
-@pytest.fixture
-def pg_schema_url() -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a fresh, private schema."""
+@contextmanager
+def private_pg_schema() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh, private schema, dropped on exit."""
     base = require_postgres()
     schema = f"tend_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(base)
@@ -47,6 +48,23 @@ def pg_schema_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A private PostgreSQL schema for one test."""
+    with private_pg_schema() as url:
+        yield url
+
+
+def copy_sqlite(src_url: str, dst: Path) -> str:
+    """A private copy of a SQLite database (WAL included), so a test may change it freely."""
+    import sqlite3
+
+    with sqlite3.connect(src_url.removeprefix("sqlite:///")) as src, \
+            sqlite3.connect(dst) as copy:
+        src.backup(copy)
+    return f"sqlite:///{dst}"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

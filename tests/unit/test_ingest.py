@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import copy_sqlite
 from sqlalchemy import select
 
 from tend import ingest, shop
@@ -32,11 +33,7 @@ def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def shop_url(demo_shop: str, tmp_path: Path) -> str:
-    dst = tmp_path / "shop.db"
-    with sqlite3.connect(demo_shop.removeprefix("sqlite:///")) as src, \
-            sqlite3.connect(dst) as copy:
-        src.backup(copy)
-    return f"sqlite:///{dst}"
+    return copy_sqlite(demo_shop, tmp_path / "shop.db")
 
 
 def _store(tmp_path: Path, name: str) -> str:

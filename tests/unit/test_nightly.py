@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import copy_sqlite
 from sqlalchemy import insert, select
 
 from tend import nightly, runtime
@@ -35,13 +36,7 @@ def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def shop_url(demo_shop: str, tmp_path: Path) -> str:
     """A private copy of the demo shop, so a test may add bad rows to it."""
-    import sqlite3
-
-    dst = tmp_path / "shop.db"
-    with sqlite3.connect(demo_shop.removeprefix("sqlite:///")) as src, \
-            sqlite3.connect(dst) as copy:
-        src.backup(copy)
-    return f"sqlite:///{dst}"
+    return copy_sqlite(demo_shop, tmp_path / "shop.db")
 
 
 SETTINGS = ShopSettings.from_env({})

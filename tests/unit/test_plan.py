@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import copy_sqlite
 from sqlalchemy import select
 
 from tend import nightly, runtime
@@ -44,11 +44,7 @@ def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def shop_url(demo_shop: str, tmp_path: Path) -> str:
-    dst = tmp_path / "shop.db"
-    with sqlite3.connect(demo_shop.removeprefix("sqlite:///")) as src, \
-            sqlite3.connect(dst) as copy_:
-        src.backup(copy_)
-    return f"sqlite:///{dst}"
+    return copy_sqlite(demo_shop, tmp_path / "shop.db")
 
 
 def night(shop_url: str, store_url: str, day: dt.date, reg: Registry) -> nightly.PlanResult:

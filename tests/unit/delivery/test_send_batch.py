@@ -10,16 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text, update
-from sqlalchemy.engine import make_url
+from conftest import private_pg_schema
+from sqlalchemy import select, update
 
 from tend import nightly, runtime
 from tend.caps import SendWindow
@@ -40,28 +39,6 @@ AMBIGUOUS = {"500", "slow", "drop", "reset"}
 ALWAYS_OPEN = SendWindow(dt.time(0, 0), dt.time(23, 59, 59))
 
 
-def _postgres_schema() -> Iterator[str]:
-    """A private schema on TEST_DATABASE_URL for this module (as tests/conftest.py does)."""
-    base = os.environ.get("TEST_DATABASE_URL")
-    if not base:
-        message = "TEST_DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"PostgreSQL tests must run in CI: {message}")
-        pytest.skip(message)
-    schema = f"tend_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        connect(url.render_as_string(hide_password=False)).dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 @pytest.fixture(scope="module",
                 params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def planned_night(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -70,18 +47,20 @@ def planned_night(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     folder = tmp_path_factory.mktemp("night")
     shop_url = f"sqlite:///{folder / 'shop.db'}"
     generate_demo_shop(shop_url, customers=400, seed=11, as_of=NIGHT)
-    urls = (iter([f"sqlite:///{folder / 'store.db'}"]) if request.param == "sqlite"
-            else _postgres_schema())
-    store_url = next(urls)
+    with ExitStack() as stack:
+        store_url = (f"sqlite:///{folder / 'store.db'}" if request.param == "sqlite"
+                     else stack.enter_context(private_pg_schema()))
+        yield store_url, _plan(shop_url, store_url)
+
+
+def _plan(shop_url: str, store_url: str) -> nightly.PlanResult:
     migrate(store_url)
     nightly.run_ingest(shop_url, store_url, NIGHT, "r1")
     result = nightly.plan_night(shop_url, store_url, NIGHT, "run-1", settings=SETTINGS,
                                 renderer=runtime.renderer(SETTINGS), secret="s",
                                 batch_size=100)
     assert result.claimed() > 50
-    yield store_url, result
-    for _ in urls:  # drops the PostgreSQL schema
-        pass
+    return result
 
 
 @pytest.fixture
