@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import copy_sqlite
+from _support import copy_sqlite
 from sqlalchemy import select
 
 from tend import ingest, shop

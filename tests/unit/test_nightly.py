@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import copy_sqlite
+from _support import copy_sqlite
 from sqlalchemy import insert, select
 
 from tend import nightly, runtime

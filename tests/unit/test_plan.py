@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import copy_sqlite
+from _support import copy_sqlite
 from sqlalchemy import select
 
 from tend import nightly, runtime

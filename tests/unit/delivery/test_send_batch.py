@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import private_pg_schema
+from _support import private_pg_schema
 from sqlalchemy import select, update
 
 from tend import nightly, runtime

@@ -1,0 +1,60 @@
+"""Helpers shared by test modules (import as ``from _support import ...``).
+
+Kept out of conftest.py on purpose: several conftest modules exist in this tree, so
+``from conftest import ...`` would import whichever pytest loaded first.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+PG_URL = os.environ.get("TEST_DATABASE_URL")
+
+
+def require_postgres() -> str:
+    """The PostgreSQL test URL; skip without it locally, fail without it in CI."""
+    if PG_URL:
+        return PG_URL
+    message = "TEST_DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"PostgreSQL tests must run in CI: {message}")
+    pytest.skip(message)
+
+
+@contextmanager
+def private_pg_schema() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh, private schema, dropped on exit."""
+    base = require_postgres()
+    schema = f"tend_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        from tend.store.db import connect
+
+        # Close the pooled connections the test opened before dropping their schema.
+        connect(url.render_as_string(hide_password=False)).dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def copy_sqlite(src_url: str, dst: Path) -> str:
+    """A private copy of a SQLite database (WAL included), so a test may change it freely."""
+    import sqlite3
+
+    with sqlite3.connect(src_url.removeprefix("sqlite:///")) as src, \
+            sqlite3.connect(dst) as copy:
+        src.backup(copy)
+    return f"sqlite:///{dst}"
