@@ -9,7 +9,10 @@ so a retry renders the very same message.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -193,10 +196,6 @@ class ContextBuilder:
 
 def voucher_code(secret: str, message_id: str, prefix: str) -> str:
     """Unique per message, unguessable, stable across retries (derived, not stored twice)."""
-    import base64
-    import hashlib
-    import hmac
-
     mac = hmac.new(secret.encode(), f"voucher:{message_id}".encode(), hashlib.sha256).digest()
     code = base64.b32encode(mac).decode()[:8]
     return f"{prefix}-{code[:4]}-{code[4:]}"

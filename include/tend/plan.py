@@ -40,7 +40,6 @@ from tend.store.db import connect, require_current
 from tend.store.tables import deferred, suppressions
 
 #: What a signal frame carries (the contract between tend.signals and the programs stage).
-SIGNAL_FRAME = SIGNAL_COLUMNS
 #: Fates that mean "not tonight, but maybe tomorrow" while the candidate is still valid.
 DEFERRABLE = ("capped:", "cooldown:", "lost_to:")
 
@@ -63,7 +62,7 @@ class PlanResult:
 
 
 def detect_signals(store_url: str, shop_url: str, as_of: dt.date) -> pd.DataFrame:
-    """Every behavioural signal tonight (tend.signals), in the SIGNAL_FRAME shape.
+    """Every behavioural signal tonight (tend.signals), in the SIGNAL_COLUMNS shape.
 
     A signal whose due date is still ahead (an upcoming check-up, a season about to open) is
     not a candidate yet: it comes back on its day.
@@ -71,7 +70,7 @@ def detect_signals(store_url: str, shop_url: str, as_of: dt.date) -> pd.DataFram
     sig = detect_all(store_url, shop_url, as_of)
     sig["due_date"] = pd.to_datetime(sig["due_date"]).dt.date  # occurrence keys use ISO dates
     sig["valid_until"] = pd.to_datetime(sig["valid_until"]).dt.date
-    return sig.loc[sig["due_date"] <= as_of, SIGNAL_FRAME].reset_index(drop=True)
+    return sig.loc[sig["due_date"] <= as_of, SIGNAL_COLUMNS].reset_index(drop=True)
 
 
 def newsletter_signals(features: pd.DataFrame, as_of: dt.date,
@@ -88,7 +87,7 @@ def newsletter_signals(features: pd.DataFrame, as_of: dt.date,
             "reason": f"newsletter for {period}", "value": features["total_spent"].astype(float),
             "sku": None, "product_name": None, "detail": json.dumps({"period": period}),
         }))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=SIGNAL_FRAME)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=SIGNAL_COLUMNS)
 
 
 def candidates_for(signals: pd.DataFrame, programs: Sequence[Program], as_of: dt.date
@@ -187,9 +186,8 @@ def plan_night(
             {"customer_id": c, "email": None, "reason": "invalid_address",
              "source": "validation", "created_at": stamp} for c in invalid
         ])
-        key = ["customer_id", "program", "occurrence"]
-        claimed = outcome.set_index(key)
-        idx = pd.MultiIndex.from_frame(allowed[key])
+        claimed = outcome.set_index(_KEY)
+        idx = pd.MultiIndex.from_frame(allowed[_KEY])
         allowed["fate"] = claimed["fate"].reindex(idx).to_numpy()
         allowed["why"] = claimed["why"].reindex(idx).to_numpy()
         allowed["message_id"] = claimed["message_id"].reindex(idx).to_numpy()
@@ -226,8 +224,16 @@ def _holdouts(cands: pd.DataFrame, programs: dict[str, Program], as_of: dt.date)
 _SIGNAL_KEEP = ("signal", "reason", "due_date", "valid_until", "sku", "product_name", "detail",
                 "value")
 
-_DEFERRED_COLS = ["customer_id", "program", "occurrence", "kind", "priority", "score",
-                  "cooldown_days", "valid_until", "last_order_date", "context", "reason"]
+_KEY = ["customer_id", "program", "occurrence"]
+
+
+def _forget(conn: Any, frame: pd.DataFrame) -> None:
+    """Delete these candidates' rows from the deferred table (chunked key lists)."""
+    keys = list(frame[_KEY].itertuples(index=False, name=None))
+    for i in range(0, len(keys), 500):
+        conn.execute(delete(deferred).where(tuple_(
+            deferred.c.customer_id, deferred.c.program, deferred.c.occurrence
+        ).in_(keys[i : i + 500])))
 
 
 def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
@@ -236,7 +242,7 @@ def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
     with connect(store_url).connect() as conn:
         rows = pd.DataFrame(conn.execute(select(deferred)).mappings().all())
     if rows.empty:
-        return pd.DataFrame(columns=_DEFERRED_COLS), pd.DataFrame()
+        return pd.DataFrame(), pd.DataFrame()
     rows["valid_until"] = pd.to_datetime(rows["valid_until"]).dt.date
     rows["last_order_date"] = pd.to_datetime(rows["last_order_date"]).dt.date
     gone = rows["valid_until"] < as_of
@@ -249,30 +255,24 @@ def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
                      "deferred until " + ended["valid_until"].astype(str)
                      + ", no longer relevant",
                      "the program was disabled while the message waited"),
-    )[["customer_id", "program", "occurrence", "fate", "why"]]
+    )[[*_KEY, "fate", "why"]]
     if len(expired):
         with connect(store_url).begin() as conn:
-            conn.execute(delete(deferred).where(tuple_(
-                deferred.c.customer_id, deferred.c.program, deferred.c.occurrence
-            ).in_(list(expired[["customer_id", "program", "occurrence"]]
-                       .itertuples(index=False, name=None)))))
+            _forget(conn, expired)
     waiting = rows.loc[~(gone | off)].drop(columns=["last_reason"]).reset_index(drop=True)
     signal_rows = pd.DataFrame([json.loads(c) for c in waiting.pop("context")],
                                columns=list(_SIGNAL_KEEP))
     waiting = pd.concat([waiting, signal_rows.drop(columns=["valid_until"])], axis=1)
-    return waiting.assign(from_deferred=True), expired
+    return waiting, expired
 
 
 def _merge(fresh: pd.DataFrame, waiting: pd.DataFrame) -> pd.DataFrame:
     """Tonight's candidates: fresh signals, plus deferred ones the signals no longer produce."""
-    if waiting.empty:
-        return fresh.reset_index(drop=True).assign(from_deferred=False) if len(fresh) else fresh
-    if fresh.empty:
-        return waiting.reset_index(drop=True)
-    key = ["customer_id", "program", "occurrence"]
-    seen = pd.MultiIndex.from_frame(fresh[key])
-    extra = waiting.loc[~pd.MultiIndex.from_frame(waiting[key]).isin(seen)]
-    return pd.concat([fresh.assign(from_deferred=False), extra], ignore_index=True)
+    if waiting.empty or fresh.empty:
+        return (fresh if waiting.empty else waiting).reset_index(drop=True)
+    seen = pd.MultiIndex.from_frame(fresh[_KEY])
+    extra = waiting.loc[~pd.MultiIndex.from_frame(waiting[_KEY]).isin(seen)]
+    return pd.concat([fresh, extra], ignore_index=True)
 
 
 def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
@@ -287,11 +287,7 @@ def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
                            + d.loc[defer, "valid_until"].astype(str))
     d.loc[defer, "fate"] = "deferred"
 
-    keys = list(d[["customer_id", "program", "occurrence"]].itertuples(index=False, name=None))
-    for i in range(0, len(keys), 500):
-        conn.execute(delete(deferred).where(tuple_(
-            deferred.c.customer_id, deferred.c.program, deferred.c.occurrence
-        ).in_(keys[i : i + 500])))
+    _forget(conn, d)
     later = d.loc[defer]
     if len(later):
         ledger.bulk_load(conn, deferred, pd.DataFrame({

@@ -55,8 +55,7 @@ COUNTED = ("claimed", "sending", "sent", "unknown")
 
 def message_id_for(customer_id: str, program: str, occurrence: str) -> str:
     """Deterministic id from the ledger key: the same candidate is the same message, forever."""
-    digest = hashlib.sha256(f"{customer_id}\x1f{program}\x1f{occurrence}".encode()).hexdigest()
-    return digest[:32]
+    return message_ids([customer_id], [program], [occurrence])[0]
 
 
 def message_ids(customers: Iterable[str], programs: Iterable[str],
