@@ -30,7 +30,8 @@ from tend.config import ShopSettings
 from tend.consent import consent_fates
 from tend.contexts import ContextBuilder
 from tend.errors import TemplateError
-from tend.ingest import read_features
+from tend.features import FeatureSet
+from tend.ingest import read_feature_set
 from tend.logs import log, table
 from tend.programs import Program, Registry, load_registry
 from tend.render import Renderer, sample_context
@@ -61,13 +62,14 @@ class PlanResult:
         return out + table(["program", "fate", "customers"], rows)
 
 
-def detect_signals(store_url: str, shop_url: str, as_of: dt.date) -> pd.DataFrame:
+def detect_signals(store_url: str, shop_url: str, as_of: dt.date,
+                   features: FeatureSet | None = None) -> pd.DataFrame:
     """Every behavioural signal tonight (tend.signals), in the SIGNAL_COLUMNS shape.
 
     A signal whose due date is still ahead (an upcoming check-up, a season about to open) is
     not a candidate yet: it comes back on its day.
     """
-    sig = detect_all(store_url, shop_url, as_of)
+    sig = detect_all(store_url, shop_url, as_of, features=features)
     sig["due_date"] = pd.to_datetime(sig["due_date"]).dt.date  # occurrence keys use ISO dates
     sig["valid_until"] = pd.to_datetime(sig["valid_until"]).dt.date
     return sig.loc[sig["due_date"] <= as_of, SIGNAL_COLUMNS].reset_index(drop=True)
@@ -142,8 +144,11 @@ def plan_night(
                 + "; ".join(problems), template=program.template)
     by_program = {p.name: p for p in programs}
 
-    features = read_features(store_url)
-    signals = pd.concat([(detector or detect_signals)(store_url, shop_url, as_of),
+    feature_set = read_feature_set(store_url)
+    features = feature_set.customers
+    detected = (detector(store_url, shop_url, as_of) if detector
+                else detect_signals(store_url, shop_url, as_of, feature_set))
+    signals = pd.concat([detected,
                          newsletter_signals(features, as_of, programs)], ignore_index=True)
     fresh = candidates_for(signals, programs, as_of)
     if not fresh.empty:

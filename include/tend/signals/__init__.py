@@ -197,8 +197,13 @@ def detect(features: object, products: pd.DataFrame, as_of: dt.date,
 
 
 def detect_all(store_url: str, shop_url: str, as_of: dt.date,
-               params: SignalParams | None = None) -> pd.DataFrame:
-    """Every signal tonight, from the store's feature tables and the shop's catalogue."""
+               params: SignalParams | None = None, features: object | None = None
+               ) -> pd.DataFrame:
+    """Every signal tonight, from the store's feature tables and the shop's catalogue.
+
+    ``features``: the store's ``FeatureSet`` when the caller has already read it (the programs
+    stage needs the customer table too), so the tables are not read twice.
+    """
     from tend.errors import DataError
     from tend.ingest import read_feature_set, store_as_of
     from tend.shop import read_products
@@ -208,4 +213,5 @@ def detect_all(store_url: str, shop_url: str, as_of: dt.date,
         raise DataError(
             f"the store's features are for {stored or 'no night yet'}, not {as_of}: run "
             f"`tend ingest --as-of {as_of}` first (signals only see data up to their night)")
-    return detect(read_feature_set(store_url), read_products(shop_url), as_of, params)
+    fs = features if features is not None else read_feature_set(store_url)
+    return detect(fs, read_products(shop_url), as_of, params)
