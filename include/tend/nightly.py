@@ -431,8 +431,10 @@ def why_lines(store_url: str, customer_id: str, as_of: dt.date | None = None) ->
         if as_of is not None:
             q = q.where(decision_log.c.as_of == as_of)
         decisions = conn.execute(q.order_by(decision_log.c.as_of.desc())).mappings().all()
-        msgs = {m["message_id"]: m for m in conn.execute(
-            select(contact_ledger).where(contact_ledger.c.customer_id == customer_id)
+        # By primary key: the ledger has no index by customer (each would cost every claim).
+        ids = sorted({d["message_id"] for d in decisions if d["message_id"]})
+        msgs = {m["message_id"]: m for i in range(0, len(ids), 500) for m in conn.execute(
+            select(contact_ledger).where(contact_ledger.c.message_id.in_(ids[i : i + 500]))
         ).mappings()}
     if not decisions:
         when = f" on {as_of}" if as_of else ""

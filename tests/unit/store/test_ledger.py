@@ -230,3 +230,27 @@ def test_transactional_messages_do_not_compete(store_url: str) -> None:
     out = claim(store_url, cands).reset_index().set_index("program")
     assert out.loc["thank_you", "fate"] == "claimed"
     assert out.loc["winback", "fate"] == "claimed"
+
+
+def test_a_message_claimed_before_the_rules_window_is_caught_by_the_key(store_url: str) -> None:
+    """The rules read only a window of the ledger; an older claim of the same message is
+    caught when the winners are inserted, and the customer's next-best candidate wins."""
+    claim(store_url, winners(("C1", "winback", "e"), cooldown=0),
+          night=NIGHT - dt.timedelta(days=200))
+    cands = pd.concat([
+        winners(("C1", "winback", "e"), priority=90, cooldown=30),
+        winners(("C1", "checkup", "boiler"), kind="service", priority=10, cooldown=30),
+        winners(("C2", "winback", "e"), priority=90, cooldown=30),
+    ])
+    out = claim(store_url, cands).reset_index().set_index(["customer_id", "program"])
+    assert out.loc[("C1", "winback"), "fate"] == "already_claimed"
+    assert out.loc[("C1", "checkup"), "fate"] == "claimed"
+    assert out.loc[("C2", "winback"), "fate"] == "claimed"
+    assert len(statuses(store_url)) == 3
+
+
+def test_claim_reports_its_phases(store_url: str) -> None:
+    with connect(store_url).begin() as conn:
+        outcome = ledger.claim(conn, winners(("C1", "winback", "e")), as_of=NIGHT,
+                               run_id="r", caps=CAPS, batch_size=10)
+    assert {"stage", "rules", "arbitrate", "contexts", "insert"} <= set(outcome.timings)
