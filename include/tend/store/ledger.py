@@ -186,7 +186,6 @@ def claim(
     log.debug("claim: %s blocked by rules after %.2fs", int(pd.notna(fate).sum()),
               time.perf_counter() - started)
     lap("rules")
-    message_id = c["message_id"].to_numpy(dtype=object)
 
     cust_code = pd.factorize(c["customer_id"])[0]
     first_batch = conn.execute(
@@ -200,7 +199,8 @@ def claim(
         # Every winner, including earlier rounds' (a failed insert rolled all of them back).
         won = pd.Series(fate).eq("claimed").to_numpy()
         rows = np.flatnonzero(won)
-        rows = rows[np.argsort(message_id[rows], kind="stable")]  # batches in message_id order
+        # Batches in message_id order (Arrow's sort: no Python string comparisons).
+        rows = rows[c["message_id"].take(rows).argsort(kind="stable").to_numpy()]
         w = c.take(rows)
         wb = first_batch + np.arange(len(w)) // batch_size
         lap("arbitrate")
@@ -321,26 +321,27 @@ def _apply_rules(conn: Connection, c: pd.DataFrame, fate: np.ndarray, why: np.nd
     log.debug("claim: caps and tonight's messages in %.2fs", time.perf_counter() - t)
 
     n = len(c)
+    transactional = c["kind"].eq("transactional").to_numpy()
     already = np.zeros(n, bool)
     cool = np.zeros(n, bool)
     if pairs:
         p = np.array(pairs, dtype=np.int64)
         already[p[p[:, 1] == 1, 0]] = True
         cool[p[p[:, 2] == 1, 0]] = True
-    kind = c["kind"].to_numpy(dtype=object)
-    program = c["program"].to_numpy(dtype=object)
+    program = c["program"]
     n_caps = len(caps)
     tonight = np.full(n, None, dtype=object)
     counts = np.zeros((n, n_caps), np.int64)
     if people:
         per = pd.DataFrame(people, columns=["customer_id", "tonight",
                                             *(f"cap{i}" for i in range(n_caps))])
-        at = pd.Index(per["customer_id"]).get_indexer(c["customer_id"].to_numpy(dtype=object))
-        known = at >= 0
-        tonight[known] = per["tonight"].to_numpy(dtype=object)[at[known]]
+        # Only the few flagged customers' rows are looked up one by one.
+        rows = np.flatnonzero(c["customer_id"].isin(per["customer_id"]).to_numpy())
+        at = pd.Index(per["customer_id"]).get_indexer(c["customer_id"].take(rows))
+        tonight[rows] = per["tonight"].to_numpy(dtype=object)[at]
         if n_caps:
-            counts[known] = per[[f"cap{i}" for i in range(n_caps)]].fillna(0).to_numpy(
-                dtype=np.int64)[at[known]]
+            counts[rows] = per[[f"cap{i}" for i in range(n_caps)]].fillna(0).to_numpy(
+                dtype=np.int64)[at]
 
     def labelled(mask: np.ndarray, make: Callable[[int], tuple[str, str]]) -> None:
         """Flag ``mask`` (where no earlier rule did) with per-row (fate, why)."""
@@ -355,13 +356,14 @@ def _apply_rules(conn: Connection, c: pd.DataFrame, fate: np.ndarray, why: np.nd
     flat(already, "already_claimed", "this message was already claimed by an earlier run")
     # One message per customer per night, across runs: a rerun (or a campaign claiming after
     # the nightly run) must not add a second one for a customer who already has tonight's.
-    labelled(pd.notna(tonight) & (kind != "transactional"), lambda i: (
+    labelled(pd.notna(tonight) & ~transactional, lambda i: (
         f"lost_to:{tonight[i]}", f"already has tonight's message ({tonight[i]}); "
         "one message per night"))
     cooldown = c["cooldown_days"].to_numpy()
-    labelled(cool, lambda i: (f"cooldown:{program[i]}", f"already contacted by {program[i]} "
-                              f"within its {cooldown[i]}-day cooldown"))
-    marketing = kind == "marketing"
+    rows = np.flatnonzero(cool & pd.isna(fate))
+    for i, p, d in zip(rows, program.take(rows).tolist(), cooldown[rows].tolist(), strict=True):
+        fate[i], why[i] = f"cooldown:{p}", f"already contacted by {p} within its {d}-day cooldown"
+    marketing = c["kind"].eq("marketing").to_numpy()
     for i, cp in enumerate(caps):
         flat(marketing & (counts[:, i] >= cp.messages), cp.label,
              f"cap reached: {cp.messages} marketing message(s) in {cp.days} days")
@@ -376,7 +378,7 @@ def _arbitrate(c: pd.DataFrame, cust_code: np.ndarray, fate: np.ndarray, why: np
     contest to those customer codes (a re-run after a late "already claimed"): their earlier
     losers compete again, everyone else's result stands.
     """
-    kind = c["kind"].to_numpy()
+    transactional = c["kind"].eq("transactional").to_numpy()
     scope = np.ones(len(c), bool) if customers is None else np.isin(cust_code, customers)
     if customers is not None:  # earlier losers of these customers compete again
         again = scope & pd.Series(fate).astype(str).str.startswith("lost_to:").to_numpy() & \
@@ -384,21 +386,23 @@ def _arbitrate(c: pd.DataFrame, cust_code: np.ndarray, fate: np.ndarray, why: np
         fate[again] = None
         why[again] = None
     free = scope & pd.isna(fate)
-    contest = free & (kind != "transactional")
-    won = free & (kind == "transactional")
+    contest = free & ~transactional
+    won = free & transactional
     rows = np.flatnonzero(contest)
     if len(rows):
-        prog_code = pd.factorize(c["program"].to_numpy()[rows], sort=True)[0]
-        order = np.lexsort((prog_code, -c["score"].to_numpy(dtype=float)[rows],
+        prog_code, prog_names = pd.factorize(c["program"], sort=True)
+        prog_names = np.asarray(prog_names, dtype=object)
+        order = np.lexsort((prog_code[rows], -c["score"].to_numpy(dtype=float)[rows],
                             -c["priority"].to_numpy(dtype=np.int64)[rows], cust_code[rows]))
         ranked = rows[order]
         first = np.ones(len(ranked), bool)
         first[1:] = cust_code[ranked][1:] != cust_code[ranked][:-1]
         best, lost = ranked[first], ranked[~first]
         won[best] = True
-        winner_program = pd.Series(c["program"].to_numpy()[best], index=cust_code[best])
-        fate[lost] = ("lost_to:" + winner_program.reindex(cust_code[lost]).to_numpy().astype(str)
-                      ).astype(object)
+        winner = np.zeros(int(cust_code.max()) + 1, np.int64)
+        winner[cust_code[best]] = prog_code[best]
+        labels = np.array([f"lost_to:{p}" for p in prog_names], dtype=object)
+        fate[lost] = labels[winner[cust_code[lost]]]
         why[lost] = _LOST
     fate[won] = "claimed"
     why[won] = "won tonight's arbitration and passed caps"
