@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import select
 
 from tend import shop
 from tend.caps import held_out, holdout_period
@@ -233,12 +233,29 @@ _KEY = ["customer_id", "program", "occurrence"]
 
 
 def _forget(conn: Any, frame: pd.DataFrame) -> None:
-    """Delete these candidates' rows from the deferred table (chunked key lists)."""
-    keys = list(frame[_KEY].itertuples(index=False, name=None))
-    for i in range(0, len(keys), 500):
-        conn.execute(delete(deferred).where(tuple_(
-            deferred.c.customer_id, deferred.c.program, deferred.c.occurrence
-        ).in_(keys[i : i + 500])))
+    """Delete these candidates' rows from the deferred table.
+
+    Set-based: a night's candidates (up to millions) go to a staging table in one bulk load and
+    one DELETE removes the matching waiting rows; nothing happens when nothing waits.
+    """
+    if frame.empty or conn.execute(select(deferred.c.customer_id).limit(1)).first() is None:
+        return
+    pg = conn.dialect.name == "postgresql"
+    stage = "tend_forget_stage"
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {stage} (customer_id TEXT, program TEXT, "
+                         "occurrence TEXT)")
+    try:
+        ledger.bulk_rows(conn, stage, {
+            k: frame[k].astype(str).to_numpy(dtype=object) for k in _KEY})
+        if pg:
+            conn.exec_driver_sql(f"ANALYZE {stage}")
+        conn.exec_driver_sql(
+            f"DELETE FROM {deferred.name} WHERE EXISTS (SELECT 1 FROM {stage} s WHERE "
+            f"s.customer_id = {deferred.name}.customer_id AND s.program = {deferred.name}.program"
+            f" AND s.occurrence = {deferred.name}.occurrence)")
+    finally:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
 
 
 def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]

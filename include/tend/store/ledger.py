@@ -174,7 +174,7 @@ def claim(
 
     _create_stage(conn)
     try:
-        _bulk(conn, _STAGE, {col: c[col] for col in _STAGE_COLS})
+        bulk_rows(conn, _STAGE, {col: c[col] for col in _STAGE_COLS})
         if conn.dialect.name == "postgresql":
             # A fresh table has no statistics; without them the planner guesses badly.
             conn.exec_driver_sql(f"ANALYZE {_STAGE}")
@@ -427,7 +427,7 @@ def _insert_claims(conn: Connection, w: pd.DataFrame, batch: np.ndarray, context
         "batch_id": batch, "context": context,
         "claimed_at": np.full(n, claimed_at, dtype=object),
     }
-    _bulk(conn, L.name, frame)
+    bulk_rows(conn, L.name, frame)
 
 
 def _arrow(values: Any) -> Any:
@@ -449,7 +449,7 @@ def _existing_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
     return found
 
 
-def _bulk(conn: Connection, table: str, frame: Mapping[str, Any]) -> None:
+def bulk_rows(conn: Connection, table: str, frame: Mapping[str, Any]) -> None:
     """Insert columns of plain values (str, int, float, None; dates and times already text).
 
     PostgreSQL: one COPY of CSV written by Arrow (no Python object per value on the way out:
@@ -506,16 +506,47 @@ def bulk_load(conn: Connection, table: Table, frame: pd.DataFrame) -> None:
 def record_decisions(
     conn: Connection, decisions: pd.DataFrame, *, as_of: dt.date, run_id: str
 ) -> None:
-    """Write each candidate's fate; the first story of a night is kept on reruns."""
+    """Write each candidate's fate; the first story of a night is kept on reruns.
+
+    A night can decide a million candidates: the rows go to a staging table in one bulk load
+    and into the log with one INSERT ... SELECT that skips what a rerun already wrote.
+    """
+    if decisions.empty:
+        return
+    n = len(decisions)
+    occurrence = (decisions["occurrence"].fillna("").astype(str)
+                  if "occurrence" in decisions else pd.Series([""] * n))
+    message_id = decisions["message_id"].astype(object)
+    pg = conn.dialect.name == "postgresql"
     stamp = now()
-    rows = [
-        {"as_of": as_of, "run_id": run_id, "customer_id": r.customer_id, "program": r.program,
-         "occurrence": getattr(r, "occurrence", "") or "",
-         "fate": r.fate, "reason": r.why, "created_at": stamp,
-         "message_id": None if pd.isna(r.message_id) else r.message_id}
-        for r in decisions.itertuples()
-    ]
-    insert_ignore(conn, decision_log, rows)
+    cols: dict[str, Any] = {
+        "as_of": np.full(n, as_of.isoformat(), dtype=object),
+        "run_id": np.full(n, run_id, dtype=object),
+        "customer_id": decisions["customer_id"].astype(str).to_numpy(dtype=object),
+        "program": decisions["program"].astype(str).to_numpy(dtype=object),
+        "occurrence": occurrence.to_numpy(dtype=object),
+        "fate": decisions["fate"].astype(str).to_numpy(dtype=object),
+        "reason": decisions["why"].astype(str).to_numpy(dtype=object),
+        "created_at": np.full(n, stamp.isoformat() if pg else
+                              stamp.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
+                              dtype=object),
+        "message_id": message_id.where(message_id.notna(), None).to_numpy(dtype=object),
+    }
+    names = ", ".join(cols)
+    stage = "tend_decision_stage"
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
+    conn.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {stage} (as_of {'DATE' if pg else 'TEXT'}, run_id TEXT, "
+        "customer_id TEXT, program TEXT, occurrence TEXT, fate TEXT, reason TEXT, "
+        f"created_at {'TIMESTAMPTZ' if pg else 'TEXT'}, message_id TEXT)")
+    try:
+        bulk_rows(conn, stage, cols)
+        verb = "INSERT" if pg else "INSERT OR IGNORE"
+        tail = " ON CONFLICT DO NOTHING" if pg else ""
+        conn.exec_driver_sql(f"{verb} INTO {decision_log.name} ({names}) "
+                             f"SELECT {names} FROM {stage}{tail}")
+    finally:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
 
 
 # -- sending ---------------------------------------------------------------------------------
