@@ -68,9 +68,10 @@ def prepare_store(store_url: str, messages: int, workdir: Path) -> None:
     from tend import nightly, runtime
     from tend.config import ShopSettings
     from tend.demo import generate_demo_shop
-    from tend.store import migrate
+    from tend.store import ledger, migrate
     from tend.store.db import connect
     from tend.store.tables import contact_ledger as L
+    from tend.store.tables import message_contexts as C
 
     shop = f"sqlite:///{workdir / 'shop.db'}"
     generate_demo_shop(shop, customers=3000, seed=7, as_of=NIGHT)
@@ -82,22 +83,29 @@ def prepare_store(store_url: str, messages: int, workdir: Path) -> None:
     engine = connect(store_url)
     with engine.begin() as conn:
         seeds = [dict(r) for r in conn.execute(select(L)).mappings()]
+        seed_ctx = ledger.contexts_of(conn, [r["message_id"] for r in seeds])
         conn.execute(delete(L))
-        rows = []
+        conn.execute(delete(C))
+        rows, ctxs = [], []
         for i in range(messages):
             seed = seeds[i % len(seeds)]
-            ctx = json.loads(seed["context"])
+            ctx = json.loads(seed_ctx[seed["message_id"]])
             ctx["customer"]["email"] = f"customer{i}@example.com"
             ctx["customer"]["customer_id"] = f"B{i:07d}"
-            rows.append({**seed, "message_id": f"bench{i:027d}", "customer_id": f"B{i:07d}",
+            mid = f"bench{i:027d}"
+            rows.append({**seed, "message_id": mid, "customer_id": f"B{i:07d}",
                          "occurrence": f"bench:{i}", "batch_id": i // BATCH, "status": "claimed",
-                         "context": json.dumps(ctx), "provider_id": None, "error": None,
+                         "provider_id": None, "error": None,
                          "sending_at": None, "finished_at": None})
+            ctxs.append({"as_of": seed["as_of"], "batch_id": i // BATCH, "message_id": mid,
+                         "context": json.dumps(ctx)})
             if len(rows) == 10_000:
                 conn.execute(insert(L), rows)
-                rows = []
+                conn.execute(insert(C), ctxs)
+                rows, ctxs = [], []
         if rows:
             conn.execute(insert(L), rows)
+            conn.execute(insert(C), ctxs)
     _log(f"ledger: {messages:,} claimed messages in {(messages + BATCH - 1) // BATCH} batches "
          f"(cloned from {len(seeds)} planned demo messages)")
 

@@ -29,6 +29,7 @@ import pandas as pd
 from sqlalchemy import (
     Connection,
     Table,
+    and_,
     bindparam,
     func,
     insert,
@@ -44,6 +45,7 @@ from tend.logs import log
 from tend.programs import Cap
 from tend.store.tables import contact_ledger as L
 from tend.store.tables import decision_log
+from tend.store.tables import message_contexts as C
 
 #: Statuses that mean "this customer got (or may have got) this message".
 COUNTED = ("claimed", "sending", "sent", "unknown")
@@ -418,16 +420,16 @@ def _insert_claims(conn: Connection, w: pd.DataFrame, batch: np.ndarray, context
         claimed_at = stamp.isoformat()
     else:  # SQLAlchemy's SQLite DateTime storage format (UTC fields, no offset)
         claimed_at = stamp.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    frame = {
+    night = np.full(n, as_of.isoformat(), dtype=object)
+    bulk_rows(conn, L.name, {
         "message_id": w["message_id"], "customer_id": w["customer_id"],
         "program": w["program"], "occurrence": w["occurrence"],
         "kind": w["kind"], "status": np.full(n, "claimed", dtype=object),
-        "as_of": np.full(n, as_of.isoformat(), dtype=object),
-        "run_id": np.full(n, run_id, dtype=object),
-        "batch_id": batch, "context": context,
-        "claimed_at": np.full(n, claimed_at, dtype=object),
-    }
-    bulk_rows(conn, L.name, frame)
+        "as_of": night, "run_id": np.full(n, run_id, dtype=object),
+        "batch_id": batch, "claimed_at": np.full(n, claimed_at, dtype=object),
+    })
+    bulk_rows(conn, C.name, {"as_of": night, "batch_id": batch,
+                             "message_id": w["message_id"], "context": context})
 
 
 def _arrow(values: Any) -> Any:
@@ -569,10 +571,26 @@ def recover_interrupted(conn: Connection, as_of: dt.date, batch_id: int) -> int:
 
 
 def next_claimed(conn: Connection, as_of: dt.date, batch_id: int, limit: int) -> list[Any]:
-    q = (select(L.c.message_id, L.c.customer_id, L.c.program, L.c.kind, L.c.context, L.c.run_id)
+    """The next ``limit`` claimed messages of a batch with their render contexts."""
+    q = (select(L.c.message_id, L.c.customer_id, L.c.program, L.c.kind, C.c.context, L.c.run_id)
+         .join(C, and_(C.c.as_of == L.c.as_of, C.c.batch_id == L.c.batch_id,
+                       C.c.message_id == L.c.message_id))
          .where(L.c.as_of == as_of, L.c.batch_id == batch_id, L.c.status == "claimed")
          .order_by(L.c.message_id).limit(limit))
     return list(conn.execute(q))
+
+
+def contexts_of(conn: Connection, message_ids: Sequence[str]) -> dict[str, str]:
+    """The stored render context of each message (by message id)."""
+    out: dict[str, str] = {}
+    ids = list(message_ids)
+    for i in range(0, len(ids), 500):
+        q = (select(L.c.message_id, C.c.context)
+             .join(C, and_(C.c.as_of == L.c.as_of, C.c.batch_id == L.c.batch_id,
+                           C.c.message_id == L.c.message_id))
+             .where(L.c.message_id.in_(ids[i : i + 500])))
+        out.update({m: ctx for m, ctx in conn.execute(q)})
+    return out
 
 
 def mark_sending(conn: Connection, message_ids: Sequence[str]) -> None:

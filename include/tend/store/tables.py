@@ -63,8 +63,8 @@ contact_ledger = Table(
     Column("as_of", Date, nullable=False),
     Column("run_id", String(250), nullable=False),
     Column("batch_id", Integer, nullable=False),
-    # Everything needed to render the message again identically on a retry (JSON).
-    Column("context", Text, nullable=False),
+    # The render context lives in message_contexts: the ledger stays narrow, because every
+    # claim scans a window of it and the contexts are most of a message's bytes.
     Column("claimed_at", DateTime(timezone=True), nullable=False),
     Column("sending_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
@@ -79,6 +79,19 @@ contact_ledger = Table(
 # (migration 0004 dropped the second unique index on those three columns); (as_of, batch_id)
 # grows at its end each night and serves the send stage and the rules' date windows.
 Index("ix_ledger_night_batch", contact_ledger.c.as_of, contact_ledger.c.batch_id)
+
+#: Everything needed to render a claimed message again identically (JSON), written in the same
+#: transaction as its claim and read once per send. Keyed by (as_of, batch_id, message_id): a
+#: claim writes its batches in that order, so the key only ever grows at its end, and the send
+#: stage reads a batch at a time.
+message_contexts = Table(
+    "message_contexts",
+    metadata,
+    Column("as_of", Date, primary_key=True),
+    Column("batch_id", Integer, primary_key=True),
+    Column("message_id", String(40), primary_key=True),
+    Column("context", Text, nullable=False),
+)
 
 decision_log = Table(
     "decision_log",

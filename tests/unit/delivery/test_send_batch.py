@@ -28,6 +28,7 @@ from tend.delivery.fake_sendgrid import FaultPlan, RunningFake, run_in_thread
 from tend.delivery.sendgrid import SendGridBackend, SendGridSettings
 from tend.demo import generate_demo_shop
 from tend.errors import DeliveryAuthError, DeliveryError
+from tend.store import ledger as store_ledger
 from tend.store import migrate
 from tend.store.db import connect
 from tend.store.tables import contact_ledger
@@ -267,10 +268,11 @@ def test_quiet_hours_schedule_delivery_for_the_next_opening(
                            send_window=SendWindow(dt.time(9), dt.time(20)),
                            wall_clock=lambda: three_am_utc)
     window = SendWindow(dt.time(9), dt.time(20))
-    rows = ledger(store_url)
+    with connect(store_url).connect() as conn:
+        contexts = store_ledger.contexts_of(conn, list(ledger(store_url)))
     seen = {}
     for m in fake.fake.messages():
-        tz = json.loads(rows[m["tend_message_id"]]["context"]).get("timezone")
+        tz = json.loads(contexts[m["tend_message_id"]]).get("timezone")
         expected = window.next_send_time(three_am_utc, tz, "America/Toronto")
         assert m["send_at"] == (None if expected is None else int(expected.timestamp()))
         seen[tz] = m["send_at"]
