@@ -421,6 +421,7 @@ def _insert_claims(conn: Connection, w: pd.DataFrame, batch: np.ndarray, context
     else:  # SQLAlchemy's SQLite DateTime storage format (UTC fields, no offset)
         claimed_at = stamp.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     night = np.full(n, as_of.isoformat(), dtype=object)
+    t = time.perf_counter()
     bulk_rows(conn, L.name, {
         "message_id": w["message_id"], "customer_id": w["customer_id"],
         "program": w["program"], "occurrence": w["occurrence"],
@@ -428,8 +429,11 @@ def _insert_claims(conn: Connection, w: pd.DataFrame, batch: np.ndarray, context
         "as_of": night, "run_id": np.full(n, run_id, dtype=object),
         "batch_id": batch, "claimed_at": np.full(n, claimed_at, dtype=object),
     })
+    log.debug("claim: %s ledger rows written in %.2fs", n, time.perf_counter() - t)
+    t = time.perf_counter()
     bulk_rows(conn, C.name, {"as_of": night, "batch_id": batch,
                              "message_id": w["message_id"], "context": context})
+    log.debug("claim: %s contexts written in %.2fs", n, time.perf_counter() - t)
 
 
 def _arrow(values: Any) -> Any:
