@@ -101,6 +101,11 @@ def order_details(shop_url: str, wanted: Iterable[tuple[str, dt.date]]
     return out
 
 
+#: The winner columns a context is built from.
+_ROW_COLUMNS = ("program", "customer_id", "occurrence", "locale", "timezone", "first_name",
+                "last_name", "email", "signal", "reason", "due_date", "sku", "product_name")
+
+
 class ContextBuilder:
     """Builds the stored JSON context of each winner (``__call__`` on the winners frame)."""
 
@@ -127,9 +132,13 @@ class ContextBuilder:
             if sig in ("first_purchase", "survey") and d.get("order_date")
         }
         orders = order_details(self.shop_url, needs_order)
+        # Only the columns ``build`` reads, as plain objects: ``DataFrame.to_dict`` over the
+        # whole candidate frame cost more than building the contexts themselves.
+        cols = [c for c in _ROW_COLUMNS if c in winners.columns]
+        values = zip(*(winners[c].to_numpy(dtype=object) for c in cols), strict=True)
         return [
-            json.dumps(self.build(row, detail, orders), default=str)
-            for row, detail in zip(winners.to_dict("records"), details, strict=True)
+            json.dumps(self.build(dict(zip(cols, row, strict=True)), detail, orders), default=str)
+            for row, detail in zip(values, details, strict=True)
         ]
 
     def build(self, row: dict[str, Any], detail: dict[str, Any],
