@@ -7,7 +7,7 @@ year of nights before the benchmark's night, stored night by night as a real led
 reused by later runs; each run claims inside a transaction that is rolled back, so the ledger
 stays at 10M rows. Prints the time of ``tend.store.ledger.claim`` and its phases: the decision
 (bulk load of the candidates' keys, the two rule queries, arbitration) and the write of the
-winners' claims with their ~600-byte JSON contexts (into ``message_contexts``, beside the
+winners' claims with their ~750-byte JSON contexts (into ``message_contexts``, beside the
 ledger, so the ledger the rules scan is as narrow as a real one).
 """
 
@@ -78,13 +78,21 @@ def main() -> int:
 
     rng = np.random.default_rng(7)
     customers = rng.choice(CUSTOMERS, size=CANDIDATES, replace=True)
-    ctx = json.dumps({"template": "winback", "locale": "fr", "customer": {
-        "customer_id": "C0000000", "first_name": "Marie", "last_name": "Tremblay",
-        "email": "marie.tremblay@example.com", "locale": "fr"}, "signal": {
-        "name": "lapsed", "reason": "last order 142 days ago; usually orders every 35 days",
-        "days_since_last_order": 142, "orders_count": 7, "last_order_date": "2026-07-01"},
-        "offer": {"code": "WB-ABCD-EFGH", "amount": 10.0, "currency": "CAD",
-                  "kind": "amount", "expires_on": "2026-12-20"}})
+    # A replenishment reminder as tend.contexts builds it (the demo night's contexts average
+    # ~760 bytes across programs: winback ~710, replenish ~770, cross-sell ~970).
+    ctx = json.dumps({
+        "template": "replenish", "locale": "fr", "timezone": "America/Toronto",
+        "customer": {"customer_id": "C0044786", "first_name": "Marie", "last_name": "Tremblay",
+                     "email": "marie.tremblay.44786@example.org", "locale": "fr",
+                     "orders_count": 7, "member_since": "2023-03-14"},
+        "signal": {"name": "replenish", "reason": "bought 2 × Coffee beans 1 kg on 2026-10-02; "
+                   "usually lasts them 24 days per unit", "due_date": "2026-11-19",
+                   "sku": "COF-BEAN-1KG", "product_name": "Coffee beans 1 kg", "nth": None,
+                   "tier": None, "years": None, "last_bought": "2026-10-02", "quantity": 2,
+                   "interval_days": 48, "source": "customer"},
+        "products": [{"sku": "COF-BEAN-1KG", "name": "Coffee beans 1 kg", "price": "24.90",
+                      "currency": "CAD", "url": None, "image_url": None}],
+    })
     cands = pd.DataFrame({
         "customer_id": [f"C{c:07d}" for c in customers],
         "program": [PROGRAMS[i % len(PROGRAMS)] for i in range(CANDIDATES)],
