@@ -92,6 +92,8 @@ class ShopSettings:
     base_url: str
     default_locale: str
     currency: str
+    #: The shop's storefront (``TEND_WEBSITE_URL``); when set, emails show a button to it.
+    website_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ShopSettings:
@@ -108,6 +110,7 @@ class ShopSettings:
             base_url=env.get("TEND_BASE_URL", "http://localhost:8080/tend").rstrip("/"),
             default_locale=env.get("TEND_DEFAULT_LOCALE", "en"),
             currency=env.get("TEND_CURRENCY", "CAD"),
+            website_url=(env.get("TEND_WEBSITE_URL") or "").strip() or None,
         )
 
 

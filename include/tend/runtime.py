@@ -21,6 +21,7 @@ def renderer(settings: ShopSettings | None = None) -> Renderer:
         reply_to=s.reply_to,
         base_url=s.base_url,
         default_locale=s.default_locale,
+        website_url=s.website_url,
     )
     return Renderer(config.templates_dir(), identity, config.unsubscribe_secret())
 

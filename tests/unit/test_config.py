@@ -46,3 +46,18 @@ def test_shop_settings_from_env() -> None:
                                       "TEND_BASE_URL": "https://x.example/tend/"})
     assert s.name == "Café Lune" and s.from_name == "Café Lune"
     assert s.base_url == "https://x.example/tend"
+
+
+def test_website_url_reaches_the_emails() -> None:
+    from tend import runtime
+    from tend.render import sample_context
+
+    assert config.ShopSettings.from_env({}).website_url is None
+    s = config.ShopSettings.from_env({"TEND_WEBSITE_URL": " https://shop.example/ "})
+    assert s.website_url == "https://shop.example/"
+    with_site = runtime.renderer(s).render("winback", "en", sample_context("winback"),
+                                           customer_id="C1")
+    without = runtime.renderer(config.ShopSettings.from_env({})).render(
+        "winback", "en", sample_context("winback"), customer_id="C1")
+    assert "https://shop.example/" in with_site.html
+    assert "https://shop.example/" not in without.html
