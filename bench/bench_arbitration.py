@@ -7,8 +7,8 @@ year of nights before the benchmark's night, stored night by night as a real led
 reused by later runs; each run claims inside a transaction that is rolled back, so the ledger
 stays at 10M rows. Prints the time of ``tend.store.ledger.claim`` and its phases: the decision
 (bulk load of the candidates' keys, the two rule queries, arbitration) and the write of the
-winners' claims with their ~750-byte JSON contexts (into ``message_contexts``, beside the
-ledger, so the ledger the rules scan is as narrow as a real one).
+winners' claims with their ~750-byte JSON contexts (compressed a batch at a time into
+``context_batches``, beside the ledger, so the ledger the rules scan stays narrow).
 """
 
 from __future__ import annotations
@@ -58,11 +58,11 @@ def main() -> int:
     if have != LEDGER_ROWS:
         t = time.perf_counter()
         with engine.begin() as conn:
-            conn.execute(text("TRUNCATE contact_ledger, message_contexts"))
+            conn.execute(text("TRUNCATE contact_ledger, context_batches"))
             conn.execute(text(f"""
                 INSERT INTO contact_ledger (message_id, customer_id, program, occurrence, kind,
                     status, as_of, run_id, batch_id, claimed_at)
-                SELECT md5(g::text),
+                SELECT md5(g::text)::uuid,
                        'C' || lpad((g % {CUSTOMERS})::text, 7, '0'),
                        (ARRAY['winback','newsletter','replenish','checkup','seasonal',
                               'cross_sell'])[1 + g % 6],

@@ -71,7 +71,7 @@ def prepare_store(store_url: str, messages: int, workdir: Path) -> None:
     from tend.store import ledger, migrate
     from tend.store.db import connect
     from tend.store.tables import contact_ledger as L
-    from tend.store.tables import message_contexts as C
+    from tend.store.tables import context_batches as CB
 
     shop = f"sqlite:///{workdir / 'shop.db'}"
     generate_demo_shop(shop, customers=3000, seed=7, as_of=NIGHT)
@@ -85,27 +85,24 @@ def prepare_store(store_url: str, messages: int, workdir: Path) -> None:
         seeds = [dict(r) for r in conn.execute(select(L)).mappings()]
         seed_ctx = ledger.contexts_of(conn, [r["message_id"] for r in seeds])
         conn.execute(delete(L))
-        conn.execute(delete(C))
-        rows, ctxs = [], []
+        conn.execute(delete(CB))
+        rows, ids, ctxs = [], [], []
         for i in range(messages):
             seed = seeds[i % len(seeds)]
             ctx = json.loads(seed_ctx[seed["message_id"]])
             ctx["customer"]["email"] = f"customer{i}@example.com"
             ctx["customer"]["customer_id"] = f"B{i:07d}"
-            mid = f"bench{i:027d}"
+            mid = f"{i:032x}"  # a message id is 32 hex digits (a uuid on PostgreSQL)
             rows.append({**seed, "message_id": mid, "customer_id": f"B{i:07d}",
                          "occurrence": f"bench:{i}", "batch_id": i // BATCH, "status": "claimed",
                          "provider_id": None, "error": None,
                          "sending_at": None, "finished_at": None})
-            ctxs.append({"as_of": seed["as_of"], "batch_id": i // BATCH, "message_id": mid,
-                         "context": json.dumps(ctx)})
-            if len(rows) == 10_000:
+            ids.append(mid)
+            ctxs.append(json.dumps(ctx))
+            if len(rows) == BATCH or i == messages - 1:
                 conn.execute(insert(L), rows)
-                conn.execute(insert(C), ctxs)
-                rows, ctxs = [], []
-        if rows:
-            conn.execute(insert(L), rows)
-            conn.execute(insert(C), ctxs)
+                ledger.write_contexts(conn, seed["as_of"], [i // BATCH] * len(rows), ids, ctxs)
+                rows, ids, ctxs = [], [], []
     _log(f"ledger: {messages:,} claimed messages in {(messages + BATCH - 1) // BATCH} batches "
          f"(cloned from {len(seeds)} planned demo messages)")
 

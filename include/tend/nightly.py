@@ -214,10 +214,12 @@ def send_batch(
     progress = _Progress(result, clock, progress_every)
     warned = [0]
 
+    contexts: dict[tuple[dt.date, int], dict[str, str]] = {}  # the batch's, once per send
+
     def prepare() -> _Chunk | None:
         t0 = clock()
         with engine.connect() as conn:
-            rows = ledger.next_claimed(conn, as_of, batch_id, size)
+            rows = ledger.next_claimed(conn, as_of, batch_id, size, cache=contexts)
         t1 = clock()
         timings["ledger"] += t1 - t0
         if not rows:
