@@ -98,19 +98,24 @@ class ShopSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ShopSettings:
         env = os.environ if env is None else env
-        name = env.get("TEND_SHOP_NAME", "Maison Verte")
+
+        def get(key: str, default: str) -> str:
+            # An empty value counts as unset: docker compose passes `${VAR:-}` through as "".
+            return (env.get(key) or "").strip() or default
+
+        name = get("TEND_SHOP_NAME", "Maison Verte")
         return cls(
             name=name,
-            postal_address=env.get(
+            postal_address=get(
                 "TEND_SHOP_ADDRESS", "1234 rue Saint-Denis, Montréal QC H2X 3K8, Canada"
             ),
-            from_email=env.get("TEND_FROM_EMAIL", "hello@maisonverte.example"),
-            from_name=env.get("TEND_FROM_NAME", name),
-            reply_to=env.get("TEND_REPLY_TO") or None,
-            base_url=env.get("TEND_BASE_URL", "http://localhost:8080/tend").rstrip("/"),
-            default_locale=env.get("TEND_DEFAULT_LOCALE", "en"),
-            currency=env.get("TEND_CURRENCY", "CAD"),
-            website_url=(env.get("TEND_WEBSITE_URL") or "").strip() or None,
+            from_email=get("TEND_FROM_EMAIL", "hello@maisonverte.example"),
+            from_name=get("TEND_FROM_NAME", name),
+            reply_to=get("TEND_REPLY_TO", "") or None,
+            base_url=get("TEND_BASE_URL", "http://localhost:8080/tend").rstrip("/"),
+            default_locale=get("TEND_DEFAULT_LOCALE", "en"),
+            currency=get("TEND_CURRENCY", "CAD"),
+            website_url=get("TEND_WEBSITE_URL", "") or None,
         )
 
 

@@ -61,3 +61,12 @@ def test_website_url_reaches_the_emails() -> None:
         "winback", "en", sample_context("winback"), customer_id="C1")
     assert "https://shop.example/" in with_site.html
     assert "https://shop.example/" not in without.html
+
+
+def test_empty_settings_count_as_unset() -> None:
+    """docker compose passes `${VAR:-}` through as an empty string."""
+    s = config.ShopSettings.from_env({"TEND_SHOP_NAME": "", "TEND_CURRENCY": " ",
+                                      "TEND_REPLY_TO": "", "TEND_WEBSITE_URL": ""})
+    d = config.ShopSettings.from_env({})
+    assert s == d
+    assert s.reply_to is None and s.website_url is None
