@@ -37,6 +37,8 @@ help:
 	@echo "make lint     ruff"
 	@echo "make bench-send  100k messages end to end against the local SendGrid stand-in"
 	@echo "make bench-render  messages rendered per second per core (every template, en/fr)"
+	@echo "make bench-arbitration  claim 1M candidates against a 10M-row ledger (PostgreSQL)"
+	@echo "make bench-signals  ingest and signals on 1M demo customers / ~20M order lines"
 	@echo "make clean-var  forget the demo shop, the contact store and the outbox"
 
 $(VENV)/bin/python:
