@@ -2,9 +2,10 @@
 
 ``tend.email_contexts`` says what every template expects; this module fills it from the signal
 row, the customer, the shop's catalogue and (for thank-yous and surveys) the order itself. It
-runs for the winners only, inside the claim, so a night of a million candidates builds a
-context for the few hundred thousand that get a message. The JSON is stored with the claim,
-so a retry renders the very same message.
+runs for the winners only, right after their claim commits (``tend.plan``), so a night of a
+million candidates builds a context for the few hundred thousand that get a message without
+holding the ledger's lock. The JSON is stored before any batch is sent, so a retry renders the
+very same message.
 """
 
 from __future__ import annotations

@@ -158,6 +158,8 @@ def plan_night(
     cands = _merge(fresh, waiting)
     if cands.empty and expired.empty:
         empty = pd.DataFrame(columns=["program", "fate", "count"])
+        # An earlier run of the night may have stopped before storing its contexts.
+        _store_contexts(store_url, as_of, pd.DataFrame(columns=["message_id"]), lambda _: [])
         with connect(store_url).connect() as conn:
             return PlanResult(as_of, 0, empty, ledger.batches_to_send(conn, as_of))
 
@@ -184,9 +186,9 @@ def plan_night(
     invalid = cands.loc[cands["fate"] == "suppressed:invalid_address", "customer_id"].unique()
     stamp = ledger.now()
     with connect(store_url).begin() as conn:
+        # Keys only: the contexts are built after this transaction, without the ledger's lock.
         outcome = ledger.claim(conn, allowed, as_of=as_of, run_id=run_id,
-                               caps=registry.caps, batch_size=batch_size,
-                               context_for=contexts).frame
+                               caps=registry.caps, batch_size=batch_size).frame
         ledger.insert_ignore(conn, suppressions, [
             {"customer_id": c, "email": None, "reason": "invalid_address",
              "source": "validation", "created_at": stamp} for c in invalid
@@ -203,6 +205,8 @@ def plan_night(
         if not expired.empty:
             decided = pd.concat([decided, expired.assign(message_id=None)], ignore_index=True)
         ledger.record_decisions(conn, decided, as_of=as_of, run_id=run_id)
+    _store_contexts(store_url, as_of, allowed, contexts)
+    with connect(store_url).connect() as conn:
         batches = ledger.batches_to_send(conn, as_of)
 
     counts = (decided.groupby(["program", "fate"]).size().rename("count").reset_index()
@@ -211,6 +215,37 @@ def plan_night(
     for line in result.lines():
         log.info(line)
     return result
+
+
+def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,
+                    build: Callable[[pd.DataFrame], Sequence[str]]) -> None:
+    """Build and store the render contexts of tonight's claimed messages that have none.
+
+    Right after a claim these are its winners. After a stage that stopped between its claim and
+    this step, they are the earlier run's winners: this run's candidates carry the same message
+    ids (marked already claimed), so their contexts are built from them. A message whose
+    candidate no longer exists cannot be rendered and is marked failed with the reason.
+    """
+    with connect(store_url).connect() as conn:
+        need = ledger.claims_without_contexts(conn, as_of)
+    if need.empty:
+        return
+    rows = allowed.loc[allowed["message_id"].notna()].drop_duplicates("message_id")
+    rows = need.merge(rows, on="message_id", how="left", indicator=True)
+    lost = rows.loc[rows["_merge"] == "left_only", "message_id"].tolist()
+    rows = rows.loc[rows["_merge"] == "both"].drop(columns="_merge")
+    rows = rows.sort_values(["batch_id", "message_id"], ignore_index=True)
+    built = list(build(rows)) if len(rows) else []
+    with connect(store_url).begin() as conn:
+        ledger.write_contexts(conn, as_of, rows["batch_id"].to_numpy(),
+                              rows["message_id"].tolist(), built)
+        if lost:
+            ledger.fail_unrenderable(conn, lost, "no render context: the programs stage stopped "
+                                     "before storing it and tonight's signals no longer "
+                                     "produce this message")
+    if lost:
+        log.warning("plan %s: %s claimed message(s) had no render context and no candidate to "
+                    "rebuild it from: marked failed", as_of, f"{len(lost):,}")
 
 
 def _holdouts(cands: pd.DataFrame, programs: dict[str, Program], as_of: dt.date) -> None:

@@ -15,10 +15,17 @@ from sqlalchemy import select
 from tend import nightly, runtime
 from tend.config import ShopSettings
 from tend.demo import generate_demo_shop
+from tend.errors import LedgerError
 from tend.programs import Registry, parse_registry
 from tend.store import ledger
 from tend.store.db import connect
-from tend.store.tables import contact_ledger, decision_log, deferred, suppressions
+from tend.store.tables import (
+    contact_ledger,
+    context_batches,
+    decision_log,
+    deferred,
+    suppressions,
+)
 
 MONDAY = dt.date(2026, 11, 16)
 SETTINGS = ShopSettings.from_env({})
@@ -184,3 +191,51 @@ def test_disabling_a_program_expires_its_waiting_messages(shop_url: str,
     expired = d.loc[d["program"] == "second"]
     assert len(expired) and (expired["fate"] == "expired").all()
     assert expired["reason"].str.contains("disabled").all()
+
+
+def _plan(shop_url: str, store_url: str, day: dt.date, reg: Registry, run: str
+          ) -> nightly.PlanResult:
+    return nightly.plan_night(shop_url, store_url, day, run, settings=SETTINGS,
+                              renderer=runtime.renderer(SETTINGS), secret="s", registry=reg)
+
+
+def _contexts(store_url: str, day: dt.date) -> dict[str, str]:
+    with connect(store_url).connect() as conn:
+        ids = list(conn.execute(select(contact_ledger.c.message_id).where(
+            contact_ledger.c.as_of == day)).scalars())
+        return ledger.contexts_of(conn, ids)
+
+
+def test_contexts_are_stored_after_the_claim_and_a_rerun_completes_them(
+        shop_url: str, store_url: str) -> None:
+    """The claim commits keys only; the contexts follow. A stage stopped in between leaves
+    claims without contexts, which its rerun builds from the same candidates."""
+    reg = registry(program("first", priority=60), program("second", priority=50))
+    nightly.run_ingest(shop_url, store_url, MONDAY, "i")
+    first = _plan(shop_url, store_url, MONDAY, reg, "p1")
+    stored = _contexts(store_url, MONDAY)
+    assert first.claimed() > 0 and len(stored) == first.claimed()
+    with connect(store_url).begin() as conn:  # as if the stage had stopped after its claim
+        conn.execute(context_batches.delete())
+        assert len(ledger.claims_without_contexts(conn, MONDAY)) == first.claimed()
+        with pytest.raises(LedgerError, match="no stored render context"):
+            ledger.next_claimed(conn, MONDAY, first.batches[0], 10)
+    again = _plan(shop_url, store_url, MONDAY, reg, "p2")
+    assert again.claimed() == 0  # nothing new claimed ...
+    assert _contexts(store_url, MONDAY) == stored  # ... and the same contexts rebuilt
+
+
+def test_a_claim_whose_candidate_is_gone_is_failed_not_sent(shop_url: str,
+                                                            store_url: str) -> None:
+    nightly.run_ingest(shop_url, store_url, MONDAY, "i")
+    _plan(shop_url, store_url, MONDAY, registry(program("first")), "p1")
+    with connect(store_url).begin() as conn:
+        conn.execute(context_batches.delete())
+    # the rerun's registry no longer has the program: its messages cannot be rebuilt
+    _plan(shop_url, store_url, MONDAY, registry(program("other", signal="first_purchase",
+                                                        template="thank_you")), "p2")
+    with connect(store_url).connect() as conn:
+        rows = conn.execute(select(contact_ledger.c.program, contact_ledger.c.status,
+                                   contact_ledger.c.error)).all()
+    gone = [r for r in rows if r.program == "first"]
+    assert gone and all(r.status == "failed" and "no render context" in r.error for r in gone)

@@ -128,8 +128,10 @@ def claim(
     """Arbitrate ``candidates`` and claim at most one message per customer, within caps.
 
     ``candidates``: customer_id, program, occurrence, kind, priority, score, cooldown_days,
-    and either a ``context`` column or ``context_for``, which builds the contexts of the
-    winners only (a night may have many more candidates than messages). Must run inside a
+    and optionally a ``context`` column or ``context_for``, which builds the contexts of the
+    winners only (a night may have many more candidates than messages); with neither, the
+    claims are written without contexts and the caller stores them with ``write_contexts``
+    after this transaction (so building them does not hold the ledger's lock). Must run inside a
     transaction (``engine.begin()``); takes the ledger lock first, so the caps it checks cannot
     change before its claims commit.
 
@@ -208,7 +210,7 @@ def claim(
         if not len(w):
             break
         context = (list(context_for(w)) if context_for is not None
-                   else w["context"].tolist())
+                   else w["context"].tolist() if "context" in w.columns else None)
         lap("contexts")
         try:
             with conn.begin_nested():
@@ -413,7 +415,8 @@ def _arbitrate(c: pd.DataFrame, cust_code: np.ndarray, fate: np.ndarray, why: np
 _LOST = "another program had a better message for this customer tonight"
 
 
-def _insert_claims(conn: Connection, w: pd.DataFrame, batch: np.ndarray, context: list[str], *,
+def _insert_claims(conn: Connection, w: pd.DataFrame, batch: np.ndarray,
+                   context: list[str] | None, *,
                    as_of: dt.date, run_id: str, stamp: dt.datetime) -> None:
     n = len(w)
     if conn.dialect.name == "postgresql":
@@ -430,6 +433,8 @@ def _insert_claims(conn: Connection, w: pd.DataFrame, batch: np.ndarray, context
         "batch_id": batch, "claimed_at": np.full(n, claimed_at, dtype=object),
     })
     log.debug("claim: %s ledger rows written in %.2fs", n, time.perf_counter() - t)
+    if context is None:  # the caller writes them after the claim commits (tend.plan)
+        return
     t = time.perf_counter()
     write_contexts(conn, as_of, batch, w["message_id"].tolist(), context)
     log.debug("claim: %s contexts written in %.2fs", n, time.perf_counter() - t)
@@ -645,6 +650,20 @@ def write_contexts(conn: Connection, as_of: dt.date, batch: np.ndarray,
     conn.execute(insert(CB), rows)
 
 
+def claims_without_contexts(conn: Connection, as_of: dt.date) -> pd.DataFrame:
+    """Messages of night ``as_of`` still to send whose batch has no stored contexts yet.
+
+    Normally none: the programs stage writes a night's contexts right after its claims commit.
+    A stage stopped in between leaves these for its retry to complete (``tend.plan``).
+    """
+    q = (select(L.c.message_id, L.c.batch_id)
+         .where(L.c.as_of == as_of, L.c.status == "claimed")
+         .where(~select(CB.c.batch_id).where(CB.c.as_of == L.c.as_of,
+                                             CB.c.batch_id == L.c.batch_id).exists())
+         .order_by(L.c.batch_id, L.c.message_id))
+    return pd.DataFrame(conn.execute(q).all(), columns=["message_id", "batch_id"])
+
+
 def batch_contexts(conn: Connection, as_of: dt.date, batch_id: int) -> dict[str, str]:
     """Every stored render context of one batch, by message id."""
     row = conn.execute(select(CB.c.codec, CB.c.raw_bytes, CB.c.payload)
@@ -699,6 +718,15 @@ def release(conn: Connection, message_ids: Sequence[str]) -> None:
         update(L).where(L.c.message_id.in_(list(message_ids)), L.c.status == "sending")
         .values(status="claimed", sending_at=None)
     )
+
+
+def fail_unrenderable(conn: Connection, message_ids: Sequence[str], reason: str) -> None:
+    """Claimed messages that can never be rendered end ``failed`` (never sent) with the reason."""
+    ids = list(message_ids)
+    for i in range(0, len(ids), 500):
+        conn.execute(update(L).where(L.c.message_id.in_(ids[i : i + 500]),
+                                     L.c.status == "claimed")
+                     .values(status="failed", finished_at=now(), error=reason))
 
 
 def record_results(conn: Connection, results: Sequence[Mapping[str, Any]]) -> None:
