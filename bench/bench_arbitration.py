@@ -7,8 +7,8 @@ year of nights before the benchmark's night, stored night by night as a real led
 reused by later runs; each run claims inside a transaction that is rolled back, so the ledger
 stays at 10M rows. Prints the time of ``tend.store.ledger.claim`` and its phases: the decision
 (bulk load of the candidates' keys, the two rule queries, arbitration) and the write of the
-winners' claims with their ~750-byte JSON contexts (compressed a batch at a time into
-``context_batches``, beside the ledger, so the ledger the rules scan stays narrow).
+winners' claims; then, as the programs stage does after the claim, the time to store the
+winners' ~750-byte JSON contexts (compressed a batch at a time into ``context_batches``).
 """
 
 from __future__ import annotations
@@ -111,21 +111,28 @@ def main() -> int:
         conn.exec_driver_sql("CHECKPOINT")
     with engine.connect() as conn:
         trans = conn.begin()
+        # As the programs stage does: the claim holds the ledger's lock and writes keys only;
+        # the winners' contexts are stored after it (here one fixed context per winner, so the
+        # benchmark measures storing contexts, not building them).
         t = time.perf_counter()
-        # As the programs stage does: contexts only for the winners (here one fixed context,
-        # so the benchmark measures the claim, not the building of contexts).
         outcome = ledger.claim(conn, cands, as_of=NIGHT, run_id="bench", caps=CAPS,
-                               batch_size=5000, context_for=lambda w: [ctx] * len(w))
+                               batch_size=5000)
         took = time.perf_counter() - t
+        out = outcome.frame
+        won = out.loc[out["fate"] == "claimed"].sort_values(["batch_id", "message_id"])
+        t = time.perf_counter()
+        ledger.write_contexts(conn, NIGHT, won["batch_id"].to_numpy(dtype="int64"),
+                              won["message_id"].tolist(), [ctx] * len(won))
+        t_ctx = time.perf_counter() - t
         trans.rollback()
-    out, ph = outcome.frame, outcome.timings
+    ph = outcome.timings
     print(out["fate"].str.split(":").str[0].value_counts().to_string())
     decision = ph["stage"] + ph["rules"] + ph["arbitrate"]
     print(f"decision (stage {ph['stage']:.2f}s + caps, cooldowns, repeats {ph['rules']:.2f}s + "
           f"arbitration {ph['arbitrate']:.2f}s): {decision:.2f}s")
-    print(f"writing {int((out['fate'] == 'claimed').sum()):,} claims with their contexts: "
-          f"{ph['insert'] + ph['contexts']:.2f}s")
-    print(f"claim took {took:.2f}s in all ({len(cands) / took:,.0f} candidates/s)")
+    print(f"writing {len(won):,} claims: {ph['insert']:.2f}s")
+    print(f"claim (ledger lock held) {took:.2f}s ({len(cands) / took:,.0f} candidates/s)")
+    print(f"storing their contexts after the claim: {t_ctx:.2f}s")
     return 0
 
 
