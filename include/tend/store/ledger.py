@@ -138,11 +138,11 @@ def claim(
     Set-based, in four steps and no query per customer:
 
     1. the candidates' keys go to a staging table in one bulk load (COPY on PostgreSQL);
-    2. **one** query reads the ledger rows of those customers in the window that any rule can
-       see (the widest cap or cooldown around ``as_of``, both directions, so a replayed past
-       night also respects messages sent after it) and flags, per candidate: already claimed
-       (the same message in that window: a rerun), one message per customer per night, the
-       program's cooldown, and each rolling cap (marketing only; transactional exempt);
+    2. two queries read the ledger rows of those customers in the windows the rules can see
+       (the widest cooldown, the widest cap, around ``as_of`` in both directions, so a replayed
+       past night also respects messages sent after it) and flag, per candidate: already
+       claimed (the same message in that window: a rerun), one message per customer per night,
+       the program's cooldown, and each rolling cap (marketing only; transactional exempt);
     3. arbitration (NumPy): the best unflagged marketing or service candidate per customer by
        priority, then score, then program name; transactional messages are outside the contest;
     4. the winners go to the ledger in one bulk insert inside a savepoint. A message claimed
