@@ -15,6 +15,7 @@ explains it, which is what ``tend why`` prints.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -296,8 +297,12 @@ def _forget(conn: Any, frame: pd.DataFrame) -> None:
 def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Candidates deferred on earlier nights: still valid ones compete again, others expire."""
-    with connect(store_url).connect() as conn:
-        rows = pd.DataFrame(conn.execute(select(deferred)).mappings().all())
+    cols = [c.name for c in deferred.columns]
+    with connect(store_url).connect() as conn:  # the driver's rows: dates are parsed below
+        fetched = conn.exec_driver_sql(f"SELECT {', '.join(cols)} FROM {deferred.name}").all()
+    # Column by column: a frame built from row objects probes each row (slow at 300k rows).
+    columns = zip(*fetched, strict=True) if fetched else ([] for _ in cols)
+    rows = pd.DataFrame({c: list(v) for c, v in zip(cols, columns, strict=True)})
     if rows.empty:
         return pd.DataFrame(), pd.DataFrame()
     rows["valid_until"] = pd.to_datetime(rows["valid_until"]).dt.date
@@ -317,8 +322,9 @@ def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
         with connect(store_url).begin() as conn:
             _forget(conn, expired)
     waiting = rows.loc[~(gone | off)].drop(columns=["last_reason"]).reset_index(drop=True)
-    signal_rows = pd.DataFrame([json.loads(c) for c in waiting.pop("context")],
-                               columns=list(_SIGNAL_KEEP))
+    signal_rows = pd.read_json(io.StringIO("\n".join(waiting.pop("context"))), lines=True,
+                               dtype=False, convert_dates=False).reindex(
+        columns=list(_SIGNAL_KEEP))
     waiting = pd.concat([waiting, signal_rows.drop(columns=["valid_until"])], axis=1)
     return waiting, expired
 
@@ -336,26 +342,43 @@ def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
     """Blocked but still valid -> 'deferred' (kept in the store); claimed/final -> forgotten."""
     d = decided.reset_index(drop=True)
     blocked = d["fate"].astype(str).str.startswith(DEFERRABLE)
-    valid = pd.Series([bool(v and v >= as_of) for v in d.get("valid_until", [None] * len(d))],
-                      index=d.index)
+    until = (_iso_dates(d["valid_until"]) if "valid_until" in d
+             else pd.Series([None] * len(d), index=d.index, dtype=object))
+    valid = until.notna() & (until.fillna("") >= as_of.isoformat())
     defer = blocked & valid
     d.loc[defer, "why"] = (d.loc[defer, "fate"] + ": " + d.loc[defer, "why"].astype(str)
-                           + "; deferred: still valid until "
-                           + d.loc[defer, "valid_until"].astype(str))
+                           + "; deferred: still valid until " + until[defer])
     d.loc[defer, "fate"] = "deferred"
 
     _forget(conn, d)
     later = d.loc[defer]
     if len(later):
-        ledger.bulk_load(conn, deferred, pd.DataFrame({
-            "customer_id": later["customer_id"], "program": later["program"],
-            "occurrence": later["occurrence"], "kind": later["kind"],
-            "priority": later["priority"].astype(int), "score": later["score"].astype(float),
-            "cooldown_days": later["cooldown_days"].astype(int),
-            "valid_until": later["valid_until"], "last_order_date": later["last_order_date"],
-            "context": [json.dumps({k: r.get(k) for k in _SIGNAL_KEEP}, default=str)
-                        for r in later.to_dict("records")],
-            "first_deferred_on": as_of,
-            "last_reason": later["why"],
-        }))
+        # What the candidate needs to compete (and be rendered) later, as JSON, written in one
+        # vectorised call (a night can defer hundreds of thousands of candidates).
+        keep = later.reindex(columns=list(_SIGNAL_KEEP))
+        for col in ("due_date", "valid_until"):
+            keep[col] = _iso_dates(keep[col])
+        contexts = keep.to_json(orient="records", lines=True).rstrip("\n").split("\n")
+        ledger.bulk_rows(conn, deferred.name, {
+            "customer_id": later["customer_id"].astype(str).to_numpy(dtype=object),
+            "program": later["program"].astype(str).to_numpy(dtype=object),
+            "occurrence": later["occurrence"].astype(str).to_numpy(dtype=object),
+            "kind": later["kind"].astype(str).to_numpy(dtype=object),
+            "priority": later["priority"].astype(np.int64).to_numpy(),
+            "score": later["score"].astype(float).to_numpy(),
+            "cooldown_days": later["cooldown_days"].astype(np.int64).to_numpy(),
+            "valid_until": until[defer].to_numpy(dtype=object),
+            "last_order_date": _iso_dates(later["last_order_date"]).to_numpy(dtype=object),
+            "context": np.array(contexts, dtype=object),
+            "first_deferred_on": np.full(len(later), as_of.isoformat(), dtype=object),
+            "last_reason": later["why"].astype(str).to_numpy(dtype=object),
+        })
     return d
+
+
+def _iso_dates(values: pd.Series) -> pd.Series:
+    """Dates (date objects, timestamps or ISO text) as ``YYYY-MM-DD`` text, None when absent."""
+    days = pd.to_datetime(values.astype(object).where(values.notna(), None).astype(str)
+                          .str.slice(0, 10), errors="coerce", format="%Y-%m-%d")
+    out = days.dt.strftime("%Y-%m-%d").astype(object)
+    return out.where(days.notna(), None)
