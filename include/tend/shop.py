@@ -9,9 +9,10 @@ cannot be used is returned as a quarantine record with a reason instead of crash
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,8 +30,6 @@ from tend.store.db import connect
 #: An order total above this is treated as a data error (a price typed in cents, a test order).
 ABSURD_TOTAL = 1_000_000.0
 _IN_CHUNK = 900  # stay under SQLite's bound-parameter limit
-#: Above this many order lines a full read on SQLite fetches the lines in a second process.
-PARALLEL_LINES = 2_000_000
 _log = logging.getLogger("tend")
 
 
@@ -77,8 +76,10 @@ def changed_customer_ids(url: str, since: dt.datetime, as_of: dt.date) -> list[s
 class History:
     """Clean orders and lines of one night, and every row that was set aside."""
 
-    orders: pd.DataFrame  # customer_id, order_id, ordered_at (UTC), total
-    lines: pd.DataFrame  # order (row number in ``orders``), sku, quantity
+    #: customer_id (categorical over the sorted ids), order_id, ordered_at (UTC), total
+    orders: pd.DataFrame
+    #: order (row number in ``orders``), sku (categorical over the sorted catalogue), quantity
+    lines: pd.DataFrame
     quarantined: list[Quarantined] = field(default_factory=list)
     rows_read: int = 0  # order rows read, good and bad
 
@@ -104,9 +105,10 @@ def read_history(
 ) -> History:
     """Orders and order lines of night ``as_of``, validated (see ``read_orders``).
 
-    A full read of a SQLite shop takes a columnar fast path (ADBC into Arrow, the order lines
-    in a second process when there are many) that returns exactly what the generic SQLAlchemy
-    path returns: rows the fast path cannot type are re-read as text and validated the same way.
+    A SQLite shop takes a columnar fast path (ADBC into Arrow, in two threads for a full read)
+    that returns exactly what the generic SQLAlchemy path returns: both hand the same Arrow
+    columns to the same checks (``_screen_orders``, ``_screen_lines``), and rows the fast path
+    cannot type are re-read as text and parsed like the generic path parses everything.
     """
     if _sqlite_path(url) is not None:
         try:
@@ -152,18 +154,43 @@ def _read_generic(url: str, as_of: dt.date, customer_ids: Sequence[str] | None, 
                         o.c.customer_id.in_(chunk))
                     line_frames.append(pd.DataFrame(conn.execute(q).all(), columns=_LINE_COLS))
         known = _known_customers(conn, customer_ids)
-        skus = pd.Index([str(r[0]) for r in conn.execute(select(s.products.c.sku))],
-                        dtype="string") if lines else None
+        skus = [str(r[0]) for r in conn.execute(select(s.products.c.sku))] if lines else []
     raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_ORDER_COLS)
-    clean, bad = validate_orders(raw, known, as_of, now=now)
-    history = History(clean, _empty_lines(), bad, len(raw))
+    screened = _screen_orders(_arrow_text(raw["order_id"]), _arrow_text(raw["customer_id"]),
+                              _parse_ms(raw["ordered_at"]), _parse_number(raw["total"]),
+                              pa.array(sorted(known), pa.string()), as_of, now)
+    history = History(screened.clean(), _empty_lines(),
+                      screened.records(raw["ordered_at"], raw["total"]), len(raw))
     if lines:
         raw_lines = (pd.concat(line_frames, ignore_index=True) if line_frames
                      else pd.DataFrame(columns=_LINE_COLS))
-        all_ids = pd.Index(raw["order_id"].astype("string").dropna().unique())
-        history.lines, bad_lines = validate_lines(raw_lines, clean, skus, all_ids)
+        history.lines, bad_lines = _screen_lines(
+            _arrow_text(raw_lines["order_id"]), _arrow_text(raw_lines["sku"]),
+            _parse_number(raw_lines["quantity"]), screened,
+            pa.array(sorted(set(skus)), pa.string()))
         history.quarantined += bad_lines
     return history
+
+
+def _arrow_text(values: pd.Series) -> pa.Array:
+    """Values as read (any Python type, None for NULL) as an Arrow string array."""
+    return pa.array(pd.Series(values, dtype=object).map(
+        lambda v: None if _missing(v) else str(v)).to_numpy(dtype=object), pa.string(),
+        from_pandas=True)
+
+
+def _parse_ms(values: pd.Series) -> np.ndarray:
+    """Timestamps in any common spelling -> UTC milliseconds as float (NaN: unparseable)."""
+    ts = pd.to_datetime(pd.Series(values, dtype=object), utc=True, errors="coerce",
+                        format="mixed").dt.round("ms")
+    out = ts.dt.as_unit("ms").array.asi8.astype(float)
+    out[ts.isna().to_numpy()] = np.nan
+    return out
+
+
+def _parse_number(values: pd.Series) -> np.ndarray:
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
+        dtype=float, na_value=np.nan)
 
 
 def _empty_lines() -> pd.DataFrame:
@@ -178,22 +205,32 @@ def _sqlite_path(url: str) -> str | None:
     return u.database
 
 
-# Rows the fast path can type without help; anything else is re-read as text.
-_TS_OK = ("typeof(ordered_at) = 'text' AND "
-          "ordered_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'")
+# -- the SQLite fast path ----------------------------------------------------------------------
+# Typed where SQLite's own type says the value is usable as is; anything else comes as text too
+# and is parsed like the generic path parses everything. Timestamps always come as text: Arrow
+# parses ISO 8601 far faster than SQLite's date functions.
+_TOTAL_OK = "typeof(total) IN ('integer', 'real')"
 _FAST_ORDERS = f"""
-SELECT rowid AS rid, CAST(order_id AS TEXT) AS order_id, CAST(customer_id AS TEXT) AS customer_id,
-       CASE WHEN {_TS_OK} THEN unixepoch(ordered_at, 'subsec') * 1.0 END AS ts,
-       CASE WHEN typeof(total) IN ('integer', 'real') THEN total * 1.0 END AS total
+SELECT CAST(order_id AS TEXT) AS order_id, CAST(customer_id AS TEXT) AS customer_id,
+       CAST(ordered_at AS TEXT) AS ordered_at,
+       CASE WHEN {_TOTAL_OK} THEN total * 1.0 END AS total,
+       CASE WHEN {_TOTAL_OK} THEN NULL ELSE CAST(total AS TEXT) END AS total_text
 FROM orders {{where}} ORDER BY rowid"""
-_FAST_LINES = """
-SELECT rowid AS rid, CAST(order_id AS TEXT) AS order_id, CAST(sku AS TEXT) AS sku,
-       CASE WHEN typeof(quantity) = 'integer' THEN quantity END AS quantity
-FROM order_lines {where} ORDER BY rowid"""
+_QTY_OK = "typeof(quantity) = 'integer'"
+_FAST_LINES = f"""
+SELECT CAST(order_id AS TEXT) AS order_id, CAST(sku AS TEXT) AS sku,
+       CASE WHEN {_QTY_OK} THEN quantity END AS quantity,
+       CASE WHEN {_QTY_OK} THEN NULL ELSE CAST(quantity AS TEXT) END AS quantity_text
+FROM order_lines {{where}} ORDER BY rowid"""
 # A customer subset is one bound JSON array: no chunking, the customer_id index does the work.
 _IN_CUSTOMERS = "WHERE customer_id IN (SELECT value FROM json_each(?))"
 _LINES_OF_CUSTOMERS = ("WHERE order_id IN (SELECT order_id FROM orders "
                        "WHERE customer_id IN (SELECT value FROM json_each(?)))")
+_BATCH_ROWS = "131072"  # rows per Arrow batch: the driver's default (1024) costs 2x per value
+#: Rows per part of a full read; the parts are read by two threads (the driver releases the
+#: GIL while SQLite steps), so both cores read.
+_PART_ROWS = 2_000_000
+_MMAP_BYTES = 1 << 40  # capped by the SQLite build (2 GiB by default); read-only here
 
 
 def _adbc_fetch(path: str, sql: str, ids_json: str | None = None):  # type: ignore[no-untyped-def]
@@ -201,151 +238,132 @@ def _adbc_fetch(path: str, sql: str, ids_json: str | None = None):  # type: igno
     import adbc_driver_sqlite.dbapi as adbc
 
     with adbc.connect(f"file:{path}?mode=ro") as con, con.cursor() as cur:
-        if ids_json is None:
-            cur.execute(sql)
-        else:
-            cur.execute(sql, (ids_json,))
+        cur.execute("PRAGMA busy_timeout = 60000")  # a writer or a WAL recovery: wait
+        cur.fetchall()
+        # Pages straight from the OS cache instead of one read() system call per page.
+        cur.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
+        cur.fetchall()
+        cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": _BATCH_ROWS})
+        cur.execute(sql, None if ids_json is None else (ids_json,))
         return cur.fetch_arrow_table()
+
+
+def _parts(path: str, table: str) -> list[str]:
+    """WHERE clauses that cut ``table`` into rowid ranges of about ``_PART_ROWS`` rows."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+        con.execute("PRAGMA busy_timeout = 60000")
+        # two queries: SQLite answers min() or max() from the b-tree, both at once by a scan
+        lo = con.execute(f"SELECT min(rowid) FROM {table}").fetchone()[0]
+        hi = con.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+    if lo is None:
+        return [""]
+    n = max(1, -(-(hi - lo + 1) // _PART_ROWS))
+    cuts = [lo + (hi - lo + 1) * k // n for k in range(n + 1)]
+    return [f"WHERE rowid >= {a} AND rowid < {b}" for a, b in itertools.pairwise(cuts)]
 
 
 def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
                       lines: bool, customer_ids: Sequence[str] | None = None) -> History:
-    import sqlite3
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
+    from concurrent.futures import ThreadPoolExecutor
 
     path = _sqlite_path(url)
     assert path is not None
     ids = None if customer_ids is None else json.dumps([str(c) for c in customer_ids])
-    pool = future = None
-    if lines and ids is None:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-            n_lines = con.execute("SELECT max(rowid) FROM order_lines").fetchone()[0] or 0
-        if n_lines > PARALLEL_LINES:
-            pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
-            future = pool.submit(_lines_by_order_row, path)
-    try:
-        where = "" if ids is None else _IN_CUSTOMERS
-        ot = _adbc_fetch(path, _FAST_ORDERS.format(where=where), ids)
-        known = _adbc_fetch(path, f"SELECT CAST(customer_id AS TEXT) AS c FROM customers "
-                                  f"{where}", ids)
-        if lines:
-            got = future.result() if future is not None else _lines_by_order_row(path, ids)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-
-    ts = ot.column("ts").to_numpy(zero_copy_only=False)
-    total = ot.column("total").to_numpy(zero_copy_only=False)
-    ms = np.round(ts * 1000.0)
-    orders = pd.DataFrame({
-        "order_id": _text(ot.column("order_id")).to_pandas(),
-        "customer_id": _text(ot.column("customer_id")).to_pandas(),
-        "ordered_at": pd.to_datetime(pd.Series(ms), unit="ms", utc=True),
-        "total": total,
-    })
-    odd = np.flatnonzero(np.isnan(ts) | np.isnan(total))
-    texts = pd.DataFrame(columns=_ORDER_COLS)
-    if len(odd):  # re-read as text what SQLite could not type, and parse it like the generic path
-        rids = ot.column("rid").to_numpy()[odd]
-        texts = _rows_as_text(path, "orders", _ORDER_COLS, rids)
-        orders.loc[odd, "ordered_at"] = pd.to_datetime(
-            texts["ordered_at"], utc=True, errors="coerce", format="mixed").to_numpy()
-        orders.loc[odd, "total"] = pd.to_numeric(texts["total"], errors="coerce").to_numpy()
-    known_ids = pd.Index(_text(known.column("c")).to_pandas())
-    clean, bad_mask, reasons, keep = check_orders(orders, known_ids, as_of, now=now,
-                                                  with_keep=True)
-    bad_idx = np.flatnonzero(bad_mask)
-    raw_bad = orders.iloc[bad_idx][["order_id", "customer_id"]].assign(
-        ordered_at=orders["ordered_at"].iloc[bad_idx].astype("string"),
-        total=orders["total"].iloc[bad_idx].astype("string")).reset_index(drop=True)
-    if len(odd):
-        by_pos = dict(zip(odd.tolist(), texts[["ordered_at", "total"]].to_numpy().tolist(),
-                          strict=True))
-        for k, i in enumerate(bad_idx.tolist()):
-            if i in by_pos:
-                raw_bad.loc[k, ["ordered_at", "total"]] = by_pos[i]
-    history = History(clean, _empty_lines(), quarantine_records(
-        "orders", raw_bad, np.ones(len(bad_idx), bool),
-        reasons.iloc[bad_idx].reset_index(drop=True), "order_id"), len(orders))
-    if not lines:
-        return history
-    history.lines, bad_lines = _fast_lines(path, got, orders, keep)
+    if ids is None:
+        order_parts = [(w, None) for w in _parts(path, "orders")]
+        line_parts = [(w, None) for w in _parts(path, "order_lines")] if lines else []
+    else:
+        order_parts = [(_IN_CUSTOMERS, ids)]
+        line_parts = [(_LINES_OF_CUSTOMERS, ids)] if lines else []
+    where_known = "" if ids is None else _IN_CUSTOMERS
+    with ThreadPoolExecutor(2) as pool:
+        order_fs = [pool.submit(_adbc_fetch, path, _FAST_ORDERS.format(where=w), p)
+                    for w, p in order_parts]
+        known_f = pool.submit(_adbc_fetch, path, "SELECT CAST(customer_id AS TEXT) AS c FROM "
+                              f"customers {where_known}", ids)
+        skus_f = pool.submit(_adbc_fetch, path, "SELECT CAST(sku AS TEXT) AS sku FROM products")
+        line_fs = [pool.submit(_adbc_fetch, path, _FAST_LINES.format(where=w), p)
+                   for w, p in line_parts]
+        ot = pa.concat_tables([f.result() for f in order_fs])
+        ts_text = _one(ot.column("ordered_at"))
+        total = _floats(ot.column("total"))
+        total_text = _one(ot.column("total_text"))
+        if total_text.null_count < len(total_text):  # parse what SQLite could not type
+            odd = np.flatnonzero(pc.is_valid(total_text).to_numpy(zero_copy_only=False))
+            total[odd] = _parse_number(total_text.take(pa.array(odd)).to_pandas().astype(object))
+        screened = _screen_orders(_one(ot.column("order_id")), _one(ot.column("customer_id")),
+                                  _arrow_ms(ts_text), total,
+                                  _one(known_f.result().column("c")), as_of, now)
+        del ot
+        history = History(screened.clean(), _empty_lines(), [], len(total))
+        history.quarantined = screened.records(_text_at(ts_text), _text_at(total_text, total))
+        del ts_text, total_text
+        if not lines:
+            return history
+        skus = _one(skus_f.result().column("sku"))
+        lt = pa.concat_tables([f.result() for f in line_fs])
+    qty = _floats(lt.column("quantity"))
+    qty_text = _one(lt.column("quantity_text"))
+    if qty_text.null_count < len(qty_text):
+        odd = np.flatnonzero(pc.is_valid(qty_text).to_numpy(zero_copy_only=False))
+        qty[odd] = _parse_number(qty_text.take(pa.array(odd)).to_pandas().astype(object))
+    history.lines, bad_lines = _screen_lines(
+        _one(lt.column("order_id")), _one(lt.column("sku")), qty, screened,
+        pc.array_take(skus, pc.array_sort_indices(skus)))
     history.quarantined += bad_lines
     return history
 
 
-def _lines_by_order_row(path: str, ids_json: str | None = None) -> dict[str, object]:
-    """Order lines as row numbers of ``_FAST_ORDERS``' rows, product codes and quantities.
+def _arrow_ms(text: pa.Array, chunk: int = 65_536) -> np.ndarray:
+    """Timestamps as text -> UTC milliseconds as float (NaN: unparseable), exactly as
+    ``_parse_ms`` parses them.
 
-    Runs in a second process for a large shop: it reads the order ids itself and matches them
-    in Arrow, so only three integer columns (and the few odd rows as text) cross back.
+    Arrow parses naive ISO 8601 (what SQLAlchemy and most shops store) in C++; a block of rows
+    with anything else in it (a zone offset, a typo) is parsed by pandas like the generic path.
     """
-    where = "" if ids_json is None else _IN_CUSTOMERS
-    ids = _text(_adbc_fetch(path, f"SELECT CAST(order_id AS TEXT) AS order_id FROM orders "
-                                  f"{where} ORDER BY rowid", ids_json).column("order_id")
-                ).combine_chunks()
-    lines_where = "" if ids_json is None else _LINES_OF_CUSTOMERS
-    lt = _adbc_fetch(path, _FAST_LINES.format(where=lines_where), ids_json)
-    skus = _text(_adbc_fetch(path, "SELECT CAST(sku AS TEXT) AS sku FROM products"
-                             ).column("sku")).combine_chunks()
-    skus = pc.array_take(skus, pc.array_sort_indices(skus))
-    oid, sku = _text(lt.column("order_id")), _text(lt.column("sku"))
-    raw_pos = pc.index_in(oid, value_set=pc.cast(ids, oid.type)).to_numpy(zero_copy_only=False)
-    raw_pos = np.where(np.isnan(raw_pos.astype(float)), -1, raw_pos).astype(np.int64)
-    sku_idx = pc.index_in(sku, value_set=pc.cast(skus, sku.type)).to_numpy(
-        zero_copy_only=False)
-    sku_idx = np.where(np.isnan(sku_idx.astype(float)), -1, sku_idx).astype(np.int32)
-    qty = lt.column("quantity").to_numpy(zero_copy_only=False).astype(float)
-    odd = np.flatnonzero((raw_pos < 0) | (sku_idx < 0) | ~(qty > 0))
-    take = pa.array(odd)
-    return {
-        "raw_pos": raw_pos.astype(np.int32), "sku_idx": sku_idx,
-        "qty": np.nan_to_num(qty, nan=0.0).astype(np.int32), "skus": skus.to_pylist(),
-        "odd": odd, "odd_rid": lt.column("rid").to_numpy()[odd],
-        "odd_order_id": oid.take(take).to_pylist(), "odd_sku": sku.take(take).to_pylist(),
-    }
+    us = np.empty(len(text), np.int64)
+    nat = np.zeros(len(text), bool)
+    for start in range(0, len(text), chunk):
+        part = text.slice(start, chunk)
+        try:
+            ts = pc.cast(part, pa.timestamp("us"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            ms = _parse_ms(part.to_pandas().astype(object))
+            bad = np.isnan(ms)
+            us[start : start + len(part)] = np.where(bad, 0, ms).astype(np.int64) * 1000
+            nat[start : start + len(part)] = bad
+            continue
+        us[start : start + len(part)] = ts.cast(pa.int64()).fill_null(0).to_numpy(
+            zero_copy_only=False)
+        nat[start : start + len(part)] = ts.is_null().to_numpy(zero_copy_only=False)
+    rounded = pd.Series(pd.to_datetime(us, unit="us")).dt.round("ms")
+    out = rounded.dt.as_unit("ms").array.asi8.astype(float)
+    out[nat] = np.nan
+    return out
 
 
-def _fast_lines(path: str, got: dict, orders: pd.DataFrame, keep: np.ndarray
-                ) -> tuple[pd.DataFrame, list[Quarantined]]:
-    """Clean lines and quarantine records from ``_lines_by_order_row``'s columns."""
-    raw_pos, sku_idx = got["raw_pos"], got["sku_idx"]
-    qty = got["qty"].astype(float)
-    odd = got["odd"]
-    if len(odd):  # odd quantities (text, decimals): parse them like the generic path
-        text = _rows_as_text(path, "order_lines", ["quantity"], got["odd_rid"])
-        qty[odd] = pd.to_numeric(text["quantity"], errors="coerce").to_numpy()
-    # raw order row -> clean row; a duplicated id's lines go to the copy that was kept
-    to_clean = np.where(keep, np.cumsum(keep) - 1, -1)
-    if len(orders) and orders["order_id"].duplicated().any():
-        kept = pd.Series(to_clean[keep], index=orders["order_id"].to_numpy()[keep])
-        first = ~orders["order_id"].duplicated(keep="first").to_numpy()
-        dup_ids = orders["order_id"].to_numpy()[first]
-        to_clean[first] = pd.Series(dup_ids).map(kept).fillna(-1).astype(np.int64).to_numpy()
-    n = len(raw_pos)
-    reason = np.full(len(odd), None, dtype=object)
-    with np.errstate(invalid="ignore"):
-        qty_ok = (qty > 0) & (qty == np.floor(qty))
-    for mask, text_ in ((raw_pos[odd] < 0, "order line for an unknown order"),
-                        (sku_idx[odd] < 0, "order line with an unknown sku"),
-                        (~qty_ok[odd], "order line quantity is not a positive whole number")):
-        reason[mask & (reason == None)] = text_  # noqa: E711 - elementwise
-    bad = np.zeros(n, bool)
-    bad[odd[reason != None]] = True  # noqa: E711
-    pos = np.where(raw_pos >= 0, to_clean[np.maximum(raw_pos, 0)], -1)
-    ok = ~bad & (pos >= 0)
-    clean = pd.DataFrame({
-        "order": pos[ok].astype(np.int64),
-        "sku": pd.Categorical.from_codes(sku_idx[ok], categories=got["skus"]),
-        "quantity": qty[ok].astype(np.int64)})
-    flagged = reason != None  # noqa: E711
-    raw = pd.DataFrame({"order_id": np.array(got["odd_order_id"], dtype=object)[flagged],
-                        "sku": np.array(got["odd_sku"], dtype=object)[flagged],
-                        "quantity": qty[odd][flagged]})
-    return clean, quarantine_records("order_lines", raw, np.ones(len(raw), bool),
-                                     pd.Series(reason[flagged]), "order_id", "sku")
+def _text_at(text: pa.Array, typed: np.ndarray | None = None
+             ) -> Callable[[np.ndarray], list[str | None]]:
+    """How a quarantined row's value reads in its record: the text as read (or the typed value
+    written as text where SQLite typed it)."""
+
+    def render(rows: np.ndarray) -> list[str | None]:
+        vals = text.take(pa.array(rows)).to_pylist()
+        if typed is not None:
+            vals = [str(typed[r]) if v is None and not np.isnan(typed[r]) else v
+                    for v, r in zip(vals, rows.tolist(), strict=True)]
+        return vals
+
+    return render
+
+
+def _floats(col: pa.ChunkedArray) -> np.ndarray:
+    """A numeric column with NULL as NaN (a writable copy)."""
+    col = col if pa.types.is_floating(col.type) or pa.types.is_integer(col.type) \
+        else pc.cast(col, pa.float64())
+    return np.array(col.to_numpy(), dtype=float)
 
 
 def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -354,84 +372,216 @@ def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
         else pc.cast(col, pa.string())
 
 
-def _rows_as_text(path: str, table: str, cols: list[str], rids: np.ndarray) -> pd.DataFrame:
-    import sqlite3
-
-    sel = ", ".join(f"CAST({c} AS TEXT)" for c in cols)
-    out = []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-        for chunk in _chunks([int(r) for r in rids], _IN_CHUNK):  # type: ignore[arg-type]
-            marks = ",".join("?" * len(chunk))
-            out += con.execute(f"SELECT rowid, {sel} FROM {table} WHERE rowid IN ({marks})",
-                               chunk).fetchall()
-    by_rid = {r[0]: r[1:] for r in out}
-    return pd.DataFrame([by_rid[int(r)] for r in rids], columns=cols, dtype=object)
+def _one(col: pa.ChunkedArray) -> pa.Array:
+    """A text column as one contiguous array (64-bit offsets if it is very large)."""
+    col = _text(col)
+    if sum(c.nbytes for c in col.chunks) > 1 << 30:
+        col = pc.cast(col, pa.large_string())
+    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
 
 
-def validate_lines(
-    raw: pd.DataFrame, orders: pd.DataFrame, known_skus: pd.Index,
-    all_order_ids: pd.Index | None = None,
-) -> tuple[pd.DataFrame, list[Quarantined]]:
-    """Order lines (as read) of the clean ``orders`` -> (clean lines, quarantined).
+def _blank(a: pa.Array) -> np.ndarray:
+    """NULL or only whitespace."""
+    empty = pc.equal(pc.utf8_trim_whitespace(a), "")
+    return pc.or_kleene(pc.is_null(a), empty).fill_null(True).to_numpy(zero_copy_only=False)
 
-    Clean lines carry ``order`` (the row number of their order in ``orders``), ``sku`` and an
-    integer ``quantity``. Lines of orders that were quarantined or do not exist yet for the night
-    are left out without a record (the order's own record says why); a line whose order is not
-    in the shop at all, a sku missing from ``products`` or a quantity that is not a positive whole
-    number is quarantined.
+
+def _index_or_minus_one(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    out = a.to_numpy(zero_copy_only=False)
+    if a.null_count:
+        out = np.where(pd.isna(out), -1, out)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _strictly_increasing(a: pa.Array) -> bool:
+    """True when every id is longer than, or as long as and after, the one before: then no id
+    repeats (cheap: no hashing; shops that count their order ids up pass it)."""
+    if len(a) < 2:
+        return True
+    if a.null_count:
+        return False
+    length = pc.binary_length(a).to_numpy(zero_copy_only=False)
+    after = pc.greater(a[1:], a[:-1]).to_numpy(zero_copy_only=False)
+    longer = length[1:] > length[:-1]
+    return bool(np.all(longer | ((length[1:] == length[:-1]) & after)))
+
+
+_ORDER_REASONS = (
+    "", "order without an order_id", "order without a customer", "order for an unknown customer",
+    "unparseable ordered_at timestamp", "total is not a number", "negative order total",
+    f"order total above {ABSURD_TOTAL:,.0f} (absurd amount)", "{future}",
+    "duplicate order_id (the first occurrence was kept)",
+)
+
+
+@dataclass
+class _Screened:
+    """Order rows as read, screened: what every reading path hands to ``_screen_lines``."""
+
+    order_id: pa.Array  # every row as read
+    customer_id: pa.Array
+    ms: np.ndarray  # UTC milliseconds, NaN when unparseable
+    total: np.ndarray
+    reason: np.ndarray  # index into _ORDER_REASONS, 0 = usable
+    future_reason: str
+    keep: np.ndarray  # usable and on or before the night
+    to_clean: np.ndarray  # row as read -> row of the clean orders whose lines it holds, or -1
+    cust_code: np.ndarray  # customer of each row, as a position in cust_ids (-1: none)
+    cust_ids: pa.Array  # sorted
+
+    def clean(self) -> pd.DataFrame:
+        rows = np.flatnonzero(self.keep)
+        cats = pd.Index(self.cust_ids.to_pandas(), dtype=str)
+        return pd.DataFrame({
+            "customer_id": pd.Categorical.from_codes(self.cust_code[rows], categories=cats),
+            "order_id": self.order_id.take(pa.array(rows)).to_pandas().astype(str),
+            "ordered_at": pd.to_datetime(self.ms[rows].astype(np.int64), unit="ms", utc=True),
+            "total": self.total[rows].astype(float),
+        })
+
+    def records(self, ordered_at: pd.Series | Callable[[np.ndarray], list[str | None]],
+                total: pd.Series | Callable[[np.ndarray], list[str | None]]
+                ) -> list[Quarantined]:
+        bad = np.flatnonzero(self.reason > 0)
+        if not len(bad):
+            return []
+
+        def col(v: pd.Series | Callable[[np.ndarray], list[str | None]]) -> list[object]:
+            return v(bad) if callable(v) else pd.Series(v, dtype=object).iloc[bad].tolist()
+
+        take = pa.array(bad)
+        raw = pd.DataFrame({"order_id": self.order_id.take(take).to_pylist(),
+                            "customer_id": self.customer_id.take(take).to_pylist(),
+                            "ordered_at": col(ordered_at), "total": col(total)}, dtype=object)
+        names = [r.replace("{future}", self.future_reason) for r in _ORDER_REASONS]
+        reasons = pd.Series([names[k] for k in self.reason[bad].tolist()])
+        return quarantine_records("orders", raw, np.ones(len(bad), bool), reasons, "order_id")
+
+
+def _screen_orders(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.ndarray,
+                   known: pa.Array, as_of: dt.date, now: dt.datetime | None) -> _Screened:
+    """The order checks every reading path shares, vectorised in Arrow and NumPy (no Python
+    value per row): a reason per row (the first that applies), which rows exist for the night,
+    and the customers as integer codes.
+
+    A duplicated order_id keeps its earliest row (then the smallest customer_id, then the first
+    read), so the choice does not depend on the order rows come back in.
     """
+    n = len(oid)
+    reason = np.zeros(n, np.int8)
 
-    def arr(values: object) -> pa.Array:
-        return pa.array(pd.Series(values, dtype="string"), from_pandas=True)
+    def flag(mask: np.ndarray, k: int) -> None:
+        reason[(reason == 0) & mask] = k
 
-    qty = pd.to_numeric(raw["quantity"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    all_ids = arr(all_order_ids if all_order_ids is not None else orders["order_id"])
-    return _check_lines(arr(raw["order_id"]), arr(raw["sku"]), qty, arr(orders["order_id"]),
-                        all_ids, arr(known_skus))
-
-
-def _check_lines(oid, sku, qty: np.ndarray, clean_ids, all_ids, known_skus  # type: ignore[no-untyped-def]
-                 ) -> tuple[pd.DataFrame, list[Quarantined]]:
-
-    def same(a, like):  # type: ignore[no-untyped-def]
-        return pc.cast(a, like.type) if a.type != like.type else a
-
-    pos = pc.index_in(oid, value_set=same(pa.chunked_array([clean_ids]).combine_chunks()
-                                          if isinstance(clean_ids, pa.Array) else
-                                          clean_ids.combine_chunks(), oid))
-    pos = pos.to_numpy(zero_copy_only=False) if isinstance(pos, pa.Array) else \
-        pos.to_numpy()
-    pos = np.where(pd.isna(pos), -1, pos).astype(np.int64)
-
-    def as_set(a):  # type: ignore[no-untyped-def]
-        return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
-
-    in_shop = pc.is_in(oid, value_set=same(as_set(all_ids), oid)).to_numpy(zero_copy_only=False)
-    sku_ok = pc.is_in(sku, value_set=same(as_set(known_skus), sku)).to_numpy(
+    flag(_blank(oid), 1)
+    flag(_blank(cid), 2)
+    enc = pc.dictionary_encode(cid)
+    cdict = enc.dictionary
+    cidx = _index_or_minus_one(enc.indices)
+    known_d = pc.is_in(cdict, value_set=pc.cast(known, cdict.type)).to_numpy(
         zero_copy_only=False)
-    n = len(qty)
-    reason = np.full(n, None, dtype=object)
+    flag(~np.append(known_d, False)[cidx], 3)
+    with np.errstate(invalid="ignore"):
+        flag(np.isnan(ms), 4)
+        flag(np.isnan(total), 5)
+        flag(total < 0, 6)
+        flag(total > ABSURD_TOTAL, 7)
+        future = future_cutoff(now)
+        flag(ms >= future.value // 1_000_000, 8)
+    ok = reason == 0
+    ocode: np.ndarray | None = None
+    if ok.any() and not _strictly_increasing(oid):
+        oenc = pc.dictionary_encode(oid)
+        ocode = _index_or_minus_one(oenc.indices)
+        counts = np.bincount(ocode[ocode >= 0], minlength=len(oenc.dictionary))
+        twins = np.flatnonzero(ok & (ocode >= 0) & (counts[np.maximum(ocode, 0)] > 1))
+        if len(twins):
+            cand = pd.DataFrame({"oid": ocode[twins], "ms": ms[twins],
+                                 "cid": cid.take(pa.array(twins)).to_pandas().astype(str),
+                                 "pos": twins}).sort_values(["ms", "cid", "pos"], kind="stable")
+            dup = cand["pos"].to_numpy()[cand["oid"].duplicated(keep="first").to_numpy()]
+            reason[dup] = 9
+        else:
+            ocode = None
+    end_ms = pd.Timestamp(end_of_day(as_of)).value // 1_000_000
+    with np.errstate(invalid="ignore"):
+        keep = (reason == 0) & (ms < end_ms)
+    to_clean = np.where(keep, np.cumsum(keep) - 1, -1)
+    if ocode is not None:  # a duplicated id's lines go to the copy that was kept
+        kept = np.full(int(ocode.max()) + 2, -1, np.int64)
+        kept[ocode[keep]] = to_clean[keep]
+        to_clean = kept[ocode]  # -1 (no id) indexes the extra slot
+    # customers as codes into their sorted ids (what the features group by)
+    order = pc.array_sort_indices(cdict).to_numpy(zero_copy_only=False)
+    rank = np.empty(len(order) + 1, np.int64)
+    rank[order] = np.arange(len(order))
+    rank[-1] = -1
+    return _Screened(oid, cid, ms, total, reason,
+                     f"ordered_at in the future (after the run's date, "
+                     f"{(future - pd.Timedelta(days=1)).date()} UTC)",
+                     keep, to_clean, rank[cidx].astype(np.int32), cdict.take(pa.array(order)))
+
+
+def _screen_lines(oid: pa.Array, sku: pa.Array, qty: np.ndarray, orders: _Screened,
+                  known_skus: pa.Array) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """Order lines (as read) of the screened orders -> (clean lines, quarantined).
+
+    Clean lines carry ``order`` (the row number of their order in the clean orders), ``sku``
+    (categorical over the sorted catalogue) and an integer ``quantity``. Lines of orders that
+    were quarantined or do not exist yet for the night are left out without a record (the
+    order's own record says why); a line whose order is not in the shop at all, a sku missing
+    from ``products`` or a quantity that is not a positive whole number is quarantined.
+
+    Lines are matched to orders run by run (consecutive lines of one order): when the runs
+    follow the orders as read — a shop that writes an order's lines after it — that is one
+    string comparison per order, else one hash lookup per run.
+    """
+    n = len(oid)
+    run_pos = np.zeros(0, np.int64)
+    line_run = np.zeros(n, np.int64)
+    if n:
+        change = np.ones(n, bool)
+        if n > 1:
+            change[1:] = pc.not_equal(oid[1:], oid[:-1]).fill_null(True).to_numpy(
+                zero_copy_only=False)
+        starts = np.flatnonzero(change)
+        line_run = np.cumsum(change) - 1
+        heads = oid.take(pa.array(starts))
+        ids = orders.order_id
+        heads = pc.cast(heads, ids.type) if heads.type != ids.type else heads
+        if len(heads) == len(ids) and pc.all(pc.equal(heads, ids)).as_py():
+            run_pos = np.arange(len(ids), dtype=np.int64)
+        else:
+            run_pos = _index_or_minus_one(pc.index_in(heads, value_set=ids))
+    raw_pos = run_pos[line_run]
+    senc = pc.dictionary_encode(sku)
+    sdict = senc.dictionary
+    sidx = np.append(_index_or_minus_one(pc.index_in(
+        sdict, value_set=pc.cast(known_skus, sdict.type))), -1)
+    sku_idx = sidx[_index_or_minus_one(senc.indices)]
     with np.errstate(invalid="ignore"):
         qty_ok = (qty > 0) & (qty == np.floor(qty))
-    for mask, text in ((~in_shop & (pos < 0), "order line for an unknown order"),
-                       (~sku_ok, "order line with an unknown sku"),
-                       (~qty_ok, "order line quantity is not a positive whole number")):
-        reason[mask & (reason == None)] = text  # noqa: E711 - elementwise
-    bad = reason != None  # noqa: E711
-    keep = ~bad & (pos >= 0)
-    clean = pd.DataFrame({"order": pos[keep],
-                          "sku": pd.Series(sku.filter(pa.array(keep))).astype(str)
-                          if n else pd.Series([], dtype=str),
-                          "quantity": qty[keep].astype(np.int64)})
-    records = []
-    if bad.any():
-        idx = np.flatnonzero(bad)
-        raw = pd.DataFrame({"order_id": pd.Series(oid.take(pa.array(idx))),
-                            "sku": pd.Series(sku.take(pa.array(idx))),
-                            "quantity": qty[idx]})
-        records = quarantine_records("order_lines", raw, np.ones(len(idx), bool),
-                                     pd.Series(reason[idx]), "order_id", "sku")
-    return clean, records
+    reason = np.zeros(n, np.int8)
+    for mask, k in ((raw_pos < 0, 1), (sku_idx < 0, 2), (~qty_ok, 3)):
+        reason[(reason == 0) & mask] = k
+    pos = np.where(raw_pos >= 0, orders.to_clean[np.maximum(raw_pos, 0)], -1) if n else raw_pos
+    ok = (reason == 0) & (pos >= 0)
+    clean = pd.DataFrame({
+        "order": pos[ok].astype(np.int64),
+        "sku": pd.Categorical.from_codes(sku_idx[ok], categories=pd.Index(
+            known_skus.to_pandas(), dtype=str)),
+        "quantity": qty[ok].astype(np.int64)})
+    bad = np.flatnonzero(reason > 0)
+    if not len(bad):
+        return clean, []
+    take = pa.array(bad)
+    raw = pd.DataFrame({"order_id": oid.take(take).to_pylist(), "sku": sku.take(take).to_pylist(),
+                        "quantity": qty[bad]})
+    names = ("", "order line for an unknown order", "order line with an unknown sku",
+             "order line quantity is not a positive whole number")
+    return clean, quarantine_records("order_lines", raw, np.ones(len(bad), bool),
+                                     pd.Series([names[k] for k in reason[bad].tolist()]),
+                                     "order_id", "sku")
 
 
 def _known_customers(conn, customer_ids: Sequence[str] | None) -> set[str]:  # type: ignore[no-untyped-def]
@@ -456,75 +606,16 @@ def future_cutoff(now: dt.datetime | None = None) -> pd.Timestamp:
 
 
 def validate_orders(
-    raw: pd.DataFrame, known_customers: set[str] | pd.Index, as_of: dt.date,
+    raw: pd.DataFrame, known_customers: Iterable[str], as_of: dt.date,
     *, now: dt.datetime | None = None,
 ) -> tuple[pd.DataFrame, list[Quarantined]]:
-    """Split raw order rows (text as read) into usable orders and quarantined ones (vectorised)."""
-    df = pd.DataFrame({
-        "order_id": raw["order_id"].astype("string"),
-        "customer_id": raw["customer_id"].astype("string"),
-        "ordered_at": pd.to_datetime(raw["ordered_at"], utc=True, errors="coerce",
-                                     format="mixed"),
-        "total": pd.to_numeric(raw["total"], errors="coerce"),
-    })
-    clean, bad_mask, reasons = check_orders(df, known_customers, as_of, now=now)
-    return clean, quarantine_records("orders", raw, bad_mask, reasons, "order_id")
-
-
-def check_orders(
-    df: pd.DataFrame, known_customers: set[str] | pd.Index, as_of: dt.date,
-    *, now: dt.datetime | None = None, with_keep: bool = False,
-) -> tuple:  # type: ignore[type-arg]
-    """Order rows with parsed ``ordered_at`` (UTC, NaT if unparseable) and ``total`` (NaN if
-    not a number) -> (clean orders, bad-row mask, reasons). Shared by every reading path.
-
-    A duplicated order_id keeps its earliest row (then the smallest customer_id, then the first
-    read), so the choice does not depend on the order rows come back in.
-    """
-    oid, cid, ts, total = df["order_id"], df["customer_id"], df["ordered_at"], df["total"]
-    ts = ts.dt.round("ms")  # what every reading path can represent exactly
-    end = pd.Timestamp(end_of_day(as_of))
-    future = future_cutoff(now)
-    reasons = pd.Series(pd.NA, index=df.index, dtype="string")
-
-    def flag(mask: pd.Series, reason: str) -> None:
-        m = np.asarray(mask.fillna(False), dtype=bool) & reasons.isna().to_numpy()
-        reasons.loc[m] = reason
-
-    flag(oid.isna() | (oid.str.strip() == ""), "order without an order_id")
-    flag(cid.isna() | (cid.str.strip() == ""), "order without a customer")
-    known = pa.array(pd.Series(list(known_customers) if isinstance(known_customers, set)
-                               else known_customers, dtype="string"), from_pandas=True)
-    cid_a = pa.array(cid, from_pandas=True)
-    flag(pd.Series(~pc.is_in(cid_a, value_set=pc.cast(known, cid_a.type)).to_numpy(
-        zero_copy_only=False), index=df.index), "order for an unknown customer")
-    flag(ts.isna(), "unparseable ordered_at timestamp")
-    flag(total.isna(), "total is not a number")
-    flag(total < 0, "negative order total")
-    flag(total > ABSURD_TOTAL, f"order total above {ABSURD_TOTAL:,.0f} (absurd amount)")
-    flag(ts >= future, f"ordered_at in the future (after the run's date, "
-                       f"{(future - pd.Timedelta(days=1)).date()} UTC)")
-    ok = reasons.isna().to_numpy()
-    oid_a = pa.array(oid, from_pandas=True)
-    if ok.any() and pc.count_distinct(oid_a, mode="all").as_py() < len(oid_a):
-        twins = ok & oid.duplicated(keep=False).to_numpy()
-        cand = pd.DataFrame({"oid": oid, "ts": ts, "cid": cid,
-                             "pos": np.arange(len(df))}).loc[twins]
-        cand = cand.sort_values(["ts", "cid", "pos"], kind="stable")
-        dup = cand["oid"].duplicated(keep="first")
-        flag(pd.Series(dup.reindex(df.index, fill_value=False)),
-             "duplicate order_id (the first occurrence was kept)")
-    bad = reasons.notna().to_numpy()
-    keep = ~bad & (ts < end).fillna(False).to_numpy()
-    clean = pd.DataFrame(
-        {
-            "customer_id": cid[keep].astype(str),
-            "order_id": oid[keep].astype(str),
-            "ordered_at": ts[keep],
-            "total": total[keep].astype(float),
-        }
-    ).reset_index(drop=True)
-    return (clean, bad, reasons, keep) if with_keep else (clean, bad, reasons)
+    """Split raw order rows (text as read) into usable orders and quarantined ones (vectorised;
+    the checks every reading path shares, see ``_screen_orders``)."""
+    screened = _screen_orders(
+        _arrow_text(raw["order_id"]), _arrow_text(raw["customer_id"]),
+        _parse_ms(raw["ordered_at"]), _parse_number(raw["total"]),
+        pa.array(sorted({str(c) for c in known_customers}), pa.string()), as_of, now)
+    return screened.clean(), screened.records(raw["ordered_at"], raw["total"])
 
 
 def quarantine_records(source: str, raw: pd.DataFrame, bad: np.ndarray, reasons: pd.Series,
