@@ -17,20 +17,26 @@ import datetime as dt
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection, Table, delete, select
+from sqlalchemy.engine import make_url
 
 from tend import shop
+from tend.errors import DataError
 from tend.features import (
     DAILY_COLUMNS,
     FEATURE_COLUMNS,
     PROFILE_COLUMNS,
     SKU_COLUMNS,
+    FeatureColumns,
     FeatureSet,
+    compute_columns,
     compute_feature_set,
 )
 from tend.logs import log, table
@@ -92,65 +98,51 @@ def run_ingest(
         ).first()
 
     mode = "full" if full or state is None or as_of < state.as_of else "incremental"
-    since_day: dt.date | None = None
-    clock = time.perf_counter()
-    if mode == "full":
-        history = shop.read_history(shop_url, as_of, now=now)
-        changed: list[str] | None = None
-    else:
-        # Day-aligned, so every order of the days we rewrite in shop_daily is read.
-        since_day = (_aware(state.watermark) - dt.timedelta(days=lookback_days)).date()
-        since = dt.datetime.combine(since_day, dt.time(), tzinfo=dt.UTC) - dt.timedelta(
-            microseconds=1)
-        changed = shop.changed_customer_ids(shop_url, since, as_of)
-        history = shop.read_history(shop_url, as_of, changed, now=now) if changed else \
-            shop.History(shop._empty_orders(), shop._empty_lines())
-
-    t_read = time.perf_counter() - clock
-    fs = compute_feature_set(history.orders, history.lines)
-    t_features = time.perf_counter() - clock - t_read
-    stamp = ledger.now()
-    orders = history.orders
-    watermark = orders["ordered_at"].max() if len(orders) else None
-    new_watermark = max(
-        [w for w in (watermark and watermark.to_pydatetime(),
-                     state and _aware(state.watermark)) if w],
-        default=shop.end_of_day(as_of) - dt.timedelta(microseconds=1),
-    )
-    if mode == "full":
-        new_watermark = watermark.to_pydatetime() if watermark is not None else new_watermark
-
-    daily = fs.daily
-    if since_day is not None:
-        daily = daily.loc[pd.to_datetime(daily["day"]) >= pd.Timestamp(since_day)]
-
-    with store.begin() as conn:
-        if changed is None:
-            for t in (customer_features, customer_profile, customer_sku_features, shop_daily):
-                conn.execute(delete(t))
+    writer = _WriterProcess() if _sqlite_file(store_url) and \
+        make_url(store_url).get_backend_name() == "sqlite" else None
+    try:
+        since_day: dt.date | None = None
+        clock = time.perf_counter()
+        if mode == "full":
+            history = shop.read_history(shop_url, as_of, now=now)
+            changed: list[str] | None = None
         else:
-            for t in (customer_features, customer_profile, customer_sku_features):
-                _delete_customers(conn, t, changed)
-            conn.execute(delete(shop_daily).where(shop_daily.c.day >= since_day))
-        cust = fs.customers.assign(as_of=as_of, updated_at=stamp)
-        bulk_insert(conn, customer_features, cust[[*FEATURE_COLUMNS, "as_of", "updated_at"]])
-        bulk_insert(conn, customer_profile, cust[[*PROFILE_COLUMNS, "as_of", "updated_at"]])
-        bulk_insert(conn, customer_sku_features, fs.skus[SKU_COLUMNS])
-        bulk_insert(conn, shop_daily, daily[DAILY_COLUMNS])
-        ledger.insert_ignore(conn, quarantine, [
-            {"as_of": as_of, "run_id": run_id, "source": q.source, "record_key": q.record_key,
-             "reason": q.reason, "payload": json.dumps(q.payload, default=str),
-             "created_at": stamp}
-            for q in history.quarantined
-        ])
-        conn.execute(delete(ingest_state).where(ingest_state.c.name == WATERMARK))
-        conn.execute(ingest_state.insert().values(
-            name=WATERMARK, watermark=new_watermark, as_of=as_of, updated_at=stamp))
+            # Day-aligned, so every order of the days we rewrite in shop_daily is read.
+            since_day = (_aware(state.watermark) - dt.timedelta(days=lookback_days)).date()
+            since = dt.datetime.combine(since_day, dt.time(), tzinfo=dt.UTC) - dt.timedelta(
+                microseconds=1)
+            changed = shop.changed_customer_ids(shop_url, since, as_of)
+            history = shop.read_history(shop_url, as_of, changed, now=now) if changed else \
+                shop.History(shop._empty_orders(), shop._empty_lines())
+
+        t_read = time.perf_counter() - clock
+        fc = compute_columns(history.orders, history.lines)
+        t_features = time.perf_counter() - clock - t_read
+        stamp = ledger.now()
+        orders = history.orders
+        watermark = orders["ordered_at"].max() if len(orders) else None
+        rows_read, quarantined = history.rows_read, history.quarantined
+        del history, orders  # the store write needs the features only
+        new_watermark = max(
+            [w for w in (watermark and watermark.to_pydatetime(),
+                         state and _aware(state.watermark)) if w],
+            default=shop.end_of_day(as_of) - dt.timedelta(microseconds=1),
+        )
+        if mode == "full":
+            new_watermark = watermark.to_pydatetime() if watermark is not None else new_watermark
+
+        write_night(store_url, fc, as_of=as_of, run_id=run_id, stamp=stamp, changed=changed,
+                    since_day=since_day, quarantined=quarantined, watermark=new_watermark,
+                    writer=writer)
+
+    finally:
+        if writer is not None:
+            writer.close()
 
     result = IngestResult(
-        as_of=as_of, mode=mode, orders_read=history.rows_read,
-        changed_customers=len(fs.customers),
-        quarantined=Counter(q.reason for q in history.quarantined),
+        as_of=as_of, mode=mode, orders_read=rows_read,
+        changed_customers=len(fc),
+        quarantined=Counter(q.reason for q in quarantined),
     )
     for line in result.lines():
         log.info(line)
@@ -184,56 +176,267 @@ def compute_from_shop(shop_url: str, as_of: dt.date, *, now: dt.datetime | None 
 
 # -- writing and reading the feature tables ---------------------------------------------------
 
-def bulk_insert(conn: Connection, tbl: Table, df: pd.DataFrame, chunk: int = 50_000) -> None:
-    """Insert a frame whose columns are ``tbl``'s (any subset), fast on SQLite.
+_TABLES = (customer_features, customer_profile, customer_sku_features)
 
-    SQLite gets the driver's executemany with values already in SQLAlchemy's storage format
-    (ISO text for dates and times); other databases get SQLAlchemy's batched inserts.
+
+def write_night(store_url: str, fc: FeatureColumns, *, as_of: dt.date, run_id: str,
+                stamp: dt.datetime, changed: Sequence[str] | None, since_day: dt.date | None,
+                quarantined: Sequence[shop.Quarantined], watermark: dt.datetime,
+                writer: _WriterProcess | None = None) -> None:
+    """One transaction: the changed customers' feature rows (all of them when ``changed`` is
+    None), the shop's days from ``since_day`` on, the quarantined rows and the watermark.
+
+    Rows go in as Arrow columns with no Python object per value: SQLite through ADBC's bulk
+    ingest (a prepared statement bound from the columns in C), PostgreSQL through COPY. Values
+    are written in the storage format SQLAlchemy uses for these columns, so every reader sees
+    what SQLAlchemy would have written.
     """
-    if df.empty:
+    sqlite = make_url(store_url).get_backend_name() == "sqlite"
+    tables = feature_tables(fc, as_of=as_of, stamp=stamp, sqlite=sqlite, since_day=since_day)
+    qrows = [{"as_of": as_of, "run_id": run_id, "source": q.source, "record_key": q.record_key,
+              "reason": q.reason, "payload": json.dumps(q.payload, default=str),
+              "created_at": stamp} for q in quarantined]
+    state = {"name": WATERMARK, "watermark": watermark, "as_of": as_of, "updated_at": stamp}
+    path = _sqlite_file(store_url) if sqlite else None
+    if path is not None:
+        own = writer is None
+        writer = writer or _WriterProcess()
+        try:
+            writer.run(_write_sqlite, path, tables, changed, since_day, qrows, state)
+        finally:
+            if own:
+                writer.close()
         return
-    cols = list(df.columns)
-    sqlite = conn.dialect.name == "sqlite"
-    values = [_column_values(df[c], tbl.c[c].type, sqlite) for c in cols]
-    rows = list(zip(*values, strict=True))
-    if sqlite:
-        sql = (f"INSERT INTO {tbl.name} ({', '.join(cols)}) "
-               f"VALUES ({', '.join('?' * len(cols))})")
-        for i in range(0, len(rows), chunk):
-            conn.exec_driver_sql(sql, rows[i : i + chunk])
-    else:
-        for i in range(0, len(rows), chunk):
-            conn.execute(tbl.insert(), [dict(zip(cols, r, strict=True))
-                                        for r in rows[i : i + chunk]])
+    with connect(store_url).begin() as conn:
+        if changed is None:
+            for t in (*_TABLES, shop_daily):
+                conn.execute(delete(t))
+        else:
+            for t in _TABLES:
+                _delete_customers(conn, t, changed)
+            conn.execute(delete(shop_daily).where(shop_daily.c.day >= since_day))
+        for name, table in tables.items():
+            _copy_or_insert(conn, name, table)
+        ledger.insert_ignore(conn, quarantine, qrows)
+        conn.execute(delete(ingest_state).where(ingest_state.c.name == WATERMARK))
+        conn.execute(ingest_state.insert().values(**state))
 
 
-def _column_values(s: pd.Series, sqltype: object, sqlite: bool) -> list[object]:
-    """A column as Python values in the form the driver stores (vectorised in Arrow/NumPy)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _sqlite_file(url: str) -> str | None:
+    u = make_url(url)
+    return u.database if u.database and u.database != ":memory:" else None
 
-    name = type(sqltype).__name__
-    if name == "DateTime":
-        ts = pd.to_datetime(s, utc=True)
-        if sqlite:  # SQLAlchemy's SQLite format: "YYYY-MM-DD HH:MM:SS.ffffff"
-            arr = pa.array(ts.dt.tz_convert(None).dt.as_unit("us"))
-            return pc.strftime(arr, format="%Y-%m-%d %H:%M:%S").to_pylist()
-        return [None if pd.isna(v) else v for v in ts.dt.to_pydatetime().tolist()]
-    if name == "Date":
-        if sqlite:
-            return pa.array(pd.to_datetime(s).dt.date, type=pa.date32()).cast(
-                pa.string()).to_pylist()
-        return [None if v is None or v is pd.NaT else v for v in s.tolist()]
-    if name == "Integer":
-        return s.astype(np.int64).tolist()
-    if name == "Float":
-        arr = s.to_numpy(dtype=float, na_value=np.nan)
-        out = arr.tolist()
-        if np.isnan(arr).any():
-            out = [None if v != v else v for v in out]
+
+class _WriterProcess:
+    """A fresh Python process that writes a SQLite store through ADBC, started early so its
+    start-up (an interpreter, pandas, pyarrow, the driver) overlaps the read.
+
+    ADBC's SQLite driver carries its own copy of SQLite. Two copies of SQLite in one process
+    must never open the same database file: POSIX locks belong to the process, so either copy
+    closing its file drops the other's locks, and a WAL database is corrupted (SQLite's "How To
+    Corrupt", 2.2.1) — the store's engine keeps pooled connections open. In another process
+    the driver is just one more well-behaved SQLite client of the store. A plain subprocess
+    (not multiprocessing's spawn) so the caller's main module is never re-imported.
+    """
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from tend.ingest import _writer_main; _writer_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def run(self, fn: Callable[..., None], *args: object) -> None:
+        import pickle
+
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            self._proc.stdin.write(pickle.dumps((fn, args), protocol=5))
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        out = self._proc.stdout.read()
+        code = self._proc.wait()
+        if code != 0 or not out:
+            raise DataError(f"the store writer process failed (exit status {code}); "
+                            "its error is in the task log above")
+        failure = pickle.loads(out)
+        if failure is not None:
+            raise DataError(f"writing the feature tables failed: {failure}")
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _writer_main() -> None:
+    """The writer process: one pickled (function, arguments) on stdin, None or the error's
+    text on stdout."""
+    import pickle
+    import sys
+
+    fn, args = pickle.load(sys.stdin.buffer)
+    failure = None
+    try:
+        fn(*args)
+    except Exception as exc:  # reported to the parent, which raises it in the task
+        failure = f"{exc.__class__.__name__}: {exc}"
+    sys.stdout.buffer.write(pickle.dumps(failure))
+    sys.stdout.flush()
+
+
+def _write_sqlite(path: str, tables: dict[str, pa.Table], changed: Sequence[str] | None,
+                  since_day: dt.date | None, qrows: list[dict[str, object]],
+                  state: dict[str, object]) -> None:
+    import adbc_driver_sqlite.dbapi as adbc
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+    dialect = sqlite_dialect.dialect()
+
+    def stored(table: Table, row: dict[str, object]) -> list[object]:
+        out = []
+        for k, v in row.items():
+            proc = table.c[k].type.dialect_impl(dialect).bind_processor(dialect)
+            out.append(proc(v) if proc is not None and v is not None else v)
         return out
-    return [None if v is None or (isinstance(v, float) and v != v) else str(v)
-            for v in s.tolist()]
+
+    with adbc.connect(path, autocommit=True) as con, con.cursor() as cur:
+        for pragma in ("busy_timeout = 60000", "synchronous = NORMAL"):
+            cur.execute(f"PRAGMA {pragma}")
+            cur.fetchall()
+        cur.execute("BEGIN IMMEDIATE")  # like the store's engine: take the write lock first
+        try:
+            if changed is None:
+                for t in (*_TABLES, shop_daily):
+                    cur.execute(f"DELETE FROM {t.name}")
+            else:
+                ids = json.dumps(list(changed))
+                for t in _TABLES:
+                    cur.execute(f"DELETE FROM {t.name} WHERE customer_id IN "
+                                "(SELECT value FROM json_each(?))", (ids,))
+                cur.execute("DELETE FROM shop_daily WHERE day >= ?",
+                            (stored(shop_daily, {"day": since_day})[0],))
+            for name, table in tables.items():
+                if table.num_rows:
+                    cur.adbc_ingest(name, table, mode="append")
+            if qrows:
+                cols = list(qrows[0])
+                cur.executemany(
+                    f"INSERT OR IGNORE INTO quarantine ({', '.join(cols)}) "
+                    f"VALUES ({', '.join('?' * len(cols))})",
+                    [stored(quarantine, r) for r in qrows])
+            cur.execute("DELETE FROM ingest_state WHERE name = ?", (WATERMARK,))
+            cols = list(state)
+            cur.execute(f"INSERT INTO ingest_state ({', '.join(cols)}) "
+                        f"VALUES ({', '.join('?' * len(cols))})", stored(ingest_state, state))
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+
+def _copy_or_insert(conn: Connection, name: str, table: pa.Table) -> None:
+    """PostgreSQL: COPY the columns as CSV (no Python object per value); else plain inserts."""
+    if not table.num_rows:
+        return
+    if conn.dialect.name == "postgresql":
+        import io
+
+        import pyarrow.csv as pacsv
+
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False))
+        cols = ", ".join(table.column_names)
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(f"COPY {name} ({cols}) FROM STDIN "
+                                           "WITH (FORMAT csv)") as copy:
+            view = buf.getbuffer()
+            for i in range(0, len(view), 1 << 20):
+                copy.write(view[i : i + (1 << 20)])
+        return
+    tbl = {t.name: t for t in (*_TABLES, shop_daily)}[name]
+    rows = table.to_pylist()
+    for i in range(0, len(rows), 50_000):
+        conn.execute(tbl.insert(), rows[i : i + 50_000])
+
+
+def feature_tables(fc: FeatureColumns, *, as_of: dt.date, stamp: dt.datetime, sqlite: bool,
+                   since_day: dt.date | None = None) -> dict[str, pa.Table]:
+    """The four feature tables' rows as Arrow tables, in the store's storage format.
+
+    On SQLite that is SQLAlchemy's: dates as ISO text, times as "YYYY-MM-DD HH:MM:SS.ffffff"
+    (UTC), NaN as NULL; elsewhere typed dates and UTC timestamps.
+    """
+    n = len(fc)
+    c = fc.customers
+
+    def const(value: object, typ: pa.DataType, rows: int) -> pa.Array:
+        return pa.array([value], typ).take(pa.array(np.zeros(rows, np.int32)))
+
+    def when(us: np.ndarray) -> pa.Array:
+        arr = pa.array(us, pa.timestamp("us"))
+        return pc.strftime(arr, format="%Y-%m-%d %H:%M:%S") if sqlite else \
+            arr.cast(pa.timestamp("us", tz="UTC"))
+
+    def day(days: np.ndarray) -> pa.Array:
+        arr = pa.array(np.asarray(days, dtype=np.int32), pa.date32())
+        return arr.cast(pa.string()) if sqlite else arr
+
+    def num(values: np.ndarray) -> pa.Array:
+        return pa.array(values, from_pandas=True)
+
+    as_of_v = as_of.isoformat() if sqlite else as_of
+    stamp_v = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+    stamp_v = stamp_v.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else stamp.astimezone(dt.UTC)
+    date_t = pa.string() if sqlite else pa.date32()
+    time_t = pa.string() if sqlite else pa.timestamp("us", tz="UTC")
+    base = {
+        "customer_id": fc.customer_ids,
+        "as_of": const(as_of_v, date_t, n),
+        "orders_count": num(c.get("orders_count", np.zeros(0, np.int64))),
+    }
+    if n:
+        cust = pa.table({
+            **base,
+            "first_order_at": when(c["first_order_at"]),
+            "last_order_at": when(c["last_order_at"]),
+            **{k: num(c[k]) for k in FEATURE_COLUMNS[4:]},
+            "updated_at": const(stamp_v, time_t, n),
+        })
+        season = c["season_sku"]
+        prof = pa.table({
+            "customer_id": fc.customer_ids,
+            "as_of": const(as_of_v, date_t, n),
+            **{k: num(c[k]) for k in PROFILE_COLUMNS[1:-1]},
+            "season_sku": fc.sku_ids.take(pa.array(np.maximum(season, 0), mask=season < 0))
+            if len(fc.sku_ids) else pa.nulls(n, pa.string()),
+            "updated_at": const(stamp_v, time_t, n),
+        })
+    else:
+        cust = prof = pa.table({"customer_id": pa.array([], pa.string())})
+    sk = fc.skus
+    if len(sk["days"]):
+        skus = pa.table({
+            "customer_id": fc.customer_ids.take(pa.array(sk["customer_id"])),
+            "sku": fc.sku_ids.take(pa.array(sk["sku"])),
+            "days": num(sk["days"]),
+            "first_day": day(sk["first_day"]),
+            "last_day": day(sk["last_day"]),
+            **{k: num(sk[k]) for k in SKU_COLUMNS[5:]},
+        })
+    else:
+        skus = pa.table({"customer_id": pa.array([], pa.string())})
+    daily = pa.table({"day": pa.array([], date_t)})
+    if fc.daily:
+        keep = np.ones(len(fc.daily["day"]), bool) if since_day is None else \
+            fc.daily["day"] >= (since_day - dt.date(1970, 1, 1)).days
+        daily = pa.table({"day": day(fc.daily["day"][keep]),
+                          "orders": num(fc.daily["orders"][keep]),
+                          "revenue": num(fc.daily["revenue"][keep])})
+    return {"customer_features": cust, "customer_profile": prof,
+            "customer_sku_features": skus, "shop_daily": daily}
 
 
 def _read(conn: Connection, tbl: Table, columns: Sequence[str]) -> pd.DataFrame:

@@ -164,10 +164,10 @@ def _read_generic(url: str, as_of: dt.date, customer_ids: Sequence[str] | None, 
     if lines:
         raw_lines = (pd.concat(line_frames, ignore_index=True) if line_frames
                      else pd.DataFrame(columns=_LINE_COLS))
-        history.lines, bad_lines = _screen_lines(
-            _arrow_text(raw_lines["order_id"]), _arrow_text(raw_lines["sku"]),
-            _parse_number(raw_lines["quantity"]), screened,
-            pa.array(sorted(set(skus)), pa.string()))
+        known_skus = pa.array(sorted(set(skus)), pa.string())
+        part = _line_part(_arrow_text(raw_lines["order_id"]), _arrow_text(raw_lines["sku"]),
+                          _parse_number(raw_lines["quantity"]), known_skus)
+        history.lines, bad_lines = _screen_lines([part], screened, known_skus)
         history.quarantined += bad_lines
     return history
 
@@ -216,6 +216,12 @@ SELECT CAST(order_id AS TEXT) AS order_id, CAST(customer_id AS TEXT) AS customer
        CASE WHEN {_TOTAL_OK} THEN total * 1.0 END AS total,
        CASE WHEN {_TOTAL_OK} THEN NULL ELSE CAST(total AS TEXT) END AS total_text
 FROM orders {{where}} ORDER BY rowid"""
+_PLAIN_ORDERS = """
+SELECT CAST(order_id AS TEXT) AS order_id, CAST(customer_id AS TEXT) AS customer_id,
+       CAST(ordered_at AS TEXT) AS ordered_at, total FROM orders {where} ORDER BY rowid"""
+_PLAIN_LINES = """
+SELECT CAST(order_id AS TEXT) AS order_id, CAST(sku AS TEXT) AS sku, quantity
+FROM order_lines {where} ORDER BY rowid"""
 _QTY_OK = "typeof(quantity) = 'integer'"
 _FAST_LINES = f"""
 SELECT CAST(order_id AS TEXT) AS order_id, CAST(sku AS TEXT) AS sku,
@@ -278,42 +284,122 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
         order_parts = [(_IN_CUSTOMERS, ids)]
         line_parts = [(_LINES_OF_CUSTOMERS, ids)] if lines else []
     where_known = "" if ids is None else _IN_CUSTOMERS
+    skus = _one(_adbc_fetch(path, "SELECT CAST(sku AS TEXT) AS sku FROM products"
+                            ).column("sku"))
+    skus = pc.array_take(skus, pc.array_sort_indices(skus))
+    # Each part is read and boiled down to compact columns by one of two threads (SQLite,
+    # Arrow and NumPy release the GIL), so the text of 20M lines is never held at once.
     with ThreadPoolExecutor(2) as pool:
-        order_fs = [pool.submit(_adbc_fetch, path, _FAST_ORDERS.format(where=w), p)
-                    for w, p in order_parts]
+        order_fs = [pool.submit(_orders_part, path, w, p) for w, p in order_parts]
         known_f = pool.submit(_adbc_fetch, path, "SELECT CAST(customer_id AS TEXT) AS c FROM "
                               f"customers {where_known}", ids)
-        skus_f = pool.submit(_adbc_fetch, path, "SELECT CAST(sku AS TEXT) AS sku FROM products")
-        line_fs = [pool.submit(_adbc_fetch, path, _FAST_LINES.format(where=w), p)
-                   for w, p in line_parts]
-        ot = pa.concat_tables([f.result() for f in order_fs])
-        ts_text = _one(ot.column("ordered_at"))
-        total = _floats(ot.column("total"))
-        total_text = _one(ot.column("total_text"))
-        if total_text.null_count < len(total_text):  # parse what SQLite could not type
-            odd = np.flatnonzero(pc.is_valid(total_text).to_numpy(zero_copy_only=False))
-            total[odd] = _parse_number(total_text.take(pa.array(odd)).to_pandas().astype(object))
-        screened = _screen_orders(_one(ot.column("order_id")), _one(ot.column("customer_id")),
-                                  _arrow_ms(ts_text), total,
-                                  _one(known_f.result().column("c")), as_of, now)
-        del ot
-        history = History(screened.clean(), _empty_lines(), [], len(total))
-        history.quarantined = screened.records(_text_at(ts_text), _text_at(total_text, total))
-        del ts_text, total_text
+        line_fs = [pool.submit(_lines_part, path, w, p, skus) for w, p in line_parts]
+        got = [f.result() for f in order_fs]
+        ms = np.concatenate([g["ms"] for g in got])
+        total = np.concatenate([g["total"] for g in got])
+        offsets = np.cumsum([0] + [len(g["ms"]) for g in got])
+        ts_odd = {int(o) + int(k): v for o, g in zip(offsets, got, strict=False)
+                  for k, v in g["ts_odd"].items()}
+        total_odd = {int(o) + int(k): v for o, g in zip(offsets, got, strict=False)
+                     for k, v in g["total_odd"].items()}
+        screened = _screen_orders(
+            pa.chunked_array([c for g in got for c in g["order_id"].chunks], pa.string()),
+            pa.chunked_array([c for g in got for c in g["customer_id"].chunks], pa.string()),
+            ms, total, _one(known_f.result().column("c")), as_of, now)
+        del got
+        history = History(screened.clean(), _empty_lines(), [], len(ms))
+        history.quarantined = screened.records(_typed_or_text(ms, ts_odd, _ms_text),
+                                               _typed_or_text(total, total_odd, str))
+        screened.customer_id = pa.array([], pa.string())  # no longer needed
         if not lines:
             return history
-        skus = _one(skus_f.result().column("sku"))
-        lt = pa.concat_tables([f.result() for f in line_fs])
-    qty = _floats(lt.column("quantity"))
-    qty_text = _one(lt.column("quantity_text"))
-    if qty_text.null_count < len(qty_text):
-        odd = np.flatnonzero(pc.is_valid(qty_text).to_numpy(zero_copy_only=False))
-        qty[odd] = _parse_number(qty_text.take(pa.array(odd)).to_pandas().astype(object))
-    history.lines, bad_lines = _screen_lines(
-        _one(lt.column("order_id")), _one(lt.column("sku")), qty, screened,
-        pc.array_take(skus, pc.array_sort_indices(skus)))
+        parts = [f.result() for f in line_fs]
+    history.lines, bad_lines = _screen_lines(parts, screened, skus)
     history.quarantined += bad_lines
     return history
+
+
+def _fetch_typed(path: str, plain: str, careful: str, where: str, ids: str | None,
+                 numeric: str) -> pa.Table:
+    """A part as SQLite typed it, if every value of a column has one type (the driver types
+    a column from its first rows and refuses a value of another type later); otherwise again
+    with the odd values as text beside the typed ones."""
+    try:
+        t = _adbc_fetch(path, plain.format(where=where), ids)
+        typ = t.schema.field(numeric).type
+        if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+            return t
+    except Exception as exc:  # the driver's "Type mismatch in column ..."
+        if "mismatch" not in str(exc).lower():
+            raise
+    return _adbc_fetch(path, careful.format(where=where), ids)
+
+
+def _orders_part(path: str, where: str, ids: str | None) -> dict[str, object]:
+    """One part of the orders, typed: ids as Arrow text, UTC milliseconds and totals as
+    floats (NaN where unusable), and the text as read of the rows that did not type."""
+    t = _fetch_typed(path, _PLAIN_ORDERS, _FAST_ORDERS, where, ids, "total")
+    ms = _arrow_ms(_one(t.column("ordered_at")))
+    total = _floats(t.column("total"))
+    total_text = _one(t.column("total_text")) if "total_text" in t.column_names else \
+        pa.nulls(len(total), pa.string())
+    odd = np.flatnonzero(pc.is_valid(total_text).to_numpy(zero_copy_only=False))
+    total_odd = dict(zip(odd.tolist(), total_text.take(pa.array(odd)).to_pylist(),
+                         strict=True))
+    if len(odd):  # parse what SQLite could not type like the generic path parses it
+        total[odd] = _parse_number(pd.Series(list(total_odd.values()), dtype=object))
+    bad_ts = np.flatnonzero(np.isnan(ms))
+    ts_odd = dict(zip(bad_ts.tolist(), _one(t.column("ordered_at")).take(
+        pa.array(bad_ts)).to_pylist(), strict=True))
+    return {"order_id": _text(t.column("order_id")), "customer_id": _text(t.column(
+        "customer_id")), "ms": ms, "total": total, "ts_odd": ts_odd, "total_odd": total_odd}
+
+
+def _lines_part(path: str, where: str, ids: str | None, skus: pa.Array) -> dict[str, object]:
+    t = _fetch_typed(path, _PLAIN_LINES, _FAST_LINES, where, ids, "quantity")
+    qty = _floats(t.column("quantity"))
+    qty_text = _one(t.column("quantity_text")) if "quantity_text" in t.column_names else None
+    if qty_text is not None and qty_text.null_count < len(qty_text):
+        odd = np.flatnonzero(pc.is_valid(qty_text).to_numpy(zero_copy_only=False))
+        qty[odd] = _parse_number(qty_text.take(pa.array(odd)).to_pandas().astype(object))
+    return _line_part(_one(t.column("order_id")), _one(t.column("sku")), qty, skus)
+
+
+def _line_part(oid: pa.Array, sku: pa.Array, qty: np.ndarray, skus: pa.Array
+               ) -> dict[str, object]:
+    """Order lines as read, boiled down: where a new run of one order's lines starts, the
+    order id of each run, the sku as a position in the sorted catalogue (-1: unknown, its text
+    kept) and the quantity."""
+    n = len(oid)
+    change = np.ones(n, bool)
+    if n > 1:
+        change[1:] = pc.not_equal(oid[1:], oid[:-1]).fill_null(True).to_numpy(
+            zero_copy_only=False)
+    heads = oid.take(pa.array(np.flatnonzero(change)))
+    codes, sdict = _encode(sku)
+    sidx = np.append(_index_or_minus_one(pc.index_in(
+        sdict, value_set=pc.cast(skus, sdict.type))), -1).astype(np.int32)
+    sku_idx = sidx[codes]
+    unknown = np.flatnonzero(sku_idx < 0)
+    return {"change": change, "heads": heads, "sku": sku_idx, "qty": qty,
+            "sku_odd": dict(zip(unknown.tolist(), sku.take(pa.array(unknown)).to_pylist(),
+                                strict=True))}
+
+
+def _typed_or_text(values: np.ndarray, text: dict[int, str | None],
+                   fmt: Callable[[float], str]) -> Callable[[np.ndarray], list[str | None]]:
+    """How a quarantined row's value reads in its record: the text as read where it did not
+    type, else the typed value written back as text."""
+
+    def render(rows: np.ndarray) -> list[str | None]:
+        return [text[r] if r in text else (None if np.isnan(values[r]) else fmt(values[r]))
+                for r in rows.tolist()]
+
+    return render
+
+
+def _ms_text(ms: float) -> str:
+    return str(pd.Timestamp(int(ms), unit="ms", tz="UTC"))
 
 
 def _arrow_ms(text: pa.Array, chunk: int = 65_536) -> np.ndarray:
@@ -342,21 +428,6 @@ def _arrow_ms(text: pa.Array, chunk: int = 65_536) -> np.ndarray:
     out = rounded.dt.as_unit("ms").array.asi8.astype(float)
     out[nat] = np.nan
     return out
-
-
-def _text_at(text: pa.Array, typed: np.ndarray | None = None
-             ) -> Callable[[np.ndarray], list[str | None]]:
-    """How a quarantined row's value reads in its record: the text as read (or the typed value
-    written as text where SQLite typed it)."""
-
-    def render(rows: np.ndarray) -> list[str | None]:
-        vals = text.take(pa.array(rows)).to_pylist()
-        if typed is not None:
-            vals = [str(typed[r]) if v is None and not np.isnan(typed[r]) else v
-                    for v, r in zip(vals, rows.tolist(), strict=True)]
-        return vals
-
-    return render
 
 
 def _floats(col: pa.ChunkedArray) -> np.ndarray:
@@ -391,6 +462,18 @@ def _index_or_minus_one(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if a.null_count:
         out = np.where(pd.isna(out), -1, out)
     return np.asarray(out, dtype=np.int64)
+
+
+def _encode(a: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Dictionary-encode: (position of each value in the distinct values, -1 for NULL; the
+    distinct values in order of first appearance)."""
+    enc = pc.dictionary_encode(a)
+    if isinstance(enc, pa.ChunkedArray):  # the chunks share one dictionary
+        if enc.num_chunks == 0:
+            return np.zeros(0, np.int64), pa.array([], a.type)
+        indices = pa.chunked_array([c.indices for c in enc.chunks], pa.int32())
+        return _index_or_minus_one(indices), enc.chunk(enc.num_chunks - 1).dictionary
+    return _index_or_minus_one(enc.indices), enc.dictionary
 
 
 def _strictly_increasing(a: pa.Array) -> bool:
@@ -432,10 +515,13 @@ class _Screened:
     def clean(self) -> pd.DataFrame:
         rows = np.flatnonzero(self.keep)
         cats = pd.Index(self.cust_ids.to_pandas(), dtype=str)
+        oid = self.order_id if len(rows) == len(self.keep) else \
+            self.order_id.take(pa.array(rows))
+        ms = self.ms[rows].astype(np.int64).view("datetime64[ms]")
         return pd.DataFrame({
             "customer_id": pd.Categorical.from_codes(self.cust_code[rows], categories=cats),
-            "order_id": self.order_id.take(pa.array(rows)).to_pandas().astype(str),
-            "ordered_at": pd.to_datetime(self.ms[rows].astype(np.int64), unit="ms", utc=True),
+            "order_id": pd.Series(oid.to_pandas(), dtype=str),
+            "ordered_at": pd.Series(ms).dt.tz_localize("UTC"),
             "total": self.total[rows].astype(float),
         })
 
@@ -475,9 +561,7 @@ def _screen_orders(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.ndarr
 
     flag(_blank(oid), 1)
     flag(_blank(cid), 2)
-    enc = pc.dictionary_encode(cid)
-    cdict = enc.dictionary
-    cidx = _index_or_minus_one(enc.indices)
+    cidx, cdict = _encode(cid)
     known_d = pc.is_in(cdict, value_set=pc.cast(known, cdict.type)).to_numpy(
         zero_copy_only=False)
     flag(~np.append(known_d, False)[cidx], 3)
@@ -491,9 +575,8 @@ def _screen_orders(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.ndarr
     ok = reason == 0
     ocode: np.ndarray | None = None
     if ok.any() and not _strictly_increasing(oid):
-        oenc = pc.dictionary_encode(oid)
-        ocode = _index_or_minus_one(oenc.indices)
-        counts = np.bincount(ocode[ocode >= 0], minlength=len(oenc.dictionary))
+        ocode, odict = _encode(oid)
+        counts = np.bincount(ocode[ocode >= 0], minlength=len(odict))
         twins = np.flatnonzero(ok & (ocode >= 0) & (counts[np.maximum(ocode, 0)] > 1))
         if len(twins):
             cand = pd.DataFrame({"oid": ocode[twins], "ms": ms[twins],
@@ -522,9 +605,10 @@ def _screen_orders(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.ndarr
                      keep, to_clean, rank[cidx].astype(np.int32), cdict.take(pa.array(order)))
 
 
-def _screen_lines(oid: pa.Array, sku: pa.Array, qty: np.ndarray, orders: _Screened,
-                  known_skus: pa.Array) -> tuple[pd.DataFrame, list[Quarantined]]:
-    """Order lines (as read) of the screened orders -> (clean lines, quarantined).
+def _screen_lines(parts: list[dict[str, object]], orders: _Screened, known_skus: pa.Array
+                  ) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """Order lines (as read, in parts from ``_line_part``) of the screened orders ->
+    (clean lines, quarantined).
 
     Clean lines carry ``order`` (the row number of their order in the clean orders), ``sku``
     (categorical over the sorted catalogue) and an integer ``quantity``. Lines of orders that
@@ -536,35 +620,45 @@ def _screen_lines(oid: pa.Array, sku: pa.Array, qty: np.ndarray, orders: _Screen
     follow the orders as read — a shop that writes an order's lines after it — that is one
     string comparison per order, else one hash lookup per run.
     """
-    n = len(oid)
+    change = np.concatenate([p["change"] for p in parts]) if parts else np.zeros(0, bool)
+    heads = [p["heads"] for p in parts]
+    sku_odd: dict[int, str | None] = {}
+    start = 0
+    for k, p in enumerate(parts):
+        sku_odd.update({start + i: v for i, v in p["sku_odd"].items()})
+        # a run cut by the boundary between two parts is one run
+        if k and len(p["change"]) and start and len(heads[k]) and \
+                heads[k - 1] is not None and len(heads[k - 1]) and \
+                heads[k][0] == heads[k - 1][len(heads[k - 1]) - 1]:
+            change[start] = False
+            heads[k] = heads[k].slice(1)
+        start += len(p["change"])
+    sku_idx = np.concatenate([p["sku"] for p in parts]) if parts else np.zeros(0, np.int32)
+    qty = np.concatenate([p["qty"] for p in parts]) if parts else np.zeros(0)
+    del parts
+    n = len(change)
+    line_run = (np.cumsum(change, dtype=np.int64) - 1).astype(np.int32)
+    del change
     run_pos = np.zeros(0, np.int64)
-    line_run = np.zeros(n, np.int64)
-    if n:
-        change = np.ones(n, bool)
-        if n > 1:
-            change[1:] = pc.not_equal(oid[1:], oid[:-1]).fill_null(True).to_numpy(
-                zero_copy_only=False)
-        starts = np.flatnonzero(change)
-        line_run = np.cumsum(change) - 1
-        heads = oid.take(pa.array(starts))
-        ids = orders.order_id
-        heads = pc.cast(heads, ids.type) if heads.type != ids.type else heads
-        if len(heads) == len(ids) and pc.all(pc.equal(heads, ids)).as_py():
+    ids = orders.order_id
+    all_heads = pa.chunked_array([h for h in heads if len(h)], ids.type)
+    del heads
+    if len(all_heads):
+        if len(all_heads) == len(ids) and pc.all(pc.equal(all_heads, ids)).as_py():
             run_pos = np.arange(len(ids), dtype=np.int64)
         else:
-            run_pos = _index_or_minus_one(pc.index_in(heads, value_set=ids))
-    raw_pos = run_pos[line_run]
-    senc = pc.dictionary_encode(sku)
-    sdict = senc.dictionary
-    sidx = np.append(_index_or_minus_one(pc.index_in(
-        sdict, value_set=pc.cast(known_skus, sdict.type))), -1)
-    sku_idx = sidx[_index_or_minus_one(senc.indices)]
+            value_set = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+            run_pos = _index_or_minus_one(pc.index_in(all_heads, value_set=value_set))
+    raw_pos = run_pos[line_run] if n else np.zeros(0, np.int64)
+    del run_pos
     with np.errstate(invalid="ignore"):
         qty_ok = (qty > 0) & (qty == np.floor(qty))
     reason = np.zeros(n, np.int8)
     for mask, k in ((raw_pos < 0, 1), (sku_idx < 0, 2), (~qty_ok, 3)):
         reason[(reason == 0) & mask] = k
-    pos = np.where(raw_pos >= 0, orders.to_clean[np.maximum(raw_pos, 0)], -1) if n else raw_pos
+    del qty_ok
+    pos = orders.to_clean[np.maximum(raw_pos, 0)]
+    pos[raw_pos < 0] = -1
     ok = (reason == 0) & (pos >= 0)
     clean = pd.DataFrame({
         "order": pos[ok].astype(np.int64),
@@ -574,9 +668,11 @@ def _screen_lines(oid: pa.Array, sku: pa.Array, qty: np.ndarray, orders: _Screen
     bad = np.flatnonzero(reason > 0)
     if not len(bad):
         return clean, []
-    take = pa.array(bad)
-    raw = pd.DataFrame({"order_id": oid.take(take).to_pylist(), "sku": sku.take(take).to_pylist(),
-                        "quantity": qty[bad]})
+    sku_names = known_skus.to_pylist()
+    raw = pd.DataFrame({
+        "order_id": all_heads.take(pa.array(line_run[bad])).to_pylist(),
+        "sku": [sku_odd[i] if i in sku_odd else sku_names[sku_idx[i]] for i in bad.tolist()],
+        "quantity": qty[bad]})
     names = ("", "order line for an unknown order", "order line with an unknown sku",
              "order line quantity is not a positive whole number")
     return clean, quarantine_records("order_lines", raw, np.ones(len(bad), bool),

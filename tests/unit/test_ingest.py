@@ -132,9 +132,12 @@ def test_a_replay_does_not_call_later_orders_future(shop_url: str) -> None:
     assert (h.orders["ordered_at"] < pd.Timestamp(NIGHT - dt.timedelta(days=59), tz="UTC")).all()
 
 
-def test_fast_sqlite_path_reads_exactly_what_the_generic_path_reads(shop_url: str) -> None:
+def test_fast_sqlite_path_reads_exactly_what_the_generic_path_reads(
+        shop_url: str, caplog: pytest.LogCaptureFixture) -> None:
     _add_bad_rows(shop_url)
     fast = shop.read_history(shop_url, NIGHT, now=NOW)
+    subset = shop.read_history(shop_url, NIGHT, ["C000001", "C000002", "NOBODY"], now=NOW)
+    assert "fast SQLite read failed" not in caplog.text  # the fast path did the reading
     slow = shop._read_generic(shop_url, NIGHT, None, now=NOW, lines=True)
     pd.testing.assert_frame_equal(fast.orders, slow.orders)
     pd.testing.assert_frame_equal(fast.lines, slow.lines)
@@ -142,6 +145,24 @@ def test_fast_sqlite_path_reads_exactly_what_the_generic_path_reads(shop_url: st
         (q.record_key, q.reason) for q in slow.quarantined)
     assert fast.rows_read == slow.rows_read
     assert fast.orders.set_index("order_id").loc["O0000003", "total"] == 12.5
+    slow_subset = shop._read_generic(shop_url, NIGHT, ["C000001", "C000002", "NOBODY"], now=NOW,
+                                     lines=True)
+    pd.testing.assert_frame_equal(subset.orders, slow_subset.orders)
+    pd.testing.assert_frame_equal(subset.lines, slow_subset.lines)
+
+
+def test_a_full_read_in_many_parts_equals_one_part(shop_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Runs of one order's lines cut by the boundary between two parts stay one run."""
+    _add_bad_rows(shop_url)
+    whole = shop.read_history(shop_url, NIGHT, now=NOW)
+    monkeypatch.setattr(shop, "_PART_ROWS", 777)
+    parts = shop.read_history(shop_url, NIGHT, now=NOW)
+    assert "fast SQLite read failed" not in caplog.text
+    pd.testing.assert_frame_equal(whole.orders, parts.orders)
+    pd.testing.assert_frame_equal(whole.lines, parts.lines)
+    assert sorted((q.record_key, q.reason) for q in whole.quarantined) == sorted(
+        (q.record_key, q.reason) for q in parts.quarantined)
 
 
 def test_cli_features_and_signals_replay_a_past_night(shop_url: str, tmp_path: Path) -> None:
