@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, Table, delete, select
+from sqlalchemy import Connection, Float, Table, delete, select
 from sqlalchemy.engine import make_url
 
 from tend import shop
@@ -38,6 +38,7 @@ from tend.features import (
     FeatureSet,
     compute_columns,
     compute_feature_set,
+    sort_order,
 )
 from tend.logs import log, table
 from tend.store import ledger
@@ -98,7 +99,7 @@ def run_ingest(
         ).first()
 
     mode = "full" if full or state is None or as_of < state.as_of else "incremental"
-    writer = _WriterProcess() if _sqlite_file(store_url) and \
+    writer = _SqliteProcess() if _sqlite_file(store_url) and \
         make_url(store_url).get_backend_name() == "sqlite" else None
     try:
         since_day: dt.date | None = None
@@ -182,7 +183,7 @@ _TABLES = (customer_features, customer_profile, customer_sku_features)
 def write_night(store_url: str, fc: FeatureColumns, *, as_of: dt.date, run_id: str,
                 stamp: dt.datetime, changed: Sequence[str] | None, since_day: dt.date | None,
                 quarantined: Sequence[shop.Quarantined], watermark: dt.datetime,
-                writer: _WriterProcess | None = None) -> None:
+                writer: _SqliteProcess | None = None) -> None:
     """One transaction: the changed customers' feature rows (all of them when ``changed`` is
     None), the shop's days from ``since_day`` on, the quarantined rows and the watermark.
 
@@ -200,7 +201,7 @@ def write_night(store_url: str, fc: FeatureColumns, *, as_of: dt.date, run_id: s
     path = _sqlite_file(store_url) if sqlite else None
     if path is not None:
         own = writer is None
-        writer = writer or _WriterProcess()
+        writer = writer or _SqliteProcess()
         try:
             writer.run(_write_sqlite, path, tables, changed, since_day, qrows, state)
         finally:
@@ -227,9 +228,10 @@ def _sqlite_file(url: str) -> str | None:
     return u.database if u.database and u.database != ":memory:" else None
 
 
-class _WriterProcess:
-    """A fresh Python process that writes a SQLite store through ADBC, started early so its
-    start-up (an interpreter, pandas, pyarrow, the driver) overlaps the read.
+class _SqliteProcess:
+    """A fresh Python process that reads or writes a SQLite store through ADBC (the writer is
+    started early so its start-up — an interpreter, pandas, pyarrow, the driver — overlaps the
+    shop's read).
 
     ADBC's SQLite driver carries its own copy of SQLite. Two copies of SQLite in one process
     must never open the same database file: POSIX locks belong to the process, so either copy
@@ -244,10 +246,14 @@ class _WriterProcess:
         import sys
 
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", "from tend.ingest import _writer_main; _writer_main()"],
+            [sys.executable, "-c",
+             "from tend.ingest import _sqlite_process_main; _sqlite_process_main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def run(self, fn: Callable[..., None], *args: object) -> None:
+        self.call(fn, *args)
+
+    def call(self, fn: Callable[..., object], *args: object) -> object:
         import pickle
 
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -261,9 +267,10 @@ class _WriterProcess:
         if code != 0 or not out:
             raise DataError(f"the store writer process failed (exit status {code}); "
                             "its error is in the task log above")
-        failure = pickle.loads(out)
+        failure, result = pickle.loads(out)
         if failure is not None:
-            raise DataError(f"writing the feature tables failed: {failure}")
+            raise DataError(f"the contact store at {path_hint(args)}: {failure}")
+        return result
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -271,19 +278,23 @@ class _WriterProcess:
             self._proc.wait()
 
 
-def _writer_main() -> None:
+def path_hint(args: tuple[object, ...]) -> str:
+    return str(args[0]) if args else "?"
+
+
+def _sqlite_process_main() -> None:
     """The writer process: one pickled (function, arguments) on stdin, None or the error's
     text on stdout."""
     import pickle
     import sys
 
     fn, args = pickle.load(sys.stdin.buffer)
-    failure = None
+    failure = result = None
     try:
-        fn(*args)
+        result = fn(*args)
     except Exception as exc:  # reported to the parent, which raises it in the task
         failure = f"{exc.__class__.__name__}: {exc}"
-    sys.stdout.buffer.write(pickle.dumps(failure))
+    sys.stdout.buffer.write(pickle.dumps((failure, result), protocol=5))
     sys.stdout.flush()
 
 
@@ -303,7 +314,9 @@ def _write_sqlite(path: str, tables: dict[str, pa.Table], changed: Sequence[str]
         return out
 
     with adbc.connect(path, autocommit=True) as con, con.cursor() as cur:
-        for pragma in ("busy_timeout = 60000", "synchronous = NORMAL"):
+        # A page cache big enough for the night's dirty pages: each is written to the WAL
+        # once, at commit, instead of every time a small cache spills it.
+        for pragma in ("busy_timeout = 60000", "synchronous = NORMAL", "cache_size = -1048576"):
             cur.execute(f"PRAGMA {pragma}")
             cur.fetchall()
         cur.execute("BEGIN IMMEDIATE")  # like the store's engine: take the write lock first
@@ -447,15 +460,41 @@ def _read(conn: Connection, tbl: Table, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def read_feature_set(store_url: str) -> FeatureSet:
-    """The feature tables as the signals use them (see ``tend.features``)."""
-    with connect(store_url).connect() as conn:
-        base = _read(conn, customer_features, FEATURE_COLUMNS)
-        prof = _read(conn, customer_profile, PROFILE_COLUMNS)
-        skus = _read(conn, customer_sku_features, SKU_COLUMNS)
-        daily = _read(conn, shop_daily, DAILY_COLUMNS)
-    cust = base.merge(prof, on="customer_id", how="left")
+    """The feature tables as the signals use them (see ``tend.features``): customers sorted by
+    id, products by (customer, sku), days by day.
+
+    A SQLite store is read column-wise through ADBC in a helper process (see
+    ``_SqliteProcess`` for why not in this one); other stores through SQLAlchemy.
+    """
+    path = _sqlite_file(store_url) if make_url(store_url).get_backend_name() == "sqlite" \
+        else None
+    if path is not None:
+        proc = _SqliteProcess()
+        try:
+            got = proc.call(_read_sqlite_tables, path)
+        finally:
+            proc.close()
+        base, prof, skus, daily = (got[t.name].to_pandas(date_as_object=True)
+                                   for t in (*_TABLES, shop_daily))
+    else:
+        with connect(store_url).connect() as conn:
+            base = _read(conn, customer_features, FEATURE_COLUMNS)
+            prof = _read(conn, customer_profile, PROFILE_COLUMNS)
+            skus = _read(conn, customer_sku_features, SKU_COLUMNS)
+            daily = _read(conn, shop_daily, DAILY_COLUMNS)
+        base = base.sort_values("customer_id", ignore_index=True)
+        prof = prof.sort_values("customer_id", ignore_index=True)
+        skus = skus.sort_values(["customer_id", "sku"], ignore_index=True)
+        daily = daily.sort_values("day", ignore_index=True)
+        for col in ("first_day", "last_day"):
+            skus[col] = pd.to_datetime(skus[col]).dt.date
+        daily["day"] = pd.to_datetime(daily["day"]).dt.date
+    if base["customer_id"].equals(prof["customer_id"]):
+        cust = pd.concat([base, prof.drop(columns="customer_id")], axis=1)
+    else:
+        cust = base.merge(prof, on="customer_id", how="left")
     for col in ("first_order_at", "last_order_at"):
-        cust[col] = pd.to_datetime(cust[col], utc=True, format="ISO8601")
+        cust[col] = pd.to_datetime(cust[col], utc=True, format="ISO8601").dt.as_unit("us")
     floats = ["total_spent", "avg_order_value", "mean_interval_days", "median_interval_days",
               "gap_log_mean", "gap_log_var", "last_day_spent", "season_doy", "season_r",
               "season_share"]
@@ -466,19 +505,90 @@ def read_feature_set(store_url: str) -> FeatureSet:
     cust["customer_id"] = cust["customer_id"].astype(str)
     cust["season_sku"] = cust["season_sku"].astype(object).where(cust["season_sku"].notna(),
                                                                   None)
-    cust = cust.sort_values("customer_id", ignore_index=True)
-    for col in ("first_day", "last_day"):
-        skus[col] = pd.to_datetime(skus[col]).dt.date
     for col in ("gap_median", "unit_gap_median", "phase_cos", "phase_sin"):
         skus[col] = pd.to_numeric(skus[col]).astype(float)
     for col in ("days", "quantity", "last_quantity", "season_days"):
         skus[col] = pd.to_numeric(skus[col]).astype(np.int64)
-    skus = skus.astype({"customer_id": str, "sku": str}).sort_values(
-        ["customer_id", "sku"], ignore_index=True)
-    daily["day"] = pd.to_datetime(daily["day"]).dt.date
-    daily = daily.astype({"orders": np.int64, "revenue": float}).sort_values(
-        "day", ignore_index=True)
+    skus = skus.astype({"customer_id": str, "sku": str})
+    daily = daily.astype({"orders": np.int64, "revenue": float})
     return FeatureSet(cust, skus, daily)
+
+
+def _read_sqlite_tables(path: str) -> dict[str, pa.Table]:
+    """The four feature tables of a SQLite store as Arrow (run in the helper process), sorted,
+    dates and times typed from SQLAlchemy's text format. Two threads read (the driver releases
+    the GIL), the largest table in two rowid ranges; sorting happens here, not in SQLite."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import adbc_driver_sqlite.dbapi as adbc
+
+    cols = {customer_features.name: FEATURE_COLUMNS, customer_profile.name: PROFILE_COLUMNS,
+            customer_sku_features.name: SKU_COLUMNS, shop_daily.name: DAILY_COLUMNS}
+    # Nullable numbers come with a sentinel for NULL: the driver types a column from its
+    # first rows and refuses a later value of another type.
+    nullable = {c.name for t in (*_TABLES, shop_daily) for c in t.columns
+                if c.nullable and isinstance(c.type, Float)}
+
+    def fetch(name: str, where: str) -> pa.Table:
+        sel = ", ".join(f"coalesce({c} * 1.0, -1e308 * 10) AS {c}" if c in nullable
+                        else f"coalesce(CAST({c} AS TEXT), '') AS {c}" if c == "season_sku"
+                        else f"CAST({c} AS TEXT) AS {c}" if c in ("customer_id", "sku")
+                        else c for c in cols[name])
+        with adbc.connect(f"file:{path}?mode=ro") as con, con.cursor() as cur:
+            cur.execute("PRAGMA busy_timeout = 60000")
+            cur.fetchall()
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "131072"})
+            cur.execute(f"SELECT {sel} FROM {name} {where}")
+            t = cur.fetch_arrow_table()
+        fixed = {}
+        for c in t.column_names:
+            col = t.column(c)
+            if c in nullable:
+                col = pc.cast(col, pa.float64())
+                col = pc.if_else(pc.equal(col, float("-inf")), None, col)
+            elif c == "season_sku":
+                col = pc.cast(col, pa.string())
+                col = pc.if_else(pc.equal(col, ""), None, col)
+            elif c in ("customer_id", "sku"):
+                col = pc.cast(col, pa.string())
+            elif c in ("first_day", "last_day", "day"):
+                col = pc.cast(pc.cast(col, pa.string()), pa.date32())
+            elif c in ("first_order_at", "last_order_at"):
+                col = pc.cast(pc.cast(col, pa.string()), pa.timestamp("us"))
+            fixed[c] = col
+        return pa.table(fixed) if fixed else pa.table({c: pa.array([]) for c in cols[name]})
+
+    import sqlite3
+
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+        con.execute("PRAGMA busy_timeout = 60000")
+        hi = con.execute("SELECT max(rowid) FROM customer_sku_features").fetchone()[0] or 0
+    half = hi // 2
+    jobs = [(customer_sku_features.name, f"WHERE rowid <= {half}"),
+            (customer_features.name, ""), (customer_profile.name, ""),
+            (customer_sku_features.name, f"WHERE rowid > {half}"), (shop_daily.name, "")]
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda job: fetch(*job), jobs))
+    out = {customer_features.name: got[1], customer_profile.name: got[2],
+           shop_daily.name: got[4]}
+    for name, key in ((customer_features.name, "customer_id"),
+                      (customer_profile.name, "customer_id"), (shop_daily.name, "day")):
+        t = out[name]
+        out[name] = t.take(pc.sort_indices(t.column(key))) if t.num_rows else t
+    skus = pa.concat_tables([got[0], got[3]])
+    if skus.num_rows:
+        ids = out[customer_features.name].column("customer_id").combine_chunks()
+        cust = pc.index_in(skus.column("customer_id"), value_set=ids)
+        if cust.null_count:  # not every product row has a customer row: sort as text
+            order = pc.sort_indices(skus, [("customer_id", "ascending"), ("sku", "ascending")])
+        else:
+            names = pc.unique(skus.column("sku")).sort()
+            sku = pc.index_in(skus.column("sku"), value_set=names)
+            order = pa.array(sort_order(cust.to_numpy(zero_copy_only=False),
+                                        sku.to_numpy(zero_copy_only=False)))
+        skus = skus.take(order)
+    out[customer_sku_features.name] = skus
+    return out
 
 
 def read_features(store_url: str) -> pd.DataFrame:

@@ -37,38 +37,43 @@ def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
     recent = (today - last).dt.days <= p.recent_days
     frames = []
 
+    # Windows are tested on whole-day timestamps; only the rows that pass become dates.
     # first purchase: thank-you within a day
-    due, valid = first.dt.date, (first + pd.Timedelta(days=1)).dt.date
-    ok = (c["orders_count"] == 1).to_numpy() & in_window(due, valid, as_of, 0)
+    due_ts, valid_ts = first, first + pd.Timedelta(days=1)
+    ok = (c["orders_count"] == 1).to_numpy() & in_window(due_ts, valid_ts, as_of, 0)
+    due, valid = due_ts[ok].dt.date, valid_ts[ok].dt.date
     frames.append(frame(
-        "first_purchase", c.loc[ok, "customer_id"], np.full(ok.sum(), 0.9), due[ok], valid[ok],
-        [f"first order on {d}" for d in due[ok]],
-        [{"order_date": str(d)} for d in due[ok]]))
+        "first_purchase", c.loc[ok, "customer_id"], np.full(ok.sum(), 0.9), due, valid,
+        [f"first order on {d}" for d in due],
+        [{"order_date": str(d)} for d in due]))
 
     # satisfaction survey about the last order
     due_on = last + pd.Timedelta(days=p.survey_after_days)
-    due, valid = due_on.dt.date, (due_on + pd.Timedelta(days=p.survey_valid_days)).dt.date
-    ok = in_window(due, valid, as_of, params.horizon_days)
+    valid_ts = due_on + pd.Timedelta(days=p.survey_valid_days)
+    ok = in_window(due_on, valid_ts, as_of, params.horizon_days)
+    due, valid = due_on[ok].dt.date, valid_ts[ok].dt.date
     sku = _main_product(fs, products, c.loc[ok, "customer_id"], last[ok])
     names = products.set_index("sku")["name"]
     frames.append(frame(
-        "survey", c.loc[ok, "customer_id"], np.full(ok.sum(), 0.4), due[ok], valid[ok],
+        "survey", c.loc[ok, "customer_id"], np.full(ok.sum(), 0.4), due, valid,
         [f"order of {d:%Y-%m-%d} is {p.survey_after_days} days old: ask how it went"
          for d in last[ok]],
-        [{"order_date": f"{d:%Y-%m-%d}", "due_on": str(u)} for d, u in zip(last[ok], due[ok],
+        [{"order_date": f"{d:%Y-%m-%d}", "due_on": str(u)} for d, u in zip(last[ok], due,
                                                                             strict=True)],
         sku=sku, product_name=[names.get(k) if k else None for k in sku]))
 
     # every nth order
     n = c["orders_count"].to_numpy()
     ok = (n % p.nth_every == 0) & (n > 0) & recent.to_numpy()
-    due = (last + pd.Timedelta(days=1)).dt.date
-    valid = (last + pd.Timedelta(days=p.valid_days)).dt.date
-    ok &= in_window(due, valid, as_of, params.horizon_days)
+    due_ts = last + pd.Timedelta(days=1)
+    valid_ts = last + pd.Timedelta(days=p.valid_days)
+    in_time = in_window(due_ts, valid_ts, as_of, params.horizon_days)
+    ok &= in_time
     frames.append(frame(
         "loyalty_nth_order", c.loc[ok, "customer_id"], np.minimum(1.0, 0.5 + n[ok] / 100.0),
-        due[ok], valid[ok], [f"placed their {_ordinal(k)} order on {d:%Y-%m-%d}"
-                             for k, d in zip(n[ok], last[ok], strict=True)],
+        due_ts[ok].dt.date, valid_ts[ok].dt.date,
+        [f"placed their {_ordinal(k)} order on {d:%Y-%m-%d}"
+         for k, d in zip(n[ok], last[ok], strict=True)],
         [{"nth": int(k)} for k in n[ok]]))
 
     # spend tier crossed with the last visit
@@ -78,9 +83,10 @@ def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
     for threshold, name in sorted(p.tiers):
         tier[(before < threshold) & (spend >= threshold)] = name
     ok = (tier != None) & recent.to_numpy()  # noqa: E711 - elementwise
-    ok &= in_window(due, valid, as_of, params.horizon_days)
+    ok &= in_time
     frames.append(frame(
-        "loyalty_tier", c.loc[ok, "customer_id"], np.full(ok.sum(), 0.7), due[ok], valid[ok],
+        "loyalty_tier", c.loc[ok, "customer_id"], np.full(ok.sum(), 0.7), due_ts[ok].dt.date,
+        valid_ts[ok].dt.date,
         [f"reached the {t} tier: {s:,.2f} spent in total" for t, s in zip(tier[ok], spend[ok],
                                                                             strict=True)],
         [{"tier": t, "spend": round(float(s), 2)} for t, s in zip(tier[ok], spend[ok],
@@ -97,12 +103,12 @@ def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
         anniv[take] = date[take]
         years = np.where(take, y, years)
     active = ((today - last).dt.days <= p.anniversary_active_days).to_numpy()
-    due = anniv.dt.date
-    valid = (anniv + pd.Timedelta(days=p.anniversary_valid_days)).dt.date
+    valid_ts = anniv + pd.Timedelta(days=p.anniversary_valid_days)
     ok = anniv.notna().to_numpy() & active
-    ok[ok] = in_window(due[ok], valid[ok], as_of, params.horizon_days)
+    ok[ok] = in_window(anniv[ok], valid_ts[ok], as_of, params.horizon_days)
     frames.append(frame(
-        "anniversary", c.loc[ok, "customer_id"], np.full(ok.sum(), 0.5), due[ok], valid[ok],
+        "anniversary", c.loc[ok, "customer_id"], np.full(ok.sum(), 0.5), anniv[ok].dt.date,
+        valid_ts[ok].dt.date,
         [f"{int(k)} year{'s' if k > 1 else ''} since their first order on {f:%Y-%m-%d}"
          for k, f in zip(years[ok], first[ok], strict=True)],
         [{"years": int(k), "first_order_date": f"{f:%Y-%m-%d}"}
@@ -134,4 +140,5 @@ def _main_product(fs: object, products: pd.DataFrame, customer_ids: pd.Series,
     rows["price"] = rows["sku"].map(products.set_index("sku")["price"])
     top = rows.sort_values(["customer_id", "price", "sku"], ascending=[True, False, True]
                            ).drop_duplicates("customer_id").set_index("customer_id")["sku"]
-    return [top.get(k) for k in customer_ids]
+    found = customer_ids.map(top)
+    return found.astype(object).where(found.notna(), None).tolist()
