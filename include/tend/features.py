@@ -197,7 +197,7 @@ def compute_columns(orders: pd.DataFrame, lines: pd.DataFrame | None) -> Feature
     n = len(ids)
     ts = orders["ordered_at"].dt.tz_convert("UTC").dt.as_unit("us").array.asi8
     total = orders["total"].to_numpy(dtype=float)
-    day = ts // _US_PER_DAY
+    day = (ts // _US_PER_DAY).astype(np.int32)
     order = sort_order(codes, day)
     cust, ts, total, day = codes[order], ts[order], total[order], day[order]
 
@@ -266,7 +266,7 @@ def compute_columns(orders: pd.DataFrame, lines: pd.DataFrame | None) -> Feature
         del inv
         if isinstance(lines["sku"].dtype, pd.CategoricalDtype) and \
                 lines["sku"].cat.categories.is_monotonic_increasing:  # the reader's codes
-            sku_codes = lines["sku"].cat.codes.to_numpy().astype(np.int64)
+            sku_codes = lines["sku"].cat.codes.to_numpy().astype(np.int32)
             sku_ids = pa.array(lines["sku"].cat.categories.to_numpy(dtype=object), pa.string())
         else:
             sku_codes, uniq = pd.factorize(lines["sku"].astype(str), sort=True)
@@ -315,7 +315,9 @@ def _pack(keys: Sequence[np.ndarray], extra_bits: int = 0
     packed = np.zeros(len(keys[0]), np.int64)
     for k, lo, width in zip(keys, lows, shifts, strict=True):
         packed <<= width
-        packed |= k.astype(np.int64) - lo
+        packed += k  # in place (the low bits are free): no int64 copy of each key
+        if lo:
+            packed -= lo
     packed <<= extra_bits
     return packed, list(zip(lows, shifts, strict=True))
 
@@ -432,13 +434,23 @@ def _sku_features(lc: np.ndarray, ld: np.ndarray, ls: np.ndarray, qty: np.ndarra
         packed, ((clo, _), (slo, sb), (dlo, db)) = got
         qbits = _bits(int(qty.max()))
         packed |= qty
+        del qty, lc, ls, ld
         packed.sort()
-        qty = packed & ((1 << qbits) - 1)
+
+        def field(shift: int, bits: int, lo: int) -> np.ndarray:
+            out = np.right_shift(packed, shift, out=tmp)
+            out &= (1 << bits) - 1
+            out += lo
+            return out.astype(np.int32)
+
+        tmp = np.empty_like(packed)
+        qty = field(0, qbits, 0)
+        ld = field(qbits, db, dlo)
+        ls = field(qbits + db, sb, slo)
+        lc = np.right_shift(packed, qbits + db + sb, out=tmp).astype(np.int32) + clo
+        del tmp
         packed >>= qbits
         key = packed  # (customer, sku, day)
-        ld = (packed & ((1 << db) - 1)) + dlo
-        ls = ((packed >> db) & ((1 << sb) - 1)) + slo
-        lc = (packed >> (db + sb)) + clo
     else:
         order = sort_order(lc, ls, ld)
         lc, ls, ld, qty = lc[order], ls[order], ld[order], qty[order]

@@ -257,8 +257,8 @@ class _SqliteProcess:
         import pickle
 
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        try:
-            self._proc.stdin.write(pickle.dumps((fn, args), protocol=5))
+        try:  # straight into the pipe: no second copy of the tables in this process
+            pickle.dump((fn, args), self._proc.stdin, protocol=5)
             self._proc.stdin.close()
         except BrokenPipeError:
             pass
@@ -316,7 +316,7 @@ def _write_sqlite(path: str, tables: dict[str, pa.Table], changed: Sequence[str]
     with adbc.connect(path, autocommit=True) as con, con.cursor() as cur:
         # A page cache big enough for the night's dirty pages: each is written to the WAL
         # once, at commit, instead of every time a small cache spills it.
-        for pragma in ("busy_timeout = 60000", "synchronous = NORMAL", "cache_size = -1048576"):
+        for pragma in ("busy_timeout = 60000", "synchronous = NORMAL", "cache_size = -262144"):
             cur.execute(f"PRAGMA {pragma}")
             cur.fetchall()
         cur.execute("BEGIN IMMEDIATE")  # like the store's engine: take the write lock first

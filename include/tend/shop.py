@@ -194,7 +194,7 @@ def _parse_number(values: pd.Series) -> np.ndarray:
 
 
 def _empty_lines() -> pd.DataFrame:
-    return pd.DataFrame({"order": np.zeros(0, np.int64), "sku": pd.Series([], dtype=str),
+    return pd.DataFrame({"order": np.zeros(0, np.int32), "sku": pd.Series([], dtype=str),
                          "quantity": np.zeros(0, np.int64)})
 
 
@@ -661,7 +661,7 @@ def _screen_lines(parts: list[dict[str, object]], orders: _Screened, known_skus:
     pos[raw_pos < 0] = -1
     ok = (reason == 0) & (pos >= 0)
     clean = pd.DataFrame({
-        "order": pos[ok].astype(np.int64),
+        "order": pos[ok].astype(np.int32 if len(orders.keep) < 2**31 else np.int64),
         "sku": pd.Categorical.from_codes(sku_idx[ok], categories=pd.Index(
             known_skus.to_pandas(), dtype=str)),
         "quantity": qty[ok].astype(np.int64)})
