@@ -373,21 +373,34 @@ def phase_to_doy(angle: np.ndarray | float) -> np.ndarray:
     return np.mod(np.asarray(angle) / TWO_PI, 1.0) * YEAR_DAYS + 1.0
 
 
+def day_phase(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``phase`` of each day with its cosine and sine, computed once per distinct day (a few
+    thousand) and gathered: the same numbers as computing them per row, for a fraction of the
+    time on millions of rows."""
+    if not len(days):
+        empty = np.zeros(0)
+        return empty, empty, empty
+    d0 = int(days.min())
+    table = phase(np.arange(d0, int(days.max()) + 1, dtype=np.int64))
+    at = days - d0
+    return table[at], np.cos(table)[at], np.sin(table)[at]
+
+
 def circular_distance_days(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Shortest distance in days between two angles on the year circle."""
     d = np.mod(a - b + np.pi, TWO_PI) - np.pi
     return np.abs(d) * YEAR_DAYS / TWO_PI
 
 
-def _cycle_means(vcust: np.ndarray, cycle: np.ndarray, angle: np.ndarray, n: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _cycle_means(vcust: np.ndarray, cycle: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+                 n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over a customer's cycles of the cycle's mean unit vector (one point per year)."""
     new = np.ones(len(cycle), bool)
     new[1:] = (vcust[1:] != vcust[:-1]) | (cycle[1:] != cycle[:-1])
     gidx = np.cumsum(new) - 1
     per = np.bincount(gidx)
-    c = np.bincount(gidx, weights=np.cos(angle)) / per
-    s = np.bincount(gidx, weights=np.sin(angle)) / per
+    c = np.bincount(gidx, weights=cos) / per
+    s = np.bincount(gidx, weights=sin) / per
     gcust = vcust[new]
     ncycles = np.bincount(gcust, minlength=n)
     with np.errstate(invalid="ignore"):
@@ -396,12 +409,13 @@ def _cycle_means(vcust: np.ndarray, cycle: np.ndarray, angle: np.ndarray, n: int
 
 
 def _seasons(vcust: np.ndarray, vday: np.ndarray, n: int) -> dict[str, np.ndarray]:
-    angle = phase(vday)
+    angle, cos, sin = day_phase(vday)
     # Pass 1: calendar-ish years give a first direction; pass 2 re-cuts the years around it.
-    c1, s1, _ = _cycle_means(vcust, np.floor(vday / YEAR_DAYS).astype(np.int64), angle, n)
+    c1, s1, _ = _cycle_means(vcust, np.floor(vday / YEAR_DAYS).astype(np.int64), cos, sin, n)
     centre1 = np.arctan2(s1, c1)
     cycle = np.rint(vday / YEAR_DAYS - centre1[vcust] / TWO_PI).astype(np.int64)
-    c, s, ncycles = _cycle_means(vcust, cycle, angle, n)
+    c, s, ncycles = _cycle_means(vcust, cycle, cos, sin, n)
+    del cos, sin
     centre = np.arctan2(s, c)
     inside = circular_distance_days(angle, centre[vcust]) <= SEASON_HALF_WIDTH
     visits = np.bincount(vcust, minlength=n)
@@ -477,8 +491,9 @@ def _sku_features(lc: np.ndarray, ld: np.ndarray, ls: np.ndarray, qty: np.ndarra
     gap = (dd[1:] - dd[:-1]).astype(float)[same]
     unit_gap = gap / dq[:-1][same]
     gg = g[1:][same]
-    angle = phase(dd)
+    angle, cos, sin = day_phase(dd)
     inside = circular_distance_days(angle, centre[dc]) <= SEASON_HALF_WIDTH
+    del angle
     return {
         "customer_id": dc[gnew].astype(np.int64),
         "sku": ds[gnew].astype(np.int64),
@@ -490,8 +505,8 @@ def _sku_features(lc: np.ndarray, ld: np.ndarray, ls: np.ndarray, qty: np.ndarra
         "gap_median": group_median(gg, gap, ng),
         # to a tenth of a day, which keeps the median an integer sort
         "unit_gap_median": group_median(gg, np.round(unit_gap * 10.0), ng) / 10.0,
-        "phase_cos": np.bincount(g, weights=np.cos(angle), minlength=ng),
-        "phase_sin": np.bincount(g, weights=np.sin(angle), minlength=ng),
+        "phase_cos": np.bincount(g, weights=cos, minlength=ng),
+        "phase_sin": np.bincount(g, weights=sin, minlength=ng),
         "season_days": np.bincount(g, weights=inside.astype(float), minlength=ng
                                    ).astype(np.int64),
     }

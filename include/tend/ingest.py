@@ -390,8 +390,9 @@ def feature_tables(fc: FeatureColumns, *, as_of: dt.date, stamp: dt.datetime, sq
 
     def when(us: np.ndarray) -> pa.Array:
         arr = pa.array(us, pa.timestamp("us"))
-        return pc.strftime(arr, format="%Y-%m-%d %H:%M:%S") if sqlite else \
-            arr.cast(pa.timestamp("us", tz="UTC"))
+        # Arrow's text for a µs timestamp is SQLAlchemy's SQLite format exactly (and ten
+        # times faster than strftime)
+        return arr.cast(pa.string()) if sqlite else arr.cast(pa.timestamp("us", tz="UTC"))
 
     def day(days: np.ndarray) -> pa.Array:
         arr = pa.array(np.asarray(days, dtype=np.int32), pa.date32())
