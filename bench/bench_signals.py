@@ -37,6 +37,7 @@ def main() -> int:
     from tend.demo import generate_demo_shop
     from tend.signals import bgnbd, detect_all
     from tend.store import migrate
+    from tend.store.db import connect
 
     logging.basicConfig(level=logging.INFO, format="  %(message)s")
     VAR.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,7 @@ def main() -> int:
         tmp = cached.with_suffix(".tmp")
         summary = generate_demo_shop(f"sqlite:///{tmp}", customers=args.customers, seed=7,
                                      as_of=NIGHT)
+        connect(f"sqlite:///{tmp}").dispose()  # closed: its WAL is folded in before the rename
         tmp.rename(cached)
         print(f"generated {cached.name}: {summary.orders:,} orders, {summary.order_lines:,} "
               f"lines in {time.perf_counter() - t:.0f}s")
@@ -95,7 +97,8 @@ def main() -> int:
     print(f"detect_all        {t_sig:6.1f} s   ({len(sig):,} signals)")
     print(f"BG/NBD fit        {t_bg:6.1f} s   ({len(bgnbd.collapse(rfm)):,} distinct (x, t_x, T)"
           " rows)")
-    print(f"peak memory overall {peak_gib():.2f} GiB (this process + its reader process)")
+    print(f"peak memory overall {peak_gib():.2f} GiB (this process + its largest helper "
+          "process: the store's reader or writer)")
     return 0
 
 

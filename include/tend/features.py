@@ -272,7 +272,7 @@ def compute_columns(orders: pd.DataFrame, lines: pd.DataFrame | None) -> Feature
             sku_codes, uniq = pd.factorize(lines["sku"].astype(str), sort=True)
             sku_ids = pa.array(np.asarray(uniq, dtype=object), pa.string())
         skus = _sku_features(cust[line_order], day[line_order], sku_codes,
-                             lines["quantity"].to_numpy(dtype=np.int64), season["centre"])
+                             lines["quantity"].to_numpy(), season["centre"])
         if len(skus["days"]):
             customers["season_sku"] = _season_sku(skus, n)
     return FeatureColumns(ids, customers, sku_ids, skus, daily)

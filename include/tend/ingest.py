@@ -99,8 +99,10 @@ def run_ingest(
         ).first()
 
     mode = "full" if full or state is None or as_of < state.as_of else "incremental"
-    writer = _SqliteProcess() if _sqlite_file(store_url) and \
-        make_url(store_url).get_backend_name() == "sqlite" else None
+    # A full rebuild of a large shop into a SQLite store writes through a helper process
+    # (see ``_SqliteProcess``); started now, its start-up overlaps the read.
+    writer = _SqliteProcess() if mode == "full" and _sqlite_store(store_url) and \
+        shop.order_rows_hint(shop_url) > HELPER_PROCESS_ROWS else None
     try:
         since_day: dt.date | None = None
         clock = time.perf_counter()
@@ -117,6 +119,9 @@ def run_ingest(
                 shop.History(shop._empty_orders(), shop._empty_lines())
 
         t_read = time.perf_counter() - clock
+        # The features need no order ids; and memory the reader's Arrow pool kept goes back.
+        history.orders = history.orders.drop(columns="order_id")
+        pa.default_memory_pool().release_unused()
         fc = compute_columns(history.orders, history.lines)
         t_features = time.perf_counter() - clock - t_read
         stamp = ledger.now()
@@ -198,8 +203,9 @@ def write_night(store_url: str, fc: FeatureColumns, *, as_of: dt.date, run_id: s
               "reason": q.reason, "payload": json.dumps(q.payload, default=str),
               "created_at": stamp} for q in quarantined]
     state = {"name": WATERMARK, "watermark": watermark, "as_of": as_of, "updated_at": stamp}
-    path = _sqlite_file(store_url) if sqlite else None
-    if path is not None:
+    path = _sqlite_store(store_url)
+    rows = sum(t.num_rows for t in tables.values())
+    if path is not None and (writer is not None or rows > HELPER_PROCESS_ROWS):
         own = writer is None
         writer = writer or _SqliteProcess()
         try:
@@ -217,7 +223,7 @@ def write_night(store_url: str, fc: FeatureColumns, *, as_of: dt.date, run_id: s
                 _delete_customers(conn, t, changed)
             conn.execute(delete(shop_daily).where(shop_daily.c.day >= since_day))
         for name, table in tables.items():
-            _copy_or_insert(conn, name, table)
+            _copy_or_insert(conn, name, table, sqlite)
         ledger.insert_ignore(conn, quarantine, qrows)
         conn.execute(delete(ingest_state).where(ingest_state.c.name == WATERMARK))
         conn.execute(ingest_state.insert().values(**state))
@@ -226,6 +232,16 @@ def write_night(store_url: str, fc: FeatureColumns, *, as_of: dt.date, run_id: s
 def _sqlite_file(url: str) -> str | None:
     u = make_url(url)
     return u.database if u.database and u.database != ":memory:" else None
+
+
+def _sqlite_store(url: str) -> str | None:
+    """The file of a SQLite store (None for other stores and in-memory SQLite)."""
+    return _sqlite_file(url) if make_url(url).get_backend_name() == "sqlite" else None
+
+
+#: Above this many rows a SQLite store is written or read through ADBC in a helper process;
+#: below it, starting a process costs more than it saves.
+HELPER_PROCESS_ROWS = 250_000
 
 
 class _SqliteProcess:
@@ -350,8 +366,9 @@ def _write_sqlite(path: str, tables: dict[str, pa.Table], changed: Sequence[str]
         cur.execute("COMMIT")
 
 
-def _copy_or_insert(conn: Connection, name: str, table: pa.Table) -> None:
-    """PostgreSQL: COPY the columns as CSV (no Python object per value); else plain inserts."""
+def _copy_or_insert(conn: Connection, name: str, table: pa.Table, sqlite: bool) -> None:
+    """PostgreSQL: COPY the columns as CSV (no Python object per value). SQLite (a small
+    night): the driver's executemany over values already in SQLAlchemy's storage format."""
     if not table.num_rows:
         return
     if conn.dialect.name == "postgresql":
@@ -369,10 +386,17 @@ def _copy_or_insert(conn: Connection, name: str, table: pa.Table) -> None:
             for i in range(0, len(view), 1 << 20):
                 copy.write(view[i : i + (1 << 20)])
         return
+    cols = table.column_names
+    rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True))
+    if sqlite:
+        sql = f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        for i in range(0, len(rows), 50_000):
+            conn.exec_driver_sql(sql, rows[i : i + 50_000])
+        return
     tbl = {t.name: t for t in (*_TABLES, shop_daily)}[name]
-    rows = table.to_pylist()
     for i in range(0, len(rows), 50_000):
-        conn.execute(tbl.insert(), rows[i : i + 50_000])
+        conn.execute(tbl.insert(), [dict(zip(cols, r, strict=True))
+                                    for r in rows[i : i + 50_000]])
 
 
 def feature_tables(fc: FeatureColumns, *, as_of: dt.date, stamp: dt.datetime, sqlite: bool,
@@ -467,9 +491,8 @@ def read_feature_set(store_url: str) -> FeatureSet:
     A SQLite store is read column-wise through ADBC in a helper process (see
     ``_SqliteProcess`` for why not in this one); other stores through SQLAlchemy.
     """
-    path = _sqlite_file(store_url) if make_url(store_url).get_backend_name() == "sqlite" \
-        else None
-    if path is not None:
+    path = _sqlite_store(store_url)
+    if path is not None and _sku_rows_hint(store_url) > HELPER_PROCESS_ROWS:
         proc = _SqliteProcess()
         try:
             got = proc.call(_read_sqlite_tables, path)
@@ -513,6 +536,13 @@ def read_feature_set(store_url: str) -> FeatureSet:
     skus = skus.astype({"customer_id": str, "sku": str})
     daily = daily.astype({"orders": np.int64, "revenue": float})
     return FeatureSet(cust, skus, daily)
+
+
+def _sku_rows_hint(store_url: str) -> int:
+    """About how many product rows a SQLite store holds (its largest rowid: no count)."""
+    with connect(store_url).connect() as conn:
+        return int(conn.exec_driver_sql(
+            f"SELECT max(rowid) FROM {customer_sku_features.name}").scalar() or 0)
 
 
 def _read_sqlite_tables(path: str) -> dict[str, pa.Table]:

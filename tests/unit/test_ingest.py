@@ -188,12 +188,16 @@ def test_cli_features_and_signals_replay_a_past_night(shop_url: str, tmp_path: P
                  "--out", str(tmp_path / "x.csv")]) == 2  # not ingested for that night
 
 
+@pytest.mark.parametrize("helper_rows", [0, 10**9], ids=["helper-process", "in-process"])
 def test_bulk_written_rows_read_back_through_sqlalchemy_on_both_backends(
-        shop_url: str, store_url: str) -> None:
-    """The feature rows go in as Arrow columns (ADBC on SQLite, COPY on PostgreSQL) in the
-    format SQLAlchemy stores: its typed columns read back the computed values, and an
-    incremental night still equals the features computed straight from the shop."""
+        shop_url: str, store_url: str, helper_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feature rows go in as Arrow columns (ADBC in a helper process or the driver's
+    executemany on SQLite, COPY on PostgreSQL) in the format SQLAlchemy stores: its typed
+    columns read back the computed values, and an incremental night still equals the
+    features computed straight from the shop, whichever way they were written and read."""
     from sqlalchemy import select
+
+    monkeypatch.setattr(ingest, "HELPER_PROCESS_ROWS", helper_rows)
 
     from tend.store.tables import customer_features, customer_sku_features, ingest_state
 
