@@ -123,9 +123,14 @@ def empty_signals() -> pd.DataFrame:
 
 def frame(signal: str, customer_id: Iterable[object], score: Iterable[float],
           due_date: Iterable[object], valid_until: Iterable[object], reason: Iterable[str],
-          detail: Iterable[dict[str, object]], sku: Iterable[object] | None = None,
-          product_name: Iterable[object] | None = None) -> pd.DataFrame:
-    """Rows of one signal in the contract's shape (value is filled in by ``detect``)."""
+          detail: Iterable[dict[str, object]] | None, sku: Iterable[object] | None = None,
+          product_name: Iterable[object] | None = None,
+          detail_json: Iterable[str] | None = None) -> pd.DataFrame:
+    """Rows of one signal in the contract's shape (value is filled in by ``detect``).
+
+    ``detail_json``: the details already serialised exactly as ``json.dumps(d,
+    sort_keys=True)`` would (a detector that builds them vectorised), instead of ``detail``.
+    """
     ids = list(customer_id)
     n = len(ids)
     out = pd.DataFrame({
@@ -138,7 +143,8 @@ def frame(signal: str, customer_id: Iterable[object], score: Iterable[float],
         "value": np.nan,
         "sku": list(sku) if sku is not None else [None] * n,
         "product_name": list(product_name) if product_name is not None else [None] * n,
-        "detail": [json.dumps(d, default=str, sort_keys=True) for d in detail],
+        "detail": list(detail_json) if detail_json is not None else
+        [json.dumps(d, default=str, sort_keys=True) for d in detail or ()],
     })
     return out[SIGNAL_COLUMNS] if n else empty_signals()
 

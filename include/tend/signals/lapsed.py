@@ -192,12 +192,13 @@ def lapse_scores(features: pd.DataFrame, as_of: dt.date, params: LapsedParams | 
     since_i = since.astype(np.int64)
     typical_txt = np.where(np.isfinite(typical), np.round(np.nan_to_num(typical)), 0).astype(
         np.int64)
+    # Vectorised text (Arrow-backed strings): a million sentences without a Python loop.
+    days_txt = pd.Series(since_i).astype(str)
     reason = np.where(
         repeat,
-        np.char.add(np.char.add(np.char.add("last order ", since_i.astype(str)),
-                                " days ago; usually orders every "),
-                    np.char.add(typical_txt.astype(str), " days")),
-        np.char.add(np.char.add("one order only, ", since_i.astype(str)), " days ago"),
+        ("last order " + days_txt + " days ago; usually orders every "
+         + pd.Series(typical_txt).astype(str) + " days").to_numpy(dtype=object),
+        ("one order only, " + days_txt + " days ago").to_numpy(dtype=object),
     )
     return pd.DataFrame({
         "customer_id": f["customer_id"].to_numpy(),

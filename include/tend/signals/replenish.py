@@ -16,6 +16,7 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tend.signals import SignalParams, empty_signals, frame, in_window
 
@@ -74,15 +75,29 @@ def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
         return empty_signals()
     names = products.set_index("sku")["name"]
     name = rows["sku"].map(names)
-    reason = [
-        (f"buys {n} every {i} days; last on {d}, due around {u:%Y-%m-%d}" if o else
-         f"{n} bought on {d} usually lasts about {i} days; due around {u:%Y-%m-%d}")
-        for n, i, d, u, o in zip(name, rows["interval"], rows["last_day"], due_on, own,
-                                 strict=True)]
+    # Sentences and details as vectorised text (ISO dates, whole numbers): the same strings
+    # a per-row f-string and json.dumps(sort_keys=True) make, without a Python loop.
+    text = _text
+    due_txt = text(pa.array(due_on.to_numpy().astype("datetime64[D]")))
+    last_txt = text(pa.array(list(rows["last_day"]), pa.date32()))
+    days_txt = text(pa.array(rows["interval"].to_numpy()))
+    own_a = own.to_numpy()
+    name_txt = pd.Series(name.astype(object).map(str).to_numpy(), dtype=str)
+    reason = np.where(
+        own_a,
+        ("buys " + name_txt + " every " + days_txt + " days; last on " + last_txt
+         + ", due around " + due_txt).to_numpy(dtype=object),
+        (name_txt + " bought on " + last_txt + " usually lasts about " + days_txt
+         + " days; due around " + due_txt).to_numpy(dtype=object))
+    detail = ('{"due_on": "' + due_txt + '", "interval_days": ' + days_txt
+              + ', "last_bought": "' + last_txt + '", "own_interval": '
+              + pd.Series(np.where(own_a, "true", "false"), dtype=str) + "}")
     score = np.where(own, np.minimum(1.0, 0.5 + 0.1 * rows["days"]), 0.5)
     return frame(
-        "replenish", rows["customer_id"], score, due, valid, reason,
-        [{"due_on": f"{u:%Y-%m-%d}", "last_bought": str(d), "interval_days": int(i),
-          "own_interval": bool(o)}
-         for u, d, i, o in zip(due_on, rows["last_day"], rows["interval"], own, strict=True)],
-        sku=rows["sku"].tolist(), product_name=name.tolist())
+        "replenish", rows["customer_id"], score, due, valid, reason, None,
+        sku=rows["sku"].tolist(), product_name=name.tolist(),
+        detail_json=detail.to_numpy(dtype=object))
+
+
+def _text(values: pa.Array) -> pd.Series:
+    return pd.Series(values.cast(pa.string()).to_pandas(), dtype=str)
