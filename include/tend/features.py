@@ -190,6 +190,16 @@ def _bits(x: int) -> int:
 def compute_columns(orders: pd.DataFrame, lines: pd.DataFrame | None) -> FeatureColumns:
     """Every feature as arrays (see ``FeatureColumns``): one sort of the orders by (customer,
     day), one of the lines by (customer, product, day), then bincounts and sorted picks."""
+    return consume_frames([orders, lines])
+
+
+def consume_frames(frames: list[pd.DataFrame | None]) -> FeatureColumns:
+    """``compute_columns`` over ``[orders, lines]`` that empties the list as soon as it has
+    taken the columns it needs: a caller that hands over its only references (the ingest)
+    does not hold a million customers' frames and their arrays at once."""
+    orders, lines = frames[0], frames[1]
+    frames[0] = frames[1] = None
+    assert orders is not None
     if orders.empty:
         return FeatureColumns(pa.array([], pa.string()), {}, pa.array([], pa.string()),
                               {"days": np.zeros(0, np.int64)}, {})
@@ -197,6 +207,7 @@ def compute_columns(orders: pd.DataFrame, lines: pd.DataFrame | None) -> Feature
     n = len(ids)
     ts = orders["ordered_at"].dt.tz_convert("UTC").dt.as_unit("us").array.asi8
     total = orders["total"].to_numpy(dtype=float)
+    del orders
     day = (ts // _US_PER_DAY).astype(np.int32)
     order = sort_order(codes, day)
     cust, ts, total, day = codes[order], ts[order], total[order], day[order]
@@ -263,7 +274,7 @@ def compute_columns(orders: pd.DataFrame, lines: pd.DataFrame | None) -> Feature
         inv = np.empty(len(order), np.int64)
         inv[order] = np.arange(len(order))
         line_order = inv[lines["order"].to_numpy()]
-        del inv
+        del inv, order
         if isinstance(lines["sku"].dtype, pd.CategoricalDtype) and \
                 lines["sku"].cat.categories.is_monotonic_increasing:  # the reader's codes
             sku_codes = lines["sku"].cat.codes.to_numpy().astype(np.int32)
@@ -271,8 +282,10 @@ def compute_columns(orders: pd.DataFrame, lines: pd.DataFrame | None) -> Feature
         else:
             sku_codes, uniq = pd.factorize(lines["sku"].astype(str), sort=True)
             sku_ids = pa.array(np.asarray(uniq, dtype=object), pa.string())
-        skus = _sku_features(cust[line_order], day[line_order], sku_codes,
-                             lines["quantity"].to_numpy(), season["centre"])
+        qty = lines["quantity"].to_numpy()
+        del lines
+        skus = _sku_features(cust[line_order], day[line_order], sku_codes, qty,
+                             season["centre"])
         if len(skus["days"]):
             customers["season_sku"] = _season_sku(skus, n)
     return FeatureColumns(ids, customers, sku_ids, skus, daily)

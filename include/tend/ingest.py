@@ -36,8 +36,8 @@ from tend.features import (
     SKU_COLUMNS,
     FeatureColumns,
     FeatureSet,
-    compute_columns,
     compute_feature_set,
+    consume_frames,
     sort_order,
 )
 from tend.logs import log, table
@@ -119,16 +119,17 @@ def run_ingest(
                 shop.History(shop._empty_orders(), shop._empty_lines())
 
         t_read = time.perf_counter() - clock
-        # The features need no order ids; and memory the reader's Arrow pool kept goes back.
-        history.orders = history.orders.drop(columns="order_id")
-        pa.default_memory_pool().release_unused()
-        fc = compute_columns(history.orders, history.lines)
-        t_features = time.perf_counter() - clock - t_read
-        stamp = ledger.now()
         orders = history.orders
         watermark = orders["ordered_at"].max() if len(orders) else None
         rows_read, quarantined = history.rows_read, history.quarantined
-        del history, orders  # the store write needs the features only
+        # The features take over the only references to the frames (they need no order ids),
+        # and memory the reader's Arrow pool kept goes back.
+        frames = [orders.drop(columns="order_id"), history.lines]
+        del history, orders
+        pa.default_memory_pool().release_unused()
+        fc = consume_frames(frames)
+        t_features = time.perf_counter() - clock - t_read
+        stamp = ledger.now()
         new_watermark = max(
             [w for w in (watermark and watermark.to_pydatetime(),
                          state and _aware(state.watermark)) if w],
@@ -332,7 +333,7 @@ def _write_sqlite(path: str, tables: dict[str, pa.Table], changed: Sequence[str]
     with adbc.connect(path, autocommit=True) as con, con.cursor() as cur:
         # A page cache big enough for the night's dirty pages: each is written to the WAL
         # once, at commit, instead of every time a small cache spills it.
-        for pragma in ("busy_timeout = 60000", "synchronous = NORMAL", "cache_size = -262144"):
+        for pragma in ("busy_timeout = 60000", "synchronous = NORMAL", "cache_size = -65536"):
             cur.execute(f"PRAGMA {pragma}")
             cur.fetchall()
         cur.execute("BEGIN IMMEDIATE")  # like the store's engine: take the write lock first
