@@ -540,16 +540,18 @@ def read_feature_set(store_url: str) -> FeatureSet:
 
 
 def _sku_rows_hint(store_url: str) -> int:
-    """About how many product rows a SQLite store holds (its largest rowid: no count)."""
+    """How many product rows a SQLite store holds, counted only up to just past the helper
+    process's threshold (enough to choose, and cheap on a large store)."""
     with connect(store_url).connect() as conn:
         return int(conn.exec_driver_sql(
-            f"SELECT max(rowid) FROM {customer_sku_features.name}").scalar() or 0)
+            f"SELECT count(*) FROM (SELECT 1 FROM {customer_sku_features.name} "
+            f"LIMIT {HELPER_PROCESS_ROWS + 1})").scalar() or 0)
 
 
 def _read_sqlite_tables(path: str) -> dict[str, pa.Table]:
     """The four feature tables of a SQLite store as Arrow (run in the helper process), sorted,
     dates and times typed from SQLAlchemy's text format. Two threads read (the driver releases
-    the GIL), the largest table in two rowid ranges; sorting happens here, not in SQLite."""
+    the GIL), the largest table in two key ranges; sorting happens here, not in SQLite."""
     from concurrent.futures import ThreadPoolExecutor
 
     import adbc_driver_sqlite.dbapi as adbc
@@ -592,13 +594,17 @@ def _read_sqlite_tables(path: str) -> dict[str, pa.Table]:
 
     import sqlite3
 
+    # The product table in two halves of its key (the tables are clustered by key: WITHOUT
+    # ROWID, migration 0008), split at the middle customer.
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
         con.execute("PRAGMA busy_timeout = 60000")
-        hi = con.execute("SELECT max(rowid) FROM customer_sku_features").fetchone()[0] or 0
-    half = hi // 2
-    jobs = [(customer_sku_features.name, f"WHERE rowid <= {half}"),
+        mid = con.execute("SELECT customer_id FROM customer_features ORDER BY customer_id "
+                          "LIMIT 1 OFFSET (SELECT count(*) / 2 FROM customer_features)"
+                          ).fetchone()
+    cut = "''" if mid is None else "'" + str(mid[0]).replace("'", "''") + "'"
+    jobs = [(customer_sku_features.name, f"WHERE customer_id < {cut}"),
             (customer_features.name, ""), (customer_profile.name, ""),
-            (customer_sku_features.name, f"WHERE rowid > {half}"), (shop_daily.name, "")]
+            (customer_sku_features.name, f"WHERE customer_id >= {cut}"), (shop_daily.name, "")]
     with ThreadPoolExecutor(2) as pool:
         got = list(pool.map(lambda job: fetch(*job), jobs))
     out = {customer_features.name: got[1], customer_profile.name: got[2],

@@ -66,6 +66,7 @@ customer_features = Table(
     Column("mean_interval_days", Float),
     Column("median_interval_days", Float),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    sqlite_with_rowid=False,
 )
 
 ingest_state = Table(
@@ -193,6 +194,9 @@ quarantine = Table(
 # The profile beside customer_features (tend.features.PROFILE_COLUMNS), one row per customer and
 # product bought (SKU_COLUMNS), and the shop's clean orders per UTC day (DAILY_COLUMNS). All are
 # rewritten for the changed customers (and the days since the watermark) each night.
+# On SQLite the per-customer tables are WITHOUT ROWID (migration 0008): a night rewrites a few
+# thousand customers' rows spread over million-row tables, and clustered by their key each row
+# is one B-tree entry instead of two.
 
 customer_profile = Table(
     "customer_profile",
@@ -210,6 +214,7 @@ customer_profile = Table(
     Column("season_share", Float, nullable=False),
     Column("season_sku", String(64)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    sqlite_with_rowid=False,
 )
 
 customer_sku_features = Table(
@@ -227,6 +232,7 @@ customer_sku_features = Table(
     Column("phase_cos", Float, nullable=False),
     Column("phase_sin", Float, nullable=False),
     Column("season_days", Integer, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 shop_daily = Table(
