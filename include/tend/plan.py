@@ -276,22 +276,13 @@ def _forget(conn: Any, frame: pd.DataFrame) -> None:
     """
     if frame.empty or conn.execute(select(deferred.c.customer_id).limit(1)).first() is None:
         return
-    pg = conn.dialect.name == "postgresql"
-    stage = "tend_forget_stage"
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {stage} (customer_id TEXT, program TEXT, "
-                         "occurrence TEXT)")
-    try:
-        ledger.bulk_rows(conn, stage, {
-            k: frame[k].astype(str).to_numpy(dtype=object) for k in _KEY})
-        if pg:
-            conn.exec_driver_sql(f"ANALYZE {stage}")
+    with ledger.staged(conn, "tend_forget_stage",
+                       "customer_id TEXT, program TEXT, occurrence TEXT",
+                       {k: frame[k].astype(str).to_numpy(dtype=object) for k in _KEY}) as stage:
         conn.exec_driver_sql(
             f"DELETE FROM {deferred.name} WHERE EXISTS (SELECT 1 FROM {stage} s WHERE "
             f"s.customer_id = {deferred.name}.customer_id AND s.program = {deferred.name}.program"
             f" AND s.occurrence = {deferred.name}.occurrence)")
-    finally:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
 
 
 def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]

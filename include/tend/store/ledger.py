@@ -20,7 +20,8 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -175,17 +176,14 @@ def claim(
     fate = np.full(len(c), None, dtype=object)
     why = np.full(len(c), None, dtype=object)
 
-    _create_stage(conn)
-    try:
-        bulk_rows(conn, _STAGE, {col: c[col] for col in _STAGE_COLS})
-        if conn.dialect.name == "postgresql":
-            # A fresh table has no statistics; without them the planner guesses badly.
-            conn.exec_driver_sql(f"ANALYZE {_STAGE}")
+    mid = "UUID" if conn.dialect.name == "postgresql" else "VARCHAR(40)"
+    with staged(conn, _STAGE, f"idx BIGINT NOT NULL, message_id {mid} NOT NULL, "
+                "customer_id VARCHAR(64) NOT NULL, program VARCHAR(100) NOT NULL, "
+                "kind VARCHAR(16) NOT NULL, cooldown_days INTEGER NOT NULL",
+                {col: c[col] for col in _STAGE_COLS}, unlogged=True):
         log.debug("claim: staged %s candidates in %.2fs", len(c), time.perf_counter() - started)
         lap("stage")
         _apply_rules(conn, c, fate, why, as_of=as_of, caps=caps)
-    finally:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_STAGE}")
     log.debug("claim: %s blocked by rules after %.2fs", int(pd.notna(fate).sum()),
               time.perf_counter() - started)
     lap("rules")
@@ -243,15 +241,27 @@ def claim(
     return ClaimOutcome(out[out_cols], timings)
 
 
-def _create_stage(conn: Connection) -> None:
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_STAGE}")
+@contextmanager
+def staged(conn: Connection, name: str, columns: str, rows: Mapping[str, Any], *,
+           unlogged: bool = False, analyze: bool = True) -> Iterator[str]:
+    """A scratch table holding ``rows`` (one bulk load) for set-based statements; dropped after.
+
+    No keys or indexes: it is scanned whole, as one side of a join. TEMPORARY by default;
+    ``unlogged`` makes it an UNLOGGED table on PostgreSQL, which parallel workers may scan (only
+    inside a transaction that keeps other writers out, like a claim holding the ledger lock).
+    A fresh table has no statistics, and without them the planner guesses badly: ``analyze``.
+    """
     pg = conn.dialect.name == "postgresql"
-    kind, mid = ("UNLOGGED", "UUID") if pg else ("TEMPORARY", "VARCHAR(40)")
-    # No keys or indexes: scanned whole, once, as one side of a hash join.
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
     conn.exec_driver_sql(
-        f"CREATE {kind} TABLE {_STAGE} (idx BIGINT NOT NULL, message_id {mid} NOT NULL, "
-        "customer_id VARCHAR(64) NOT NULL, program VARCHAR(100) NOT NULL, "
-        "kind VARCHAR(16) NOT NULL, cooldown_days INTEGER NOT NULL)")
+        f"CREATE {'UNLOGGED' if unlogged and pg else 'TEMPORARY'} TABLE {name} ({columns})")
+    try:
+        bulk_rows(conn, name, rows)
+        if pg and analyze:
+            conn.exec_driver_sql(f"ANALYZE {name}")
+        yield name
+    finally:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
 
 
 def _rules_sql(dialect: str, caps: Sequence[Cap]) -> tuple[str, str]:
@@ -281,15 +291,13 @@ FROM {_STAGE} s JOIN contact_ledger l
 WHERE l.as_of > :lo AND l.as_of < :hi
 GROUP BY s.idx
 HAVING {already} = 1 OR {cool} = 1"""
-    sums = "".join(
-        f", SUM(CASE WHEN {counted} AND l.kind = 'marketing' AND l.as_of > :cap{i}_lo "
-        f"AND l.as_of < :cap{i}_hi THEN 1 ELSE 0 END)" for i in range(len(caps)))
+    cap_counts = [f"SUM(CASE WHEN {counted} AND l.kind = 'marketing' AND l.as_of > :cap{i}_lo "
+                  f"AND l.as_of < :cap{i}_hi THEN 1 ELSE 0 END)" for i in range(len(caps))]
+    sums = "".join(f", {count}" for count in cap_counts)
     tonight = (f"MIN(CASE WHEN {counted} AND l.as_of = :night AND l.kind <> 'transactional' "
                "THEN l.program END)")
     having = " OR ".join([f"{tonight} IS NOT NULL", *(
-        f"SUM(CASE WHEN {counted} AND l.kind = 'marketing' AND l.as_of > :cap{i}_lo "
-        f"AND l.as_of < :cap{i}_hi THEN 1 ELSE 0 END) >= {cp.messages}"
-        for i, cp in enumerate(caps))])
+        f"{count} >= {cp.messages}" for count, cp in zip(cap_counts, caps, strict=True))])
     per_customer = f"""
 SELECT l.customer_id, {tonight} {sums}
 FROM contact_ledger l
@@ -347,12 +355,6 @@ def _apply_rules(conn: Connection, c: pd.DataFrame, fate: np.ndarray, why: np.nd
             counts[rows] = per[[f"cap{i}" for i in range(n_caps)]].fillna(0).to_numpy(
                 dtype=np.int64)[at]
 
-    def labelled(mask: np.ndarray, make: Callable[[int], tuple[str, str]]) -> None:
-        """Flag ``mask`` (where no earlier rule did) with per-row (fate, why)."""
-        rows = np.flatnonzero(mask & pd.isna(fate))
-        for i in rows:
-            fate[i], why[i] = make(int(i))
-
     def flat(mask: np.ndarray, f: str, y: str) -> None:
         mask = mask & pd.isna(fate)
         fate[mask], why[mask] = f, y
@@ -360,9 +362,9 @@ def _apply_rules(conn: Connection, c: pd.DataFrame, fate: np.ndarray, why: np.nd
     flat(already, "already_claimed", "this message was already claimed by an earlier run")
     # One message per customer per night, across runs: a rerun (or a campaign claiming after
     # the nightly run) must not add a second one for a customer who already has tonight's.
-    labelled(pd.notna(tonight) & ~transactional, lambda i: (
-        f"lost_to:{tonight[i]}", f"already has tonight's message ({tonight[i]}); "
-        "one message per night"))
+    for i in np.flatnonzero(pd.notna(tonight) & ~transactional & pd.isna(fate)):
+        fate[i] = f"lost_to:{tonight[i]}"
+        why[i] = f"already has tonight's message ({tonight[i]}); one message per night"
     cooldown = c["cooldown_days"].to_numpy()
     rows = np.flatnonzero(cool & pd.isna(fate))
     for i, p, d in zip(rows, program.take(rows).tolist(), cooldown[rows].tolist(), strict=True):
@@ -419,10 +421,7 @@ def _insert_claims(conn: Connection, w: pd.DataFrame, batch: np.ndarray,
                    context: list[str] | None, *,
                    as_of: dt.date, run_id: str, stamp: dt.datetime) -> None:
     n = len(w)
-    if conn.dialect.name == "postgresql":
-        claimed_at = stamp.isoformat()
-    else:  # SQLAlchemy's SQLite DateTime storage format (UTC fields, no offset)
-        claimed_at = stamp.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    claimed_at = stored_time(conn, stamp)
     night = np.full(n, as_of.isoformat(), dtype=object)
     t = time.perf_counter()
     bulk_rows(conn, L.name, {
@@ -440,23 +439,20 @@ def _insert_claims(conn: Connection, w: pd.DataFrame, batch: np.ndarray,
     log.debug("claim: %s contexts written in %.2fs", n, time.perf_counter() - t)
 
 
-def _arrow(values: Any) -> Any:
-    """One column for Arrow without a Python object per value where it can be avoided."""
-    import pyarrow as pa
-
-    if isinstance(values, pd.Series):  # Arrow-backed strings convert without copying
-        return pa.array(values, from_pandas=True)
-    if isinstance(values, np.ndarray) and values.dtype != object:
-        return pa.array(values)
-    return pa.array(values, from_pandas=True)
-
-
 def _existing_ids(conn: Connection, ids: Sequence[str]) -> set[str]:
     found: set[str] = set()
     for i in range(0, len(ids), 5000):
         found.update(conn.execute(
             select(L.c.message_id).where(L.c.message_id.in_(ids[i : i + 5000]))).scalars())
     return found
+
+
+def stored_time(conn: Connection, stamp: dt.datetime) -> str:
+    """An aware time as text in the form its store keeps (bulk loads bypass SQLAlchemy's types):
+    ISO with offset for PostgreSQL, SQLAlchemy's SQLite DateTime format (UTC fields) for SQLite."""
+    if conn.dialect.name == "postgresql":
+        return stamp.isoformat()
+    return stamp.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def bulk_rows(conn: Connection, table: str, frame: Mapping[str, Any]) -> None:
@@ -473,7 +469,8 @@ def bulk_rows(conn: Connection, table: str, frame: Mapping[str, Any]) -> None:
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
-        arrays = [_arrow(frame[col]) for col in cols]
+        # NaN becomes NULL, as on SQLite below; Arrow-backed strings convert without a copy.
+        arrays = [pa.array(frame[col], from_pandas=True) for col in cols]
         buf = io.BytesIO()
         # Arrow quotes every string and leaves nulls empty and unquoted: exactly what
         # PostgreSQL's CSV format reads as '' and NULL.
@@ -491,26 +488,6 @@ def bulk_rows(conn: Connection, table: str, frame: Mapping[str, Any]) -> None:
     sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
     for i in range(0, len(rows), 10_000):
         conn.exec_driver_sql(sql, rows[i : i + 10_000])
-
-
-def bulk_load(conn: Connection, table: Table, frame: pd.DataFrame) -> None:
-    """Insert a frame fast: one CSV COPY on PostgreSQL, chunked executemany elsewhere."""
-    if frame.empty:
-        return
-    if conn.dialect.name == "postgresql":
-        cols = ", ".join(f'"{c}"' for c in frame.columns)
-        # NULL is spelled \N so that an empty string stays an empty string.
-        payload = frame.to_csv(header=False, index=False, na_rep="\\N",
-                               date_format="%Y-%m-%d %H:%M:%S.%f%z")
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(
-            f"COPY \"{table.name}\" ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')"
-        ) as copy:
-            copy.write(payload)
-        return
-    records = frame.to_dict("records")
-    for i in range(0, len(records), 10_000):
-        conn.execute(insert(table), records[i : i + 10_000])
 
 
 def record_decisions(
@@ -537,26 +514,19 @@ def record_decisions(
         "occurrence": occurrence.to_numpy(dtype=object),
         "fate": decisions["fate"].astype(str).to_numpy(dtype=object),
         "reason": decisions["why"].astype(str).to_numpy(dtype=object),
-        "created_at": np.full(n, stamp.isoformat() if pg else
-                              stamp.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
-                              dtype=object),
+        "created_at": np.full(n, stored_time(conn, stamp), dtype=object),
         "message_id": message_id.where(message_id.notna(), None).to_numpy(dtype=object),
     }
     names = ", ".join(cols)
-    stage = "tend_decision_stage"
-    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
-    conn.exec_driver_sql(
-        f"CREATE TEMPORARY TABLE {stage} (as_of {'DATE' if pg else 'TEXT'}, run_id TEXT, "
-        "customer_id TEXT, program TEXT, occurrence TEXT, fate TEXT, reason TEXT, "
-        f"created_at {'TIMESTAMPTZ' if pg else 'TEXT'}, message_id TEXT)")
-    try:
-        bulk_rows(conn, stage, cols)
+    with staged(conn, "tend_decision_stage",
+                f"as_of {'DATE' if pg else 'TEXT'}, run_id TEXT, customer_id TEXT, program TEXT, "
+                "occurrence TEXT, fate TEXT, reason TEXT, "
+                f"created_at {'TIMESTAMPTZ' if pg else 'TEXT'}, message_id TEXT",
+                cols, analyze=False) as stage:
         verb = "INSERT" if pg else "INSERT OR IGNORE"
         tail = " ON CONFLICT DO NOTHING" if pg else ""
         conn.exec_driver_sql(f"{verb} INTO {decision_log.name} ({names}) "
                              f"SELECT {names} FROM {stage}{tail}")
-    finally:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
 
 
 # -- sending ---------------------------------------------------------------------------------
