@@ -347,8 +347,8 @@ def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
         # What the candidate needs to compete (and be rendered) later, as JSON, written in one
         # vectorised call (a night can defer hundreds of thousands of candidates).
         keep = later.reindex(columns=list(_SIGNAL_KEEP))
-        for col in ("due_date", "valid_until"):
-            keep[col] = _iso_dates(keep[col])
+        keep["due_date"] = _iso_dates(keep["due_date"])
+        keep["valid_until"] = until[defer]
         contexts = keep.to_json(orient="records", lines=True).rstrip("\n").split("\n")
         ledger.bulk_rows(conn, deferred.name, {
             "customer_id": later["customer_id"].astype(str).to_numpy(dtype=object),
