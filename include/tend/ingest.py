@@ -373,19 +373,7 @@ def _copy_or_insert(conn: Connection, name: str, table: pa.Table, sqlite: bool) 
     if not table.num_rows:
         return
     if conn.dialect.name == "postgresql":
-        import io
-
-        import pyarrow.csv as pacsv
-
-        buf = io.BytesIO()
-        pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False))
-        cols = ", ".join(table.column_names)
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(f"COPY {name} ({cols}) FROM STDIN "
-                                           "WITH (FORMAT csv)") as copy:
-            view = buf.getbuffer()
-            for i in range(0, len(view), 1 << 20):
-                copy.write(view[i : i + (1 << 20)])
+        ledger.copy_arrow(conn, name, table)
         return
     cols = table.column_names
     rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True))
