@@ -33,7 +33,7 @@ around New Year is not cut in two. ``season_years`` counts the cycles with a vis
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -529,3 +529,8 @@ def days_between(later: dt.date, earlier: pd.Series) -> pd.Series:
     """Whole days from each timestamp's UTC date to ``later`` (vectorised)."""
     return (pd.Timestamp(later) - earlier.dt.tz_convert("UTC").dt.tz_localize(None).dt.floor("D")
             ).dt.days
+
+
+def feature_parts(frames: list[pd.DataFrame | None]) -> Iterator[FeatureColumns]:
+    """The features of consecutive customer ranges (for now: one range, all customers)."""
+    yield consume_frames(frames)

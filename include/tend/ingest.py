@@ -13,40 +13,41 @@ reports per night.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import itertools
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, Float, Table, delete, select
+from sqlalchemy import Connection, Float, Integer, LargeBinary, Table, delete, select
 from sqlalchemy.engine import make_url
 
 from tend import shop
 from tend.errors import DataError
 from tend.features import (
-    DAILY_COLUMNS,
     FEATURE_COLUMNS,
     PROFILE_COLUMNS,
     SKU_COLUMNS,
     FeatureColumns,
     FeatureSet,
     compute_feature_set,
-    consume_frames,
-    sort_order,
+    feature_parts,
 )
 from tend.logs import log, table
 from tend.store import ledger
 from tend.store.db import connect, require_current
 from tend.store.tables import (
+    PRODUCT_COLUMNS,
     customer_features,
-    customer_profile,
-    customer_sku_features,
+    feature_skus,
     ingest_state,
     quarantine,
     shop_daily,
@@ -99,10 +100,10 @@ def run_ingest(
         ).first()
 
     mode = "full" if full or state is None or as_of < state.as_of else "incremental"
-    # A full rebuild of a large shop into a SQLite store writes through a helper process
-    # (see ``_SqliteProcess``); started now, its start-up overlaps the read.
-    writer = _SqliteProcess() if mode == "full" and _sqlite_store(store_url) and \
-        shop.order_rows_hint(shop_url) > HELPER_PROCESS_ROWS else None
+    # A large night into a SQLite store is written by a helper process (``_SqliteProcess``):
+    # for a full rebuild it is started now, so its start-up overlaps the read.
+    big = mode == "full" and shop.order_rows_hint(shop_url) > HELPER_PROCESS_ROWS
+    writer = _SqliteProcess() if big and _sqlite_store(store_url) else None
     try:
         since_day: dt.date | None = None
         clock = time.perf_counter()
@@ -115,6 +116,8 @@ def run_ingest(
             since = dt.datetime.combine(since_day, dt.time(), tzinfo=dt.UTC) - dt.timedelta(
                 microseconds=1)
             changed = shop.changed_customer_ids(shop_url, since, as_of)
+            if len(changed) > HELPER_PROCESS_ROWS // 4 and _sqlite_store(store_url):
+                writer = _SqliteProcess()
             history = shop.read_history(shop_url, as_of, changed, now=now) if changed else \
                 shop.History(shop._empty_orders(), shop._empty_lines())
 
@@ -127,8 +130,6 @@ def run_ingest(
         frames = [orders.drop(columns="order_id"), history.lines]
         del history, orders
         pa.default_memory_pool().release_unused()
-        fc = consume_frames(frames)
-        t_features = time.perf_counter() - clock - t_read
         stamp = ledger.now()
         new_watermark = max(
             [w for w in (watermark and watermark.to_pydatetime(),
@@ -137,26 +138,41 @@ def run_ingest(
         )
         if mode == "full":
             new_watermark = watermark.to_pydatetime() if watermark is not None else new_watermark
-
-        write_night(store_url, fc, as_of=as_of, run_id=run_id, stamp=stamp, changed=changed,
-                    since_day=since_day, quarantined=quarantined, watermark=new_watermark,
-                    writer=writer)
-
+        computing = _Timed(feature_parts(frames))
+        written = write_night(store_url, computing, as_of=as_of, run_id=run_id, stamp=stamp,
+                              changed=changed, since_day=since_day, quarantined=quarantined,
+                              watermark=new_watermark, writer=writer)
     finally:
         if writer is not None:
             writer.close()
 
     result = IngestResult(
         as_of=as_of, mode=mode, orders_read=rows_read,
-        changed_customers=len(fc),
+        changed_customers=written,
         quarantined=Counter(q.reason for q in quarantined),
     )
     for line in result.lines():
         log.info(line)
-    t_write = time.perf_counter() - clock - t_read - t_features
-    log.info("ingest timings: read and validate %.1fs, features %.1fs, store %.1fs",
-             t_read, t_features, t_write)
+    t_rest = time.perf_counter() - clock - t_read
+    log.info("ingest timings: read and validate %.1fs, then %.1fs for features %.1fs and the "
+             "store (overlapping when a helper process writes)", t_read, t_rest,
+             computing.seconds)
     return result
+
+
+class _Timed(Iterator[FeatureColumns]):
+    """The feature parts, timed: how long computing them took (for the task log)."""
+
+    def __init__(self, parts: Iterator[FeatureColumns]) -> None:
+        self._parts = parts
+        self.seconds = 0.0
+
+    def __next__(self) -> FeatureColumns:
+        start = time.perf_counter()
+        try:
+            return next(self._parts)
+        finally:
+            self.seconds += time.perf_counter() - start
 
 
 def _delete_customers(conn: Connection, tbl: Table, ids: Sequence[str]) -> None:
@@ -182,52 +198,113 @@ def compute_from_shop(shop_url: str, as_of: dt.date, *, now: dt.datetime | None 
 
 
 # -- writing and reading the feature tables ---------------------------------------------------
+#
+# One row per customer (migration 0009): the base features, the profile and the products the
+# customer bought, packed (``tend.store.tables.PRODUCT_COLUMNS``). A night deletes the changed
+# customers' rows and writes them again, and rewrites the shop's days from ``since_day`` on.
 
-_TABLES = (customer_features, customer_profile, customer_sku_features)
 
-
-def write_night(store_url: str, fc: FeatureColumns, *, as_of: dt.date, run_id: str,
-                stamp: dt.datetime, changed: Sequence[str] | None, since_day: dt.date | None,
-                quarantined: Sequence[shop.Quarantined], watermark: dt.datetime,
-                writer: _SqliteProcess | None = None) -> None:
+def write_night(store_url: str, parts: Iterable[FeatureColumns], *, as_of: dt.date,
+                run_id: str, stamp: dt.datetime, changed: Sequence[str] | None,
+                since_day: dt.date | None, quarantined: Sequence[shop.Quarantined],
+                watermark: dt.datetime, writer: _SqliteProcess | None = None) -> int:
     """One transaction: the changed customers' feature rows (all of them when ``changed`` is
     None), the shop's days from ``since_day`` on, the quarantined rows and the watermark.
+    Returns how many customers' rows were written.
 
-    Rows go in as Arrow columns with no Python object per value: SQLite through ADBC's bulk
-    ingest (a prepared statement bound from the columns in C), PostgreSQL through COPY. Values
-    are written in the storage format SQLAlchemy uses for these columns, so every reader sees
-    what SQLAlchemy would have written.
+    ``parts`` are the features of consecutive customer ranges (``tend.features.feature_parts``):
+    each is written as soon as it is computed, so with a helper process writing (a large night
+    on SQLite) the store's work overlaps the computation of the next range, and neither process
+    ever holds more than a range's rows. Rows go in as Arrow columns with no Python object per
+    value: SQLite through ADBC's bulk ingest (a prepared statement bound from the columns in C),
+    PostgreSQL through COPY. Values are written in the storage format SQLAlchemy uses for these
+    columns, so every reader sees what SQLAlchemy would have written.
     """
     sqlite = make_url(store_url).get_backend_name() == "sqlite"
-    tables = feature_tables(fc, as_of=as_of, stamp=stamp, sqlite=sqlite, since_day=since_day)
     qrows = [{"as_of": as_of, "run_id": run_id, "source": q.source, "record_key": q.record_key,
               "reason": q.reason, "payload": json.dumps(q.payload, default=str),
               "created_at": stamp} for q in quarantined]
     state = {"name": WATERMARK, "watermark": watermark, "as_of": as_of, "updated_at": stamp}
+    it = iter(parts)
+    first = next(it, None)
+    codes, new_skus = _sku_codes(store_url, first.sku_ids if first is not None else None)
+    written = 0
+
+    def tables() -> Iterator[dict[str, pa.Table]]:
+        nonlocal written
+        for fc in itertools.chain([first] if first is not None else [], it):
+            written += len(fc)
+            yield feature_tables(fc, as_of=as_of, stamp=stamp, sqlite=sqlite,
+                                 since_day=since_day, sku_codes=codes)
+
     path = _sqlite_store(store_url)
-    rows = sum(t.num_rows for t in tables.values())
-    if path is not None and (writer is not None or rows > HELPER_PROCESS_ROWS):
-        own = writer is None
-        writer = writer or _SqliteProcess()
-        try:
-            writer.run(_write_sqlite, path, tables, changed, since_day, qrows, state)
-        finally:
-            if own:
-                writer.close()
-        return
+    if path is not None and writer is not None:
+        writer.stream(_write_sqlite, (path, changed, since_day, new_skus, qrows, state),
+                      tables())
+        return written
     with connect(store_url).begin() as conn:
         if changed is None:
-            for t in (*_TABLES, shop_daily):
-                conn.execute(delete(t))
+            conn.execute(delete(customer_features))
+            conn.execute(delete(shop_daily))
         else:
-            for t in _TABLES:
-                _delete_customers(conn, t, changed)
+            _delete_customers(conn, customer_features, changed)
             conn.execute(delete(shop_daily).where(shop_daily.c.day >= since_day))
-        for name, table in tables.items():
-            _copy_or_insert(conn, name, table, sqlite)
+        if new_skus:
+            conn.execute(feature_skus.insert(), new_skus)
+        for part in tables():
+            for name, table in part.items():
+                _copy_or_insert(conn, name, table, sqlite)
         ledger.insert_ignore(conn, quarantine, qrows)
         conn.execute(delete(ingest_state).where(ingest_state.c.name == WATERMARK))
         conn.execute(ingest_state.insert().values(**state))
+    return written
+
+
+def _sku_codes(store_url: str, sku_ids: pa.Array | None
+               ) -> tuple[np.ndarray, list[dict[str, object]]]:
+    """The store's code of each of ``sku_ids`` (by position), and the rows of ``feature_skus``
+    to add for the skus it has not seen before (next free codes, in sku order)."""
+    if sku_ids is None or not len(sku_ids):
+        return np.zeros(0, np.int32), []
+    with connect(store_url).connect() as conn:
+        known = conn.execute(select(feature_skus.c.sku, feature_skus.c.code)).all()
+    code_of = {str(s): int(c) for s, c in known}
+    next_code = max(code_of.values(), default=-1) + 1
+    names = sku_ids.to_pylist()
+    out = np.empty(len(names), np.int32)
+    new: list[dict[str, object]] = []
+    for i, name in enumerate(names):
+        code = code_of.get(name)
+        if code is None:
+            code = next_code
+            next_code += 1
+            new.append({"code": code, "sku": name})
+        out[i] = code
+    return out, new
+
+
+class _Timed(Iterator[FeatureColumns]):
+    """The feature parts, timed: how long computing them took (for the task log)."""
+
+    def __init__(self, parts: Iterator[FeatureColumns]) -> None:
+        self._parts = parts
+        self.seconds = 0.0
+
+    def __next__(self) -> FeatureColumns:
+        start = time.perf_counter()
+        try:
+            return next(self._parts)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def _delete_customers(conn: Connection, tbl: Table, ids: Sequence[str]) -> None:
+    if conn.dialect.name == "sqlite":  # one statement, the ids bound as one JSON array
+        conn.exec_driver_sql(f"DELETE FROM {tbl.name} WHERE customer_id IN "
+                             "(SELECT value FROM json_each(?))", (json.dumps(list(ids)),))
+        return
+    for i in range(0, len(ids), _IN_CHUNK):
+        conn.execute(delete(tbl).where(tbl.c.customer_id.in_(ids[i : i + _IN_CHUNK])))
 
 
 def _sqlite_file(url: str) -> str | None:
@@ -256,6 +333,12 @@ class _SqliteProcess:
     Corrupt", 2.2.1) — the store's engine keeps pooled connections open. In another process
     the driver is just one more well-behaved SQLite client of the store. A plain subprocess
     (not multiprocessing's spawn) so the caller's main module is never re-imported.
+
+    The protocol on its stdin: a pickled (function, arguments, streamed), then, when
+    ``streamed``, any number of messages — a pickled table name and byte count followed by
+    that many bytes of an Arrow IPC stream — ended by a pickled None; the function gets the
+    messages as an iterator of {name: table}. On its stdout: a pickled (error text or None,
+    result).
     """
 
     def __init__(self) -> None:
@@ -267,22 +350,57 @@ class _SqliteProcess:
              "from tend.ingest import _sqlite_process_main; _sqlite_process_main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-    def run(self, fn: Callable[..., None], *args: object) -> None:
-        self.call(fn, *args)
-
     def call(self, fn: Callable[..., object], *args: object) -> object:
+        """Run ``fn(*args)`` in the process and return its result."""
+        self._send_call(fn, args, streamed=False)
+        return self._result(args)
+
+    def stream(self, fn: Callable[..., object], args: tuple[object, ...],
+               messages: Iterable[dict[str, pa.Table]]) -> object:
+        """Run ``fn(*args, messages)`` in the process, sending each message (tables by name)
+        as it comes, so the process works on one while the next is being made."""
+        import pickle
+
+        self._send_call(fn, args, streamed=True)
+        stdin = self._proc.stdin
+        assert stdin is not None
+        try:
+            for message in messages:
+                for name, table in message.items():
+                    sink = pa.BufferOutputStream()
+                    with pa.ipc.new_stream(sink, table.schema) as w:
+                        w.write_table(table)
+                    buf = sink.getvalue()
+                    pickle.dump((name, buf.size), stdin, protocol=5)
+                    stdin.write(memoryview(buf))
+                    del buf, sink
+            pickle.dump(None, stdin, protocol=5)
+            stdin.flush()
+        except BrokenPipeError:
+            pass  # it failed: its error comes with the result
+        return self._result(args)
+
+    def _send_call(self, fn: Callable[..., object], args: tuple[object, ...], *,
+                   streamed: bool) -> None:
+        import pickle
+
+        assert self._proc.stdin is not None
+        try:
+            pickle.dump((fn, args, streamed), self._proc.stdin, protocol=5)
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+
+    def _result(self, args: tuple[object, ...]) -> object:
         import pickle
 
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        try:  # straight into the pipe: no second copy of the tables in this process
-            pickle.dump((fn, args), self._proc.stdin, protocol=5)
+        with contextlib.suppress(BrokenPipeError):
             self._proc.stdin.close()
-        except BrokenPipeError:
-            pass
         out = self._proc.stdout.read()
         code = self._proc.wait()
         if code != 0 or not out:
-            raise DataError(f"the store writer process failed (exit status {code}); "
+            raise DataError(f"the store's helper process failed (exit status {code}); "
                             "its error is in the task log above")
         failure, result = pickle.loads(out)
         if failure is not None:
@@ -299,25 +417,38 @@ def path_hint(args: tuple[object, ...]) -> str:
     return str(args[0]) if args else "?"
 
 
+def _messages(stream: IO[bytes]) -> Iterator[dict[str, pa.Table]]:
+    """The helper's side of ``_SqliteProcess.stream``: one table per message."""
+    import pickle
+
+    while (head := pickle.load(stream)) is not None:
+        name, size = head
+        data = stream.read(size)
+        if len(data) != size:
+            raise DataError("the ingest stopped sending in the middle of a table")
+        yield {name: pa.ipc.open_stream(pa.py_buffer(data)).read_all()}
+
+
 def _sqlite_process_main() -> None:
-    """The writer process: one pickled (function, arguments) on stdin, None or the error's
-    text on stdout."""
+    """The helper process: see ``_SqliteProcess``."""
     import pickle
     import sys
 
-    fn, args = pickle.load(sys.stdin.buffer)
+    stdin = sys.stdin.buffer
+    fn, args, streamed = pickle.load(stdin)
     failure = result = None
     try:
-        result = fn(*args)
+        result = fn(*args, _messages(stdin)) if streamed else fn(*args)
     except Exception as exc:  # reported to the parent, which raises it in the task
         failure = f"{exc.__class__.__name__}: {exc}"
     sys.stdout.buffer.write(pickle.dumps((failure, result), protocol=5))
     sys.stdout.flush()
 
 
-def _write_sqlite(path: str, tables: dict[str, pa.Table], changed: Sequence[str] | None,
-                  since_day: dt.date | None, qrows: list[dict[str, object]],
-                  state: dict[str, object]) -> None:
+def _write_sqlite(path: str, changed: Sequence[str] | None, since_day: dt.date | None,
+                  new_skus: list[dict[str, object]], qrows: list[dict[str, object]],
+                  state: dict[str, object], messages: Iterable[dict[str, pa.Table]]) -> None:
+    """The helper process's night (see ``write_night``), in one transaction."""
     import adbc_driver_sqlite.dbapi as adbc
     from sqlalchemy.dialects import sqlite as sqlite_dialect
 
@@ -330,6 +461,13 @@ def _write_sqlite(path: str, tables: dict[str, pa.Table], changed: Sequence[str]
             out.append(proc(v) if proc is not None and v is not None else v)
         return out
 
+    def insert(table: Table, rows: list[dict[str, object]], verb: str = "INSERT") -> None:
+        if rows:
+            cols = list(rows[0])
+            cur.executemany(f"{verb} INTO {table.name} ({', '.join(cols)}) "
+                            f"VALUES ({', '.join('?' * len(cols))})",
+                            [stored(table, r) for r in rows])
+
     with adbc.connect(path, autocommit=True) as con, con.cursor() as cur:
         # More page cache than the default 2 MB, so dirty pages spill to the WAL less often
         # while inserting; not more, it counts in the helper's memory.
@@ -339,28 +477,21 @@ def _write_sqlite(path: str, tables: dict[str, pa.Table], changed: Sequence[str]
         cur.execute("BEGIN IMMEDIATE")  # like the store's engine: take the write lock first
         try:
             if changed is None:
-                for t in (*_TABLES, shop_daily):
+                for t in (customer_features, shop_daily):
                     cur.execute(f"DELETE FROM {t.name}")
             else:
-                ids = json.dumps(list(changed))
-                for t in _TABLES:
-                    cur.execute(f"DELETE FROM {t.name} WHERE customer_id IN "
-                                "(SELECT value FROM json_each(?))", (ids,))
+                cur.execute(f"DELETE FROM {customer_features.name} WHERE customer_id IN "
+                            "(SELECT value FROM json_each(?))", (json.dumps(list(changed)),))
                 cur.execute("DELETE FROM shop_daily WHERE day >= ?",
                             (stored(shop_daily, {"day": since_day})[0],))
-            for name, table in tables.items():
-                if table.num_rows:
-                    cur.adbc_ingest(name, table, mode="append")
-            if qrows:
-                cols = list(qrows[0])
-                cur.executemany(
-                    f"INSERT OR IGNORE INTO quarantine ({', '.join(cols)}) "
-                    f"VALUES ({', '.join('?' * len(cols))})",
-                    [stored(quarantine, r) for r in qrows])
+            insert(feature_skus, new_skus)
+            for message in messages:
+                for name, table in message.items():
+                    if table.num_rows:
+                        cur.adbc_ingest(name, table, mode="append")
+            insert(quarantine, qrows, "INSERT OR IGNORE")
             cur.execute("DELETE FROM ingest_state WHERE name = ?", (WATERMARK,))
-            cols = list(state)
-            cur.execute(f"INSERT INTO ingest_state ({', '.join(cols)}) "
-                        f"VALUES ({', '.join('?' * len(cols))})", stored(ingest_state, state))
+            insert(ingest_state, [state])
         except BaseException:
             cur.execute("ROLLBACK")
             raise
@@ -382,18 +513,33 @@ def _copy_or_insert(conn: Connection, name: str, table: pa.Table, sqlite: bool) 
         for i in range(0, len(rows), 50_000):
             conn.exec_driver_sql(sql, rows[i : i + 50_000])
         return
-    tbl = {t.name: t for t in (*_TABLES, shop_daily)}[name]
+    tbl = {t.name: t for t in (customer_features, shop_daily)}[name]
     for i in range(0, len(rows), 50_000):
         conn.execute(tbl.insert(), [dict(zip(cols, r, strict=True))
                                     for r in rows[i : i + 50_000]])
 
 
+def _packed(values: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """One binary value per customer: its slice ``offsets[i]:offsets[i + 1]`` of ``values``,
+    as raw bytes (no copy of the values)."""
+    values = np.ascontiguousarray(values)
+    byte_offsets = offsets * values.itemsize
+    large = int(byte_offsets[-1]) >= 2**31
+    return pa.Array.from_buffers(
+        pa.large_binary() if large else pa.binary(), len(offsets) - 1,
+        [None, pa.py_buffer(byte_offsets.astype(np.int64 if large else np.int32)),
+         pa.py_buffer(values)])
+
+
 def feature_tables(fc: FeatureColumns, *, as_of: dt.date, stamp: dt.datetime, sqlite: bool,
-                   since_day: dt.date | None = None) -> dict[str, pa.Table]:
-    """The four feature tables' rows as Arrow tables, in the store's storage format.
+                   since_day: dt.date | None = None, sku_codes: np.ndarray | None = None
+                   ) -> dict[str, pa.Table]:
+    """The rows of ``customer_features`` (and of ``shop_daily``, when ``fc`` has days) as
+    Arrow tables, in the store's storage format.
 
     On SQLite that is SQLAlchemy's: dates as ISO text, times as "YYYY-MM-DD HH:MM:SS.ffffff"
-    (UTC), NaN as NULL; elsewhere typed dates and UTC timestamps.
+    (UTC), NaN as NULL; elsewhere typed dates and UTC timestamps. The products are packed
+    (``PRODUCT_COLUMNS``), their skus as ``sku_codes[position in fc.sku_ids]``.
     """
     n = len(fc)
     c = fc.customers
@@ -419,149 +565,231 @@ def feature_tables(fc: FeatureColumns, *, as_of: dt.date, stamp: dt.datetime, sq
     stamp_v = stamp_v.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else stamp.astimezone(dt.UTC)
     date_t = pa.string() if sqlite else pa.date32()
     time_t = pa.string() if sqlite else pa.timestamp("us", tz="UTC")
-    base = {
-        "customer_id": fc.customer_ids,
-        "as_of": const(as_of_v, date_t, n),
-        "orders_count": num(c.get("orders_count", np.zeros(0, np.int64))),
-    }
+    out: dict[str, pa.Table] = {}
     if n:
-        cust = pa.table({
-            **base,
+        season = c["season_sku"]
+        sk = fc.skus
+        counts = np.bincount(sk["customer_id"], minlength=n) if len(sk["days"]) else \
+            np.zeros(n, np.int64)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        if len(sk["days"]):
+            assert sku_codes is not None and len(sku_codes) == len(fc.sku_ids)
+            product = {"sku": sku_codes[sk["sku"]], **{k: sk[k] for k in PRODUCT_COLUMNS
+                                                         if k != "sku"}}
+        else:
+            product = {k: np.zeros(0) for k in PRODUCT_COLUMNS}
+        out[customer_features.name] = pa.table({
+            "customer_id": fc.customer_ids,
+            "as_of": const(as_of_v, date_t, n),
+            "orders_count": num(c["orders_count"]),
             "first_order_at": when(c["first_order_at"]),
             "last_order_at": when(c["last_order_at"]),
             **{k: num(c[k]) for k in FEATURE_COLUMNS[4:]},
-            "updated_at": const(stamp_v, time_t, n),
-        })
-        season = c["season_sku"]
-        prof = pa.table({
-            "customer_id": fc.customer_ids,
-            "as_of": const(as_of_v, date_t, n),
             **{k: num(c[k]) for k in PROFILE_COLUMNS[1:-1]},
             "season_sku": fc.sku_ids.take(pa.array(np.maximum(season, 0), mask=season < 0))
             if len(fc.sku_ids) else pa.nulls(n, pa.string()),
+            "products": num(counts.astype(np.int64)),
+            **{f"product_{k}": _packed(np.asarray(product[k]).astype(dtype, copy=False),
+                                       offsets)
+               for k, dtype in PRODUCT_COLUMNS.items()},
             "updated_at": const(stamp_v, time_t, n),
         })
-    else:
-        cust = prof = pa.table({"customer_id": pa.array([], pa.string())})
-    sk = fc.skus
-    if len(sk["days"]):
-        skus = pa.table({
-            "customer_id": fc.customer_ids.take(pa.array(sk["customer_id"])),
-            "sku": fc.sku_ids.take(pa.array(sk["sku"])),
-            "days": num(sk["days"]),
-            "first_day": day(sk["first_day"]),
-            "last_day": day(sk["last_day"]),
-            **{k: num(sk[k]) for k in SKU_COLUMNS[5:]},
-        })
-    else:
-        skus = pa.table({"customer_id": pa.array([], pa.string())})
-    daily = pa.table({"day": pa.array([], date_t)})
     if fc.daily:
         keep = np.ones(len(fc.daily["day"]), bool) if since_day is None else \
             fc.daily["day"] >= (since_day - dt.date(1970, 1, 1)).days
-        daily = pa.table({"day": day(fc.daily["day"][keep]),
-                          "orders": num(fc.daily["orders"][keep]),
-                          "revenue": num(fc.daily["revenue"][keep])})
-    return {"customer_features": cust, "customer_profile": prof,
-            "customer_sku_features": skus, "shop_daily": daily}
-
-
-def _read(conn: Connection, tbl: Table, columns: Sequence[str]) -> pd.DataFrame:
-    # The driver's rows (no per-value SQLAlchemy processing): dates and times are parsed below.
-    sql = f"SELECT {', '.join(columns)} FROM {tbl.name}"
-    cur = conn.exec_driver_sql(sql)
-    return pd.DataFrame(cur.fetchall(), columns=list(columns))
+        out[shop_daily.name] = pa.table({"day": day(fc.daily["day"][keep]),
+                                         "orders": num(fc.daily["orders"][keep]),
+                                         "revenue": num(fc.daily["revenue"][keep])})
+    return out
 
 
 def read_feature_set(store_url: str) -> FeatureSet:
     """The feature tables as the signals use them (see ``tend.features``): customers sorted by
     id, products by (customer, sku), days by day.
 
-    A SQLite store is read column-wise through ADBC in a helper process (see
-    ``_SqliteProcess`` for why not in this one); other stores through SQLAlchemy.
+    A large SQLite store is read column-wise through ADBC in a helper process (see
+    ``_SqliteProcess`` for why not in this one); other stores through SQLAlchemy's driver.
+    Either way the rows become one Arrow table and are unpacked by ``_unpack``.
     """
     path = _sqlite_store(store_url)
-    if path is not None and _sku_rows_hint(store_url) > HELPER_PROCESS_ROWS:
+    if path is not None and _rows_hint(store_url) > HELPER_PROCESS_ROWS // 4:
         proc = _SqliteProcess()
         try:
             got = proc.call(_read_sqlite_tables, path)
         finally:
             proc.close()
-        base, prof, skus, daily = (got[t.name].to_pandas(date_as_object=True)
-                                   for t in (*_TABLES, shop_daily))
+        assert isinstance(got, dict)
+        cust, skus, daily = got["customer_features"], got["feature_skus"], got["shop_daily"]
     else:
         with connect(store_url).connect() as conn:
-            base = _read(conn, customer_features, FEATURE_COLUMNS)
-            prof = _read(conn, customer_profile, PROFILE_COLUMNS)
-            skus = _read(conn, customer_sku_features, SKU_COLUMNS)
-            daily = _read(conn, shop_daily, DAILY_COLUMNS)
-        base = base.sort_values("customer_id", ignore_index=True)
-        prof = prof.sort_values("customer_id", ignore_index=True)
-        skus = skus.sort_values(["customer_id", "sku"], ignore_index=True)
-        daily = daily.sort_values("day", ignore_index=True)
-        for col in ("first_day", "last_day"):
-            skus[col] = pd.to_datetime(skus[col]).dt.date
-        daily["day"] = pd.to_datetime(daily["day"]).dt.date
-    if base["customer_id"].equals(prof["customer_id"]):
-        cust = pd.concat([base, prof.drop(columns="customer_id")], axis=1)
-    else:
-        cust = base.merge(prof, on="customer_id", how="left")
-    for col in ("first_order_at", "last_order_at"):
-        cust[col] = pd.to_datetime(cust[col], utc=True, format="ISO8601").dt.as_unit("us")
-    floats = ["total_spent", "avg_order_value", "mean_interval_days", "median_interval_days",
-              "gap_log_mean", "gap_log_var", "last_day_spent", "season_doy", "season_r",
-              "season_share"]
-    for col in floats:
-        cust[col] = pd.to_numeric(cust[col]).astype(float)
-    for col in ("orders_count", "order_days", "season_cycles", "season_years"):
-        cust[col] = pd.to_numeric(cust[col]).astype(np.int64)
-    cust["customer_id"] = cust["customer_id"].astype(str)
-    cust["season_sku"] = cust["season_sku"].astype(object).where(cust["season_sku"].notna(),
-                                                                  None)
-    for col in ("gap_median", "unit_gap_median", "phase_cos", "phase_sin"):
-        skus[col] = pd.to_numeric(skus[col]).astype(float)
-    for col in ("days", "quantity", "last_quantity", "season_days"):
-        skus[col] = pd.to_numeric(skus[col]).astype(np.int64)
-    skus = skus.astype({"customer_id": str, "sku": str})
-    daily = daily.astype({"orders": np.int64, "revenue": float})
-    return FeatureSet(cust, skus, daily)
+            cust = _read(conn, customer_features)
+            skus = _read(conn, feature_skus)
+            daily = _read(conn, shop_daily)
+    return _unpack(cust, skus, daily)
 
 
-def _sku_rows_hint(store_url: str) -> int:
-    """How many product rows a SQLite store holds, counted only up to just past the helper
+def _read(conn: Connection, tbl: Table) -> pa.Table:
+    """A table's rows as the driver returns them (no per-value SQLAlchemy processing), as
+    Arrow columns: text, numbers, bytes; dates and times are parsed by ``_unpack``."""
+    cols = [c.name for c in tbl.columns]
+    rows = conn.exec_driver_sql(f"SELECT {', '.join(cols)} FROM {tbl.name}").fetchall()
+    data: dict[str, pa.Array] = {}
+    for k, col in enumerate(tbl.columns):
+        values = [r[k] for r in rows]
+        if isinstance(col.type, LargeBinary):
+            data[col.name] = pa.array([bytes(v) for v in values], pa.binary())
+        elif isinstance(col.type, Float):
+            data[col.name] = pa.array(values, pa.float64(), from_pandas=True)
+        elif isinstance(col.type, Integer):
+            data[col.name] = pa.array(values, pa.int64())
+        else:
+            data[col.name] = pa.array([None if v is None else str(v) for v in values],
+                                      pa.string())
+    return pa.table(data)
+
+
+def _unpack(cust: pa.Table, sku_table: pa.Table, daily: pa.Table) -> FeatureSet:
+    """Stored rows (``customer_features`` with dates and times as text or typed, packed
+    products; ``feature_skus``; ``shop_daily``) -> the frames of ``FeatureSet``."""
+    if cust.num_rows:
+        cust = cust.take(pc.sort_indices(cust, [("customer_id", "ascending")]))
+    n = cust.num_rows
+    ids = pc.cast(cust.column("customer_id"), pa.string()).combine_chunks() if n else \
+        pa.array([], pa.string())
+    frame: dict[str, object] = {"customer_id": pd.Series(ids.to_pandas(), dtype=str)}
+    for name in FEATURE_COLUMNS[1:] + PROFILE_COLUMNS[1:]:
+        col = cust.column(name) if n else pa.chunked_array([], pa.null())
+        if name in ("first_order_at", "last_order_at"):
+            frame[name] = _utc(col)
+        elif name == "season_sku":
+            frame[name] = pd.Series(pc.cast(col, pa.string()).to_pylist(), dtype=object)
+        elif name in _INT_COLUMNS:
+            frame[name] = pc.cast(col, pa.int64()).to_numpy()
+        else:
+            frame[name] = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    customers = pd.DataFrame(frame)
+
+    counts = pc.cast(cust.column("products"), pa.int64()).to_numpy() if n else \
+        np.zeros(0, np.int64)
+    values = {k: _unpacked(cust.column(f"product_{k}") if n else None, counts, dtype, k)
+              for k, dtype in PRODUCT_COLUMNS.items()}
+    code = pc.cast(sku_table.column("code"), pa.int64()).to_numpy() if sku_table.num_rows \
+        else np.zeros(0, np.int64)
+    names = np.full(int(code.max()) + 1 if len(code) else 0, None, dtype=object)
+    names[code] = pc.cast(sku_table.column("sku"), pa.string()).to_pylist()
+    if len(values["sku"]) and (values["sku"].max() >= len(names) or
+                               pd.isna(names[values["sku"]]).any()):
+        raise DataError("the contact store's features name products it has no code for; "
+                        "rebuild them with `tend ingest --full`")
+    owner = np.repeat(np.arange(n), counts)
+    skus = pd.DataFrame({
+        "customer_id": pd.Series(ids.take(pa.array(owner)).to_pandas(), dtype=str),
+        "sku": pd.Series(names[values["sku"]], dtype=str),
+        "days": values["days"].astype(np.int64),
+        "first_day": _day_dates(values["first_day"]),
+        "last_day": _day_dates(values["last_day"]),
+        **{k: values[k].astype(np.float64 if k in ("gap_median", "unit_gap_median",
+                                                    "phase_cos", "phase_sin") else np.int64)
+           for k in SKU_COLUMNS[5:]},
+    })
+    if daily.num_rows:
+        daily = daily.take(pc.sort_indices(daily, [("day", "ascending")]))
+    days = pd.DataFrame({
+        "day": _dates_of(daily.column("day")) if daily.num_rows else np.zeros(0, object),
+        "orders": pc.cast(daily.column("orders"), pa.int64()).to_numpy()
+        if daily.num_rows else np.zeros(0, np.int64),
+        "revenue": pc.cast(daily.column("revenue"), pa.float64()).to_numpy()
+        if daily.num_rows else np.zeros(0),
+    })
+    return FeatureSet(customers, skus, days)
+
+
+_INT_COLUMNS = {"orders_count", "order_days", "season_cycles", "season_years"}
+
+
+def _day_dates(days: np.ndarray) -> np.ndarray:
+    """Days since 1970-01-01 -> datetime.date objects (as ``tend.features.to_frames`` gives)."""
+    return pd.to_datetime(days, unit="D").date
+
+
+def _utc(col: pa.ChunkedArray) -> pd.Series:
+    """Stored times (SQLAlchemy's SQLite text, or typed) -> UTC timestamps in µs."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return pd.Series(pd.to_datetime(col.to_pandas(), utc=True, format="ISO8601")
+                         ).dt.as_unit("us")
+    if pa.types.is_timestamp(col.type):
+        return pd.Series(col.to_pandas()).dt.tz_convert("UTC") if col.type.tz else \
+            pd.Series(col.to_pandas()).dt.tz_localize("UTC").dt.as_unit("us")
+    return pd.Series(pd.to_datetime(col.to_pandas(), utc=True)).dt.as_unit("us")
+
+
+def _dates_of(col: pa.ChunkedArray) -> np.ndarray:
+    """Stored dates (ISO text on SQLite, typed elsewhere) -> datetime.date objects."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = pc.cast(pc.cast(col, pa.string()), pa.date32())
+    return col.to_pandas(date_as_object=True).to_numpy()
+
+
+def _unpacked(col: pa.ChunkedArray | None, counts: np.ndarray, dtype: str, name: str
+              ) -> np.ndarray:
+    """Every customer's values of one packed column, concatenated (customers in row order)."""
+    itemsize = np.dtype(dtype).itemsize
+    if col is None or not len(counts):
+        return np.zeros(0, dtype)
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        arr = pc.cast(arr, pa.binary())
+    otype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], otype)[arr.offset : arr.offset + len(arr) + 1]
+    if arr.null_count or not np.array_equal(np.diff(offsets), counts * itemsize):
+        raise DataError(f"the contact store's product_{name} column does not match its "
+                        "products count (a damaged row); rebuild the features with "
+                        "`tend ingest --full`")
+    data = arr.buffers()[2]
+    total = int(offsets[-1] - offsets[0])
+    if not total:
+        return np.zeros(0, dtype)
+    return np.frombuffer(data, dtype, count=total // itemsize, offset=int(offsets[0]))
+
+
+def _rows_hint(store_url: str) -> int:
+    """How many customer rows a SQLite store holds, counted only up to just past the helper
     process's threshold (enough to choose, and cheap on a large store)."""
+    limit = HELPER_PROCESS_ROWS // 4 + 1
     with connect(store_url).connect() as conn:
         return int(conn.exec_driver_sql(
-            f"SELECT count(*) FROM (SELECT 1 FROM {customer_sku_features.name} "
-            f"LIMIT {HELPER_PROCESS_ROWS + 1})").scalar() or 0)
+            f"SELECT count(*) FROM (SELECT 1 FROM {customer_features.name} LIMIT {limit})"
+        ).scalar() or 0)
 
 
 def _read_sqlite_tables(path: str) -> dict[str, pa.Table]:
-    """The four feature tables of a SQLite store as Arrow (run in the helper process), sorted,
-    dates and times typed from SQLAlchemy's text format. Two threads read (the driver releases
-    the GIL), the largest table in two key ranges; sorting happens here, not in SQLite."""
+    """The feature tables of a SQLite store as Arrow (run in the helper process), customers
+    in two halves of their key read by two threads (the driver releases the GIL)."""
+    import sqlite3
     from concurrent.futures import ThreadPoolExecutor
 
     import adbc_driver_sqlite.dbapi as adbc
 
-    cols = {customer_features.name: FEATURE_COLUMNS, customer_profile.name: PROFILE_COLUMNS,
-            customer_sku_features.name: SKU_COLUMNS, shop_daily.name: DAILY_COLUMNS}
     # Nullable numbers come with a sentinel for NULL: the driver types a column from its
     # first rows and refuses a later value of another type.
-    nullable = {c.name for t in (*_TABLES, shop_daily) for c in t.columns
+    nullable = {c.name for c in customer_features.columns
                 if c.nullable and isinstance(c.type, Float)}
 
-    def fetch(name: str, where: str) -> pa.Table:
-        sel = ", ".join(f"coalesce({c} * 1.0, -1e308 * 10) AS {c}" if c in nullable
-                        else f"coalesce(CAST({c} AS TEXT), '') AS {c}" if c == "season_sku"
-                        else f"CAST({c} AS TEXT) AS {c}" if c in ("customer_id", "sku")
-                        else c for c in cols[name])
+    def fetch(sql: str) -> pa.Table:
         with adbc.connect(f"file:{path}?mode=ro") as con, con.cursor() as cur:
             cur.execute("PRAGMA busy_timeout = 60000")
             cur.fetchall()
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "131072"})
-            cur.execute(f"SELECT {sel} FROM {name} {where}")
-            t = cur.fetch_arrow_table()
+            cur.execute(sql)
+            return cur.fetch_arrow_table()
+
+    def customers(where: str) -> pa.Table:
+        sel = ", ".join(f"coalesce({c} * 1.0, -1e308 * 10) AS {c}" if c in nullable
+                        else f"coalesce(CAST({c} AS TEXT), '') AS {c}" if c == "season_sku"
+                        else f"CAST({c} AS TEXT) AS {c}" if c == "customer_id"
+                        else c for c in (col.name for col in customer_features.columns))
+        t = fetch(f"SELECT {sel} FROM {customer_features.name} {where} ORDER BY customer_id")
         fixed = {}
         for c in t.column_names:
             col = t.column(c)
@@ -571,50 +799,30 @@ def _read_sqlite_tables(path: str) -> dict[str, pa.Table]:
             elif c == "season_sku":
                 col = pc.cast(col, pa.string())
                 col = pc.if_else(pc.equal(col, ""), None, col)
-            elif c in ("customer_id", "sku"):
-                col = pc.cast(col, pa.string())
-            elif c in ("first_day", "last_day", "day"):
-                col = pc.cast(pc.cast(col, pa.string()), pa.date32())
-            elif c in ("first_order_at", "last_order_at"):
-                col = pc.cast(pc.cast(col, pa.string()), pa.timestamp("us"))
             fixed[c] = col
-        return pa.table(fixed) if fixed else pa.table({c: pa.array([]) for c in cols[name]})
+        return pa.table(fixed)
 
-    import sqlite3
-
-    # The product table in two halves of its key (the tables are clustered by key: WITHOUT
-    # ROWID, migration 0008), split at the middle customer.
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
         con.execute("PRAGMA busy_timeout = 60000")
-        mid = con.execute("SELECT customer_id FROM customer_features ORDER BY customer_id "
-                          "LIMIT 1 OFFSET (SELECT count(*) / 2 FROM customer_features)"
-                          ).fetchone()
+        mid = con.execute(f"SELECT customer_id FROM {customer_features.name} ORDER BY "
+                          f"customer_id LIMIT 1 OFFSET (SELECT count(*) / 2 FROM "
+                          f"{customer_features.name})").fetchone()
     cut = "''" if mid is None else "'" + str(mid[0]).replace("'", "''") + "'"
-    jobs = [(customer_sku_features.name, f"WHERE customer_id < {cut}"),
-            (customer_features.name, ""), (customer_profile.name, ""),
-            (customer_sku_features.name, f"WHERE customer_id >= {cut}"), (shop_daily.name, "")]
     with ThreadPoolExecutor(2) as pool:
-        got = list(pool.map(lambda job: fetch(*job), jobs))
-    out = {customer_features.name: got[1], customer_profile.name: got[2],
-           shop_daily.name: got[4]}
-    for name, key in ((customer_features.name, "customer_id"),
-                      (customer_profile.name, "customer_id"), (shop_daily.name, "day")):
-        t = out[name]
-        out[name] = t.take(pc.sort_indices(t.column(key))) if t.num_rows else t
-    skus = pa.concat_tables([got[0], got[3]])
-    if skus.num_rows:
-        ids = out[customer_features.name].column("customer_id").combine_chunks()
-        cust = pc.index_in(skus.column("customer_id"), value_set=ids)
-        if cust.null_count:  # not every product row has a customer row: sort as text
-            order = pc.sort_indices(skus, [("customer_id", "ascending"), ("sku", "ascending")])
-        else:
-            names = pc.unique(skus.column("sku")).sort()
-            sku = pc.index_in(skus.column("sku"), value_set=names)
-            order = pa.array(sort_order(cust.to_numpy(zero_copy_only=False),
-                                        sku.to_numpy(zero_copy_only=False)))
-        skus = skus.take(order)
-    out[customer_sku_features.name] = skus
-    return out
+        low = pool.submit(customers, f"WHERE customer_id < {cut}")
+        high = pool.submit(customers, f"WHERE customer_id >= {cut}")
+        skus = pool.submit(fetch, f"SELECT code, CAST(sku AS TEXT) AS sku FROM "
+                           f"{feature_skus.name}")
+        daily = pool.submit(fetch, f"SELECT CAST(day AS TEXT) AS day, orders, revenue "
+                            f"FROM {shop_daily.name}")
+        parts = [p for p in (low.result(), high.result()) if p.num_rows]
+        return {customer_features.name: pa.concat_tables(parts, promote_options="permissive")
+                if parts else _read_empty(customer_features),
+                feature_skus.name: skus.result(), shop_daily.name: daily.result()}
+
+
+def _read_empty(tbl: Table) -> pa.Table:
+    return pa.table({c.name: pa.array([], pa.null()) for c in tbl.columns})
 
 
 def read_features(store_url: str) -> pd.DataFrame:

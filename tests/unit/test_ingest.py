@@ -199,7 +199,7 @@ def test_bulk_written_rows_read_back_through_sqlalchemy_on_both_backends(
 
     monkeypatch.setattr(ingest, "HELPER_PROCESS_ROWS", helper_rows)
 
-    from tend.store.tables import customer_features, customer_sku_features, ingest_state
+    from tend.store.tables import PRODUCT_COLUMNS, customer_features, feature_skus, ingest_state
 
     ingest.run_ingest(shop_url, store_url, NIGHT - dt.timedelta(days=7), "r1")
     ingest.run_ingest(shop_url, store_url, NIGHT, "r2")
@@ -207,10 +207,10 @@ def test_bulk_written_rows_read_back_through_sqlalchemy_on_both_backends(
     with connect(store_url).connect() as conn:
         row = conn.execute(select(customer_features).order_by(
             customer_features.c.customer_id).limit(1)).one()
-        sku = conn.execute(select(customer_sku_features).order_by(
-            customer_sku_features.c.customer_id, customer_sku_features.c.sku).limit(1)).one()
+        codes = dict(conn.execute(select(feature_skus.c.code, feature_skus.c.sku)).all())
         state = conn.execute(select(ingest_state)).one()
-    first, first_sku = direct.customers.iloc[0], direct.skus.iloc[0]
+    first = direct.customers.iloc[0]
+    bought = direct.skus[direct.skus["customer_id"] == first["customer_id"]]
 
     def utc(t: dt.datetime) -> dt.datetime:
         return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
@@ -222,8 +222,17 @@ def test_bulk_written_rows_read_back_through_sqlalchemy_on_both_backends(
     assert utc(row.last_order_at) == first["last_order_at"].to_pydatetime()
     assert row.total_spent == first["total_spent"] and row.orders_count == first["orders_count"]
     assert (row.median_interval_days is None) == bool(np.isnan(first["median_interval_days"]))
-    assert (sku.customer_id, sku.sku) == (first_sku["customer_id"], first_sku["sku"])
-    assert sku.first_day == first_sku["first_day"] and sku.last_day == first_sku["last_day"]
+    assert row.order_days == first["order_days"] and row.season_sku == first["season_sku"]
+    # the products, packed: one little-endian array per column, in the skus' order
+    packed = {k: np.frombuffer(getattr(row, f"product_{k}"), dtype)
+              for k, dtype in PRODUCT_COLUMNS.items()}
+    assert row.products == len(bought) > 0
+    assert [codes[c] for c in packed["sku"]] == bought["sku"].tolist()
+    epoch = dt.date(1970, 1, 1)
+    assert [epoch + dt.timedelta(days=int(d)) for d in packed["last_day"]] == \
+        bought["last_day"].tolist()
+    np.testing.assert_array_equal(packed["quantity"], bought["quantity"])
+    np.testing.assert_array_equal(packed["gap_median"], bought["gap_median"])
     assert state.as_of == NIGHT
     stored = ingest.read_feature_set(store_url)
     pd.testing.assert_frame_equal(stored.customers, direct.customers, check_dtype=False)

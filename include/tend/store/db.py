@@ -39,6 +39,10 @@ def connect(url: str) -> Engine:
             # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
+            # A new store gets 16 KiB pages (SQLite's default is 4 KiB; an existing file keeps
+            # its own, the pragma is a no-op there): a customer's feature row is a few hundred
+            # bytes, and writing a million of them took half the time with 16 KiB pages.
+            cur.execute("PRAGMA page_size=16384")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=60000")

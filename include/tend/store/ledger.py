@@ -459,8 +459,13 @@ def copy_arrow(conn: Connection, table: str, data: Any) -> None:
     """PostgreSQL: one COPY of an Arrow table's rows, as CSV written by Arrow (no Python object
     per value on the way out). Arrow quotes every string and leaves nulls empty and unquoted:
     exactly what PostgreSQL's CSV format reads as '' and NULL."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    binary = [i for i, f in enumerate(data.schema)
+              if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    for i in binary:  # bytea's text form in a CSV
+        data = data.set_column(i, data.schema.field(i).name, _bytea_text(data.column(i)))
     buf = io.BytesIO()
     pacsv.write_csv(data, buf, write_options=pacsv.WriteOptions(include_header=False))
     names = ", ".join(f'"{col}"' for col in data.column_names)
@@ -470,6 +475,34 @@ def copy_arrow(conn: Connection, table: str, data: Any) -> None:
         view = buf.getbuffer()
         for i in range(0, len(view), 1 << 20):
             copy.write(view[i : i + (1 << 20)])
+
+
+def _bytea_text(col: Any) -> Any:
+    """Binary values -> PostgreSQL's hex text for bytea (``\\x0a1b...``), vectorised: each byte
+    becomes two hex digits through a lookup table, behind a two-byte prefix per value."""
+    import pyarrow as pa
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if arr.null_count:
+        raise ValueError("NULL in a binary column written by COPY")
+    otype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], otype)[arr.offset : arr.offset + len(arr) + 1]
+    offsets = offsets.astype(np.int64)
+    raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0] : offsets[-1]] \
+        if len(arr) and offsets[-1] > offsets[0] else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    n = len(arr)
+    new_offsets = 2 * (offsets - offsets[0]) + 2 * np.arange(n + 1, dtype=np.int64)
+    out = np.empty(int(new_offsets[-1]), np.uint8)
+    out[new_offsets[:-1]] = ord("\\")
+    out[new_offsets[:-1] + 1] = ord("x")
+    owner = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    where = 2 * np.arange(len(raw), dtype=np.int64) + 2 * (owner + 1)
+    digits = np.frombuffer(b"0123456789abcdef", np.uint8)
+    out[where] = digits[raw >> 4]
+    out[where + 1] = digits[raw & 15]
+    return pa.Array.from_buffers(pa.large_string(), n,
+                                 [None, pa.py_buffer(new_offsets), pa.py_buffer(out)])
 
 
 def bulk_rows(conn: Connection, table: str, frame: Mapping[str, Any]) -> None:

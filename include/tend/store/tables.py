@@ -53,6 +53,18 @@ class MessageId(TypeDecorator[str]):
 LEDGER_STATUSES = ("claimed", "sending", "sent", "failed", "unknown")
 MESSAGE_KINDS = ("marketing", "service", "transactional")
 
+#: How the ``product_*`` columns of ``customer_features`` are packed: each holds one
+#: little-endian value per product the customer bought (``products`` of them, in the order of
+#: the skus' text), as this NumPy dtype. ``product_sku`` is a code from ``feature_skus``; days
+#: are days since 1970-01-01; NaN stands for "no value" (a product bought once has no gap).
+#: A million customers bought ~4 million (customer, product) pairs: as rows they cost more to
+#: write and read than everything else in the store together (migration 0009).
+PRODUCT_COLUMNS: dict[str, str] = {
+    "sku": "<i4", "days": "<i4", "first_day": "<i4", "last_day": "<i4", "quantity": "<i8",
+    "last_quantity": "<i8", "gap_median": "<f8", "unit_gap_median": "<f8", "phase_cos": "<f8",
+    "phase_sin": "<f8", "season_days": "<i4",
+}
+
 customer_features = Table(
     "customer_features",
     metadata,
@@ -65,8 +77,31 @@ customer_features = Table(
     Column("avg_order_value", Float, nullable=False),
     Column("mean_interval_days", Float),
     Column("median_interval_days", Float),
+    # the profile (tend.features.PROFILE_COLUMNS; migration 0009 folded customer_profile in)
+    Column("order_days", Integer, nullable=False),
+    Column("gap_log_mean", Float),
+    Column("gap_log_var", Float),
+    Column("last_day_spent", Float, nullable=False),
+    Column("season_doy", Float, nullable=False),
+    Column("season_r", Float, nullable=False),
+    Column("season_cycles", Integer, nullable=False),
+    Column("season_years", Integer, nullable=False),
+    Column("season_share", Float, nullable=False),
+    Column("season_sku", String(64)),
+    # the products the customer bought (tend.features.SKU_COLUMNS), packed: see PRODUCT_COLUMNS
+    Column("products", Integer, nullable=False),
+    *(Column(f"product_{name}", LargeBinary, nullable=False) for name in PRODUCT_COLUMNS),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     sqlite_with_rowid=False,
+)
+
+#: The codes of ``product_sku``: given once, never changed or reused, so rows written on
+#: different nights agree.
+feature_skus = Table(
+    "feature_skus",
+    metadata,
+    Column("code", Integer, primary_key=True, autoincrement=False),
+    Column("sku", String(64), nullable=False, unique=True),
 )
 
 ingest_state = Table(
@@ -190,50 +225,9 @@ quarantine = Table(
     UniqueConstraint("source", "record_key", "reason", name="uq_quarantine_record"),
 )
 
-# -- signal features (migration 0002) ---------------------------------------------------------
-# The profile beside customer_features (tend.features.PROFILE_COLUMNS), one row per customer and
-# product bought (SKU_COLUMNS), and the shop's clean orders per UTC day (DAILY_COLUMNS). All are
-# rewritten for the changed customers (and the days since the watermark) each night.
-# On SQLite the per-customer tables are WITHOUT ROWID (migration 0008): a night rewrites a few
-# thousand customers' rows spread over million-row tables, and clustered by their key each row
-# is one B-tree entry instead of two.
-
-customer_profile = Table(
-    "customer_profile",
-    metadata,
-    Column("customer_id", String(64), primary_key=True),
-    Column("as_of", Date, nullable=False),
-    Column("order_days", Integer, nullable=False),
-    Column("gap_log_mean", Float),
-    Column("gap_log_var", Float),
-    Column("last_day_spent", Float, nullable=False),
-    Column("season_doy", Float, nullable=False),
-    Column("season_r", Float, nullable=False),
-    Column("season_cycles", Integer, nullable=False),
-    Column("season_years", Integer, nullable=False),
-    Column("season_share", Float, nullable=False),
-    Column("season_sku", String(64)),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    sqlite_with_rowid=False,
-)
-
-customer_sku_features = Table(
-    "customer_sku_features",
-    metadata,
-    Column("customer_id", String(64), primary_key=True),
-    Column("sku", String(64), primary_key=True),
-    Column("days", Integer, nullable=False),
-    Column("first_day", Date, nullable=False),
-    Column("last_day", Date, nullable=False),
-    Column("quantity", Integer, nullable=False),
-    Column("last_quantity", Integer, nullable=False),
-    Column("gap_median", Float),
-    Column("unit_gap_median", Float),
-    Column("phase_cos", Float, nullable=False),
-    Column("phase_sin", Float, nullable=False),
-    Column("season_days", Integer, nullable=False),
-    sqlite_with_rowid=False,
-)
+# -- signal features (migrations 0002, 0008, 0009) -------------------------------------------
+# The shop's clean orders per UTC day (DAILY_COLUMNS), rewritten from the first day a night
+# touches. The per-customer features are all in customer_features above.
 
 shop_daily = Table(
     "shop_daily",
