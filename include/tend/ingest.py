@@ -338,7 +338,7 @@ class _SqliteProcess:
     ``streamed``, any number of messages — a pickled table name and byte count followed by
     that many bytes of an Arrow IPC stream — ended by a pickled None; the function gets the
     messages as an iterator of {name: table}. On its stdout: a pickled (error text or None,
-    result).
+    result), where a result that is tables comes as ``_TABLES_FOLLOW`` and then messages.
     """
 
     def __init__(self) -> None:
@@ -366,14 +366,7 @@ class _SqliteProcess:
         assert stdin is not None
         try:
             for message in messages:
-                for name, table in message.items():
-                    sink = pa.BufferOutputStream()
-                    with pa.ipc.new_stream(sink, table.schema) as w:
-                        w.write_table(table)
-                    buf = sink.getvalue()
-                    pickle.dump((name, buf.size), stdin, protocol=5)
-                    stdin.write(memoryview(buf))
-                    del buf, sink
+                _send_tables(stdin, message)
             pickle.dump(None, stdin, protocol=5)
             stdin.flush()
         except BrokenPipeError:
@@ -397,12 +390,19 @@ class _SqliteProcess:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         with contextlib.suppress(BrokenPipeError):
             self._proc.stdin.close()
-        out = self._proc.stdout.read()
-        code = self._proc.wait()
-        if code != 0 or not out:
+        stdout = self._proc.stdout
+        try:
+            failure, result = pickle.load(stdout)
+            if result == _TABLES_FOLLOW:
+                result = {}
+                for message in _messages(stdout):
+                    result.update(message)
+        except (EOFError, pickle.UnpicklingError):
+            failure = result = None
+            code = self._proc.wait()
             raise DataError(f"the store's helper process failed (exit status {code}); "
-                            "its error is in the task log above")
-        failure, result = pickle.loads(out)
+                            "its error is in the task log above") from None
+        self._proc.wait()
         if failure is not None:
             raise DataError(f"the contact store at {path_hint(args)}: {failure}")
         return result
@@ -417,15 +417,33 @@ def path_hint(args: tuple[object, ...]) -> str:
     return str(args[0]) if args else "?"
 
 
+#: A helper's result that is tables: they follow as messages (as ``_send_tables`` sends them).
+_TABLES_FOLLOW = "<tables follow>"
+
+
+def _send_tables(stream: IO[bytes], tables: dict[str, pa.Table]) -> None:
+    """Tables as messages: a pickled (name, byte count), then an Arrow IPC stream of that
+    many bytes (the columns' buffers as they are: no pickling of values)."""
+    import pickle
+
+    for name, data in tables.items():
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, data.schema) as w:
+            w.write_table(data)
+        buf = sink.getvalue()
+        pickle.dump((name, buf.size), stream, protocol=5)
+        stream.write(memoryview(buf))
+
+
 def _messages(stream: IO[bytes]) -> Iterator[dict[str, pa.Table]]:
-    """The helper's side of ``_SqliteProcess.stream``: one table per message."""
+    """The other side of ``_send_tables``: one table per message, until a pickled None."""
     import pickle
 
     while (head := pickle.load(stream)) is not None:
         name, size = head
         data = stream.read(size)
         if len(data) != size:
-            raise DataError("the ingest stopped sending in the middle of a table")
+            raise DataError("the other process stopped sending in the middle of a table")
         yield {name: pa.ipc.open_stream(pa.py_buffer(data)).read_all()}
 
 
@@ -434,15 +452,21 @@ def _sqlite_process_main() -> None:
     import pickle
     import sys
 
-    stdin = sys.stdin.buffer
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     fn, args, streamed = pickle.load(stdin)
     failure = result = None
     try:
         result = fn(*args, _messages(stdin)) if streamed else fn(*args)
     except Exception as exc:  # reported to the parent, which raises it in the task
         failure = f"{exc.__class__.__name__}: {exc}"
-    sys.stdout.buffer.write(pickle.dumps((failure, result), protocol=5))
-    sys.stdout.flush()
+    if failure is None and isinstance(result, dict) and result and \
+            all(isinstance(t, pa.Table) for t in result.values()):
+        pickle.dump((None, _TABLES_FOLLOW), stdout, protocol=5)
+        _send_tables(stdout, result)
+        pickle.dump(None, stdout, protocol=5)
+    else:
+        pickle.dump((failure, result), stdout, protocol=5)
+    stdout.flush()
 
 
 def _write_sqlite(path: str, changed: Sequence[str] | None, since_day: dt.date | None,
@@ -652,11 +676,12 @@ def _read(conn: Connection, tbl: Table) -> pa.Table:
 def _unpack(cust: pa.Table, sku_table: pa.Table, daily: pa.Table) -> FeatureSet:
     """Stored rows (``customer_features`` with dates and times as text or typed, packed
     products; ``feature_skus``; ``shop_daily``) -> the frames of ``FeatureSet``."""
-    if cust.num_rows:
-        cust = cust.take(pc.sort_indices(cust, [("customer_id", "ascending")]))
     n = cust.num_rows
     ids = pc.cast(cust.column("customer_id"), pa.string()).combine_chunks() if n else \
         pa.array([], pa.string())
+    if n > 1 and not pc.all(pc.less(ids[:-1], ids[1:])).as_py():  # not read in key order
+        cust = cust.take(pc.sort_indices(ids))
+        ids = pc.cast(cust.column("customer_id"), pa.string()).combine_chunks()
     frame: dict[str, object] = {"customer_id": pd.Series(ids.to_pandas(), dtype=str)}
     for name in FEATURE_COLUMNS[1:] + PROFILE_COLUMNS[1:]:
         col = cust.column(name) if n else pa.chunked_array([], pa.null())
@@ -709,8 +734,13 @@ _INT_COLUMNS = {"orders_count", "order_days", "season_cycles", "season_years"}
 
 
 def _day_dates(days: np.ndarray) -> np.ndarray:
-    """Days since 1970-01-01 -> datetime.date objects (as ``tend.features.to_frames`` gives)."""
-    return pd.to_datetime(days, unit="D").date
+    """Days since 1970-01-01 -> datetime.date objects (as ``tend.features.to_frames`` gives),
+    one object made per distinct day (a few thousand) and gathered for millions of rows."""
+    if not len(days):
+        return np.zeros(0, object)
+    lo = int(days.min())
+    table = pd.to_datetime(np.arange(lo, int(days.max()) + 1), unit="D").date
+    return table[np.asarray(days, np.int64) - lo]
 
 
 def _utc(col: pa.ChunkedArray) -> pd.Series:
