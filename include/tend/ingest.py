@@ -358,19 +358,44 @@ class _SqliteProcess:
     def stream(self, fn: Callable[..., object], args: tuple[object, ...],
                messages: Iterable[dict[str, pa.Table]]) -> object:
         """Run ``fn(*args, messages)`` in the process, sending each message (tables by name)
-        as it comes, so the process works on one while the next is being made."""
+        as it comes, so the process works on one while the next is being made.
+
+        A thread sends (the pipe blocks while the process is busy with the previous message),
+        so the caller goes on computing the next message meanwhile. If making the messages
+        fails, the end is never sent: the process is killed by ``close`` with its transaction
+        open, and nothing of the night is committed.
+        """
         import pickle
+        import queue
+        import threading
 
         self._send_call(fn, args, streamed=True)
         stdin = self._proc.stdin
         assert stdin is not None
+        box: queue.Queue[dict[str, pa.Table] | None] = queue.Queue(maxsize=1)
+        broken = False
+
+        def send() -> None:
+            nonlocal broken
+            while (message := box.get()) is not None:
+                if not broken:
+                    try:
+                        _send_tables(stdin, message)
+                    except BrokenPipeError:  # it failed: its error comes with the result
+                        broken = True
+
+        sender = threading.Thread(target=send, name="tend-store-sender", daemon=True)
+        sender.start()
         try:
             for message in messages:
-                _send_tables(stdin, message)
-            pickle.dump(None, stdin, protocol=5)
-            stdin.flush()
-        except BrokenPipeError:
-            pass  # it failed: its error comes with the result
+                box.put(message)
+        finally:
+            box.put(None)
+            sender.join()
+        if not broken:
+            with contextlib.suppress(BrokenPipeError):
+                pickle.dump(None, stdin, protocol=5)
+                stdin.flush()
         return self._result(args)
 
     def _send_call(self, fn: Callable[..., object], args: tuple[object, ...], *,

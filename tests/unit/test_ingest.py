@@ -238,3 +238,30 @@ def test_bulk_written_rows_read_back_through_sqlalchemy_on_both_backends(
     pd.testing.assert_frame_equal(stored.customers, direct.customers, check_dtype=False)
     pd.testing.assert_frame_equal(stored.skus, direct.skus, check_dtype=False)
     pd.testing.assert_frame_equal(stored.daily, direct.daily, check_dtype=False)
+
+
+@pytest.mark.parametrize("helper_rows", [0, 10**9], ids=["helper-process", "in-process"])
+def test_a_night_that_fails_half_way_commits_nothing(
+        shop_url: str, tmp_path: Path, helper_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The features are written range by range as they are computed; if computing a later
+    range fails, the ranges already sent must not be committed: the store keeps the previous
+    night whole (rows, watermark), and the next run does the night again."""
+    store = _store(tmp_path, "s.db")
+    monkeypatch.setattr(ingest, "HELPER_PROCESS_ROWS", helper_rows)
+    ingest.run_ingest(shop_url, store, NIGHT - dt.timedelta(days=7), "r1", full=True)
+    before = ingest.read_feature_set(store)
+    real_parts = ingest.feature_parts
+
+    def failing(frames: list[pd.DataFrame | None]):  # type: ignore[no-untyped-def]
+        yield next(iter(real_parts(frames)))
+        raise MemoryError("out of memory half way")
+
+    monkeypatch.setattr(ingest, "feature_parts", failing)
+    with pytest.raises(MemoryError):
+        ingest.run_ingest(shop_url, store, NIGHT, "r2", full=True)
+    assert ingest.store_as_of(store) == NIGHT - dt.timedelta(days=7)
+    after = ingest.read_feature_set(store)
+    pd.testing.assert_frame_equal(after.customers, before.customers)
+    pd.testing.assert_frame_equal(after.skus, before.skus)
+    monkeypatch.setattr(ingest, "feature_parts", real_parts)
+    assert ingest.run_ingest(shop_url, store, NIGHT, "r3").mode == "incremental"
