@@ -242,18 +242,29 @@ def write_night(store_url: str, parts: Iterable[FeatureColumns], *, as_of: dt.da
         writer.stream(_write_sqlite, (path, changed, since_day, new_skus, qrows, state),
                       tables())
         return written
+    # On SQLite a changed customer's row is replaced where it is (one B-tree seek instead of a
+    # delete and an insert); only customers left without a row (every order quarantined) are
+    # deleted afterwards. PostgreSQL deletes first and COPYs.
+    replace = sqlite and changed is not None
     with connect(store_url).begin() as conn:
         if changed is None:
             conn.execute(delete(customer_features))
             conn.execute(delete(shop_daily))
         else:
-            _delete_customers(conn, customer_features, changed)
+            if not replace:
+                _delete_customers(conn, customer_features, changed)
             conn.execute(delete(shop_daily).where(shop_daily.c.day >= since_day))
         if new_skus:
             conn.execute(feature_skus.insert(), new_skus)
+        kept: set[str] = set()
         for part in tables():
             for name, table in part.items():
-                _copy_or_insert(conn, name, table, sqlite)
+                _copy_or_insert(conn, name, table, sqlite, replace=replace)
+                if replace and name == customer_features.name:
+                    kept.update(table.column("customer_id").to_pylist())
+        if replace:
+            assert changed is not None
+            _delete_customers(conn, customer_features, [c for c in changed if c not in kept])
         ledger.insert_ignore(conn, quarantine, qrows)
         conn.execute(delete(ingest_state).where(ingest_state.c.name == WATERMARK))
         conn.execute(ingest_state.insert().values(**state))
@@ -547,9 +558,11 @@ def _write_sqlite(path: str, changed: Sequence[str] | None, since_day: dt.date |
         cur.execute("COMMIT")
 
 
-def _copy_or_insert(conn: Connection, name: str, table: pa.Table, sqlite: bool) -> None:
+def _copy_or_insert(conn: Connection, name: str, table: pa.Table, sqlite: bool, *,
+                    replace: bool = False) -> None:
     """PostgreSQL: COPY the columns as CSV (no Python object per value). SQLite (a small
-    night): the driver's executemany over values already in SQLAlchemy's storage format."""
+    night): the driver's executemany over values already in SQLAlchemy's storage format
+    (``replace``: INSERT OR REPLACE)."""
     if not table.num_rows:
         return
     if conn.dialect.name == "postgresql":
@@ -558,7 +571,8 @@ def _copy_or_insert(conn: Connection, name: str, table: pa.Table, sqlite: bool) 
     cols = table.column_names
     rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True))
     if sqlite:
-        sql = f"INSERT INTO {name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        sql = f"{verb} INTO {name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         for i in range(0, len(rows), 50_000):
             conn.exec_driver_sql(sql, rows[i : i + 50_000])
         return

@@ -265,3 +265,27 @@ def test_a_night_that_fails_half_way_commits_nothing(
     pd.testing.assert_frame_equal(after.skus, before.skus)
     monkeypatch.setattr(ingest, "feature_parts", real_parts)
     assert ingest.run_ingest(shop_url, store, NIGHT, "r3").mode == "incremental"
+
+
+def test_a_changed_customer_left_without_clean_orders_loses_the_row(
+        shop_url: str, tmp_path: Path) -> None:
+    """On SQLite an incremental night replaces changed customers' rows in place; a changed
+    customer whose every order is now quarantined must lose the row, as a full rebuild has it."""
+    store = _store(tmp_path, "s.db")
+    ingest.run_ingest(shop_url, store, NIGHT - dt.timedelta(days=1), "r1", now=NOW)
+    path = shop_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as con:
+        cid = con.execute("SELECT customer_id FROM orders GROUP BY customer_id "
+                          "HAVING count(*) = 1 LIMIT 1").fetchone()[0]
+        con.execute("UPDATE orders SET total = -5 WHERE customer_id = ?", (cid,))
+        con.execute("INSERT INTO orders (order_id, customer_id, ordered_at, total, currency) "
+                    "VALUES ('LATE-1', ?, ?, -1, 'CAD')", (cid, f"{NIGHT} 10:00:00.000000"))
+    assert cid in ingest.read_feature_set(store).customers["customer_id"].tolist()
+    ingest.run_ingest(shop_url, store, NIGHT, "r2", lookback_days=0, now=NOW)
+    inc = ingest.read_feature_set(store)
+    assert cid not in inc.customers["customer_id"].tolist()
+    assert cid not in inc.skus["customer_id"].tolist()
+    full = _store(tmp_path, "full.db")
+    ingest.run_ingest(shop_url, full, NIGHT, "f", now=NOW)
+    pd.testing.assert_frame_equal(inc.customers,
+                                  ingest.read_feature_set(full).customers)
