@@ -233,6 +233,8 @@ def write_night(store_url: str, parts: Iterable[FeatureColumns], *, as_of: dt.da
     def tables() -> Iterator[dict[str, pa.Table]]:
         nonlocal written
         for fc in itertools.chain([first] if first is not None else [], it):
+            if fc is not first and not fc.sku_ids.equals(first.sku_ids):  # type: ignore[union-attr]
+                raise ValueError("feature parts of one night must share one sku catalogue")
             written += len(fc)
             yield feature_tables(fc, as_of=as_of, stamp=stamp, sqlite=sqlite,
                                  since_day=since_day, sku_codes=codes)
