@@ -207,7 +207,13 @@ def consume_frames(frames: list[pd.DataFrame | None]) -> FeatureColumns:
 
     Computed in customer ranges (``feature_parts``) and put together: every temporary is the
     size of a range, not of the whole history."""
-    return concat_parts(feature_parts(frames))
+    return concat_parts(feature_parts(frames, part_lines=_CONSUME_PART_LINES))
+
+
+#: Ranges of ``consume_frames``: smaller ranges than the default of ``feature_parts`` keep
+#: more of each range's arrays in the CPU caches (~10% faster on the 1M-customer benchmark);
+#: a caller that writes ranges wants fewer, larger ones.
+_CONSUME_PART_LINES = 500_000
 
 
 def concat_parts(parts: Iterable[FeatureColumns]) -> FeatureColumns:
@@ -321,13 +327,22 @@ def _customer_codes(ids: pd.Series) -> tuple[np.ndarray, pa.Array]:
         names = _sorted_names(cat.categories)
         if names is not None:
             codes = ids.cat.codes.to_numpy()
-            present = np.bincount(codes, minlength=len(cat.categories)) > 0
+            present = _counts(codes, len(cat.categories)) > 0
             if present.all():  # the reader's categories are the customers with orders
                 return codes.astype(np.int32, copy=False), names
             remap = (np.cumsum(present) - 1).astype(np.int32)
             return remap[codes], names.filter(pa.array(present))
     codes, uniq = pd.factorize(ids.astype(str), sort=True)
     return codes.astype(np.int32), pa.array(np.asarray(uniq, dtype=object), pa.string())
+
+
+def _counts(codes: np.ndarray, n: int) -> np.ndarray:
+    """``np.bincount(codes, minlength=n)`` a block at a time: bincount copies int32 codes to
+    int64 first, which for a whole column is a fresh 100 MB."""
+    out = np.zeros(n, np.int64)
+    for a in range(0, len(codes), _BLOCK):
+        out += np.bincount(codes[a:a + _BLOCK], minlength=n)
+    return out
 
 
 def _sorted_names(categories: pd.Index) -> pa.Array | None:
@@ -434,7 +449,7 @@ def _parts(src: _Input, part_lines: int) -> Iterator[FeatureColumns]:
         for a in range(0, len(lo), _BLOCK):
             weights += np.bincount(codes[lo[a:a + _BLOCK]], minlength=n)
     else:
-        weights = np.bincount(codes, minlength=n)
+        weights = _counts(codes, n)
     bounds = _part_bounds(weights, part_lines)
     del weights
     nparts = len(bounds) - 1
@@ -594,16 +609,17 @@ def _cycle_means(vcust: np.ndarray, vstarts: np.ndarray, cycle: np.ndarray, cos:
     new[vstarts] = True
     gidx = np.cumsum(new, dtype=np.intp)
     gidx -= 1
-    per = np.bincount(gidx)
+    starts = np.flatnonzero(new)
+    del new
+    per = np.diff(starts, append=len(cycle))
     c = np.bincount(gidx, weights=cos) / per
     s = np.bincount(gidx, weights=sin) / per
     del gidx, per
-    gcust = vcust[new]
+    gcust = vcust[starts]
     ncycles = np.bincount(gcust, minlength=n)
     with np.errstate(invalid="ignore"):
         return (np.bincount(gcust, weights=c, minlength=n) / ncycles,
-                np.bincount(gcust, weights=s, minlength=n) / ncycles, ncycles,
-                np.flatnonzero(new), gcust)
+                np.bincount(gcust, weights=s, minlength=n) / ncycles, ncycles, starts, gcust)
 
 
 def _seasons(vcust: np.ndarray, voff: np.ndarray, vstarts: np.ndarray, visits: np.ndarray,
@@ -634,7 +650,7 @@ def _seasons(vcust: np.ndarray, voff: np.ndarray, vstarts: np.ndarray, visits: n
     inside = d <= SEASON_HALF_WIDTH
     del d
     # A cycle counts once: the cycles with any visit inside the window.
-    cycle_inside = np.logical_or.reduceat(inside, cycle_starts)
+    cycle_inside = _run_sums(inside, cycle_starts) > 0
     return {
         "doy": np.round(phase_to_doy(centre), 1),
         "r": np.hypot(c, s),
@@ -686,13 +702,19 @@ def _sku_columns(lvisit: np.ndarray, sku: np.ndarray, qty: np.ndarray, visits: _
         np.not_equal(key[1:], key[:-1], out=new[1:])
     else:
         new[1:] = (lc[1:] != lc[:-1]) | (sku[1:] != sku[:-1]) | (lvisit[1:] != lvisit[:-1])
-    if not new.all():
+    if key is not None and not new.all():
+        # a few lines on the same day: their units (whole numbers) go to the day's first
+        again = np.flatnonzero(~new)
+        more = dq[again]
+        dq = dq[new]
+        again -= np.arange(1, len(again) + 1)  # the day's position among the days
+        np.add.at(dq, again, more)
+        key = key[new]
+        del again, more
+    elif not new.all():
         starts = np.flatnonzero(new)
         dq = np.add.reduceat(dq, starts)
-        if key is not None:
-            key = key[new]
-        else:
-            lc, sku, lvisit = lc[starts], sku[starts], lvisit[starts]
+        lc, sku, lvisit = lc[starts], sku[starts], lvisit[starts]
         del starts
     del new
     dq = dq.astype(np.int64, copy=False)
@@ -746,14 +768,22 @@ def _sku_columns(lvisit: np.ndarray, sku: np.ndarray, qty: np.ndarray, visits: _
         "days": ndays,
         "first_day": doff[gstarts] + days.lo,
         "last_day": doff[gends - 1] + days.lo,
-        "quantity": np.add.reduceat(dq, gstarts),
+        "quantity": _run_sums(dq, gstarts),
         "last_quantity": dq[gends - 1],
         "gap_median": _run_median(gap, ndays - 1, runs),
         "unit_gap_median": unit_median / 10.0,
         "phase_cos": np.bincount(g, weights=days.cos[doff], minlength=ng),
         "phase_sin": np.bincount(g, weights=days.sin[doff], minlength=ng),
-        "season_days": np.add.reduceat(inside, gstarts, dtype=np.int64),
+        "season_days": _run_sums(inside, gstarts),
     }
+
+
+def _run_sums(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``np.add.reduceat(x, starts)`` for integers or booleans and runs that are not empty,
+    as int64 differences of one cumulative sum: exact, without reduceat's cost per run."""
+    total = np.cumsum(x, dtype=np.int64)
+    ends = total[np.append(starts[1:], len(x)) - 1]
+    return np.diff(ends, prepend=0)
 
 
 def _season_sku(skus: dict[str, np.ndarray], n: int) -> np.ndarray:
