@@ -222,8 +222,8 @@ def concat_parts(parts: Iterable[FeatureColumns]) -> FeatureColumns:
     Each column is put together and then dropped from the parts before the next one, so the
     result and its parts are not all held twice at once."""
     parts = list(parts)
-    if len(parts) == 1:
-        return parts[0]
+    if len(parts) <= 1:
+        return parts[0] if parts else _empty_columns()
     first = parts[0]
     offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
     customers: dict[str, np.ndarray] = {}
@@ -442,6 +442,8 @@ class _Days:
 
 
 def _parts(src: _Input, part_lines: int) -> Iterator[FeatureColumns]:
+    """``feature_parts`` once the columns are taken: ranges, rows dealt out, daily totals,
+    then one range at a time."""
     n = len(src.ids)
     codes, lo = src.codes, src.line_order
     if lo is not None:
