@@ -112,8 +112,9 @@ def main() -> int:
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     peak = peak_bytes()
 
-    print(f"{args.mode}: {shape}, {customers:,} customers in {nparts} part(s) "
-          f"(part_lines={args.part_lines:,}; pandas {pd.__version__})")
+    ranges = f"{nparts} part(s) of part_lines={args.part_lines:,}" if args.mode == "parts" \
+        else "one result"
+    print(f"{args.mode}: {shape}, {customers:,} customers, {ranges} (pandas {pd.__version__})")
     print(f"  wall {wall:.2f} s (user {cpu.ru_utime - cpu0.ru_utime:.2f} s, system "
           f"{cpu.ru_stime - cpu0.ru_stime:.2f} s, {cpu.ru_minflt - cpu0.ru_minflt:,} page "
           "faults)")

@@ -222,8 +222,8 @@ def concat_parts(parts: Iterable[FeatureColumns]) -> FeatureColumns:
     Each column is put together and then dropped from the parts before the next one, so the
     result and its parts are not all held twice at once."""
     parts = list(parts)
-    if len(parts) == 1:
-        return parts[0]
+    if len(parts) <= 1:
+        return parts[0] if parts else _empty_columns()
     first = parts[0]
     offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
     customers: dict[str, np.ndarray] = {}
@@ -442,6 +442,8 @@ class _Days:
 
 
 def _parts(src: _Input, part_lines: int) -> Iterator[FeatureColumns]:
+    """``feature_parts`` once the columns are taken: ranges, rows dealt out, daily totals,
+    then one range at a time."""
     n = len(src.ids)
     codes, lo = src.codes, src.line_order
     if lo is not None:
@@ -471,7 +473,7 @@ def _parts(src: _Input, part_lines: int) -> Iterator[FeatureColumns]:
         rows = order_rows(p)
         off = ts[rows] // unit_day
         off -= days.lo
-        perm = _sort_order(codes[rows], off)
+        perm = _order_by_customer_day(codes[rows], off)
         srows = perm + rows.start if isinstance(rows, slice) else rows[perm]
         off = off[perm]
         per_day += np.bincount(off, minlength=len(per_day))
@@ -685,7 +687,14 @@ def _sku_columns(lvisit: np.ndarray, sku: np.ndarray, qty: np.ndarray, visits: _
     if got is not None:
         packed, ((_, _), (slo, sbits), (vlo, vbits)) = got
         packed |= qty
-        _sort_values(packed, lc)
+        if _mostly_sorted(lc):  # the reader's order: timsort sorts within the customers
+            packed.sort(kind="stable")
+        else:  # lines in time order: by (customer, sku), then check that days follow
+            packed = packed[_radix_order(packed >> (qbits + vbits))]
+            after = packed >> qbits
+            if np.any(after[1:] < after[:-1]):
+                packed.sort()
+            del after
         del lc, sku, lvisit
         dq = packed & ((1 << qbits) - 1)
         key = packed
@@ -839,6 +848,36 @@ def _pack(keys: Sequence[np.ndarray], extra_bits: int = 0, *, small: bool = Fals
         packed += k  # in place (the low bits are free): no int64 copy of each key
     packed <<= extra_bits
     return packed, list(zip(lows, shifts, strict=True))
+
+
+def _mostly_sorted(lead: np.ndarray) -> bool:
+    """Rows mostly in the order of their leading key (grouped by customer, say)."""
+    return np.count_nonzero(lead[1:] < lead[:-1]) * 16 <= len(lead)
+
+
+def _radix_order(key: np.ndarray) -> np.ndarray:
+    """Stable order of non-negative integer keys: 16 bits at a time from the least
+    significant, each pass NumPy's radix sort (a stable argsort of 16 bits or fewer), several
+    times faster than sorting keys in random order."""
+    bits = _bits(int(key.max())) if len(key) else 1
+    perm: np.ndarray | None = None
+    for shift in range(0, bits, 16):
+        k = key if perm is None else key[perm]
+        digit = (k >> shift) if shift else k
+        digit = (digit & 0xFFFF).astype(np.uint16 if bits - shift > 8 else np.uint8)
+        step = np.argsort(digit, kind="stable")
+        perm = step if perm is None else perm[step]
+    assert perm is not None
+    return perm
+
+
+def _order_by_customer_day(cust: np.ndarray, off: np.ndarray) -> np.ndarray:
+    """``_sort_order(cust, off)``: rows by (customer, day, row). Rows in time order (a shop
+    that writes its orders as they come) need only a stable order by customer, a radix sort."""
+    if len(cust) > 1 and not _mostly_sorted(cust) and not np.any(off[1:] < off[:-1]):
+        lo = int(cust.min())
+        return _radix_order(cust - lo if lo else cust)
+    return _sort_order(cust, off)
 
 
 def _sort_values(packed: np.ndarray, lead: np.ndarray | None = None) -> None:

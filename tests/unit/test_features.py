@@ -358,6 +358,16 @@ def _late(orders: pd.DataFrame, lines: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
     return orders.iloc[perm].reset_index(drop=True), ln
 
 
+def _by_time(orders: pd.DataFrame, lines: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of a shop that writes orders as they come: by time, lines after their order."""
+    perm = np.argsort(orders["ordered_at"].to_numpy(), kind="stable")
+    inv = np.empty(len(perm), np.int64)
+    inv[perm] = np.arange(len(perm))
+    lo = inv[lines["order"].to_numpy()]
+    ln = lines.assign(order=lo).iloc[np.argsort(lo, kind="stable")].reset_index(drop=True)
+    return orders.iloc[perm].reset_index(drop=True), ln
+
+
 def _edge_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Few customers with everything unusual: several orders a day, one order with lines on
     the same product twice, zero and negative quantities, a customer without lines."""
@@ -404,12 +414,14 @@ def _check_ranges(parts: list[FeatureColumns], lines: pd.DataFrame | None, order
 
 
 @pytest.mark.parametrize("part_lines", [1, 7, 5_000, 10**9])
-@pytest.mark.parametrize("variant", ["reader", "late", "shuffled", "plain"])
+@pytest.mark.parametrize("variant", ["reader", "late", "time", "shuffled", "plain"])
 def test_parts_put_together_are_the_whole_computation(
         demo_frames: tuple[pd.DataFrame, pd.DataFrame], variant: str, part_lines: int) -> None:
     orders, lines = demo_frames
     if variant == "late":
         orders, lines = _late(orders, lines)
+    elif variant == "time":
+        orders, lines = _by_time(orders, lines)
     elif variant != "reader":
         orders, lines = _shuffled(orders, lines, plain=variant == "plain")
     want = _reference(orders, lines)
