@@ -138,7 +138,7 @@ def run_ingest(
         )
         if mode == "full":
             new_watermark = watermark.to_pydatetime() if watermark is not None else new_watermark
-        computing = _Timed(feature_parts(frames))
+        computing = _Timed(feature_parts(frames, part_lines=PART_LINES))
         written = write_night(store_url, computing, as_of=as_of, run_id=run_id, stamp=stamp,
                               changed=changed, since_day=since_day, quarantined=quarantined,
                               watermark=new_watermark, writer=writer)
@@ -329,6 +329,10 @@ def _sqlite_store(url: str) -> str | None:
     """The file of a SQLite store (None for other stores and in-memory SQLite)."""
     return _sqlite_file(url) if make_url(url).get_backend_name() == "sqlite" else None
 
+
+#: Order lines per range of customers whose features are computed and written together: the
+#: helper process writes one range while the next is computed, and neither holds more.
+PART_LINES = 1_000_000
 
 #: Above this many rows a SQLite store is written or read through ADBC in a helper process;
 #: below it, starting a process costs more than it saves.
