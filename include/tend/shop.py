@@ -61,7 +61,12 @@ def require_schema(url: str) -> None:
 
 
 def changed_customer_ids(url: str, since: dt.datetime, as_of: dt.date) -> list[str]:
-    """Customers with an order in (since, end of as_of]: the only ones whose features move."""
+    """Customers with an order in (since, end of as_of]: the only ones whose features move.
+
+    A SQLite shop is asked the same statement through a read-only connection of its own: the
+    engine's connection would take the shop's write lock (BEGIN IMMEDIATE) and costs more to
+    set up than the query (the ordered_at index, a table lookup per order) takes.
+    """
     o = s.orders
     q = (
         select(o.c.customer_id)
@@ -69,6 +74,23 @@ def changed_customer_ids(url: str, since: dt.datetime, as_of: dt.date) -> list[s
         .where(o.c.customer_id.is_not(None))
         .distinct()
     )
+    path = _sqlite_path(url)
+    if path is not None:
+        import sqlite3
+
+        from sqlalchemy.dialects import sqlite
+
+        # the bounds written as SQLAlchemy stores them (its literal is its bound value)
+        sql = str(q.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                con.execute("PRAGMA busy_timeout = 60000")
+                return sorted(str(r[0]) for r in con.execute(sql))
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            _log.warning("read-only SQLite query failed (%s); asking through the engine", exc)
     with connect(url).connect() as conn:
         return sorted(str(r[0]) for r in conn.execute(q))
 
@@ -255,11 +277,19 @@ def _adbc_fetch(path: str, sql: str, ids_json: str | None = None, *,
                 mmap: bool = True) -> pa.Table:
     """One query into an Arrow table (ADBC's SQLite driver, read-only).
 
+    ``ids_json`` replaces the ``?`` of ``json_each(?)`` as a string literal: with a bound
+    parameter the driver holds the GIL while SQLite steps, so two threads would read in turn.
+    The literal is ASCII (``json.dumps`` escapes everything else) with its quotes doubled.
+
     ``mmap``: pages straight from the OS cache instead of one read() system call per page, for
-    reads that scan; a subset's index lookups gain nothing from it and would count every page
-    they touched in the process's resident memory.
+    reads that scan; a subset's index lookups are faster without it, and it would count every
+    page they touched in the process's resident memory.
     """
     import adbc_driver_sqlite.dbapi as adbc
+
+    if ids_json is not None:
+        assert ids_json.isascii()
+        sql = sql.replace("json_each(?)", "json_each('" + ids_json.replace("'", "''") + "')")
 
     with adbc.connect(f"file:{path}?mode=ro") as con, con.cursor() as cur:
         cur.execute("PRAGMA busy_timeout = 60000")  # a writer or a WAL recovery: wait
@@ -268,7 +298,7 @@ def _adbc_fetch(path: str, sql: str, ids_json: str | None = None, *,
             cur.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
             cur.fetchall()
         cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": _BATCH_ROWS})
-        cur.execute(sql, None if ids_json is None else (ids_json,))
+        cur.execute(sql)
         return cur.fetch_arrow_table()
 
 
@@ -339,16 +369,22 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
             ids = sorted({str(c) for c in customer_ids})  # IN ignores repeats and order
             ids_json = json.dumps(ids)
             checks_f = pool.submit(_fetch_checks, path, ids_json, as_of, now)
-            # Halves of the orders' rowids: every order row, and so every line joined to it,
-            # is in exactly one (halves of the customer list would not be exact for every
-            # collation a shop's view may have).
-            ranges = [f" AND o.rowid >= {a} AND o.rowid < {b}" for a, b in _rowid_ranges(
-                path, "orders", 2)] if len(ids) >= _SPLIT_CUSTOMERS else [""]
-            order_fs = [pool.submit(_read_orders_of, path, r, ids_json) for r in ranges]
-            line_fs = [pool.submit(_read_lines_of, path, r, ids_json) for r in ranges
+            # Pieces by the orders' rowids, one per thread: every order row, and so every
+            # line joined to it, is in exactly one piece (halves of the customer list would
+            # not be exact for every collation a shop's view may have).
+            split = len(ids) >= _SPLIT_CUSTOMERS
+            mid = _rowid_ranges(path, "orders", 2)[:1] if split else []
+            order_fs = [pool.submit(_read_orders_of, path, r, ids_json, checks_f)
+                        for r in _halves(mid[0][1] if mid else None)]
+            got = [f.result() for f in order_fs]
+            parts = [part for part, _ in got]
+            # the lines in halves of the orders found, so both threads have as much to do
+            rid = np.concatenate([r for _, r in got])
+            line_fs = [pool.submit(_read_lines_of, path, r, ids_json, skus)
+                       for r in _halves(int(rid[len(rid) // 2]) if split and len(rid) else None)
                        ] if lines else []
+            del got, rid
             checks = checks_f.result()
-            parts = [_order_part(_by_rid([f.result() for f in order_fs]), checks)]
         screened = _screen_orders(parts, checks)
         del parts
         history = History(screened.orders, _empty_lines(), screened.quarantined, screened.rows)
@@ -359,9 +395,18 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
             for f in line_fs:
                 matcher.add(f.result())
         else:
-            t = _by_rid([f.result() for f in line_fs])
-            matcher.add(_line_part(_one(t.column("order_id")), _one(t.column("sku")),
-                                   t.column("quantity").to_numpy(), skus))
+            pieces = [f.result() for f in line_fs]
+            ends = [(t.column("rid")[0].as_py(), t.column("rid")[-1].as_py())
+                    for _, t in pieces if t.num_rows]
+            if all(a[1] < b[0] for a, b in itertools.pairwise(ends)):  # pieces in rowid order
+                for part, _ in pieces:
+                    matcher.add(part)
+            else:  # lines not in the order of their orders: sort them as one piece
+                t = _by_rid([t.set_column(t.schema.get_field_index("quantity"), "quantity",
+                                          pa.array(t.column("quantity").to_numpy().astype(
+                                              float))) for _, t in pieces])
+                matcher.add(_line_part(_one(t.column("order_id")), _one(t.column("sku")),
+                                       np.asarray(t.column("quantity").to_numpy()), skus))
         history.lines, bad_lines = matcher.finish()
         history.quarantined += bad_lines
         return history
@@ -407,13 +452,21 @@ def _read_order_part(path: str, where: str, checks: Future[_Checks]) -> _OrderPa
     return _order_part(t, checks.result())
 
 
-def _read_orders_of(path: str, rows: str, ids_json: str) -> pa.Table:
-    """The orders of a customer subset in one rowid range, with their rowid, unsorted."""
+def _halves(cut: int | None) -> list[str]:
+    """Conditions that split the orders at rowid ``cut`` (none: one piece)."""
+    return [""] if cut is None else [f" AND o.rowid < {cut}", f" AND o.rowid >= {cut}"]
+
+
+def _read_orders_of(path: str, rows: str, ids_json: str, checks: Future[_Checks]
+                    ) -> tuple[_OrderPart, np.ndarray]:
+    """The orders of a customer subset in a piece of the rowids, screened (in a reader
+    thread), and their rowids."""
     where = f"AS o {_IN_CUSTOMERS}{rows}"
-    return _orders_table(_fetch_typed(
+    t = _by_rid([_orders_table(_fetch_typed(
         path, f"SELECT o.rowid AS rid, {_PLAIN_ORDER_COLS} FROM orders {where}",
         f"SELECT o.rowid AS rid, {_CAREFUL_ORDER_COLS} FROM orders {where}", ids_json, "total",
-        _ORDER_TEXT, mmap=False))
+        _ORDER_TEXT, mmap=False))], keep=True)
+    return _order_part(t, checks.result()), np.asarray(t.column("rid").to_numpy())
 
 
 def _orders_table(t: pa.Table) -> pa.Table:
@@ -440,16 +493,18 @@ def _read_line_part(path: str, where: str, skus: pa.Array) -> _LinePart:
     return _line_part(_one(t.column("order_id")), _one(t.column("sku")), _quantities(t), skus)
 
 
-def _read_lines_of(path: str, rows: str, ids_json: str) -> pa.Table:
-    """The lines of a customer subset's orders in one rowid range of the orders, with their
-    rowid, unsorted; quantities as float64 (pieces must concatenate)."""
+def _read_lines_of(path: str, rows: str, ids_json: str, skus: pa.Array
+                   ) -> tuple[_LinePart, pa.Table]:
+    """The lines of a customer subset's orders in a piece of the orders' rowids, in rowid
+    order: boiled down (in a reader thread), and as read with their rowids."""
     t = _fetch_typed(
         path, _LINES_OF_CUSTOMERS.format(cols=_PLAIN_LINE_COLS.format(p="l."), rows=rows),
         _LINES_OF_CUSTOMERS.format(cols=_CAREFUL_LINE_COLS.format(p="l."), rows=rows),
         ids_json, "quantity", _LINE_TEXT, mmap=False)
-    qty = _quantities(t)
-    return pa.table({"rid": t.column("rid"), **{c: _one(t.column(c)) for c in _LINE_TEXT},
-                     "quantity": pa.array(qty.astype(float, copy=False))})
+    t = _by_rid([pa.table({"rid": t.column("rid"), **{c: _one(t.column(c)) for c in _LINE_TEXT},
+                           "quantity": pa.array(_quantities(t))})], keep=True)
+    return _line_part(_one(t.column("order_id")), _one(t.column("sku")),
+                      np.asarray(t.column("quantity").to_numpy()), skus), t
 
 
 def _quantities(t: pa.Table) -> np.ndarray:
@@ -466,14 +521,15 @@ def _quantities(t: pa.Table) -> np.ndarray:
     return qty
 
 
-def _by_rid(tables: list[pa.Table]) -> pa.Table:
+def _by_rid(tables: list[pa.Table], *, keep: bool = False) -> pa.Table:
     """Pieces of one read as one table in rowid order, as ``ORDER BY rowid`` would give it
-    (rows of one rowid, a line joined to two copies of an order id, are alike)."""
+    (rows of one rowid, a line joined to two copies of an order id, are alike); without the
+    rowids unless ``keep``."""
     t = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     rid = np.asarray(t.column("rid").to_numpy(), dtype=np.int64)
     if len(rid) > 1 and not np.all(rid[1:] > rid[:-1]):
         t = t.take(pa.array(np.argsort(rid, kind="stable")))
-    return t.drop_columns(["rid"])
+    return t if keep else t.drop_columns(["rid"])
 
 
 def _round_ms(us: np.ndarray) -> np.ndarray:
