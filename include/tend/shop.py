@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from tend.store.db import connect
 ABSURD_TOTAL = 1_000_000.0
 _IN_CHUNK = 900  # stay under SQLite's bound-parameter limit
 _log = logging.getLogger("tend")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,7 @@ _LINES_OF_CUSTOMERS = (
     "SELECT l.rowid AS rid, {cols} FROM orders AS o JOIN order_lines AS l "
     "ON l.order_id = o.order_id WHERE o.customer_id IN (SELECT value FROM json_each(?)){rows}")
 _BATCH_ROWS = "131072"  # rows per Arrow batch: the driver's default (1024) costs 2x per value
+_ONE_BATCH = str(2**30)  # (the driver takes no more)
 #: Rows per part of a full read; the parts are read by two threads (the driver releases the
 #: GIL while SQLite steps), so both cores read.
 _PART_ROWS = 2_000_000
@@ -274,7 +277,7 @@ _MMAP_BYTES = 1 << 40  # capped by the SQLite build (2 GiB by default); read-onl
 
 
 def _adbc_fetch(path: str, sql: str, ids_json: str | None = None, *,
-                mmap: bool = True) -> pa.Table:
+                mmap: bool = True, batch_rows: str | None = None) -> pa.Table:
     """One query into an Arrow table (ADBC's SQLite driver, read-only).
 
     ``ids_json`` replaces the ``?`` of ``json_each(?)`` as a string literal: with a bound
@@ -284,6 +287,10 @@ def _adbc_fetch(path: str, sql: str, ids_json: str | None = None, *,
     ``mmap``: pages straight from the OS cache instead of one read() system call per page, for
     reads that scan; a subset's index lookups are faster without it, and it would count every
     page they touched in the process's resident memory.
+
+    The driver types each column from the first batch of rows and fails on a later value of
+    another type (a column NULL in the first batch is typed as an integer): ``batch_rows``
+    (default ``_BATCH_ROWS``) as large as the result makes it type from every row.
     """
     import adbc_driver_sqlite.dbapi as adbc
 
@@ -297,7 +304,8 @@ def _adbc_fetch(path: str, sql: str, ids_json: str | None = None, *,
         if mmap:
             cur.execute(f"PRAGMA mmap_size = {_MMAP_BYTES}")
             cur.fetchall()
-        cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": _BATCH_ROWS})
+        cur.adbc_statement.set_options(
+            **{"adbc.sqlite.query.batch_rows": batch_rows or _BATCH_ROWS})
         cur.execute(sql)
         return cur.fetch_arrow_table()
 
@@ -363,7 +371,7 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
                         for w in _parts(path, "orders")]
             line_fs = [pool.submit(_read_line_part, path, w, skus)
                        for w in _parts(path, "order_lines")] if lines else []
-            parts = [f.result() for f in order_fs]
+            parts = _results(order_fs)
             checks = checks_f.result()
         else:
             ids = sorted({str(c) for c in customer_ids})  # IN ignores repeats and order
@@ -376,7 +384,7 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
             mid = _rowid_ranges(path, "orders", 2)[:1] if split else []
             order_fs = [pool.submit(_read_orders_of, path, r, ids_json, checks_f)
                         for r in _halves(mid[0][1] if mid else None)]
-            got = [f.result() for f in order_fs]
+            got = _results(order_fs)
             parts = [part for part, _ in got]
             # the lines in halves of the orders found, so both threads have as much to do
             rid = np.concatenate([r for _, r in got])
@@ -392,10 +400,10 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
             return history
         matcher = _LineMatcher(screened, skus)
         if customer_ids is None:
-            for f in line_fs:
-                matcher.add(f.result())
+            while line_fs:  # each part is let go once matched
+                matcher.add(line_fs.pop(0).result())
         else:
-            pieces = [f.result() for f in line_fs]
+            pieces = _results(line_fs)
             ends = [(t.column("rid")[0].as_py(), t.column("rid")[-1].as_py())
                     for _, t in pieces if t.num_rows]
             if all(a[1] < b[0] for a, b in itertools.pairwise(ends)):  # pieces in rowid order
@@ -405,13 +413,20 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
                 t = _by_rid([t.set_column(t.schema.get_field_index("quantity"), "quantity",
                                           pa.array(t.column("quantity").to_numpy().astype(
                                               float))) for _, t in pieces])
-                matcher.add(_line_part(_one(t.column("order_id")), _one(t.column("sku")),
+                matcher.add(_line_part(_text(t.column("order_id")), _text(t.column("sku")),
                                        np.asarray(t.column("quantity").to_numpy()), skus))
         history.lines, bad_lines = matcher.finish()
         history.quarantined += bad_lines
         return history
     finally:  # on a failure, parts not started yet are not read for nothing
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _results(futures: list[Future[T]]) -> list[T]:
+    """The futures' results, in order; the list is emptied so that it does not keep them."""
+    out = [f.result() for f in futures]
+    futures.clear()
+    return out
 
 
 def _fetch_checks(path: str, ids_json: str | None, as_of: dt.date,
@@ -427,8 +442,9 @@ def _fetch_checks(path: str, ids_json: str | None, as_of: dt.date,
 def _fetch_typed(path: str, plain: str, careful: str, ids: str | None, numeric: str,
                  texts: Sequence[str], *, mmap: bool = True) -> pa.Table:
     """A part as SQLite typed it, if the text columns came as text and every value of the
-    numeric column has one type (the driver types a number column from its first rows and
-    refuses a value of another type later); otherwise again with the careful query."""
+    numeric column has one type (the driver types a column from its first rows and refuses a
+    value of another type later); otherwise again with the careful query, in one batch so
+    that its columns are typed from every row (the odd values may all come late)."""
     try:
         t = _adbc_fetch(path, plain, ids, mmap=mmap)
         typ = t.schema.field(numeric).type
@@ -440,7 +456,7 @@ def _fetch_typed(path: str, plain: str, careful: str, ids: str | None, numeric: 
     except Exception as exc:  # the driver's "Type mismatch in column ..."
         if "mismatch" not in str(exc).lower():
             raise
-    return _adbc_fetch(path, careful, ids, mmap=mmap)
+    return _adbc_fetch(path, careful, ids, mmap=mmap, batch_rows=_ONE_BATCH)
 
 
 def _read_order_part(path: str, where: str, checks: Future[_Checks]) -> _OrderPart:
@@ -473,15 +489,16 @@ def _orders_table(t: pa.Table) -> pa.Table:
     """Orders as fetched (either query) in one shape: text columns as text, ``total`` as
     float64 (the values SQLite could not type parsed like the generic path parses them) and
     ``total_text``, the text as read of those values (NULL where SQLite typed the total)."""
-    total = _floats(t.column("total"))
-    text = _one(t.column("total_text")) if "total_text" in t.column_names else \
-        pa.nulls(len(total), pa.string())
-    if text.null_count < len(text):
-        odd = np.flatnonzero(text.is_valid().to_numpy(zero_copy_only=False))
+    text = _text(t.column("total_text")) if "total_text" in t.column_names else None
+    odd = np.zeros(0, np.int64) if text is None or text.null_count == len(text) else \
+        np.flatnonzero(text.is_valid().to_numpy(zero_copy_only=False))
+    total = _floats(t.column("total"))  # (not a view of the fetched batch, see _order_part)
+    if len(odd):
         total[odd] = _parse_number(pd.Series(text.take(pa.array(odd)).to_pylist(), dtype=object))
     cols = {"rid": t.column("rid")} if "rid" in t.column_names else {}
-    return pa.table({**cols, **{c: _one(t.column(c)) for c in _ORDER_TEXT},
-                     "total": pa.array(total), "total_text": text})
+    return pa.table({**cols, **{c: _text(t.column(c)) for c in _ORDER_TEXT},
+                     "total": pa.array(total),
+                     "total_text": pa.nulls(len(total), pa.string()) if text is None else text})
 
 
 def _read_line_part(path: str, where: str, skus: pa.Array) -> _LinePart:
@@ -490,7 +507,7 @@ def _read_line_part(path: str, where: str, skus: pa.Array) -> _LinePart:
         path, f"SELECT {_PLAIN_LINE_COLS.format(p='')} FROM order_lines {where} ORDER BY rowid",
         f"SELECT {_CAREFUL_LINE_COLS.format(p='')} FROM order_lines {where} ORDER BY rowid",
         None, "quantity", _LINE_TEXT)
-    return _line_part(_one(t.column("order_id")), _one(t.column("sku")), _quantities(t), skus)
+    return _line_part(_text(t.column("order_id")), _text(t.column("sku")), _quantities(t), skus)
 
 
 def _read_lines_of(path: str, rows: str, ids_json: str, skus: pa.Array
@@ -501,9 +518,9 @@ def _read_lines_of(path: str, rows: str, ids_json: str, skus: pa.Array
         path, _LINES_OF_CUSTOMERS.format(cols=_PLAIN_LINE_COLS.format(p="l."), rows=rows),
         _LINES_OF_CUSTOMERS.format(cols=_CAREFUL_LINE_COLS.format(p="l."), rows=rows),
         ids_json, "quantity", _LINE_TEXT, mmap=False)
-    t = _by_rid([pa.table({"rid": t.column("rid"), **{c: _one(t.column(c)) for c in _LINE_TEXT},
+    t = _by_rid([pa.table({"rid": t.column("rid"), **{c: _text(t.column(c)) for c in _LINE_TEXT},
                            "quantity": pa.array(_quantities(t))})], keep=True)
-    return _line_part(_one(t.column("order_id")), _one(t.column("sku")),
+    return _line_part(_text(t.column("order_id")), _text(t.column("sku")),
                       np.asarray(t.column("quantity").to_numpy()), skus), t
 
 
@@ -511,7 +528,7 @@ def _quantities(t: pa.Table) -> np.ndarray:
     """Quantities as fetched: whole numbers as SQLite typed them when every one is, else
     float64 (NaN where NULL) with the values SQLite could not type parsed from their text."""
     col = t.column("quantity")
-    text = _one(t.column("quantity_text")) if "quantity_text" in t.column_names else None
+    text = _text(t.column("quantity_text")) if "quantity_text" in t.column_names else None
     if text is None and pa.types.is_integer(col.type) and not col.null_count:
         return np.asarray(col.to_numpy())
     qty = _floats(col)
@@ -578,11 +595,13 @@ def _arrow_ms(text: pa.Array, chunk: int = 65_536) -> np.ndarray:
     return out
 
 
-def _floats(col: pa.ChunkedArray) -> np.ndarray:
-    """A numeric column with NULL as NaN (a writable copy)."""
+def _floats(col: pa.ChunkedArray, *, writable: bool = True) -> np.ndarray:
+    """A numeric column as float64 with NULL as NaN (a copy only when ``writable`` needs one
+    or the values are not float64 already)."""
     col = col if pa.types.is_floating(col.type) or pa.types.is_integer(col.type) \
         else pc.cast(col, pa.float64())
-    return np.array(col.to_numpy(), dtype=float)
+    out = np.asarray(col.to_numpy(), dtype=float)
+    return out.copy() if writable and not out.flags.writeable else out
 
 
 def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -610,22 +629,29 @@ def _blank(a: pa.Array) -> np.ndarray:
 
 
 def _index_or_minus_one(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    out = a.to_numpy(zero_copy_only=False)
-    if a.null_count:
-        out = np.where(pd.isna(out), -1, out)
-    return np.asarray(out, dtype=np.int64)
+    return _minus_one(a).astype(np.int64, copy=False)
 
 
 def _encode(a: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Dictionary-encode: (position of each value in the distinct values, -1 for NULL; the
-    distinct values in order of first appearance)."""
+    """Dictionary-encode: (int32 position of each value in the distinct values, -1 for NULL;
+    the distinct values in order of first appearance)."""
     enc = pc.dictionary_encode(a)
     if isinstance(enc, pa.ChunkedArray):  # the chunks share one dictionary
         if enc.num_chunks == 0:
-            return np.zeros(0, np.int64), pa.array([], a.type)
+            return np.zeros(0, np.int32), pa.array([], a.type)
         indices = pa.chunked_array([c.indices for c in enc.chunks], pa.int32())
-        return _index_or_minus_one(indices), enc.chunk(enc.num_chunks - 1).dictionary
-    return _index_or_minus_one(enc.indices), enc.dictionary
+        return _minus_one(indices), enc.chunk(enc.num_chunks - 1).dictionary
+    return _minus_one(enc.indices), enc.dictionary
+
+
+def _copy(col: pa.ChunkedArray) -> pa.Array:
+    """The column in memory of its own, as one array."""
+    return pa.concat_arrays(col.chunks) if col.num_chunks else pa.array([], col.type)
+
+
+def _minus_one(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Integer positions with NULL as -1, in their own integer type."""
+    return np.asarray((a.fill_null(-1) if a.null_count else a).to_numpy(zero_copy_only=False))
 
 
 def _sorted_unique(a: pa.Array, *, unique: bool = True) -> pa.Array:
@@ -715,17 +741,25 @@ class _OrderPart:
     ts_text: dict[int, str | None]  # ordered_at as read where it did not parse (fast path)
     total_text: dict[int, str | None]  # total as read where SQLite did not type it (fast path)
 
+    def release(self) -> None:
+        """Let go of the per-row arrays once the clean orders hold what they need of them."""
+        self.cust = self.ms = self.total = self.reason = self.keep = np.zeros(0, np.int8)
+        self.kept_ids = self.order_id.slice(0, 0)
+
 
 def _order_part(t: pa.Table, checks: _Checks) -> _OrderPart:
     """One part of the orders as fetched (``_orders_table``), screened."""
-    ts = _one(t.column("ordered_at"))
+    ts = t.column("ordered_at")
     ms = _arrow_ms(ts)
     bad_ts = np.flatnonzero(ms == _NAT)
-    text = _one(t.column("total_text"))
+    text = t.column("total_text")
     odd = np.flatnonzero(text.is_valid().to_numpy(zero_copy_only=False)) \
         if text.null_count < len(text) else np.zeros(0, np.int64)
+    # A copy of the ids the part keeps: the fetched columns share their memory with the whole
+    # batch (the C data interface releases a batch as one), so keeping them would keep the
+    # batches' text of every column of every part.
     return _screen_order_part(
-        _one(t.column("order_id")), _one(t.column("customer_id")), ms,
+        _copy(t.column("order_id")), t.column("customer_id"), ms,
         np.asarray(t.column("total").to_numpy()), checks,
         dict(zip(bad_ts.tolist(), ts.take(pa.array(bad_ts)).to_pylist(), strict=True)),
         dict(zip(odd.tolist(), text.take(pa.array(odd)).to_pylist(), strict=True)))
@@ -740,7 +774,6 @@ def _screen_order_part(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.n
     Customer ids are classified once per distinct id (blank, unknown), not once per row.
     """
     cust, cust_dict = _encode(cid)
-    cust = cust.astype(np.int32)
     cust_known = _positions(cust_dict, checks.known)
     # per distinct customer id: 2 blank, 3 unknown; the extra last slot is NULL (cust -1)
     per_id = np.where(_blank(cust_dict), 2, np.where(cust_known < 0, 3, 0))
@@ -791,7 +824,7 @@ def _screen_orders(parts: list[_OrderPart], checks: _Checks,
     n = int(offsets[-1])
     typ = pa.large_string() if any(pa.types.is_large_string(p.order_id.type) for p in parts) \
         else pa.string()
-    order_id = pa.chunked_array([p.order_id.cast(typ) for p in parts], typ)
+    order_id = _chained([p.order_id for p in parts], typ)
 
     # Customers: the categories are the distinct ids of every row read, sorted. Usually all
     # are known: then they are the known ids (sorted already) that appear.
@@ -836,6 +869,9 @@ def _screen_orders(parts: list[_OrderPart], checks: _Checks,
         else:
             ocode = None
 
+    records = _order_records(parts, checks, ordered_at, total)
+    keep = np.concatenate([p.keep for p in parts]) if ocode is not None else None
+    kept_ids = _chained([p.kept_ids for p in parts], typ)
     kept = [int(np.count_nonzero(p.keep)) for p in parts]
     n_kept = sum(kept)
     itype = np.int32 if n < 2**31 else np.int64
@@ -854,29 +890,32 @@ def _screen_orders(parts: list[_OrderPart], checks: _Checks,
         ms[at : at + kept[k]] = p.ms if every else p.ms[p.keep]
         amount[at : at + kept[k]] = p.total if every else p.total[p.keep]
         at += kept[k]
-    if ocode is not None:  # a duplicated id's lines go to the copy that was kept
-        keep = np.concatenate([p.keep for p in parts])
+        p.release()  # what is left of the part is its ids, held by the caller's order_id
+    if ocode is not None and keep is not None:  # a duplicated id's lines go to the kept copy
         by_id = np.full(int(ocode.max()) + 2, -1, itype)
         by_id[ocode[keep]] = to_clean[keep]
         to_clean = by_id[ocode]  # -1 (no id) indexes the extra slot
     orders = pd.DataFrame({
         "customer_id": pd.Categorical.from_codes(
             cust_code, categories=pd.Index(cust_ids.to_pandas(), dtype=str)),
-        "order_id": pd.Series(pa.chunked_array([p.kept_ids.cast(typ) for p in parts],
-                                               typ).to_pandas(), dtype=str),
-        "ordered_at": pd.Series(ms.view("datetime64[ms]")).dt.tz_localize("UTC"),
+        "order_id": pd.Series(kept_ids.to_pandas(), dtype=str),
+        "ordered_at": pa.array(ms, pa.timestamp("ms", tz="UTC")).to_pandas(),
         "total": amount,
     }, copy=False)
-    return _Screened(orders, _order_records(parts, checks, ordered_at, total), n, order_id,
-                     to_clean)
+    return _Screened(orders, records, n, order_id, to_clean)
 
 
 def _strictly_increasing_across(parts: list[_OrderPart], typ: pa.DataType) -> bool:
     """``_strictly_increasing`` across the boundaries between parts (each part checked)."""
     ends = [p.order_id for p in parts if len(p.order_id)]
-    return all(_strictly_increasing(pa.concat_arrays([
-        a.slice(len(a) - 1).cast(typ), b.slice(0, 1).cast(typ)]))
-        for a, b in itertools.pairwise(ends))
+    return all(_strictly_increasing(_chained([a.slice(len(a) - 1), b.slice(0, 1)], typ))
+               for a, b in itertools.pairwise(ends))
+
+
+def _chained(arrays: Iterable[pa.Array | pa.ChunkedArray], typ: pa.DataType) -> pa.ChunkedArray:
+    """Arrays and chunked arrays end to end as one chunked array of ``typ`` (no copy)."""
+    chunks = [c for a in arrays for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
+    return pa.chunked_array([c if c.type == typ else c.cast(typ) for c in chunks], typ)
 
 
 def _order_records(parts: list[_OrderPart], checks: _Checks, ordered_at: pd.Series | None,
@@ -937,8 +976,9 @@ def _line_part(oid: pa.Array, sku: pa.Array, qty: np.ndarray, skus: pa.Array) ->
     unknown = np.flatnonzero(sku_idx < 0)
     with np.errstate(invalid="ignore"):
         whole = (qty > 0) & (qty == np.floor(qty)) if qty.dtype.kind == "f" else qty > 0
-    if qty.dtype.kind == "i" and len(qty) and qty.min() >= -(2**31) and qty.max() < 2**31:
-        qty = qty.astype(np.int32)  # half the memory of 20M quantities
+    if qty.dtype.kind == "i":  # in 32 bits when they fit: half the memory of 20M quantities
+        qty = qty.astype(np.int32 if not len(qty) or (
+            qty.min() >= -(2**31) and qty.max() < 2**31) else np.int64)  # (a copy: see _copy)
     return _LinePart(change, heads, sku_idx,
                      dict(zip(unknown.tolist(), sku.take(pa.array(unknown)).to_pylist(),
                               strict=True)),
@@ -1070,7 +1110,7 @@ class _LineMatcher:
             else:
                 heads = [e.heads for e in pending]
                 pos = _index_or_minus_one(pc.index_in(
-                    pa.chunked_array(heads, self.ids.type), value_set=self.ids.combine_chunks()))
+                    _chained(heads, self.ids.type), value_set=self.ids.combine_chunks()))
                 found = np.split(pos, np.cumsum([len(h) for h in heads])[:-1])
             by_part = dict(zip(map(id, pending), found, strict=True))
             for k, e in enumerate(self.done):
