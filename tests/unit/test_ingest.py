@@ -191,13 +191,15 @@ def test_cli_features_and_signals_replay_a_past_night(shop_url: str, tmp_path: P
 @pytest.mark.parametrize("helper_rows", [0, 10**9], ids=["helper-process", "in-process"])
 def test_bulk_written_rows_read_back_through_sqlalchemy_on_both_backends(
         shop_url: str, store_url: str, helper_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The feature rows go in as Arrow columns (ADBC in a helper process or the driver's
-    executemany on SQLite, COPY on PostgreSQL) in the format SQLAlchemy stores: its typed
+    """The feature rows go in as Arrow columns, range of customers by range (ADBC in a helper
+    process or the driver's executemany on SQLite, COPY on PostgreSQL) in the format
+    SQLAlchemy stores: its typed
     columns read back the computed values, and an incremental night still equals the
     features computed straight from the shop, whichever way they were written and read."""
     from sqlalchemy import select
 
     monkeypatch.setattr(ingest, "HELPER_PROCESS_ROWS", helper_rows)
+    monkeypatch.setattr(ingest, "PART_LINES", 700)  # written range by range
 
     from tend.store.tables import PRODUCT_COLUMNS, customer_features, feature_skus, ingest_state
 
@@ -251,9 +253,12 @@ def test_a_night_that_fails_half_way_commits_nothing(
     ingest.run_ingest(shop_url, store, NIGHT - dt.timedelta(days=7), "r1", full=True)
     before = ingest.read_feature_set(store)
     real_parts = ingest.feature_parts
+    monkeypatch.setattr(ingest, "PART_LINES", 500)  # several ranges
 
-    def failing(frames: list[pd.DataFrame | None]):  # type: ignore[no-untyped-def]
-        yield next(iter(real_parts(frames)))
+    def failing(frames: list[pd.DataFrame | None], **kw: int):  # type: ignore[no-untyped-def]
+        parts = real_parts(frames, **kw)
+        for _ in range(3):  # three ranges go to the store, then the night fails
+            yield next(parts)
         raise MemoryError("out of memory half way")
 
     monkeypatch.setattr(ingest, "feature_parts", failing)
