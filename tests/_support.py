@@ -7,6 +7,7 @@ Kept out of conftest.py on purpose: several conftest modules exist in this tree,
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,11 +51,23 @@ def private_pg_schema() -> Iterator[str]:
         admin.dispose()
 
 
+@contextmanager
+def sqlite_session(path: str | Path) -> Iterator[sqlite3.Connection]:
+    """A sqlite3 connection committed at the end of the block and closed there — not when the
+    garbage collector gets to it: closed later, while the code under test reads the same
+    WAL database through ADBC's own copy of SQLite, it would take itself for the last
+    connection and checkpoint and truncate the files under the other copy."""
+    con = sqlite3.connect(path)
+    try:
+        with con:
+            yield con
+    finally:
+        con.close()
+
+
 def copy_sqlite(src_url: str, dst: Path) -> str:
     """A private copy of a SQLite database (WAL included), so a test may change it freely."""
-    import sqlite3
-
-    with sqlite3.connect(src_url.removeprefix("sqlite:///")) as src, \
-            sqlite3.connect(dst) as copy:
+    with sqlite_session(src_url.removeprefix("sqlite:///")) as src, \
+            sqlite_session(dst) as copy:
         src.backup(copy)
     return f"sqlite:///{dst}"

@@ -841,7 +841,6 @@ def _rows_hint(store_url: str) -> int:
 def _read_sqlite_tables(path: str) -> dict[str, pa.Table]:
     """The feature tables of a SQLite store as Arrow (run in the helper process), customers
     in two halves of their key read by two threads (the driver releases the GIL)."""
-    import sqlite3
     from concurrent.futures import ThreadPoolExecutor
 
     import adbc_driver_sqlite.dbapi as adbc
@@ -877,11 +876,12 @@ def _read_sqlite_tables(path: str) -> dict[str, pa.Table]:
             fixed[c] = col
         return pa.table(fixed)
 
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-        con.execute("PRAGMA busy_timeout = 60000")
-        mid = con.execute(f"SELECT customer_id FROM {customer_features.name} ORDER BY "
-                          f"customer_id LIMIT 1 OFFSET (SELECT count(*) / 2 FROM "
-                          f"{customer_features.name})").fetchone()
+    # through ADBC too: this process must not open the store with a second copy of SQLite
+    # (Python's sqlite3) while the driver has it open (see ``_SqliteProcess``)
+    mid_t = fetch(f"SELECT CAST(customer_id AS TEXT) AS c FROM {customer_features.name} "
+                  f"ORDER BY customer_id LIMIT 1 OFFSET (SELECT count(*) / 2 FROM "
+                  f"{customer_features.name})")
+    mid = (mid_t.column("c")[0].as_py(),) if mid_t.num_rows else None
     cut = "''" if mid is None else "'" + str(mid[0]).replace("'", "''") + "'"
     with ThreadPoolExecutor(2) as pool:
         low = pool.submit(customers, f"WHERE customer_id < {cut}")

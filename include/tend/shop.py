@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -313,13 +314,11 @@ def _adbc_fetch(path: str, sql: str, ids_json: str | None = None, *,
 def _rowid_ranges(path: str, table: str, pieces: int | None = None) -> list[tuple[int, int]]:
     """``table`` cut into rowid ranges [a, b) of about ``_PART_ROWS`` rows (or ``pieces``
     ranges); no range when the table is empty."""
-    import sqlite3
-
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-        con.execute("PRAGMA busy_timeout = 60000")
-        # two queries: SQLite answers min() or max() from the b-tree, both at once by a scan
-        lo = con.execute(f"SELECT min(rowid) FROM {table}").fetchone()[0]
-        hi = con.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+    # Through ADBC like the reads it plans: see ``_read_sqlite_fast`` on never opening the
+    # shop with Python's sqlite3 while ADBC has it open. Two queries: SQLite answers min() or
+    # max() from the b-tree, both at once by a scan.
+    lo = _adbc_fetch(path, f"SELECT min(rowid) AS v FROM {table}").column("v")[0].as_py()
+    hi = _adbc_fetch(path, f"SELECT max(rowid) AS v FROM {table}").column("v")[0].as_py()
     if lo is None:
         return []
     n = pieces or max(1, -(-(hi - lo + 1) // _PART_ROWS))
@@ -341,8 +340,8 @@ def order_rows_hint(url: str) -> int:
         return 0
     import sqlite3
 
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+    try:  # closed at once, not when the garbage collector gets to it (see _read_sqlite_fast)
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
             return int(con.execute("SELECT max(rowid) FROM orders").fetchone()[0] or 0)
     except sqlite3.Error:
         return 0
@@ -361,6 +360,12 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
 
     path = _sqlite_path(url)
     assert path is not None
+    # ADBC's driver carries its own copy of SQLite. Two copies must never have one database
+    # open at once in a process: POSIX locks belong to the process, so each copy takes itself
+    # for the last connection and, closing, checkpoints a WAL shop and truncates its shared
+    # memory file under the other copy's mapping (SIGBUS). So the engine's pooled sqlite3
+    # connections to the shop are closed first, and everything here goes through ADBC.
+    connect(url).dispose()
     skus = _sorted_unique(_one(_adbc_fetch(
         path, "SELECT CAST(sku AS TEXT) AS sku FROM products").column("sku")), unique=False)
     pool = ThreadPoolExecutor(2)

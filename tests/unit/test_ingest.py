@@ -5,13 +5,12 @@ path reads."""
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from _support import copy_sqlite
+from _support import copy_sqlite, sqlite_session
 from sqlalchemy import select
 
 from tend import ingest, shop
@@ -98,7 +97,7 @@ BAD_LINES = [
 
 
 def _add_bad_rows(url: str) -> None:
-    with sqlite3.connect(url.removeprefix("sqlite:///")) as raw:
+    with sqlite_session(url.removeprefix("sqlite:///")) as raw:
         raw.executemany("INSERT INTO orders (order_id, customer_id, ordered_at, total, currency) "
                         "VALUES (?, ?, ?, ?, 'CAD')", [b[:4] for b in BAD_ORDERS])
         raw.executemany("INSERT INTO order_lines (order_id, sku, quantity, unit_price) "
@@ -279,7 +278,7 @@ def test_a_changed_customer_left_without_clean_orders_loses_the_row(
     store = _store(tmp_path, "s.db")
     ingest.run_ingest(shop_url, store, NIGHT - dt.timedelta(days=1), "r1", now=NOW)
     path = shop_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as con:
+    with sqlite_session(path) as con:
         cid = con.execute("SELECT customer_id FROM orders GROUP BY customer_id "
                           "HAVING count(*) = 1 LIMIT 1").fetchone()[0]
         con.execute("UPDATE orders SET total = -5 WHERE customer_id = ?", (cid,))

@@ -14,12 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from _support import sqlite_session
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -133,7 +133,7 @@ def test_ninety_nights_keep_every_promise(
 
 
 def _copy(src: str, dst: Path) -> str:
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+    with sqlite_session(src) as a, sqlite_session(dst) as b:
         a.backup(b)
     return f"sqlite:///{dst}"
 

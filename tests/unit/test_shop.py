@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _support import sqlite_session
 
 from tend import shop
 from tend.errors import DataError
@@ -104,9 +105,7 @@ NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
 
 
 def _shop(path: Path, lines: list[tuple[object, ...]] = SHOP_LINES) -> str:
-    import sqlite3
-
-    with sqlite3.connect(path) as con:
+    with sqlite_session(path) as con:
         con.executescript("""
             CREATE TABLE customers (customer_id, email, first_name, last_name, locale, timezone,
                                     marketing_consent, consent_at, created_at, unsubscribed_at);
