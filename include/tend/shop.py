@@ -8,11 +8,12 @@ cannot be used is returned as a quarantine record with a reason instead of crash
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -312,14 +313,16 @@ def _adbc_fetch(path: str, sql: str, ids_json: str | None = None, *,
 
 def _rowid_ranges(path: str, table: str, pieces: int | None = None) -> list[tuple[int, int]]:
     """``table`` cut into rowid ranges [a, b) of about ``_PART_ROWS`` rows (or ``pieces``
-    ranges); no range when the table is empty."""
-    import sqlite3
+    ranges); no range when the table is empty.
 
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-        con.execute("PRAGMA busy_timeout = 60000")
-        # two queries: SQLite answers min() or max() from the b-tree, both at once by a scan
-        lo = con.execute(f"SELECT min(rowid) FROM {table}").fetchone()[0]
-        hi = con.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+    Asked through the driver the reader threads use, never Python's sqlite3 module meanwhile:
+    two SQLite libraries in one process do not see each other's locks, so a connection of one
+    can take itself for the first and reset the WAL index the other has mapped (a SIGBUS).
+    """
+    # two subqueries: SQLite answers min() or max() from the b-tree, both at once by a scan
+    t = _adbc_fetch(path, f"SELECT (SELECT min(rowid) FROM {table}) AS lo, "
+                          f"(SELECT max(rowid) FROM {table}) AS hi")
+    lo, hi = t.column("lo")[0].as_py(), t.column("hi")[0].as_py()
     if lo is None:
         return []
     n = pieces or max(1, -(-(hi - lo + 1) // _PART_ROWS))
@@ -357,31 +360,56 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
     held at once and the main thread only joins the parts: the checks across rows (customer
     codes, duplicated order ids), then each part of the lines as it arrives.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     path = _sqlite_path(url)
     assert path is not None
+    with _pinned(path):
+        return _read_sqlite_parts(path, as_of, now=now, lines=lines, customer_ids=customer_ids)
+
+
+@contextlib.contextmanager
+def _pinned(path: str) -> Iterator[None]:
+    """One read-only connection held open, with its WAL index mapped, for the whole read.
+
+    The parts open and close connections of their own; without one that outlives them, the
+    shop's WAL index would go from one connection to none and back again and again, and a
+    connection taking itself for the first can reset it while another thread's is opening
+    (seen as "disk I/O error" or "database disk image is malformed" on a shop in WAL mode).
+    """
+    import adbc_driver_sqlite.dbapi as adbc
+
+    with adbc.connect(f"file:{path}?mode=ro") as con, con.cursor() as cur:
+        cur.execute("PRAGMA busy_timeout = 60000")
+        cur.fetchall()
+        cur.execute("SELECT count(*) FROM sqlite_master")  # a read: the WAL index is mapped
+        cur.fetchall()
+        yield
+
+
+def _read_sqlite_parts(path: str, as_of: dt.date, *, now: dt.datetime | None, lines: bool,
+                       customer_ids: Sequence[str] | None) -> History:
+    from concurrent.futures import ThreadPoolExecutor
+
     skus = _sorted_unique(_one(_adbc_fetch(
         path, "SELECT CAST(sku AS TEXT) AS sku FROM products").column("sku")), unique=False)
     pool = ThreadPoolExecutor(2)
     try:
         if customer_ids is None:
+            order_parts, line_parts = _parts(path, "orders"), _parts(
+                path, "order_lines") if lines else []
             checks_f = pool.submit(_fetch_checks, path, None, as_of, now)
-            order_fs = [pool.submit(_read_order_part, path, w, checks_f)
-                        for w in _parts(path, "orders")]
-            line_fs = [pool.submit(_read_line_part, path, w, skus)
-                       for w in _parts(path, "order_lines")] if lines else []
+            order_fs = [pool.submit(_read_order_part, path, w, checks_f) for w in order_parts]
+            line_fs = [pool.submit(_read_line_part, path, w, skus) for w in line_parts]
             parts = _results(order_fs)
             checks = checks_f.result()
         else:
             ids = sorted({str(c) for c in customer_ids})  # IN ignores repeats and order
             ids_json = json.dumps(ids)
-            checks_f = pool.submit(_fetch_checks, path, ids_json, as_of, now)
             # Pieces by the orders' rowids, one per thread: every order row, and so every
             # line joined to it, is in exactly one piece (halves of the customer list would
             # not be exact for every collation a shop's view may have).
             split = len(ids) >= _SPLIT_CUSTOMERS
             mid = _rowid_ranges(path, "orders", 2)[:1] if split else []
+            checks_f = pool.submit(_fetch_checks, path, ids_json, as_of, now)
             order_fs = [pool.submit(_read_orders_of, path, r, ids_json, checks_f)
                         for r in _halves(mid[0][1] if mid else None)]
             got = _results(order_fs)
