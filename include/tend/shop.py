@@ -237,10 +237,10 @@ def _sqlite_path(url: str) -> str | None:
 
 
 # -- the SQLite fast path ----------------------------------------------------------------------
-# Columns come as SQLite types them. The driver types a text column as text whatever a row
-# holds (the value written as text, as CAST(... AS TEXT) would), so the plain queries need no
-# CAST; a column it cannot type, or a number of another type than the first rows', makes the
-# part be read again by the careful query, with the odd values as text beside the typed ones,
+# Columns come as SQLite types them. Once the driver has typed a column as text it writes any
+# later value as text, as CAST(... AS TEXT) would, so the plain queries need no CAST; a text
+# column it typed otherwise, or a number of another type than the first rows', makes the part
+# be read again by the careful query, with the odd values as text beside the typed ones,
 # parsed like the generic path parses everything. Timestamps always come as text: Arrow parses
 # ISO 8601 far faster than SQLite's date functions.
 _TOTAL_OK = "typeof({p}total) IN ('integer', 'real')"
@@ -258,7 +258,8 @@ _CAREFUL_LINE_COLS = (
     "CAST({p}order_id AS TEXT) AS order_id, CAST({p}sku AS TEXT) AS sku, "
     f"CASE WHEN {_QTY_OK} THEN {{p}}quantity END AS quantity, "
     f"CASE WHEN {_QTY_OK} THEN NULL ELSE CAST({{p}}quantity AS TEXT) END AS quantity_text")
-# A customer subset is one bound JSON array: no chunking, the customer_id index does the work.
+# A customer subset is one JSON array (see _adbc_fetch): no chunking, the customer_id index
+# does the work.
 _IN_CUSTOMERS = "WHERE customer_id IN (SELECT value FROM json_each(?))"
 # The lines of the customers' orders, found through both indexes (faster than an IN over order
 # ids). Like the orders of a subset, they come unsorted with their rowid: sorting the rowids
@@ -394,8 +395,8 @@ def _read_sqlite_parts(path: str, as_of: dt.date, *, now: dt.datetime | None, li
     pool = ThreadPoolExecutor(2)
     try:
         if customer_ids is None:
-            order_parts, line_parts = _parts(path, "orders"), _parts(
-                path, "order_lines") if lines else []
+            order_parts = _parts(path, "orders")
+            line_parts = _parts(path, "order_lines") if lines else []
             checks_f = pool.submit(_fetch_checks, path, None, as_of, now)
             order_fs = [pool.submit(_read_order_part, path, w, checks_f) for w in order_parts]
             line_fs = [pool.submit(_read_line_part, path, w, skus) for w in line_parts]
@@ -431,23 +432,28 @@ def _read_sqlite_parts(path: str, as_of: dt.date, *, now: dt.datetime | None, li
             while line_fs:  # each part is let go once matched
                 matcher.add(line_fs.pop(0).result())
         else:
-            pieces = _results(line_fs)
-            ends = [(t.column("rid")[0].as_py(), t.column("rid")[-1].as_py())
-                    for _, t in pieces if t.num_rows]
-            if all(a[1] < b[0] for a, b in itertools.pairwise(ends)):  # pieces in rowid order
-                for part, _ in pieces:
-                    matcher.add(part)
-            else:  # lines not in the order of their orders: sort them as one piece
-                t = _by_rid([t.set_column(t.schema.get_field_index("quantity"), "quantity",
-                                          pa.array(t.column("quantity").to_numpy().astype(
-                                              float))) for _, t in pieces])
-                matcher.add(_line_part(_text(t.column("order_id")), _text(t.column("sku")),
-                                       np.asarray(t.column("quantity").to_numpy()), skus))
+            for part in _in_rowid_order(_results(line_fs), skus):
+                matcher.add(part)
         history.lines, bad_lines = matcher.finish()
         history.quarantined += bad_lines
         return history
     finally:  # on a failure, parts not started yet are not read for nothing
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_rowid_order(pieces: list[tuple[_LinePart, pa.Table]], skus: pa.Array
+                    ) -> list[_LinePart]:
+    """The pieces of a subset's lines as parts in rowid order: as they are when each piece's
+    lines come after the other's (a shop that writes an order's lines after it), else the
+    lines of all pieces sorted as one part."""
+    ends = [(t.column("rid")[0].as_py(), t.column("rid")[-1].as_py())
+            for _, t in pieces if t.num_rows]
+    if all(a[1] < b[0] for a, b in itertools.pairwise(ends)):
+        return [part for part, _ in pieces]
+    t = _by_rid([t.set_column(t.schema.get_field_index("quantity"), "quantity", pa.array(
+        t.column("quantity").to_numpy().astype(float))) for _, t in pieces])  # one type
+    return [_line_part(_text(t.column("order_id")), _text(t.column("sku")),
+                       np.asarray(t.column("quantity").to_numpy()), skus)]
 
 
 def _results(futures: list[Future[T]]) -> list[T]:
