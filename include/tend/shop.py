@@ -813,16 +813,15 @@ def _screen_order_part(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.n
     per_id = np.where(_blank(cust_dict), 2, np.where(cust_known < 0, 3, 0))
     reason = np.append(per_id, 2).astype(np.int8)[cust]
     reason[_blank(oid)] = 1
-
-    def flag(mask: np.ndarray, k: int) -> None:
-        reason[(reason == 0) & mask] = k
-
-    flag(ms == _NAT, 4)
+    # the checks of the values, the last first so that the first that applies stays
+    values = np.zeros(len(ms), np.int8)
+    values[ms >= checks.future_ms] = 8  # never _NAT, the smallest int64
     with np.errstate(invalid="ignore"):
-        flag(np.isnan(total), 5)
-        flag(total < 0, 6)
-        flag(total > ABSURD_TOTAL, 7)
-    flag(ms >= checks.future_ms, 8)  # never _NAT, the smallest int64
+        values[total > ABSURD_TOTAL] = 7
+        values[total < 0] = 6
+    values[np.isnan(total)] = 5
+    values[ms == _NAT] = 4
+    np.copyto(reason, values, where=reason == 0)
     keep = (reason == 0) & (ms < checks.end_ms)
     return _OrderPart(oid, cust, cust_dict, cust_known, ms, total, reason, keep,
                       oid if keep.all() else oid.filter(pa.array(keep)),
