@@ -1,13 +1,16 @@
 """Benchmark reading a shop: the full read and an incremental night's read.
 
 Times ``shop.read_history`` on a SQLite shop (the demo shop ``make bench-signals`` caches under
-var/bench/) as the ingest uses it: a full read of every order and line, and an incremental
-night (``changed_customer_ids`` for one day, then ``read_history`` of those customers). Each
-case runs in a fresh child process so its peak RSS is its own, not the larger case's.
+var/bench/) as the ingest uses it: a full read of every order and line as of the night before
+the demo's last night, and that last night read incrementally (``changed_customer_ids`` since
+the full read's night began, then ``read_history`` of those customers). Each case runs in a
+fresh child process, so its time includes no warm-up of another case and its peak RSS (what
+the process ever held, the shop's pages it mapped included) is its own.
 
     .venv/bin/python bench/bench_read.py [--shop var/bench/shop-1000000.db] [--runs 3]
 
-The shop is only read.
+The shop is only read. Timings move with whatever else the machine runs: compare runs made
+one after another, and the CPU seconds beside the wall time.
 """
 
 from __future__ import annotations

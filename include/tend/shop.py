@@ -8,13 +8,13 @@ cannot be used is returned as a quarantine record with a reason instead of crash
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -237,10 +237,10 @@ def _sqlite_path(url: str) -> str | None:
 
 
 # -- the SQLite fast path ----------------------------------------------------------------------
-# Columns come as SQLite types them. The driver types a text column as text whatever a row
-# holds (the value written as text, as CAST(... AS TEXT) would), so the plain queries need no
-# CAST; a column it cannot type, or a number of another type than the first rows', makes the
-# part be read again by the careful query, with the odd values as text beside the typed ones,
+# Columns come as SQLite types them. Once the driver has typed a column as text it writes any
+# later value as text, as CAST(... AS TEXT) would, so the plain queries need no CAST; a text
+# column it typed otherwise, or a number of another type than the first rows', makes the part
+# be read again by the careful query, with the odd values as text beside the typed ones,
 # parsed like the generic path parses everything. Timestamps always come as text: Arrow parses
 # ISO 8601 far faster than SQLite's date functions.
 _TOTAL_OK = "typeof({p}total) IN ('integer', 'real')"
@@ -258,7 +258,8 @@ _CAREFUL_LINE_COLS = (
     "CAST({p}order_id AS TEXT) AS order_id, CAST({p}sku AS TEXT) AS sku, "
     f"CASE WHEN {_QTY_OK} THEN {{p}}quantity END AS quantity, "
     f"CASE WHEN {_QTY_OK} THEN NULL ELSE CAST({{p}}quantity AS TEXT) END AS quantity_text")
-# A customer subset is one bound JSON array: no chunking, the customer_id index does the work.
+# A customer subset is one JSON array (see _adbc_fetch): no chunking, the customer_id index
+# does the work.
 _IN_CUSTOMERS = "WHERE customer_id IN (SELECT value FROM json_each(?))"
 # The lines of the customers' orders, found through both indexes (faster than an IN over order
 # ids). Like the orders of a subset, they come unsorted with their rowid: sorting the rowids
@@ -313,12 +314,16 @@ def _adbc_fetch(path: str, sql: str, ids_json: str | None = None, *,
 
 def _rowid_ranges(path: str, table: str, pieces: int | None = None) -> list[tuple[int, int]]:
     """``table`` cut into rowid ranges [a, b) of about ``_PART_ROWS`` rows (or ``pieces``
-    ranges); no range when the table is empty."""
-    # Through ADBC like the reads it plans: see ``_read_sqlite_fast`` on never opening the
-    # shop with Python's sqlite3 while ADBC has it open. Two queries: SQLite answers min() or
-    # max() from the b-tree, both at once by a scan.
-    lo = _adbc_fetch(path, f"SELECT min(rowid) AS v FROM {table}").column("v")[0].as_py()
-    hi = _adbc_fetch(path, f"SELECT max(rowid) AS v FROM {table}").column("v")[0].as_py()
+    ranges); no range when the table is empty.
+
+    Asked through the driver the reader threads use, never Python's sqlite3 module meanwhile:
+    two SQLite libraries in one process do not see each other's locks, so a connection of one
+    can take itself for the first and reset the WAL index the other has mapped (a SIGBUS).
+    """
+    # two subqueries: SQLite answers min() or max() from the b-tree, both at once by a scan
+    t = _adbc_fetch(path, f"SELECT (SELECT min(rowid) FROM {table}) AS lo, "
+                          f"(SELECT max(rowid) FROM {table}) AS hi")
+    lo, hi = t.column("lo")[0].as_py(), t.column("hi")[0].as_py()
     if lo is None:
         return []
     n = pieces or max(1, -(-(hi - lo + 1) // _PART_ROWS))
@@ -341,7 +346,7 @@ def order_rows_hint(url: str) -> int:
     import sqlite3
 
     try:  # closed at once, not when the garbage collector gets to it (see _read_sqlite_fast)
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
             return int(con.execute("SELECT max(rowid) FROM orders").fetchone()[0] or 0)
     except sqlite3.Error:
         return 0
@@ -356,37 +361,60 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
     held at once and the main thread only joins the parts: the checks across rows (customer
     codes, duplicated order ids), then each part of the lines as it arrives.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     path = _sqlite_path(url)
     assert path is not None
-    # ADBC's driver carries its own copy of SQLite. Two copies must never have one database
-    # open at once in a process: POSIX locks belong to the process, so each copy takes itself
-    # for the last connection and, closing, checkpoints a WAL shop and truncates its shared
-    # memory file under the other copy's mapping (SIGBUS). So the engine's pooled sqlite3
-    # connections to the shop are closed first, and everything here goes through ADBC.
+    # The engine's pooled sqlite3 connections to the shop are closed first: Python's sqlite3
+    # and ADBC's driver are two copies of SQLite, which must never have the shop open at once
+    # in one process (see ``_rowid_ranges``); everything below goes through the driver.
     connect(url).dispose()
+    with _pinned(path):
+        return _read_sqlite_parts(path, as_of, now=now, lines=lines, customer_ids=customer_ids)
+
+
+@contextlib.contextmanager
+def _pinned(path: str) -> Iterator[None]:
+    """One read-only connection held open, with its WAL index mapped, for the whole read.
+
+    The parts open and close connections of their own; without one that outlives them, the
+    shop's WAL index would go from one connection to none and back again and again, and a
+    connection taking itself for the first can reset it while another thread's is opening
+    (seen as "disk I/O error" or "database disk image is malformed" on a shop in WAL mode).
+    """
+    import adbc_driver_sqlite.dbapi as adbc
+
+    with adbc.connect(f"file:{path}?mode=ro") as con, con.cursor() as cur:
+        cur.execute("PRAGMA busy_timeout = 60000")
+        cur.fetchall()
+        cur.execute("SELECT count(*) FROM sqlite_master")  # a read: the WAL index is mapped
+        cur.fetchall()
+        yield
+
+
+def _read_sqlite_parts(path: str, as_of: dt.date, *, now: dt.datetime | None, lines: bool,
+                       customer_ids: Sequence[str] | None) -> History:
+    from concurrent.futures import ThreadPoolExecutor
+
     skus = _sorted_unique(_one(_adbc_fetch(
         path, "SELECT CAST(sku AS TEXT) AS sku FROM products").column("sku")), unique=False)
     pool = ThreadPoolExecutor(2)
     try:
         if customer_ids is None:
+            order_parts = _parts(path, "orders")
+            line_parts = _parts(path, "order_lines") if lines else []
             checks_f = pool.submit(_fetch_checks, path, None, as_of, now)
-            order_fs = [pool.submit(_read_order_part, path, w, checks_f)
-                        for w in _parts(path, "orders")]
-            line_fs = [pool.submit(_read_line_part, path, w, skus)
-                       for w in _parts(path, "order_lines")] if lines else []
+            order_fs = [pool.submit(_read_order_part, path, w, checks_f) for w in order_parts]
+            line_fs = [pool.submit(_read_line_part, path, w, skus) for w in line_parts]
             parts = _results(order_fs)
             checks = checks_f.result()
         else:
             ids = sorted({str(c) for c in customer_ids})  # IN ignores repeats and order
             ids_json = json.dumps(ids)
-            checks_f = pool.submit(_fetch_checks, path, ids_json, as_of, now)
             # Pieces by the orders' rowids, one per thread: every order row, and so every
             # line joined to it, is in exactly one piece (halves of the customer list would
             # not be exact for every collation a shop's view may have).
             split = len(ids) >= _SPLIT_CUSTOMERS
             mid = _rowid_ranges(path, "orders", 2)[:1] if split else []
+            checks_f = pool.submit(_fetch_checks, path, ids_json, as_of, now)
             order_fs = [pool.submit(_read_orders_of, path, r, ids_json, checks_f)
                         for r in _halves(mid[0][1] if mid else None)]
             got = _results(order_fs)
@@ -408,23 +436,28 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
             while line_fs:  # each part is let go once matched
                 matcher.add(line_fs.pop(0).result())
         else:
-            pieces = _results(line_fs)
-            ends = [(t.column("rid")[0].as_py(), t.column("rid")[-1].as_py())
-                    for _, t in pieces if t.num_rows]
-            if all(a[1] < b[0] for a, b in itertools.pairwise(ends)):  # pieces in rowid order
-                for part, _ in pieces:
-                    matcher.add(part)
-            else:  # lines not in the order of their orders: sort them as one piece
-                t = _by_rid([t.set_column(t.schema.get_field_index("quantity"), "quantity",
-                                          pa.array(t.column("quantity").to_numpy().astype(
-                                              float))) for _, t in pieces])
-                matcher.add(_line_part(_text(t.column("order_id")), _text(t.column("sku")),
-                                       np.asarray(t.column("quantity").to_numpy()), skus))
+            for part in _in_rowid_order(_results(line_fs), skus):
+                matcher.add(part)
         history.lines, bad_lines = matcher.finish()
         history.quarantined += bad_lines
         return history
     finally:  # on a failure, parts not started yet are not read for nothing
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_rowid_order(pieces: list[tuple[_LinePart, pa.Table]], skus: pa.Array
+                    ) -> list[_LinePart]:
+    """The pieces of a subset's lines as parts in rowid order: as they are when each piece's
+    lines come after the other's (a shop that writes an order's lines after it), else the
+    lines of all pieces sorted as one part."""
+    ends = [(t.column("rid")[0].as_py(), t.column("rid")[-1].as_py())
+            for _, t in pieces if t.num_rows]
+    if all(a[1] < b[0] for a, b in itertools.pairwise(ends)):
+        return [part for part, _ in pieces]
+    t = _by_rid([t.set_column(t.schema.get_field_index("quantity"), "quantity", pa.array(
+        t.column("quantity").to_numpy().astype(float))) for _, t in pieces])  # one type
+    return [_line_part(_text(t.column("order_id")), _text(t.column("sku")),
+                       np.asarray(t.column("quantity").to_numpy()), skus)]
 
 
 def _results(futures: list[Future[T]]) -> list[T]:
@@ -784,16 +817,15 @@ def _screen_order_part(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.n
     per_id = np.where(_blank(cust_dict), 2, np.where(cust_known < 0, 3, 0))
     reason = np.append(per_id, 2).astype(np.int8)[cust]
     reason[_blank(oid)] = 1
-
-    def flag(mask: np.ndarray, k: int) -> None:
-        reason[(reason == 0) & mask] = k
-
-    flag(ms == _NAT, 4)
+    # the checks of the values, the last first so that the first that applies stays
+    values = np.zeros(len(ms), np.int8)
+    values[ms >= checks.future_ms] = 8  # never _NAT, the smallest int64
     with np.errstate(invalid="ignore"):
-        flag(np.isnan(total), 5)
-        flag(total < 0, 6)
-        flag(total > ABSURD_TOTAL, 7)
-    flag(ms >= checks.future_ms, 8)  # never _NAT, the smallest int64
+        values[total > ABSURD_TOTAL] = 7
+        values[total < 0] = 6
+    values[np.isnan(total)] = 5
+    values[ms == _NAT] = 4
+    np.copyto(reason, values, where=reason == 0)
     keep = (reason == 0) & (ms < checks.end_ms)
     return _OrderPart(oid, cust, cust_dict, cust_known, ms, total, reason, keep,
                       oid if keep.all() else oid.filter(pa.array(keep)),
