@@ -39,6 +39,8 @@ help:
 	@echo "make bench-render  messages rendered per second per core (every template, en/fr)"
 	@echo "make bench-arbitration  claim 1M candidates against a 10M-row ledger (PostgreSQL)"
 	@echo "make bench-signals  ingest and signals on 1M demo customers / ~20M order lines"
+	@echo "make bench-read  the shop read alone (full and incremental) on that shop"
+	@echo "make bench-features  the feature computation alone on that shop's orders"
 	@echo "make clean-var  forget the demo shop, the contact store and the outbox"
 
 $(VENV)/bin/python:
@@ -148,3 +150,11 @@ bench-render: install
 # cached under var/bench/): full rebuild, a 1% incremental night, detect_all, BG/NBD fit.
 bench-signals: install
 	$(BIN)/python bench/bench_signals.py
+
+# The two halves of the full rebuild alone, on the shop bench-signals caches (run it first).
+.PHONY: bench-read bench-features
+bench-read: install
+	$(BIN)/python bench/bench_read.py
+
+bench-features: install
+	$(BIN)/python bench/bench_features.py
