@@ -17,11 +17,13 @@ order (tested against the one-pass computation it replaced).
 Three frames come out (``FeatureSet``):
 
 * ``customers`` — one row per customer with at least one clean order: the base columns
-  (``FEATURE_COLUMNS``, the ``customer_features`` table) and the profile the signals need
-  (``PROFILE_COLUMNS``, the ``customer_profile`` table): the rhythm of their visits on the log
-  scale, what they spent on their last visit, and their seasonal window.
+  (``FEATURE_COLUMNS``) and the profile the signals need (``PROFILE_COLUMNS``): the rhythm of
+  their visits on the log scale, what they spent on their last visit, and their seasonal window.
 * ``skus`` — one row per customer and product bought (``SKU_COLUMNS``): when, how often, how
   much, the customer's own repurchase interval (per unit), and the phase of the purchase days.
+
+The store keeps all three in ``customer_features`` (one row per customer, the products packed
+into it; see ``tend.store.tables``) and ``shop_daily``.
 * ``daily`` — the shop's clean orders and revenue per UTC day (``DAILY_COLUMNS``): the shop's
   own seasonality, so a customer's window can be compared with it.
 
