@@ -276,7 +276,11 @@ def write_night(store_url: str, parts: Iterable[FeatureColumns], *, as_of: dt.da
 def _sku_codes(store_url: str, sku_ids: pa.Array | None
                ) -> tuple[np.ndarray, list[dict[str, object]]]:
     """The store's code of each of ``sku_ids`` (by position), and the rows of ``feature_skus``
-    to add for the skus it has not seen before (next free codes, in sku order)."""
+    to add for the skus it has not seen before (next free codes, in sku order).
+
+    Read before the night's transaction: one ingest runs at a time (``tend_ingest`` has
+    ``max_active_runs=1``), and should two ever race, the later one's insert of the same codes
+    fails on the table's keys, nothing of its night is committed, and its retry reads them."""
     if sku_ids is None or not len(sku_ids):
         return np.zeros(0, np.int32), []
     with connect(store_url).connect() as conn:
