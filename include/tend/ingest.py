@@ -338,8 +338,11 @@ def _sqlite_store(url: str) -> str | None:
 #: helper process writes one range while the next is computed, and neither holds more.
 PART_LINES = 1_000_000
 
-#: Above this many rows a SQLite store is written or read through ADBC in a helper process;
-#: below it, starting a process costs more than it saves.
+#: A SQLite store is written through ADBC in a helper process for a full rebuild of a shop with
+#: more orders than this, or a night with more than a quarter as many changed customers, and
+#: read through one when it holds more than a quarter as many customers (a customer's row is
+#: about four of the old per-product rows); below that, starting a process costs more than it
+#: saves.
 HELPER_PROCESS_ROWS = 250_000
 
 
