@@ -175,15 +175,6 @@ class _Timed(Iterator[FeatureColumns]):
             self.seconds += time.perf_counter() - start
 
 
-def _delete_customers(conn: Connection, tbl: Table, ids: Sequence[str]) -> None:
-    if conn.dialect.name == "sqlite":  # one statement, the ids bound as one JSON array
-        conn.exec_driver_sql(f"DELETE FROM {tbl.name} WHERE customer_id IN "
-                             "(SELECT value FROM json_each(?))", (json.dumps(list(ids)),))
-        return
-    for i in range(0, len(ids), _IN_CHUNK):
-        conn.execute(delete(tbl).where(tbl.c.customer_id.in_(ids[i : i + _IN_CHUNK])))
-
-
 def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
@@ -298,21 +289,6 @@ def _sku_codes(store_url: str, sku_ids: pa.Array | None
             new.append({"code": code, "sku": name})
         out[i] = code
     return out, new
-
-
-class _Timed(Iterator[FeatureColumns]):
-    """The feature parts, timed: how long computing them took (for the task log)."""
-
-    def __init__(self, parts: Iterator[FeatureColumns]) -> None:
-        self._parts = parts
-        self.seconds = 0.0
-
-    def __next__(self) -> FeatureColumns:
-        start = time.perf_counter()
-        try:
-            return next(self._parts)
-        finally:
-            self.seconds += time.perf_counter() - start
 
 
 def _delete_customers(conn: Connection, tbl: Table, ids: Sequence[str]) -> None:
@@ -822,17 +798,12 @@ def _unpacked(col: pa.ChunkedArray | None, counts: np.ndarray, dtype: str, name:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
         arr = pc.cast(arr, pa.binary())
-    otype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
-    offsets = np.frombuffer(arr.buffers()[1], otype)[arr.offset : arr.offset + len(arr) + 1]
+    offsets, data = ledger.binary_parts(arr)
     if arr.null_count or not np.array_equal(np.diff(offsets), counts * itemsize):
         raise DataError(f"the contact store's product_{name} column does not match its "
                         "products count (a damaged row); rebuild the features with "
                         "`tend ingest --full`")
-    data = arr.buffers()[2]
-    total = int(offsets[-1] - offsets[0])
-    if not total:
-        return np.zeros(0, dtype)
-    return np.frombuffer(data, dtype, count=total // itemsize, offset=int(offsets[0]))
+    return data[offsets[0] : offsets[-1]].view(dtype)
 
 
 def _rows_hint(store_url: str) -> int:

@@ -477,6 +477,20 @@ def copy_arrow(conn: Connection, table: str, data: Any) -> None:
             copy.write(view[i : i + (1 << 20)])
 
 
+def binary_parts(arr: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A binary Arrow array (one chunk, any offset, 32- or 64-bit offsets) as NumPy without a
+    copy of its bytes: the ``len(arr) + 1`` offsets of its values (int64) and the byte buffer
+    they point into (empty when every value is empty)."""
+    import pyarrow as pa
+
+    otype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], otype)[arr.offset : arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    raw = np.frombuffer(data, np.uint8) if data is not None and len(arr) and \
+        offsets[-1] > offsets[0] else np.zeros(0, np.uint8)
+    return offsets.astype(np.int64), raw
+
+
 def _bytea_text(col: Any) -> Any:
     """Binary values -> PostgreSQL's hex text for bytea (``\\x0a1b...``), vectorised: each byte
     becomes two hex digits through a lookup table, behind a two-byte prefix per value."""
@@ -485,11 +499,8 @@ def _bytea_text(col: Any) -> Any:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if arr.null_count:
         raise ValueError("NULL in a binary column written by COPY")
-    otype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
-    offsets = np.frombuffer(arr.buffers()[1], otype)[arr.offset : arr.offset + len(arr) + 1]
-    offsets = offsets.astype(np.int64)
-    raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0] : offsets[-1]] \
-        if len(arr) and offsets[-1] > offsets[0] else np.zeros(0, np.uint8)
+    offsets, data = binary_parts(arr)
+    raw = data[offsets[0] : offsets[-1]]
     lengths = np.diff(offsets)
     n = len(arr)
     new_offsets = 2 * (offsets - offsets[0]) + 2 * np.arange(n + 1, dtype=np.int64)
