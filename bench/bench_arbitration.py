@@ -25,7 +25,7 @@ import pandas as pd
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tend.programs import Cap
+from tend.programs.registry import Cap
 from tend.store import ledger, migrate
 from tend.store.db import connect
 
@@ -78,8 +78,8 @@ def main() -> int:
 
     rng = np.random.default_rng(7)
     customers = rng.choice(CUSTOMERS, size=CANDIDATES, replace=True)
-    # A replenishment reminder as tend.contexts builds it (the demo night's contexts average
-    # ~760 bytes across programs: winback ~710, replenish ~770, cross-sell ~970).
+    # A replenishment reminder as tend.messages.contexts builds it (the demo night's contexts
+    # average ~760 bytes across programs: winback ~710, replenish ~770, cross-sell ~970).
     ctx = json.dumps({
         "template": "replenish", "locale": "fr", "timezone": "America/Toronto",
         "customer": {"customer_id": "C0044786", "first_name": "Marie", "last_name": "Tremblay",

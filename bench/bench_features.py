@@ -55,7 +55,7 @@ def load_frames(shop: Path, as_of: dt.date) -> list:
     VAR.mkdir(parents=True, exist_ok=True)
     cache = VAR / f"features-frames-{shop.stem}-{as_of.isoformat()}.pkl"
     if not cache.exists():
-        from tend.shop import read_history
+        from tend.shop.read import read_history
 
         t = time.perf_counter()
         history = read_history(f"sqlite:///{shop.resolve()}", as_of)
@@ -84,7 +84,7 @@ def main() -> int:
     import pandas as pd
     import pyarrow as pa
 
-    from tend import features
+    from tend.features import compute as features
 
     frames = load_frames(args.shop, args.as_of)
     orders, lines = frames

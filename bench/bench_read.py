@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _case(shop_path: Path, case: str) -> dict[str, object]:
     """One case in this process: its wall time, peak RSS and a few counts."""
-    from tend import shop
+    from tend.shop import read as shop
 
     url = f"sqlite:///{shop_path.resolve()}"
     cpu = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from tend.render import TEMPLATE_SPECS, Renderer, ShopIdentity, sample_context
+from tend.messages.render import TEMPLATE_SPECS, Renderer, ShopIdentity, sample_context
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates" / "email"

@@ -33,8 +33,8 @@ def main() -> int:
     args = ap.parse_args()
     import logging
 
-    from tend import ingest
-    from tend.demo import generate_demo_shop
+    from tend.dev.demo import generate_demo_shop
+    from tend.features import ingest
     from tend.signals import bgnbd, detect_all
     from tend.store import migrate
     from tend.store.db import connect

@@ -65,9 +65,11 @@ def _log(msg: str) -> None:
 
 def prepare_store(store_url: str, messages: int, workdir: Path) -> None:
     """A planned demo night, its claimed rows cloned up to ``messages`` in batches of 5,000."""
-    from tend import nightly, runtime
+    from tend import messages
     from tend.config import ShopSettings
-    from tend.demo import generate_demo_shop
+    from tend.dev.demo import generate_demo_shop
+    from tend.features import ingest
+    from tend.programs import plan
     from tend.store import ledger, migrate
     from tend.store.db import connect
     from tend.store.tables import contact_ledger as L
@@ -77,9 +79,10 @@ def prepare_store(store_url: str, messages: int, workdir: Path) -> None:
     generate_demo_shop(shop, customers=3000, seed=7, as_of=NIGHT)
     migrate(store_url)
     settings = ShopSettings.from_env({})
-    nightly.run_ingest(shop, store_url, NIGHT, "bench")
-    nightly.plan_night(shop, store_url, NIGHT, "bench", settings=settings,
-                       renderer=runtime.renderer(settings), secret="bench", batch_size=10**9)
+    ingest.run_ingest(shop, store_url, NIGHT, "bench")
+    plan.plan_night(shop, store_url, NIGHT, "bench", settings=settings,
+                       renderer=messages.default_renderer(settings),
+                       secret="bench", batch_size=10**9)
     engine = connect(store_url)
     with engine.begin() as conn:
         seeds = [dict(r) for r in conn.execute(select(L)).mappings()]
@@ -183,21 +186,22 @@ def official_client(url: str, n: int) -> dict[str, float]:
 
 
 def render_only(store_url: str, n: int) -> dict[str, float]:
-    from tend import nightly, runtime
-    from tend.caps import SendWindow
+    from tend import messages
     from tend.config import ShopSettings
+    from tend.delivery import engine as send_engine
+    from tend.programs.caps import SendWindow
     from tend.store import ledger
     from tend.store.db import connect
 
     settings = ShopSettings.from_env({})
-    renderer = runtime.renderer(settings)
+    renderer = messages.default_renderer(settings)
     with connect(store_url).connect() as conn:
         rows = ledger.next_claimed(conn, NIGHT, 0, n)
     window, now = SendWindow(), dt.datetime.now(dt.UTC)
-    nightly._message(rows[0], renderer, settings, window, now)  # templates loaded: not timed
+    send_engine._message(rows[0], renderer, settings, window, now)  # templates loaded: not timed
     t0, c0 = time.perf_counter(), time.process_time()
     for r in rows:
-        nightly._message(r, renderer, settings, window, now)
+        send_engine._message(r, renderer, settings, window, now)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"messages": len(rows), "seconds": wall, "rate": len(rows) / wall,
             "cpu_us": cpu / len(rows) * 1e6}
@@ -206,8 +210,9 @@ def render_only(store_url: str, n: int) -> dict[str, float]:
 def http_only(store_url: str, url: str, n: int) -> dict[str, float]:
     from dataclasses import replace
 
-    from tend import nightly, runtime
+    from tend import messages
     from tend.config import ShopSettings
+    from tend.delivery import engine as send_engine
     from tend.delivery.sendgrid import SendGridBackend, SendGridSettings
     from tend.store import ledger
     from tend.store.db import connect
@@ -215,7 +220,7 @@ def http_only(store_url: str, url: str, n: int) -> dict[str, float]:
     settings = ShopSettings.from_env({})
     with connect(store_url).connect() as conn:
         [row] = ledger.next_claimed(conn, NIGHT, 0, 1)
-    base = nightly._message(row, runtime.renderer(settings), settings)
+    base = send_engine._message(row, messages.default_renderer(settings), settings)
     messages = [replace(base, message_id=f"http{i}", to_email=f"h{i}@example.com",
                         custom_args={**base.custom_args, "tend_message_id": f"http{i}"})
                 for i in range(n)]
@@ -260,18 +265,19 @@ def end_to_end(store_url: str, url: str, workers: int, stand_in: StandIn) -> dic
 
 def worker_main(store_url: str, batch_ids: list[int], out: Path) -> None:
     """One sending process: send_batch over its batches, as an Airflow send task would."""
-    from tend import nightly, runtime
+    from tend import messages
     from tend.config import ShopSettings
+    from tend.delivery import engine as send_engine
     from tend.delivery.sendgrid import SendGridBackend, SendGridSettings
 
     settings = ShopSettings.from_env({})
-    renderer = runtime.renderer(settings)
+    renderer = messages.default_renderer(settings)
     backend = SendGridBackend(SendGridSettings.from_env())
     counts: Counter[str] = Counter()
     timings: Counter[str] = Counter()
     c0 = time.process_time()
     for b in batch_ids:
-        result = nightly.send_batch(store_url, NIGHT, b, backend=backend, renderer=renderer,
+        result = send_engine.send_batch(store_url, NIGHT, b, backend=backend, renderer=renderer,
                                     settings=settings)
         counts.update(result.counts)
         timings.update(result.timings)

@@ -41,7 +41,7 @@ def tend_ingest() -> None:
 
     @task(outlets=[CUSTOMER_FEATURES])
     def ingest_orders(**context) -> dict:
-        from tend.nightly import run_ingest
+        from tend.features.ingest import run_ingest
         from tend_airflow import as_of, run_id, shop_url, store_url
 
         result = run_ingest(shop_url(), store_url(), as_of(context), run_id(context))

@@ -34,15 +34,15 @@ CUSTOMER_FEATURES = Asset(uri="tend://customer_features", name="tend_customer_fe
 def tend_programs() -> None:
     @task
     def plan(**context) -> dict:
-        from tend import config, runtime
+        from tend import config, messages
         from tend.config import ShopSettings
-        from tend.nightly import plan_night
+        from tend.programs.plan import plan_night
         from tend_airflow import as_of, run_id, shop_url, store_url
 
         settings = ShopSettings.from_env()
         result = plan_night(
             shop_url(), store_url(), as_of(context), run_id(context),
-            settings=settings, renderer=runtime.renderer(settings),
+            settings=settings, renderer=messages.default_renderer(settings),
             secret=config.unsubscribe_secret(),
         )
         return {"as_of": result.as_of.isoformat(), "batches": result.batches}
@@ -64,7 +64,7 @@ def tend_programs() -> None:
         import datetime as dt
         import logging
 
-        from tend.nightly import summary_lines
+        from tend.reports import summary_lines
         from tend_airflow import store_url
 
         for line in summary_lines(store_url(), dt.date.fromisoformat(planned["as_of"])):

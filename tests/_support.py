@@ -17,6 +17,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+#: The project checkout, and the email templates in it.
+PROJECT = Path(__file__).resolve().parents[1]
+TEMPLATES = PROJECT / "templates" / "email"
+
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 
 

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="share of requests that get a fault, e.g. 0.1")
     sp.add_argument("--faults", default="429,503,500,slow,drop",
                     help="comma-separated fault kinds among 429,503,500,slow,drop,reset,400,413,"
-                         "401,403 (see tend.delivery.fake_sendgrid)")
+                         "401,403 (see tend.dev.fake_sendgrid)")
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--reset-ms", type=int, default=1000, help="429: when the limit resets")
     sp.add_argument("--slow-ms", type=int, default=5000, help="slow: how late the 202 comes")
@@ -172,7 +172,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         url = config.store_url(args.store)
         print(f"contact store {config.mask_url(url)} at revision {migrate(url)}")
     elif cmd == "demo-data":
-        from tend.demo import generate_demo_shop
+        from tend.dev.demo import generate_demo_shop
 
         url = config.shop_url(args.db)
         summary = generate_demo_shop(url, customers=args.customers, seed=args.seed,
@@ -180,7 +180,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"demo shop at {config.mask_url(url)} (seed {args.seed}, as of {args.as_of})")
         _print(summary.lines())
     elif cmd == "load-csv":
-        from tend.csvload import load_csv_dir
+        from tend.shop.csv_import import load_csv_dir
 
         report = load_csv_dir(config.shop_url(args.db), args.directory,
                               quarantine_file=args.quarantine)
@@ -188,34 +188,34 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif cmd in ("ingest", "plan", "night"):
         _night(args)
     elif cmd == "send":
-        from tend import runtime
-        from tend.nightly import send_batch
+        from tend import delivery, messages
+        from tend.delivery.engine import send_batch
 
-        backend = runtime.backend(args.delivery)
+        backend = delivery.configured_backend(args.delivery)
         try:
             result = send_batch(config.store_url(args.store), args.as_of, args.batch,
-                                backend=backend, renderer=runtime.renderer(),
+                                backend=backend, renderer=messages.default_renderer(),
                                 settings=config.ShopSettings.from_env())
         finally:
             backend.close()
         _print(result.lines())
     elif cmd == "summary":
-        from tend.nightly import summary_lines
+        from tend.reports import summary_lines
 
         _print(summary_lines(config.store_url(args.store), args.as_of))
     elif cmd == "fake-sendgrid":
-        from tend.delivery.fake_sendgrid import run_from_args
+        from tend.dev.fake_sendgrid import run_from_args
 
         run_from_args(args, sys.stdout)
     elif cmd == "why":
-        from tend.nightly import why_lines
+        from tend.reports import why_lines
 
         _print(why_lines(config.store_url(args.store), args.customer_id, args.as_of))
     elif cmd in ("features", "signals"):
         _analyst(args)
     elif cmd == "programs":
         from tend.logs import table
-        from tend.programs import load_registry, registry_path
+        from tend.programs.registry import load_registry, registry_path
 
         reg = load_registry(args.file)
         print(f"{args.file or registry_path()}: {len(reg.programs)} program(s) OK, "
@@ -230,20 +230,20 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"{p.holdout_share:.0%}", "yes" if p.enabled else "no") for p in reg.programs],
         ))
     elif cmd == "templates":
-        from tend import runtime
-        from tend.preview import check_templates
-        from tend.programs import load_registry
+        from tend import delivery, messages
+        from tend.dev.preview import check_templates
+        from tend.programs.registry import load_registry
 
-        check_templates(runtime.renderer(), locales=args.locale, templates=args.template,
+        check_templates(messages.default_renderer(), locales=args.locale, templates=args.template,
                         programs=[(p.name, p.template, p.kind)
                                   for p in load_registry().programs])
     elif cmd == "preview":
-        from tend import runtime
-        from tend.preview import make_preview
+        from tend import delivery, messages
+        from tend.dev.preview import make_preview
 
         settings = config.ShopSettings.from_env()
         _print(make_preview(
-            args.program, renderer=runtime.renderer(settings), settings=settings,
+            args.program, renderer=messages.default_renderer(settings), settings=settings,
             out_dir=args.out or config.var_dir() / "previews", locale=args.locale,
             customer_id=args.customer, shop_url=config.shop_url(args.db), as_of=args.as_of,
             png=args.png, width=args.width, dark=args.dark,
@@ -253,8 +253,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _analyst(args: argparse.Namespace) -> None:
     """`tend features` / `tend signals`: CSV for analysts, computed as of any past night."""
-    from tend import ingest, signals
-    from tend.shop import read_products
+    from tend import signals
+    from tend.features import ingest
+    from tend.shop.read import read_products
     from tend.signals.lapsed import lapse_scores
 
     shop_url = config.shop_url(args.db)
@@ -285,7 +286,10 @@ def _analyst(args: argparse.Namespace) -> None:
 
 
 def _night(args: argparse.Namespace) -> None:
-    from tend import nightly, runtime
+    from tend import delivery, messages, reports
+    from tend.delivery import engine
+    from tend.features import ingest
+    from tend.programs import plan
     from tend.store import migrate
 
     shop_url = config.shop_url(args.db)
@@ -294,23 +298,24 @@ def _night(args: argparse.Namespace) -> None:
     settings = config.ShopSettings.from_env()
     if args.command in ("ingest", "night"):
         migrate(store_url)
-        _print(nightly.run_ingest(shop_url, store_url, args.as_of, run_id,
+        _print(ingest.run_ingest(shop_url, store_url, args.as_of, run_id,
                                   full=args.full).lines())
     if args.command in ("plan", "night"):
-        planned = nightly.plan_night(shop_url, store_url, args.as_of, run_id,
-                                     settings=settings, renderer=runtime.renderer(settings),
+        planned = plan.plan_night(shop_url, store_url, args.as_of, run_id,
+                                     settings=settings,
+                                     renderer=messages.default_renderer(settings),
                                      secret=config.unsubscribe_secret())
         _print(planned.lines())
     if args.command == "night":
-        backend = runtime.backend(args.delivery)
-        renderer = runtime.renderer(settings)
+        backend = delivery.configured_backend(args.delivery)
+        renderer = messages.default_renderer(settings)
         try:
             for batch in planned.batches:
-                _print(nightly.send_batch(store_url, args.as_of, batch, backend=backend,
+                _print(engine.send_batch(store_url, args.as_of, batch, backend=backend,
                                           renderer=renderer, settings=settings).lines())
         finally:
             backend.close()
-        _print(["", *nightly.summary_lines(store_url, args.as_of)])
+        _print(["", *reports.summary_lines(store_url, args.as_of)])
 
 
 def _print(lines: Sequence[str]) -> None:

@@ -113,17 +113,17 @@ def send_batch_task(batch: Mapping[str, Any], context: Mapping[str, Any]) -> dic
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from tend import runtime
+    from tend import messages
     from tend.config import ShopSettings
+    from tend.delivery.engine import send_batch
     from tend.errors import DeliveryAuthError
-    from tend.nightly import send_batch
 
     settings = ShopSettings.from_env()
     backend = delivery_backend(context)
     try:
         result = send_batch(store_url(), dt.date.fromisoformat(str(batch["as_of"])),
                             int(batch["batch_id"]), backend=backend,
-                            renderer=runtime.renderer(settings), settings=settings)
+                            renderer=messages.default_renderer(settings), settings=settings)
     except DeliveryAuthError as exc:
         raise AirflowFailException(str(exc)) from exc
     finally:

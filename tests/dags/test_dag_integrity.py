@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import PROJECT
 
-PROJECT = Path(__file__).resolve().parents[2]
 DAGS = PROJECT / "dags"
 DOMAIN = PROJECT / "include" / "tend"
 EXPECTED_DAG_IDS = {"tend_ingest", "tend_programs"}
 # Modules that must stay out of the parse: the domain core is imported inside tasks.
-HEAVY_DOMAIN_MODULES = ("tend.nightly", "tend.store", "tend.shop", "tend.features")
+HEAVY_DOMAIN_MODULES = ("tend.delivery", "tend.store", "tend.shop", "tend.features",
+                        "tend.programs", "tend.messages", "tend.signals")
 
 PARSE_SCRIPT = textwrap.dedent(
     r'''
@@ -174,7 +175,7 @@ def test_parsing_does_not_import_the_domain_core(report: dict[str, Any]) -> None
     loaded = report["new_tend_modules"]
     heavy = [m for m in loaded if m.startswith(HEAVY_DOMAIN_MODULES)]
     assert heavy == [], f"DAG files import the domain core at parse time: {heavy}"
-    assert "tend.nightly" not in loaded
+    assert "tend.delivery.engine" not in loaded
 
 
 def test_harness_catches_a_misbehaving_dag(tmp_path: Path) -> None:
@@ -186,7 +187,7 @@ def test_harness_catches_a_misbehaving_dag(tmp_path: Path) -> None:
         import socket
 
         import pendulum
-        import tend.nightly  # noqa: F401
+        import tend.delivery.engine  # noqa: F401
         from airflow.sdk import Connection, Variable, dag, task
 
         def attempt(fn):
@@ -226,7 +227,7 @@ def test_harness_catches_a_misbehaving_dag(tmp_path: Path) -> None:
     assert [d["dag_id"] for d in bad["dags"]] == ["bad_dag"]
     assert {"Variable.get", "Connection.get", "sqlalchemy.create_engine",
             "socket.connect", "socket.getaddrinfo"} <= set(bad["guard_attempts"])
-    assert "tend.nightly" in bad["new_tend_modules"]
+    assert "tend.delivery.engine" in bad["new_tend_modules"]
 
 
 # -- the domain core never imports airflow ---------------------------------------------------

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import PROJECT
 
-from tend.programs import load_registry
+from tend.programs.registry import load_registry
 
 pytestmark = pytest.mark.slow
 
-PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 NIGHT = "2026-11-20"
 NEXT_NIGHT = "2026-11-21"

@@ -28,10 +28,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tend import nightly, runtime
+from tend import messages
 from tend.config import ShopSettings
-from tend.delivery.fake_sendgrid import FaultPlan, RunningFake, run_in_thread
-from tend.demo import generate_demo_shop
+from tend.dev.demo import generate_demo_shop
+from tend.dev.fake_sendgrid import FaultPlan, RunningFake, run_in_thread
+from tend.features import ingest
+from tend.programs import plan
 from tend.store.db import connect
 from tend.store.tables import contact_ledger
 
@@ -77,9 +79,9 @@ def test_a_worker_killed_at_random_points_never_sends_twice_and_loses_nothing(
     rng = random.Random(SEED)
     why = f"(TEND_KILL_SEED={SEED})"
     settings = ShopSettings.from_env({})
-    nightly.run_ingest(demo_shop, store_url, NIGHT, "r1")
-    planned = nightly.plan_night(demo_shop, store_url, NIGHT, "r1", settings=settings,
-                                 renderer=runtime.renderer(settings), secret="s",
+    ingest.run_ingest(demo_shop, store_url, NIGHT, "r1")
+    planned = plan.plan_night(demo_shop, store_url, NIGHT, "r1", settings=settings,
+                                 renderer=messages.default_renderer(settings), secret="s",
                                  batch_size=100_000)
     claimed = planned.claimed()
     assert planned.batches == [0] and claimed > 6 * CHUNK

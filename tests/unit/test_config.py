@@ -49,15 +49,15 @@ def test_shop_settings_from_env() -> None:
 
 
 def test_website_url_reaches_the_emails() -> None:
-    from tend import runtime
-    from tend.render import sample_context
+    from tend import messages
+    from tend.messages.render import sample_context
 
     assert config.ShopSettings.from_env({}).website_url is None
     s = config.ShopSettings.from_env({"TEND_WEBSITE_URL": " https://shop.example/ "})
     assert s.website_url == "https://shop.example/"
-    with_site = runtime.renderer(s).render("winback", "en", sample_context("winback"),
+    with_site = messages.default_renderer(s).render("winback", "en", sample_context("winback"),
                                            customer_id="C1")
-    without = runtime.renderer(config.ShopSettings.from_env({})).render(
+    without = messages.default_renderer(config.ShopSettings.from_env({})).render(
         "winback", "en", sample_context("winback"), customer_id="C1")
     assert "https://shop.example/" in with_site.html
     assert "https://shop.example/" not in without.html

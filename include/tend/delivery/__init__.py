@@ -8,7 +8,7 @@ Three backends, chosen by ``TEND_DELIVERY`` / the Airflow Variable ``tend_delive
   (:mod:`tend.delivery.smtp`);
 * ``sendgrid`` is production: SendGrid's v3 Mail Send API over a pooled keep-alive client with
   bounded concurrency (:mod:`tend.delivery.sendgrid`). ``tend fake-sendgrid`` serves a local
-  stand-in (:mod:`tend.delivery.fake_sendgrid`) for tests, benchmarks and rehearsals.
+  stand-in (:mod:`tend.dev.fake_sendgrid`, a developer tool) for tests, benchmarks and rehearsals.
 
 The heavy modules are imported only when their backend is built, so the outbox path (and DAG
 parsing) never imports aiohttp.
@@ -50,6 +50,7 @@ __all__ = [
     "OutgoingMessage",
     "chunk_size_of",
     "chunks_in_flight_of",
+    "configured_backend",
     "make_backend",
 ]
 
@@ -90,3 +91,11 @@ def make_backend(
     raise ConfigError(
         f"unknown delivery backend {name!r}; choose one of: {', '.join(KNOWN_BACKENDS)}"
     )
+
+
+def configured_backend(name: str | None = None) -> DeliveryBackend:
+    """The backend named by ``name``, else ``TEND_DELIVERY``, else the outbox, built from the
+    environment: what the CLI sends through (Airflow builds its own from connections)."""
+    from tend import config
+
+    return make_backend(config.delivery_backend(name), outbox_dir=config.outbox_dir())

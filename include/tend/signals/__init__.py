@@ -29,9 +29,9 @@ detail          str: ``json.dumps`` of the facts a template may need, per signal
 
 Signals only use data up to the end of ``as_of`` (UTC): ``detect_all`` refuses a store whose
 features were computed for another night, and ``detect`` works on features computed from the
-shop as of that night (``tend.ingest.compute_from_shop``) — the ``--as-of`` replay guarantee.
-Each detector is a pure, vectorised function of the feature tables (``tend.features``) and the
-product catalogue; none knows about programs, consent or caps.
+shop as of that night (``tend.features.ingest.compute_from_shop``) — the ``--as-of`` replay
+guarantee. Each detector is a pure, vectorised function of the feature tables
+(``tend.features.compute``) and the product catalogue; none knows about programs, consent or caps.
 """
 
 from __future__ import annotations
@@ -211,8 +211,8 @@ def detect_all(store_url: str, shop_url: str, as_of: dt.date,
     stage needs the customer table too), so the tables are not read twice.
     """
     from tend.errors import DataError
-    from tend.ingest import read_feature_set, store_as_of
-    from tend.shop import read_products
+    from tend.features.ingest import read_feature_set, store_as_of
+    from tend.shop.read import read_products
 
     stored = store_as_of(store_url)
     if stored != as_of:

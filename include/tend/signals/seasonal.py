@@ -1,7 +1,7 @@
 """Seasonal reorder windows: a reminder shortly before a customer's own season opens again.
 
 A customer is seasonal when their visits, taken one point per year, cluster around the same
-day of the year (``tend.features``: ``season_r``) in at least ``min_years`` different years,
+day of the year (``tend.features.compute``: ``season_r``) in at least ``min_years`` different years,
 most of their visits fall inside that window, and the window is theirs rather than the shop's:
 either their share of visits inside it is ``shop_lift`` times the shop's own share of orders
 in the same window (Christmas makes everybody buy in December; that alone is not a season), or
@@ -20,7 +20,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from tend.features import (
+from tend.features.compute import (
     SEASON_HALF_WIDTH,
     TWO_PI,
     YEAR_DAYS,

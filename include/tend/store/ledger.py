@@ -42,7 +42,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tend.errors import LedgerError
 from tend.logs import log
-from tend.programs import Cap
+from tend.programs.registry import Cap
 from tend.store.tables import contact_ledger as L
 from tend.store.tables import context_batches as CB
 from tend.store.tables import decision_log
@@ -432,7 +432,7 @@ def _insert_claims(conn: Connection, w: pd.DataFrame, batch: np.ndarray,
         "batch_id": batch, "claimed_at": np.full(n, claimed_at, dtype=object),
     })
     log.debug("claim: %s ledger rows written in %.2fs", n, time.perf_counter() - t)
-    if context is None:  # the caller writes them after the claim commits (tend.plan)
+    if context is None:  # the caller writes them after the claim commits (tend.programs.plan)
         return
     t = time.perf_counter()
     write_contexts(conn, as_of, batch, w["message_id"].tolist(), context)
@@ -674,7 +674,7 @@ def claims_without_contexts(conn: Connection, as_of: dt.date) -> pd.DataFrame:
     """Messages of night ``as_of`` still to send whose batch has no stored contexts yet.
 
     Normally none: the programs stage writes a night's contexts right after its claims commit.
-    A stage stopped in between leaves these for its retry to complete (``tend.plan``).
+    A stage stopped in between leaves these for its retry to complete (``tend.programs.plan``).
     """
     q = (select(L.c.message_id, L.c.batch_id)
          .where(L.c.as_of == as_of, L.c.status == "claimed")

@@ -77,7 +77,7 @@ customer_features = Table(
     Column("avg_order_value", Float, nullable=False),
     Column("mean_interval_days", Float),
     Column("median_interval_days", Float),
-    # the profile (tend.features.PROFILE_COLUMNS; migration 0009 folded customer_profile in)
+    # the profile (tend.features.compute.PROFILE_COLUMNS; migration 0009 folded customer_profile in)
     Column("order_days", Integer, nullable=False),
     Column("gap_log_mean", Float),
     Column("gap_log_var", Float),
@@ -88,7 +88,8 @@ customer_features = Table(
     Column("season_years", Integer, nullable=False),
     Column("season_share", Float, nullable=False),
     Column("season_sku", String(64)),
-    # the products the customer bought (tend.features.SKU_COLUMNS), packed: see PRODUCT_COLUMNS
+    # the products the customer bought (tend.features.compute.SKU_COLUMNS), packed: see
+    # PRODUCT_COLUMNS
     Column("products", Integer, nullable=False),
     *(Column(f"product_{name}", LargeBinary, nullable=False) for name in PRODUCT_COLUMNS),
     Column("updated_at", DateTime(timezone=True), nullable=False),

@@ -17,21 +17,23 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from _support import PROJECT
 from sqlalchemy import select, update
 
-from tend import nightly, runtime
+from tend import messages
 from tend.config import ShopSettings
-from tend.delivery.fake_sendgrid import FaultPlan, run_in_thread
 from tend.delivery.outbox import OutboxBackend
 from tend.delivery.sendgrid import SendGridBackend
 from tend.delivery.smtp import SmtpBackend
-from tend.demo import generate_demo_shop
+from tend.dev.demo import generate_demo_shop
+from tend.dev.fake_sendgrid import FaultPlan, run_in_thread
 from tend.errors import ConfigError
+from tend.features import ingest
+from tend.programs import plan
 from tend.store import migrate
 from tend.store.db import connect
 from tend.store.tables import contact_ledger
 
-PROJECT = Path(__file__).resolve().parents[3]
 NIGHT = dt.date(2026, 11, 20)
 KEY = "SG.airflow-test-key"
 
@@ -113,9 +115,10 @@ def planned_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[i
     generate_demo_shop(shop, customers=250, seed=5, as_of=NIGHT)
     migrate(store)
     settings = ShopSettings.from_env({})
-    nightly.run_ingest(shop, store, NIGHT, "r1")
-    planned = nightly.plan_night(shop, store, NIGHT, "r1", settings=settings,
-                                 renderer=runtime.renderer(settings), secret="s", batch_size=40)
+    ingest.run_ingest(shop, store, NIGHT, "r1")
+    planned = plan.plan_night(shop, store, NIGHT, "r1", settings=settings,
+                                 renderer=messages.default_renderer(settings),
+                                 secret="s", batch_size=40)
     return store, planned.batches
 
 

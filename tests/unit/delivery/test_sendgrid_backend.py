@@ -24,8 +24,8 @@ from tend.delivery import (
     OutgoingMessage,
     make_backend,
 )
-from tend.delivery.fake_sendgrid import FaultPlan, RunningFake, run_in_thread
 from tend.delivery.sendgrid import SendGridBackend, SendGridSettings
+from tend.dev.fake_sendgrid import FaultPlan, RunningFake, run_in_thread
 from tend.errors import ConfigError, DeliveryAuthError
 
 KEY = "SG.secret-test-key-123"

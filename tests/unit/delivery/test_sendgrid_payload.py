@@ -22,8 +22,8 @@ from sendgrid.helpers.mail import (
 )
 
 from tend.delivery import OutgoingMessage
-from tend.delivery.fake_sendgrid import validate_mail_send
 from tend.delivery.sendgrid import _Refused, error_text, mail_send_payload
+from tend.dev.fake_sendgrid import validate_mail_send
 
 UNSUB = "<https://shop.example/tend/unsubscribe/abc>"
 

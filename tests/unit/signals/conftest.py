@@ -12,9 +12,9 @@ NIGHT = dt.date(2026, 11, 20)
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    from tend.demo import generate_demo_shop
-    from tend.ingest import compute_from_shop
-    from tend.shop import read_products
+    from tend.dev.demo import generate_demo_shop
+    from tend.features.ingest import compute_from_shop
+    from tend.shop.read import read_products
 
     url = f"sqlite:///{tmp_path_factory.mktemp('signals') / 'shop.db'}"
     generate_demo_shop(url, customers=3000, seed=5, as_of=NIGHT)

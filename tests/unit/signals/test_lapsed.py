@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tend.features import compute_features
+from tend.features.compute import compute_features
 from tend.signals import bgnbd
 from tend.signals.lapsed import LapsedParams, detect_lapsed, fit_model, lapse_scores
 
@@ -90,7 +90,7 @@ def test_precision_and_recall_against_the_demo_truth(demo: dict) -> None:
 
 
 def test_ranks_holdout_silence_at_least_as_well_as_bgnbd(demo: dict) -> None:
-    from tend.ingest import compute_from_shop
+    from tend.features.ingest import compute_from_shop
 
     holdout = 180
     cal = NIGHT - dt.timedelta(days=holdout)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tend.features import compute_feature_set
+from tend.features.compute import compute_feature_set
 from tend.signals import KNOWN_SIGNALS, SIGNAL_COLUMNS, SignalParams, detect
 from tend.signals.seasonal import seasonal_customers
 
@@ -142,7 +142,7 @@ def test_checkups_against_truth(signals: pd.DataFrame, demo: dict) -> None:
 
 def test_loyalty_signals_match_a_brute_force_count(signals: pd.DataFrame, demo: dict) -> None:
     """Milestones are rules, so the truth is the rule applied to the raw orders."""
-    from tend.shop import read_orders
+    from tend.shop.read import read_orders
 
     orders, _ = read_orders(demo["url"], NIGHT)
     orders = orders.sort_values("ordered_at")

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tend.errors import LedgerError
-from tend.programs import Cap
+from tend.programs.registry import Cap
 from tend.store import ledger
 from tend.store.db import connect
 from tend.store.tables import contact_ledger, decision_log

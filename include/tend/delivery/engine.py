@@ -1,0 +1,354 @@
+"""The send engine: one batch of claimed messages through a delivery backend, over the ledger.
+
+Takes a batch id that the programs stage claimed, renders each message (``tend.messages``),
+hands chunks to a backend (``tend.delivery``) and records every outcome in the contact ledger
+(``tend.store.ledger``) following the protocol ``claimed -> sending -> sent | failed | unknown``.
+Called by tend_programs' mapped ``send`` task and by ``tend night``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import datetime as dt
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from tend.config import ShopSettings
+from tend.delivery.base import (
+    DeliveryBackend,
+    DeliveryResult,
+    DeliveryStatus,
+    OutgoingMessage,
+    chunk_size_of,
+    chunks_in_flight_of,
+)
+from tend.errors import DeliveryAuthError, DeliveryError, TemplateError
+from tend.logs import log, mask_email, table
+from tend.messages.contexts import context_for_render
+from tend.messages.render import Renderer
+from tend.programs.caps import SendWindow
+from tend.store import ledger
+from tend.store.db import connect
+from tend.store.tables import contact_ledger
+
+
+@dataclass
+class SendResult:
+    """What one send task did: outcomes, throughput, and where the time went."""
+
+    batch_id: int
+    counts: Counter[str] = field(default_factory=Counter)
+    recovered_unknown: int = 0
+    seconds: float = 0.0
+    total: int = 0
+    """Messages the batch still had to send when the task started."""
+    backend: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds on the task's main thread (render, ledger, waiting for the backend) and the
+    backend's own busy time; the backend works while the next chunk renders."""
+
+    def rate(self) -> float:
+        return sum(self.counts.values()) / self.seconds if self.seconds else 0.0
+
+    def lines(self) -> list[str]:
+        done = ", ".join(f"{k} {v:,}" for k, v in sorted(self.counts.items()) if v)
+        head = f"batch {self.batch_id}: {done or 'nothing to send'}"
+        out = [f"{head} in {self.seconds:.1f}s ({self.rate():,.0f} msg/s)"]
+        if self.recovered_unknown:
+            out.append(f"{self.recovered_unknown:,} message(s) were mid-send when a previous "
+                       "attempt stopped: marked unknown, not resent")
+        return [*out, *self.table_lines()]
+
+    def table_lines(self) -> list[str]:
+        """The summary table that ends a send task's log."""
+        rows = [(status, self.counts.get(status, 0)) for status in ("sent", "failed", "unknown")]
+        rows += [(s, n) for s, n in sorted(self.counts.items()) if s not in dict(rows)]
+        out = table([f"batch {self.batch_id} ({self.backend})", "messages"], rows)
+        t = self.timings
+        if t:
+            out.append(
+                f"{self.seconds:.1f}s, {self.rate():,.0f} msg/s; main thread: render "
+                f"{t.get('render', 0):.1f}s, ledger {t.get('ledger', 0):.1f}s, waiting for "
+                f"{self.backend} {t.get('wait', 0):.1f}s; {self.backend} busy "
+                f"{t.get('backend', 0):.1f}s")
+        return out
+
+
+class _Progress:
+    """Progress lines at least every ``every`` seconds: done/total, outcomes, msg/s, ETA."""
+
+    def __init__(self, result: SendResult, clock: Callable[[], float], every: float) -> None:
+        self.result, self.clock, self.every = result, clock, every
+        self.start = self.last = clock()
+
+    def timeout(self) -> float:
+        return max(0.05, self.last + self.every - self.clock())
+
+    def maybe_log(self, in_flight: int = 0) -> None:
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        r = self.result
+        done = sum(r.counts.values())
+        rate = done / max(now - self.start, 1e-9)
+        left = max(r.total + r.recovered_unknown - done, 0)
+        eta = f"ETA {left / rate:,.0f}s" if rate > 0 else "ETA unknown"
+        log.info("batch %s: %s/%s done (sent %s, failed %s, unknown %s; %s in flight), "
+                 "%.0f msg/s, %s", r.batch_id, f"{done:,}", f"{r.total + r.recovered_unknown:,}",
+                 f"{r.counts['sent']:,}", f"{r.counts['failed']:,}", f"{r.counts['unknown']:,}",
+                 f"{in_flight:,}", rate, eta)
+
+
+@dataclass
+class _Chunk:
+    ids: list[str]
+    outgoing: list[OutgoingMessage]
+    failed: list[dict[str, Any]]
+
+
+_WARN_LIMIT = 20  # per-message warnings per batch; the rest are counted
+
+
+def send_batch(
+    store_url: str,
+    as_of: dt.date,
+    batch_id: int,
+    *,
+    backend: DeliveryBackend,
+    renderer: Renderer,
+    settings: ShopSettings,
+    chunk_size: int | None = None,
+    progress_every: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    send_window: SendWindow | None = None,
+    wall_clock: Callable[[], dt.datetime] | None = None,
+) -> SendResult:
+    """Send every claimed message of one batch, following the ledger protocol.
+
+    Each chunk (``chunk_size``, else the backend's preference: outbox/SMTP 50, SendGrid 250) is
+    rendered, marked 'sending' in one committed statement, handed to the backend on a worker
+    thread, and its results recorded; the next chunk renders while the backend works, but is
+    marked 'sending' only when it is handed over, and at most ``chunks_in_flight`` (the
+    backend's, usually 1; SendGrid 2) are handed over at once. So a crash leaves at most
+    ``chunk_size`` x ``chunks_in_flight`` rows 'sending', which the next attempt turns into
+    'unknown' (never a second copy); 'claimed' rows are simply sent by the retry.
+
+    When the backend stops the run (credentials refused, provider unavailable), the results
+    that completed are recorded and only the messages that never left go back to 'claimed'.
+
+    Quiet hours: a marketing or service message rendered outside ``send_window`` (default: the
+    registry's ``send_window``) in the customer's timezone gets ``send_at`` = the next opening,
+    which SendGrid honours (``send_at``) and the outbox/SMTP record (``X-Tend-Send-At``).
+    """
+    import os
+
+    if send_window is None:
+        from tend.programs.registry import load_registry
+
+        send_window = load_registry().send_window
+    window = send_window
+    # Quiet hours for a customer without a known timezone: the business timezone.
+    business_tz = os.environ.get("TEND_TIMEZONE", "America/Toronto")
+    now_utc = wall_clock or (lambda: dt.datetime.now(dt.UTC))
+    engine = connect(store_url)
+    size = chunk_size or chunk_size_of(backend)
+    result = SendResult(batch_id, backend=str(getattr(backend, "name", type(backend).__name__)))
+    timings = result.timings
+    for key in ("render", "ledger", "wait", "backend"):
+        timings[key] = 0.0
+    start = clock()
+    with engine.begin() as conn:
+        result.recovered_unknown = ledger.recover_interrupted(conn, as_of, batch_id)
+        result.total = conn.execute(
+            select(func.count()).select_from(contact_ledger).where(
+                contact_ledger.c.as_of == as_of, contact_ledger.c.batch_id == batch_id,
+                contact_ledger.c.status == "claimed")).scalar_one()
+    if result.recovered_unknown:
+        result.counts["unknown"] += result.recovered_unknown
+        log.warning("batch %s: %s message(s) were mid-send when a previous attempt stopped: "
+                    "marked unknown, not resent", batch_id, f"{result.recovered_unknown:,}")
+    log.info("batch %s: %s message(s) to send through %s in chunks of %s", batch_id,
+             f"{result.total:,}", result.backend, size)
+    progress = _Progress(result, clock, progress_every)
+    warned = [0]
+
+    contexts: dict[tuple[dt.date, int], dict[str, str]] = {}  # the batch's, once per send
+
+    def prepare() -> _Chunk | None:
+        t0 = clock()
+        with engine.connect() as conn:
+            rows = ledger.next_claimed(conn, as_of, batch_id, size, cache=contexts)
+        t1 = clock()
+        timings["ledger"] += t1 - t0
+        if not rows:
+            return None
+        chunk = _Chunk([r.message_id for r in rows], [], [])
+        now = now_utc()
+        for r in rows:
+            try:
+                chunk.outgoing.append(_message(r, renderer, settings, window, now,
+                                               business_tz))
+            except TemplateError as exc:
+                chunk.failed.append({"message_id": r.message_id, "status": "failed",
+                                     "error": f"render: {exc}"})
+        timings["render"] += clock() - t1
+        return chunk
+
+    def record(chunk: _Chunk, results: Sequence[DeliveryResult],
+               release: Sequence[str] = ()) -> None:
+        recorded = [
+            {"message_id": res.message_id, "status": str(res.status),
+             "provider_id": res.provider_id, "error": res.error}
+            for res in results
+        ] + chunk.failed
+        t0 = clock()
+        with engine.begin() as conn:
+            ledger.record_results(conn, recorded)
+            if release:
+                ledger.release(conn, list(release))
+        timings["ledger"] += clock() - t0
+        result.counts.update(r["status"] for r in recorded)
+        to = {m.message_id: m.to_email for m in chunk.outgoing}
+        for r in recorded:
+            if r["status"] == DeliveryStatus.SENT:
+                continue
+            warned[0] += 1
+            if warned[0] <= _WARN_LIMIT:
+                log.warning("message %s to %s: %s (%s)", r["message_id"],
+                            mask_email(to.get(r["message_id"])), r["status"], r["error"])
+            elif warned[0] == _WARN_LIMIT + 1:
+                log.warning("batch %s: more messages not sent; the summary counts them and "
+                            "`tend why CUSTOMER_ID` tells each story", batch_id)
+
+    def wait(future: concurrent.futures.Future[list[DeliveryResult]], n: int
+             ) -> list[DeliveryResult]:
+        t0 = clock()
+        try:
+            while True:
+                try:
+                    return future.result(timeout=progress.timeout())
+                except concurrent.futures.TimeoutError:
+                    progress.maybe_log(in_flight=n)
+        finally:
+            timings["wait"] += clock() - t0
+
+    def timed_send(messages: list[OutgoingMessage]) -> list[DeliveryResult]:
+        t0 = time.perf_counter()
+        try:
+            return backend.send(messages)
+        finally:
+            timings["backend"] += time.perf_counter() - t0
+
+    handed_max = chunks_in_flight_of(backend)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=handed_max,
+                                                 thread_name_prefix="tend-send")
+    in_flight: deque[tuple[_Chunk, concurrent.futures.Future[list[DeliveryResult]]]] = deque()
+
+    def settle(chunk: _Chunk, future: concurrent.futures.Future[list[DeliveryResult]]
+               ) -> DeliveryError | None:
+        """Record one handed-over chunk; a stop is recorded too, and returned."""
+        try:
+            results = wait(future, sum(len(c.outgoing) for c, _ in in_flight))
+        except DeliveryError as exc:
+            _record_stopped(chunk, exc, record)
+            return exc
+        record(chunk, results)
+        return None
+
+    try:
+        chunk = prepare()
+        while chunk is not None or in_flight:
+            # Hand chunks over up to the backend's window; the next one renders meanwhile.
+            while chunk is not None and len(in_flight) < handed_max:
+                t0 = clock()
+                with engine.begin() as conn:
+                    ledger.mark_sending(conn, chunk.ids)
+                timings["ledger"] += clock() - t0
+                future: concurrent.futures.Future[list[DeliveryResult]]
+                if chunk.outgoing:
+                    future = pool.submit(timed_send, chunk.outgoing)
+                else:
+                    future = concurrent.futures.Future()
+                    future.set_result([])
+                in_flight.append((chunk, future))
+                chunk = prepare()
+            oldest, future = in_flight[0]
+            stop = settle(oldest, future)
+            in_flight.popleft()
+            if stop is not None:  # the backend halted: settle the other chunks, then stop
+                while in_flight:
+                    settle(*in_flight[0])
+                    in_flight.popleft()
+                raise stop
+            progress.maybe_log()
+    except BaseException:
+        # Interrupted (SIGTERM from Airflow, a bug in rendering) with chunks in flight: record
+        # what the backend finishes, so fewer rows are left ambiguous. A backend that itself
+        # died leaves its chunks 'sending'; the retry marks them unknown.
+        while in_flight:
+            pending, future = in_flight.popleft()
+            with contextlib.suppress(BaseException):  # the original exception is what matters
+                record(pending, future.result(timeout=30))
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        result.seconds = clock() - start
+    for line in result.lines():
+        log.info(line)
+    return result
+
+
+def _record_stopped(chunk: _Chunk, exc: DeliveryError, record: Callable[..., None]) -> None:
+    """The backend stopped mid-chunk: keep what completed, put back what never left."""
+    done = getattr(exc, "results", None)
+    if done is None:
+        if isinstance(exc, DeliveryAuthError):
+            done = []  # the contract: a bare auth error means nothing of the chunk was accepted
+        else:  # the backend cannot say which left: at-most-once
+            done = [DeliveryResult(m.message_id, DeliveryStatus.UNKNOWN,
+                                   error=f"the backend stopped mid-chunk ({exc}); not resent")
+                    for m in chunk.outgoing]
+    finished = {r.message_id for r in done}
+    back = [m.message_id for m in chunk.outgoing if m.message_id not in finished]
+    record(chunk, done, release=back)
+    log.error("%s: %s result(s) of the chunk recorded, %s message(s) never sent and back to "
+              "claimed for the next attempt", exc, f"{len(done):,}", f"{len(back):,}")
+
+
+def _message(row: Any, renderer: Renderer, settings: ShopSettings,
+             window: SendWindow | None = None, now: dt.datetime | None = None,
+             business_tz: str = "America/Toronto") -> OutgoingMessage:
+    ctx = context_for_render(row.context)
+    customer = ctx["customer"]
+    rendered = renderer.render(ctx["template"], ctx["locale"], ctx,
+                               customer_id=row.customer_id, kind=row.kind)
+    name = " ".join(x for x in (customer.get("first_name"), customer.get("last_name")) if x)
+    send_at = None
+    if window is not None and now is not None and row.kind != "transactional":
+        # Quiet hours: outside the window in the customer's timezone, schedule the next opening.
+        send_at = window.next_send_time(now, ctx.get("timezone"), business_tz)
+    return OutgoingMessage(
+        message_id=row.message_id,
+        to_email=customer["email"],
+        to_name=name or None,
+        from_email=settings.from_email,
+        from_name=settings.from_name,
+        reply_to=settings.reply_to,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        headers=rendered.headers,
+        categories=(row.program, row.kind),
+        custom_args={"tend_message_id": row.message_id, "program": row.program,
+                     "kind": row.kind, "run_id": row.run_id},
+        send_at=send_at,
+    )
+
+

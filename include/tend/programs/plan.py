@@ -1,0 +1,375 @@
+"""Tonight's decision: from signals to at most one claimed message per customer.
+
+::
+
+    signals (+ newsletter schedule) ─► one candidate per program that wants the customer
+      + deferred candidates from earlier nights (expired ones are logged and dropped)
+      ─► consent & suppressions ─► holdouts ─► caps, cooldowns, arbitration, claim
+         (one transaction, tend.store.ledger.claim) ─► deferral of what is still relevant
+      ─► every candidate's fate in the decision log
+
+Nothing is sent here. Every candidate ends the night with a recorded fate and a sentence that
+explains it, which is what ``tend why`` prints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from tend.config import ShopSettings
+from tend.errors import TemplateError
+from tend.features.compute import FeatureSet
+from tend.features.ingest import read_feature_set
+from tend.logs import log, table
+from tend.messages.contexts import ContextBuilder
+from tend.messages.render import Renderer, sample_context
+from tend.programs.caps import held_out, holdout_period
+from tend.programs.consent import consent_fates
+from tend.programs.registry import Program, Registry, load_registry
+from tend.shop import read as shop
+from tend.signals import SIGNAL_COLUMNS, detect_all
+from tend.store import ledger
+from tend.store.db import connect, require_current
+from tend.store.tables import deferred, suppressions
+
+#: What a signal frame carries (the contract between tend.signals and the programs stage).
+#: Fates that mean "not tonight, but maybe tomorrow" while the candidate is still valid.
+DEFERRABLE = ("capped:", "cooldown:", "lost_to:")
+
+
+@dataclass
+class PlanResult:
+    as_of: dt.date
+    candidates: int
+    fates: pd.DataFrame  # program, fate, count
+    batches: list[int]
+
+    def claimed(self) -> int:
+        return int(self.fates.loc[self.fates["fate"] == "claimed", "count"].sum())
+
+    def lines(self) -> list[str]:
+        out = [f"plan {self.as_of}: {self.candidates:,} candidates, {self.claimed():,} claimed "
+               f"in {len(self.batches)} batch(es)"]
+        rows = [(r.program, r.fate, int(r.count)) for r in self.fates.itertuples()]
+        return out + table(["program", "fate", "customers"], rows)
+
+
+def detect_signals(store_url: str, shop_url: str, as_of: dt.date,
+                   features: FeatureSet | None = None) -> pd.DataFrame:
+    """Every behavioural signal tonight (tend.signals), in the SIGNAL_COLUMNS shape.
+
+    A signal whose due date is still ahead (an upcoming check-up, a season about to open) is
+    not a candidate yet: it comes back on its day.
+    """
+    sig = detect_all(store_url, shop_url, as_of, features=features)
+    sig["due_date"] = pd.to_datetime(sig["due_date"]).dt.date  # occurrence keys use ISO dates
+    sig["valid_until"] = pd.to_datetime(sig["valid_until"]).dt.date
+    return sig.loc[sig["due_date"] <= as_of, SIGNAL_COLUMNS].reset_index(drop=True)
+
+
+def newsletter_signals(features: pd.DataFrame, as_of: dt.date,
+                       programs: Sequence[Program]) -> pd.DataFrame:
+    """The calendar 'signal': every customer with an order, on the newsletter's day."""
+    rows = []
+    for p in programs:
+        if p.schedule is None or not p.schedule.fires_on(as_of) or features.empty:
+            continue
+        period = p.schedule.period(as_of)
+        rows.append(pd.DataFrame({
+            "customer_id": features["customer_id"], "signal": "newsletter", "score": 0.1,
+            "due_date": as_of, "valid_until": as_of + dt.timedelta(days=p.validity_days),
+            "reason": f"newsletter for {period}", "value": features["total_spent"].astype(float),
+            "sku": None, "product_name": None, "detail": json.dumps({"period": period}),
+        }))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=SIGNAL_COLUMNS)
+
+
+def candidates_for(signals: pd.DataFrame, programs: Sequence[Program], as_of: dt.date
+                   ) -> pd.DataFrame:
+    """One candidate per (program, signal row) the program listens to."""
+    frames = []
+    for p in programs:
+        sig = signals.loc[signals["signal"].isin(p.signals)]
+        if sig.empty:
+            continue
+        limit = as_of + dt.timedelta(days=p.validity_days)
+        frames.append(sig.assign(
+            program=p.name, kind=p.kind, priority=p.priority, cooldown_days=p.cooldown_days,
+            valid_until=[min(v, limit) for v in sig["valid_until"]],
+            # The same episode of the same signal is the same message, on every night.
+            occurrence=sig["signal"] + ":" + sig["sku"].fillna("").astype(str) + ":"
+            + sig["due_date"].astype(str),
+        ))
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
+
+
+def plan_night(
+    shop_url: str,
+    store_url: str,
+    as_of: dt.date,
+    run_id: str,
+    *,
+    settings: ShopSettings,
+    renderer: Renderer,
+    secret: str,
+    registry: Registry | None = None,
+    batch_size: int = 5000,
+    detector: Callable[[str, str, dt.date], pd.DataFrame] | None = None,
+) -> PlanResult:
+    """Decide tonight's messages and claim them in the ledger; nothing is sent here.
+
+    Templates are checked first, so a broken template fails the run before anything is claimed.
+    ``detector`` (default: every behavioural signal, ``detect_signals``) is a seam for tests
+    that exercise the programs stage over many nights with a cheaper signal source.
+    """
+    require_current(store_url)
+    registry = registry or load_registry()
+    programs = registry.enabled()
+    for program in programs:
+        problems = renderer.check(program.template, ("en", "fr"),
+                                  sample_context(program.template))
+        if problems:
+            raise TemplateError(
+                f"program {program.name}: template {program.template!r} failed its check: "
+                + "; ".join(problems), template=program.template)
+    by_program = {p.name: p for p in programs}
+
+    feature_set = read_feature_set(store_url)
+    features = feature_set.customers
+    detected = (detector(store_url, shop_url, as_of) if detector
+                else detect_signals(store_url, shop_url, as_of, feature_set))
+    signals = pd.concat([detected,
+                         newsletter_signals(features, as_of, programs)], ignore_index=True)
+    fresh = candidates_for(signals, programs, as_of)
+    if not fresh.empty:
+        last = features.set_index("customer_id")["last_order_at"].dt.date
+        fresh["last_order_date"] = fresh["customer_id"].map(last)
+    waiting, expired = _deferred(store_url, as_of, by_program)
+    cands = _merge(fresh, waiting)
+    if cands.empty and expired.empty:
+        empty = pd.DataFrame(columns=["program", "fate", "count"])
+        # An earlier run of the night may have stopped before storing its contexts.
+        _store_contexts(store_url, as_of, pd.DataFrame(columns=["message_id"]), lambda _: [])
+        with connect(store_url).connect() as conn:
+            return PlanResult(as_of, 0, empty, ledger.batches_to_send(conn, as_of))
+
+    cands["fate"] = None
+    cands["why"] = None
+    customers = shop.read_customers(shop_url, cands["customer_id"].unique()) if len(cands) \
+        else pd.DataFrame(columns=["customer_id"])
+    with connect(store_url).connect() as conn:
+        supp = pd.DataFrame(
+            conn.execute(select(suppressions.c.customer_id, suppressions.c.reason)
+                         .where(suppressions.c.resolved_at.is_(None))).all(),
+            columns=["customer_id", "reason"],
+        )
+    if len(cands):
+        fates = consent_fates(cands, customers, supp, as_of)
+        cands["fate"], cands["why"] = fates["fate"], fates["why"]
+        _holdouts(cands, by_program, as_of)
+
+    allowed = cands.loc[cands["fate"].isna()].merge(
+        customers, on="customer_id", how="left", suffixes=("", "_customer"))
+    allowed.index = cands.index[cands["fate"].isna()]
+    contexts = ContextBuilder(shop_url=shop_url, programs=by_program, settings=settings,
+                              secret=secret, as_of=as_of, features=features)
+    invalid = cands.loc[cands["fate"] == "suppressed:invalid_address", "customer_id"].unique()
+    stamp = ledger.now()
+    with connect(store_url).begin() as conn:
+        # Keys only: the contexts are built after this transaction, without the ledger's lock.
+        outcome = ledger.claim(conn, allowed, as_of=as_of, run_id=run_id,
+                               caps=registry.caps, batch_size=batch_size).frame
+        ledger.insert_ignore(conn, suppressions, [
+            {"customer_id": c, "email": None, "reason": "invalid_address",
+             "source": "validation", "created_at": stamp} for c in invalid
+        ])
+        claimed = outcome.set_index(_KEY)
+        idx = pd.MultiIndex.from_frame(allowed[_KEY])
+        allowed["fate"] = claimed["fate"].reindex(idx).to_numpy()
+        allowed["why"] = claimed["why"].reindex(idx).to_numpy()
+        allowed["message_id"] = claimed["message_id"].reindex(idx).to_numpy()
+        won = allowed["fate"] == "claimed"
+        allowed.loc[won, "why"] = allowed.loc[won, "reason"]
+        decided = pd.concat([cands.loc[cands["fate"].notna()].assign(message_id=None), allowed])
+        decided = _defer(conn, decided, as_of)
+        if not expired.empty:
+            decided = pd.concat([decided, expired.assign(message_id=None)], ignore_index=True)
+        ledger.record_decisions(conn, decided, as_of=as_of, run_id=run_id)
+    _store_contexts(store_url, as_of, allowed, contexts)
+    with connect(store_url).connect() as conn:
+        batches = ledger.batches_to_send(conn, as_of)
+
+    counts = (decided.groupby(["program", "fate"]).size().rename("count").reset_index()
+              .sort_values(["program", "count"], ascending=[True, False]))
+    result = PlanResult(as_of, len(decided), counts, batches)
+    for line in result.lines():
+        log.info(line)
+    return result
+
+
+def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,
+                    build: Callable[[pd.DataFrame], Sequence[str]]) -> None:
+    """Build and store the render contexts of tonight's claimed messages that have none.
+
+    Right after a claim these are its winners. After a stage that stopped between its claim and
+    this step, they are the earlier run's winners: this run's candidates carry the same message
+    ids (marked already claimed), so their contexts are built from them. A message whose
+    candidate no longer exists cannot be rendered and is marked failed with the reason.
+    """
+    with connect(store_url).connect() as conn:
+        need = ledger.claims_without_contexts(conn, as_of)
+    if need.empty:
+        return
+    rows = allowed.loc[allowed["message_id"].notna()].drop_duplicates("message_id")
+    rows = need.merge(rows, on="message_id", how="left", indicator=True)
+    lost = rows.loc[rows["_merge"] == "left_only", "message_id"].tolist()
+    rows = rows.loc[rows["_merge"] == "both"].drop(columns="_merge")
+    rows = rows.sort_values(["batch_id", "message_id"], ignore_index=True)
+    built = list(build(rows)) if len(rows) else []
+    with connect(store_url).begin() as conn:
+        ledger.write_contexts(conn, as_of, rows["batch_id"].to_numpy(),
+                              rows["message_id"].tolist(), built)
+        if lost:
+            ledger.fail_unrenderable(conn, lost, "no render context: the programs stage stopped "
+                                     "before storing it and tonight's signals no longer "
+                                     "produce this message")
+    if lost:
+        log.warning("plan %s: %s claimed message(s) had no render context and no candidate to "
+                    "rebuild it from: marked failed", as_of, f"{len(lost):,}")
+
+
+def _holdouts(cands: pd.DataFrame, programs: dict[str, Program], as_of: dt.date) -> None:
+    for name, p in programs.items():
+        if p.holdout_share <= 0:
+            continue
+        rows = cands.index[(cands["program"] == name) & cands["fate"].isna()]
+        mask = held_out(cands.loc[rows, "customer_id"], name, as_of, p.holdout_share)
+        hit = rows[mask]
+        cands.loc[hit, "fate"] = "held_out"
+        cands.loc[hit, "why"] = (f"control group: {p.holdout_share:.0%} of eligible customers "
+                                 f"receive nothing from {name} in {holdout_period(as_of)}")
+
+
+#: What a deferred candidate keeps of its signal row, to compete (and be rendered) later.
+_SIGNAL_KEEP = ("signal", "reason", "due_date", "valid_until", "sku", "product_name", "detail",
+                "value")
+
+_KEY = ["customer_id", "program", "occurrence"]
+
+
+def _forget(conn: Any, frame: pd.DataFrame) -> None:
+    """Delete these candidates' rows from the deferred table.
+
+    Set-based: a night's candidates (up to millions) go to a staging table in one bulk load and
+    one DELETE removes the matching waiting rows; nothing happens when nothing waits.
+    """
+    if frame.empty or conn.execute(select(deferred.c.customer_id).limit(1)).first() is None:
+        return
+    with ledger.staged(conn, "tend_forget_stage",
+                       "customer_id TEXT, program TEXT, occurrence TEXT",
+                       {k: frame[k].astype(str).to_numpy(dtype=object) for k in _KEY}) as stage:
+        conn.exec_driver_sql(
+            f"DELETE FROM {deferred.name} WHERE EXISTS (SELECT 1 FROM {stage} s WHERE "
+            f"s.customer_id = {deferred.name}.customer_id AND s.program = {deferred.name}.program"
+            f" AND s.occurrence = {deferred.name}.occurrence)")
+
+
+def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Candidates deferred on earlier nights: still valid ones compete again, others expire."""
+    cols = [c.name for c in deferred.columns]
+    with connect(store_url).connect() as conn:  # the driver's rows: dates are parsed below
+        fetched = conn.exec_driver_sql(f"SELECT {', '.join(cols)} FROM {deferred.name}").all()
+    # Column by column: a frame built from row objects probes each row (slow at 300k rows).
+    columns = zip(*fetched, strict=True) if fetched else ([] for _ in cols)
+    rows = pd.DataFrame({c: list(v) for c, v in zip(cols, columns, strict=True)})
+    if rows.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    rows["valid_until"] = pd.to_datetime(rows["valid_until"]).dt.date
+    rows["last_order_date"] = pd.to_datetime(rows["last_order_date"]).dt.date
+    gone = rows["valid_until"] < as_of
+    # A program switched off since: its waiting messages expire with it.
+    off = ~rows["program"].isin(list(programs))
+    ended = rows.loc[gone | off]
+    expired = ended.assign(
+        fate="expired",
+        why=np.where(gone.loc[gone | off],
+                     "deferred until " + ended["valid_until"].astype(str)
+                     + ", no longer relevant",
+                     "the program was disabled while the message waited"),
+    )[[*_KEY, "fate", "why"]]
+    if len(expired):
+        with connect(store_url).begin() as conn:
+            _forget(conn, expired)
+    waiting = rows.loc[~(gone | off)].drop(columns=["last_reason"]).reset_index(drop=True)
+    signal_rows = pd.read_json(io.StringIO("\n".join(waiting.pop("context"))), lines=True,
+                               dtype=False, convert_dates=False).reindex(
+        columns=list(_SIGNAL_KEEP))
+    waiting = pd.concat([waiting, signal_rows.drop(columns=["valid_until"])], axis=1)
+    return waiting, expired
+
+
+def _merge(fresh: pd.DataFrame, waiting: pd.DataFrame) -> pd.DataFrame:
+    """Tonight's candidates: fresh signals, plus deferred ones the signals no longer produce."""
+    if waiting.empty or fresh.empty:
+        return (fresh if waiting.empty else waiting).reset_index(drop=True)
+    seen = pd.MultiIndex.from_frame(fresh[_KEY])
+    extra = waiting.loc[~pd.MultiIndex.from_frame(waiting[_KEY]).isin(seen)]
+    return pd.concat([fresh, extra], ignore_index=True)
+
+
+def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
+    """Blocked but still valid -> 'deferred' (kept in the store); claimed/final -> forgotten."""
+    d = decided.reset_index(drop=True)
+    blocked = d["fate"].astype(str).str.startswith(DEFERRABLE)
+    until = (_iso_dates(d["valid_until"]) if "valid_until" in d
+             else pd.Series([None] * len(d), index=d.index, dtype=object))
+    valid = until.notna() & (until.fillna("") >= as_of.isoformat())
+    defer = blocked & valid
+    d.loc[defer, "why"] = (d.loc[defer, "fate"] + ": " + d.loc[defer, "why"].astype(str)
+                           + "; deferred: still valid until " + until[defer])
+    d.loc[defer, "fate"] = "deferred"
+
+    _forget(conn, d)
+    later = d.loc[defer]
+    if len(later):
+        # What the candidate needs to compete (and be rendered) later, as JSON, written in one
+        # vectorised call (a night can defer hundreds of thousands of candidates).
+        keep = later.reindex(columns=list(_SIGNAL_KEEP))
+        keep["due_date"] = _iso_dates(keep["due_date"])
+        keep["valid_until"] = until[defer]
+        contexts = keep.to_json(orient="records", lines=True).rstrip("\n").split("\n")
+        ledger.bulk_rows(conn, deferred.name, {
+            "customer_id": later["customer_id"].astype(str).to_numpy(dtype=object),
+            "program": later["program"].astype(str).to_numpy(dtype=object),
+            "occurrence": later["occurrence"].astype(str).to_numpy(dtype=object),
+            "kind": later["kind"].astype(str).to_numpy(dtype=object),
+            "priority": later["priority"].astype(np.int64).to_numpy(),
+            "score": later["score"].astype(float).to_numpy(),
+            "cooldown_days": later["cooldown_days"].astype(np.int64).to_numpy(),
+            "valid_until": until[defer].to_numpy(dtype=object),
+            "last_order_date": _iso_dates(later["last_order_date"]).to_numpy(dtype=object),
+            "context": np.array(contexts, dtype=object),
+            "first_deferred_on": np.full(len(later), as_of.isoformat(), dtype=object),
+            "last_reason": later["why"].astype(str).to_numpy(dtype=object),
+        })
+    return d
+
+
+def _iso_dates(values: pd.Series) -> pd.Series:
+    """Dates (date objects, timestamps or ISO text) as ``YYYY-MM-DD`` text, None when absent."""
+    days = pd.to_datetime(values.astype(object).where(values.notna(), None).astype(str)
+                          .str.slice(0, 10), errors="coerce", format="%Y-%m-%d")
+    out = days.dt.strftime("%Y-%m-%d").astype(object)
+    return out.where(days.notna(), None)

@@ -1,0 +1,323 @@
+"""send_batch + the ledger + the real SendGrid backend against the local stand-in.
+
+A demo night is planned for real (demo shop -> ingest -> plan), then sent through HTTP to the
+stand-in with faults. The stand-in's request log is the truth: the ledger must agree with it for
+every message, and no message may ever be accepted twice. Runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from _support import private_pg_schema
+from sqlalchemy import select, update
+
+from tend import messages
+from tend.config import ShopSettings
+from tend.delivery import DeliveryResult, OutgoingMessage, engine
+from tend.delivery.sendgrid import SendGridBackend, SendGridSettings
+from tend.dev.demo import generate_demo_shop
+from tend.dev.fake_sendgrid import FaultPlan, RunningFake, run_in_thread
+from tend.errors import DeliveryAuthError, DeliveryError
+from tend.features import ingest
+from tend.programs import plan
+from tend.programs.caps import SendWindow
+from tend.store import ledger as store_ledger
+from tend.store import migrate
+from tend.store.db import connect
+from tend.store.tables import contact_ledger
+
+NIGHT = dt.date(2026, 11, 20)
+SETTINGS = ShopSettings.from_env({})
+KEY = "SG.send-batch-test"
+AMBIGUOUS = {"500", "slow", "drop", "reset"}
+ALWAYS_OPEN = SendWindow(dt.time(0, 0), dt.time(23, 59, 59))
+
+
+@pytest.fixture(scope="module",
+                params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def planned_night(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[tuple[str, plan.PlanResult]]:
+    """A demo night planned once per backend; each test starts from its claimed ledger."""
+    folder = tmp_path_factory.mktemp("night")
+    shop_url = f"sqlite:///{folder / 'shop.db'}"
+    generate_demo_shop(shop_url, customers=400, seed=11, as_of=NIGHT)
+    with ExitStack() as stack:
+        store_url = (f"sqlite:///{folder / 'store.db'}" if request.param == "sqlite"
+                     else stack.enter_context(private_pg_schema()))
+        yield store_url, _plan(shop_url, store_url)
+
+
+def _plan(shop_url: str, store_url: str) -> plan.PlanResult:
+    migrate(store_url)
+    ingest.run_ingest(shop_url, store_url, NIGHT, "r1")
+    result = plan.plan_night(shop_url, store_url, NIGHT, "run-1", settings=SETTINGS,
+                                renderer=messages.default_renderer(SETTINGS), secret="s",
+                                batch_size=100)
+    assert result.claimed() > 50
+    return result
+
+
+@pytest.fixture
+def store_url(planned_night: tuple[str, plan.PlanResult]) -> str:
+    """The planned store, every message back to 'claimed' (as right after planning)."""
+    url = planned_night[0]
+    with connect(url).begin() as conn:
+        conn.execute(update(contact_ledger).values(status="claimed", provider_id=None, error=None,
+                                                   sending_at=None, finished_at=None))
+    return url
+
+
+@pytest.fixture
+def planned(planned_night: tuple[str, plan.PlanResult], store_url: str) -> plan.PlanResult:
+    return planned_night[1]
+
+
+@pytest.fixture
+def fake() -> Iterator[RunningFake]:
+    with run_in_thread(api_key=KEY, faults=FaultPlan(latency_ms=1)) as running:
+        yield running
+
+
+def sendgrid(fake: RunningFake, **changes: Any) -> SendGridBackend:
+    opts: dict[str, Any] = {"api_key": KEY, "base_url": fake.url, "chunk_size": 20,
+                            "max_in_flight": 8, "read_timeout": 0.3, "backoff_base": 0.01,
+                            "backoff_max": 0.05, "max_attempts": 8, **changes}
+    return SendGridBackend(SendGridSettings(**opts))
+
+
+def send_all(store_url: str, planned: plan.PlanResult, backend: Any,
+             **kwargs: Any) -> Counter[str]:
+    total: Counter[str] = Counter()
+    kwargs.setdefault("send_window", ALWAYS_OPEN)
+    for b in planned.batches:
+        total.update(engine.send_batch(store_url, NIGHT, b, backend=backend,
+                                        renderer=messages.default_renderer(SETTINGS),
+                                        settings=SETTINGS,
+                                        **kwargs).counts)
+    return total
+
+
+def ledger(store_url: str) -> dict[str, dict[str, Any]]:
+    with connect(store_url).connect() as conn:
+        rows = conn.execute(select(contact_ledger)).mappings().all()
+    return {r["message_id"]: dict(r) for r in rows}
+
+
+def test_ten_percent_mixed_faults_every_message_ends_in_the_right_state(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake) -> None:
+    kinds = ("429", "503", "500", "slow", "drop", "reset", "400")
+    # 10% random faults (seeded per message), plus one of each kind so every path is exercised.
+    ids = sorted(ledger(store_url))
+    fake.fake.set_faults(FaultPlan(
+        rate=0.1, kinds=kinds, seed=6, reset_ms=50, slow_ms=800, latency_ms=1,
+        by_message={mid: [kind] for mid, kind in zip(ids[::9], kinds, strict=False)}))
+    with sendgrid(fake) as backend:
+        counts = send_all(store_url, planned, backend)
+
+    requests: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in fake.fake.request_log():
+        requests[r["tend_message_id"]].append(r)
+    rows = ledger(store_url)
+    injected = Counter(r["outcome"] for rs in requests.values() for r in rs)
+    assert {"429", "503", "500", "slow", "drop", "reset", "400"} <= set(injected), injected
+    assert set(requests) == set(rows)  # every claimed message was tried...
+    for mid, row in rows.items():
+        outcomes = [r["outcome"] for r in requests[mid]]
+        last = requests[mid][-1]
+        # ...retried only after answers that prove SendGrid did not take it...
+        assert all(o in ("429", "503") for o in outcomes[:-1]), (mid, outcomes)
+        # ...and it ends in the state the last answer implies.
+        if last["outcome"] == "202":
+            assert (row["status"], row["provider_id"]) == ("sent", last["x_message_id"])
+        elif last["outcome"] in AMBIGUOUS:
+            assert row["status"] == "unknown", (mid, outcomes, row)
+        else:
+            assert last["outcome"] == "400" and row["status"] == "failed"
+            assert row["error"].startswith("SendGrid 400: content: ")
+    assert max(fake.fake.accepted_counts().values()) == 1  # no duplicate, ever
+    assert counts == Counter(r["status"] for r in rows.values())
+    assert counts["unknown"] > 0 and counts["failed"] > 0 and counts["sent"] > 0
+
+
+def test_rejected_key_mid_chunk_releases_only_what_never_left(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake) -> None:
+    ids = sorted(ledger(store_url))
+    fake.fake.set_faults(FaultPlan(latency_ms=1, by_message={ids[30]: ["401"]}))
+    with sendgrid(fake) as backend, \
+            pytest.raises(DeliveryAuthError, match="sendgrid_default"):
+        send_all(store_url, planned, backend)
+    rows = ledger(store_url)
+    accepted = fake.fake.accepted_counts()
+    statuses = Counter(r["status"] for r in rows.values())
+    assert set(statuses) == {"sent", "claimed"}  # nothing left 'sending', nothing lost
+    assert {m for m, r in rows.items() if r["status"] == "sent"} == set(accepted)
+    assert statuses["sent"] >= 20  # the first chunk, and what completed of the second
+
+    fake.fake.set_faults(FaultPlan(latency_ms=1))
+    with sendgrid(fake) as backend:
+        send_all(store_url, planned, backend)
+    assert Counter(r["status"] for r in ledger(store_url).values()) == {"sent": len(rows)}
+    assert set(fake.fake.accepted_counts().values()) == {1}
+
+
+def test_an_unavailable_sendgrid_leaves_messages_claimed_for_the_retry(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake) -> None:
+    fake.fake.set_faults(FaultPlan(latency_ms=1, rate=1.0, kinds=("503",)))
+    with sendgrid(fake, max_attempts=2) as backend, \
+            pytest.raises(DeliveryError, match="unavailable after 2 attempts"):
+        send_all(store_url, planned, backend)
+    assert {r["status"] for r in ledger(store_url).values()} == {"claimed"}
+    fake.fake.set_faults(FaultPlan(latency_ms=1))
+    with sendgrid(fake) as backend:
+        assert send_all(store_url, planned, backend)["sent"] == planned.claimed()
+
+
+class Inspecting:
+    """Delegates to a backend, checking the ledger every time a chunk is handed over."""
+
+    name = "inspecting"
+    chunk_size = 15
+
+    def __init__(self, store_url: str, inner: Any, chunks_in_flight: int = 1) -> None:
+        self.store_url, self.inner = store_url, inner
+        self.chunks_in_flight = chunks_in_flight
+        self.sending_seen: list[int] = []
+        self.sizes: list[int] = []
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        rows = ledger(self.store_url)
+        sending = {m for m, r in rows.items() if r["status"] == "sending"}
+        mine = {m.message_id for m in messages}
+        assert mine <= sending  # marked before it was handed over
+        if self.chunks_in_flight == 1:
+            assert sending == mine  # ...and nothing else is in flight
+        self.sending_seen.append(len(sending))
+        self.sizes.append(len(messages))
+        return self.inner.send(messages)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_at_most_the_backends_window_of_chunks_is_sending(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake, window: int) -> None:
+    fake.fake.set_faults(FaultPlan(latency_ms=5))
+    backend = Inspecting(store_url, sendgrid(fake), chunks_in_flight=window)
+    send_all(store_url, planned, backend)
+    backend.close()
+    assert max(backend.sending_seen) <= 15 * window  # the bound on ambiguous messages
+    if window == 2:
+        assert max(backend.sending_seen) > 15  # two chunks really were in flight together
+    assert sum(backend.sizes) == planned.claimed()
+    assert {r["status"] for r in ledger(store_url).values()} == {"sent"}
+
+
+class Exploding:
+    name = "exploding"
+    chunk_size = 10
+
+    def send(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        raise DeliveryError("the provider library blew up mid-chunk")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_backend_that_cannot_say_what_left_makes_its_chunk_unknown(
+        planned: plan.PlanResult, store_url: str) -> None:
+    with pytest.raises(DeliveryError, match="blew up"):
+        send_all(store_url, planned, Exploding())
+    statuses = Counter(r["status"] for r in ledger(store_url).values())
+    assert statuses == {"unknown": 10, "claimed": planned.claimed() - 10}
+
+
+def test_progress_lines_and_a_summary_table(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake,
+        caplog: pytest.LogCaptureFixture) -> None:
+    ticks = iter(range(0, 10_000, 7))  # every clock reading is 7 s after the previous one
+    caplog.set_level(logging.INFO, logger="tend")
+    with sendgrid(fake) as backend:
+        result = engine.send_batch(store_url, NIGHT, planned.batches[0], backend=backend,
+                                    renderer=messages.default_renderer(SETTINGS), settings=SETTINGS,
+                                    clock=lambda: float(next(ticks)), send_window=ALWAYS_OPEN)
+    progress = [r.getMessage() for r in caplog.records if "done (sent" in r.getMessage()]
+    assert progress, caplog.text
+    assert "msg/s" in progress[-1] and "ETA" in progress[-1]
+    assert f"/{result.total:,} done" in progress[-1]
+    table = result.table_lines()
+    assert table[0].split() == ["batch", str(planned.batches[0]), "(sendgrid)", "messages"]
+    assert table[2].split() == ["sent", f"{result.counts['sent']:,}"]
+    assert [line.split()[0] for line in table[2:5]] == ["sent", "failed", "unknown"]
+    assert "render" in table[-1] and "waiting for sendgrid" in table[-1]
+    assert caplog.records[-1].getMessage() == table[-1]  # the task log ends with the table
+
+
+def test_quiet_hours_schedule_delivery_for_the_next_opening(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake) -> None:
+    three_am_utc = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.UTC)  # 22:00 in Montréal
+    with sendgrid(fake) as backend:
+        engine.send_batch(store_url, NIGHT, planned.batches[0], backend=backend,
+                           renderer=messages.default_renderer(SETTINGS), settings=SETTINGS,
+                           send_window=SendWindow(dt.time(9), dt.time(20)),
+                           wall_clock=lambda: three_am_utc)
+    window = SendWindow(dt.time(9), dt.time(20))
+    with connect(store_url).connect() as conn:
+        contexts = store_ledger.contexts_of(conn, list(ledger(store_url)))
+    seen = {}
+    for m in fake.fake.messages():
+        tz = json.loads(contexts[m["tend_message_id"]]).get("timezone")
+        expected = window.next_send_time(three_am_utc, tz, "America/Toronto")
+        assert m["send_at"] == (None if expected is None else int(expected.timestamp()))
+        seen[tz] = m["send_at"]
+    nine_am_toronto = dt.datetime(2026, 11, 21, 14, 0, tzinfo=dt.UTC)  # EST = UTC-5
+    assert seen["America/Toronto"] == int(nine_am_toronto.timestamp())
+    assert len(set(seen.values())) > 1  # each customer's own morning
+
+
+def test_transactional_mail_is_not_held_by_quiet_hours() -> None:
+    ctx = ('{"template": "winback", "locale": "en", "timezone": "America/Toronto", '
+           '"customer": {"email": "a@example.com"}}')
+    row = SimpleNamespace(message_id="m", customer_id="C1", program="receipt",
+                          kind="transactional", run_id="r", context=ctx)
+
+    class FakeRenderer:
+        def render(self, *args: Any, **kwargs: Any) -> Any:
+            return type("R", (), {"subject": "s", "text": "t", "html": "h", "headers": {}})()
+
+    night = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.UTC)
+    window = SendWindow(dt.time(9), dt.time(20))
+    assert engine._message(row, FakeRenderer(), SETTINGS, window, night).send_at is None
+    row.kind = "marketing"
+    assert engine._message(row, FakeRenderer(), SETTINGS, window, night).send_at == (
+        dt.datetime(2026, 11, 21, 14, 0, tzinfo=dt.UTC))
+
+
+def test_results_of_a_finished_chunk_are_recorded_even_if_the_worker_is_interrupted(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (KeyboardInterrupt here) while the next chunk renders: the chunk in flight is
+    still recorded, so it does not become 'unknown' on the retry."""
+    calls = {"n": 0}
+    real = engine._message
+
+    def interrupt_second_chunk(*args: Any, **kwargs: Any) -> OutgoingMessage:
+        calls["n"] += 1
+        if calls["n"] == 25:  # rendering the second chunk of 20
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_message", interrupt_second_chunk)
+    with sendgrid(fake) as backend, pytest.raises(KeyboardInterrupt):
+        send_all(store_url, planned, backend)
+    statuses = Counter(r["status"] for r in ledger(store_url).values())
+    assert statuses == {"sent": 20, "claimed": planned.claimed() - 20}

@@ -1,0 +1,75 @@
+"""Who may be contacted, by kind of message: CASL's rules, table-driven."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from tend.programs.consent import consent_fates, is_valid_email
+
+NIGHT = dt.date(2026, 11, 20)
+RECENT = NIGHT - dt.timedelta(days=100)
+OLD = NIGHT - dt.timedelta(days=800)
+
+
+def customer(**over: object) -> dict[str, object]:
+    base = {"customer_id": "C1", "email": "marie@example.com", "marketing_consent": "express",
+            "unsubscribed_at": pd.NaT}
+    return base | over
+
+
+@pytest.mark.parametrize(
+    ("cust", "kind", "last_order", "supp", "expected"),
+    [
+        (customer(), "marketing", RECENT, None, None),
+        (customer(marketing_consent="implied"), "marketing", RECENT, None, None),
+        (customer(marketing_consent="implied"), "marketing", OLD, None, "no_consent"),
+        (customer(marketing_consent="none"), "marketing", RECENT, None, "no_consent"),
+        (customer(marketing_consent=None), "marketing", RECENT, None, "no_consent"),
+        (customer(marketing_consent="none"), "transactional", RECENT, None, None),
+        (customer(email="bob@"), "marketing", RECENT, None, "suppressed:invalid_address"),
+        (customer(email="bob@"), "transactional", RECENT, None, "suppressed:invalid_address"),
+        (customer(unsubscribed_at=pd.Timestamp("2026-01-01", tz="UTC")), "marketing", RECENT,
+         None, "suppressed:unsubscribed"),
+        (customer(unsubscribed_at=pd.Timestamp("2026-12-01", tz="UTC")), "marketing", RECENT,
+         None, None),  # unsubscribed after the night being replayed
+        (customer(), "marketing", RECENT, "unsubscribed", "suppressed:unsubscribed"),
+        (customer(), "transactional", RECENT, "unsubscribed", None),
+        (customer(), "marketing", RECENT, "hard_bounce", "suppressed:hard_bounce"),
+        (customer(), "transactional", RECENT, "hard_bounce", "suppressed:hard_bounce"),
+        (customer(), "marketing", RECENT, "spam_report", "suppressed:spam_report"),
+        (customer(), "service", RECENT, "do_not_disturb", "suppressed:do_not_disturb"),
+        (customer(), "marketing", RECENT, "complaint", "suppressed:complaint"),
+        (customer(), "service", RECENT, "complaint", None),  # service continues
+    ],
+)
+def test_fates(cust: dict, kind: str, last_order: dt.date, supp: str | None,
+               expected: str | None) -> None:
+    cands = pd.DataFrame([{"customer_id": "C1", "kind": kind, "last_order_date": last_order}])
+    sup = pd.DataFrame([{"customer_id": "C1", "reason": supp}] if supp else [],
+                       columns=["customer_id", "reason"])
+    out = consent_fates(cands, pd.DataFrame([cust]), sup, NIGHT)
+    fate = out.loc[0, "fate"]
+    assert (None if pd.isna(fate) else fate) == expected
+    if expected:
+        assert out.loc[0, "why"]
+
+
+def test_unknown_customer_is_never_contacted() -> None:
+    cands = pd.DataFrame([{"customer_id": "C404", "kind": "marketing",
+                           "last_order_date": RECENT}])
+    out = consent_fates(cands, pd.DataFrame([customer()]),
+                        pd.DataFrame(columns=["customer_id", "reason"]), NIGHT)
+    assert out.loc[0, "fate"] == "suppressed:unknown_customer"
+
+
+@pytest.mark.parametrize(
+    ("email", "ok"),
+    [("a@example.com", True), ("a.b+c@sub.example.org", True), ("no-at-sign.example.com", False),
+     ("bob@", False), ("a b@example.com", False), ("x@localhost", False), (None, False),
+     ("<a@example.com>", False)],
+)
+def test_email_syntax(email: str | None, ok: bool) -> None:
+    assert is_valid_email(email) is ok

@@ -1,0 +1,244 @@
+"""The programs stage over several nights: arbitration, deferral, expiry, holdouts, consent."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from _support import copy_sqlite
+from sqlalchemy import select
+
+from tend import messages
+from tend.config import ShopSettings
+from tend.dev.demo import generate_demo_shop
+from tend.errors import LedgerError
+from tend.features import ingest
+from tend.programs import plan
+from tend.programs.registry import Registry, parse_registry
+from tend.store import ledger
+from tend.store.db import connect
+from tend.store.tables import (
+    contact_ledger,
+    context_batches,
+    decision_log,
+    deferred,
+    suppressions,
+)
+
+MONDAY = dt.date(2026, 11, 16)
+SETTINGS = ShopSettings.from_env({})
+
+
+def program(name: str, **over: Any) -> dict[str, Any]:
+    base = {"name": name, "signal": "lapsed", "template": "winback", "kind": "marketing",
+            "priority": 50, "cooldown_days": 0, "validity_days": 14}
+    return base | over
+
+
+def registry(*programs: dict[str, Any], caps: list[dict[str, int]] | None = None) -> Registry:
+    return parse_registry({"caps": caps if caps is not None else [{"messages": 1, "days": 3}],
+                           "programs": [copy.deepcopy(p) for p in programs]})
+
+
+@pytest.fixture(scope="module")
+def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("shop") / "shop.db"
+    generate_demo_shop(f"sqlite:///{path}", customers=250, seed=21, as_of=MONDAY)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def shop_url(demo_shop: str, tmp_path: Path) -> str:
+    return copy_sqlite(demo_shop, tmp_path / "shop.db")
+
+
+def night(shop_url: str, store_url: str, day: dt.date, reg: Registry) -> plan.PlanResult:
+    ingest.run_ingest(shop_url, store_url, day, f"i-{day}")
+    planned = plan.plan_night(shop_url, store_url, day, f"p-{day}", settings=SETTINGS,
+                                 renderer=messages.default_renderer(SETTINGS), secret="s",
+                                 registry=reg)
+    _mark_sent(store_url, day)
+    return planned
+
+
+def _mark_sent(store_url: str, day: dt.date) -> None:
+    """Skip rendering: walk every claimed message of the night to 'sent'."""
+    with connect(store_url).begin() as conn:
+        ids = list(conn.execute(select(contact_ledger.c.message_id).where(
+            contact_ledger.c.as_of == day, contact_ledger.c.status == "claimed")).scalars())
+        if ids:
+            ledger.mark_sending(conn, ids)
+            ledger.record_results(conn, [{"message_id": i, "status": "sent"} for i in ids])
+
+
+def decisions(store_url: str, day: dt.date | None = None) -> pd.DataFrame:
+    q = select(decision_log)
+    if day:
+        q = q.where(decision_log.c.as_of == day)
+    with connect(store_url).connect() as conn:
+        return pd.DataFrame(conn.execute(q).mappings().all())
+
+
+def test_a_loser_is_deferred_then_sent_when_the_cap_allows(shop_url: str,
+                                                         store_url: str) -> None:
+    reg = registry(program("first", priority=60), program("second", priority=50))
+    night(shop_url, store_url, MONDAY, reg)
+    d = decisions(store_url, MONDAY).set_index(["customer_id", "program"])
+    who = d.xs("first", level="program").query("fate == 'claimed'").index[0]
+    assert d.loc[(who, "second"), "fate"] == "deferred"
+    assert d.loc[(who, "second"), "reason"].startswith("lost_to:first")
+
+    night(shop_url, store_url, MONDAY + dt.timedelta(days=1), reg)
+    d1 = decisions(store_url, MONDAY + dt.timedelta(days=1)).set_index(["customer_id",
+                                                                        "program"])
+    assert d1.loc[(who, "second"), "fate"] == "deferred"
+    assert d1.loc[(who, "second"), "reason"].startswith("capped:3d")
+
+    thursday = MONDAY + dt.timedelta(days=3)
+    night(shop_url, store_url, MONDAY + dt.timedelta(days=2), reg)
+    night(shop_url, store_url, thursday, reg)
+    d3 = decisions(store_url, thursday).set_index(["customer_id", "program"])
+    assert d3.loc[(who, "second"), "fate"] == "claimed"
+    with connect(store_url).connect() as conn:
+        left = conn.execute(select(deferred).where(deferred.c.customer_id == who)).all()
+    assert left == []
+
+
+def test_a_deferred_message_expires_when_its_window_closes(shop_url: str,
+                                                          store_url: str) -> None:
+    reg = registry(
+        program("winback", priority=60),
+        program("newsletter", signal="newsletter", schedule={"weekly_on": "monday"},
+                priority=10, validity_days=2),
+    )
+    night(shop_url, store_url, MONDAY, reg)
+    mon = decisions(store_url, MONDAY)
+    lost = mon.loc[(mon["program"] == "newsletter") & (mon["fate"] == "deferred"),
+                   "customer_id"]
+    sent_nl = mon.loc[(mon["program"] == "newsletter") & (mon["fate"] == "claimed")]
+    assert len(lost) > 0 and len(sent_nl) > 0
+    who = lost.iloc[0]
+    for offset in (1, 2, 3):
+        night(shop_url, store_url, MONDAY + dt.timedelta(days=offset), reg)
+    everything = decisions(store_url)
+    story = everything.loc[(everything["customer_id"] == who)
+                           & (everything["program"] == "newsletter")]
+    fates = dict(zip(story["as_of"], story["fate"], strict=True))
+    assert fates[MONDAY + dt.timedelta(days=1)] == "deferred"  # capped:3d, still valid
+    assert fates[MONDAY + dt.timedelta(days=2)] == "deferred"
+    assert fates[MONDAY + dt.timedelta(days=3)] == "expired"
+    with connect(store_url).connect() as conn:
+        assert conn.execute(select(deferred).where(deferred.c.program == "newsletter")
+                            ).all() == []
+
+
+def test_newsletter_only_fires_on_its_day(shop_url: str, store_url: str) -> None:
+    reg = registry(program("newsletter", signal="newsletter", schedule={"monthly_on_day": 17},
+                           priority=10, validity_days=1))
+    assert night(shop_url, store_url, MONDAY, reg).candidates == 0
+    tuesday = night(shop_url, store_url, MONDAY + dt.timedelta(days=1), reg)
+    assert tuesday.claimed() > 0
+    with connect(store_url).connect() as conn:
+        occurrences = set(conn.execute(select(contact_ledger.c.occurrence)).scalars())
+    assert occurrences == {"newsletter::2026-11-17"}
+
+
+def test_holdout_customers_are_recorded_and_receive_nothing(shop_url: str,
+                                                            store_url: str) -> None:
+    reg = registry(program("winback", holdout_share=0.5), caps=[])
+    night(shop_url, store_url, MONDAY, reg)
+    d = decisions(store_url, MONDAY)
+    held = set(d.loc[d["fate"] == "held_out", "customer_id"])
+    claimed = set(d.loc[d["fate"] == "claimed", "customer_id"])
+    assert held and claimed and not held & claimed
+    assert d.loc[d["fate"] == "held_out", "reason"].str.contains("control group").all()
+    # a customer eligible on both nights is held out on both or on neither (same quarter)
+    night(shop_url, store_url, MONDAY + dt.timedelta(days=1), reg)
+    d1 = decisions(store_url, MONDAY + dt.timedelta(days=1))
+    both = set(d1["customer_id"]) & set(d["customer_id"])
+    assert both
+    assert set(d1.loc[d1["fate"] == "held_out", "customer_id"]) & both == held & both
+
+
+def test_an_open_complaint_pauses_marketing_but_not_service(shop_url: str,
+                                                            store_url: str) -> None:
+    reg = registry(program("winback", priority=60),
+                   program("care", kind="service", priority=10), caps=[])
+    ingest.run_ingest(shop_url, store_url, MONDAY, "i")
+    # find a customer both programs want, then file a complaint for them
+    night(shop_url, f"{store_url}", MONDAY, reg)
+    d = decisions(store_url, MONDAY)
+    who = d.loc[(d["program"] == "winback") & (d["fate"] == "claimed"), "customer_id"].iloc[0]
+    with connect(store_url).begin() as conn:
+        conn.execute(suppressions.insert().values(
+            customer_id=who, reason="complaint", source="support", created_at=ledger.now()))
+    later = MONDAY + dt.timedelta(days=200)  # past every cooldown; still lapsed
+    night(shop_url, store_url, later, reg)
+    d2 = decisions(store_url, later).set_index(["customer_id", "program"])
+    assert d2.loc[(who, "winback"), "fate"] == "suppressed:complaint"
+    assert d2.loc[(who, "care"), "fate"] in ("claimed", "already_claimed")
+
+
+def test_disabling_a_program_expires_its_waiting_messages(shop_url: str,
+                                                         store_url: str) -> None:
+    both = registry(program("first", priority=60), program("second", priority=50))
+    night(shop_url, store_url, MONDAY, both)
+    only_first = registry(program("first", priority=60))
+    night(shop_url, store_url, MONDAY + dt.timedelta(days=1), only_first)
+    d = decisions(store_url, MONDAY + dt.timedelta(days=1))
+    expired = d.loc[d["program"] == "second"]
+    assert len(expired) and (expired["fate"] == "expired").all()
+    assert expired["reason"].str.contains("disabled").all()
+
+
+def _plan(shop_url: str, store_url: str, day: dt.date, reg: Registry, run: str
+          ) -> plan.PlanResult:
+    return plan.plan_night(shop_url, store_url, day, run, settings=SETTINGS,
+                              renderer=messages.default_renderer(SETTINGS),
+                              secret="s", registry=reg)
+
+
+def _contexts(store_url: str, day: dt.date) -> dict[str, str]:
+    with connect(store_url).connect() as conn:
+        ids = list(conn.execute(select(contact_ledger.c.message_id).where(
+            contact_ledger.c.as_of == day)).scalars())
+        return ledger.contexts_of(conn, ids)
+
+
+def test_contexts_are_stored_after_the_claim_and_a_rerun_completes_them(
+        shop_url: str, store_url: str) -> None:
+    """The claim commits keys only; the contexts follow. A stage stopped in between leaves
+    claims without contexts, which its rerun builds from the same candidates."""
+    reg = registry(program("first", priority=60), program("second", priority=50))
+    ingest.run_ingest(shop_url, store_url, MONDAY, "i")
+    first = _plan(shop_url, store_url, MONDAY, reg, "p1")
+    stored = _contexts(store_url, MONDAY)
+    assert first.claimed() > 0 and len(stored) == first.claimed()
+    with connect(store_url).begin() as conn:  # as if the stage had stopped after its claim
+        conn.execute(context_batches.delete())
+        assert len(ledger.claims_without_contexts(conn, MONDAY)) == first.claimed()
+        with pytest.raises(LedgerError, match="no stored render context"):
+            ledger.next_claimed(conn, MONDAY, first.batches[0], 10)
+    again = _plan(shop_url, store_url, MONDAY, reg, "p2")
+    assert again.claimed() == 0  # nothing new claimed ...
+    assert _contexts(store_url, MONDAY) == stored  # ... and the same contexts rebuilt
+
+
+def test_a_claim_whose_candidate_is_gone_is_failed_not_sent(shop_url: str,
+                                                            store_url: str) -> None:
+    ingest.run_ingest(shop_url, store_url, MONDAY, "i")
+    _plan(shop_url, store_url, MONDAY, registry(program("first")), "p1")
+    with connect(store_url).begin() as conn:
+        conn.execute(context_batches.delete())
+    # the rerun's registry no longer has the program: its messages cannot be rebuilt
+    _plan(shop_url, store_url, MONDAY, registry(program("other", signal="first_purchase",
+                                                        template="thank_you")), "p2")
+    with connect(store_url).connect() as conn:
+        rows = conn.execute(select(contact_ledger.c.program, contact_ledger.c.status,
+                                   contact_ledger.c.error)).all()
+    gone = [r for r in rows if r.program == "first"]
+    assert gone and all(r.status == "failed" and "no render context" in r.error for r in gone)
