@@ -12,13 +12,13 @@ Replay any night: `airflow dags test tend_ingest 2026-11-20`.
 
 from __future__ import annotations
 
-import os
-
 import pendulum
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
 
+from tend import config
+
 CUSTOMER_FEATURES = Asset(uri="tend://customer_features", name="tend_customer_features")
-TZ = os.environ.get("TEND_TIMEZONE", "America/Toronto")
+TZ = config.business_timezone()
 
 
 @dag(

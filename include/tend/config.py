@@ -14,6 +14,7 @@ the functions here; this module never imports airflow.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,74 @@ def unsubscribe_secret() -> str:
     so that a demo works out of the box, and is announced as unsuitable in the README.
     """
     return os.environ.get("TEND_SECRET_KEY") or f"tend-demo-secret:{PROJECT_ROOT}"
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment, for the settings classes that parse a family of variables
+    (``TEND_SENDGRID_*``, ``TEND_SMTP_URL``); they take any mapping so tests can pass their own."""
+    return os.environ
+
+
+def delivery_pinned() -> bool:
+    """Whether ``TEND_DELIVERY`` is set: a deployment that pins it wins over the Variable."""
+    return bool((os.environ.get("TEND_DELIVERY") or "").strip())
+
+
+DEFAULT_TIMEZONE = "America/Toronto"
+
+
+def business_timezone() -> str:
+    """``TEND_TIMEZONE``: the shop's timezone, for the nightly schedule and for the quiet hours
+    of customers whose own timezone is unknown."""
+    name = (os.environ.get("TEND_TIMEZONE") or "").strip() or DEFAULT_TIMEZONE
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(name)
+    except Exception as exc:  # ZoneInfoNotFoundError, ValueError for malformed keys
+        raise ConfigError(
+            f"TEND_TIMEZONE={name!r} is not an IANA timezone ({exc}); use e.g. America/Toronto"
+        ) from exc
+    return name
+
+
+def programs_file() -> Path | None:
+    """``TEND_PROGRAMS_FILE``: a programs.yaml to use instead of the bundled one (None: bundled)."""
+    value = (os.environ.get("TEND_PROGRAMS_FILE") or "").strip()
+    return Path(value) if value else None
+
+
+def claim_work_mem() -> str:
+    """``TEND_CLAIM_WORK_MEM``: PostgreSQL ``work_mem`` for the ledger claim's transaction.
+
+    The server default (4MB) makes a million-candidate join spill to disk in many batches.
+    """
+    value = (os.environ.get("TEND_CLAIM_WORK_MEM") or "").strip() or "256MB"
+    if not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)?", value):
+        raise ConfigError(
+            f"TEND_CLAIM_WORK_MEM={value!r} is not a PostgreSQL memory size; use e.g. 256MB or 1GB"
+        )
+    return value
+
+
+def product_url_pattern() -> str | None:
+    """``TEND_PRODUCT_URL``: the storefront's product page, with ``{sku}`` where the sku goes."""
+    value = (os.environ.get("TEND_PRODUCT_URL") or "").strip()
+    if value and "{sku}" not in value:
+        raise ConfigError(
+            f"TEND_PRODUCT_URL={value!r} has no {{sku}}; use e.g. https://shop.example/p/{{sku}}"
+        )
+    return value or None
+
+
+def chromium_path() -> str | None:
+    """``TEND_CHROMIUM``: the browser the previews and browser tests use (None: search PATH)."""
+    return (os.environ.get("TEND_CHROMIUM") or "").strip() or None
+
+
+def sendgrid_uvloop() -> bool:
+    """``TEND_SENDGRID_UVLOOP=0`` runs the SendGrid sender on asyncio's loop, not uvloop."""
+    return (os.environ.get("TEND_SENDGRID_UVLOOP") or "1").strip() != "0"
 
 
 @dataclass(frozen=True)

@@ -56,11 +56,9 @@ def store_url() -> str:
 
 def delivery_name() -> str:
     """The env var TEND_DELIVERY wins (deployments pin it); else the Variable; else outbox."""
-    import os
-
     from airflow.sdk import Variable
 
-    if os.environ.get("TEND_DELIVERY"):
+    if config.delivery_pinned():
         return config.delivery_backend()
     return config.delivery_backend(Variable.get(DELIVERY_VARIABLE, default=None))
 

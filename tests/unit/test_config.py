@@ -70,3 +70,41 @@ def test_empty_settings_count_as_unset() -> None:
     d = config.ShopSettings.from_env({})
     assert s == d
     assert s.reply_to is None and s.website_url is None
+
+
+def test_settings_read_at_call_time_with_fix_it_errors(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    for var in ("TEND_TIMEZONE", "TEND_PROGRAMS_FILE", "TEND_CLAIM_WORK_MEM",
+                "TEND_PRODUCT_URL", "TEND_CHROMIUM", "TEND_SENDGRID_UVLOOP", "TEND_DELIVERY"):
+        monkeypatch.delenv(var, raising=False)
+    assert config.business_timezone() == config.DEFAULT_TIMEZONE
+    assert config.programs_file() is None
+    assert config.claim_work_mem() == "256MB"
+    assert config.product_url_pattern() is None
+    assert config.chromium_path() is None
+    assert config.sendgrid_uvloop() is True
+    assert config.delivery_pinned() is False
+
+    monkeypatch.setenv("TEND_TIMEZONE", "Europe/Paris")
+    monkeypatch.setenv("TEND_PROGRAMS_FILE", str(tmp_path / "programs.yaml"))
+    monkeypatch.setenv("TEND_CLAIM_WORK_MEM", "1GB")
+    monkeypatch.setenv("TEND_PRODUCT_URL", "https://shop.example/p/{sku}")
+    monkeypatch.setenv("TEND_SENDGRID_UVLOOP", "0")
+    monkeypatch.setenv("TEND_DELIVERY", "smtp")
+    assert config.business_timezone() == "Europe/Paris"
+    assert config.programs_file() == tmp_path / "programs.yaml"
+    assert config.claim_work_mem() == "1GB"
+    assert config.product_url_pattern() == "https://shop.example/p/{sku}"
+    assert config.sendgrid_uvloop() is False
+    assert config.delivery_pinned() is True
+
+    for var, bad, hint in (("TEND_TIMEZONE", "Mars/Olympus", "America/Toronto"),
+                           ("TEND_CLAIM_WORK_MEM", "lots", "256MB"),
+                           ("TEND_PRODUCT_URL", "https://shop.example/p/", "{sku}")):
+        monkeypatch.setenv(var, bad)
+        getter = {"TEND_TIMEZONE": config.business_timezone,
+                  "TEND_CLAIM_WORK_MEM": config.claim_work_mem,
+                  "TEND_PRODUCT_URL": config.product_url_pattern}[var]
+        with pytest.raises(ConfigError, match=var) as err:
+            getter()
+        assert hint in str(err.value)

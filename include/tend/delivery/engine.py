@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from tend import config
 from tend.config import ShopSettings
 from tend.delivery.base import (
     DeliveryBackend,
@@ -147,7 +148,6 @@ def send_batch(
     registry's ``send_window``) in the customer's timezone gets ``send_at`` = the next opening,
     which SendGrid honours (``send_at``) and the outbox/SMTP record (``X-Tend-Send-At``).
     """
-    import os
 
     if send_window is None:
         from tend.programs.registry import load_registry
@@ -155,7 +155,7 @@ def send_batch(
         send_window = load_registry().send_window
     window = send_window
     # Quiet hours for a customer without a known timezone: the business timezone.
-    business_tz = os.environ.get("TEND_TIMEZONE", "America/Toronto")
+    business_tz = config.business_timezone()
     now_utc = wall_clock or (lambda: dt.datetime.now(dt.UTC))
     engine = connect(store_url)
     size = chunk_size or chunk_size_of(backend)
@@ -324,7 +324,7 @@ def _record_stopped(chunk: _Chunk, exc: DeliveryError, record: Callable[..., Non
 
 def _message(row: Any, renderer: Renderer, settings: ShopSettings,
              window: SendWindow | None = None, now: dt.datetime | None = None,
-             business_tz: str = "America/Toronto") -> OutgoingMessage:
+             business_tz: str = config.DEFAULT_TIMEZONE) -> OutgoingMessage:
     ctx = context_for_render(row.context)
     customer = ctx["customer"]
     rendered = renderer.render(ctx["template"], ctx["locale"], ctx,

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -61,6 +60,7 @@ except ImportError:  # pragma: no cover
     def _encode(doc: Any) -> bytes:
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
+from tend import config
 from tend.delivery.base import (
     AuthRejected,
     DeliveryResult,
@@ -168,7 +168,7 @@ class SendGridSettings:
         ``TEND_SENDGRID_MAX_IN_FLIGHT``, ``TEND_SENDGRID_CHUNK_SIZE``,
         ``TEND_SENDGRID_CHUNKS_IN_FLIGHT``,
         ``TEND_SENDGRID_CONNECT_TIMEOUT``, ``TEND_SENDGRID_READ_TIMEOUT``."""
-        env = os.environ if env is None else env
+        env = config.environment() if env is None else env
         key = env.get("TEND_SENDGRID_API_KEY") or env.get("SENDGRID_API_KEY") or ""
         if not key.strip():
             raise ConfigError(
@@ -210,7 +210,7 @@ class SendGridSettings:
                     "http" if host in ("localhost", "127.0.0.1", "::1") else "https"))
                 port = getattr(conn, "port", None)
                 opts["base_url"] = f"{scheme}://{host}" + (f":{port}" if port else "")
-        env = os.environ if env is None else env
+        env = config.environment() if env is None else env
         if env.get("TEND_SENDGRID_SANDBOX"):
             opts["sandbox"] = _flag(env["TEND_SENDGRID_SANDBOX"], "TEND_SENDGRID_SANDBOX")
         return cls(api_key=key, **opts)
@@ -356,7 +356,7 @@ _NOT_SENT = None  # a message that never left because the backend stopped
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
-    if os.environ.get("TEND_SENDGRID_UVLOOP", "1") != "0":
+    if config.sendgrid_uvloop():
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop ships with Airflow's requirements

@@ -28,7 +28,6 @@ and port 587 means STARTTLS.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import smtplib
 import ssl
@@ -39,6 +38,7 @@ from email import policy
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tend import config
 from tend.delivery.base import (
     AuthRejected,
     DeliveryResult,
@@ -122,7 +122,7 @@ class SmtpSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SmtpSettings:
-        env = os.environ if env is None else env
+        env = config.environment() if env is None else env
         url = env.get("TEND_SMTP_URL")
         if not url:
             raise ConfigError(

@@ -17,7 +17,6 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import os
 import re
 import shutil
 import subprocess
@@ -260,7 +259,7 @@ def _safe(name: str) -> str:
 
 def find_chromium() -> str | None:
     """``TEND_CHROMIUM``, else chromium (Debian), chromium-browser or google-chrome on PATH."""
-    explicit = os.environ.get("TEND_CHROMIUM")
+    explicit = config.chromium_path()
     if explicit:
         return explicit if Path(explicit).is_file() else None
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):

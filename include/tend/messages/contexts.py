@@ -15,7 +15,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import String, cast, select
 
+from tend import config
 from tend.config import ShopSettings
 from tend.messages.tokens import make_token
 from tend.programs.registry import Program
@@ -41,7 +41,7 @@ class Catalogue:
 
     @classmethod
     def read(cls, shop_url: str, settings: ShopSettings) -> Catalogue:
-        url_pattern = os.environ.get("TEND_PRODUCT_URL")  # e.g. https://shop.example/p/{sku}
+        url_pattern = config.product_url_pattern()
         with connect(shop_url).connect() as conn:
             rows = conn.execute(select(s.products.c.sku, s.products.c.name,
                                        cast(s.products.c.price, String))).all()

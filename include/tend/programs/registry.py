@@ -7,13 +7,13 @@ to write instead, because the people editing programs.yaml are not always engine
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tend import config
 from tend.errors import ConfigError
 from tend.programs.caps import SendWindow, parse_clock
 
@@ -104,7 +104,7 @@ class Registry:
 
 
 def registry_path() -> Path:
-    return Path(os.environ.get("TEND_PROGRAMS_FILE", DEFAULT_REGISTRY))
+    return config.programs_file() or DEFAULT_REGISTRY
 
 
 def load_registry(path: Path | None = None) -> Registry:

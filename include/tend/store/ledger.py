@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from tend import config
 from tend.errors import LedgerError
 from tend.logs import log
 from tend.programs.registry import Cap
@@ -85,15 +85,12 @@ def insert_ignore(conn: Connection, table: Table, rows: Sequence[Mapping[str, An
         conn.execute(stmt, list(rows[i : i + 5000]))
 
 
-#: Memory for the claim's hash joins and sorts on PostgreSQL (SET LOCAL: this transaction only).
-#: The server default (4MB) makes a million-candidate join spill to disk in many batches.
-CLAIM_WORK_MEM = os.environ.get("TEND_CLAIM_WORK_MEM", "256MB")
 
 
 def lock_ledger(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("LOCK TABLE contact_ledger IN SHARE ROW EXCLUSIVE MODE")
-        conn.exec_driver_sql("SELECT set_config('work_mem', %s, true)", (CLAIM_WORK_MEM,))
+        conn.exec_driver_sql("SELECT set_config('work_mem', %s, true)", (config.claim_work_mem(),))
         conn.exec_driver_sql("SET LOCAL jit = off")
     # SQLite: the engine begins every transaction with BEGIN IMMEDIATE (tend.store.db).
 
