@@ -31,15 +31,14 @@ from sqlalchemy import Connection, Float, Integer, LargeBinary, Table, delete, s
 from sqlalchemy.engine import make_url
 
 from tend.errors import DataError
-from tend.features.compute import (
+from tend.features.columns import (
     FEATURE_COLUMNS,
     PROFILE_COLUMNS,
     SKU_COLUMNS,
     FeatureColumns,
     FeatureSet,
-    compute_feature_set,
-    feature_parts,
 )
+from tend.features.compute import compute_feature_set, feature_parts
 from tend.logs import log, table
 from tend.shop import read as shop
 from tend.store import ledger

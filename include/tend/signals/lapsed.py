@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
-from tend.features.compute import days_between
+from tend.features.year import days_between
 
 PRIOR_DF = 4.0  # the spread prior is worth this many gaps
 _DEFAULT_MU = np.log(45.0)  # a shop with no repeat customers yet: a second order after ~45 days

@@ -20,7 +20,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from tend.features.compute import (
+from tend.features.year import (
     SEASON_HALF_WIDTH,
     TWO_PI,
     YEAR_DAYS,

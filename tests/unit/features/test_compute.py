@@ -9,22 +9,21 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from tend.features.columns import FEATURE_COLUMNS, PROFILE_COLUMNS, SKU_COLUMNS, FeatureColumns
 from tend.features.compute import (
-    FEATURE_COLUMNS,
-    PROFILE_COLUMNS,
-    SEASON_HALF_WIDTH,
-    SKU_COLUMNS,
-    TWO_PI,
-    YEAR_DAYS,
-    FeatureColumns,
-    circular_distance_days,
     compute_feature_set,
     compute_features,
     concat_parts,
     consume_frames,
-    day_phase,
     feature_parts,
-    group_median,
+)
+from tend.features.sorting import group_median
+from tend.features.year import (
+    SEASON_HALF_WIDTH,
+    TWO_PI,
+    YEAR_DAYS,
+    circular_distance_days,
+    day_phase,
     phase_to_doy,
 )
 
@@ -115,9 +114,9 @@ def test_empty() -> None:
 # -- ranges of customers (feature_parts) ----------------------------------------------------
 #
 # The ranges must reproduce the whole computation bit for bit, whatever their size. The
-# reference below is the computation as it was before the ranges (one pass over everything),
-# kept here only as the yardstick: with lexsort for every sort (the packed sorts it used give
-# the same orders) and the per-row arithmetic exactly as it was.
+# reference below is the test oracle: the plain computation in one pass over everything, with
+# lexsort for every sort (the engine's packed sorts give the same orders) and the arithmetic
+# per row, kept readable rather than fast.
 
 NIGHT = dt.date(2026, 11, 20)
 
@@ -475,7 +474,7 @@ def test_no_orders_is_one_empty_part() -> None:
 
 
 def test_remainder_of_the_season_distances_is_numpys() -> None:
-    from tend.features.compute import _mod_two_pi
+    from tend.features.customer_range import _mod_two_pi
 
     edge = np.array([0.0, -0.0, np.pi, np.nextafter(TWO_PI, 0), TWO_PI,
                      np.nextafter(TWO_PI, 10), 3 * np.pi, np.nextafter(2 * TWO_PI, 0)])
