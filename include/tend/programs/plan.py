@@ -37,7 +37,7 @@ from tend.programs.consent import consent_fates
 from tend.programs.registry import Program, Registry, load_registry
 from tend.shop import read as shop
 from tend.signals import SIGNAL_COLUMNS, detect_all
-from tend.store import ledger
+from tend.store import bulk, ledger
 from tend.store.db import connect, require_current
 from tend.store.tables import deferred, suppressions
 
@@ -190,7 +190,7 @@ def plan_night(
         # Keys only: the contexts are built after this transaction, without the ledger's lock.
         outcome = ledger.claim(conn, allowed, as_of=as_of, run_id=run_id,
                                caps=registry.caps, batch_size=batch_size).frame
-        ledger.insert_ignore(conn, suppressions, [
+        bulk.insert_ignore(conn, suppressions, [
             {"customer_id": c, "email": None, "reason": "invalid_address",
              "source": "validation", "created_at": stamp} for c in invalid
         ])
@@ -276,9 +276,9 @@ def _forget(conn: Any, frame: pd.DataFrame) -> None:
     """
     if frame.empty or conn.execute(select(deferred.c.customer_id).limit(1)).first() is None:
         return
-    with ledger.staged(conn, "tend_forget_stage",
-                       "customer_id TEXT, program TEXT, occurrence TEXT",
-                       {k: frame[k].astype(str).to_numpy(dtype=object) for k in _KEY}) as stage:
+    with bulk.staged(conn, "tend_forget_stage",
+                     "customer_id TEXT, program TEXT, occurrence TEXT",
+                     {k: frame[k].astype(str).to_numpy(dtype=object) for k in _KEY}) as stage:
         conn.exec_driver_sql(
             f"DELETE FROM {deferred.name} WHERE EXISTS (SELECT 1 FROM {stage} s WHERE "
             f"s.customer_id = {deferred.name}.customer_id AND s.program = {deferred.name}.program"
@@ -350,7 +350,7 @@ def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
         keep["due_date"] = _iso_dates(keep["due_date"])
         keep["valid_until"] = until[defer]
         contexts = keep.to_json(orient="records", lines=True).rstrip("\n").split("\n")
-        ledger.bulk_rows(conn, deferred.name, {
+        bulk.bulk_rows(conn, deferred.name, {
             "customer_id": later["customer_id"].astype(str).to_numpy(dtype=object),
             "program": later["program"].astype(str).to_numpy(dtype=object),
             "occurrence": later["occurrence"].astype(str).to_numpy(dtype=object),

@@ -1,6 +1,7 @@
 """SQLAlchemy Core description of the contact store (the migrations create exactly this).
 
-Ledger statuses follow DESIGN.md's protocol: ``claimed -> sending -> sent | failed | unknown``.
+Ledger statuses follow the protocol of ``tend.store.ledger``: ``claimed -> sending -> sent |
+failed | unknown``.
 The message id is a hash of (customer_id, program, occurrence) and the ledger's primary key,
 which is what makes a rerun of a night send nothing new: the same candidate is the same row.
 """
@@ -50,6 +51,7 @@ class MessageId(TypeDecorator[str]):
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
         return None if value is None else str(value).replace("-", "")
 
+
 LEDGER_STATUSES = ("claimed", "sending", "sent", "failed", "unknown")
 MESSAGE_KINDS = ("marketing", "service", "transactional")
 
@@ -57,8 +59,8 @@ MESSAGE_KINDS = ("marketing", "service", "transactional")
 #: little-endian value per product the customer bought (``products`` of them, in the order of
 #: the skus' text), as this NumPy dtype. ``product_sku`` is a code from ``feature_skus``; days
 #: are days since 1970-01-01; NaN stands for "no value" (a product bought once has no gap).
-#: A million customers bought ~4 million (customer, product) pairs: as rows they cost more to
-#: write and read than everything else in the store together (migration 0009).
+#: Packed because a customer buys several products: as rows of their own, the (customer,
+#: product) pairs would cost more to write and read than everything else in the store together.
 PRODUCT_COLUMNS: dict[str, str] = {
     "sku": "<i4", "days": "<i4", "first_day": "<i4", "last_day": "<i4", "quantity": "<i8",
     "last_quantity": "<i8", "gap_median": "<f8", "unit_gap_median": "<f8", "phase_cos": "<f8",
@@ -77,7 +79,7 @@ customer_features = Table(
     Column("avg_order_value", Float, nullable=False),
     Column("mean_interval_days", Float),
     Column("median_interval_days", Float),
-    # the profile (tend.features.compute.PROFILE_COLUMNS; migration 0009 folded customer_profile in)
+    # the profile (tend.features.columns.PROFILE_COLUMNS)
     Column("order_days", Integer, nullable=False),
     Column("gap_log_mean", Float),
     Column("gap_log_var", Float),
@@ -88,7 +90,7 @@ customer_features = Table(
     Column("season_years", Integer, nullable=False),
     Column("season_share", Float, nullable=False),
     Column("season_sku", String(64)),
-    # the products the customer bought (tend.features.compute.SKU_COLUMNS), packed: see
+    # the products the customer bought (tend.features.columns.SKU_COLUMNS), packed: see
     # PRODUCT_COLUMNS
     Column("products", Integer, nullable=False),
     *(Column(f"product_{name}", LargeBinary, nullable=False) for name in PRODUCT_COLUMNS),
@@ -140,15 +142,15 @@ contact_ledger = Table(
 # Few indexes on purpose: every one is paid for on each claim of a million-row night, and an
 # index whose keys arrive in random order (a customer id, a hash) costs the most. The primary
 # key is the hash of (customer_id, program, occurrence), so it alone keeps every message unique
-# (migration 0004 dropped the second unique index on those three columns); (as_of, batch_id)
-# grows at its end each night and serves the send stage and the rules' date windows.
+# (no second unique index on those three columns); (as_of, batch_id) grows at its end each
+# night and serves the send stage and the rules' date windows.
 Index("ix_ledger_night_batch", contact_ledger.c.as_of, contact_ledger.c.batch_id)
 
 #: Everything needed to render a claimed message again identically: each claimed batch's JSON
 #: render contexts, one row per (night, batch), compressed together (``tend.store.ledger``:
 #: ``message_id<TAB>json`` lines, Arrow's zstd). Written in the same transaction as the claims,
-#: read a batch at a time by the send stage. A night's contexts are ~750 bytes a message as text
-#: and ~8x less compressed: 65 MB instead of 530 MB a million-message night, on disk and in WAL.
+#: read a batch at a time by the send stage. Compressed, a night's contexts take a fraction of
+#: their size as text, on disk and in the WAL.
 context_batches = Table(
     "context_batches",
     metadata,
@@ -160,12 +162,21 @@ context_batches = Table(
     Column("payload", LargeBinary, nullable=False),
 )
 
+
+def _run_log_columns() -> list[Column[Any]]:
+    """The first columns of a log of what the runs of each night did: a row id, the night and
+    the run (fresh Column objects for each table)."""
+    return [
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("as_of", Date, nullable=False),
+        Column("run_id", String(250), nullable=False),
+    ]
+
+
 decision_log = Table(
     "decision_log",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("as_of", Date, nullable=False),
-    Column("run_id", String(250), nullable=False),
+    *_run_log_columns(),
     Column("customer_id", String(64), nullable=False),
     Column("program", String(100), nullable=False),
     # sent path: "claimed"; otherwise e.g. "capped:3d", "suppressed:unsubscribed", "no_consent".
@@ -215,9 +226,7 @@ suppressions = Table(
 quarantine = Table(
     "quarantine",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("as_of", Date, nullable=False),
-    Column("run_id", String(250), nullable=False),
+    *_run_log_columns(),
     Column("source", String(32), nullable=False),
     Column("record_key", String(200)),
     Column("reason", Text, nullable=False),

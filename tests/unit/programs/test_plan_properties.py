@@ -33,7 +33,7 @@ from tend.programs import plan
 from tend.programs.consent import IMPLIED_CONSENT_DAYS, SUPPRESSION_SCOPE, is_valid_email
 from tend.programs.registry import WEEKDAYS, parse_registry
 from tend.shop import schema as s
-from tend.store import ledger, migrate
+from tend.store import bulk, ledger, migrate
 from tend.store.db import connect
 from tend.store.tables import contact_ledger, suppressions
 
@@ -112,7 +112,7 @@ def test_ninety_nights_keep_every_promise(
                 cid = f"C{who:06d}"
                 suppressed_from.setdefault(cid, (night, reason))
                 with connect(store_url).begin() as conn:
-                    ledger.insert_ignore(conn, suppressions, [{
+                    bulk.insert_ignore(conn, suppressions, [{
                         "customer_id": cid, "reason": reason, "source": "test",
                         "created_at": ledger.now()}])
         ingest.run_ingest(shop_url, store_url, night, f"i{i}")
