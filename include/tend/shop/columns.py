@@ -22,15 +22,12 @@ def _arrow_text(values: pd.Series) -> pa.Array:
         from_pandas=True)
 
 
-
 def _missing(v: object) -> bool:
     return v is None or (not isinstance(v, str) and bool(pd.isna(v)))
 
 
-
 #: An unparseable timestamp, in UTC milliseconds: NaT's own int64 value (no valid time has it).
 _NAT = np.iinfo(np.int64).min
-
 
 
 def _parse_ms(values: pd.Series) -> np.ndarray:
@@ -40,11 +37,9 @@ def _parse_ms(values: pd.Series) -> np.ndarray:
     return np.array(ts.dt.as_unit("ms").array.asi8, dtype=np.int64)  # NaT is _NAT
 
 
-
 def _parse_number(values: pd.Series) -> np.ndarray:
     return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
         dtype=float, na_value=np.nan)
-
 
 
 def _round_ms(us: np.ndarray) -> np.ndarray:
@@ -55,10 +50,8 @@ def _round_ms(us: np.ndarray) -> np.ndarray:
     return ms
 
 
-
 def _ms_text(ms: int) -> str:
     return str(pd.Timestamp(int(ms), unit="ms", tz="UTC"))
-
 
 
 def _arrow_ms(text: pa.Array, chunk: int = 65_536) -> np.ndarray:
@@ -95,7 +88,6 @@ def _arrow_ms(text: pa.Array, chunk: int = 65_536) -> np.ndarray:
     return out
 
 
-
 def _floats(col: pa.ChunkedArray, *, writable: bool = True) -> np.ndarray:
     """A numeric column as float64 with NULL as NaN (a copy only when ``writable`` needs one
     or the values are not float64 already)."""
@@ -105,12 +97,10 @@ def _floats(col: pa.ChunkedArray, *, writable: bool = True) -> np.ndarray:
     return out.copy() if writable and not out.flags.writeable else out
 
 
-
 def _text(col: pa.ChunkedArray) -> pa.ChunkedArray:
     """A column the driver typed from no rows at all (an empty table) becomes text."""
     return col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) \
         else pc.cast(col, pa.string())
-
 
 
 def _one(col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -124,7 +114,6 @@ def _one(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
 
 
-
 def _blank(a: pa.Array) -> np.ndarray:
     """NULL, empty or only whitespace: what trimming the whitespace would leave empty, found
     without building the trimmed strings."""
@@ -132,10 +121,8 @@ def _blank(a: pa.Array) -> np.ndarray:
     return empty.fill_null(True).to_numpy(zero_copy_only=False)
 
 
-
 def _index_or_minus_one(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return _minus_one(a).astype(np.int64, copy=False)
-
 
 
 def _encode(a: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
@@ -150,17 +137,14 @@ def _encode(a: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return _minus_one(enc.indices), enc.dictionary
 
 
-
 def _copy(col: pa.ChunkedArray) -> pa.Array:
     """The column in memory of its own, as one array."""
     return pa.concat_arrays(col.chunks) if col.num_chunks else pa.array([], col.type)
 
 
-
 def _minus_one(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Integer positions with NULL as -1, in their own integer type."""
     return np.asarray((a.fill_null(-1) if a.null_count else a).to_numpy(zero_copy_only=False))
-
 
 
 def _sorted_unique(a: pa.Array, *, unique: bool = True) -> pa.Array:
@@ -175,7 +159,6 @@ def _sorted_unique(a: pa.Array, *, unique: bool = True) -> pa.Array:
     if unique:
         a = pc.unique(a)
     return a.take(pc.array_sort_indices(a))
-
 
 
 def _positions(values: pa.Array, value_set: pa.Array) -> np.ndarray:
@@ -195,7 +178,6 @@ def _positions(values: pa.Array, value_set: pa.Array) -> np.ndarray:
     return out
 
 
-
 def _strictly_increasing(a: pa.Array) -> bool:
     """True when every id is longer than, or as long as and after, the one before: then no id
     repeats (cheap: no hashing; shops that count their order ids up pass it)."""
@@ -207,7 +189,6 @@ def _strictly_increasing(a: pa.Array) -> bool:
     after = pc.greater(a[1:], a[:-1]).to_numpy(zero_copy_only=False)
     longer = length[1:] > length[:-1]
     return bool(np.all(longer | ((length[1:] == length[:-1]) & after)))
-
 
 
 def _chained(arrays: Iterable[pa.Array | pa.ChunkedArray], typ: pa.DataType) -> pa.ChunkedArray:

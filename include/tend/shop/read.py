@@ -41,7 +41,6 @@ _IN_CHUNK = 900  # stay under SQLite's bound-parameter limit
 _log = logging.getLogger("tend")
 
 
-
 def require_schema(url: str) -> None:
     """Fail the night with the fix when the shop database lacks Tend's tables or views."""
     have = set(inspect(connect(url)).get_table_names()) | set(
@@ -53,7 +52,6 @@ def require_schema(url: str) -> None:
             "these names over the shop's own tables (README: 'Point Tend at your shop'), or load "
             "CSV exports with `tend load-csv`"
         )
-
 
 
 def changed_customer_ids(url: str, since: dt.datetime, as_of: dt.date) -> list[str]:
@@ -91,7 +89,6 @@ def changed_customer_ids(url: str, since: dt.datetime, as_of: dt.date) -> list[s
         return sorted(str(r[0]) for r in conn.execute(q))
 
 
-
 def read_orders(
     url: str, as_of: dt.date, customer_ids: Sequence[str] | None = None,
     *, now: dt.datetime | None = None,
@@ -105,7 +102,6 @@ def read_orders(
     """
     h = read_history(url, as_of, customer_ids, now=now, lines=False)
     return h.orders, h.quarantined
-
 
 
 def read_history(
@@ -131,9 +127,7 @@ def read_history(
     return _read_generic(url, as_of, customer_ids, now=now, lines=lines)
 
 
-
 _LINE_COLS = ["order_id", "sku", "quantity"]
-
 
 
 def _read_generic(url: str, as_of: dt.date, customer_ids: Sequence[str] | None, *,
@@ -185,7 +179,6 @@ def _read_generic(url: str, as_of: dt.date, customer_ids: Sequence[str] | None, 
     return history
 
 
-
 def order_rows_hint(url: str) -> int:
     """About how many order rows a SQLite shop holds (its largest rowid; no count), 0 when it
     cannot tell cheaply (another database, a view)."""
@@ -201,7 +194,6 @@ def order_rows_hint(url: str) -> int:
         return 0
 
 
-
 def _known_customers(conn, customer_ids: Sequence[str] | None) -> set[str]:  # type: ignore[no-untyped-def]
     c = s.customers
     if customer_ids is None:
@@ -211,7 +203,6 @@ def _known_customers(conn, customer_ids: Sequence[str] | None) -> set[str]:  # t
         q = select(c.c.customer_id).where(c.c.customer_id.in_(chunk))
         known.update(str(r[0]) for r in conn.execute(q))
     return known
-
 
 
 def validate_orders(
@@ -226,7 +217,6 @@ def validate_orders(
                               _parse_ms(raw["ordered_at"]), _parse_number(raw["total"]), checks)
     screened = _screen_orders([part], checks, raw["ordered_at"], raw["total"])
     return screened.orders, screened.quarantined
-
 
 
 def read_customers(url: str, customer_ids: Iterable[str]) -> pd.DataFrame:
@@ -250,12 +240,10 @@ def read_customers(url: str, customer_ids: Iterable[str]) -> pd.DataFrame:
     return df
 
 
-
 def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
     items = list(items)
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
 
 
 def _empty_orders() -> pd.DataFrame:
@@ -263,7 +251,6 @@ def _empty_orders() -> pd.DataFrame:
                          "order_id": pd.Series([], dtype=str),
                          "ordered_at": pd.Series([], dtype="datetime64[us, UTC]"),
                          "total": pd.Series([], dtype=float)})
-
 
 
 def read_products(url: str) -> pd.DataFrame:

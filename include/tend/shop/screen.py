@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tend.shop import rules
 from tend.shop.columns import (
     _NAT,
     _blank,
@@ -30,7 +31,6 @@ from tend.shop.columns import (
     _sorted_unique,
     _strictly_increasing,
 )
-from tend.shop.rules import ABSURD_TOTAL
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,6 @@ class Quarantined:
     record_key: str | None
     reason: str
     payload: dict[str, object]
-
 
 
 @dataclass
@@ -54,11 +53,9 @@ class History:
     rows_read: int = 0  # order rows read, good and bad
 
 
-
 def end_of_day(as_of: dt.date) -> dt.datetime:
     """The exclusive upper bound of night ``as_of``: orders before it exist for the night."""
     return dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-
 
 
 def future_cutoff(now: dt.datetime | None = None) -> pd.Timestamp:
@@ -69,7 +66,6 @@ def future_cutoff(now: dt.datetime | None = None) -> pd.Timestamp:
     """
     now = now or dt.datetime.now(dt.UTC)
     return pd.Timestamp(end_of_day(now.astimezone(dt.UTC).date()))
-
 
 
 def quarantine_records(source: str, raw: pd.DataFrame, bad: np.ndarray, reasons: pd.Series,
@@ -87,21 +83,22 @@ def quarantine_records(source: str, raw: pd.DataFrame, bad: np.ndarray, reasons:
     return out
 
 
-
 def _empty_lines() -> pd.DataFrame:
     return pd.DataFrame({"order": np.zeros(0, np.int32), "sku": pd.Series([], dtype=str),
                          "quantity": np.zeros(0, np.int32)})
 
 
-
 _ORDER_COLS = ["order_id", "customer_id", "ordered_at", "total"]
+#: The reasons an order row is set aside, by code (0: usable); "{future}" is the night's own.
 _ORDER_REASONS = (
-    "", "order without an order_id", "order without a customer", "order for an unknown customer",
-    "unparseable ordered_at timestamp", "total is not a number", "negative order total",
-    f"order total above {ABSURD_TOTAL:,.0f} (absurd amount)", "{future}",
-    "duplicate order_id (the first occurrence was kept)",
+    "", rules.ORDER_WITHOUT_ID, rules.ORDER_WITHOUT_CUSTOMER, rules.ORDER_UNKNOWN_CUSTOMER,
+    rules.ORDERED_AT.unparseable, rules.TOTAL.not_a_number, rules.TOTAL.negative,
+    rules.TOTAL.too_large, "{future}", rules.ORDER_DUPLICATE,
 )
-
+_TOTAL_MIN = float(rules.TOTAL.minimum)
+_TOTAL_MAX = float(rules.TOTAL.maximum or np.inf)
+#: The reasons an order line is set aside, by code (0: usable).
+_LINE_REASONS = ("", rules.LINE_UNKNOWN_ORDER, rules.LINE_UNKNOWN_SKU, rules.LINE_BAD_QUANTITY)
 
 
 @dataclass(frozen=True)
@@ -118,9 +115,7 @@ class _Checks:
         future = future_cutoff(now)
         return cls(_sorted_unique(known), future.value // 1_000_000,
                    pd.Timestamp(end_of_day(as_of)).value // 1_000_000,
-                   f"ordered_at in the future (after the run's date, "
-                   f"{(future - pd.Timedelta(days=1)).date()} UTC)")
-
+                   rules.ORDER_IN_FUTURE.format(date=(future - pd.Timedelta(days=1)).date()))
 
 
 @dataclass
@@ -146,7 +141,6 @@ class _OrderPart:
         self.kept_ids = self.order_id.slice(0, 0)
 
 
-
 def _screen_order_part(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.ndarray,
                        checks: _Checks, ts_text: dict[int, str | None] | None = None,
                        total_text: dict[int, str | None] | None = None) -> _OrderPart:
@@ -165,8 +159,8 @@ def _screen_order_part(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.n
     values = np.zeros(len(ms), np.int8)
     values[ms >= checks.future_ms] = 8  # never _NAT, the smallest int64
     with np.errstate(invalid="ignore"):
-        values[total > ABSURD_TOTAL] = 7
-        values[total < 0] = 6
+        values[total > _TOTAL_MAX] = 7
+        values[total < _TOTAL_MIN] = 6
     values[np.isnan(total)] = 5
     values[ms == _NAT] = 4
     np.copyto(reason, values, where=reason == 0)
@@ -174,7 +168,6 @@ def _screen_order_part(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.n
     return _OrderPart(oid, cust, cust_dict, cust_known, ms, total, reason, keep,
                       oid if keep.all() else oid.filter(pa.array(keep)),
                       _strictly_increasing(oid), ts_text or {}, total_text or {})
-
 
 
 @dataclass
@@ -188,7 +181,6 @@ class _Screened:
     rows: int  # order rows read
     order_id: pa.ChunkedArray  # every row as read
     to_clean: np.ndarray  # row as read -> row of the clean orders whose lines it holds, or -1
-
 
 
 def _screen_orders(parts: list[_OrderPart], checks: _Checks,
@@ -288,13 +280,11 @@ def _screen_orders(parts: list[_OrderPart], checks: _Checks,
     return _Screened(orders, records, n, order_id, to_clean)
 
 
-
 def _strictly_increasing_across(parts: list[_OrderPart], typ: pa.DataType) -> bool:
     """``_strictly_increasing`` across the boundaries between parts (each part checked)."""
     ends = [p.order_id for p in parts if len(p.order_id)]
     return all(_strictly_increasing(_chained([a.slice(len(a) - 1), b.slice(0, 1)], typ))
                for a, b in itertools.pairwise(ends))
-
 
 
 def _order_records(parts: list[_OrderPart], checks: _Checks, ordered_at: pd.Series | None,
@@ -328,7 +318,6 @@ def _order_records(parts: list[_OrderPart], checks: _Checks, ordered_at: pd.Seri
                               pd.Series([names[k] for k in reasons]), "order_id")
 
 
-
 @dataclass
 class _LinePart:
     """A part of the order lines as read, boiled down to what matching them to orders needs."""
@@ -339,7 +328,6 @@ class _LinePart:
     sku_text: dict[int, str | None]  # the sku as read where it is unknown
     qty: np.ndarray  # whole numbers as typed, or float64 (NaN: not a number)
     reason: np.ndarray  # int8: 2 unknown sku, 3 quantity not a positive whole number, else 0
-
 
 
 def _line_part(oid: pa.Array, sku: pa.Array, qty: np.ndarray, skus: pa.Array) -> _LinePart:
@@ -356,15 +344,15 @@ def _line_part(oid: pa.Array, sku: pa.Array, qty: np.ndarray, skus: pa.Array) ->
         -1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     unknown = np.flatnonzero(sku_idx < 0)
     with np.errstate(invalid="ignore"):
-        whole = (qty > 0) & (qty == np.floor(qty)) if qty.dtype.kind == "f" else qty > 0
-    if qty.dtype.kind == "i":  # in 32 bits when they fit: half the memory of 20M quantities
+        least = qty >= rules.QUANTITY.minimum
+        whole = least & (qty == np.floor(qty)) if qty.dtype.kind == "f" else least
+    if qty.dtype.kind == "i":  # in 32 bits when they fit: a night holds every line's
         qty = qty.astype(np.int32 if not len(qty) or (
             qty.min() >= -(2**31) and qty.max() < 2**31) else np.int64)  # (a copy: see _copy)
     return _LinePart(change, heads, sku_idx,
                      dict(zip(unknown.tolist(), sku.take(pa.array(unknown)).to_pylist(),
                               strict=True)),
                      qty, np.where(sku_idx < 0, 2, np.where(whole, 0, 3)).astype(np.int8))
-
 
 
 @dataclass
@@ -381,7 +369,6 @@ class _Lines:
     bad_reason: np.ndarray
 
 
-
 @dataclass
 class _Pending:
     """A part of the lines not matched yet, with where it sits among the runs of the read."""
@@ -390,7 +377,6 @@ class _Pending:
     heads: pa.Array  # its runs' order ids, without a run the previous part started
     first_run: int  # number of runs before it
     merged: bool  # its first lines continue the previous part's last run
-
 
 
 class _LineMatcher:
@@ -519,8 +505,6 @@ class _LineMatcher:
         raw = pd.DataFrame({"order_id": [v for d in done for v in d.bad_order_id],
                             "sku": [v for d in done for v in d.bad_sku],
                             "quantity": np.concatenate([d.bad_qty for d in done])})
-        names = ("", "order line for an unknown order", "order line with an unknown sku",
-                 "order line quantity is not a positive whole number")
         return clean, quarantine_records("order_lines", raw, np.ones(len(reasons), bool),
-                                         pd.Series([names[k] for k in reasons]),
+                                         pd.Series([_LINE_REASONS[k] for k in reasons]),
                                          "order_id", "sku")

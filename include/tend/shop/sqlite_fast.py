@@ -83,13 +83,11 @@ _SPLIT_CUSTOMERS = 2_000
 _MMAP_BYTES = 1 << 40  # capped by the SQLite build (2 GiB by default); read-only here
 
 
-
 def _sqlite_path(url: str) -> str | None:
     u = make_url(url)
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
         return None
     return u.database
-
 
 
 def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
@@ -111,7 +109,6 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
         return _read_sqlite_parts(path, as_of, now=now, lines=lines, customer_ids=customer_ids)
 
 
-
 @contextlib.contextmanager
 def _pinned(path: str) -> Iterator[None]:
     """One read-only connection held open, with its WAL index mapped, for the whole read.
@@ -129,7 +126,6 @@ def _pinned(path: str) -> Iterator[None]:
         cur.execute("SELECT count(*) FROM sqlite_master")  # a read: the WAL index is mapped
         cur.fetchall()
         yield
-
 
 
 def _read_sqlite_parts(path: str, as_of: dt.date, *, now: dt.datetime | None, lines: bool,
@@ -187,7 +183,6 @@ def _read_sqlite_parts(path: str, as_of: dt.date, *, now: dt.datetime | None, li
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-
 def _in_rowid_order(pieces: list[tuple[_LinePart, pa.Table]], skus: pa.Array
                     ) -> list[_LinePart]:
     """The pieces of a subset's lines as parts in rowid order: as they are when each piece's
@@ -203,13 +198,11 @@ def _in_rowid_order(pieces: list[tuple[_LinePart, pa.Table]], skus: pa.Array
                        np.asarray(t.column("quantity").to_numpy()), skus)]
 
 
-
 def _results(futures: list[Future[T]]) -> list[T]:
     """The futures' results, in order; the list is emptied so that it does not keep them."""
     out = [f.result() for f in futures]
     futures.clear()
     return out
-
 
 
 def _fetch_checks(path: str, ids_json: str | None, as_of: dt.date,
@@ -220,7 +213,6 @@ def _fetch_checks(path: str, ids_json: str | None, as_of: dt.date,
     known = _one(_adbc_fetch(path, f"SELECT CAST(customer_id AS TEXT) AS c FROM customers "
                              f"{where}", ids_json, mmap=ids_json is None).column("c"))
     return _Checks.of(known, as_of, now)
-
 
 
 def _adbc_fetch(path: str, sql: str, ids_json: str | None = None, *,
@@ -257,7 +249,6 @@ def _adbc_fetch(path: str, sql: str, ids_json: str | None = None, *,
         return cur.fetch_arrow_table()
 
 
-
 def _rowid_ranges(path: str, table: str, pieces: int | None = None) -> list[tuple[int, int]]:
     """``table`` cut into rowid ranges [a, b) of about ``_PART_ROWS`` rows (or ``pieces``
     ranges); no range when the table is empty.
@@ -277,12 +268,10 @@ def _rowid_ranges(path: str, table: str, pieces: int | None = None) -> list[tupl
     return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
 
 
-
 def _parts(path: str, table: str) -> list[str]:
     """WHERE clauses that cut ``table`` into rowid ranges of about ``_PART_ROWS`` rows."""
     ranges = _rowid_ranges(path, table)
     return [f"WHERE rowid >= {a} AND rowid < {b}" for a, b in ranges] if ranges else [""]
-
 
 
 def _fetch_typed(path: str, plain: str, careful: str, ids: str | None, numeric: str,
@@ -305,7 +294,6 @@ def _fetch_typed(path: str, plain: str, careful: str, ids: str | None, numeric: 
     return _adbc_fetch(path, careful, ids, mmap=mmap, batch_rows=_ONE_BATCH)
 
 
-
 def _read_order_part(path: str, where: str, checks: Future[_Checks]) -> _OrderPart:
     """One part of a full read of the orders, read and screened (in a reader thread)."""
     t = _orders_table(_fetch_typed(
@@ -315,11 +303,9 @@ def _read_order_part(path: str, where: str, checks: Future[_Checks]) -> _OrderPa
     return _order_part(t, checks.result())
 
 
-
 def _halves(cut: int | None) -> list[str]:
     """Conditions that split the orders at rowid ``cut`` (none: one piece)."""
     return [""] if cut is None else [f" AND o.rowid < {cut}", f" AND o.rowid >= {cut}"]
-
 
 
 def _read_orders_of(path: str, rows: str, ids_json: str, checks: Future[_Checks]
@@ -332,7 +318,6 @@ def _read_orders_of(path: str, rows: str, ids_json: str, checks: Future[_Checks]
         f"SELECT o.rowid AS rid, {_CAREFUL_ORDER_COLS} FROM orders {where}", ids_json, "total",
         _ORDER_TEXT, mmap=False))], keep=True)
     return _order_part(t, checks.result()), np.asarray(t.column("rid").to_numpy())
-
 
 
 def _orders_table(t: pa.Table) -> pa.Table:
@@ -349,7 +334,6 @@ def _orders_table(t: pa.Table) -> pa.Table:
     return pa.table({**cols, **{c: _text(t.column(c)) for c in _ORDER_TEXT},
                      "total": pa.array(total),
                      "total_text": pa.nulls(len(total), pa.string()) if text is None else text})
-
 
 
 def _order_part(t: pa.Table, checks: _Checks) -> _OrderPart:
@@ -370,7 +354,6 @@ def _order_part(t: pa.Table, checks: _Checks) -> _OrderPart:
         dict(zip(odd.tolist(), text.take(pa.array(odd)).to_pylist(), strict=True)))
 
 
-
 def _read_line_part(path: str, where: str, skus: pa.Array) -> _LinePart:
     """One part of a full read of the lines, read and boiled down (in a reader thread)."""
     t = _fetch_typed(
@@ -378,7 +361,6 @@ def _read_line_part(path: str, where: str, skus: pa.Array) -> _LinePart:
         f"SELECT {_CAREFUL_LINE_COLS.format(p='')} FROM order_lines {where} ORDER BY rowid",
         None, "quantity", _LINE_TEXT)
     return _line_part(_text(t.column("order_id")), _text(t.column("sku")), _quantities(t), skus)
-
 
 
 def _read_lines_of(path: str, rows: str, ids_json: str, skus: pa.Array
@@ -395,7 +377,6 @@ def _read_lines_of(path: str, rows: str, ids_json: str, skus: pa.Array
                       np.asarray(t.column("quantity").to_numpy()), skus), t
 
 
-
 def _quantities(t: pa.Table) -> np.ndarray:
     """Quantities as fetched: whole numbers as SQLite typed them when every one is, else
     float64 (NaN where NULL) with the values SQLite could not type parsed from their text."""
@@ -408,7 +389,6 @@ def _quantities(t: pa.Table) -> np.ndarray:
         odd = np.flatnonzero(text.is_valid().to_numpy(zero_copy_only=False))
         qty[odd] = _parse_number(text.take(pa.array(odd)).to_pandas().astype(object))
     return qty
-
 
 
 def _by_rid(tables: list[pa.Table], *, keep: bool = False) -> pa.Table:
