@@ -32,6 +32,7 @@ from tend.shop.screen import (
     _LineMatcher,
     _screen_order_part,
     _screen_orders,
+    _Screened,
     end_of_day,
 )
 from tend.shop.sqlite_fast import _read_sqlite_fast, _sqlite_path
@@ -161,11 +162,7 @@ def _read_generic(url: str, as_of: dt.date, customer_ids: Sequence[str] | None, 
         known = _known_customers(conn, customer_ids)
         skus = [str(r[0]) for r in conn.execute(select(s.products.c.sku))] if lines else []
     raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_ORDER_COLS)
-    checks = _Checks.of(pa.array(sorted(known), pa.string()), as_of, now)
-    part = _screen_order_part(_arrow_text(raw["order_id"]), _arrow_text(raw["customer_id"]),
-                              _parse_ms(raw["ordered_at"]), _parse_number(raw["total"]), checks)
-    screened = _screen_orders([part], checks, raw["ordered_at"], raw["total"])
-    del part
+    screened = _screen_raw_orders(raw, known, as_of, now)
     history = History(screened.orders, _empty_lines(), screened.quarantined, len(raw))
     if lines:
         raw_lines = (pd.concat(line_frames, ignore_index=True) if line_frames
@@ -211,12 +208,17 @@ def validate_orders(
 ) -> tuple[pd.DataFrame, list[Quarantined]]:
     """Split raw order rows (text as read) into usable orders and quarantined ones (vectorised;
     the checks every reading path shares, see ``_screen_order_part``)."""
-    checks = _Checks.of(pa.array(sorted({str(c) for c in known_customers}), pa.string()),
-                        as_of, now)
+    screened = _screen_raw_orders(raw, {str(c) for c in known_customers}, as_of, now)
+    return screened.orders, screened.quarantined
+
+
+def _screen_raw_orders(raw: pd.DataFrame, known: set[str], as_of: dt.date,
+                       now: dt.datetime | None) -> _Screened:
+    """Order rows as read (any Python values) through every order check, as one part."""
+    checks = _Checks.of(pa.array(sorted(known), pa.string()), as_of, now)
     part = _screen_order_part(_arrow_text(raw["order_id"]), _arrow_text(raw["customer_id"]),
                               _parse_ms(raw["ordered_at"]), _parse_number(raw["total"]), checks)
-    screened = _screen_orders([part], checks, raw["ordered_at"], raw["total"])
-    return screened.orders, screened.quarantined
+    return _screen_orders([part], checks, raw["ordered_at"], raw["total"])
 
 
 def read_customers(url: str, customer_ids: Iterable[str]) -> pd.DataFrame:

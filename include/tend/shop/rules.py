@@ -42,6 +42,13 @@ def detailed(reason: str, detail: str) -> str:
     return f"{reason}: {detail}"
 
 
+def _generic_reasons(rule: object, **generic: str) -> None:
+    """Fill the reasons a (frozen) rule left empty with the generic ones naming its column."""
+    for name, reason in generic.items():
+        if not getattr(rule, name):
+            object.__setattr__(rule, name, reason)
+
+
 # --- numbers --------------------------------------------------------------------------------
 
 
@@ -67,14 +74,9 @@ class Number:
 
     def __post_init__(self) -> None:
         c = self.column
-        generic = {
-            "missing": f"missing {c}", "not_a_number": f"non-numeric {c}",
-            "negative": f"negative {c}", "too_small": f"{c} must be at least {self.minimum}",
-            "too_large": f"{c} too large", "fraction": f"{c} must be a whole number",
-        }
-        for name, reason in generic.items():
-            if not getattr(self, name):
-                object.__setattr__(self, name, reason)
+        _generic_reasons(self, missing=f"missing {c}", not_a_number=f"non-numeric {c}",
+                         negative=f"negative {c}", too_small=f"{c} must be at least {self.minimum}",
+                         too_large=f"{c} too large", fraction=f"{c} must be a whole number")
 
     def parse(self, text: str) -> tuple[Decimal | int | None, str | None]:
         """(value, None), or (None, the problem) for a value as written (already stripped);
@@ -124,10 +126,8 @@ class Timestamp:
     unparseable: str = ""
 
     def __post_init__(self) -> None:
-        if not self.missing:
-            object.__setattr__(self, "missing", f"missing {self.column}")
-        if not self.unparseable:
-            object.__setattr__(self, "unparseable", f"unparseable timestamp in {self.column}")
+        _generic_reasons(self, missing=f"missing {self.column}",
+                         unparseable=f"unparseable timestamp in {self.column}")
 
     def parse(self, text: str) -> tuple[datetime | None, str | None, str | None]:
         """(UTC value, problem, warning) for a value as written (already stripped)."""

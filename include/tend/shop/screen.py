@@ -260,7 +260,7 @@ def _screen_orders(parts: list[_OrderPart], checks: _Checks,
         np.cumsum(p.keep, dtype=itype, out=seg)
         seg += at - 1
         seg[~p.keep] = -1
-        every = kept[k] == len(p.keep)  # (np.compress with out= is several times slower)
+        every = kept[k] == len(p.keep)  # (np.compress with out= is slower)
         cust_code[at : at + kept[k]] = codes[k][p.cust if every else p.cust[p.keep]]
         ms[at : at + kept[k]] = p.ms if every else p.ms[p.keep]
         amount[at : at + kept[k]] = p.total if every else p.total[p.keep]
@@ -346,7 +346,7 @@ def _line_part(oid: pa.Array, sku: pa.Array, qty: np.ndarray, skus: pa.Array) ->
     with np.errstate(invalid="ignore"):
         least = qty >= rules.QUANTITY.minimum
         whole = least & (qty == np.floor(qty)) if qty.dtype.kind == "f" else least
-    if qty.dtype.kind == "i":  # in 32 bits when they fit: a night holds every line's
+    if qty.dtype.kind == "i":  # in 32 bits when they fit: a night holds every line at once
         qty = qty.astype(np.int32 if not len(qty) or (
             qty.min() >= -(2**31) and qty.max() < 2**31) else np.int64)  # (a copy: see _copy)
     return _LinePart(change, heads, sku_idx,

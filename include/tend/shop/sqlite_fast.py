@@ -72,13 +72,13 @@ _IN_CUSTOMERS = "WHERE customer_id IN (SELECT value FROM json_each(?))"
 _LINES_OF_CUSTOMERS = (
     "SELECT l.rowid AS rid, {cols} FROM orders AS o JOIN order_lines AS l "
     "ON l.order_id = o.order_id WHERE o.customer_id IN (SELECT value FROM json_each(?)){rows}")
-_BATCH_ROWS = "131072"  # rows per Arrow batch: the driver's default (1024) costs 2x per value
+_BATCH_ROWS = "131072"  # rows per Arrow batch: the driver's default (1024) is slow per value
 _ONE_BATCH = str(2**30)  # (the driver takes no more)
 #: Rows per part of a full read; the parts are read by two threads (the driver releases the
 #: GIL while SQLite steps), so both cores read.
 _PART_ROWS = 2_000_000
 #: A customer subset at least this large is read in two halves of the orders' rowids, one per
-#: thread (a night's ~20k changed customers: ~1M lines, most of the incremental read).
+#: thread (a night's changed customers: their lines are most of the incremental read).
 _SPLIT_CUSTOMERS = 2_000
 _MMAP_BYTES = 1 << 40  # capped by the SQLite build (2 GiB by default); read-only here
 
@@ -95,7 +95,7 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
     """The fast path (see ``read_history``).
 
     A full read is cut into rowid ranges; each part is read and screened row by row by one of
-    two threads (SQLite, Arrow and NumPy release the GIL), so the text of 20M lines is never
+    two threads (SQLite, Arrow and NumPy release the GIL), so the text of every line is never
     held at once and the main thread only joins the parts: the checks across rows (customer
     codes, duplicated order ids), then each part of the lines as it arrives.
     """
