@@ -32,21 +32,19 @@ from __future__ import annotations
 
 import csv
 import json
-import re
-import zoneinfo
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from functools import lru_cache
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Connection, String, Table, and_, bindparam, func, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, select, update
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tend.config import mask_url
 from tend.errors import DataError
+from tend.shop import rules
 from tend.shop import schema as shop_schema
 from tend.store.db import connect
 
@@ -57,11 +55,6 @@ QUARANTINE_HEADER = ("file", "line", "reason", "row")
 
 _CHUNK = 900  # rows per batch; also keys per IN (...), under SQLite's bound-parameter limit
 _EXAMPLES = 5  # line numbers kept per warning, to point at without flooding the report
-_CENT = Decimal("0.01")
-_MAX_MONEY = Decimal("1e10")  # NUMERIC(12, 2)
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
 @dataclass
@@ -92,7 +85,7 @@ class LoadReport:
         return out
 
 
-# --- parsing one field ---------------------------------------------------------------------
+# --- parsing one field (the rules are ``rules``') -----------------------------------------
 
 
 class _Row:
@@ -110,15 +103,15 @@ class _Row:
     def text(self, column: str) -> str:
         return self.raw[column].strip()
 
-    def key(self, column: str, table: Table) -> None:
+    def key(self, column: str, table: Table, empty: str) -> None:
         value = self.text(column)
         if not value:
-            self.problems.append(f"empty {column}")
+            self.problems.append(empty)
         self.string(column, table, value)
 
     def string(self, column: str, table: Table, value: str | None = None) -> None:
         value = self.text(column) if value is None else value
-        limit = _LENGTHS[table.name].get(column)
+        limit = rules.LENGTHS[table.name].get(column)
         if limit is not None and len(value) > limit:
             self.problems.append(f"{column} longer than {limit} characters")
         self.values[column] = value
@@ -128,81 +121,27 @@ class _Row:
         if not self.values[column]:
             self.values[column] = None
 
-    def timestamp(self, column: str, *, required: bool) -> None:
-        text = self.text(column)
-        self.values[column] = None
-        if not text:
-            if required:
-                self.problems.append(f"missing {column}")
-            return
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            self.problems.append(
-                f"unparseable timestamp in {column}: {text!r} "
-                "(use ISO 8601, e.g. 2024-03-01T14:30:00+00:00)"
-            )
-            return
-        if parsed.tzinfo is None:
-            self.warnings.append("timestamp without zone, read as UTC")
-            parsed = parsed.replace(tzinfo=UTC)
-        self.values[column] = parsed.astimezone(UTC)
+    def defaulted(self, column: str, value: str) -> str:
+        """The value, or the rule's default for a blank one (with its warning)."""
+        if value:
+            return value
+        default, warning = rules.CUSTOMER_DEFAULTS[column]
+        self.warnings.append(warning)
+        return default
 
-    def money(self, column: str) -> None:
-        number = self._number(column, required=True)
-        if number is None:
-            return
-        if number >= _MAX_MONEY:
-            self.problems.append(f"{column} too large: {self.text(column)}")
-            return
-        self.values[column] = number.quantize(_CENT, rounding=ROUND_HALF_UP)
+    def timestamp(self, rule: rules.Timestamp) -> None:
+        value, problem, warning = rule.parse(self.text(rule.column))
+        self.values[rule.column] = value
+        if problem:
+            self.problems.append(problem)
+        if warning:
+            self.warnings.append(warning)
 
-    def whole(self, column: str, *, required: bool, minimum: int) -> None:
-        number = self._number(column, required=required)
-        if number is None:
-            return
-        if number != number.to_integral_value():
-            self.problems.append(f"{column} must be a whole number: {self.text(column)!r}")
-        elif number < minimum:
-            self.problems.append(f"{column} must be at least {minimum}: {self.text(column)}")
-        else:
-            self.values[column] = int(number)
-
-    def _number(self, column: str, *, required: bool) -> Decimal | None:
-        text = self.text(column)
-        self.values[column] = None
-        if not text:
-            if required:
-                self.problems.append(f"missing {column}")
-            return None
-        try:
-            number = Decimal(text)
-        except InvalidOperation:
-            number = Decimal("NaN")
-        if not number.is_finite():
-            self.problems.append(f"non-numeric {column}: {text!r}")
-            return None
-        if number < 0:
-            self.problems.append(f"negative {column}: {text}")
-            return None
-        return number
-
-
-# Column widths, so a value too long for PostgreSQL is a quarantined row, not a failed load.
-_LENGTHS: dict[str, dict[str, int]] = {
-    t.name: {c.key: c.type.length for c in t.columns
-             if isinstance(c.type, String) and c.type.length}
-    for t in shop_schema.metadata.tables.values()
-}
-
-
-@lru_cache(maxsize=4096)
-def _is_timezone(name: str) -> bool:
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        return False
-    return True
+    def number(self, rule: rules.Number) -> None:
+        value, problem = rule.parse(self.text(rule.column))
+        self.values[rule.column] = value
+        if problem:
+            self.problems.append(problem)
 
 
 # --- validating one row per file -----------------------------------------------------------
@@ -210,80 +149,64 @@ def _is_timezone(name: str) -> bool:
 
 def _product(row: _Row) -> None:
     t = shop_schema.products
-    row.key("sku", t)
+    row.key("sku", t, rules.PRODUCT_WITHOUT_SKU)
     row.string("name", t)
     if not row.values["name"]:
-        row.problems.append("missing name (emails show it to customers)")
+        row.problems.append(rules.PRODUCT_WITHOUT_NAME)
     row.string("category", t)
     if not row.values["category"]:
-        row.warnings.append("missing category, stored as 'uncategorized'")
-        row.values["category"] = "uncategorized"
-    row.money("price")
-    row.whole("service_interval_days", required=False, minimum=1)
-    row.whole("replenish_days", required=False, minimum=1)
+        row.warnings.append(f"missing category, stored as {rules.DEFAULT_CATEGORY!r}")
+        row.values["category"] = rules.DEFAULT_CATEGORY
+    row.number(rules.PRICE)
+    row.number(rules.SERVICE_INTERVAL_DAYS)
+    row.number(rules.REPLENISH_DAYS)
     row.values["complements"] = " ".join(row.text("complements").split()) or None
 
 
 def _customer(row: _Row) -> None:
     t = shop_schema.customers
-    row.key("customer_id", t)
+    row.key("customer_id", t, rules.CUSTOMER_WITHOUT_ID)
     row.string("email", t)
-    if not _EMAIL.match(row.values["email"]):
-        row.warnings.append("invalid email syntax")
+    if not rules.EMAIL.match(row.values["email"]):
+        row.warnings.append(rules.INVALID_EMAIL)
     row.optional_string("first_name", t)
     row.optional_string("last_name", t)
-    locale = row.text("locale")
-    if not locale:
-        row.warnings.append("missing locale, en assumed")
-        locale = "en"
-    elif not _LOCALE.match(locale):
-        row.problems.append(f"invalid locale {locale!r} (use a language code such as en or fr)")
+    locale = row.defaulted("locale", row.text("locale"))
+    if not rules.LOCALE.match(locale):
+        row.problems.append(rules.INVALID_LOCALE.format(value=locale))
     row.string("locale", t, locale)
-    tz = row.text("timezone")
-    if not tz:
-        row.warnings.append("missing timezone, UTC assumed")
-        tz = "UTC"
-    elif not _is_timezone(tz):
-        row.problems.append(
-            f"unknown timezone {tz!r} (use an IANA name such as America/Toronto)"
-        )
+    tz = row.defaulted("timezone", row.text("timezone"))
+    if not rules.is_timezone(tz):
+        row.problems.append(rules.UNKNOWN_TIMEZONE.format(value=tz))
     row.string("timezone", t, tz)
-    consent = row.text("marketing_consent").lower()
-    if not consent:
-        row.warnings.append("missing marketing_consent, read as none")
-        consent = "none"
-    elif consent not in shop_schema.CONSENT_VALUES:
-        row.problems.append(
-            f"unknown marketing_consent {row.text('marketing_consent')!r} "
-            f"(expected {', '.join(shop_schema.CONSENT_VALUES)})"
-        )
+    consent = row.defaulted("marketing_consent", row.text("marketing_consent").lower())
+    if consent not in shop_schema.CONSENT_VALUES:
+        row.problems.append(rules.UNKNOWN_CONSENT.format(value=row.text("marketing_consent")))
     row.values["marketing_consent"] = consent
-    row.timestamp("consent_at", required=False)
-    row.timestamp("created_at", required=True)
+    row.timestamp(rules.CONSENT_AT)
+    row.timestamp(rules.CREATED_AT)
     if "unsubscribed_at" in row.raw:
-        row.timestamp("unsubscribed_at", required=False)
+        row.timestamp(rules.UNSUBSCRIBED_AT)
 
 
 def _order(row: _Row) -> None:
     t = shop_schema.orders
-    row.key("order_id", t)
-    row.key("customer_id", t)
-    row.timestamp("ordered_at", required=True)
-    row.money("total")
+    row.key("order_id", t, rules.ORDER_WITHOUT_ID)
+    row.key("customer_id", t, rules.ORDER_WITHOUT_CUSTOMER)
+    row.timestamp(rules.ORDERED_AT)
+    row.number(rules.TOTAL)
     currency = row.text("currency").upper()
-    if not _CURRENCY.match(currency):
-        row.problems.append(
-            f"invalid currency {row.text('currency')!r} (use a 3-letter code such as CAD)"
-        )
+    if not rules.CURRENCY.match(currency):
+        row.problems.append(rules.INVALID_CURRENCY.format(value=row.text("currency")))
     row.values["currency"] = currency
 
 
 def _order_line(row: _Row) -> None:
     t = shop_schema.order_lines
-    row.key("order_id", t)
-    row.key("sku", t)
-    row.whole("quantity", required=True, minimum=0)
-    row.money("unit_price")
+    row.key("order_id", t, rules.detailed(rules.LINE_UNKNOWN_ORDER, "empty order_id"))
+    row.key("sku", t, rules.detailed(rules.LINE_UNKNOWN_SKU, "empty sku"))
+    row.number(rules.QUANTITY)
+    row.number(rules.UNIT_PRICE)
 
 
 @dataclass(frozen=True)
@@ -291,7 +214,7 @@ class _Spec:
     table: Table
     key: tuple[str, ...]
     validate: Callable[[_Row], None]
-    # (column, referenced table, what to tell the shop when the reference is unknown)
+    # (column, referenced table, the reason when the reference is unknown)
     references: tuple[tuple[str, Table, str], ...] = ()
 
 
@@ -300,19 +223,12 @@ _SPECS: dict[str, _Spec] = {
     "customers": _Spec(shop_schema.customers, ("customer_id",), _customer),
     "orders": _Spec(
         shop_schema.orders, ("order_id",), _order,
-        ((
-            "customer_id", shop_schema.customers,
-            "not in customers.csv or the database (if it was quarantined, fix it first)",
-        ),),
+        (("customer_id", shop_schema.customers, rules.ORDER_UNKNOWN_CUSTOMER),),
     ),
     "order_lines": _Spec(
         shop_schema.order_lines, ("order_id", "sku"), _order_line,
-        (
-            ("order_id", shop_schema.orders,
-             "not in orders.csv or the database (if it was quarantined, fix it first)"),
-            ("sku", shop_schema.products,
-             "not in products.csv or the database (if it was quarantined, fix it first)"),
-        ),
+        (("order_id", shop_schema.orders, rules.LINE_UNKNOWN_ORDER),
+         ("sku", shop_schema.products, rules.LINE_UNKNOWN_SKU)),
     ),
 }
 
@@ -467,13 +383,15 @@ class _Loader:
         """Check references and duplicates, then insert new rows and update changed ones."""
         if not batch:
             return
-        for column, target, hint in spec.references:
+        for column, target, reason in spec.references:
             wanted = {row.values[column] for row in batch}
             ref = target.c[column]
             known = {r[0] for r in self.conn.execute(select(ref).where(ref.in_(wanted)))}
             for row in batch:
                 if row.values[column] not in known:
-                    row.problems.append(f"unknown {column} {row.values[column]!r}: {hint}")
+                    row.problems.append(rules.detailed(reason, (
+                        f"{row.values[column]!r} not in {target.name}.csv or the database "
+                        "(if it was quarantined, fix it first)")))
         seen = self.seen[name]
         keep: list[_Row] = []
         for row in batch:

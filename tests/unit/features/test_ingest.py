@@ -157,7 +157,7 @@ def test_a_full_read_in_many_parts_equals_one_part(shop_url: str, monkeypatch: p
     """Runs of one order's lines cut by the boundary between two parts stay one run."""
     _add_bad_rows(shop_url)
     whole = shop.read_history(shop_url, NIGHT, now=NOW)
-    monkeypatch.setattr(shop, "_PART_ROWS", 777)
+    monkeypatch.setattr("tend.shop.sqlite_fast._PART_ROWS", 777)
     parts = shop.read_history(shop_url, NIGHT, now=NOW)
     assert "fast SQLite read failed" not in caplog.text
     pd.testing.assert_frame_equal(whole.orders, parts.orders)

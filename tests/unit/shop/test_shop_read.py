@@ -10,6 +10,7 @@ import pytest
 from _support import sqlite_session
 
 from tend.errors import DataError
+from tend.shop import columns, sqlite_fast
 from tend.shop import read as shop
 from tend.shop.read import require_schema, validate_orders
 
@@ -173,8 +174,8 @@ def test_a_read_in_parts_equals_one_part_and_the_generic_path(
     repeated id in two parts, and batches of two rows: the odd totals and quantities come
     after the first batch, which the careful re-read must still type."""
     whole = shop.read_history(odd_shop, NIGHT, now=NOW)
-    monkeypatch.setattr(shop, "_PART_ROWS", part_rows)
-    monkeypatch.setattr(shop, "_BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(sqlite_fast, "_PART_ROWS", part_rows)
+    monkeypatch.setattr(sqlite_fast, "_BATCH_ROWS", batch_rows)
     parts = shop.read_history(odd_shop, NIGHT, now=NOW)
     _no_fallback(caplog)
     _same(parts, whole, exact=True)
@@ -189,7 +190,7 @@ def test_lines_in_any_order_are_matched_to_their_orders(
     lines = SHOP_LINES if order == "as written" else [
         (100 - rid, *rest) for rid, *rest in SHOP_LINES]
     url = _shop(tmp_path / "shop.db", lines)
-    monkeypatch.setattr(shop, "_PART_ROWS", 2)
+    monkeypatch.setattr(sqlite_fast, "_PART_ROWS", 2)
     fast = shop.read_history(url, NIGHT, now=NOW)
     _no_fallback(caplog)
     _same(fast, shop._read_generic(url, NIGHT, None, now=NOW, lines=True), exact=False)
@@ -200,7 +201,7 @@ def test_trailing_lines_of_unknown_orders_do_not_unmatch_the_others(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every part lines up with its orders but the read has more runs than order rows."""
     url = _shop(tmp_path / "shop.db", [*SHOP_LINES, (30, "LATE", "SKU-A", 1)])
-    monkeypatch.setattr(shop, "_PART_ROWS", 4)
+    monkeypatch.setattr(sqlite_fast, "_PART_ROWS", 4)
     fast = shop.read_history(url, NIGHT, now=NOW)
     _same(fast, shop._read_generic(url, NIGHT, None, now=NOW, lines=True), exact=False)
     assert ("order_lines", "LATE:SKU-A", "order line for an unknown order") in _keys(fast)
@@ -217,10 +218,10 @@ def test_a_customer_subset_read_in_two_pieces_equals_one(
     ids = ["C1", "C2", "C3", "C4", "C9", "O'Brien", "Zoë", "C1"]
     one = shop.read_history(url, NIGHT, ids, now=NOW)
     sorted_pieces = []
-    by_rid = shop._by_rid
-    monkeypatch.setattr(shop, "_by_rid", lambda tables, **kw: (
+    by_rid = sqlite_fast._by_rid
+    monkeypatch.setattr(sqlite_fast, "_by_rid", lambda tables, **kw: (
         sorted_pieces.append(len(tables)), by_rid(tables, **kw))[1])
-    monkeypatch.setattr(shop, "_SPLIT_CUSTOMERS", 1)
+    monkeypatch.setattr(sqlite_fast, "_SPLIT_CUSTOMERS", 1)
     two = shop.read_history(url, NIGHT, ids, now=NOW)
     _no_fallback(caplog)
     _same(two, one, exact=True)
@@ -244,7 +245,7 @@ def test_blank_is_what_trimming_whitespace_leaves_empty() -> None:
     values = [None, "", " ", "\t\n", "\u3000", "\u00a0x", "x ", " x", "\u200b", "\u2003\u2029"]
     a = pa.array(values, pa.string())
     trimmed = pc.or_kleene(pc.is_null(a), pc.equal(pc.utf8_trim_whitespace(a), ""))
-    assert shop._blank(a).tolist() == trimmed.fill_null(True).to_pylist()
+    assert columns._blank(a).tolist() == trimmed.fill_null(True).to_pylist()
 
 
 def test_timestamps_parse_and_round_like_pandas() -> None:
@@ -254,22 +255,22 @@ def test_timestamps_parse_and_round_like_pandas() -> None:
     text = ["2026-01-01 10:00:00.0005", "2026-01-01 10:00:00.0015", "2026-01-01 10:00:00.0025",
             "1969-12-31 23:59:59.9995", "2026-01-01T10:00:00", None, "2026-01-01 10:00:00+01:00",
             "soon"]
-    parsed = shop._arrow_ms(pa.array(text, pa.string()), chunk=2)
-    np.testing.assert_array_equal(parsed, shop._parse_ms(pd.Series(text, dtype=object)))
-    assert parsed[-1] == shop._NAT
-    np.testing.assert_array_equal(shop._arrow_ms(pa.array(text[:5], pa.string())), parsed[:5])
+    parsed = columns._arrow_ms(pa.array(text, pa.string()), chunk=2)
+    np.testing.assert_array_equal(parsed, columns._parse_ms(pd.Series(text, dtype=object)))
+    assert parsed[-1] == columns._NAT
+    np.testing.assert_array_equal(columns._arrow_ms(pa.array(text[:5], pa.string())), parsed[:5])
     us = np.arange(-5_000, 5_000, 250, dtype=np.int64)
     expected = pd.Series(pd.to_datetime(us, unit="us")).dt.round("ms").dt.as_unit("ms")
-    np.testing.assert_array_equal(shop._round_ms(us), expected.array.asi8)
+    np.testing.assert_array_equal(columns._round_ms(us), expected.array.asi8)
 
 
 def test_positions_hash_either_side() -> None:
     import pyarrow as pa
 
     known = pa.array(["a", "b", "c", "d"])
-    assert shop._positions(pa.array(["d", "x", "a"]), known).tolist() == [3, -1, 0]
-    assert shop._positions(pa.array(["d", "x", "a", "y", "c", "z"]), known).tolist() == [
+    assert columns._positions(pa.array(["d", "x", "a"]), known).tolist() == [3, -1, 0]
+    assert columns._positions(pa.array(["d", "x", "a", "y", "c", "z"]), known).tolist() == [
         3, -1, 0, -1, 2, -1]
-    assert shop._sorted_unique(pa.array(["b", None, "a", "b"])).to_pylist() == ["a", "b"]
-    assert shop._sorted_unique(pa.array(["b", "a", "b"]), unique=False).to_pylist() == [
+    assert columns._sorted_unique(pa.array(["b", None, "a", "b"])).to_pylist() == ["a", "b"]
+    assert columns._sorted_unique(pa.array(["b", "a", "b"]), unique=False).to_pylist() == [
         "a", "b", "b"]

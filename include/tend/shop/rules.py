@@ -1,0 +1,215 @@
+"""The row rules of the shop tables: what a usable row holds, and why one is set aside.
+
+Both ways a shop's rows come in apply these rules and define none of their own: ``read``
+screens the rows of the shop database every night (``screen``, on whole columns) and
+``csv_import`` screens CSV exports before loading them (row by row). A rule both check
+quarantines the same rows with the same reason; the CSV import adds what it found after a
+colon (the value as written, where to look), because the shop fixes its export from that line.
+Rules that need other rows (a duplicate, a reference) are checked where those rows are known,
+with the reasons named here; a future ``ordered_at`` is the reader's alone, since it depends on
+the night being run.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
+
+from sqlalchemy import String
+
+from tend.shop import schema as shop_schema
+
+#: An order total above this is treated as a data error (a price typed in cents, a test order).
+ABSURD_TOTAL = 1_000_000.0
+#: What a NUMERIC(12, 2) column holds: a larger amount is a bad row, not a failed load.
+MAX_MONEY = Decimal("1e10")
+_CENT = Decimal("0.01")
+
+#: Column widths, so a value too long for PostgreSQL is a quarantined row, not a failed load.
+LENGTHS: dict[str, dict[str, int]] = {
+    t.name: {c.key: c.type.length for c in t.columns
+             if isinstance(c.type, String) and c.type.length}
+    for t in shop_schema.metadata.tables.values()
+}
+
+
+def detailed(reason: str, detail: str) -> str:
+    """A reason with what was found, for the CSV quarantine (the reader's reason comes first)."""
+    return f"{reason}: {detail}"
+
+
+def _generic_reasons(rule: object, **generic: str) -> None:
+    """Fill the reasons a (frozen) rule left empty with the generic ones naming its column."""
+    for name, reason in generic.items():
+        if not getattr(rule, name):
+            object.__setattr__(rule, name, reason)
+
+
+# --- numbers --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Number:
+    """A numeric field: its bounds, and the reason for each way a value can break them.
+
+    A reason left empty is the generic one naming the column. ``whole`` fields are counts
+    (int); the others are money, rounded to the cent and never above ``MAX_MONEY``.
+    """
+
+    column: str
+    whole: bool = False
+    required: bool = True
+    minimum: int = 0
+    maximum: float | None = None  # the largest usable value; None: what the column holds
+    missing: str = ""
+    not_a_number: str = ""
+    negative: str = ""
+    too_small: str = ""
+    too_large: str = ""
+    fraction: str = ""
+
+    def __post_init__(self) -> None:
+        c = self.column
+        _generic_reasons(self, missing=f"missing {c}", not_a_number=f"non-numeric {c}",
+                         negative=f"negative {c}", too_small=f"{c} must be at least {self.minimum}",
+                         too_large=f"{c} too large", fraction=f"{c} must be a whole number")
+
+    def parse(self, text: str) -> tuple[Decimal | int | None, str | None]:
+        """(value, None), or (None, the problem) for a value as written (already stripped);
+        (None, None) for a blank optional value."""
+        if not text:
+            return None, self.missing if self.required else None
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            number = Decimal("NaN")
+        if not number.is_finite():
+            return None, detailed(self.not_a_number, repr(text))
+        if number < 0:
+            return None, detailed(self.negative, text)
+        if self.whole and number != number.to_integral_value():
+            return None, detailed(self.fraction, repr(text))
+        if number < self.minimum:
+            return None, detailed(self.too_small, text)
+        if (self.maximum is not None and number > Decimal(repr(self.maximum))) or (
+                not self.whole and number >= MAX_MONEY):
+            return None, detailed(self.too_large, text)
+        if self.whole:
+            return int(number), None
+        return number.quantize(_CENT, rounding=ROUND_HALF_UP), None
+
+
+def _one_reason(column: str, reason: str, **bounds: int | bool) -> Number:
+    """A number whose every problem has the same reason."""
+    reasons = dict.fromkeys(
+        ("missing", "not_a_number", "negative", "too_small", "too_large", "fraction"), reason)
+    return Number(column, **bounds, **reasons)  # type: ignore[arg-type]
+
+
+# --- timestamps -----------------------------------------------------------------------------
+
+#: The warning for a timestamp without a zone (read as UTC, which is how Tend stores time).
+NAIVE_TIMESTAMP = "timestamp without zone, read as UTC"
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    """A timestamp field: required or not, and the reasons when it cannot be used."""
+
+    column: str
+    required: bool
+    missing: str = ""
+    unparseable: str = ""
+
+    def __post_init__(self) -> None:
+        _generic_reasons(self, missing=f"missing {self.column}",
+                         unparseable=f"unparseable timestamp in {self.column}")
+
+    def parse(self, text: str) -> tuple[datetime | None, str | None, str | None]:
+        """(UTC value, problem, warning) for a value as written (already stripped)."""
+        if not text:
+            return None, self.missing if self.required else None, None
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None, detailed(
+                self.unparseable, f"{text!r} (use ISO 8601, e.g. 2024-03-01T14:30:00+00:00)"
+            ), None
+        warning = None
+        if parsed.tzinfo is None:
+            warning = NAIVE_TIMESTAMP
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC), None, warning
+
+
+# --- products -------------------------------------------------------------------------------
+
+PRODUCT_WITHOUT_SKU = "empty sku"
+PRODUCT_WITHOUT_NAME = "missing name (emails show it to customers)"
+#: A product without a category is kept under this one (a warning, not a reject).
+DEFAULT_CATEGORY = "uncategorized"
+PRICE = Number("price")
+SERVICE_INTERVAL_DAYS = Number("service_interval_days", whole=True, required=False, minimum=1)
+REPLENISH_DAYS = Number("replenish_days", whole=True, required=False, minimum=1)
+
+# --- customers ------------------------------------------------------------------------------
+
+CUSTOMER_WITHOUT_ID = "empty customer_id"
+#: An invalid email is only a warning: losing a customer's history over a typo would hurt every
+#: later signal, and delivery refuses the address anyway.
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+INVALID_EMAIL = "invalid email syntax"
+LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
+INVALID_LOCALE = "invalid locale {value!r} (use a language code such as en or fr)"
+UNKNOWN_TIMEZONE = "unknown timezone {value!r} (use an IANA name such as America/Toronto)"
+UNKNOWN_CONSENT = (f"unknown marketing_consent {{value!r}} "
+                   f"(expected {', '.join(shop_schema.CONSENT_VALUES)})")
+#: Blanks with a safe default: (default, the warning).
+CUSTOMER_DEFAULTS: dict[str, tuple[str, str]] = {
+    "locale": ("en", "missing locale, en assumed"),
+    "timezone": ("UTC", "missing timezone, UTC assumed"),
+    "marketing_consent": ("none", "missing marketing_consent, read as none"),
+}
+CONSENT_AT = Timestamp("consent_at", required=False)
+CREATED_AT = Timestamp("created_at", required=True)
+UNSUBSCRIBED_AT = Timestamp("unsubscribed_at", required=False)
+
+
+@lru_cache(maxsize=4096)
+def is_timezone(name: str) -> bool:
+    """Whether ``name`` is a time zone this machine knows (an IANA name)."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+# --- orders ---------------------------------------------------------------------------------
+
+ORDER_WITHOUT_ID = "order without an order_id"
+ORDER_WITHOUT_CUSTOMER = "order without a customer"
+ORDER_UNKNOWN_CUSTOMER = "order for an unknown customer"
+ORDERED_AT = Timestamp("ordered_at", required=True, missing="unparseable ordered_at timestamp",
+                       unparseable="unparseable ordered_at timestamp")
+TOTAL = Number("total", maximum=ABSURD_TOTAL, missing="total is not a number",
+               not_a_number="total is not a number", negative="negative order total",
+               too_large=f"order total above {ABSURD_TOTAL:,.0f} (absurd amount)")
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+INVALID_CURRENCY = "invalid currency {value!r} (use a 3-letter code such as CAD)"
+#: The reader keeps a duplicated order_id's earliest row (then the smallest customer_id).
+ORDER_DUPLICATE = "duplicate order_id (the first occurrence was kept)"
+#: The reader's alone: an order dated after the run's own date (wall clock, UTC).
+ORDER_IN_FUTURE = "ordered_at in the future (after the run's date, {date} UTC)"
+
+# --- order lines ----------------------------------------------------------------------------
+
+LINE_UNKNOWN_ORDER = "order line for an unknown order"
+LINE_UNKNOWN_SKU = "order line with an unknown sku"
+LINE_BAD_QUANTITY = "order line quantity is not a positive whole number"
+QUANTITY = _one_reason("quantity", LINE_BAD_QUANTITY, whole=True, minimum=1)
+UNIT_PRICE = Number("unit_price")
