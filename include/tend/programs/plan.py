@@ -41,7 +41,6 @@ from tend.store import ledger
 from tend.store.db import connect, require_current
 from tend.store.tables import deferred, suppressions
 
-#: What a signal frame carries (the contract between tend.signals and the programs stage).
 #: Fates that mean "not tonight, but maybe tomorrow" while the candidate is still valid.
 DEFERRABLE = ("capped:", "cooldown:", "lost_to:")
 
@@ -136,9 +135,9 @@ def plan_night(
     require_current(store_url)
     registry = registry or load_registry()
     programs = registry.enabled()
+    locales = renderer.locales()
     for program in programs:
-        problems = renderer.check(program.template, ("en", "fr"),
-                                  sample_context(program.template))
+        problems = renderer.check(program.template, locales, sample_context(program.template))
         if problems:
             raise TemplateError(
                 f"program {program.name}: template {program.template!r} failed its check: "
