@@ -11,7 +11,7 @@ import os
 import socket
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +27,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 TEMPLATES = PROJECT / "templates" / "email"
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")
+
+#: The ``demo_shops`` fixture (tests/conftest.py): ``demo_shops(customers=, seed=, as_of=)`` is
+#: the URL of that demo shop, built once per session and shared read-only.
+DemoShops = Callable[..., str]
 
 
 def require_postgres() -> str:
