@@ -290,7 +290,7 @@ def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
     cols = [c.name for c in deferred.columns]
     with connect(store_url).connect() as conn:  # the driver's rows: dates are parsed below
         fetched = conn.exec_driver_sql(f"SELECT {', '.join(cols)} FROM {deferred.name}").all()
-    # Column by column: a frame built from row objects probes each row (slow at 300k rows).
+    # Column by column: a frame built from row objects would probe every row.
     columns = zip(*fetched, strict=True) if fetched else ([] for _ in cols)
     rows = pd.DataFrame({c: list(v) for c, v in zip(cols, columns, strict=True)})
     if rows.empty:
