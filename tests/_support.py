@@ -6,22 +6,31 @@ Kept out of conftest.py on purpose: several conftest modules exist in this tree,
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import socket
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
+
+from tend.delivery import OutgoingMessage
 
 #: The project checkout, and the email templates in it.
 PROJECT = Path(__file__).resolve().parents[1]
 TEMPLATES = PROJECT / "templates" / "email"
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")
+
+#: The ``demo_shops`` fixture (tests/conftest.py): ``demo_shops(customers=, seed=, as_of=)`` is
+#: the URL of that demo shop, built once per session and shared read-only.
+DemoShops = Callable[..., str]
 
 
 def require_postgres() -> str:
@@ -75,3 +84,63 @@ def copy_sqlite(src_url: str, dst: Path) -> str:
             sqlite_session(dst) as copy:
         src.backup(copy)
     return f"sqlite:///{dst}"
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on (for a server to start on, or to find closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mark_claimed_sent(store_url: str, day: dt.date) -> None:
+    """Skip rendering and delivery: walk every claimed message of the night to 'sent'."""
+    from tend.store import ledger
+    from tend.store.db import connect
+    from tend.store.tables import contact_ledger
+
+    with connect(store_url).begin() as conn:
+        ids = list(conn.execute(select(contact_ledger.c.message_id).where(
+            contact_ledger.c.as_of == day, contact_ledger.c.status == "claimed")).scalars())
+        if ids:
+            ledger.mark_sending(conn, ids)
+            ledger.record_results(conn, [{"message_id": i, "status": "sent"} for i in ids])
+
+
+#: The one-click unsubscribe link of :func:`make_message`.
+UNSUBSCRIBE = "<http://localhost:8080/tend/unsubscribe/Y3VzXzE.abc>"
+
+
+def make_message(message_id: str = "msg-0001", **overrides: object) -> OutgoingMessage:
+    """A rendered French win-back email, as the send engine hands it to a backend.
+
+    Every field can be overridden by name; ``custom_args`` carries ``message_id`` unless it is
+    overridden too.
+    """
+    message = OutgoingMessage(
+        message_id=message_id,
+        to_email="marie.tremblay@example.com",
+        to_name="Marie Tremblay",
+        from_email="bonjour@velo.example",
+        from_name="Vélo & Café Lemieux",
+        reply_to="service@velo.example",
+        subject="Marie, un rabais de 10,00\xa0$ vous attend",
+        text="Bonjour Marie,\n\nVotre code : REVIENS-7Q2F\n",
+        html="<p>Bonjour Marie,</p><p>Votre code&nbsp;: <b>REVIENS-7Q2F</b></p>",
+        headers={
+            "List-Unsubscribe": UNSUBSCRIBE,
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        },
+        categories=("winback", "marketing"),
+        custom_args={"tend_message_id": message_id, "program": "winback", "kind": "marketing",
+                     "run_id": "scheduled__2026-11-20"},
+    )
+    return replace(message, **overrides)  # type: ignore[arg-type]
+
+
+def numbered_message(i: int, **overrides: object) -> OutgoingMessage:
+    """The ``i``-th message of a batch: id ``m0000``..., to ``customer{i}@example.com``, from
+    ``shop.example``; otherwise :func:`make_message`."""
+    return make_message(f"m{i:04d}", **{
+        "to_email": f"customer{i}@example.com", "to_name": f"Customer {i}",
+        "from_email": "hello@shop.example", **overrides})

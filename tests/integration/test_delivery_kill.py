@@ -30,7 +30,6 @@ from sqlalchemy import select
 
 from tend import messages
 from tend.config import ShopSettings
-from tend.dev.demo import generate_demo_shop
 from tend.dev.fake_sendgrid import FaultPlan, RunningFake, run_in_thread
 from tend.features import ingest
 from tend.programs import plan
@@ -44,12 +43,7 @@ KILLS = 4
 TEND = Path(sys.executable).parent / "tend"
 SEED = int(os.environ.get("TEND_KILL_SEED", time.time_ns() % 1_000_000))
 
-
-@pytest.fixture(scope="module")
-def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('shop') / 'shop.db'}"
-    generate_demo_shop(url, customers=1200, seed=23, as_of=NIGHT)
-    return url
+pytestmark = pytest.mark.demo_shop(customers=1200, seed=23, as_of=NIGHT)
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _support import copy_sqlite
 from sqlalchemy import insert, select
 
 from tend import messages, reports
 from tend.config import ShopSettings
 from tend.delivery import DeliveryResult, DeliveryStatus, OutboxBackend, OutgoingMessage, engine
-from tend.dev.demo import generate_demo_shop
 from tend.errors import DeliveryAuthError
 from tend.features import ingest
 from tend.programs import plan
@@ -26,19 +24,7 @@ from tend.store.tables import contact_ledger, customer_features, decision_log, q
 NIGHT = dt.date(2026, 11, 20)
 SECRET = "test-secret"
 
-
-@pytest.fixture(scope="module")
-def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("shop") / "shop.db"
-    url = f"sqlite:///{path}"
-    generate_demo_shop(url, customers=400, seed=11, as_of=NIGHT)
-    return url
-
-
-@pytest.fixture
-def shop_url(demo_shop: str, tmp_path: Path) -> str:
-    """A private copy of the demo shop, so a test may add bad rows to it."""
-    return copy_sqlite(demo_shop, tmp_path / "shop.db")
+pytestmark = pytest.mark.demo_shop(customers=400, seed=11, as_of=NIGHT)
 
 
 SETTINGS = ShopSettings.from_env({})

@@ -41,7 +41,6 @@ from tend.store import bulk, ledger
 from tend.store.db import connect, require_current
 from tend.store.tables import deferred, suppressions
 
-#: What a signal frame carries (the contract between tend.signals and the programs stage).
 #: Fates that mean "not tonight, but maybe tomorrow" while the candidate is still valid.
 DEFERRABLE = ("capped:", "cooldown:", "lost_to:")
 
@@ -136,9 +135,9 @@ def plan_night(
     require_current(store_url)
     registry = registry or load_registry()
     programs = registry.enabled()
+    locales = renderer.locales()
     for program in programs:
-        problems = renderer.check(program.template, ("en", "fr"),
-                                  sample_context(program.template))
+        problems = renderer.check(program.template, locales, sample_context(program.template))
         if problems:
             raise TemplateError(
                 f"program {program.name}: template {program.template!r} failed its check: "
@@ -291,7 +290,7 @@ def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
     cols = [c.name for c in deferred.columns]
     with connect(store_url).connect() as conn:  # the driver's rows: dates are parsed below
         fetched = conn.exec_driver_sql(f"SELECT {', '.join(cols)} FROM {deferred.name}").all()
-    # Column by column: a frame built from row objects probes each row (slow at 300k rows).
+    # Column by column: a frame built from row objects would probe every row.
     columns = zip(*fetched, strict=True) if fetched else ([] for _ in cols)
     rows = pd.DataFrame({c: list(v) for c, v in zip(cols, columns, strict=True)})
     if rows.empty:

@@ -17,14 +17,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from _support import private_pg_schema
+from _support import DemoShops, private_pg_schema
 from sqlalchemy import select, update
 
 from tend import messages
 from tend.config import ShopSettings
 from tend.delivery import DeliveryResult, OutgoingMessage, engine
 from tend.delivery.sendgrid import SendGridBackend, SendGridSettings
-from tend.dev.demo import generate_demo_shop
 from tend.dev.fake_sendgrid import FaultPlan, RunningFake, run_in_thread
 from tend.errors import DeliveryAuthError, DeliveryError
 from tend.features import ingest
@@ -44,12 +43,11 @@ ALWAYS_OPEN = SendWindow(dt.time(0, 0), dt.time(23, 59, 59))
 
 @pytest.fixture(scope="module",
                 params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def planned_night(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Iterator[tuple[str, plan.PlanResult]]:
+def planned_night(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                  demo_shops: DemoShops) -> Iterator[tuple[str, plan.PlanResult]]:
     """A demo night planned once per backend; each test starts from its claimed ledger."""
     folder = tmp_path_factory.mktemp("night")
-    shop_url = f"sqlite:///{folder / 'shop.db'}"
-    generate_demo_shop(shop_url, customers=400, seed=11, as_of=NIGHT)
+    shop_url = demo_shops(customers=400, seed=11, as_of=NIGHT)
     with ExitStack() as stack:
         store_url = (f"sqlite:///{folder / 'store.db'}" if request.param == "sqlite"
                      else stack.enter_context(private_pg_schema()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
@@ -10,39 +9,16 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
+from _support import UNSUBSCRIBE, make_message
 
 from tend.delivery import (
     DeliveryBackend,
     DeliveryResult,
     DeliveryStatus,
     OutboxBackend,
-    OutgoingMessage,
     make_backend,
 )
 from tend.errors import ConfigError
-
-UNSUBSCRIBE = "<http://localhost:8080/tend/unsubscribe/Y3VzXzE.abc>"
-
-
-def _message(message_id: str = "msg-0001", **changes: object) -> OutgoingMessage:
-    message = OutgoingMessage(
-        message_id=message_id,
-        to_email="marie.tremblay@example.com",
-        to_name="Marie Tremblay",
-        from_email="bonjour@velo.example",
-        from_name="Vélo & Café Lemieux",
-        reply_to="service@velo.example",
-        subject="Marie, un rabais de 10,00\xa0$ vous attend",
-        text="Bonjour Marie,\n\nVotre code : REVIENS-7Q2F\n",
-        html="<p>Bonjour Marie,</p><p>Votre code&nbsp;: <b>REVIENS-7Q2F</b></p>",
-        headers={
-            "List-Unsubscribe": UNSUBSCRIBE,
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-        },
-        categories=("winback", "marketing"),
-        custom_args={"tend_message_id": message_id, "program": "winback", "run_id": "r1"},
-    )
-    return replace(message, **changes)  # type: ignore[arg-type]
 
 
 def _parse(path: Path) -> EmailMessage:
@@ -54,7 +30,7 @@ def _parse(path: Path) -> EmailMessage:
 
 def test_writes_a_parseable_multipart_alternative(tmp_path: Path) -> None:
     outbox = OutboxBackend(tmp_path)
-    [result] = outbox.send([_message()])
+    [result] = outbox.send([make_message()])
     assert result == DeliveryResult("msg-0001", DeliveryStatus.SENT, "outbox:msg-0001.eml")
 
     parsed = _parse(tmp_path / "msg-0001.eml")
@@ -68,7 +44,7 @@ def test_writes_a_parseable_multipart_alternative(tmp_path: Path) -> None:
 
 
 def test_headers(tmp_path: Path) -> None:
-    OutboxBackend(tmp_path).send([_message()])
+    OutboxBackend(tmp_path).send([make_message()])
     parsed = _parse(tmp_path / "msg-0001.eml")
     assert parsed["Subject"] == "Marie, un rabais de 10,00\xa0$ vous attend"
     assert parsed["From"].addresses[0].display_name == "Vélo & Café Lemieux"
@@ -90,7 +66,7 @@ def test_headers(tmp_path: Path) -> None:
 def test_optional_fields(tmp_path: Path) -> None:
     send_at = datetime(2027, 3, 1, 9, 0, tzinfo=timezone(timedelta(hours=-5)))
     OutboxBackend(tmp_path).send(
-        [_message(to_name=None, reply_to=None, categories=(), custom_args={}, send_at=send_at)]
+        [make_message(to_name=None, reply_to=None, categories=(), custom_args={}, send_at=send_at)]
     )
     parsed = _parse(tmp_path / "msg-0001.eml")
     assert str(parsed["To"]) == "marie.tremblay@example.com"
@@ -100,18 +76,18 @@ def test_optional_fields(tmp_path: Path) -> None:
 
 
 def test_naive_send_at_is_refused(tmp_path: Path) -> None:
-    [result] = OutboxBackend(tmp_path).send([_message(send_at=datetime(2027, 3, 1, 9))])
+    [result] = OutboxBackend(tmp_path).send([make_message(send_at=datetime(2027, 3, 1, 9))])
     assert result.status is DeliveryStatus.FAILED
     assert "timezone" in (result.error or "")
 
 
 def test_second_send_is_idempotent(tmp_path: Path) -> None:
     outbox = OutboxBackend(tmp_path)
-    [first] = outbox.send([_message()])
+    [first] = outbox.send([make_message()])
     path = tmp_path / "msg-0001.eml"
     before = path.read_bytes()
     mtime = path.stat().st_mtime_ns
-    [second] = outbox.send([_message(subject="changed")])
+    [second] = outbox.send([make_message(subject="changed")])
     assert second == first
     assert path.read_bytes() == before
     assert path.stat().st_mtime_ns == mtime
@@ -139,7 +115,7 @@ def test_line_break_in_a_header_fails_that_message_only(
     tmp_path: Path, field: str, value: object, header: str
 ) -> None:
     outbox = OutboxBackend(tmp_path)
-    results = outbox.send([_message("bad", **{field: value}), _message("good")])
+    results = outbox.send([make_message("bad", **{field: value}), make_message("good")])
     assert [r.message_id for r in results] == ["bad", "good"]
     bad, good = results
     assert bad.status is DeliveryStatus.FAILED
@@ -152,7 +128,7 @@ def test_line_break_in_a_header_fails_that_message_only(
 
 @pytest.mark.parametrize("header", ["From", "subject", "Bcc", "X-Tend-Message-Id"])
 def test_extra_headers_cannot_replace_the_outbox_own(tmp_path: Path, header: str) -> None:
-    [result] = OutboxBackend(tmp_path).send([_message(headers={header: "x@y.example"})])
+    [result] = OutboxBackend(tmp_path).send([make_message(headers={header: "x@y.example"})])
     assert result.status is DeliveryStatus.FAILED
     assert header in (result.error or "")
     assert list(tmp_path.iterdir()) == []
@@ -163,7 +139,7 @@ def test_extra_headers_cannot_replace_the_outbox_own(tmp_path: Path, header: str
 )
 def test_unsafe_message_ids_are_refused(tmp_path: Path, message_id: str) -> None:
     outbox_dir = tmp_path / "outbox"
-    [result] = OutboxBackend(outbox_dir).send([_message(message_id)])
+    [result] = OutboxBackend(outbox_dir).send([make_message(message_id)])
     assert result.status is DeliveryStatus.FAILED
     assert "file name" in (result.error or "")
     assert list(outbox_dir.iterdir()) == []
@@ -172,14 +148,14 @@ def test_unsafe_message_ids_are_refused(tmp_path: Path, message_id: str) -> None
 
 def test_bad_address_is_a_failed_result(tmp_path: Path) -> None:
     results = OutboxBackend(tmp_path).send(
-        [_message("bad", to_email="not an address"), _message("good")]
+        [make_message("bad", to_email="not an address"), make_message("good")]
     )
     assert [r.status for r in results] == [DeliveryStatus.FAILED, DeliveryStatus.SENT]
 
 
 def test_results_one_per_message_in_order(tmp_path: Path) -> None:
     ids = [f"msg-{i:04d}" for i in range(25)]
-    results = OutboxBackend(tmp_path).send([_message(i) for i in ids])
+    results = OutboxBackend(tmp_path).send([make_message(i) for i in ids])
     assert [r.message_id for r in results] == ids
     assert all(r.status is DeliveryStatus.SENT for r in results)
     assert OutboxBackend(tmp_path).send([]) == []
@@ -187,7 +163,7 @@ def test_results_one_per_message_in_order(tmp_path: Path) -> None:
 
 def test_atomic_write_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     outbox = OutboxBackend(tmp_path)
-    outbox.send([_message("one"), _message("two")])
+    outbox.send([make_message("one"), make_message("two")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.eml", "two.eml"]
 
     # A crash at the moment of the rename: no half file, no leftover temp file, FAILED result.
@@ -195,7 +171,7 @@ def test_atomic_write_leaves_no_temp_files(tmp_path: Path, monkeypatch: pytest.M
         raise OSError("disk on fire")
 
     monkeypatch.setattr("tend.delivery.outbox.os.replace", crash)
-    [result] = outbox.send([_message("three")])
+    [result] = outbox.send([make_message("three")])
     assert result.status is DeliveryStatus.FAILED
     assert "disk on fire" in (result.error or "")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.eml", "two.eml"]
@@ -237,6 +213,6 @@ def test_unknown_backend_lists_known_ones() -> None:
 
 
 def test_date_header_is_recent(tmp_path: Path) -> None:
-    OutboxBackend(tmp_path).send([_message()])
+    OutboxBackend(tmp_path).send([make_message()])
     sent = _parse(tmp_path / "msg-0001.eml")["Date"].datetime
     assert abs(datetime.now(UTC) - sent) < timedelta(minutes=5)

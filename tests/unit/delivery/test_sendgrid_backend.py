@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from _support import free_port, numbered_message
 
 from tend.delivery import (
     AuthRejected,
@@ -30,21 +30,6 @@ from tend.errors import ConfigError, DeliveryAuthError
 
 KEY = "SG.secret-test-key-123"
 SENT, FAILED, UNKNOWN = DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN
-
-
-def msg(i: int, **changes: object) -> OutgoingMessage:
-    mid = f"m{i:04d}"
-    m = OutgoingMessage(
-        message_id=mid, to_email=f"customer{i}@example.com", to_name=f"Customer {i}",
-        from_email="hello@shop.example", from_name="Shop", reply_to=None,
-        subject=f"Hello {i}", text="Hello\n", html="<p>Hello</p>",
-        headers={"List-Unsubscribe": "<https://shop.example/u/x>",
-                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
-        categories=("winback", "marketing"),
-        custom_args={"tend_message_id": mid, "program": "winback", "kind": "marketing",
-                     "run_id": "r1"},
-    )
-    return replace(m, **changes)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -65,8 +50,8 @@ def faults(fake: RunningFake, **plan: object) -> None:
 
 def test_a_chunk_is_sent_concurrently_over_reused_connections(fake: RunningFake) -> None:
     with backend_for(fake, max_in_flight=8) as backend:
-        first = backend.send([msg(i) for i in range(120)])
-        second = backend.send([msg(i) for i in range(120, 240)])
+        first = backend.send([numbered_message(i) for i in range(120)])
+        second = backend.send([numbered_message(i) for i in range(120, 240)])
     results = first + second
     assert [r.message_id for r in results] == [f"m{i:04d}" for i in range(240)]
     assert {r.status for r in results} == {SENT}
@@ -85,7 +70,7 @@ def test_the_api_key_travels_only_in_the_authorization_header(fake: RunningFake)
 def test_429_waits_for_the_reset_then_sends(fake: RunningFake) -> None:
     faults(fake, by_message={"m0001": ["429", "429"]})
     with backend_for(fake) as backend:
-        results = backend.send([msg(i) for i in range(4)])
+        results = backend.send([numbered_message(i) for i in range(4)])
     assert [r.status for r in results] == [SENT] * 4
     outcomes = [r["outcome"] for r in fake.fake.request_log() if r["tend_message_id"] == "m0001"]
     assert outcomes == ["429", "429", "202"]
@@ -96,7 +81,7 @@ def test_429_waits_for_the_reset_then_sends(fake: RunningFake) -> None:
 def test_503_and_refused_connections_are_retried_with_backoff(fake: RunningFake) -> None:
     faults(fake, by_message={"m0000": ["503", "503", "503"]})
     with backend_for(fake) as backend:
-        [r] = backend.send([msg(0)])
+        [r] = backend.send([numbered_message(0)])
     assert r.status == SENT
     assert backend.stats["retries"] == 3
     assert fake.fake.accepted_counts() == {"m0000": 1}
@@ -111,7 +96,7 @@ def test_ambiguous_failures_are_unknown_and_never_resent(
         fake: RunningFake, fault: str, status: DeliveryStatus, accepted_by_sendgrid: bool) -> None:
     faults(fake, by_message={"m0002": [fault]}, slow_ms=1500)
     with backend_for(fake, read_timeout=0.4) as backend:
-        results = backend.send([msg(i) for i in range(5)])
+        results = backend.send([numbered_message(i) for i in range(5)])
     by_id = {r.message_id: r for r in results}
     assert by_id["m0002"].status == status
     assert {r.status for mid, r in by_id.items() if mid != "m0002"} == {SENT}
@@ -127,7 +112,7 @@ def test_ambiguous_failures_are_unknown_and_never_resent(
 def test_a_400_carries_sendgrids_error_text(fake: RunningFake) -> None:
     with backend_for(fake) as backend:
         # Valid for Tend's builder, refused by SendGrid: an address without a dot in its domain.
-        [r] = backend.send([msg(0, to_email="nobody@localhost")])
+        [r] = backend.send([numbered_message(0, to_email="nobody@localhost")])
     assert r.status == FAILED
     assert r.error.startswith("SendGrid 400: personalizations.0.to.0.email: Does not contain a "
                               "valid address")
@@ -135,7 +120,7 @@ def test_a_400_carries_sendgrids_error_text(fake: RunningFake) -> None:
 
 def test_a_refused_message_costs_no_request(fake: RunningFake) -> None:
     with backend_for(fake) as backend:
-        [r] = backend.send([msg(0, headers={"To": "evil@example.com"})])
+        [r] = backend.send([numbered_message(0, headers={"To": "evil@example.com"})])
     assert r.status == FAILED and "reserved" in r.error
     assert fake.fake.request_log() == []
 
@@ -144,7 +129,7 @@ def test_401_stops_at_once_and_carries_what_completed(fake: RunningFake) -> None
     faults(fake, by_message={"m0030": ["401"]})
     with backend_for(fake, max_in_flight=4) as backend, \
             pytest.raises(AuthRejected, match="check the sendgrid_default connection") as stop:
-        backend.send([msg(i) for i in range(100)])
+        backend.send([numbered_message(i) for i in range(100)])
     done = {r.message_id: r for r in stop.value.results}
     accepted = fake.fake.accepted_counts()
     assert set(done) == set(accepted)  # exactly the messages SendGrid took, no more, no less
@@ -159,7 +144,7 @@ def test_a_wrong_key_stops_the_chunk_without_leaking_the_key(
     caplog.set_level(logging.DEBUG)
     with backend_for(fake, api_key="SG.wrong-key-456") as backend, \
             pytest.raises(AuthRejected) as stop:
-        backend.send([msg(i) for i in range(10)])
+        backend.send([numbered_message(i) for i in range(10)])
     assert stop.value.results == []
     assert "SG.wrong-key-456" not in str(stop.value) + caplog.text
 
@@ -167,41 +152,35 @@ def test_a_wrong_key_stops_the_chunk_without_leaking_the_key(
 def test_a_wrong_api_url_stops_the_run(fake: RunningFake) -> None:
     with backend_for(fake, base_url=fake.url + "/nope") as backend, \
             pytest.raises(DeliveryStopped, match="API URL is wrong"):
-        backend.send([msg(0)])
+        backend.send([numbered_message(0)])
 
 
 def test_a_rate_limit_that_never_lifts_stops_the_run(fake: RunningFake) -> None:
     faults(fake, rate=1.0, kinds=("429",))
     with backend_for(fake, max_rate_limit_wait=0.3) as backend, \
             pytest.raises(DeliveryStopped, match="429") as stop:
-        backend.send([msg(i) for i in range(3)])
+        backend.send([numbered_message(i) for i in range(3)])
     assert stop.value.results == []
     assert fake.fake.accepted_counts() == {}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_an_unreachable_sendgrid_stops_after_its_retries() -> None:
-    settings = SendGridSettings(api_key=KEY, base_url=f"http://127.0.0.1:{_free_port()}",
+    settings = SendGridSettings(api_key=KEY, base_url=f"http://127.0.0.1:{free_port()}",
                                 max_attempts=3, backoff_base=0.01, backoff_max=0.02)
     with SendGridBackend(settings) as backend, \
             pytest.raises(DeliveryStopped, match="unavailable after 3 attempts") as stop:
-        backend.send([msg(0), msg(1)])
+        backend.send([numbered_message(0), numbered_message(1)])
     assert stop.value.results == []
     assert backend.stats["retries"] == 4  # two messages, two retries each
 
 
 def test_a_connection_refused_is_retried_until_sendgrid_is_back() -> None:
-    port = _free_port()
+    port = free_port()
     settings = SendGridSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}",
                                 max_attempts=8, backoff_base=0.2, backoff_max=0.5)
     backend = SendGridBackend(settings, rng=random.Random(2))
     outcome: dict[str, object] = {}
-    worker = threading.Thread(target=lambda: outcome.update(r=backend.send([msg(0)])))
+    worker = threading.Thread(target=lambda: outcome.update(r=backend.send([numbered_message(0)])))
     worker.start()
     try:
         while backend.stats["retries"] < 1 and worker.is_alive():
@@ -217,7 +196,7 @@ def test_a_connection_refused_is_retried_until_sendgrid_is_back() -> None:
 
 def test_sandbox_mode_is_sent_but_delivers_nothing(fake: RunningFake) -> None:
     with backend_for(fake, sandbox=True) as backend:
-        [r] = backend.send([msg(0)])
+        [r] = backend.send([numbered_message(0)])
     assert (r.status, r.provider_id) == (SENT, "sandbox")
     assert fake.fake.accepted_counts() == {}
     assert fake.fake.messages()[0]["sandbox"] is True
@@ -297,7 +276,8 @@ def test_two_chunks_at_once_share_one_loop_and_one_limit(fake: RunningFake) -> N
             return backend.send(chunk)
 
         with ThreadPoolExecutor(max_workers=2) as pool:
-            a, b = pool.map(send, [[msg(i) for i in range(40)], [msg(i) for i in range(40, 80)]])
+            a, b = pool.map(send, [[numbered_message(i) for i in range(40)],
+                                   [numbered_message(i) for i in range(40, 80)]])
         loops = [t for t in threading.enumerate() if t.name == "tend-sendgrid"]
     assert {r.status for r in a + b} == {SENT}
     assert len(loops) == 1

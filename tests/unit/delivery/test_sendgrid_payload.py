@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from _support import UNSUBSCRIBE, make_message
 from sendgrid.helpers.mail import (
     Asm,
     Category,
@@ -25,26 +25,11 @@ from tend.delivery import OutgoingMessage
 from tend.delivery.sendgrid import _Refused, error_text, mail_send_payload
 from tend.dev.fake_sendgrid import validate_mail_send
 
-UNSUB = "<https://shop.example/tend/unsubscribe/abc>"
-
 
 def message(**changes: object) -> OutgoingMessage:
-    m = OutgoingMessage(
-        message_id="m-0001",
-        to_email="marie.tremblay@example.com",
-        to_name="Marie Tremblay",
-        from_email="bonjour@velo.example",
-        from_name="Vélo & Café",
-        reply_to="Service <service@velo.example>",
-        subject="Marie, 10,00 $ vous attendent",
-        text="Bonjour Marie,\nVotre code : REVIENS-7Q2F\n",
-        html="<p>Bonjour Marie</p>",
-        headers={"List-Unsubscribe": UNSUB, "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
-        categories=("winback", "marketing"),
-        custom_args={"tend_message_id": "m-0001", "program": "winback", "kind": "marketing",
-                     "run_id": "scheduled__2026-11-20"},
-    )
-    return replace(m, **changes)  # type: ignore[arg-type]
+    """The shared message with a named Reply-To, as the Mail Send document carries it."""
+    return make_message("m-0001", **{"from_name": "Vélo & Café",
+                                      "reply_to": "Service <service@velo.example>", **changes})
 
 
 def test_the_document_has_every_documented_part() -> None:
@@ -56,7 +41,7 @@ def test_the_document_has_every_documented_part() -> None:
     assert doc["reply_to"] == {"email": "service@velo.example", "name": "Service"}
     assert [c["type"] for c in doc["content"]] == ["text/plain", "text/html"]
     assert doc["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert doc["headers"]["List-Unsubscribe"] == UNSUB
+    assert doc["headers"]["List-Unsubscribe"] == UNSUBSCRIBE
     assert doc["categories"] == ["winback", "marketing"]
     assert doc["custom_args"] == {"tend_message_id": "m-0001", "program": "winback",
                                   "kind": "marketing", "run_id": "scheduled__2026-11-20"}

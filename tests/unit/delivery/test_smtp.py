@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from _support import free_port, numbered_message
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from cryptography import x509
@@ -25,26 +25,12 @@ from tend.delivery import (
     AuthRejected,
     DeliveryStatus,
     DeliveryStopped,
-    OutgoingMessage,
     make_backend,
 )
 from tend.delivery.smtp import SmtpBackend, SmtpSettings
 from tend.errors import ConfigError
 
 SENT, FAILED, UNKNOWN = DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN
-
-
-def msg(i: int, **changes: object) -> OutgoingMessage:
-    mid = f"m{i:04d}"
-    m = OutgoingMessage(
-        message_id=mid, to_email=f"customer{i}@example.com", to_name=f"Client {i}",
-        from_email="bonjour@shop.example", from_name="Vélo & Café", reply_to=None,
-        subject=f"Bonjour {i}", text="Bonjour\n", html="<p>Bonjour</p>",
-        headers={"List-Unsubscribe": "<https://shop.example/u/x>",
-                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
-        categories=("winback",), custom_args={"tend_message_id": mid},
-    )
-    return replace(m, **changes)  # type: ignore[arg-type]
 
 
 class Sink:
@@ -81,16 +67,10 @@ class Sink:
         return f"250 2.0.0 Ok: queued as Q{len(self.messages)}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def sink() -> Iterator[tuple[Sink, int]]:
     handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         yield handler, controller.port
@@ -132,7 +112,7 @@ def tls_sink(certificate: tuple[Path, Path]) -> Iterator[tuple[Sink, int, ssl.SS
         return AuthResult(success=ok, handled=False)
 
     handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port(),
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(),
                             tls_context=server_ctx, require_starttls=True,
                             authenticator=authenticate, auth_required=True)
     controller.start()
@@ -151,7 +131,7 @@ def backend(port: int, **changes: object) -> SmtpBackend:
 def test_messages_go_over_one_reused_connection(sink: tuple[Sink, int]) -> None:
     handler, port = sink
     b = backend(port)
-    results = b.send([msg(i) for i in range(3)]) + b.send([msg(3)])
+    results = b.send([numbered_message(i) for i in range(3)]) + b.send([numbered_message(3)])
     b.close()
     assert [r.status for r in results] == [SENT] * 4
     assert results[0].provider_id == "smtp:2.0.0 Ok: queued as Q1"
@@ -167,7 +147,7 @@ def test_messages_go_over_one_reused_connection(sink: tuple[Sink, int]) -> None:
 def test_starttls_and_login(tls_sink: tuple[Sink, int, ssl.SSLContext]) -> None:
     handler, port, client_ctx = tls_sink
     b = backend(port, starttls=True, username="tend", password="pw", ssl_context=client_ctx)
-    assert [r.status for r in b.send([msg(0), msg(1)])] == [SENT, SENT]
+    assert [r.status for r in b.send([numbered_message(0), numbered_message(1)])] == [SENT, SENT]
     b.close()
     assert len(handler.messages) == 2 and len(handler.sessions) == 1
 
@@ -176,7 +156,7 @@ def test_a_refused_login_stops_the_run(tls_sink: tuple[Sink, int, ssl.SSLContext
     handler, port, client_ctx = tls_sink
     b = backend(port, starttls=True, username="tend", password="wrong", ssl_context=client_ctx)
     with pytest.raises(AuthRejected, match="check the smtp_default connection") as stop:
-        b.send([msg(0), msg(1)])
+        b.send([numbered_message(0), numbered_message(1)])
     assert stop.value.results == [] and handler.messages == []
     assert "wrong" not in str(stop.value)
 
@@ -185,7 +165,7 @@ def test_an_untrusted_certificate_stops_the_run(
         tls_sink: tuple[Sink, int, ssl.SSLContext]) -> None:
     _, port, _ = tls_sink
     with pytest.raises(DeliveryStopped, match="TLS"):
-        backend(port, starttls=True, username="tend", password="pw").send([msg(0)])
+        backend(port, starttls=True, username="tend", password="pw").send([numbered_message(0)])
 
 
 def test_recipient_refusals_and_data_replies(sink: tuple[Sink, int]) -> None:
@@ -193,9 +173,9 @@ def test_recipient_refusals_and_data_replies(sink: tuple[Sink, int]) -> None:
     handler.rcpt["customer1@example.com"] = ["550 5.1.1 No such user"]
     handler.rcpt["customer2@example.com"] = ["451 4.7.1 Greylisted"] * 3
     b = backend(port)
-    results = b.send([msg(0), msg(1), msg(2)])
+    results = b.send([numbered_message(0), numbered_message(1), numbered_message(2)])
     handler.data = ["554 5.7.1 Spam detected", "451 4.3.0 Try again"]
-    results += b.send([msg(3), msg(4)])
+    results += b.send([numbered_message(3), numbered_message(4)])
     b.close()
     by_id = {r.message_id: r for r in results}
     assert by_id["m0000"].status == SENT
@@ -212,7 +192,7 @@ def test_a_connection_lost_during_data_is_unknown_and_not_resent(sink: tuple[Sin
     handler, port = sink
     handler.data = ["drop"]
     b = backend(port)
-    results = b.send([msg(0), msg(1)])
+    results = b.send([numbered_message(0), numbered_message(1)])
     b.close()
     assert [r.status for r in results] == [UNKNOWN, SENT]
     assert "not resent" in results[0].error
@@ -223,20 +203,20 @@ def test_a_connection_lost_during_data_is_unknown_and_not_resent(sink: tuple[Sin
 
 def test_an_unreachable_server_stops_the_run_with_what_completed(sink: tuple[Sink, int]) -> None:
     _, port = sink
-    dead = _free_port()
+    dead = free_port()
     b = backend(port)
-    assert b.send([msg(0)])[0].status == SENT
+    assert b.send([numbered_message(0)])[0].status == SENT
     b.close()
     b = backend(dead, max_attempts=2)
     with pytest.raises(DeliveryStopped, match="cannot be used") as stop:
-        b.send([msg(1)])
+        b.send([numbered_message(1)])
     assert stop.value.results == []
 
 
 def test_a_message_that_cannot_be_built_fails_alone(sink: tuple[Sink, int]) -> None:
     handler, port = sink
     b = backend(port)
-    results = b.send([msg(0, subject="a\r\nBcc: x@example.com"), msg(1)])
+    results = b.send([numbered_message(0, subject="a\r\nBcc: x@example.com"), numbered_message(1)])
     b.close()
     assert [r.status for r in results] == [FAILED, SENT]
     assert len(handler.messages) == 1

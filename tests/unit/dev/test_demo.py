@@ -5,11 +5,8 @@ shop in the ways Tend has to cope with (invalid emails, missing names, two langu
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,6 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import make_url
 
 from tend.dev.demo import DemoSummary, _sqlite_time, _ts, demo_truth, generate_demo_shop
 from tend.errors import ConfigError
@@ -62,7 +58,7 @@ def sqlite_url(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One 1,000-customer shop shared by the read-only checks (generating it takes ~0.3 s)."""
+    """One 1,000-customer shop shared by the read-only checks."""
     url = sqlite_url(tmp_path_factory.mktemp("demo") / "shop.db")
     summary = generate_demo_shop(url, customers=1000, seed=SEED, as_of=AS_OF)
     return {"url": url, "summary": summary, "rows": dump(url)}
@@ -359,38 +355,17 @@ def test_a_bad_url_is_a_config_error(tmp_path: Path) -> None:
 # --- PostgreSQL ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A throwaway schema on TEST_DATABASE_URL, dropped afterwards, so runs never collide."""
-    base = os.environ.get("TEST_DATABASE_URL")
-    if not base:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):  # as tests/conftest.py
-            pytest.fail("TEST_DATABASE_URL must be set in CI for postgres tests")
-        pytest.skip("set TEST_DATABASE_URL=postgresql://... to run PostgreSQL tests")
-    schema = f"tend_demo_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 @pytest.mark.postgres
 def test_postgres_gives_the_same_shop_as_sqlite(
-    pg_url: str, reference: dict[str, list[tuple[Any, ...]]]
+    pg_schema_url: str, reference: dict[str, list[tuple[Any, ...]]]
 ) -> None:
-    summary = generate_demo_shop(pg_url, customers=250, seed=SEED, as_of=AS_OF,
+    summary = generate_demo_shop(pg_schema_url, customers=250, seed=SEED, as_of=AS_OF,
                                  chunk_customers=100)
     assert summary.customers == 250
-    assert dump(pg_url) == reference
-    generate_demo_shop(pg_url, customers=250, seed=SEED, as_of=AS_OF)  # rerun: truncates
-    assert dump(pg_url) == reference
-    engine = create_engine(pg_url)
+    assert dump(pg_schema_url) == reference
+    generate_demo_shop(pg_schema_url, customers=250, seed=SEED, as_of=AS_OF)  # rerun: truncates
+    assert dump(pg_schema_url) == reference
+    engine = create_engine(pg_schema_url)
     with engine.connect() as conn:
         ordered_at = conn.execute(select(shop_schema.orders.c.ordered_at).limit(1)).scalar_one()
     engine.dispose()

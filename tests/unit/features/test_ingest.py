@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _support import copy_sqlite, sqlite_session
+from _support import sqlite_session
 from sqlalchemy import select
 
-from tend.dev.demo import generate_demo_shop
 from tend.features import ingest
 from tend.shop import read as shop
 from tend.signals import detect_all
@@ -24,17 +23,7 @@ from tend.store.tables import quarantine
 NIGHT = dt.date(2026, 11, 20)
 NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
 
-
-@pytest.fixture(scope="module")
-def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('ingest') / 'shop.db'}"
-    generate_demo_shop(url, customers=1500, seed=3, as_of=NIGHT)
-    return url
-
-
-@pytest.fixture
-def shop_url(demo_shop: str, tmp_path: Path) -> str:
-    return copy_sqlite(demo_shop, tmp_path / "shop.db")
+pytestmark = pytest.mark.demo_shop(customers=1500, seed=3, as_of=NIGHT)
 
 
 def _store(tmp_path: Path, name: str) -> str:

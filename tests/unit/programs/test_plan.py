@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from _support import copy_sqlite
+from _support import mark_claimed_sent
 from sqlalchemy import select
 
 from tend import messages
 from tend.config import ShopSettings
-from tend.dev.demo import generate_demo_shop
 from tend.errors import LedgerError
 from tend.features import ingest
 from tend.programs import plan
@@ -32,6 +30,8 @@ from tend.store.tables import (
 MONDAY = dt.date(2026, 11, 16)
 SETTINGS = ShopSettings.from_env({})
 
+pytestmark = pytest.mark.demo_shop(customers=250, seed=21, as_of=MONDAY)
+
 
 def program(name: str, **over: Any) -> dict[str, Any]:
     base = {"name": name, "signal": "lapsed", "template": "winback", "kind": "marketing",
@@ -44,35 +44,13 @@ def registry(*programs: dict[str, Any], caps: list[dict[str, int]] | None = None
                            "programs": [copy.deepcopy(p) for p in programs]})
 
 
-@pytest.fixture(scope="module")
-def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("shop") / "shop.db"
-    generate_demo_shop(f"sqlite:///{path}", customers=250, seed=21, as_of=MONDAY)
-    return f"sqlite:///{path}"
-
-
-@pytest.fixture
-def shop_url(demo_shop: str, tmp_path: Path) -> str:
-    return copy_sqlite(demo_shop, tmp_path / "shop.db")
-
-
 def night(shop_url: str, store_url: str, day: dt.date, reg: Registry) -> plan.PlanResult:
     ingest.run_ingest(shop_url, store_url, day, f"i-{day}")
     planned = plan.plan_night(shop_url, store_url, day, f"p-{day}", settings=SETTINGS,
                                  renderer=messages.default_renderer(SETTINGS), secret="s",
                                  registry=reg)
-    _mark_sent(store_url, day)
+    mark_claimed_sent(store_url, day)
     return planned
-
-
-def _mark_sent(store_url: str, day: dt.date) -> None:
-    """Skip rendering: walk every claimed message of the night to 'sent'."""
-    with connect(store_url).begin() as conn:
-        ids = list(conn.execute(select(contact_ledger.c.message_id).where(
-            contact_ledger.c.as_of == day, contact_ledger.c.status == "claimed")).scalars())
-        if ids:
-            ledger.mark_sending(conn, ids)
-            ledger.record_results(conn, [{"message_id": i, "status": "sent"} for i in ids])
 
 
 def decisions(store_url: str, day: dt.date | None = None) -> pd.DataFrame:

@@ -14,19 +14,17 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from _support import sqlite_session
+from _support import copy_sqlite, mark_claimed_sent
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
 from tend import messages
 from tend.config import ShopSettings
-from tend.dev.demo import generate_demo_shop
 from tend.features import ingest
 from tend.features.ingest import read_features
 from tend.programs import plan
@@ -42,12 +40,7 @@ NIGHTS = 90
 FIRST = LAST - dt.timedelta(days=NIGHTS - 1)
 SETTINGS = ShopSettings.from_env({})
 
-
-@pytest.fixture(scope="module")
-def demo_shop(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("shop") / "shop.db"
-    generate_demo_shop(f"sqlite:///{path}", customers=200, seed=5, as_of=LAST)
-    return str(path)
+pytestmark = pytest.mark.demo_shop(customers=200, seed=5, as_of=LAST)
 
 
 caps_strategy = st.lists(
@@ -90,7 +83,7 @@ def test_ninety_nights_keep_every_promise(
     cooldown: int, holdout: float, weekday: str, events: list[tuple[int, int, str]],
 ) -> None:
     work = tmp_path_factory.mktemp("nights")
-    shop_url = _copy(demo_shop, work / "shop.db")
+    shop_url = copy_sqlite(demo_shop, work / "shop.db")
     store_url = f"sqlite:///{work / 'store.db'}"
     migrate(store_url)
     reg = parse_registry({"caps": caps, "programs": [
@@ -125,28 +118,13 @@ def test_ninety_nights_keep_every_promise(
                                renderer=renderer, secret="s", registry=reg,
                                detector=lapsed_after_60_days)
             assert len(_ledger(store_url)) == len(before)
-        _send_everything(store_url, night)
+        mark_claimed_sent(store_url, night)
 
     sent = _ledger(store_url)
     assert len(sent) > 0
     _check_caps(sent, caps)
     _check_cooldowns(sent, {"winback": cooldown, "care": cooldown})
     _check_consent(sent, shop_url, suppressed_from)
-
-
-def _copy(src: str, dst: Path) -> str:
-    with sqlite_session(src) as a, sqlite_session(dst) as b:
-        a.backup(b)
-    return f"sqlite:///{dst}"
-
-
-def _send_everything(store_url: str, night: dt.date) -> None:
-    with connect(store_url).begin() as conn:
-        ids = list(conn.execute(select(contact_ledger.c.message_id).where(
-            contact_ledger.c.as_of == night, contact_ledger.c.status == "claimed")).scalars())
-        if ids:
-            ledger.mark_sending(conn, ids)
-            ledger.record_results(conn, [{"message_id": m, "status": "sent"} for m in ids])
 
 
 def _ledger(store_url: str) -> pd.DataFrame:

@@ -6,18 +6,17 @@ import datetime as dt
 
 import pandas as pd
 import pytest
+from _support import DemoShops
 
 NIGHT = dt.date(2026, 11, 20)
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    from tend.dev.demo import generate_demo_shop
+def demo(demo_shops: DemoShops) -> dict[str, object]:
     from tend.features.ingest import compute_from_shop
     from tend.shop.read import read_products
 
-    url = f"sqlite:///{tmp_path_factory.mktemp('signals') / 'shop.db'}"
-    generate_demo_shop(url, customers=3000, seed=5, as_of=NIGHT)
+    url = demo_shops(customers=3000, seed=5, as_of=NIGHT)
     fs, _ = compute_from_shop(url, NIGHT)
     truth = pd.read_sql("SELECT * FROM demo_truth", url).set_index("customer_id")
     return {"url": url, "fs": fs, "products": read_products(url), "truth": truth}

@@ -107,6 +107,17 @@ def _pairs(df: pd.DataFrame, signal: str) -> set[tuple[str, str]]:
     return set(zip(got["customer_id"], got["sku"], strict=True))
 
 
+def _recall_of_due(got: set[tuple[str, str]], truth: pd.DataFrame, sku_column: str, *,
+                   before: int, after: int) -> float:
+    """The share of the truth's (customer, sku) pairs due from ``before`` days before the night
+    to ``after`` days after it that the signal found."""
+    nxt = pd.to_datetime(truth["next_due_on"])
+    due = truth.loc[(nxt >= pd.Timestamp(NIGHT - dt.timedelta(days=before)))
+                    & (nxt <= pd.Timestamp(NIGHT + dt.timedelta(days=after)))]
+    return float(np.mean([(c, k) in got for c, k in zip(due.index, due[sku_column],
+                                                        strict=True)]))
+
+
 def test_replenishment_against_truth(signals: pd.DataFrame, demo: dict) -> None:
     truth = demo["truth"]
     rep = truth.loc[truth["archetype"] == "replenisher"]
@@ -117,11 +128,7 @@ def test_replenishment_against_truth(signals: pd.DataFrame, demo: dict) -> None:
         for k in (f or "").split()}
     got = _pairs(signals, "replenish")
     precision = len(got & rebuys) / len(got)
-    nxt = pd.to_datetime(rep["next_due_on"])
-    due = rep.loc[(nxt >= pd.Timestamp(NIGHT - dt.timedelta(days=3)))
-                  & (nxt <= pd.Timestamp(NIGHT + dt.timedelta(days=10)))]
-    recall = np.mean([(c, k) in got for c, k in zip(due.index, due["replenish_sku"],
-                                                    strict=True)])
+    recall = _recall_of_due(got, rep, "replenish_sku", before=3, after=10)
     _report("replenish", precision, recall)
     assert precision >= 0.7 and recall >= 0.6
 
@@ -131,11 +138,7 @@ def test_checkups_against_truth(signals: pd.DataFrame, demo: dict) -> None:
     svc = truth.loc[truth["archetype"] == "service"]
     got = _pairs(signals, "checkup")
     precision = len(got & set(zip(svc.index, svc["service_sku"], strict=True))) / len(got)
-    nxt = pd.to_datetime(svc["next_due_on"])
-    due = svc.loc[(nxt >= pd.Timestamp(NIGHT - dt.timedelta(days=7)))
-                  & (nxt <= pd.Timestamp(NIGHT + dt.timedelta(days=14)))]
-    recall = np.mean([(c, k) in got for c, k in zip(due.index, due["service_sku"],
-                                                    strict=True)])
+    recall = _recall_of_due(got, svc, "service_sku", before=7, after=14)
     _report("checkup", precision, recall)
     assert precision >= 0.9 and recall >= 0.7
 
