@@ -17,6 +17,7 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from tend import config
+from tend_airflow import tasks
 from tend_airflow.assets import CUSTOMER_FEATURES
 from tend_airflow.params import AS_OF, dag_params
 
@@ -37,14 +38,10 @@ TZ = config.business_timezone()
 def tend_ingest() -> None:
     @task
     def migrate_store() -> str:
-        from tend_airflow import tasks
-
         return tasks.migrate_store()
 
     @task(outlets=[CUSTOMER_FEATURES], multiple_outputs=True)
     def ingest_orders(**context) -> dict:
-        from tend_airflow import tasks
-
         return tasks.ingest(context)
 
     migrate_store() >> ingest_orders()

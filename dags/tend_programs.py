@@ -20,9 +20,9 @@ import pendulum
 from airflow.sdk import dag, task
 
 from tend import config
+from tend_airflow import tasks
 from tend_airflow.assets import CUSTOMER_FEATURES
 from tend_airflow.params import AS_OF, SENDGRID_SANDBOX, dag_params
-from tend_airflow.tasks import AS_OF_XCOM
 
 TZ = config.business_timezone()
 
@@ -41,26 +41,20 @@ TZ = config.business_timezone()
 def tend_programs() -> None:
     @task(multiple_outputs=False)
     def plan(**context) -> list[int]:
-        from tend_airflow import tasks
-
         return tasks.plan(context)
 
     # The pool bounds concurrent senders across every DAG run (create it once:
     # `airflow pools set tend_send 4 "Tend senders"`; `make airflow`/`make run` do).
     @task(pool="tend_send", max_active_tis_per_dagrun=4, multiple_outputs=True)
     def send(as_of: str, batch_id: int, **context) -> dict:
-        from tend_airflow import tasks
-
         return tasks.send(as_of, batch_id, context)
 
     @task(trigger_rule="all_done")
     def summary(as_of: str) -> None:
-        from tend_airflow import tasks
-
         tasks.summary(as_of)
 
     batch_ids = plan()
-    night = batch_ids[AS_OF_XCOM]
+    night = batch_ids[tasks.AS_OF_XCOM]
     sent = send.partial(as_of=night).expand(batch_id=batch_ids)
     sent >> summary(night)
 

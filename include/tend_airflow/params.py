@@ -29,8 +29,9 @@ def _as_of() -> Param:
         format="date",
         title="Night (as_of)",
         description=(
-            "The business day to run, YYYY-MM-DD. Leave empty for the day that just ended: the "
-            "scheduled night, or for tend_programs the night tend_ingest just folded in."
+            "The business day to run, YYYY-MM-DD. Leave empty to let the run decide: a "
+            "scheduled run takes the day that just ended, tend_programs the night tend_ingest "
+            "reported, a manual run its logical date."
         ),
     )
 

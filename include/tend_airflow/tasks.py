@@ -2,7 +2,8 @@
 
 Each body turns the task context into the plain values ``tend`` takes (through
 ``tend_airflow.connections``, ``runs`` and ``delivery``) and hands back what the next task maps
-or reads: batch ids and dates in XCom, never message lists.
+or reads: batch ids and dates in XCom, never message lists. The DAG files import this module
+when they are parsed, so each body imports the domain core it needs only when it runs.
 """
 
 from __future__ import annotations
