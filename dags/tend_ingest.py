@@ -7,17 +7,20 @@ connection, recomputes features only for customers with new orders, quarantines 
 emits the asset `tend://customer_features` with `{as_of, changed_customers}` so
 **tend_programs** runs next.
 
-Replay any night: `airflow dags test tend_ingest 2026-11-20`.
+Replay any night: `airflow dags test tend_ingest 2026-11-20`, or trigger it with the
+*Night (as_of)* parameter.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from tend import config
+from tend_airflow import tasks
+from tend_airflow.assets import CUSTOMER_FEATURES
+from tend_airflow.params import AS_OF, dag_params
 
-CUSTOMER_FEATURES = Asset(uri="tend://customer_features", name="tend_customer_features")
 TZ = config.business_timezone()
 
 
@@ -29,25 +32,17 @@ TZ = config.business_timezone()
     max_active_runs=1,
     doc_md=__doc__,
     tags=["tend", "nightly"],
+    params=dag_params(AS_OF),
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=5)},
 )
 def tend_ingest() -> None:
     @task
     def migrate_store() -> str:
-        from tend.store import migrate
-        from tend_airflow import store_url
+        return tasks.migrate_store()
 
-        return migrate(store_url())
-
-    @task(outlets=[CUSTOMER_FEATURES])
+    @task(outlets=[CUSTOMER_FEATURES], multiple_outputs=True)
     def ingest_orders(**context) -> dict:
-        from tend.features.ingest import run_ingest
-        from tend_airflow import as_of, run_id, shop_url, store_url
-
-        result = run_ingest(shop_url(), store_url(), as_of(context), run_id(context))
-        extra = {"as_of": result.as_of.isoformat(), "changed_customers": result.changed_customers}
-        context["outlet_events"][CUSTOMER_FEATURES].extra = extra
-        return extra
+        return tasks.ingest(context)
 
     migrate_store() >> ingest_orders()
 

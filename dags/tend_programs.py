@@ -2,12 +2,13 @@
 ### tend_programs — decide, claim and send tonight's messages
 
 Scheduled on the asset `tend://customer_features` (after **tend_ingest**), taking `as_of` from
-the asset event. `plan` detects signals, applies consent and suppressions, picks at most one
-message per customer within caps, and claims the winners in the contact ledger; `send` runs one
-mapped task per batch of claimed messages (batch ids in XCom, never message lists), at most four
-at a time in the `tend_send` pool, through the backend named by the Variable `tend_delivery`
-(SendGrid reads the connection `sendgrid_default`; `{"sendgrid_sandbox": true}` in the run's conf
-switches SendGrid's sandbox mode for that run); `summary` prints the night's totals.
+the asset event unless the run gives its own *Night (as_of)*. `plan` detects signals, applies
+consent and suppressions, picks at most one message per customer within caps, and claims the
+winners in the contact ledger; `send` is mapped over the claimed batch ids (ids in XCom, never
+message lists), at most four at a time in the `tend_send` pool, through the backend named by
+the Variable `tend_delivery` (SendGrid reads the connection `sendgrid_default`; the
+*SendGrid sandbox* parameter, or `{"sendgrid_sandbox": true}` in the run's conf, switches
+SendGrid's sandbox mode for that run); `summary` prints the night's totals.
 
 Replay a night: `airflow dags test tend_programs 2026-11-20` (after tend_ingest for that date).
 Rerunning a night sends nothing new: the ledger already holds every message it claimed.
@@ -16,63 +17,46 @@ Rerunning a night sends nothing new: the ledger already holds every message it c
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
 
-CUSTOMER_FEATURES = Asset(uri="tend://customer_features", name="tend_customer_features")
+from tend import config
+from tend_airflow import tasks
+from tend_airflow.assets import CUSTOMER_FEATURES
+from tend_airflow.params import AS_OF, SENDGRID_SANDBOX, dag_params
+
+TZ = config.business_timezone()
 
 
 @dag(
     dag_id="tend_programs",
     schedule=[CUSTOMER_FEATURES],
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz=TZ),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["tend", "nightly"],
+    params=dag_params(AS_OF, SENDGRID_SANDBOX),
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2)},
 )
 def tend_programs() -> None:
-    @task
-    def plan(**context) -> dict:
-        from tend import config, messages
-        from tend.config import ShopSettings
-        from tend.programs.plan import plan_night
-        from tend_airflow import as_of, run_id, shop_url, store_url
-
-        settings = ShopSettings.from_env()
-        result = plan_night(
-            shop_url(), store_url(), as_of(context), run_id(context),
-            settings=settings, renderer=messages.default_renderer(settings),
-            secret=config.unsubscribe_secret(),
-        )
-        return {"as_of": result.as_of.isoformat(), "batches": result.batches}
-
-    @task
-    def batches(planned: dict) -> list[dict]:
-        return [{"as_of": planned["as_of"], "batch_id": b} for b in planned["batches"]]
+    @task(multiple_outputs=False)
+    def plan(**context) -> list[int]:
+        return tasks.plan(context)
 
     # The pool bounds concurrent senders across every DAG run (create it once:
     # `airflow pools set tend_send 4 "Tend senders"`; `make airflow`/`make run` do).
-    @task(pool="tend_send", max_active_tis_per_dagrun=4)
-    def send(batch: dict, **context) -> dict:
-        from tend_airflow import send_batch_task
-
-        return send_batch_task(batch, context)
+    @task(pool="tend_send", max_active_tis_per_dagrun=4, multiple_outputs=True)
+    def send(as_of: str, batch_id: int, **context) -> dict:
+        return tasks.send(as_of, batch_id, context)
 
     @task(trigger_rule="all_done")
-    def summary(planned: dict) -> None:
-        import datetime as dt
-        import logging
+    def summary(as_of: str) -> None:
+        tasks.summary(as_of)
 
-        from tend.reports import summary_lines
-        from tend_airflow import store_url
-
-        for line in summary_lines(store_url(), dt.date.fromisoformat(planned["as_of"])):
-            logging.getLogger("tend").info(line)
-
-    planned = plan()
-    sent = send.expand(batch=batches(planned))
-    sent >> summary(planned)
+    batch_ids = plan()
+    night = batch_ids[tasks.AS_OF_XCOM]
+    sent = send.partial(as_of=night).expand(batch_id=batch_ids)
+    sent >> summary(night)
 
 
 tend_programs()

@@ -68,6 +68,18 @@ PARSE_SCRIPT = textwrap.dedent(
     modules_before = set(sys.modules)
     bag = DagBag(dag_folder=dag_folder)
 
+    def assets_of(d):
+        """The assets a DAG is scheduled on or emits, and whether each is the shared object."""
+        from tend_airflow.assets import CUSTOMER_FEATURES
+
+        condition = getattr(d.timetable, "asset_condition", None)
+        scheduled = list(getattr(condition, "objects", [condition] if condition else []))
+        emitted = [o for t in d.tasks for o in t.outlets]
+        return {
+            "scheduled": [[a.uri, a is CUSTOMER_FEATURES] for a in scheduled],
+            "emitted": [[a.uri, a is CUSTOMER_FEATURES] for a in emitted],
+        }
+
     def aware(value):
         return value is not None and value.tzinfo is not None and value.utcoffset() is not None
 
@@ -89,6 +101,13 @@ PARSE_SCRIPT = textwrap.dedent(
                 "start_date_aware": aware(d.start_date),
                 "timezone": str(d.timezone),
                 "tasks": {t.task_id: t.retries for t in d.tasks},
+                "params": {
+                    k: {"title": p.schema.get("title"), "description": p.description,
+                        "type": p.schema.get("type"), "format": p.schema.get("format"),
+                        "default": p.value}
+                    for k, p in d.params.items()
+                },
+                "assets": assets_of(d),
             }
             for d in bag.dags.values()
         ],
@@ -113,6 +132,8 @@ def parse_dags(dag_folder: Path, workdir: Path) -> dict[str, Any]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(dag_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(workdir / "plugins"),
+        # This checkout's code, whichever one the environment has installed.
+        "PYTHONPATH": str(PROJECT / "include"),
     }
     proc = subprocess.run(
         [sys.executable, "-c", PARSE_SCRIPT, str(dag_folder), str(report)],
@@ -164,6 +185,44 @@ def test_every_task_retries(dags: dict[str, dict[str, Any]], dag_id: str) -> Non
     assert tasks
     no_retry = {t: r for t, r in tasks.items() if not r or r < 1}
     assert not no_retry, f"tasks without retries: {no_retry}"
+
+
+EXPECTED_PARAMS = {
+    "tend_ingest": {"as_of": (["null", "string"], "date", None)},
+    "tend_programs": {"as_of": (["null", "string"], "date", None),
+                      "sendgrid_sandbox": ("boolean", None, False)},
+}
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED_DAG_IDS))
+def test_dag_params_show_in_the_trigger_form(dags: dict[str, dict[str, Any]],
+                                             dag_id: str) -> None:
+    params = dags[dag_id]["params"]
+    assert {k: (p["type"], p["format"], p["default"]) for k, p in params.items()} == (
+        EXPECTED_PARAMS[dag_id])
+    for name, p in params.items():
+        assert p["title"] and p["title"].strip(), f"{dag_id}.{name} has no title"
+        assert p["description"] and len(p["description"]) > 20, f"{dag_id}.{name}: description"
+
+
+def test_ingest_emits_the_asset_programs_is_scheduled_on(
+        dags: dict[str, dict[str, Any]]) -> None:
+    ingest, programs = dags["tend_ingest"]["assets"], dags["tend_programs"]["assets"]
+    assert ingest["emitted"] == [["tend://customer_features/", True]]
+    assert programs["scheduled"] == [["tend://customer_features/", True]]
+    assert ingest["scheduled"] == [] and programs["emitted"] == []
+
+
+def test_no_dag_file_defines_an_asset() -> None:
+    """Assets live in tend_airflow.assets, so producer and consumer share one definition."""
+    offenders = []
+    for path in sorted(DAGS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name in ("Asset", "Dataset", "AssetAlias"):
+                    offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
 
 
 def test_no_connection_variable_db_or_network_at_parse_time(report: dict[str, Any]) -> None:

@@ -23,8 +23,8 @@ import pendulum
 import pytest
 from sqlalchemy.engine import make_url
 
-import tend_airflow
 from tend.config import sqlalchemy_url_from_connection
+from tend_airflow import connections, delivery, runs
 
 TORONTO = pendulum.timezone("America/Toronto")
 TOKYO = pendulum.timezone("Asia/Tokyo")
@@ -54,6 +54,7 @@ def event(as_of: Any = None, **extra: Any) -> SimpleNamespace:
 def context(
     *,
     conf: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
     events: dict[str, list[Any]] | None = None,
     logical: dt.datetime | None = None,
     run_type: Any = "manual",
@@ -64,6 +65,7 @@ def context(
     return {
         "dag": SimpleNamespace(timezone=tz),
         "dag_run": dag_run,
+        "params": params or {},
         "logical_date": logical,
         "triggering_asset_events": events or {},
         "run_id": "manual__test",
@@ -81,6 +83,16 @@ AS_OF_CASES = [
         context(conf={"as_of": "2026-11-18"}, events={"a": [event("2026-11-20")]},
                  logical=LATE_EVENING_TORONTO, run_type="scheduled"),
         dt.date(2026, 11, 18), id="conf-wins-over-events-and-logical-date"),
+    pytest.param(
+        context(params={"as_of": "2026-11-16"}, conf={"as_of": "2026-11-18"},
+                events={"a": [event("2026-11-20")]}, logical=NOV20_UTC_MIDNIGHT),
+        dt.date(2026, 11, 16), id="param-wins-over-conf-and-events"),
+    pytest.param(context(params={"as_of": None}, conf={"as_of": "2026-11-18"},
+                         logical=NOV20_UTC_MIDNIGHT),
+                 dt.date(2026, 11, 18), id="param-left-empty-falls-back-to-conf"),
+    pytest.param(context(params={"as_of": ""}, events={"a": [event("2026-11-19")]},
+                         logical=NOV20_UTC_MIDNIGHT),
+                 dt.date(2026, 11, 19), id="param-blank-falls-back-to-events"),
     pytest.param(context(conf={"as_of": dt.date(2026, 11, 17)}, logical=NOV20_UTC_MIDNIGHT),
                  dt.date(2026, 11, 17), id="conf-date-object"),
     pytest.param(context(conf={"as_of": "2026-11-17T23:30:00+00:00"}, logical=NOV20_UTC_MIDNIGHT),
@@ -114,7 +126,7 @@ AS_OF_CASES = [
 
 @pytest.mark.parametrize(("ctx", "expected"), AS_OF_CASES)
 def test_as_of(ctx: dict[str, Any], expected: dt.date) -> None:
-    assert tend_airflow.as_of(ctx) == expected
+    assert runs.as_of(ctx) == expected
 
 
 @pytest.mark.parametrize(
@@ -123,19 +135,24 @@ def test_as_of(ctx: dict[str, Any], expected: dt.date) -> None:
 )
 def test_as_of_bad_conf_date(conf_value: Any) -> None:
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
-        tend_airflow.as_of(context(conf={"as_of": conf_value}, logical=NOV20_UTC_MIDNIGHT))
+        runs.as_of(context(conf={"as_of": conf_value}, logical=NOV20_UTC_MIDNIGHT))
+
+
+def test_as_of_bad_param_date() -> None:
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        runs.as_of(context(params={"as_of": "tomorrow"}, logical=NOV20_UTC_MIDNIGHT))
 
 
 def test_as_of_bad_event_date() -> None:
     ctx = context(events={"a": [event("2026-11-20"), event("not-a-date")]},
                   logical=NOV20_UTC_MIDNIGHT)
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
-        tend_airflow.as_of(ctx)
+        runs.as_of(ctx)
 
 
 def test_as_of_without_any_date() -> None:
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
-        tend_airflow.as_of(context(logical=None, run_after=None))
+        runs.as_of(context(logical=None, run_after=None))
 
 
 # The same decisions with the objects the task runner really hands a task: the SDK's DagRun model
@@ -158,7 +175,7 @@ def test_as_of_manual_sdk_dag_run(airflow_sdk: ModuleType) -> None:
     run = sdk_dag_run(airflow_sdk, "manual", LATE_EVENING_TORONTO)
     ctx = {"dag": SimpleNamespace(timezone=TORONTO), "dag_run": run,
            "logical_date": LATE_EVENING_TORONTO, "triggering_asset_events": {}}
-    assert tend_airflow.as_of(ctx) == dt.date(2026, 11, 21)
+    assert runs.as_of(ctx) == dt.date(2026, 11, 21)
 
 
 @pytest.mark.parametrize("run_type", ["scheduled", "backfill"])
@@ -168,7 +185,7 @@ def test_as_of_scheduled_sdk_dag_run(airflow_sdk: ModuleType, run_type: str) -> 
     run = sdk_dag_run(airflow_sdk, run_type, logical)
     ctx = {"dag": SimpleNamespace(timezone=TOKYO), "dag_run": run, "logical_date": logical,
            "triggering_asset_events": {}}
-    assert tend_airflow.as_of(ctx) == dt.date(2026, 11, 20)
+    assert runs.as_of(ctx) == dt.date(2026, 11, 20)
 
 
 def test_as_of_from_real_triggering_asset_events(airflow_sdk: ModuleType) -> None:
@@ -194,15 +211,67 @@ def test_as_of_from_real_triggering_asset_events(airflow_sdk: ModuleType) -> Non
     run = sdk_dag_run(airflow_sdk, "asset_triggered", pendulum.datetime(2026, 11, 23, tz="UTC"))
     ctx = {"dag": SimpleNamespace(timezone=UTC), "dag_run": run,
            "logical_date": run.logical_date, "triggering_asset_events": events}
-    assert tend_airflow.as_of(ctx) == dt.date(2026, 11, 20)
+    assert runs.as_of(ctx) == dt.date(2026, 11, 20)
 
     with_conf = sdk_dag_run(airflow_sdk, "asset_triggered", run.logical_date,
                             conf={"as_of": "2026-11-15"})
-    assert tend_airflow.as_of({**ctx, "dag_run": with_conf}) == dt.date(2026, 11, 15)
+    assert runs.as_of({**ctx, "dag_run": with_conf}) == dt.date(2026, 11, 15)
+
+
+def test_as_of_from_the_params_airflow_resolves(airflow_sdk: ModuleType) -> None:
+    """The DAG's Params with a run's conf merged in, as the task runner builds them."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    from tend_airflow.params import AS_OF, SENDGRID_SANDBOX, dag_params
+
+    def resolved(conf: dict[str, Any]) -> dict[str, Any]:
+        params = ParamsDict(dag_params(AS_OF, SENDGRID_SANDBOX))
+        params.update(conf)
+        return params.validate()
+
+    run = sdk_dag_run(airflow_sdk, "manual", NOV20_UTC_MIDNIGHT)
+    ctx = {"dag": SimpleNamespace(timezone=TORONTO), "dag_run": run,
+           "logical_date": NOV20_UTC_MIDNIGHT, "triggering_asset_events": {}}
+    assert runs.as_of({**ctx, "params": resolved({})}) == dt.date(2026, 11, 20)
+    assert runs.as_of({**ctx, "params": resolved({"as_of": "2026-11-18"})}) == (
+        dt.date(2026, 11, 18))
+    assert resolved({}) == {"as_of": None, "sendgrid_sandbox": False}
+
+
+@pytest.mark.parametrize(("conf", "ok"), [
+    ({"as_of": "2026-11-20"}, True),
+    ({"as_of": None}, True),
+    ({"sendgrid_sandbox": True}, True),
+    ({"as_of": "20/11/2026"}, False),
+    ({"as_of": "2026-13-01"}, False),
+    ({"sendgrid_sandbox": "maybe"}, False),
+])
+def test_params_validate_what_a_run_gives(airflow_sdk: ModuleType, conf: dict[str, Any],
+                                          ok: bool) -> None:
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from tend_airflow.params import AS_OF, SENDGRID_SANDBOX, dag_params
+
+    params = ParamsDict(dag_params(AS_OF, SENDGRID_SANDBOX))
+    if ok:
+        params.update(conf)
+        params.validate()
+    else:
+        with pytest.raises(ParamValidationError):
+            params.update(conf)
+            params.validate()
+
+
+def test_dag_params_are_fresh_objects(airflow_sdk: ModuleType) -> None:
+    """Airflow resolves a Param in place: two DAGs must not share one."""
+    from tend_airflow.params import AS_OF, dag_params
+
+    assert dag_params(AS_OF)[AS_OF] is not dag_params(AS_OF)[AS_OF]
 
 
 def test_run_id() -> None:
-    assert tend_airflow.run_id({"run_id": "scheduled__2026-11-20T07:00:00+00:00"}) == (
+    assert runs.run_id({"run_id": "scheduled__2026-11-20T07:00:00+00:00"}) == (
         "scheduled__2026-11-20T07:00:00+00:00")
 
 
@@ -301,8 +370,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, airflow_sdk: Modul
 
 
 @pytest.mark.parametrize(("fn", "conn_env", "url_env", "default"), [
-    (tend_airflow.shop_url, "AIRFLOW_CONN_TEND_SHOP", "TEND_SHOP_URL", "shop.db"),
-    (tend_airflow.store_url, "AIRFLOW_CONN_TEND_STORE", "TEND_STORE_URL", "store.db"),
+    (connections.shop_url, "AIRFLOW_CONN_TEND_SHOP", "TEND_SHOP_URL", "shop.db"),
+    (connections.store_url, "AIRFLOW_CONN_TEND_STORE", "TEND_STORE_URL", "store.db"),
 ], ids=["shop", "store"])
 def test_url_resolution(clean_env: pytest.MonkeyPatch, tmp_path: Any, fn: Any, conn_env: str,
                         url_env: str, default: str) -> None:
@@ -327,8 +396,8 @@ def test_url_resolution(clean_env: pytest.MonkeyPatch, tmp_path: Any, fn: Any, c
 
 
 def test_delivery_name_resolution(clean_env: pytest.MonkeyPatch) -> None:
-    assert tend_airflow.delivery_name() == "outbox"
+    assert delivery.delivery_name() == "outbox"
     clean_env.setenv("AIRFLOW_VAR_TEND_DELIVERY", "smtp")
-    assert tend_airflow.delivery_name() == "smtp"
+    assert delivery.delivery_name() == "smtp"
     clean_env.setenv("TEND_DELIVERY", "sendgrid")
-    assert tend_airflow.delivery_name() == "sendgrid"
+    assert delivery.delivery_name() == "sendgrid"

@@ -55,13 +55,16 @@ def tend_airflow(airflow_sdk: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Mo
                 "TEND_SENDGRID_API_KEY", "SENDGRID_API_KEY", "TEND_SENDGRID_URL",
                 "TEND_SENDGRID_SANDBOX", "TEND_SMTP_URL"):
         monkeypatch.delenv(var, raising=False)
-    import tend_airflow
+    import tend_airflow.delivery
+    import tend_airflow.tasks
 
     return tend_airflow
 
 
-def run(conf: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"dag_run": SimpleNamespace(conf=conf or {}), "run_id": "manual__test"}
+def run(conf: dict[str, Any] | None = None, params: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
+    return {"dag_run": SimpleNamespace(conf=conf or {}), "params": params or {},
+            "run_id": "manual__test"}
 
 
 def test_sendgrid_settings_from_the_connection(tend_airflow: ModuleType,
@@ -69,41 +72,61 @@ def test_sendgrid_settings_from_the_connection(tend_airflow: ModuleType,
     monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", json.dumps({
         "conn_type": "http", "host": "127.0.0.1", "port": 8089, "password": KEY,
         "extra": {"asm_group_id": 12, "chunk_size": 250}}))
-    s = tend_airflow.sendgrid_settings(run())
+    s = tend_airflow.delivery.sendgrid_settings(run())
     assert (s.api_key, s.base_url, s.asm_group_id, s.chunk_size, s.sandbox) == (
         KEY, "http://127.0.0.1:8089", 12, 250, False)
-    assert tend_airflow.sendgrid_settings(run({"sendgrid_sandbox": True})).sandbox is True
+    assert tend_airflow.delivery.sendgrid_settings(run({"sendgrid_sandbox": True})).sandbox is True
+
+
+def test_the_sandbox_param_switches_the_run_only_when_set(
+        tend_airflow: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    def sandbox(conn_sandbox: bool, **run_kwargs: Any) -> bool:
+        monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", json.dumps({
+            "conn_type": "http", "password": KEY, "extra": {"sandbox_mode": conn_sandbox}}))
+        return tend_airflow.delivery.sendgrid_settings(run(**run_kwargs)).sandbox
+
+    # The trigger form's switch turns sandbox mode on for the run.
+    assert sandbox(False, params={"sendgrid_sandbox": True}) is True
+    # Left at its default (false) it does not ask: the connection's setting stays.
+    assert sandbox(True, params={"sendgrid_sandbox": False}) is True
+    assert sandbox(False, params={"sendgrid_sandbox": False}) is False
+    # An explicit conf value still decides, either way.
+    assert sandbox(True, params={"sendgrid_sandbox": False},
+                   conf={"sendgrid_sandbox": False}) is False
+    assert sandbox(False, conf={"sendgrid_sandbox": "true"}) is True
+    with pytest.raises(ConfigError, match="sendgrid_sandbox must be true or false"):
+        sandbox(False, conf={"sendgrid_sandbox": "maybe"})
 
 
 def test_sendgrid_connection_as_a_uri(tend_airflow: ModuleType,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", f"sendgrid://:{KEY}@")
-    s = tend_airflow.sendgrid_settings(run())
+    s = tend_airflow.delivery.sendgrid_settings(run())
     assert (s.api_key, s.base_url) == (KEY, "https://api.sendgrid.com")
 
 
 def test_without_the_connection_the_environment_is_read(
         tend_airflow: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="sendgrid_default"):
-        tend_airflow.sendgrid_settings(run())
+        tend_airflow.delivery.sendgrid_settings(run())
     monkeypatch.setenv("TEND_SENDGRID_API_KEY", KEY)
-    assert tend_airflow.sendgrid_settings(run()).api_key == KEY
+    assert tend_airflow.delivery.sendgrid_settings(run()).api_key == KEY
 
 
 def test_the_backend_follows_tend_delivery(tend_airflow: ModuleType, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEND_OUTBOX_DIR", str(tmp_path))
     monkeypatch.setenv("TEND_DELIVERY", "outbox")
-    assert isinstance(tend_airflow.delivery_backend(run()), OutboxBackend)
+    assert isinstance(tend_airflow.delivery.delivery_backend(run()), OutboxBackend)
     monkeypatch.setenv("TEND_DELIVERY", "smtp")
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", "smtp://tend:pw@mail.example:587")
-    smtp = tend_airflow.delivery_backend(run())
+    smtp = tend_airflow.delivery.delivery_backend(run())
     assert isinstance(smtp, SmtpBackend)
     assert (smtp.settings.host, smtp.settings.port, smtp.settings.starttls) == (
         "mail.example", 587, True)
     monkeypatch.setenv("TEND_DELIVERY", "sendgrid")
     monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", f"http://:{KEY}@127.0.0.1:9")
-    sg = tend_airflow.delivery_backend(run())
+    sg = tend_airflow.delivery.delivery_backend(run())
     assert isinstance(sg, SendGridBackend) and sg.settings.base_url == "http://127.0.0.1:9"
     sg.close()
 
@@ -145,8 +168,7 @@ def test_the_send_task_sends_a_batch_through_the_connection(
     with run_in_thread(api_key=KEY, faults=FaultPlan(latency_ms=1)) as fake:
         monkeypatch.setenv("TEND_DELIVERY", "sendgrid")
         monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", f"http://:{KEY}@127.0.0.1:{fake.port}")
-        counts = tend_airflow.send_batch_task({"as_of": NIGHT.isoformat(),
-                                               "batch_id": batches[0]}, run())
+        counts = tend_airflow.tasks.send(NIGHT.isoformat(), batches[0], run())
         assert counts == {"sent": 40}
         assert len(fake.fake.accepted_counts()) == 40
     assert statuses(store).count("sent") == 40
@@ -163,12 +185,11 @@ def test_a_refused_key_fails_the_task_without_retries(
         monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT",
                            f"http://:SG.revoked@127.0.0.1:{fake.port}")
         with pytest.raises(AirflowFailException, match="check the sendgrid_default connection"):
-            tend_airflow.send_batch_task({"as_of": NIGHT.isoformat(), "batch_id": batches[0]},
-                                         run())
+            tend_airflow.tasks.send(NIGHT.isoformat(), batches[0], run())
     assert set(statuses(store)) == {"claimed"}
 
 
-def test_the_send_task_runs_in_the_tend_send_pool(airflow_sdk: ModuleType) -> None:
+def load_programs_dag(airflow_sdk: ModuleType) -> Any:
     spec = importlib.util.spec_from_file_location("tend_programs_dag",
                                                   PROJECT / "dags" / "tend_programs.py")
     assert spec is not None and spec.loader is not None
@@ -177,7 +198,22 @@ def test_the_send_task_runs_in_the_tend_send_pool(airflow_sdk: ModuleType) -> No
     dags = [v for v in vars(module).values() if isinstance(v, airflow_sdk.DAG)]
     if not dags:  # the @dag decorator registers the DAG object on the module's call
         dags = [module.tend_programs()]
-    send = dags[0].get_task("send")
+    return dags[0]
+
+
+def test_the_send_task_runs_in_the_tend_send_pool(airflow_sdk: ModuleType) -> None:
+    send = load_programs_dag(airflow_sdk).get_task("send")
     assert send.pool == "tend_send"
     assert send.max_active_tis_per_dagrun == 4
     assert send.retries >= 1
+
+
+def test_send_is_mapped_over_the_planned_batch_ids(airflow_sdk: ModuleType) -> None:
+    dag = load_programs_dag(airflow_sdk)
+    assert set(dag.task_ids) == {"plan", "send", "summary"}
+    send = dag.get_task("send")
+    mapped = send.op_kwargs_expand_input.value["batch_id"]
+    assert (mapped.operator.task_id, mapped.key) == ("plan", "return_value")
+    as_of = send.partial_kwargs["op_kwargs"]["as_of"]
+    assert (as_of.operator.task_id, as_of.key) == ("plan", "as_of")
+    assert dag.get_task("summary").upstream_task_ids == {"plan", "send"}

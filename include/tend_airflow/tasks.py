@@ -1,0 +1,95 @@
+"""The bodies of the Tend DAGs' tasks, so the DAG files hold only the wiring.
+
+Each body turns the task context into the plain values ``tend`` takes (through
+``tend_airflow.connections``, ``runs`` and ``delivery``) and hands back what the next task maps
+or reads: batch ids and dates in XCom, never message lists. The DAG files import this module
+when they are parsed, so each body imports the domain core it needs only when it runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from tend import config
+from tend_airflow import runs
+from tend_airflow.connections import shop_url, store_url
+from tend_airflow.delivery import delivery_backend
+
+log = logging.getLogger("tend")
+
+AS_OF_XCOM = "as_of"
+
+
+def migrate_store() -> str:
+    """Bring the store's schema to the newest revision; the revision it is at."""
+    from tend.store import migrate
+
+    return migrate(store_url())
+
+
+def ingest(context: Mapping[str, Any]) -> dict[str, Any]:
+    """Fold the night's new orders into the features; tell tend_programs which night it was."""
+    from tend.features.ingest import run_ingest
+    from tend_airflow.assets import CUSTOMER_FEATURES
+
+    result = run_ingest(shop_url(), store_url(), runs.as_of(context), runs.run_id(context))
+    extra = {"as_of": result.as_of.isoformat(), "changed_customers": result.changed_customers}
+    context["outlet_events"][CUSTOMER_FEATURES].extra = extra
+    return extra
+
+
+def plan(context: Mapping[str, Any]) -> list[int]:
+    """Decide and claim the night's messages; the claimed batch ids.
+
+    ``send`` is mapped over them, and Airflow maps only over a task's return value, so the
+    night goes to XCom under its own key, ``as_of``, for ``send`` and ``summary``.
+    """
+    from tend import messages
+    from tend.config import ShopSettings
+    from tend.programs.plan import plan_night
+
+    settings = ShopSettings.from_env()
+    result = plan_night(
+        shop_url(), store_url(), runs.as_of(context), runs.run_id(context),
+        settings=settings, renderer=messages.default_renderer(settings),
+        secret=config.unsubscribe_secret(),
+    )
+    context["ti"].xcom_push(AS_OF_XCOM, result.as_of.isoformat())
+    return list(result.batches)
+
+
+def send(as_of: str, batch_id: int, context: Mapping[str, Any]) -> dict[str, int]:
+    """Send one claimed batch; its counts by status.
+
+    Rejected credentials fail the task without retries (a retry cannot fix a key); any other
+    error fails it normally, and Airflow's retry sends what is still claimed.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend import messages
+    from tend.config import ShopSettings
+    from tend.delivery.engine import send_batch
+    from tend.errors import DeliveryAuthError
+
+    settings = ShopSettings.from_env()
+    backend = delivery_backend(context)
+    try:
+        result = send_batch(store_url(), dt.date.fromisoformat(str(as_of)), int(batch_id),
+                            backend=backend, renderer=messages.default_renderer(settings),
+                            settings=settings)
+    except DeliveryAuthError as exc:
+        raise AirflowFailException(str(exc)) from exc
+    finally:
+        backend.close()
+    return dict(result.counts)
+
+
+def summary(as_of: str) -> None:
+    """Log the night's totals: decisions by fate, messages by status."""
+    from tend.reports import summary_lines
+
+    for line in summary_lines(store_url(), dt.date.fromisoformat(as_of)):
+        log.info(line)
