@@ -74,6 +74,7 @@ from jinja2.runtime import Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import missing
 
+from tend.config import ShopSettings
 from tend.errors import ConfigError, TemplateError
 from tend.messages.contracts import (
     TEMPLATE_SPECS,
@@ -91,7 +92,6 @@ __all__ = [
     "UNSUBSCRIBE_KINDS",
     "RenderedEmail",
     "Renderer",
-    "ShopIdentity",
     "TemplateSpec",
     "format_discount",
     "format_long_date",
@@ -125,22 +125,6 @@ _TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _LINE_BREAKERS = re.compile(r"[ \x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class ShopIdentity:
-    """Who the email is from; shown in the footer as CASL and CAN-SPAM require."""
-
-    name: str
-    postal_address: str
-    from_email: str
-    from_name: str
-    reply_to: str | None
-    base_url: str
-    """Where Tend's unsubscribe/preferences pages live, e.g. ``http://localhost:8080/tend``."""
-    default_locale: str = "en"
-    website_url: str | None = None
-    """The shop's storefront; when set, emails show a button to it."""
 
 
 @dataclass(frozen=True)
@@ -736,7 +720,7 @@ class Renderer:
     (CSS-inlined) templates and the per-locale caches live as long as the Renderer."""
 
     def __init__(
-        self, templates_dir: Path, shop: ShopIdentity, unsubscribe_secret: str | bytes
+        self, templates_dir: Path, shop: ShopSettings, unsubscribe_secret: str | bytes
     ) -> None:
         self.templates_dir = Path(templates_dir)
         if not self.templates_dir.is_dir():

@@ -15,13 +15,14 @@ import pytest
 from _support import TEMPLATES
 
 import tend.messages.render as render_module
+from tend.config import ShopSettings
 from tend.errors import TemplateError
 from tend.messages.contracts import TEMPLATE_SPECS, sample_context, sample_contexts
-from tend.messages.render import UNSUBSCRIBE_KINDS, RenderedEmail, Renderer, ShopIdentity
+from tend.messages.render import UNSUBSCRIBE_KINDS, RenderedEmail, Renderer
 from tend.programs.registry import load_registry
 
 SECRET = "templates-test-secret"
-SHOP = ShopIdentity(
+SHOP = ShopSettings(
     name="Maison Verte & Fils",
     postal_address="1234, rue Saint-Denis\nMontréal (Québec)  H2X 3K8",
     from_email="bonjour@maisonverte.example",
@@ -29,6 +30,7 @@ SHOP = ShopIdentity(
     reply_to=None,
     base_url="https://tend.maisonverte.example/tend",
     default_locale="en",
+    currency="CAD",
     website_url="https://maisonverte.example",
 )
 NAMES = sorted(TEMPLATE_SPECS)
