@@ -14,16 +14,14 @@ from _support import TEMPLATES
 
 from tend.config import ShopSettings
 from tend.errors import ConfigError, TemplateError
-from tend.messages.render import (
-    RenderedEmail,
-    Renderer,
+from tend.messages.formatting import (
     format_long_date,
     format_money,
     format_number,
     format_ordinal,
     format_plural,
-    sample_context,
 )
+from tend.messages.render import RenderedEmail, Renderer, sample_context
 from tend.messages.tokens import verify_token
 
 SECRET = "render-test-secret"

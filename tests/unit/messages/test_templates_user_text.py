@@ -11,7 +11,8 @@ from _support import TEMPLATES
 from tend.config import ShopSettings
 from tend.errors import TemplateError
 from tend.messages.contracts import sample_context
-from tend.messages.render import USER_TEXT_MAX_CHARS, Renderer, render_user_text
+from tend.messages.render import Renderer
+from tend.messages.user_text import USER_TEXT_MAX_CHARS, render_user_text
 
 CTX = {
     "customer": {"first_name": "Marie", "orders_count": 4},
