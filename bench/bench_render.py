@@ -25,12 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from tend.messages.render import TEMPLATE_SPECS, Renderer, ShopIdentity, sample_context
+from tend.config import ShopSettings
+from tend.messages.render import TEMPLATE_SPECS, Renderer, sample_context
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates" / "email"
 
-SHOP = ShopIdentity(
+SHOP = ShopSettings(
     name="Maison Verte",
     postal_address="1234, rue Saint-Denis\nMontréal (Québec)  H2X 3K8\nCanada",
     from_email="bonjour@maisonverte.example",
@@ -38,6 +39,7 @@ SHOP = ShopIdentity(
     reply_to=None,
     base_url="https://tend.maisonverte.example/tend",
     default_locale="en",
+    currency="CAD",
     website_url="https://maisonverte.example",
 )
 

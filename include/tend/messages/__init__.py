@@ -1,9 +1,10 @@
 """Messages: what a claimed contact says, rendered for one customer.
 
-Takes ledger rows and gives rendered emails (subject, preheader, HTML, text, headers).
-``contexts`` builds each message's render context from the shop, ``contracts`` states what each
-template needs (and sample contexts for checks and previews), ``render`` is the Jinja renderer,
-``tokens`` signs the links and voucher codes in an email.
+Takes the programs stage's plans (each winner's template, locale and signal) and the shop's data
+(its settings, catalogue and orders) and gives rendered emails: subject, preheader, HTML, plain
+text and the compliance headers. ``contexts`` builds each message's render context from the shop,
+``contracts`` states what each template needs (with sample contexts for checks and previews),
+``render`` is the renderer, and ``tokens`` signs the links and voucher codes in an email.
 """
 
 from __future__ import annotations
@@ -20,17 +21,7 @@ def default_renderer(settings: ShopSettings | None = None) -> Renderer:
     both build it here so they send exactly the same messages."""
     from tend import config
     from tend.config import ShopSettings
-    from tend.messages.render import Renderer, ShopIdentity
+    from tend.messages.render import Renderer
 
-    s = settings or ShopSettings.from_env()
-    identity = ShopIdentity(
-        name=s.name,
-        postal_address=s.postal_address,
-        from_email=s.from_email,
-        from_name=s.from_name,
-        reply_to=s.reply_to,
-        base_url=s.base_url,
-        default_locale=s.default_locale,
-        website_url=s.website_url,
-    )
-    return Renderer(config.templates_dir(), identity, config.unsubscribe_secret())
+    return Renderer(config.templates_dir(), settings or ShopSettings.from_env(),
+                    config.unsubscribe_secret())

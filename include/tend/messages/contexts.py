@@ -10,10 +10,7 @@ very same message.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,7 +21,7 @@ from sqlalchemy import String, cast, select
 
 from tend import config
 from tend.config import ShopSettings
-from tend.messages.tokens import make_token
+from tend.messages.tokens import make_token, voucher_code
 from tend.programs.registry import Program
 from tend.shop import schema as s
 from tend.store import ledger
@@ -202,13 +199,6 @@ class ContextBuilder:
                 "expires_on": str(self.as_of + dt.timedelta(days=o.valid_days)),
             }
         return ctx
-
-
-def voucher_code(secret: str, message_id: str, prefix: str) -> str:
-    """Unique per message, unguessable, stable across retries (derived, not stored twice)."""
-    mac = hmac.new(secret.encode(), f"voucher:{message_id}".encode(), hashlib.sha256).digest()
-    code = base64.b32encode(mac).decode()[:8]
-    return f"{prefix}-{code[:4]}-{code[4:]}"
 
 
 def _clean(v: Any) -> str | None:

@@ -111,19 +111,38 @@ _PRODUCTS_DOC = ("list of products: sku, name, price (or None), currency, url (o
 _OFFER_DOC = "code (unique per customer), amount, currency, kind (amount | percent), expires_on"
 _NO_NAME = {"customer": {"first_name": None}}
 
+
+def _spec(*, name: str, kind: str, description: str, required: Mapping[str, str],
+          optional: Mapping[str, str], sample: Mapping[str, Any],
+          variants: Mapping[str, Mapping[str, Any]] | None = None,
+          by_language: Mapping[str, Mapping[str, Any]] | None = None,
+          customer: Mapping[str, Any] | None = None, customer_doc: str = "") -> TemplateSpec:
+    """A TemplateSpec for an email to one customer: every template needs ``customer`` (plus
+    ``customer_doc``'s loyalty facts, sampled from ``customer``) and must read well without a
+    first name, so those parts are the same for all and added here."""
+    return TemplateSpec(
+        name=name,
+        kind=kind,
+        description=description,
+        required={"customer": _CUSTOMER_DOC + customer_doc, **required},
+        optional=optional,
+        sample={"customer": _customer(**(customer or {})), **sample},
+        variants={**(variants or {}), "no first name": _NO_NAME},
+        by_language=by_language or {},
+    )
+
+
 _SPECS: tuple[TemplateSpec, ...] = (
-    TemplateSpec(
+    _spec(
         name="winback",
         kind="marketing",
         description="a customer who used to buy has gone quiet; welcome them back with a voucher",
         required={
-            "customer": _CUSTOMER_DOC,
             "signal": "reason (reports only; the template shows no signal data)",
             "offer": _OFFER_DOC,
         },
         optional={"products": "products picked for this customer (complements of past buys)"},
         sample={
-            "customer": _customer(),
             "signal": {
                 "name": "lapsed",
                 "reason": "no order in 187 days after 4 orders (usual gap 41 days)",
@@ -139,22 +158,19 @@ _SPECS: tuple[TemplateSpec, ...] = (
                 "products": [_product("TOM-6", "Tomato seedlings, 6-pack", "12.99", image=True),
                              _product("SOIL-25", "Organic potting soil, 25 L", "14.50")],
             },
-            "no first name": _NO_NAME,
         },
     ),
-    TemplateSpec(
+    _spec(
         name="seasonal",
         kind="marketing",
         description="a customer who buys in the same window every year; it opens soon",
         required={
-            "customer": _CUSTOMER_DOC,
             "signal": "reason (reports only), window_start (date the customer's season "
                       "opens), window_end",
         },
         optional={"products": "what they bought last season (the first is named)",
                   "offer": _OFFER_DOC},
         sample={
-            "customer": _customer(),
             "signal": {
                 "name": "seasonal",
                 "reason": "ordered garden supplies in late March in 2025 and 2026",
@@ -165,20 +181,17 @@ _SPECS: tuple[TemplateSpec, ...] = (
                          _product("SOIL-25", "Organic potting soil, 25 L", "14.50")],
             "offer": _offer("PRINTEMPS-4KD8", "10", "percent", date(2027, 4, 30)),
         },
-        variants={"no first name": _NO_NAME},
     ),
-    TemplateSpec(
+    _spec(
         name="replenish",
         kind="marketing",
         description="a consumable the customer buys is probably running out",
         required={
-            "customer": _CUSTOMER_DOC,
             "signal": "reason (reports only), last_bought (date), due_on (date)",
             "products": "the consumable(s) to reorder (at least one; the first is named)",
         },
         optional={"offer": _OFFER_DOC},
         sample={
-            "customer": _customer(),
             "signal": {
                 "reason": "water filter cartridges usually last 60 days; last bought 54 days ago",
                 "name": "replenish",
@@ -193,22 +206,19 @@ _SPECS: tuple[TemplateSpec, ...] = (
                 "products": [_product("FLT-3", "Water filter cartridges, 3-pack", "34.95",
                                       url=False)],
             },
-            "no first name": _NO_NAME,
         },
     ),
-    TemplateSpec(
+    _spec(
         name="checkup",
         kind="service",
         description="a service the customer bought (boiler, car, dental cleaning) is due again",
         required={
-            "customer": _CUSTOMER_DOC,
             "signal": "reason (reports only), due_on (date), last_bought (date of the last "
                       "service)",
             "products": "products[0] is the service; its url (or None) is where to book",
         },
         optional={},
         sample={
-            "customer": _customer(),
             "signal": {
                 "reason": "annual boiler service bought 2026-03-12; due again in 12 months",
                 "name": "checkup",
@@ -225,53 +235,47 @@ _SPECS: tuple[TemplateSpec, ...] = (
                 "products": [{"sku": "SVC-BOIL", "name": "Annual boiler service", "price": None,
                               "currency": None, "url": None, "image_url": None}],
             },
-            "no first name": _NO_NAME,
         },
     ),
-    TemplateSpec(
+    _spec(
         name="thank_you",
         kind="transactional",
         description="thank a customer for their first order (no promotion in it)",
         required={
-            "customer": _CUSTOMER_DOC,
             "order": "order_id, ordered_at (date), total, currency",
         },
         optional={"products": "what they bought (catalogue products; may be empty)"},
         sample={
-            "customer": _customer(),
             "order": {"order_id": "O-104233", "ordered_at": date(2026, 11, 22),
                       "total": Decimal("61.94"), "currency": "CAD"},
             "products": [_product("SKL-26", "Cast-iron skillet, 26 cm", "49.95"),
                          _product("OIL-SEA", "Seasoning oil, 250 ml", "11.99")],
         },
-        variants={"no first name": _NO_NAME},
     ),
-    TemplateSpec(
+    _spec(
         name="survey",
         kind="service",
         description="ask how a purchase is working out, some weeks after it",
         required={
-            "customer": _CUSTOMER_DOC,
             "signal": "reason (reports only), order_date (date of the purchase)",
             "survey": "url: the customer's own survey link (the template adds rating=1..5)",
         },
         optional={"products": "what they bought (the first is named; without it the message "
                               "speaks of 'your order')"},
         sample={
-            "customer": _customer(),
             "signal": {"name": "survey", "reason": "order of 2026-10-28, 26 days ago",
                        "order_date": date(2026, 10, 28)},
             "products": [_product("SKL-26", "Cast-iron skillet, 26 cm", "49.95")],
             "survey": {"url": "http://localhost:8080/tend/survey/Y3VzXzAwMDE0Mg.q2Vh8sT1"},
         },
-        variants={"no first name": _NO_NAME},
     ),
-    TemplateSpec(
+    _spec(
         name="loyalty",
+        customer={"orders_count": 10, "member_since": date(2021, 3, 8)},
+        customer_doc=", orders_count, member_since (date)",
         kind="marketing",
         description="reward an Nth order, a spend tier reached, or a relationship anniversary",
         required={
-            "customer": _CUSTOMER_DOC + ", orders_count, member_since (date)",
             "signal": "name (loyalty_nth_order | loyalty_tier | anniversary), reason "
                       "(reports only), nth, tier, years (the ones a signal does not use may be "
                       "None)",
@@ -279,7 +283,6 @@ _SPECS: tuple[TemplateSpec, ...] = (
         },
         optional={},
         sample={
-            "customer": _customer(orders_count=10, member_since=date(2021, 3, 8)),
             "signal": {
                 "name": "loyalty_nth_order",
                 "reason": "10th order placed on 2026-11-20",
@@ -301,22 +304,19 @@ _SPECS: tuple[TemplateSpec, ...] = (
             "21st order": {"signal": {"nth": 21}, "customer": {"orders_count": 21}},
             "another loyalty signal": {"signal": {"name": "loyalty"}},
             "no first order date": {"customer": {"member_since": None}},
-            "no first name": _NO_NAME,
         },
     ),
-    TemplateSpec(
+    _spec(
         name="cross_sell",
         kind="marketing",
         description="products that complement something the customer bought",
         required={
-            "customer": _CUSTOMER_DOC,
             "signal": "reason (reports only)",
             "purchased": "the product they bought (same shape as a product)",
             "products": "complementary products from the catalogue (at least one)",
         },
         optional={"offer": _OFFER_DOC},
         sample={
-            "customer": _customer(),
             "signal": {"reason": "bought SKL-26 on 2026-11-02; complements OIL-SEA, SCR-CHN"},
             "purchased": _product("SKL-26", "Cast-iron skillet, 26 cm", "49.95"),
             "products": [_product("OIL-SEA", "Seasoning oil, 250 ml", "11.99"),
@@ -329,15 +329,13 @@ _SPECS: tuple[TemplateSpec, ...] = (
                                       url=False)],
                 "offer": _offer("DUO-3HG5", "10", "percent"),
             },
-            "no first name": _NO_NAME,
         },
     ),
-    TemplateSpec(
+    _spec(
         name="newsletter",
         kind="marketing",
         description="the shop's newsletter; words from the campaign form, personal picks",
         required={
-            "customer": _CUSTOMER_DOC,
             "newsletter": "subject, preheader, title, intro (plain text; blank line = new "
                           "paragraph), articles: [{title, body, url (or None), image_url "
                           "(or None)}], all typed in the campaign form and rendered with "
@@ -346,7 +344,6 @@ _SPECS: tuple[TemplateSpec, ...] = (
         optional={"products": "products picked for this customer",
                   "offer": _OFFER_DOC},
         sample={
-            "customer": _customer(),
             "newsletter": {
                 "subject": "Winter is coming: our cosy picks",
                 "preheader": "A few ideas for warm evenings, and what's new in the shop.",
@@ -376,7 +373,6 @@ _SPECS: tuple[TemplateSpec, ...] = (
                                              "image_url": f"{SHOP_URL}/img/tea.jpg"}]},
                 "offer": _offer("HIVER-8NB2", "10.00"),
             },
-            "no first name": _NO_NAME,
         },
         by_language={"fr": {"newsletter": {
             "subject": "L'hiver arrive : nos idées douillettes",

@@ -48,33 +48,26 @@ Design choices, and why:
 from __future__ import annotations
 
 import contextlib
-import functools
-import html as html_lib
 import re
-import traceback
-from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
 
-import css_inline
 import jinja2
 import markupsafe
-from babel import Locale, UnknownLocaleError, localedata
-from babel.dates import format_date, format_skeleton
-from babel.numbers import format_currency, format_decimal, format_percent
 from jinja2 import nodes
-from jinja2.loaders import split_template_path
-from jinja2.runtime import Macro
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
-from jinja2.utils import missing
 
+from tend.config import ShopSettings
 from tend.errors import ConfigError, TemplateError
+from tend.messages.compliance import (
+    KINDS,
+    UNSUBSCRIBE_KINDS,
+    ComplianceLinks,
+    inspect_email,
+    require_known_kind,
+    require_unsubscribe_link,
+)
 from tend.messages.contracts import (
     TEMPLATE_SPECS,
     TemplateSpec,
@@ -82,24 +75,18 @@ from tend.messages.contracts import (
     sample_contexts,
     template_spec,
 )
-from tend.messages.tokens import token_maker
+from tend.messages.environment import Context, Strings, email_environment
+from tend.messages.formatting import babel_locale, formatting_locale, get_field, one_line, tidy_text
+from tend.messages.loader import CSS_FILE, EmailLoader
+from tend.messages.template_errors import TemplateErrors
+from tend.messages.user_text import render_user_text
 
 __all__ = [
-    "KINDS",
     "PARTS",
     "TEMPLATE_SPECS",
-    "UNSUBSCRIBE_KINDS",
     "RenderedEmail",
     "Renderer",
-    "ShopIdentity",
     "TemplateSpec",
-    "format_discount",
-    "format_long_date",
-    "format_money",
-    "format_number",
-    "format_ordinal",
-    "format_plural",
-    "render_user_text",
     "sample_context",
     "sample_contexts",
     "template_spec",
@@ -108,39 +95,7 @@ __all__ = [
 PARTS: tuple[str, ...] = ("subject", "preheader", "html", "txt")
 """The four files every template has in each locale: ``{locale}/{template}.{part}.j2``."""
 
-KINDS: tuple[str, ...] = ("marketing", "service", "transactional")
-"""Message kinds (as in programs.yaml). Unknown kinds are refused: a typo must not skip the
-unsubscribe link."""
-
-UNSUBSCRIBE_KINDS: frozenset[str] = frozenset({"marketing", "service"})
-"""Kinds that must carry the signed unsubscribe link and the RFC 8058 headers. Service mail
-(reminders, surveys) honours unsubscribes, so it carries the link too."""
-
-CSS_FILE = "layouts/email.css"
-
 _TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
-# CR, LF, tabs, other C0/C1 controls, Unicode line/paragraph separators, and plain spaces
-# (so a run of them collapses to one space). Non-breaking spaces are kept on purpose:
-# Babel puts them in "10,00 $" and they are harmless in a header.
-_LINE_BREAKERS = re.compile(r"[ \x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class ShopIdentity:
-    """Who the email is from; shown in the footer as CASL and CAN-SPAM require."""
-
-    name: str
-    postal_address: str
-    from_email: str
-    from_name: str
-    reply_to: str | None
-    base_url: str
-    """Where Tend's unsubscribe/preferences pages live, e.g. ``http://localhost:8080/tend``."""
-    default_locale: str = "en"
-    website_url: str | None = None
-    """The shop's storefront; when set, emails show a button to it."""
 
 
 @dataclass(frozen=True)
@@ -156,541 +111,6 @@ class RenderedEmail:
     """The template file set used, e.g. ``fr/winback`` (after locale fallback)."""
     locale: str = ""
     """The Babel locale money and dates were formatted in, e.g. ``fr_CA``."""
-
-
-# --- formatting (Babel, cached: a night formats the same few values thousands of times) --------
-
-
-@functools.lru_cache(maxsize=512)
-def _babel_locale(locale: str | None) -> Locale | None:
-    try:
-        return Locale.parse(str(locale).strip().replace("-", "_"))
-    except (ValueError, TypeError, UnknownLocaleError):
-        return None
-
-
-def _require_locale(locale: str, what: str) -> Locale:
-    parsed = _babel_locale(locale)
-    if parsed is None:
-        raise ValueError(f"unknown locale {locale!r} for {what} formatting")
-    return parsed
-
-
-@functools.lru_cache(maxsize=512)
-def _money_locale(locale: str, currency: str) -> str:
-    """A bare language ("fr") says nothing about the region, and Babel then writes
-    "10,00 $CA". When the currency belongs to one country (CAD -> CA, USD -> US, CHF -> CH)
-    and Babel knows that language there, we format as that region."""
-    parsed = _require_locale(locale, "money")
-    if parsed.territory is None:
-        regional = f"{parsed.language}_{currency[:2].upper()}"
-        if localedata.exists(regional):
-            return regional
-    return str(parsed)
-
-
-def _defined(value: Any) -> Any:
-    """A filter given an undefined variable reports *that* (with its name), not a type error."""
-    if isinstance(value, jinja2.Undefined):
-        value._fail_with_undefined_error()
-    return value
-
-
-def _decimal(value: Any) -> Any:
-    _defined(value)
-    if isinstance(value, str):
-        try:
-            return Decimal(value.strip())
-        except InvalidOperation:
-            raise ValueError(f"{value!r} is not a number") from None
-    if value is None or isinstance(value, bool):
-        raise ValueError(f"{value!r} is not an amount")
-    return value
-
-
-@functools.lru_cache(maxsize=16384)
-def _money(amount: Any, currency: str, locale: str) -> str:
-    return format_currency(amount, currency, locale=_money_locale(locale, currency))
-
-
-def format_money(amount: Decimal | float | int | str, currency: str, locale: str) -> str:
-    """``{{ offer.amount|money(offer.currency, locale) }}`` -> "$10.00", "10,00 $".
-
-    Multi-country currencies (EUR) keep the locale as given.
-    """
-    return _money(_decimal(amount), str(currency), str(locale))
-
-
-@functools.lru_cache(maxsize=16384)
-def _date(value: date, locale: str, style: str) -> str:
-    parsed = _require_locale(locale, "date")
-    if style == "long":
-        if parsed.language == "fr" and value.day == 1:
-            return format_date(value, "d'er' MMMM y", locale=parsed)
-        return format_date(value, format="long", locale=parsed)
-    if style == "month":
-        return format_date(value, "LLLL", locale=parsed)
-    if style == "month_year":
-        return format_skeleton("yMMMM", value, locale=parsed)
-    if style in ("short", "medium", "full"):
-        return format_date(value, format=style, locale=parsed)
-    raise ValueError(f"date style must be long, medium, short, full, month or month_year, "
-                     f"got {style!r}")
-
-
-def format_long_date(value: date | datetime | str, locale: str, style: str = "long") -> str:
-    """``{{ offer.expires_on|date(locale) }}`` -> "March 12, 2027", "12 mars 2027".
-
-    French writes the first of the month as an ordinal ("1er mars"), which Babel's long
-    pattern does not, so we special-case it. ``style``: ``month`` ("March", "mars"),
-    ``month_year`` ("March 2021", "mars 2021"), or Babel's short/medium/full.
-    """
-    if isinstance(_defined(value), str):
-        value = date.fromisoformat(value)
-    if isinstance(value, datetime):
-        value = value.date()
-    if not isinstance(value, date):
-        raise ValueError(f"{value!r} is not a date")
-    return _date(value, str(locale), style)
-
-
-@functools.lru_cache(maxsize=4096)
-def _number(value: Any, locale: str) -> str:
-    return format_decimal(value, locale=_require_locale(locale, "number"))
-
-
-def format_number(value: Any, locale: str) -> str:
-    """``{{ n|number(locale) }}`` -> "1,234" / "1 234"."""
-    return _number(_decimal(value), str(locale))
-
-
-def _field(obj: Any, name: str) -> Any:
-    return obj[name] if isinstance(obj, Mapping) else getattr(obj, name)
-
-
-@functools.lru_cache(maxsize=1024)
-def _percent(amount: Any, locale: str) -> str:
-    return format_percent(Decimal(str(amount)) / 100, locale=_require_locale(locale, "percent"))
-
-
-def format_discount(offer: Any, locale: str) -> str:
-    """``{{ offer|discount(locale) }}`` -> "$10.00" or "15%" / "15 %" from an offer's kind.
-
-    ``offer.kind`` is "amount" (``amount`` in ``currency``) or "percent" (``amount`` = 15 for
-    15 %). Anything else is an error rather than a guess, since the number is a promise.
-    """
-    kind = _defined(_field(_defined(offer), "kind"))
-    amount = _field(offer, "amount")
-    if kind == "amount":
-        return format_money(amount, _field(offer, "currency"), locale)
-    if kind == "percent":
-        return _percent(_decimal(amount), str(locale))
-    raise ValueError(f"offer kind must be 'amount' or 'percent', got {kind!r}")
-
-
-def _count(n: Any) -> Any:
-    if isinstance(n, bool) or not isinstance(n, int | Decimal | float | str):
-        raise ValueError(f"{n!r} is not a number")
-    return _decimal(n)
-
-
-@functools.lru_cache(maxsize=4096)
-def _plural_category(n: Any, locale: str, ordinal: bool) -> str:
-    parsed = _require_locale(locale, "plural")
-    return parsed.ordinal_form(n) if ordinal else parsed.plural_form(n)
-
-
-def _pick(n: Any, locale: str, forms: Mapping[str, str], ordinal: bool) -> str:
-    if "other" not in forms:
-        raise ValueError("plural forms need at least other=...")
-    number = _count(n)
-    form = forms.get(_plural_category(number, str(locale), ordinal)) or forms["other"]
-    return form.replace("{n}", format_number(number, locale))
-
-
-def format_plural(n: Any, locale: str, **forms: str) -> str:
-    """``{{ n|plural("fr", one="{n} commande", other="{n} commandes") }}`` with CLDR rules
-    (French: 0 and 1 are singular; English: only 1). Forms: zero, one, two, few, many, other."""
-    return _pick(n, locale, forms, ordinal=False)
-
-
-def format_ordinal(n: Any, locale: str, **forms: str) -> str:
-    """``{{ n|ordinal("en", one="{n}st", two="{n}nd", few="{n}rd", other="{n}th") }}``."""
-    return _pick(n, locale, forms, ordinal=True)
-
-
-def _with_query(url: Any, **params: Any) -> str:
-    """``{{ survey.url|with_query(rating=5) }}``: add query parameters, properly encoded."""
-    if _defined(url) is None:
-        return "None"  # the link check then names the variable
-    return _with_query_cached(str(url), tuple((k, str(v)) for k, v in params.items()))
-
-
-@functools.lru_cache(maxsize=1024)
-def _with_query_cached(url: str, params: tuple[tuple[str, str], ...]) -> str:
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(params)
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _paragraphs(text: Any) -> list[str]:
-    """``{% for p in newsletter.intro|paragraphs %}``: a blank line starts a new paragraph."""
-    if text is None:
-        return []
-    return [p.strip() for p in _PARAGRAPH_BREAK.split(str(text).replace("\r", "")) if p.strip()]
-
-
-def _lcfirst(value: Any) -> str:
-    """"Annual boiler service" -> "annual boiler service", but "ABS brakes" stays as is."""
-    text = "" if value is None else str(value)
-    if len(text) > 1 and text[0].isupper() and not text[1].isupper():
-        return text[0].lower() + text[1:]
-    return text
-
-
-_BROKEN_LINK = re.compile(r"^\s*(?:None|none|null|undefined)\b|\{\{|\}\}|\{%|%\}")
-
-
-class _BrokenLink(jinja2.TemplateRuntimeError):
-    def __init__(self, expression: str, value: Any) -> None:
-        super().__init__(f"broken link {expression}")
-        self.expression = expression
-        self.value = value
-
-
-def _link(value: Any, expression: str) -> Any:
-    """Inserted by the loader around every link expression: refuses what would be a broken
-    link, so the error names the variable instead of a customer finding the dead link."""
-    if value is None or isinstance(value, jinja2.Undefined):
-        raise _BrokenLink(expression, value)
-    text = str(value)
-    if not text.strip() or _BROKEN_LINK.search(text):
-        raise _BrokenLink(expression, value)
-    return value
-
-
-# --- undefined variables ---------------------------------------------------------------------
-
-
-class _MissingVariable(jinja2.UndefinedError):
-    """An UndefinedError that remembers *which* name was missing, and on what object."""
-
-    def __init__(self, message: str | None = None, *, variable: str | None, owner: Any) -> None:
-        super().__init__(message)
-        self.variable = variable
-        self.owner = owner
-
-
-class _StrictUndefined(jinja2.StrictUndefined):
-    """StrictUndefined whose error carries the variable name, for a message that says more
-    than Jinja's "'dict object' has no attribute 'code'"."""
-
-    __slots__ = ()
-
-    def __init__(
-        self,
-        hint: str | None = None,
-        obj: Any = missing,
-        name: str | None = None,
-        exc: type[jinja2.TemplateRuntimeError] = jinja2.UndefinedError,
-    ) -> None:
-        del exc  # always ours: a factory that builds _MissingVariable with name and owner
-        factory: Any = functools.partial(_MissingVariable, variable=name, owner=obj)
-        super().__init__(hint, obj, name, factory)
-
-
-class _Strings:
-    """``t`` in templates: the sets and macros of ``{locale}/strings.j2``, resolved once.
-
-    Why not ``{% import %}``: Jinja marks a macro's output as safe HTML when it is *called*
-    from an autoescaped template, even though strings.j2 (not ``.html.j2``) never escaped the
-    arguments. ``t.greeting(customer.first_name)`` would then put a raw ``<script>`` into the
-    HTML. Calling the macro from Python returns a plain ``str``, which the calling template
-    escapes (HTML) or leaves alone (text, subject) like any other value.
-
-    Every name is a plain instance attribute (no lookup logic per access); a missing one makes
-    Jinja ask ``__getattr__``/``__getitem__``, which fail, so StrictUndefined names it.
-    """
-
-    def __init__(self, module: Any, file: str) -> None:
-        self._tend_file = file
-        for key, value in vars(module).items():
-            if key.startswith("_"):
-                continue
-            if isinstance(value, Macro):
-                value = self._wrap(value)
-            setattr(self, key, value)
-
-    @staticmethod
-    def _wrap(macro: Macro) -> Callable[..., str]:
-        # strings.j2 macros see only their arguments (the module has no render context), so
-        # the same arguments give the same words: remember the last few thousand.
-        @functools.lru_cache(maxsize=4096)
-        def cached(*args: Any) -> str:
-            return str(macro(*args))
-
-        def call(*args: Any, **kwargs: Any) -> str:
-            if not kwargs:
-                try:
-                    return cached(*args)
-                except TypeError as exc:  # an unhashable argument (a dict): no memo
-                    if "unhashable" not in str(exc):
-                        raise
-            return str(macro(*args, **kwargs))
-
-        call._tend_plain = True  # type: ignore[attr-defined]
-        return call
-
-    def __getattr__(self, key: str) -> Any:
-        raise AttributeError(key)
-
-    def __repr__(self) -> str:
-        return f"<strings from {self._tend_file}>"
-
-
-class _Context(jinja2.runtime.Context):
-    """Jinja's Context, with short paths for the two calls every email makes many times:
-    ``t.*`` strings (they take no context, environment or loop variables) and partial macros
-    called with exactly their positional arguments (``offer_box(offer, t, locale)``: no
-    defaults, keywords, varargs or caller to sort out). Both give what Jinja's generic
-    ``Context.call`` / ``Macro.__call__`` give (tests compare with a stock Context)."""
-
-    def call(self, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        if kwargs:
-            kwargs.pop("_block_vars", None)
-            kwargs.pop("_loop_vars", None)
-        if type(obj) is Macro:
-            if (not kwargs and len(args) == obj._argument_count and not obj.caller
-                    and not obj.catch_kwargs and not obj.catch_varargs
-                    and not obj._environment.is_async):
-                rv = obj._func(*args)
-                if self.eval_ctx.autoescape:
-                    return (_new_str(markupsafe.Markup, rv) if rv.__class__ is str
-                            else markupsafe.Markup(rv))
-                return rv
-        elif getattr(obj, "_tend_plain", False):
-            return obj(*args, **kwargs)
-        return jinja2.runtime.Context.call(self, obj, *args, **kwargs)
-
-
-_DICT_ATTRIBUTES = frozenset(dir(dict))
-_escape_inner = markupsafe._escape_inner  # markupsafe's C escaper (what escape() calls)
-_new_str = str.__new__
-
-
-def _fast_escape(value: Any) -> markupsafe.Markup:
-    """``markupsafe.escape`` for the common case, a plain str, without ``Markup.__new__``'s
-    Python-level checks: same result (tests compare with stock Jinja), a third of the cost,
-    and HTML templates call it for every ``{{ }}``."""
-    if value.__class__ is str:
-        return _new_str(markupsafe.Markup, _escape_inner(value))  # type: ignore[no-any-return]
-    return markupsafe.escape(value)
-
-
-class _Template(jinja2.Template):
-    """Compiled templates look ``escape`` up in their module namespace: give them the fast
-    one."""
-
-    @classmethod
-    def from_code(cls, environment: jinja2.Environment, code: Any, globals: Any,
-                  uptodate: Callable[[], bool] | None = None) -> jinja2.Template:
-        template = super().from_code(environment, code, globals, uptodate)
-        namespace = template.root_render_func.__globals__
-        if namespace.get("escape") is markupsafe.escape:
-            namespace["escape"] = _fast_escape
-        return template
-
-
-class _Environment(jinja2.Environment):
-    """``customer.first_name`` on a dict: Jinja tries the attribute first and, failing,
-    the key, paying for an AttributeError on every lookup. Contexts are dicts, so for a dict
-    and a name that is not a dict method the key is looked up directly: same result."""
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
-            try:
-                return obj[attribute]
-            except KeyError:
-                return self.undefined(obj=obj, name=attribute)
-        return super().getattr(obj, attribute)
-
-
-def _finalize(value: Any) -> Any:
-    """Print None as nothing: "Hi ," is caught by templates' fallbacks; "Hi None," is not."""
-    return "" if value is None else value
-
-
-# --- loading: CSS inlined once per template, link checks wired in ------------------------------
-
-_JINJA_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001|<!--\ue002(\\d+)\ue003-->")
-_LINK_ATTRIBUTE = re.compile(r"""\s(?:href|src)\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)
-_EXPRESSION = re.compile(r"^\{\{(-?)(.*?)(-?)\}\}$", re.DOTALL)
-_URL_NAME = re.compile(r"^\s*\(?\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
-_EVENT = re.compile("<([a-zA-Z][a-zA-Z0-9]*)\\b|\ue000\\d+\ue001|<!--\ue002\\d+\ue003-->")
-_INSERTED_BY_PARSER = {"tbody", "html", "head", "body"}
-
-
-def _is_url_name(expression: str) -> bool:
-    """``product.url``, ``shop.website_url``, ``survey.url|with_query(...)``: links by name."""
-    m = _URL_NAME.match(expression)
-    return bool(m) and m.group(1).lower().endswith("url")
-
-
-def _wrap_link(tag: str) -> str:
-    m = _EXPRESSION.match(tag)
-    if m is None:  # pragma: no cover - the scanner only hands us {{ ... }}
-        return tag
-    left, inner, right = m.groups()
-    expression = " ".join(inner.split())
-    label = expression.replace("\\", "\\\\").replace("'", "\\'")
-    return f"{{{{{left} ({inner})|_link('{label}') {right}}}}}"
-
-
-@dataclass
-class _LineMap:
-    """Maps a line of the processed (inlined) source back to the file the author edits."""
-
-    processed: list[int] = field(default_factory=list)
-    original: list[int] = field(default_factory=list)
-
-    def __call__(self, line: int) -> int:
-        i = bisect_right(self.processed, line) - 1
-        if i < 0:
-            return line
-        return self.original[i] + (line - self.processed[i])
-
-
-class _EmailLoader(jinja2.BaseLoader):
-    """Reads templates from the templates directory; ``.html.j2`` files get the stylesheet
-    inlined and their links checked, ``.txt.j2`` files their links checked. Templates never
-    change during a run (``uptodate`` is always true): no file system calls per message."""
-
-    def __init__(self, root: Path, css: str | None) -> None:
-        self.root = root
-        self.css = css
-        self.line_maps: dict[str, _LineMap] = {}
-        self._full = (
-            css_inline.CSSInliner(inline_style_tags=False, keep_style_tags=True,
-                                  load_remote_stylesheets=False, extra_css=css)
-            if css else None
-        )
-
-    def get_source(self, environment: jinja2.Environment, template: str
-                   ) -> tuple[str, str, Callable[[], bool]]:
-        path = self.root.joinpath(*split_template_path(template))
-        if not path.is_file():
-            raise jinja2.TemplateNotFound(template)
-        source = path.read_text(encoding="utf-8")
-        if template.endswith(".html.j2"):
-            source, line_map = self._prepare_html(source, template)
-            self.line_maps[str(path)] = line_map
-        elif template.endswith(".txt.j2"):
-            source = _JINJA_TAG.sub(
-                lambda m: _wrap_link(m.group(0))
-                if m.group(0).startswith("{{") and _is_url_name(m.group(0)[2:-2].strip("-"))
-                else m.group(0),
-                source,
-            )
-        return source, str(path), lambda: True
-
-    def list_templates(self) -> list[str]:
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*.j2"))
-
-    def _prepare_html(self, source: str, name: str) -> tuple[str, _LineMap]:
-        tags: list[tuple[str, int]] = []
-        line = 1
-        last = 0
-
-        def protect(m: re.Match[str]) -> str:
-            nonlocal line, last
-            line += source.count("\n", last, m.start())
-            last = m.start()
-            tags.append((m.group(0), line))
-            k = len(tags) - 1
-            return f"\ue000{k}\ue001" if m.group(0).startswith("{{") else f"<!--\ue002{k}\ue003-->"
-
-        protected = _JINJA_TAG.sub(protect, source)
-        if "{{" in protected or "{%" in protected or "{#" in protected:
-            # Unbalanced tags: hand Jinja the file as it is, so it reports the syntax error
-            # with the author's line numbers.
-            return source, _LineMap()
-        if self.css is None or self._full is None:
-            inlined = protected
-        else:
-            try:
-                if re.search(r"<html[\s>]", protected, re.IGNORECASE):
-                    inlined = self._full.inline(protected)
-                else:
-                    inlined = css_inline.inline_fragment(
-                        protected, self.css, inline_style_tags=False,
-                        load_remote_stylesheets=False,
-                    )
-            except (css_inline.InlineError, ValueError) as exc:
-                raise TemplateError(
-                    f"inlining {CSS_FILE} into {name} failed: {exc}; fix the stylesheet "
-                    "(one-element selectors, no quotes in values)",
-                    template=name,
-                ) from exc
-        self._check_structure(protected, inlined, name, len(tags))
-        links: set[int] = set()
-        for m in _LINK_ATTRIBUTE.finditer(inlined):
-            value = m.group(1) if m.group(1) is not None else m.group(2)
-            links.update(int(k) for k in re.findall("\ue000(\\d+)\ue001", value))
-        out: list[str] = []
-        line_map = _LineMap()
-        pos = 0
-        line = 1
-        for m in _PLACEHOLDER.finditer(inlined):
-            chunk = inlined[pos:m.start()]
-            out.append(chunk)
-            line += chunk.count("\n")
-            k = int(m.group(1) if m.group(1) is not None else m.group(2))
-            tag, original_line = tags[k]
-            if tag.startswith("{{") and (k in links or _is_url_name(tag[2:-2].strip("-"))):
-                tag = _wrap_link(tag)
-            line_map.processed.append(line)
-            line_map.original.append(original_line)
-            out.append(tag)
-            line += tag.count("\n")
-            pos = m.end()
-        out.append(inlined[pos:])
-        return "".join(out), line_map
-
-    @staticmethod
-    def _check_structure(protected: str, inlined: str, name: str, n_tags: int) -> None:
-        """css-inline parses HTML like a browser: a Jinja expression between a <table> and its
-        rows is moved before the table, a statement inside a tag or a <tr> outside a table
-        vanishes. The sequence of start tags and Jinja tags must come out as it went in;
-        refuse the template at load rather than send a mangled email."""
-
-        def events(html: str) -> list[str]:
-            out = []
-            for m in _EVENT.finditer(html):
-                if m.group(1):
-                    tag = m.group(1).lower()
-                    if tag not in _INSERTED_BY_PARSER:
-                        out.append(tag)
-                else:
-                    out.append(m.group(0))
-            return out
-
-        before, after = events(protected), events(inlined)
-        if before != after:
-            where = next((i for i, (a, b) in enumerate(zip(before, after, strict=False))
-                          if a != b), min(len(before), len(after)))
-            near = [e if not e.startswith(("\ue000", "<!--")) else "{{ ... }}"
-                    for e in before[max(where - 2, 0):where + 2]]
-            raise TemplateError(
-                f"{name} cannot be read safely as HTML to inline its CSS (around "
-                f"{' '.join(near)}): keep Jinja statements where markup may stand, expressions "
-                "inside text or attribute values (never between <table> and <tr> or among a "
-                "tag's attributes), and table rows inside a <table>",
-                template=name,
-            )
-        if len(_PLACEHOLDER.findall(inlined)) != n_tags:  # pragma: no cover - events cover it
-            raise TemplateError(f"{name}: a Jinja tag vanished while inlining CSS",
-                                template=name)
 
 
 # --- the renderer ------------------------------------------------------------------------------
@@ -729,14 +149,12 @@ class _Bundle:
     html: _Part
     text: _Part
     fixed: dict[str, Any]
-
-
 class Renderer:
     """Renders every email of one shop. Build once per run: the Jinja environment, its compiled
     (CSS-inlined) templates and the per-locale caches live as long as the Renderer."""
 
     def __init__(
-        self, templates_dir: Path, shop: ShopIdentity, unsubscribe_secret: str | bytes
+        self, templates_dir: Path, shop: ShopSettings, unsubscribe_secret: str | bytes
     ) -> None:
         self.templates_dir = Path(templates_dir)
         if not self.templates_dir.is_dir():
@@ -759,40 +177,14 @@ class Renderer:
             unsubscribe_secret.encode("utf-8")
             if isinstance(unsubscribe_secret, str) else bytes(unsubscribe_secret)
         )
-        self._base_url = shop.base_url.rstrip("/")
-        self._unsubscribe_token = token_maker(self._secret, "unsubscribe")
-        self._preferences_token = token_maker(self._secret, "preferences")
+        self._links = ComplianceLinks(shop.base_url, self._secret)
         css_path = self.templates_dir / CSS_FILE
         css = css_path.read_text(encoding="utf-8") if css_path.is_file() else None
-        self._loader = _EmailLoader(self.templates_dir, css)
-        self.env = _Environment(
-            loader=self._loader,
-            autoescape=jinja2.select_autoescape(
-                enabled_extensions=("html.j2",), default_for_string=False, default=False
-            ),
-            undefined=_StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-            finalize=_finalize,
-            auto_reload=False,
-            cache_size=-1,
-        )
-        self.env.filters.update(
-            money=format_money,
-            date=format_long_date,
-            discount=format_discount,
-            number=format_number,
-            plural=format_plural,
-            ordinal=format_ordinal,
-            with_query=_with_query,
-            paragraphs=_paragraphs,
-            lcfirst=_lcfirst,
-            _link=_link,
-        )
-        self.env.context_class = _Context
-        self.env.template_class = _Template
+        self._loader = EmailLoader(self.templates_dir, css)
+        self.env = email_environment(self._loader)
+        self._errors = TemplateErrors(self.templates_dir, self._loader.line_maps)
         self._globals = dict(self.env.globals)
-        self._strings: dict[str, _Strings] = {}
+        self._strings: dict[str, Strings] = {}
         self._bundles: dict[tuple[str, str | None], _Bundle] = {}
         self._exact: dict[tuple[str, str], _Bundle] = {}
         self._protos: dict[jinja2.Template, tuple[Any, Any, Any, bool]] = {}
@@ -878,7 +270,7 @@ class Renderer:
                 except TemplateError as exc:
                     problems.append(f"{where}: {exc}")
                     break  # the other variants would repeat the same error
-                problems += [f"{where}: {p}" for p in self._inspect(rendered, kind)]
+                problems += [f"{where}: {p}" for p in inspect_email(rendered, kind, self.shop)]
                 # The fast path pours the content block into a layout rendered once per kind;
                 # it must give exactly what rendering the whole template gives.
                 whole = self._render_bundle(bundle, ctx, _sample_id(ctx), kind, fast=False)
@@ -945,7 +337,7 @@ class Renderer:
 
     def _bundle(self, template: str, locale: str | None) -> _Bundle:
         template_locale = self.resolve_locale(template, locale)
-        formatting = _formatting_locale(locale, template_locale)
+        formatting = formatting_locale(locale, template_locale)
         bundle = self._make_bundle(template, template_locale, formatting)
         self._bundles[(template, locale)] = bundle
         return bundle
@@ -974,7 +366,7 @@ class Renderer:
         )
 
     def _load(self, name: str) -> jinja2.Template:
-        return self._run(name, lambda: self.env.get_template(name))
+        return self._errors.run(name, self.env.get_template, name)
 
     def _top_level_imports(self, template: jinja2.Template) -> dict[str, Any] | None:
         """What a child template imports at its top level ({% from %}, {% import %}), loaded
@@ -997,7 +389,7 @@ class Renderer:
                 continue
             elif isinstance(node, nodes.FromImport | nodes.Import) and not node.with_context \
                     and isinstance(node.template, nodes.Const):
-                module = self._run(node.template.value,
+                module = self._errors.run(node.template.value,
                                    lambda n=node: self.env.get_template(n.template.value).module)
                 if isinstance(node, nodes.Import):
                     imports[node.target] = module
@@ -1056,19 +448,8 @@ class Renderer:
             return self._render_part(part.template, ctx)
         template = part.template
         local = {**ctx, **part.imports} if part.imports else ctx
-        try:
-            try:
-                content = "".join(template.blocks["content"](
-                    self._context(template, local, block_only=True)))
-            except Exception:
-                self.env.handle_exception()
-        except TemplateError:
-            raise
-        except Exception as exc:
-            error = self._template_error(template.name or "?", exc)
-            if error is exc:
-                raise
-            raise error from exc
+        content = self._rendered(template, template.blocks["content"],
+                                 self._context(template, local, block_only=True))
         first, rest = frame
         every = (*values, content)
         out = [first]
@@ -1081,31 +462,13 @@ class Renderer:
         self, bundle: _Bundle, context: Mapping[str, Any], customer_id: str, kind: str,
         *, fast: bool = True,
     ) -> RenderedEmail:
-        if kind not in KINDS:
-            raise ConfigError(
-                f"message kind {kind!r} is unknown; use one of {', '.join(KINDS)} "
-                "(check the program's kind in programs.yaml)"
-            )
-        headers: dict[str, str]
-        if kind in UNSUBSCRIBE_KINDS:
-            unsubscribe_url: str | None = (
-                f"{self._base_url}/unsubscribe/{self._unsubscribe_token(customer_id)}"
-            )
-            preferences_url: str | None = (
-                f"{self._base_url}/preferences/{self._preferences_token(customer_id)}"
-            )
-            headers = {
-                "List-Unsubscribe": f"<{unsubscribe_url}>",
-                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            }
-        else:
-            unsubscribe_url = preferences_url = None
-            headers = {}
+        require_known_kind(kind)
+        unsubscribe_url, preferences_url, headers = self._links.for_customer(customer_id, kind)
         # Jinja's globals, then the caller's context, then the renderer's own names, which win:
         # nobody can pass in a different unsubscribe link or shop identity by accident.
         ctx = {**self._globals, **context, **bundle.fixed, "kind": kind,
                "unsubscribe_url": unsubscribe_url, "preferences_url": preferences_url}
-        subject = _single_line(self._render_part(bundle.subject, ctx))
+        subject = one_line(self._render_part(bundle.subject, ctx))
         if not subject:
             name = bundle.subject.name or ""
             raise TemplateError(
@@ -1113,29 +476,20 @@ class Renderer:
                 "the conditions around it)",
                 template=name,
             )
-        preheader = _single_line(self._render_part(bundle.preheader, ctx))
+        preheader = one_line(self._render_part(bundle.preheader, ctx))
         ctx["subject"] = subject
         ctx["preheader"] = preheader
         if fast:
             plain = (subject, preheader, unsubscribe_url or "", preferences_url or "")
             html = self._render_fast(bundle, bundle.html, ctx, kind,
                                      tuple(map(_escape, plain)))  # type: ignore[arg-type]
-            text = _tidy_text(self._render_fast(bundle, bundle.text, ctx, kind, plain))
+            text = tidy_text(self._render_fast(bundle, bundle.text, ctx, kind, plain))
         else:
             html = self._render_part(bundle.html.template, ctx)
-            text = _tidy_text(self._render_part(bundle.text.template, ctx))
+            text = tidy_text(self._render_part(bundle.text.template, ctx))
         if unsubscribe_url is not None:
-            missing_in = [part for part, body in (("html", html), ("txt", text))
-                          if unsubscribe_url not in body]
-            if missing_in:
-                base = f"{bundle.template_locale}/{bundle.template}"
-                files = " and ".join(f"{base}.{part}.j2" for part in missing_in)
-                raise TemplateError(
-                    f"template {files} is a {kind} email but never shows "
-                    "{{ unsubscribe_url }}; extend layouts/base.html.j2 / base.txt.j2 (their "
-                    "footer has the link) or add the link yourself: CASL and RFC 8058 require it",
-                    template=f"{base}.{missing_in[0]}.j2",
-                )
+            require_unsubscribe_link(unsubscribe_url, html, text,
+                                     f"{bundle.template_locale}/{bundle.template}", kind)
         return RenderedEmail(
             subject=subject, preheader=preheader, html=html, text=text, headers=headers,
             template=f"{bundle.template_locale}/{bundle.template}",
@@ -1144,18 +498,20 @@ class Renderer:
 
     def _render_part(self, template: jinja2.Template, ctx: dict[str, Any]) -> str:
         """``Template.render`` without its two dict copies; errors keep template lines."""
+        return self._rendered(template, template.root_render_func, self._context(template, ctx))
+
+    def _rendered(self, template: jinja2.Template,
+                  render: Callable[[jinja2.runtime.Context], Iterator[str]],
+                  context: jinja2.runtime.Context) -> str:
+        """``render(context)`` joined, every failure a TemplateError naming the template."""
+        return self._errors.run(template.name or "?", self._joined, render, context)
+
+    def _joined(self, render: Callable[[jinja2.runtime.Context], Iterator[str]],
+                context: jinja2.runtime.Context) -> str:
         try:
-            try:
-                return "".join(template.root_render_func(self._context(template, ctx)))
-            except Exception:
-                self.env.handle_exception()
-        except TemplateError:
-            raise
-        except Exception as exc:
-            error = self._template_error(template.name or "?", exc)
-            if error is exc:
-                raise
-            raise error from exc
+            return "".join(render(context))
+        except Exception:
+            self.env.handle_exception()  # rewrites the traceback to template lines, re-raises
 
     def _context(self, template: jinja2.Template, parent: dict[str, Any], *,
                  block_only: bool = False) -> jinja2.runtime.Context:
@@ -1173,7 +529,7 @@ class Renderer:
         eval_ctx, globals_keys, blocks, extends = proto
         if extends and not block_only:
             return template.new_context(parent, shared=True)
-        context = _Context.__new__(_Context)
+        context = Context.__new__(Context)
         context.parent = parent
         context.vars = {}
         context.environment = self.env
@@ -1189,64 +545,9 @@ class Renderer:
         fine either way: they never touch ``blocks``)."""
         return "parent_template" in (template.root_render_func.__code__.co_varnames or ())
 
-    def _inspect(self, rendered: RenderedEmail, kind: str) -> list[str]:
-        """What a clean render can still get wrong (see :meth:`check`)."""
-        base = rendered.template
-        problems: list[str] = []
-        if not rendered.preheader:
-            problems.append(
-                f"{base}.preheader.j2 renders empty; inboxes will show the first words of "
-                "the body instead, so write a preview line"
-            )
-        for m in _LINK_ATTRIBUTE.finditer(rendered.html):
-            raw = m.group(1) if m.group(1) is not None else m.group(2)
-            value = html_lib.unescape(raw)
-            if (not value.strip() or _BROKEN_LINK.search(value)
-                    or not re.match(r"(?:https?://|mailto:|tel:|#)", value)):
-                problems.append(
-                    f"{base}.html.j2 has a broken link{m.group(0).rstrip()}: links must be "
-                    "full http(s)/mailto URLs; fix the value or the template"
-                )
-        body = _visible_text(rendered.html)
-        if not _visible_text(rendered.text).strip():
-            problems.append(f"{base}.txt.j2 renders no text; write the plain-text twin")
-        for part, content in (("html", body), ("txt", rendered.text),
-                              ("subject", rendered.subject), ("preheader", rendered.preheader)):
-            leftover = re.search(r"\{\{|\}\}|\{%|%\}|\bNone\b|\bUndefined\b", content)
-            if leftover:
-                start = max(leftover.start() - 30, 0)
-                problems.append(
-                    f"{base}.{part}.j2 prints "
-                    f"{leftover.group(0)!r} (near {content[start:leftover.end() + 30]!r}): "
-                    "a placeholder that did not render or a None value; fix the template or "
-                    "the sample context"
-                )
-        if kind in UNSUBSCRIBE_KINDS:
-            if rendered.headers.get("List-Unsubscribe-Post") != "List-Unsubscribe=One-Click" \
-                    or not rendered.headers.get("List-Unsubscribe", "").startswith("<http"):
-                problems.append(f"{base}: the RFC 8058 List-Unsubscribe headers are missing")
-            for part, content in (("html", rendered.html), ("txt", rendered.text)):
-                if "/preferences/" not in content:
-                    problems.append(
-                        f"{base}.{part}.j2 has no preferences link ({{{{ preferences_url }}}}); "
-                        "the layout footer has it"
-                    )
-                plain = _visible_text(content) if part == "html" else content
-                address = next((ln.strip() for ln in self.shop.postal_address.splitlines()
-                                if ln.strip()), "")
-                for label, needed in (("the shop's name", self.shop.name),
-                                      ("the shop's postal address", address)):
-                    if needed and needed not in plain:
-                        problems.append(
-                            f"{base}.{part}.j2 does not show {label} ({needed!r}); CASL and "
-                            "CAN-SPAM require it in every marketing message (the layout "
-                            "footer has it)"
-                        )
-        return problems
-
     def _locale_candidates(self, locale: str | None) -> list[str]:
         candidates: list[str] = []
-        parsed = _babel_locale(locale) if locale else None
+        parsed = babel_locale(locale) if locale else None
         if parsed is not None:
             candidates.append(str(parsed))
             candidates.append(parsed.language)
@@ -1264,7 +565,7 @@ class Renderer:
     def _exists(self, name: str) -> bool:
         return (self.templates_dir / name).is_file()
 
-    def _strings_for(self, template_locale: str) -> _Strings:
+    def _strings_for(self, template_locale: str) -> Strings:
         """The ``t`` object: ``{locale}/strings.j2`` as a module (its sets and macros)."""
         if template_locale not in self._strings:
             name = f"{template_locale}/strings.j2"
@@ -1275,121 +576,9 @@ class Renderer:
                     "translate it)",
                     template=name,
                 )
-            module = self._run(name, lambda: self.env.get_template(name).module)
-            self._strings[template_locale] = _Strings(module, name)
+            module = self._errors.run(name, lambda: self.env.get_template(name).module)
+            self._strings[template_locale] = Strings(module, name)
         return self._strings[template_locale]
-
-    def _run(self, name: str, action: Callable[[], _T]) -> _T:
-        """Run a Jinja action, turning every Jinja failure into a TemplateError that says
-        which file, which line and what to do."""
-        try:
-            return action()
-        except TemplateError:
-            raise
-        except Exception as exc:
-            error = self._template_error(name, exc)
-            if error is exc:
-                raise
-            raise error from exc
-
-    def _template_error(self, name: str, exc: BaseException) -> BaseException:
-        if isinstance(exc, _MissingVariable):
-            return TemplateError(self._missing_message(name, exc), template=name)
-        if isinstance(exc, _BrokenLink):
-            where = self._where(name, exc.__traceback__)
-            shown = "empty" if exc.value is None or not str(exc.value).strip() \
-                else f"{str(exc.value)[:60]!r}"
-            return TemplateError(
-                f"template {where} links to {{{{ {exc.expression} }}}}, which is {shown}: a "
-                f"broken link; pass a full URL in {_first_name(exc.expression)!r} or guard the "
-                f"link with {{% if {_first_name(exc.expression)} %}}",
-                template=name,
-            )
-        if isinstance(exc, jinja2.UndefinedError):  # raised by Jinja itself, not our Undefined
-            where = self._where(name, exc.__traceback__)
-            return TemplateError(
-                f"template {where} uses something undefined: {exc.message}; fix the template or "
-                "pass the value in the context",
-                template=name,
-            )
-        if isinstance(exc, jinja2.TemplateSyntaxError):
-            broken = exc.name or name
-            line = self._original_line(exc.filename, exc.lineno)
-            return TemplateError(
-                f"template {broken} has a syntax error on line {line}: {exc.message}"
-                + (f" (while loading {name})" if broken != name else ""),
-                template=broken,
-            )
-        if isinstance(exc, jinja2.TemplateNotFound):
-            if exc.name == name:
-                msg = f"template {name} does not exist under {self.templates_dir}; create it"
-            else:
-                msg = (
-                    f"template {name} includes or extends {exc.name}, which does not exist "
-                    f"under {self.templates_dir}; create it or fix the name"
-                )
-            return TemplateError(msg, template=name)
-        if isinstance(exc, TypeError | ValueError | ArithmeticError | KeyError | AttributeError
-                      | IndexError | jinja2.TemplateError):
-            where = self._where(name, exc.__traceback__)
-            return TemplateError(
-                f"template {where} failed: {exc}; check the values passed in the context "
-                "(see sample_context() in tend/email_contexts.py for their expected types)",
-                template=name,
-            )
-        return exc
-
-    def _missing_message(self, name: str, exc: _MissingVariable) -> str:
-        where = self._where(name, exc.__traceback__)
-        variable = exc.variable or "?"
-        owner = exc.owner
-        if owner is missing:
-            return (
-                f"template {where} uses {{{{ {variable} }}}} but the context has no "
-                f"{variable!r}; pass {variable!r} when rendering (for a program, give it one in "
-                f"programs.yaml) or guard it with {{% if {variable} is defined %}}"
-            )
-        if isinstance(owner, _Strings):
-            return (
-                f"template {where} uses t.{variable} but {owner._tend_file} does not define it; "
-                f'add {{% set {variable} = "..." %}} (or a macro) to {owner._tend_file} and to '
-                "every other locale's strings.j2"
-            )
-        if isinstance(owner, Mapping):
-            keys = ", ".join(sorted(map(str, owner))) or "none"
-            return (
-                f"template {where} uses .{variable} on a mapping that has no {variable!r} "
-                f"(it has: {keys}); add {variable!r} to what the pipeline passes, or fix the "
-                "name in the template"
-            )
-        return (
-            f"template {where} uses .{variable} on a {type(owner).__name__} that has no "
-            f"{variable!r}; fix the name in the template or pass a value that has it"
-        )
-
-    def _original_line(self, filename: str | None, line: int | None) -> int | None:
-        if filename is None or line is None:
-            return line
-        line_map = self._loader.line_maps.get(filename)
-        return line_map(line) if line_map else line
-
-    def _where(self, name: str, tb: TracebackType | None) -> str:
-        """'en/winback.html.j2 line 12', or '... (in partials/footer.html.j2 line 3)'."""
-        root = self.templates_dir.resolve()
-        found: tuple[str, int | None] | None = None
-        for frame in traceback.extract_tb(tb):
-            try:
-                relative = Path(frame.filename).resolve().relative_to(root)
-            except (ValueError, OSError):
-                continue
-            found = (relative.as_posix(), self._original_line(frame.filename, frame.lineno))
-        if found is None:
-            return name
-        file, line = found
-        line_text = f" line {line}" if line else ""
-        if file == name:
-            return f"{name}{line_text}"
-        return f"{name} (in {file}{line_text})"
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -1407,137 +596,11 @@ def _sample_id(ctx: Mapping[str, Any]) -> str:
     customer = ctx.get("customer")
     if customer is not None:
         with contextlib.suppress(KeyError, AttributeError, TypeError):
-            value = _field(customer, "customer_id")
+            value = get_field(customer, "customer_id")
             if value:
                 return str(value)
     return "sample-customer"
 
 
-def _first_name(expression: str) -> str:
-    m = _URL_NAME.match(expression)
-    return m.group(1) if m else expression
-
-
-def _visible_text(markup: str) -> str:
-    """Rough visible text of an HTML document: no tags, comments, head or style."""
-    markup = re.sub(r"(?is)<head\b.*?</head>|<!--.*?-->|<style\b.*?</style>", " ", markup)
-    return html_lib.unescape(re.sub(r"<[^>]+>", " ", markup))
-
-
-def _formatting_locale(requested: str | None, template_locale: str) -> str:
-    """Keep the customer's region when the language matches the templates used: a ``fr-CA``
-    customer reading ``fr/`` templates gets Canadian formats. Otherwise (a ``de`` customer
-    falling back to ``en/``) format like the templates, not like German."""
-    parsed = _babel_locale(requested) if requested else None
-    template = _babel_locale(template_locale)
-    if parsed is not None and template is not None and parsed.language == template.language:
-        return str(parsed)
-    return str(template) if template is not None else template_locale
-
-
-def _single_line(value: str) -> str:
-    """Subjects and preheaders: no line breaks or control characters, ever."""
-    if value.isprintable() and "  " not in value:  # the usual case: nothing to replace
-        return value.strip()
-    return _LINE_BREAKERS.sub(" ", value).strip()
-
-
 def _escape(value: str) -> str:
     return str(markupsafe.escape(value))
-
-
-def _tidy_text(value: str) -> str:
-    """Plain text: no trailing spaces, at most one blank line in a row, one final newline.
-
-    (Plain str methods: on a 1-2 KB message they are several times faster than regexes.)
-    """
-    if "\r" in value:
-        value = value.replace("\r\n", "\n").replace("\r", "\n")
-    value = "\n".join([line.rstrip() for line in value.split("\n")])
-    while "\n\n\n" in value:
-        value = value.replace("\n\n\n", "\n\n")
-    return value.strip() + "\n"
-
-
-# --- text typed by a marketing user (campaign form): sandboxed ----------------------------------
-
-USER_TEXT_MAX_CHARS = 20_000
-_USER_TEXT_FILTERS = frozenset({
-    "abs", "capitalize", "count", "d", "default", "e", "escape", "first", "float", "int",
-    "join", "last", "length", "lower", "replace", "round", "string", "striptags", "title",
-    "trim", "truncate", "upper", "wordcount",
-})
-
-
-class _UserTextSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox (no attribute starting with "_", no unsafe callables, no
-    mutation of lists or dicts) with no globals at all, a short list of text filters, and
-    operators that cannot allocate unbounded memory."""
-
-    intercepted_binops = frozenset({"*", "**", "%", "//"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**":
-            raise SecurityError("the ** operator is not allowed in campaign text")
-        if operator == "%" and isinstance(left, str):
-            raise SecurityError("string formatting with % is not allowed in campaign text")
-        if operator == "*":
-            sizes = [x for x in (left, right) if isinstance(x, str | list | tuple)]
-            counts = [x for x in (left, right) if isinstance(x, int)]
-            if sizes and counts and max(counts) > 100:
-                raise SecurityError("repeating text more than 100 times is not allowed")
-        return super().call_binop(context, operator, left, right)
-
-
-def _make_user_env() -> _UserTextSandbox:
-    env = _UserTextSandbox(undefined=jinja2.StrictUndefined, autoescape=False,
-                           finalize=_finalize, auto_reload=False)
-    env.globals.clear()
-    env.filters = {k: v for k, v in env.filters.items() if k in _USER_TEXT_FILTERS}
-    env.filters.update(money=format_money, date=format_long_date, number=format_number)
-    return env
-
-
-_USER_ENV = _make_user_env()
-
-
-@functools.lru_cache(maxsize=256)
-def _user_template(source: str) -> jinja2.Template:
-    return _USER_ENV.from_string(source)
-
-
-def render_user_text(source: str, context: Mapping[str, Any], *,
-                     single_line: bool = False) -> str:
-    """Render text a marketing user typed (campaign subject, intro, ...) in a sandbox.
-
-    ``Hi {{ customer.first_name|default("there") }}!`` works; ``{{ customer.__class__ }}``,
-    ``{{ "".__class__.__mro__ }}``, calling unsafe methods, mutating lists, ``range``,
-    ``"x" * 10**9`` and every other escape attempt fail with a TemplateError, as do variables
-    the context lacks. The result is plain text: HTML templates escape it like any value.
-    ``single_line`` makes it fit a subject (no line breaks).
-    """
-    if not isinstance(source, str):
-        raise TemplateError("campaign text must be a string", template="<campaign text>")
-    if len(source) > USER_TEXT_MAX_CHARS:
-        raise TemplateError(
-            f"campaign text is {len(source):,} characters; keep it under "
-            f"{USER_TEXT_MAX_CHARS:,}", template="<campaign text>")
-    try:
-        text = _user_template(source).render(dict(context))
-    except SecurityError as exc:
-        raise TemplateError(f"campaign text is not allowed to do that: {exc}",
-                            template="<campaign text>") from exc
-    except jinja2.UndefinedError as exc:
-        names = ", ".join(sorted(map(str, context))) or "none"
-        raise TemplateError(
-            f"campaign text uses something the message does not have: {exc.message} "
-            f"(available: {names})", template="<campaign text>") from exc
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"campaign text has a syntax error on line {exc.lineno}: "
-                            f"{exc.message}", template="<campaign text>") from exc
-    except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError,
-            AttributeError, RecursionError) as exc:
-        raise TemplateError(f"campaign text failed: {exc}", template="<campaign text>") from exc
-    if len(text) > 4 * USER_TEXT_MAX_CHARS:
-        raise TemplateError("campaign text renders far too long", template="<campaign text>")
-    return _single_line(text) if single_line else text

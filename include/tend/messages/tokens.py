@@ -1,4 +1,5 @@
-"""Signed tokens for the links in every marketing email (unsubscribe, preferences).
+"""Signed tokens for the links in every marketing email (unsubscribe, preferences, survey),
+and the voucher codes its offers carry.
 
 A token proves that *we* issued a link for one customer and one purpose, so the unsubscribe
 endpoint can act on a click without a login, and nobody can unsubscribe someone else by
@@ -12,6 +13,9 @@ and the version prefix lets us change the scheme later without ambiguity.
 The customer id is readable in the token: it is not a secret, only unforgeable. Tokens do not
 expire on purpose: RFC 8058 one-click and CASL both expect an unsubscribe link to keep working.
 Rotating the secret invalidates every link ever sent, so do that only after a leak.
+
+A voucher code is an HMAC of the message id under the same secret: unique per message,
+unguessable, and the same on every retry of that message.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import hashlib
 import hmac
 from collections.abc import Callable
 
-__all__ = ["make_token", "token_maker", "verify_token"]
+__all__ = ["make_token", "token_maker", "verify_token", "voucher_code"]
 
 _VERSION = b"tend-token-v1"
 _MAC_BYTES = 16
@@ -119,3 +123,11 @@ def verify_token(secret: bytes | str, token: str, purpose: str = "unsubscribe") 
     if not hmac.compare_digest(expected, mac):
         return None
     return customer_id
+
+
+def voucher_code(secret: str, message_id: str, prefix: str) -> str:
+    """``PREFIX-XXXX-XXXX`` for one message: unique, unguessable, stable across retries
+    (derived from the message id, not stored twice)."""
+    mac = hmac.new(secret.encode(), f"voucher:{message_id}".encode(), hashlib.sha256).digest()
+    code = base64.b32encode(mac).decode()[:8]
+    return f"{prefix}-{code[:4]}-{code[4:]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -11,23 +12,21 @@ from typing import Any
 import pytest
 from _support import TEMPLATES
 
+from tend.config import ShopSettings
 from tend.errors import ConfigError, TemplateError
-from tend.messages.render import (
-    RenderedEmail,
-    Renderer,
-    ShopIdentity,
+from tend.messages.formatting import (
     format_long_date,
     format_money,
     format_number,
     format_ordinal,
     format_plural,
-    sample_context,
 )
+from tend.messages.render import RenderedEmail, Renderer, sample_context
 from tend.messages.tokens import verify_token
 
 SECRET = "render-test-secret"
 
-SHOP = ShopIdentity(
+SHOP = ShopSettings(
     name="Vélo & Café Lemieux",
     postal_address="1234, rue Saint-Denis\nMontréal (Québec)  H2X 3K2",
     from_email="bonjour@velo.example",
@@ -35,6 +34,7 @@ SHOP = ShopIdentity(
     reply_to=None,
     base_url="http://localhost:8080/tend",
     default_locale="en",
+    currency="CAD",
     website_url="https://velo.example",
 )
 
@@ -193,7 +193,7 @@ def test_unknown_locale_falls_back_to_default(renderer: Renderer, locale: str) -
 
 
 def test_shop_default_locale_is_the_fallback(tmp_path: Path) -> None:
-    shop_fr = ShopIdentity(**{**SHOP.__dict__, "default_locale": "fr"})
+    shop_fr = replace(SHOP, default_locale="fr")
     email = Renderer(TEMPLATES, shop_fr, SECRET).render(
         "winback", "de", sample_context("winback"), customer_id="c"
     )

@@ -14,14 +14,17 @@ import markupsafe
 import pytest
 from _support import TEMPLATES
 
+import tend.messages.loader as loader_module
 import tend.messages.render as render_module
+from tend.config import ShopSettings
 from tend.errors import TemplateError
+from tend.messages.compliance import UNSUBSCRIBE_KINDS
 from tend.messages.contracts import TEMPLATE_SPECS, sample_context, sample_contexts
-from tend.messages.render import UNSUBSCRIBE_KINDS, RenderedEmail, Renderer, ShopIdentity
+from tend.messages.render import RenderedEmail, Renderer
 from tend.programs.registry import load_registry
 
 SECRET = "templates-test-secret"
-SHOP = ShopIdentity(
+SHOP = ShopSettings(
     name="Maison Verte & Fils",
     postal_address="1234, rue Saint-Denis\nMontréal (Québec)  H2X 3K8",
     from_email="bonjour@maisonverte.example",
@@ -29,6 +32,7 @@ SHOP = ShopIdentity(
     reply_to=None,
     base_url="https://tend.maisonverte.example/tend",
     default_locale="en",
+    currency="CAD",
     website_url="https://maisonverte.example",
 )
 NAMES = sorted(TEMPLATE_SPECS)
@@ -306,8 +310,8 @@ def test_css_is_inlined_into_every_element(renderer: Renderer) -> None:
 def test_css_is_inlined_once_per_template_not_per_message(monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
     calls: list[str] = []
-    real_fragment = render_module.css_inline.inline_fragment
-    real_inliner = render_module.css_inline.CSSInliner
+    real_fragment = loader_module.css_inline.inline_fragment
+    real_inliner = loader_module.css_inline.CSSInliner
 
     class CountingInliner:
         def __init__(self, **kwargs: Any) -> None:
@@ -321,8 +325,8 @@ def test_css_is_inlined_once_per_template_not_per_message(monkeypatch: pytest.Mo
         calls.append("fragment")
         return real_fragment(html, css, **kwargs)
 
-    monkeypatch.setattr(render_module.css_inline, "inline_fragment", counting_fragment)
-    monkeypatch.setattr(render_module.css_inline, "CSSInliner", CountingInliner)
+    monkeypatch.setattr(loader_module.css_inline, "inline_fragment", counting_fragment)
+    monkeypatch.setattr(loader_module.css_inline, "CSSInliner", CountingInliner)
     fresh = Renderer(TEMPLATES, SHOP, SECRET)
     ctx = sample_context("winback")
     fresh.render("winback", "fr", ctx, customer_id="c0")

@@ -8,9 +8,11 @@ from decimal import Decimal
 import pytest
 from _support import TEMPLATES
 
+from tend.config import ShopSettings
 from tend.errors import TemplateError
 from tend.messages.contracts import sample_context
-from tend.messages.render import USER_TEXT_MAX_CHARS, Renderer, ShopIdentity, render_user_text
+from tend.messages.render import Renderer
+from tend.messages.user_text import USER_TEXT_MAX_CHARS, render_user_text
 
 CTX = {
     "customer": {"first_name": "Marie", "orders_count": 4},
@@ -106,8 +108,9 @@ def test_single_line_for_subjects() -> None:
 
 
 def test_user_text_is_escaped_where_an_html_template_shows_it() -> None:
-    shop = ShopIdentity(name="Maison Verte", postal_address="1 rue X", from_email="a@b.c",
-                        from_name="M", reply_to=None, base_url="https://t.example/tend")
+    shop = ShopSettings(name="Maison Verte", postal_address="1 rue X", from_email="a@b.c",
+                        from_name="M", reply_to=None, base_url="https://t.example/tend",
+                        default_locale="en", currency="CAD")
     renderer = Renderer(TEMPLATES, shop, "s")
     ctx = sample_context("newsletter")
     typed = "Bonjour {{ customer.first_name }} <img src=x onerror=alert(1)>"

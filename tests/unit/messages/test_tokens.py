@@ -1,4 +1,5 @@
-"""Signed unsubscribe/preferences tokens: only genuine, untampered tokens map to a customer."""
+"""Signed unsubscribe/preferences tokens: only genuine, untampered tokens map to a customer;
+voucher codes are derived from the message id."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tend.messages.tokens import make_token, token_maker, verify_token
+from tend.messages.tokens import make_token, token_maker, verify_token, voucher_code
 
 SECRET = "test-secret-0123456789abcdef"
 
@@ -160,3 +161,11 @@ def test_token_maker_makes_the_same_tokens(purpose: str, customer_id: str) -> No
     assert verify_token(SECRET, made, purpose) == customer_id
     with pytest.raises(ValueError):
         token_maker(SECRET, purpose)("")
+
+
+def test_voucher_code_is_stable_per_message_and_secret() -> None:
+    code = voucher_code("sec", "m1", "PFX")
+    assert code == "PFX-LIT4-YHAG"
+    assert voucher_code("sec", "m1", "PFX") == code
+    assert voucher_code("sec", "m2", "PFX") != code
+    assert voucher_code("other", "m1", "PFX") != code
