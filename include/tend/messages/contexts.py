@@ -131,7 +131,7 @@ class ContextBuilder:
         }
         orders = order_details(self.shop_url, needs_order)
         # Only the columns ``build`` reads, as plain objects: ``DataFrame.to_dict`` over the
-        # whole candidate frame cost more than building the contexts themselves.
+        # whole frame would cost more than building the contexts themselves.
         cols = [c for c in _ROW_COLUMNS if c in winners.columns]
         values = zip(*(winners[c].to_numpy(dtype=object) for c in cols), strict=True)
         return [
