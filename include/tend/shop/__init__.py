@@ -6,5 +6,5 @@ into that schema), and gives validated orders with their lines, customers and pr
 features stage, with every row that breaks a row rule (``rules``, the same for both ways in)
 quarantined with its reason and counted. ``read`` is the reading API; ``screen`` checks whole
 columns, ``sqlite_fast`` reads a SQLite shop through Arrow, ``columns`` holds the Arrow helpers.
-Nothing here writes to the shop's own database.
+Only ``csv_import`` writes, and only into those four tables.
 """

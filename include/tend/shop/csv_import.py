@@ -12,7 +12,9 @@ Choices worth knowing:
   with a ``DataError`` before anything is written. The load is one transaction, so a load
   that fails half-way leaves the database as it was.
 * A bad *row* never stops the load: it goes to the quarantine CSV (file, line, reason, row as
-  JSON) with every reason it failed, so the shop can fix it and load again.
+  JSON) with every reason it failed, so the shop can fix it and load again. The row rules are
+  those of ``rules``, which the nightly reader applies too: a row it would set aside is
+  quarantined here, with its reason followed by what was found.
 * Some problems are only warnings, and the row is loaded: an invalid email (losing a
   customer's order history over a typo would hurt every later signal; delivery refuses the
   address anyway), a timestamp without a zone (read as UTC, which is how Tend stores time), an
