@@ -35,6 +35,7 @@ def main() -> int:
 
     from tend.dev.demo import generate_demo_shop
     from tend.features import ingest
+    from tend.features.store import read_features
     from tend.signals import bgnbd, detect_all
     from tend.store import migrate
     from tend.store.db import connect
@@ -81,7 +82,7 @@ def main() -> int:
     sig = detect_all(store, shop_url, NIGHT)
     t_sig = time.perf_counter() - t
 
-    feats = ingest.read_features(store)
+    feats = read_features(store)
     t = time.perf_counter()
     rfm = bgnbd.summarise(feats, NIGHT)
     bgnbd.fit(rfm)

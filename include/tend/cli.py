@@ -254,19 +254,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _analyst(args: argparse.Namespace) -> None:
     """`tend features` / `tend signals`: CSV for analysts, computed as of any past night."""
     from tend import signals
-    from tend.features import ingest
+    from tend.features import ingest, store
     from tend.shop.read import read_products
     from tend.signals.lapsed import lapse_scores
 
     shop_url = config.shop_url(args.db)
     if args.store:
         store_url = config.store_url(args.store)
-        if ingest.store_as_of(store_url) != args.as_of:
+        if store.store_as_of(store_url) != args.as_of:
             from tend.errors import DataError
 
             raise DataError(f"the store was not ingested for {args.as_of}: run "
                             f"`tend ingest --as-of {args.as_of}` or drop --store")
-        fs = ingest.read_feature_set(store_url)
+        fs = store.read_feature_set(store_url)
     else:
         fs, history = ingest.compute_from_shop(shop_url, args.as_of)
         if history.quarantined:

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from tend.config import ShopSettings
 from tend.errors import TemplateError
 from tend.features.columns import FeatureSet
-from tend.features.ingest import read_feature_set
+from tend.features.store import read_feature_set
 from tend.logs import log, table
 from tend.messages.contexts import ContextBuilder
 from tend.messages.render import Renderer, sample_context

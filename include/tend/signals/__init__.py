@@ -211,7 +211,7 @@ def detect_all(store_url: str, shop_url: str, as_of: dt.date,
     stage needs the customer table too), so the tables are not read twice.
     """
     from tend.errors import DataError
-    from tend.features.ingest import read_feature_set, store_as_of
+    from tend.features.store import read_feature_set, store_as_of
     from tend.shop.read import read_products
 
     stored = store_as_of(store_url)

@@ -1,9 +1,12 @@
 """The contact store: everything Tend knows that the shop's own database does not.
 
-Customer features, the contact ledger (what was claimed and sent to whom), the decision log
-(why each candidate did or did not get a message), suppressions and quarantined rows. SQLite by
-default, PostgreSQL in production; the schema is owned by Alembic migrations in
-``migrations/`` and described once, in SQLAlchemy Core, in ``tables.py``.
+Takes what the stages write — customer features, claims and their sending, decisions,
+suppressions, quarantined rows — and gives them back to the next stage and the next night.
+``tables`` describes the schema once, in SQLAlchemy Core (Alembic ``migrations/`` create exactly
+that); ``ledger`` is the contact ledger's protocol (claim within caps, then walk each message to
+a final state); ``bulk`` and ``sqlite_process`` are the bulk I/O (COPY, scratch tables, ADBC in a
+helper process); ``db`` makes the engines and migrates. SQLite by default, PostgreSQL in
+production.
 """
 
 from tend.store.db import connect, migrate

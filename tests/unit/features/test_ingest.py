@@ -14,6 +14,7 @@ from _support import sqlite_session
 from sqlalchemy import select
 
 from tend.features import ingest
+from tend.features import store as feature_store
 from tend.shop import read as shop
 from tend.signals import detect_all
 from tend.store import migrate
@@ -39,7 +40,7 @@ def test_incremental_nights_equal_a_full_rebuild(shop_url: str, tmp_path: Path) 
     assert modes == ["full"] + ["incremental"] * 4
     full = _store(tmp_path, "full.db")
     ingest.run_ingest(shop_url, full, NIGHT, "full", full=True)
-    a, b = ingest.read_feature_set(inc), ingest.read_feature_set(full)
+    a, b = feature_store.read_feature_set(inc), feature_store.read_feature_set(full)
     assert len(a.customers) > 1000 and len(a.skus) > len(a.customers)
     pd.testing.assert_frame_equal(a.customers, b.customers)
     pd.testing.assert_frame_equal(a.skus, b.skus)
@@ -61,7 +62,7 @@ def test_store_features_equal_features_computed_from_the_shop(shop_url: str,
                                                               tmp_path: Path) -> None:
     store = _store(tmp_path, "s.db")
     ingest.run_ingest(shop_url, store, NIGHT, "r1")
-    stored = ingest.read_feature_set(store)
+    stored = feature_store.read_feature_set(store)
     direct, _ = ingest.compute_from_shop(shop_url, NIGHT)
     cols = list(stored.customers.columns)
     pd.testing.assert_frame_equal(stored.customers,
@@ -187,7 +188,7 @@ def test_bulk_written_rows_read_back_through_sqlalchemy_on_both_backends(
     features computed straight from the shop, whichever way they were written and read."""
     from sqlalchemy import select
 
-    monkeypatch.setattr(ingest, "HELPER_PROCESS_ROWS", helper_rows)
+    monkeypatch.setattr(feature_store, "HELPER_PROCESS_ROWS", helper_rows)
     monkeypatch.setattr(ingest, "PART_LINES", 700)  # written range by range
 
     from tend.store.tables import PRODUCT_COLUMNS, customer_features, feature_skus, ingest_state
@@ -225,7 +226,7 @@ def test_bulk_written_rows_read_back_through_sqlalchemy_on_both_backends(
     np.testing.assert_array_equal(packed["quantity"], bought["quantity"])
     np.testing.assert_array_equal(packed["gap_median"], bought["gap_median"])
     assert state.as_of == NIGHT
-    stored = ingest.read_feature_set(store_url)
+    stored = feature_store.read_feature_set(store_url)
     pd.testing.assert_frame_equal(stored.customers, direct.customers, check_dtype=False)
     pd.testing.assert_frame_equal(stored.skus, direct.skus, check_dtype=False)
     pd.testing.assert_frame_equal(stored.daily, direct.daily, check_dtype=False)
@@ -238,9 +239,9 @@ def test_a_night_that_fails_half_way_commits_nothing(
     range fails, the ranges already sent must not be committed: the store keeps the previous
     night whole (rows, watermark), and the next run does the night again."""
     store = _store(tmp_path, "s.db")
-    monkeypatch.setattr(ingest, "HELPER_PROCESS_ROWS", helper_rows)
+    monkeypatch.setattr(feature_store, "HELPER_PROCESS_ROWS", helper_rows)
     ingest.run_ingest(shop_url, store, NIGHT - dt.timedelta(days=7), "r1", full=True)
-    before = ingest.read_feature_set(store)
+    before = feature_store.read_feature_set(store)
     real_parts = ingest.feature_parts
     monkeypatch.setattr(ingest, "PART_LINES", 500)  # several ranges
 
@@ -253,8 +254,8 @@ def test_a_night_that_fails_half_way_commits_nothing(
     monkeypatch.setattr(ingest, "feature_parts", failing)
     with pytest.raises(MemoryError):
         ingest.run_ingest(shop_url, store, NIGHT, "r2", full=True)
-    assert ingest.store_as_of(store) == NIGHT - dt.timedelta(days=7)
-    after = ingest.read_feature_set(store)
+    assert feature_store.store_as_of(store) == NIGHT - dt.timedelta(days=7)
+    after = feature_store.read_feature_set(store)
     pd.testing.assert_frame_equal(after.customers, before.customers)
     pd.testing.assert_frame_equal(after.skus, before.skus)
     monkeypatch.setattr(ingest, "feature_parts", real_parts)
@@ -274,12 +275,12 @@ def test_a_changed_customer_left_without_clean_orders_loses_the_row(
         con.execute("UPDATE orders SET total = -5 WHERE customer_id = ?", (cid,))
         con.execute("INSERT INTO orders (order_id, customer_id, ordered_at, total, currency) "
                     "VALUES ('LATE-1', ?, ?, -1, 'CAD')", (cid, f"{NIGHT} 10:00:00.000000"))
-    assert cid in ingest.read_feature_set(store).customers["customer_id"].tolist()
+    assert cid in feature_store.read_feature_set(store).customers["customer_id"].tolist()
     ingest.run_ingest(shop_url, store, NIGHT, "r2", lookback_days=0, now=NOW)
-    inc = ingest.read_feature_set(store)
+    inc = feature_store.read_feature_set(store)
     assert cid not in inc.customers["customer_id"].tolist()
     assert cid not in inc.skus["customer_id"].tolist()
     full = _store(tmp_path, "full.db")
     ingest.run_ingest(shop_url, full, NIGHT, "f", now=NOW)
     pd.testing.assert_frame_equal(inc.customers,
-                                  ingest.read_feature_set(full).customers)
+                                  feature_store.read_feature_set(full).customers)

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from tend import messages
 from tend.config import ShopSettings
 from tend.features import ingest
-from tend.features.ingest import read_features
+from tend.features.store import read_features
 from tend.programs import plan
 from tend.programs.consent import IMPLIED_CONSENT_DAYS, SUPPRESSION_SCOPE, is_valid_email
 from tend.programs.registry import WEEKDAYS, parse_registry
