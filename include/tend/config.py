@@ -1,6 +1,6 @@
 """Where Tend finds its databases, outbox and settings when it runs outside Airflow.
 
-Resolution order (the README's configuration contract):
+Resolution order (docs/configuration.md):
 
 1. an explicit argument (the CLI's ``--db`` / ``--store`` flags),
 2. the environment: ``TEND_SHOP_URL``, ``TEND_STORE_URL``, ``TEND_DELIVERY``, ``TEND_OUTBOX_DIR``,
@@ -76,7 +76,7 @@ def unsubscribe_secret() -> str:
     """The HMAC key for unsubscribe links and voucher codes.
 
     Production sets ``TEND_SECRET_KEY``; the embedded default is derived from the project path
-    so that a demo works out of the box, and is announced as unsuitable in the README.
+    so that a demo works out of the box, and is announced as unsuitable in docs/configuration.md.
     """
     return os.environ.get("TEND_SECRET_KEY") or f"tend-demo-secret:{PROJECT_ROOT}"
 

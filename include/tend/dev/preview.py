@@ -244,7 +244,7 @@ def _personalise(ctx: dict[str, Any], customer: dict[str, Any], as_of: dt.date) 
 
 
 def _voucher(secret: str, key: str, prefix: str) -> str:
-    """A code shaped like the night's voucher codes (tend.programs.plan.voucher_code)."""
+    """A code shaped like the night's voucher codes (tend.messages.tokens.voucher_code)."""
     mac = hmac.digest(secret.encode(), f"voucher:{key}".encode(), hashlib.sha256)
     code = base64.b32encode(mac).decode()[:8]
     return f"{prefix}-{code[:4]}-{code[4:]}"

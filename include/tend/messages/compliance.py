@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from tend.errors import ConfigError, TemplateError
 from tend.messages.loader import BROKEN_LINK, LINK_ATTRIBUTE
 from tend.messages.tokens import token_maker
+from tend.store.tables import MESSAGE_KINDS
 
 if TYPE_CHECKING:
     from tend.config import ShopSettings
@@ -31,9 +32,9 @@ __all__ = [
     "require_unsubscribe_link",
 ]
 
-KINDS: tuple[str, ...] = ("marketing", "service", "transactional")
-"""Message kinds (as in programs.yaml). Unknown kinds are refused: a typo must not skip the
-unsubscribe link."""
+#: Message kinds (as in programs.yaml; the store's check constraint is their source). Unknown
+#: kinds are refused: a typo must not skip the unsubscribe link.
+KINDS: tuple[str, ...] = MESSAGE_KINDS
 
 UNSUBSCRIBE_KINDS: frozenset[str] = frozenset({"marketing", "service"})
 """Kinds that must carry the signed unsubscribe link and the RFC 8058 headers. Service mail

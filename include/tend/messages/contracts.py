@@ -407,7 +407,7 @@ def template_spec(template: str) -> TemplateSpec:
         raise TemplateError(
             f"no sample context for template {template!r} (known: "
             f"{', '.join(sorted(TEMPLATE_SPECS))}); add a TemplateSpec for it to "
-            "tend/email_contexts.py next to the template",
+            "tend/messages/contracts.py",
             template=template,
         ) from None
 

@@ -90,7 +90,7 @@ class TemplateErrors:
             where = self._where(name, exc.__traceback__)
             return TemplateError(
                 f"template {where} failed: {exc}; check the values passed in the context "
-                "(see sample_context() in tend/email_contexts.py for their expected types)",
+                "(see sample_context() in tend/messages/contracts.py for their expected types)",
                 template=name,
             )
         return exc

@@ -50,8 +50,8 @@ def require_schema(url: str) -> None:
     if missing:
         raise DataError(
             f"the shop database {mask_url(url)} has no {', '.join(missing)}; create views with "
-            "these names over the shop's own tables (README: 'Point Tend at your shop'), or load "
-            "CSV exports with `tend load-csv`"
+            "these names over the shop's own tables (docs/shop-data.md, 'Point Tend at your "
+            "shop'), or load CSV exports with `tend load-csv`"
         )
 
 

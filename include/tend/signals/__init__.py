@@ -31,7 +31,7 @@ Signals only use data up to the end of ``as_of`` (UTC): ``detect_all`` refuses a
 features were computed for another night, and ``detect`` works on features computed from the
 shop as of that night (``tend.features.ingest.compute_from_shop``) — the ``--as-of`` replay
 guarantee. Each detector is a pure, vectorised function of the feature tables
-(``tend.features.compute``) and the product catalogue; none knows about programs, consent or caps.
+(``tend.features``) and the product catalogue; none knows about programs, consent or caps.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ The model (fitted on the shop's own customers every night; no external package):
   ordered by now), at least ``min_days`` silent, and never after ``max_days``.
 
 The ranking is validated against a fitted BG/NBD on a calibration/holdout split of the demo
-shop (README "Signals"; ``tests/unit/signals/test_lapsed.py``).
+shop (docs/signals.md; ``tests/unit/signals/test_lapsed.py``).
 """
 
 from __future__ import annotations
