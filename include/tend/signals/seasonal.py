@@ -1,13 +1,13 @@
 """Seasonal reorder windows: a reminder shortly before a customer's own season opens again.
 
-A customer is seasonal when their visits, taken one point per year, cluster around the same
-day of the year (``season_r`` in ``tend.features.customer_range``) in at least ``min_years``
-different years, most of their visits fall inside that window, and the window is theirs rather than the shop's:
-either their share of visits inside it is ``shop_lift`` times the shop's own share of orders
-in the same window (Christmas makes everybody buy in December; that alone is not a season), or
-what they buy inside it is a seasonal product (its sales across customers concentrate around
-a peak close to the window, more than the shop's sales as a whole do). Services with an
-interval are left to the check-up signal.
+A customer is seasonal when their visits, taken one point per year, cluster around the same day
+of the year (``season_r`` in ``tend.features.customer_range``) in at least ``min_years``
+different years, most of their visits fall inside that window, and the window is theirs rather
+than the shop's: either their share of visits inside it is ``shop_lift`` times the shop's own
+share of orders in the same window (Christmas makes everybody buy in December; that alone is
+not a season), or what they buy inside it is a seasonal product (its sales across customers
+concentrate around a peak close to the window, more than the shop's sales as a whole do).
+Services with an interval are left to the check-up signal.
 
 The reminder is due ``lead_days`` before the window opens and valid until its centre; nobody
 who already ordered since then gets one.
