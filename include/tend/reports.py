@@ -18,6 +18,8 @@ from tend.store.tables import contact_ledger, decision_log, quarantine
 
 
 def summary_lines(store_url: str, as_of: dt.date) -> list[str]:
+    """The night's totals: candidates, claims and delivery outcomes, per program and per
+    reason a candidate was skipped, and what the ingest quarantined."""
     with connect(store_url).connect() as conn:
         fates = conn.execute(
             select(decision_log.c.program, decision_log.c.fate, func.count())
