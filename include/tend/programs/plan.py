@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
 
 from tend.config import ShopSettings
 from tend.errors import TemplateError
@@ -37,9 +36,9 @@ from tend.programs.consent import consent_fates
 from tend.programs.registry import Program, Registry, load_registry
 from tend.shop import read as shop
 from tend.signals import SIGNAL_COLUMNS, detect_all
-from tend.store import bulk, ledger
+from tend.store import deferral, ledger
+from tend.store import suppressions as suppressed
 from tend.store.db import connect, require_current
-from tend.store.tables import deferred, suppressions
 
 #: Fates that mean "not tonight, but maybe tomorrow" while the candidate is still valid.
 DEFERRABLE = ("capped:", "cooldown:", "lost_to:")
@@ -168,11 +167,7 @@ def plan_night(
     customers = shop.read_customers(shop_url, cands["customer_id"].unique()) if len(cands) \
         else pd.DataFrame(columns=["customer_id"])
     with connect(store_url).connect() as conn:
-        supp = pd.DataFrame(
-            conn.execute(select(suppressions.c.customer_id, suppressions.c.reason)
-                         .where(suppressions.c.resolved_at.is_(None))).all(),
-            columns=["customer_id", "reason"],
-        )
+        supp = suppressed.active(conn)
     if len(cands):
         fates = consent_fates(cands, customers, supp, as_of)
         cands["fate"], cands["why"] = fates["fate"], fates["why"]
@@ -189,10 +184,8 @@ def plan_night(
         # Keys only: the contexts are built after this transaction, without the ledger's lock.
         outcome = ledger.claim(conn, allowed, as_of=as_of, run_id=run_id,
                                caps=registry.caps, batch_size=batch_size).frame
-        bulk.insert_ignore(conn, suppressions, [
-            {"customer_id": c, "email": None, "reason": "invalid_address",
-             "source": "validation", "created_at": stamp} for c in invalid
-        ])
+        suppressed.add(conn, invalid, reason="invalid_address", source="validation",
+                       created_at=stamp)
         claimed = outcome.set_index(_KEY)
         idx = pd.MultiIndex.from_frame(allowed[_KEY])
         allowed["fate"] = claimed["fate"].reindex(idx).to_numpy()
@@ -264,35 +257,14 @@ def _holdouts(cands: pd.DataFrame, programs: dict[str, Program], as_of: dt.date)
 _SIGNAL_KEEP = ("signal", "reason", "due_date", "valid_until", "sku", "product_name", "detail",
                 "value")
 
-_KEY = ["customer_id", "program", "occurrence"]
-
-
-def _forget(conn: Any, frame: pd.DataFrame) -> None:
-    """Delete these candidates' rows from the deferred table.
-
-    Set-based: a night's candidates (up to millions) go to a staging table in one bulk load and
-    one DELETE removes the matching waiting rows; nothing happens when nothing waits.
-    """
-    if frame.empty or conn.execute(select(deferred.c.customer_id).limit(1)).first() is None:
-        return
-    with bulk.staged(conn, "tend_forget_stage",
-                     "customer_id TEXT, program TEXT, occurrence TEXT",
-                     {k: frame[k].astype(str).to_numpy(dtype=object) for k in _KEY}) as stage:
-        conn.exec_driver_sql(
-            f"DELETE FROM {deferred.name} WHERE EXISTS (SELECT 1 FROM {stage} s WHERE "
-            f"s.customer_id = {deferred.name}.customer_id AND s.program = {deferred.name}.program"
-            f" AND s.occurrence = {deferred.name}.occurrence)")
+_KEY = list(deferral.KEY)
 
 
 def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Candidates deferred on earlier nights: still valid ones compete again, others expire."""
-    cols = [c.name for c in deferred.columns]
     with connect(store_url).connect() as conn:  # the driver's rows: dates are parsed below
-        fetched = conn.exec_driver_sql(f"SELECT {', '.join(cols)} FROM {deferred.name}").all()
-    # Column by column: a frame built from row objects would probe every row.
-    columns = zip(*fetched, strict=True) if fetched else ([] for _ in cols)
-    rows = pd.DataFrame({c: list(v) for c, v in zip(cols, columns, strict=True)})
+        rows = deferral.read_all(conn)
     if rows.empty:
         return pd.DataFrame(), pd.DataFrame()
     rows["valid_until"] = pd.to_datetime(rows["valid_until"]).dt.date
@@ -310,7 +282,7 @@ def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
     )[[*_KEY, "fate", "why"]]
     if len(expired):
         with connect(store_url).begin() as conn:
-            _forget(conn, expired)
+            deferral.forget(conn, expired)
     waiting = rows.loc[~(gone | off)].drop(columns=["last_reason"]).reset_index(drop=True)
     signal_rows = pd.read_json(io.StringIO("\n".join(waiting.pop("context"))), lines=True,
                                dtype=False, convert_dates=False).reindex(
@@ -340,7 +312,7 @@ def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
                            + "; deferred: still valid until " + until[defer])
     d.loc[defer, "fate"] = "deferred"
 
-    _forget(conn, d)
+    deferral.forget(conn, d)
     later = d.loc[defer]
     if len(later):
         # What the candidate needs to compete (and be rendered) later, as JSON, written in one
@@ -349,7 +321,7 @@ def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
         keep["due_date"] = _iso_dates(keep["due_date"])
         keep["valid_until"] = until[defer]
         contexts = keep.to_json(orient="records", lines=True).rstrip("\n").split("\n")
-        bulk.bulk_rows(conn, deferred.name, {
+        deferral.write(conn, {
             "customer_id": later["customer_id"].astype(str).to_numpy(dtype=object),
             "program": later["program"].astype(str).to_numpy(dtype=object),
             "occurrence": later["occurrence"].astype(str).to_numpy(dtype=object),

@@ -16,9 +16,10 @@ import yaml
 from tend import config
 from tend.errors import ConfigError
 from tend.programs.caps import SendWindow, parse_clock
+from tend.store.tables import MESSAGE_KINDS
 
 DEFAULT_REGISTRY = Path(__file__).with_name("programs.yaml")
-KINDS = ("marketing", "service", "transactional")
+KINDS = MESSAGE_KINDS  # the store's check constraint is their one source
 #: Behavioural signals (tend.signals) plus "newsletter", which fires on a calendar schedule.
 KNOWN_SIGNALS = (
     "lapsed", "seasonal", "replenish", "checkup", "first_purchase", "survey",

@@ -1,0 +1,31 @@
+"""Suppressions: addresses Tend must not write to (unsubscribed, invalid, complained), until a
+suppression is resolved."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import pandas as pd
+from sqlalchemy import Connection, select
+
+from tend.store import bulk
+from tend.store.tables import suppressions
+
+
+def active(conn: Connection) -> pd.DataFrame:
+    """The unresolved suppressions: ``customer_id``, ``reason``."""
+    return pd.DataFrame(
+        conn.execute(select(suppressions.c.customer_id, suppressions.c.reason)
+                     .where(suppressions.c.resolved_at.is_(None))).all(),
+        columns=["customer_id", "reason"],
+    )
+
+
+def add(conn: Connection, customer_ids: Iterable[str], *, reason: str, source: str,
+        created_at: dt.datetime) -> None:
+    """Suppress these customers; one already suppressed for the same reason stays as it was."""
+    bulk.insert_ignore(conn, suppressions, [
+        {"customer_id": c, "email": None, "reason": reason, "source": source,
+         "created_at": created_at} for c in customer_ids
+    ])
