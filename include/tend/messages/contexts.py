@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import String, cast, select
 
 from tend import config
 from tend.config import ShopSettings
 from tend.messages.tokens import make_token, voucher_code
 from tend.programs.registry import Program
-from tend.shop import schema as s
+from tend.shop import read as shop
 from tend.store import ledger
-from tend.store.db import connect
-
-_IN_CHUNK = 900
 
 
 @dataclass(frozen=True)
@@ -39,9 +35,7 @@ class Catalogue:
     @classmethod
     def read(cls, shop_url: str, settings: ShopSettings) -> Catalogue:
         url_pattern = config.product_url_pattern()
-        with connect(shop_url).connect() as conn:
-            rows = conn.execute(select(s.products.c.sku, s.products.c.name,
-                                       cast(s.products.c.price, String))).all()
+        rows = shop.read_price_list(shop_url)
         return cls({
             str(sku): {"sku": str(sku), "name": str(name), "price": str(price),
                        "currency": settings.currency,
@@ -57,46 +51,6 @@ class Catalogue:
             return {"sku": sku, "name": name, "price": None, "currency": None, "url": None,
                     "image_url": None}
         return None
-
-
-def order_details(shop_url: str, wanted: Iterable[tuple[str, dt.date]]
-                  ) -> dict[tuple[str, dt.date], dict[str, Any]]:
-    """The customer's order(s) of a given day: id, total and the skus bought."""
-    wanted = set(wanted)
-    customers = sorted({c for c, _ in wanted})
-    out: dict[tuple[str, dt.date], dict[str, Any]] = {}
-    if not customers:
-        return out
-    o, ln = s.orders, s.order_lines
-    with connect(shop_url).connect() as conn:
-        for i in range(0, len(customers), _IN_CHUNK):
-            chunk = customers[i : i + _IN_CHUNK]
-            orders = pd.DataFrame(conn.execute(
-                select(o.c.order_id, o.c.customer_id, cast(o.c.ordered_at, String),
-                       cast(o.c.total, String), o.c.currency)
-                .where(o.c.customer_id.in_(chunk))).all(),
-                columns=["order_id", "customer_id", "ordered_at", "total", "currency"])
-            if orders.empty:
-                continue
-            orders["day"] = pd.to_datetime(orders["ordered_at"], utc=True, errors="coerce",
-                                           format="mixed").dt.date
-            keep = [(c, d) in wanted for c, d in zip(orders["customer_id"], orders["day"],
-                                                      strict=True)]
-            orders = orders.loc[keep]
-            ids = orders["order_id"].astype(str).tolist()
-            lines = pd.DataFrame(conn.execute(
-                select(ln.c.order_id, ln.c.sku).where(ln.c.order_id.in_(ids))).all(),
-                columns=["order_id", "sku"]) if ids else pd.DataFrame(columns=["order_id", "sku"])
-            skus = lines.groupby("order_id")["sku"].agg(list).to_dict()
-            for r in orders.sort_values("ordered_at").itertuples():
-                key = (str(r.customer_id), r.day)
-                if key in out:  # several orders that day: the first names the message
-                    out[key]["skus"] += skus.get(r.order_id, [])
-                    continue
-                out[key] = {"order_id": str(r.order_id), "ordered_at": str(r.day),
-                            "total": str(r.total), "currency": str(r.currency),
-                            "skus": list(skus.get(r.order_id, []))}
-    return out
 
 
 #: The winner columns a context is built from.
@@ -129,7 +83,7 @@ class ContextBuilder:
                                  strict=True)
             if sig in ("first_purchase", "survey") and d.get("order_date")
         }
-        orders = order_details(self.shop_url, needs_order)
+        orders = shop.read_orders_of_days(self.shop_url, needs_order)
         # Only the columns ``build`` reads, as plain objects: ``DataFrame.to_dict`` over the
         # whole frame would cost more than building the contexts themselves.
         cols = [c for c in _ROW_COLUMNS if c in winners.columns]

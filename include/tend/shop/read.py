@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -271,3 +272,53 @@ def read_products(url: str) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["complements"] = [str(c).split() if isinstance(c, str) else [] for c in df["complements"]]
     return df
+
+
+def read_price_list(url: str) -> list[tuple[str, str, str]]:
+    """(sku, name, price) of every product, the price as the shop stores it ("24.00"), so that
+    an email shows the shop's own figure, not a float's."""
+    p = s.products
+    with connect(url).connect() as conn:
+        rows = conn.execute(select(p.c.sku, p.c.name, cast(p.c.price, String))).all()
+    return [(str(sku), str(name), str(price)) for sku, name, price in rows]
+
+
+def read_orders_of_days(url: str, wanted: Iterable[tuple[str, dt.date]]
+                  ) -> dict[tuple[str, dt.date], dict[str, Any]]:
+    """Each (customer, day)'s order(s): id, total, currency and the skus bought; the first
+    order of a day names it (a thank-you or a survey is about that order)."""
+    wanted = set(wanted)
+    customers = sorted({c for c, _ in wanted})
+    out: dict[tuple[str, dt.date], dict[str, Any]] = {}
+    if not customers:
+        return out
+    o, ln = s.orders, s.order_lines
+    with connect(url).connect() as conn:
+        for i in range(0, len(customers), _IN_CHUNK):
+            chunk = customers[i : i + _IN_CHUNK]
+            orders = pd.DataFrame(conn.execute(
+                select(o.c.order_id, o.c.customer_id, cast(o.c.ordered_at, String),
+                       cast(o.c.total, String), o.c.currency)
+                .where(o.c.customer_id.in_(chunk))).all(),
+                columns=["order_id", "customer_id", "ordered_at", "total", "currency"])
+            if orders.empty:
+                continue
+            orders["day"] = pd.to_datetime(orders["ordered_at"], utc=True, errors="coerce",
+                                           format="mixed").dt.date
+            keep = [(c, d) in wanted for c, d in zip(orders["customer_id"], orders["day"],
+                                                      strict=True)]
+            orders = orders.loc[keep]
+            ids = orders["order_id"].astype(str).tolist()
+            lines = pd.DataFrame(conn.execute(
+                select(ln.c.order_id, ln.c.sku).where(ln.c.order_id.in_(ids))).all(),
+                columns=["order_id", "sku"]) if ids else pd.DataFrame(columns=["order_id", "sku"])
+            skus = lines.groupby("order_id")["sku"].agg(list).to_dict()
+            for r in orders.sort_values("ordered_at").itertuples():
+                key = (str(r.customer_id), r.day)
+                if key in out:  # several orders that day: the first names the message
+                    out[key]["skus"] += skus.get(r.order_id, [])
+                    continue
+                out[key] = {"order_id": str(r.order_id), "ordered_at": str(r.day),
+                            "total": str(r.total), "currency": str(r.currency),
+                            "skus": list(skus.get(r.order_id, []))}
+    return out
