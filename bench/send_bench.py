@@ -65,10 +65,10 @@ def _log(msg: str) -> None:
 
 def prepare_store(store_url: str, messages: int, workdir: Path) -> None:
     """A planned demo night, its claimed rows cloned up to ``messages`` in batches of 5,000."""
-    from tend import messages
     from tend.config import ShopSettings
     from tend.dev.demo import generate_demo_shop
     from tend.features import ingest
+    from tend.messages import default_renderer
     from tend.programs import plan
     from tend.store import ledger, migrate
     from tend.store.db import connect
@@ -81,8 +81,8 @@ def prepare_store(store_url: str, messages: int, workdir: Path) -> None:
     settings = ShopSettings.from_env({})
     ingest.run_ingest(shop, store_url, NIGHT, "bench")
     plan.plan_night(shop, store_url, NIGHT, "bench", settings=settings,
-                       renderer=messages.default_renderer(settings),
-                       secret="bench", batch_size=10**9)
+                    renderer=default_renderer(settings),
+                    secret="bench", batch_size=10**9)
     engine = connect(store_url)
     with engine.begin() as conn:
         seeds = [dict(r) for r in conn.execute(select(L)).mappings()]
