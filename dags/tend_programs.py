@@ -19,18 +19,15 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
-from tend import config
 from tend_airflow import tasks
 from tend_airflow.assets import CUSTOMER_FEATURES
 from tend_airflow.params import AS_OF, SENDGRID_SANDBOX, dag_params
-
-TZ = config.business_timezone()
 
 
 @dag(
     dag_id="tend_programs",
     schedule=[CUSTOMER_FEATURES],
-    start_date=pendulum.datetime(2026, 1, 1, tz=TZ),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,

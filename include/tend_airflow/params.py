@@ -39,13 +39,18 @@ def _as_of() -> Param:
 def _sendgrid_sandbox() -> Param:
     from airflow.sdk import Param
 
+    # Nullable, not a plain boolean: the trigger form submits every Param into the run's conf,
+    # so a default of false would arrive as an explicit "sandbox off" and override a connection
+    # kept in sandbox mode. The form's switch leaves the value null until it is touched.
     return Param(
-        False,
-        type="boolean",
+        None,
+        type=["null", "boolean"],
         title="SendGrid sandbox",
         description=(
-            "Send through SendGrid's sandbox mode for this run only: SendGrid validates every "
-            "message and delivers none. Off keeps the sendgrid_default connection's setting."
+            "Switch on to send this run through SendGrid's sandbox mode: SendGrid validates "
+            "every message and delivers none. Left untouched, the run keeps the "
+            "sendgrid_default connection's setting; switched on and then off again, this run "
+            "sends for real even if the connection is in sandbox mode."
         ),
     )
 

@@ -2,7 +2,8 @@
 
 A run's choices arrive as its params (the trigger form, or the conf Airflow copies onto them);
 the conf is read too, so a deployment that turns ``[core] dag_run_conf_overrides_params`` off
-keeps working. A Param left at its default (empty, false) means the run did not ask.
+keeps working. A Param left empty (null, or an empty string from a cleared text field) means
+the run did not ask.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tend_airflow.params import AS_OF, SENDGRID_SANDBOX
 def run_value(context: Mapping[str, Any], key: str) -> Any | None:
     """The run's ``key``: its Param when set, else the run's conf, else None."""
     value = (context.get("params") or {}).get(key)
-    if value is not None and value != "" and value is not False:
+    if value is not None and value != "":
         return value
     conf = getattr(context.get("dag_run"), "conf", None) or {}
     return conf.get(key)

@@ -190,7 +190,7 @@ def test_every_task_retries(dags: dict[str, dict[str, Any]], dag_id: str) -> Non
 EXPECTED_PARAMS = {
     "tend_ingest": {"as_of": (["null", "string"], "date", None)},
     "tend_programs": {"as_of": (["null", "string"], "date", None),
-                      "sendgrid_sandbox": ("boolean", None, False)},
+                      "sendgrid_sandbox": (["null", "boolean"], None, None)},
 }
 
 

@@ -235,13 +235,15 @@ def test_as_of_from_the_params_airflow_resolves(airflow_sdk: ModuleType) -> None
     assert runs.as_of({**ctx, "params": resolved({})}) == dt.date(2026, 11, 20)
     assert runs.as_of({**ctx, "params": resolved({"as_of": "2026-11-18"})}) == (
         dt.date(2026, 11, 18))
-    assert resolved({}) == {"as_of": None, "sendgrid_sandbox": False}
+    assert resolved({}) == {"as_of": None, "sendgrid_sandbox": None}
 
 
 @pytest.mark.parametrize(("conf", "ok"), [
     ({"as_of": "2026-11-20"}, True),
     ({"as_of": None}, True),
     ({"sendgrid_sandbox": True}, True),
+    ({"sendgrid_sandbox": False}, True),
+    ({"sendgrid_sandbox": None}, True),
     ({"as_of": "20/11/2026"}, False),
     ({"as_of": "2026-13-01"}, False),
     ({"sendgrid_sandbox": "maybe"}, False),

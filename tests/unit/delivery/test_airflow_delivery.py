@@ -87,12 +87,15 @@ def test_the_sandbox_param_switches_the_run_only_when_set(
 
     # The trigger form's switch turns sandbox mode on for the run.
     assert sandbox(False, params={"sendgrid_sandbox": True}) is True
-    # Left at its default (false) it does not ask: the connection's setting stays.
-    assert sandbox(True, params={"sendgrid_sandbox": False}) is True
-    assert sandbox(False, params={"sendgrid_sandbox": False}) is False
-    # An explicit conf value still decides, either way.
+    # Left untouched it does not ask: the connection's setting stays. The form submits every
+    # Param into the conf, so the untouched switch arrives there as null too.
+    form_conf = {"as_of": None, "sendgrid_sandbox": None}
+    assert sandbox(True, params={"sendgrid_sandbox": None}, conf=form_conf) is True
+    assert sandbox(False, params={"sendgrid_sandbox": None}, conf=form_conf) is False
+    # Switched off explicitly (the form, or --conf), the run sends for real.
     assert sandbox(True, params={"sendgrid_sandbox": False},
-                   conf={"sendgrid_sandbox": False}) is False
+                   conf={"as_of": None, "sendgrid_sandbox": False}) is False
+    assert sandbox(True, conf={"sendgrid_sandbox": False}) is False
     assert sandbox(False, conf={"sendgrid_sandbox": "true"}) is True
     with pytest.raises(ConfigError, match="sendgrid_sandbox must be true or false"):
         sandbox(False, conf={"sendgrid_sandbox": "maybe"})
