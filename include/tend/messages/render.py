@@ -308,9 +308,12 @@ class Renderer:
             for p in (self.templates_dir / loc).glob("*.subject.j2")
         })
 
-    def locales(self) -> list[str]:
-        """Locale directories (those with a strings.j2)."""
-        return sorted(p.parent.name for p in self.templates_dir.glob("*/strings.j2"))
+    def locales(self, *, regional: bool = True) -> list[str]:
+        """Locale directories (those with a strings.j2). ``regional=False`` leaves out regional
+        ones such as ``fr_CA``: they may override only some templates, the others falling back
+        to their language's directory (``resolve_locale``)."""
+        names = sorted(p.parent.name for p in self.templates_dir.glob("*/strings.j2"))
+        return names if regional else [n for n in names if "_" not in n]
 
     def resolve_locale(self, template: str, locale: str | None) -> str:
         """The template directory to use: ``fr_CA`` -> ``fr_CA``, else ``fr``, else default."""

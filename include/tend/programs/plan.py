@@ -134,7 +134,9 @@ def plan_night(
     require_current(store_url)
     registry = registry or load_registry()
     programs = registry.enabled()
-    locales = renderer.locales()
+    # Every language must render every enabled program; a regional folder that overrides only
+    # some templates falls back to its language's for the rest, so it is not required here.
+    locales = renderer.locales(regional=False)
     for program in programs:
         problems = renderer.check(program.template, locales, sample_context(program.template))
         if problems:

@@ -475,6 +475,23 @@ def test_rendered_email_says_which_files_and_formats(renderer: Renderer) -> None
                            customer_id="c").template == "en/winback"
 
 
+def test_a_regional_folder_may_override_only_some_templates(tmp_path: Path) -> None:
+    templates = _copy_templates(tmp_path)
+    regional = templates / "fr_CA"
+    regional.mkdir()
+    shutil.copy(templates / "fr" / "strings.j2", regional / "strings.j2")
+    for part in ("subject", "preheader", "html", "txt"):
+        shutil.copy(templates / "fr" / f"winback.{part}.j2", regional / f"winback.{part}.j2")
+    renderer = Renderer(templates, SHOP, SECRET)
+    assert renderer.locales() == ["en", "fr", "fr_CA"]
+    # What the night requires of every program: its languages, not the regional overrides.
+    assert renderer.locales(regional=False) == ["en", "fr"]
+    assert renderer.render("thank_you", "fr-CA", sample_context("thank_you"),
+                           customer_id="c").template == "fr/thank_you"
+    assert renderer.render("winback", "fr-CA", sample_context("winback"),
+                           customer_id="c").template == "fr_CA/winback"
+
+
 def test_check_uses_the_kind_the_template_is_written_for(renderer: Renderer) -> None:
     assert renderer.check("thank_you", ["en"]) == []
     with pytest.raises(TemplateError, match="no sample context"):
