@@ -13,10 +13,7 @@ resources: images from the shop's site do not load in screenshots.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import hmac
 import re
 import shutil
 import subprocess
@@ -31,6 +28,7 @@ from tend import config
 from tend.config import ShopSettings
 from tend.errors import ConfigError, DataError, TemplateError
 from tend.messages.render import TEMPLATE_SPECS, RenderedEmail, Renderer, sample_context
+from tend.messages.tokens import voucher_code
 
 __all__ = ["Preview", "check_templates", "find_chromium", "make_preview", "screenshot"]
 
@@ -145,8 +143,8 @@ def make_preview(
     if customer is not None:
         _personalise(ctx, customer, as_of)
     if offer is not None:
-        code = _voucher(secret or config.unsubscribe_secret(),
-                        f"preview:{program}:{customer_id or 'sample'}", offer.code_prefix)
+        code = voucher_code(secret or config.unsubscribe_secret(),
+                            f"preview:{program}:{customer_id or 'sample'}", offer.code_prefix)
         ctx["offer"] = {"code": code, "amount": Decimal(str(offer.amount)),
                         "currency": settings.currency, "kind": offer.kind,
                         "expires_on": as_of + dt.timedelta(days=offer.valid_days)}
@@ -241,13 +239,6 @@ def _personalise(ctx: dict[str, Any], customer: dict[str, Any], as_of: dt.date) 
             signal["orders_count"] = customer["orders_count"]
         if signal.get("name") == "loyalty_nth_order" and "nth" in signal:
             signal["nth"] = customer["orders_count"]
-
-
-def _voucher(secret: str, key: str, prefix: str) -> str:
-    """A code shaped like the night's voucher codes (tend.messages.tokens.voucher_code)."""
-    mac = hmac.digest(secret.encode(), f"voucher:{key}".encode(), hashlib.sha256)
-    code = base64.b32encode(mac).decode()[:8]
-    return f"{prefix}-{code[:4]}-{code[4:]}"
 
 
 def _safe(name: str) -> str:
