@@ -32,8 +32,8 @@ __all__ = [
     "require_unsubscribe_link",
 ]
 
-#: Message kinds (as in programs.yaml; the store's check constraint is their source). Unknown
-#: kinds are refused: a typo must not skip the unsubscribe link.
+#: Message kinds (as in programs.yaml and the ledger's ``kind`` column, defined once beside the
+#: store's tables). Unknown kinds are refused: a typo must not skip the unsubscribe link.
 KINDS: tuple[str, ...] = MESSAGE_KINDS
 
 UNSUBSCRIBE_KINDS: frozenset[str] = frozenset({"marketing", "service"})

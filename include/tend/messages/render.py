@@ -65,7 +65,6 @@ from jinja2 import nodes
 from tend.config import ShopSettings
 from tend.errors import ConfigError, TemplateError
 from tend.messages.compliance import (
-    KINDS,
     UNSUBSCRIBE_KINDS,
     ComplianceLinks,
     inspect_email,
@@ -83,7 +82,6 @@ from tend.messages.environment import Context, Strings, email_environment
 from tend.messages.formatting import babel_locale, formatting_locale, get_field, one_line, tidy_text
 from tend.messages.loader import CSS_FILE, EmailLoader
 from tend.messages.template_errors import TemplateErrors
-from tend.messages.user_text import render_user_text
 
 __all__ = [
     "PARTS",
@@ -249,8 +247,10 @@ class Renderer:
         spec = TEMPLATE_SPECS.get(template)
         if kind is None:
             kind = spec.kind if spec else "marketing"
-        if kind not in KINDS:
-            return [f"message kind {kind!r} is unknown; use one of {', '.join(KINDS)}"]
+        try:
+            require_known_kind(kind)
+        except ConfigError as exc:
+            return [str(exc)]
         if spec is None and sample_context is None:
             return [str(_no_spec(template))]
         problems: list[str] = []
@@ -336,11 +336,6 @@ class Renderer:
             f"{{subject,preheader,html,txt}}.j2 under {self.templates_dir}",
             template=template,
         )
-
-    def render_user_text(self, source: str, context: Mapping[str, Any], *,
-                         single_line: bool = False) -> str:
-        """:func:`render_user_text` with this shop's Babel locale default."""
-        return render_user_text(source, context, single_line=single_line)
 
     # -- internals --
 

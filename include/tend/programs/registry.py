@@ -19,7 +19,7 @@ from tend.programs.caps import SendWindow, parse_clock
 from tend.store.tables import MESSAGE_KINDS
 
 DEFAULT_REGISTRY = Path(__file__).with_name("programs.yaml")
-KINDS = MESSAGE_KINDS  # the store's check constraint is their one source
+KINDS = MESSAGE_KINDS  # the kinds the ledger records, defined once beside its tables
 #: Behavioural signals (tend.signals) plus "newsletter", which fires on a calendar schedule.
 KNOWN_SIGNALS = (
     "lapsed", "seasonal", "replenish", "checkup", "first_purchase", "survey",

@@ -53,6 +53,8 @@ class MessageId(TypeDecorator[str]):
 
 
 LEDGER_STATUSES = ("claimed", "sending", "sent", "failed", "unknown")
+#: What a message is, for the law and the links it must carry (programs.yaml, the ledger's
+#: ``kind``, the renderer's compliance checks all take them from here).
 MESSAGE_KINDS = ("marketing", "service", "transactional")
 
 #: How the ``product_*`` columns of ``customer_features`` are packed: each holds one
