@@ -257,6 +257,15 @@ def _validated(url: str, what: str) -> str:
     return url
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite database URL (None for other databases and in-memory SQLite): the
+    shop reader and the store's bulk paths take their fast ways only for a file."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return u.database
+
+
 def mask_url(url: str) -> str:
     """A URL safe for logs: the password replaced by ***."""
     try:

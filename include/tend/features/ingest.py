@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from tend.config import sqlite_file
 from tend.features import store
 from tend.features.columns import FeatureColumns, FeatureSet
 from tend.features.compute import compute_feature_set, feature_parts
@@ -28,7 +29,7 @@ from tend.logs import log, table
 from tend.shop import read as shop
 from tend.store import ledger
 from tend.store.db import require_current
-from tend.store.sqlite_process import SqliteProcess, sqlite_file
+from tend.store.sqlite_process import SqliteProcess
 
 #: Order lines per range of customers whose features are computed and written together: the
 #: helper process writes one range while the next is computed, and neither holds more.

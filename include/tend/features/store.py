@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from sqlalchemy import Connection, Float, Integer, LargeBinary, Row, Table, delete, select
 from sqlalchemy.engine import make_url
 
+from tend.config import sqlite_file
 from tend.errors import DataError
 from tend.features.columns import (
     FEATURE_COLUMNS,
@@ -37,7 +38,7 @@ from tend.features.columns import (
 from tend.shop import read as shop
 from tend.store import bulk
 from tend.store.db import connect
-from tend.store.sqlite_process import SqliteProcess, sqlite_file
+from tend.store.sqlite_process import SqliteProcess
 from tend.store.tables import (
     PRODUCT_COLUMNS,
     customer_features,

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from sqlalchemy import String, and_, cast, inspect, select
 
-from tend.config import mask_url
+from tend.config import mask_url, sqlite_file
 from tend.errors import DataError
 from tend.shop import schema as s
 from tend.shop.columns import _arrow_text, _parse_ms, _parse_number
@@ -36,7 +36,7 @@ from tend.shop.screen import (
     _Screened,
     end_of_day,
 )
-from tend.shop.sqlite_fast import _read_sqlite_fast, _sqlite_path
+from tend.shop.sqlite_fast import _read_sqlite_fast
 from tend.store.db import connect
 
 _IN_CHUNK = 900  # stay under SQLite's bound-parameter limit
@@ -70,7 +70,7 @@ def changed_customer_ids(url: str, since: dt.datetime, as_of: dt.date) -> list[s
         .where(o.c.customer_id.is_not(None))
         .distinct()
     )
-    path = _sqlite_path(url)
+    path = sqlite_file(url)
     if path is not None:
         import sqlite3
 
@@ -118,7 +118,7 @@ def read_history(
     and rows the fast path cannot type are re-read as text and parsed like the generic path
     parses everything.
     """
-    if _sqlite_path(url) is not None:
+    if sqlite_file(url) is not None:
         try:
             return _read_sqlite_fast(url, as_of, now=now, lines=lines, customer_ids=customer_ids)
         except ImportError:
@@ -180,7 +180,7 @@ def _read_generic(url: str, as_of: dt.date, customer_ids: Sequence[str] | None, 
 def order_rows_hint(url: str) -> int:
     """About how many order rows a SQLite shop holds (its largest rowid; no count), 0 when it
     cannot tell cheaply (another database, a view)."""
-    path = _sqlite_path(url)
+    path = sqlite_file(url)
     if path is None:
         return 0
     import sqlite3

@@ -22,8 +22,8 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from sqlalchemy.engine import make_url
 
+from tend.config import sqlite_file
 from tend.shop.columns import (
     _NAT,
     _arrow_ms,
@@ -83,13 +83,6 @@ _SPLIT_CUSTOMERS = 2_000
 _MMAP_BYTES = 1 << 40  # capped by the SQLite build (2 GiB by default); read-only here
 
 
-def _sqlite_path(url: str) -> str | None:
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-        return None
-    return u.database
-
-
 def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
                       lines: bool, customer_ids: Sequence[str] | None = None) -> History:
     """The fast path (see ``read_history``).
@@ -99,7 +92,7 @@ def _read_sqlite_fast(url: str, as_of: dt.date, *, now: dt.datetime | None,
     held at once and the main thread only joins the parts: the checks across rows (customer
     codes, duplicated order ids), then each part of the lines as it arrives.
     """
-    path = _sqlite_path(url)
+    path = sqlite_file(url)
     assert path is not None
     # The engine's pooled sqlite3 connections to the shop are closed first: Python's sqlite3
     # and ADBC's driver are two copies of SQLite, which must never have the shop open at once

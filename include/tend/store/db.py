@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from tend.config import mask_url
+from tend.config import mask_url, sqlite_file
 from tend.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -28,10 +28,10 @@ VERSION_TABLE = "tend_alembic_version"
 @functools.cache
 def connect(url: str) -> Engine:
     """One pooled engine per URL per process (cached: engines are meant to be shared)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if make_url(url).get_backend_name() == "sqlite":
+        path = sqlite_file(url)
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")

@@ -12,17 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
 import pyarrow as pa
-from sqlalchemy.engine import make_url
 
 from tend.errors import DataError
-
-
-def sqlite_file(url: str) -> str | None:
-    """The file of a SQLite store (None for other stores and in-memory SQLite)."""
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite":
-        return None
-    return u.database if u.database and u.database != ":memory:" else None
 
 
 class SqliteProcess:
