@@ -119,17 +119,23 @@ def to_frames(fc: FeatureColumns) -> FeatureSet:
                                      .to_pandas(), dtype=str),
             "sku": pd.Series(sku_names[sk["sku"]], dtype=str),
             "days": sk["days"],
-            "first_day": _dates(sk["first_day"]),
-            "last_day": _dates(sk["last_day"]),
+            "first_day": day_dates(sk["first_day"]),
+            "last_day": day_dates(sk["last_day"]),
             **{k: sk[k] for k in SKU_COLUMNS[5:]},
         })
-    daily = pd.DataFrame({"day": _dates(fc.daily["day"]), "orders": fc.daily["orders"],
+    daily = pd.DataFrame({"day": day_dates(fc.daily["day"]), "orders": fc.daily["orders"],
                           "revenue": fc.daily["revenue"]})
     return FeatureSet(customers, skus, daily)
 
 
-def _dates(days: np.ndarray) -> np.ndarray:
-    return pd.to_datetime(days, unit="D").date
+def day_dates(days: np.ndarray) -> np.ndarray:
+    """Days since 1970-01-01 -> datetime.date objects, one object made per distinct day (a few
+    thousand) and gathered for millions of rows."""
+    if not len(days):
+        return np.zeros(0, object)
+    lo = int(days.min())
+    table = pd.to_datetime(np.arange(lo, int(days.max()) + 1), unit="D").date
+    return table[np.asarray(days, np.int64) - lo]
 
 
 def _empty(columns: list[str]) -> pd.DataFrame:

@@ -34,6 +34,7 @@ from tend.features.columns import (
     SKU_COLUMNS,
     FeatureColumns,
     FeatureSet,
+    day_dates,
 )
 from tend.shop import read as shop
 from tend.store import bulk
@@ -412,8 +413,8 @@ def _unpack(cust: pa.Table, sku_table: pa.Table, daily: pa.Table) -> FeatureSet:
         "customer_id": pd.Series(ids.take(pa.array(owner)).to_pandas(), dtype=str),
         "sku": pd.Series(names[values["sku"]], dtype=str),
         "days": values["days"].astype(np.int64),
-        "first_day": _day_dates(values["first_day"]),
-        "last_day": _day_dates(values["last_day"]),
+        "first_day": day_dates(values["first_day"]),
+        "last_day": day_dates(values["last_day"]),
         **{k: values[k].astype(np.float64 if k in ("gap_median", "unit_gap_median",
                                                     "phase_cos", "phase_sin") else np.int64)
            for k in SKU_COLUMNS[5:]},
@@ -431,16 +432,6 @@ def _unpack(cust: pa.Table, sku_table: pa.Table, daily: pa.Table) -> FeatureSet:
 
 
 _INT_COLUMNS = {"orders_count", "order_days", "season_cycles", "season_years"}
-
-
-def _day_dates(days: np.ndarray) -> np.ndarray:
-    """Days since 1970-01-01 -> datetime.date objects (as ``tend.features.columns.to_frames``
-    gives), one object made per distinct day (a few thousand) and gathered for millions of rows."""
-    if not len(days):
-        return np.zeros(0, object)
-    lo = int(days.min())
-    table = pd.to_datetime(np.arange(lo, int(days.max()) + 1), unit="D").date
-    return table[np.asarray(days, np.int64) - lo]
 
 
 def _utc(col: pa.ChunkedArray) -> pd.Series:
