@@ -294,8 +294,7 @@ def read_orders_of_days(url: str, wanted: Iterable[tuple[str, dt.date]]
         return out
     o, ln = s.orders, s.order_lines
     with connect(url).connect() as conn:
-        for i in range(0, len(customers), _IN_CHUNK):
-            chunk = customers[i : i + _IN_CHUNK]
+        for chunk in _chunks(customers, _IN_CHUNK):
             orders = pd.DataFrame(conn.execute(
                 select(o.c.order_id, o.c.customer_id, cast(o.c.ordered_at, String),
                        cast(o.c.total, String), o.c.currency)
@@ -309,9 +308,10 @@ def read_orders_of_days(url: str, wanted: Iterable[tuple[str, dt.date]]
                                                       strict=True)]
             orders = orders.loc[keep]
             ids = orders["order_id"].astype(str).tolist()
-            lines = pd.DataFrame(conn.execute(
-                select(ln.c.order_id, ln.c.sku).where(ln.c.order_id.in_(ids))).all(),
-                columns=["order_id", "sku"]) if ids else pd.DataFrame(columns=["order_id", "sku"])
+            lines = pd.DataFrame(
+                [row for part in _chunks(ids, _IN_CHUNK) for row in conn.execute(
+                    select(ln.c.order_id, ln.c.sku).where(ln.c.order_id.in_(part))).all()],
+                columns=["order_id", "sku"])
             skus = lines.groupby("order_id")["sku"].agg(list).to_dict()
             for r in orders.sort_values("ordered_at").itertuples():
                 key = (str(r.customer_id), r.day)
