@@ -94,7 +94,7 @@ def run_ingest(
             if len(changed) > store.HELPER_PROCESS_ROWS // 4 and sqlite_file(store_url):
                 writer = SqliteProcess()
             history = shop.read_history(shop_url, as_of, changed, now=now) if changed else \
-                shop.History(shop._empty_orders(), shop._empty_lines())
+                shop.History.empty()
 
         t_read = time.perf_counter() - clock
         orders = history.orders

@@ -1,9 +1,10 @@
 """Reading the shop's data (read-only) and quarantining rows that cannot be used.
 
 The shop database is the shop's, not ours: Tend reads it through the four names in
-``shop_schema`` and never writes to it. Shops map their own tables onto those names with SQL
-views, so we cannot trust types: timestamps are read as text and parsed here, and every row that
-cannot be used is returned as a quarantine record with a reason instead of crashing the night.
+``tend.shop.schema`` and never writes to it. Shops map their own tables onto those names with
+SQL views, so we cannot trust types: timestamps are read as text and parsed by ``columns``, and
+every row that cannot be used is returned as a quarantine record with a reason instead of
+crashing the night.
 The checks are ``screen``'s; a SQLite shop is read by the fast path of ``sqlite_fast``.
 """
 
@@ -247,13 +248,6 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
     items = list(items)
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-
-def _empty_orders() -> pd.DataFrame:
-    return pd.DataFrame({"customer_id": pd.Series([], dtype=str),
-                         "order_id": pd.Series([], dtype=str),
-                         "ordered_at": pd.Series([], dtype="datetime64[us, UTC]"),
-                         "total": pd.Series([], dtype=float)})
 
 
 def read_products(url: str) -> pd.DataFrame:

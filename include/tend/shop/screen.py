@@ -52,6 +52,11 @@ class History:
     quarantined: list[Quarantined] = field(default_factory=list)
     rows_read: int = 0  # order rows read, good and bad
 
+    @classmethod
+    def empty(cls) -> History:
+        """No orders and no lines: a night in which no customer changed."""
+        return cls(_empty_orders(), _empty_lines())
+
 
 def end_of_day(as_of: dt.date) -> dt.datetime:
     """The exclusive upper bound of night ``as_of``: orders before it exist for the night."""
@@ -83,6 +88,13 @@ def quarantine_records(source: str, raw: pd.DataFrame, bad: np.ndarray, reasons:
     return out
 
 
+def _empty_orders() -> pd.DataFrame:
+    return pd.DataFrame({"customer_id": pd.Series([], dtype=str),
+                         "order_id": pd.Series([], dtype=str),
+                         "ordered_at": pd.Series([], dtype="datetime64[us, UTC]"),
+                         "total": pd.Series([], dtype=float)})
+
+
 def _empty_lines() -> pd.DataFrame:
     return pd.DataFrame({"order": np.zeros(0, np.int32), "sku": pd.Series([], dtype=str),
                          "quantity": np.zeros(0, np.int32)})
@@ -95,7 +107,6 @@ _ORDER_REASONS = (
     rules.ORDERED_AT.unparseable, rules.TOTAL.not_a_number, rules.TOTAL.negative,
     rules.TOTAL.too_large, "{future}", rules.ORDER_DUPLICATE,
 )
-_TOTAL_MIN = float(rules.TOTAL.minimum)
 _TOTAL_MAX = float(rules.TOTAL.maximum or np.inf)
 #: The reasons an order line is set aside, by code (0: usable).
 _LINE_REASONS = ("", rules.LINE_UNKNOWN_ORDER, rules.LINE_UNKNOWN_SKU, rules.LINE_BAD_QUANTITY)
@@ -160,7 +171,7 @@ def _screen_order_part(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.n
     values[ms >= checks.future_ms] = 8  # never _NAT, the smallest int64
     with np.errstate(invalid="ignore"):
         values[total > _TOTAL_MAX] = 7
-        values[total < _TOTAL_MIN] = 6
+        values[total < 0] = 6  # rules.TOTAL.negative
     values[np.isnan(total)] = 5
     values[ms == _NAT] = 4
     np.copyto(reason, values, where=reason == 0)
@@ -388,8 +399,8 @@ class _LineMatcher:
     run) and finished as it arrives, so the parts are not held. A part that does not line up
     is kept and matched at the end, all such parts with one hash lookup per run: what matching
     every run by hash gives, since rows with one id all lead to one clean row. The rule for
-    the whole read is the one it always was — the runs line up only if there are as many
-    runs as order rows and none differs — so rows a comparison cannot decide (NULL ids) are
+    the whole read is that the runs line up only if there are as many runs as order rows and
+    none differs, so rows a comparison cannot decide (NULL ids) are
     matched at the end by that rule.
     """
 
