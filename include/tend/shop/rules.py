@@ -5,9 +5,10 @@ screens the rows of the shop database every night (``screen``, on whole columns)
 ``csv_import`` screens CSV exports before loading them (row by row). A rule both check
 quarantines the same rows with the same reason; the CSV import adds what it found after a
 colon (the value as written, where to look), because the shop fixes its export from that line.
-Rules that need other rows (a duplicate, a reference) are checked where those rows are known,
-with the reasons named here; a future ``ordered_at`` is the reader's alone, since it depends on
-the night being run.
+Rules that need other rows (a duplicate, a reference) are checked where those rows are known:
+the reader gives the reasons named here for references and duplicates, the CSV import names
+the line of the first occurrence instead. A future ``ordered_at`` is the reader's alone, since
+it depends on the night being run.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def test_the_csv_import_and_the_reader_quarantine_a_row_for_the_same_reason(
 
 
 def test_the_bounds_are_the_readers() -> None:
-    """Where the two paths once disagreed, the reader's bound is the rule."""
+    """The bounds both paths apply: totals up to 1,000,000, quantities from 1."""
     assert rules.TOTAL.maximum == rules.ABSURD_TOTAL == 1_000_000
     assert rules.QUANTITY.minimum == 1
     assert rules.QUANTITY.parse("0") == (None, f"{BAD_QUANTITY}: 0")
