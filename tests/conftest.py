@@ -7,14 +7,16 @@ PostgreSQL cases skip locally, and fail in CI (``CI=true``), where they must run
 ``demo_shop`` is the demo shop a module asks for with
 ``pytestmark = pytest.mark.demo_shop(customers=..., seed=..., as_of=...)``, built once per
 session for each set of arguments and shared read-only; ``shop_url`` is a private copy of it
-that a test may change.
+that a test may change. ``airflow_sdk`` imports Airflow's task SDK without touching ~/airflow.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from _support import DemoShops, copy_sqlite, private_pg_schema
@@ -43,6 +45,19 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = request.getfixturevalue("pg_schema_url")
     migrate(url)
     return url
+
+
+@pytest.fixture(scope="module")
+def airflow_sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    """``airflow.sdk``, imported with AIRFLOW_HOME in a temporary folder when this process has
+    not imported Airflow yet (Airflow reads AIRFLOW_HOME once, on first import)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if "airflow" not in sys.modules:
+            mp.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
+            mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        import airflow.sdk
+
+        yield airflow.sdk
 
 
 @pytest.fixture(scope="session")

@@ -8,22 +8,24 @@ README grows back into a manual.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _support import PROJECT
 
 from tend.delivery.sendgrid import SendGridSettings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PROJECT
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 CONFIGURATION = DOCS / "configuration.md"
 README_MAX_LINES = 200
 
-#: The pages the README promises (issue 11): each must exist and be linked from the README.
+#: The pages the README promises: each must exist and be linked from the README.
 PAGES = ("configuration", "shop-data", "programs", "templates", "signals", "delivery",
          "operations", "architecture")
 
@@ -103,6 +105,7 @@ def _slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
+@functools.cache
 def anchors(path: Path) -> set[str]:
     seen: dict[str, int] = {}
     out: set[str] = set()

@@ -14,8 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
-from collections.abc import Iterator
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
@@ -29,17 +27,6 @@ from tend_airflow import connections, delivery, runs
 TORONTO = pendulum.timezone("America/Toronto")
 TOKYO = pendulum.timezone("Asia/Tokyo")
 UTC = pendulum.UTC
-
-
-@pytest.fixture(scope="module")
-def airflow_sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    with pytest.MonkeyPatch.context() as mp:
-        if "airflow" not in sys.modules:
-            mp.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
-            mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        import airflow.sdk
-
-        yield airflow.sdk
 
 
 # -- as_of ------------------------------------------------------------------------------------

@@ -10,14 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-from _support import PROJECT
+from _support import PROJECT, DemoShops
 from sqlalchemy import select, update
 
 from tend import messages
@@ -25,7 +23,6 @@ from tend.config import ShopSettings
 from tend.delivery.outbox import OutboxBackend
 from tend.delivery.sendgrid import SendGridBackend
 from tend.delivery.smtp import SmtpBackend
-from tend.dev.demo import generate_demo_shop
 from tend.dev.fake_sendgrid import FaultPlan, run_in_thread
 from tend.errors import ConfigError
 from tend.features import ingest
@@ -36,17 +33,6 @@ from tend.store.tables import contact_ledger
 
 NIGHT = dt.date(2026, 11, 20)
 KEY = "SG.airflow-test-key"
-
-
-@pytest.fixture(scope="module")
-def airflow_sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    with pytest.MonkeyPatch.context() as mp:
-        if "airflow" not in sys.modules:  # Airflow reads AIRFLOW_HOME once, on first import
-            mp.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
-            mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-        import airflow.sdk
-
-        yield airflow.sdk
 
 
 @pytest.fixture
@@ -135,10 +121,10 @@ def test_the_backend_follows_tend_delivery(tend_airflow: ModuleType, tmp_path: P
 
 
 @pytest.fixture(scope="module")
-def planned_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[int]]:
-    folder = tmp_path_factory.mktemp("night")
-    shop, store = f"sqlite:///{folder / 'shop.db'}", f"sqlite:///{folder / 'store.db'}"
-    generate_demo_shop(shop, customers=250, seed=5, as_of=NIGHT)
+def planned_store(tmp_path_factory: pytest.TempPathFactory, demo_shops: DemoShops
+                  ) -> tuple[str, list[int]]:
+    shop = demo_shops(customers=250, seed=5, as_of=NIGHT)
+    store = f"sqlite:///{tmp_path_factory.mktemp('night') / 'store.db'}"
     migrate(store)
     settings = ShopSettings.from_env({})
     ingest.run_ingest(shop, store, NIGHT, "r1")

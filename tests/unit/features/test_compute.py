@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from _support import DemoShops
 
 from tend.features.columns import FEATURE_COLUMNS, PROFILE_COLUMNS, SKU_COLUMNS, FeatureColumns
 from tend.features.compute import (
@@ -309,14 +310,11 @@ def assert_same(got: FeatureColumns, want: FeatureColumns) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_frames(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame]:
+def demo_frames(demo_shops: DemoShops) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A 3,000-customer demo shop as the reader returns it (the ingest's two frames)."""
-    from tend.dev.demo import generate_demo_shop
     from tend.shop.read import read_history
 
-    url = f"sqlite:///{tmp_path_factory.mktemp('features') / 'shop.db'}"
-    generate_demo_shop(url, customers=3000, seed=11, as_of=NIGHT)
-    history = read_history(url, NIGHT)
+    history = read_history(demo_shops(customers=3000, seed=11, as_of=NIGHT), NIGHT)
     return history.orders.drop(columns="order_id"), history.lines
 
 
