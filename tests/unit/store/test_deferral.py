@@ -1,14 +1,11 @@
-"""The deferred and suppressions tables' own operations, on SQLite and PostgreSQL."""
+"""The deferred table's own operations, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
-
-import datetime as dt
 
 import numpy as np
 import pandas as pd
 
 from tend.store import connect, deferral
-from tend.store import suppressions as suppressed
 
 
 def _waiting(*customers: str) -> dict[str, np.ndarray]:
@@ -45,19 +42,3 @@ def test_waiting_candidates_are_written_read_and_forgotten_by_key(store_url: str
     with engine.connect() as conn:
         # C3's occurrence differs, so only C1 is forgotten; C9 never waited.
         assert sorted(deferral.read_all(conn)["customer_id"]) == ["C2", "C3"]
-
-
-def test_suppressions_are_added_once_and_read_while_unresolved(store_url: str) -> None:
-    engine = connect(store_url)
-    stamp = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
-    with engine.begin() as conn:
-        suppressed.add(conn, ["C1", "C2"], reason="invalid_address", source="validation",
-                       created_at=stamp)
-        suppressed.add(conn, ["C1"], reason="invalid_address", source="validation",
-                       created_at=stamp)  # a rerun of the night changes nothing
-        suppressed.add(conn, [], reason="invalid_address", source="validation",
-                       created_at=stamp)
-    with engine.connect() as conn:
-        active = suppressed.active(conn)
-    assert sorted(active["customer_id"]) == ["C1", "C2"]
-    assert set(active["reason"]) == {"invalid_address"}
