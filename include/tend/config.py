@@ -99,11 +99,11 @@ def business_timezone() -> str:
     """``TEND_TIMEZONE``: the shop's timezone, for the nightly schedule and for the quiet hours
     of customers whose own timezone is unknown."""
     name = (os.environ.get("TEND_TIMEZONE") or "").strip() or DEFAULT_TIMEZONE
-    try:
-        from zoneinfo import ZoneInfo
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    try:
         ZoneInfo(name)
-    except Exception as exc:  # ZoneInfoNotFoundError, ValueError for malformed keys
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # unknown, malformed
         raise ConfigError(
             f"TEND_TIMEZONE={name!r} is not an IANA timezone ({exc}); use e.g. America/Toronto"
         ) from exc

@@ -4,7 +4,9 @@ Takes the programs stage's plans (each winner's template, locale and signal) and
 (its settings, catalogue and orders) and gives rendered emails: subject, preheader, HTML, plain
 text and the compliance headers. ``contexts`` builds each message's render context from the shop,
 ``contracts`` states what each template needs (with sample contexts for checks and previews),
-``render`` is the renderer, and ``tokens`` signs the links and voucher codes in an email.
+``render`` is the renderer (its design notes say which of ``loader``, ``environment``,
+``formatting``, ``compliance``, ``user_text`` and ``template_errors`` holds each of its parts),
+and ``tokens`` signs the links and voucher codes in an email.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class Catalogue:
         url_pattern = config.product_url_pattern()
         rows = shop.read_price_list(shop_url)
         return cls({
-            str(sku): {"sku": str(sku), "name": str(name), "price": str(price),
+            sku: {"sku": sku, "name": name, "price": price,
                        "currency": settings.currency,
                        "url": url_pattern.format(sku=sku) if url_pattern else None,
                        "image_url": None}

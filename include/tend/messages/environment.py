@@ -183,7 +183,6 @@ class _Environment(jinja2.Environment):
         return super().getattr(obj, attribute)
 
 
-
 def email_environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
     """The environment for the templates ``loader`` reads: autoescape for ``.html.j2`` only
     (a first name is escaped in HTML, not mangled into ``&amp;`` in the text part or the
