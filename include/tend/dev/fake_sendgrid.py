@@ -729,6 +729,11 @@ def _x_message_id() -> str:
 
 # -- running it -------------------------------------------------------------------------------
 
+#: How long stopping waits for requests still in flight (aiohttp's default is a minute): a
+#: stand-in has nothing worth a minute of waiting.
+_SHUTDOWN_S = 2.0
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -764,7 +769,7 @@ def run_in_thread(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     actual_port = sock.getsockname()[1]
-    runner = web.AppRunner(fake.app(), access_log=None)
+    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=_SHUTDOWN_S)
     started = threading.Event()
     failure: list[BaseException] = []
 
@@ -810,7 +815,7 @@ def serve(
                         keep_payloads=keep_payloads)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
-    runner = web.AppRunner(fake.app(), access_log=None)
+    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=_SHUTDOWN_S)
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, host, port, reuse_address=True)
     loop.run_until_complete(site.start())
@@ -824,8 +829,12 @@ def serve(
               f"  latency {plan.latency_ms:g} ms, faults: rate {plan.rate:g} of "
               f"{','.join(plan.kinds)}; api key: {'required' if api_key else 'any'}",
               file=ready, flush=True)
+    # Both signals stop the loop through its own handler: under uvloop a SIGINT left to
+    # Python's default handler is only seen when the loop next runs Python code, so a quiet
+    # server could miss a Ctrl-C for a long time.
     with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
         loop.add_signal_handler(signal.SIGTERM, loop.stop)
+        loop.add_signal_handler(signal.SIGINT, loop.stop)
     try:
         loop.run_forever()
     except KeyboardInterrupt:
