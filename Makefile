@@ -28,11 +28,12 @@ export TEND_STORE_URL          ?= sqlite:///$(VAR)/store.db
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint airflow airflow-db demo night clean-var lock bench-send
+.PHONY: help install run test lint serve airflow airflow-db demo night clean-var lock bench-send
 
 help:
 	@echo "make run      set everything up and run one night on the demo shop (outbox in var/outbox)"
 	@echo "make test     set everything up and run the whole test suite"
+	@echo "make serve    serve the links in the emails (unsubscribe, preferences, survey) and SendGrid's events on :8090"
 	@echo "make airflow  start Airflow (standalone) with Tend's DAGs on the same embedded defaults"
 	@echo "make lint     ruff"
 	@echo "make bench-send  100k messages end to end against the local SendGrid stand-in"
@@ -115,6 +116,12 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# The public endpoints (unsubscribe, preferences, survey, SendGrid events) on the embedded store:
+# the demo emails' links (TEND_BASE_URL's default, http://localhost:8090) lead here.
+serve: install
+	@$(BIN)/tend migrate
+	$(BIN)/tend serve
 
 airflow: install demo airflow-db
 	@$(BIN)/tend migrate

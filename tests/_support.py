@@ -108,7 +108,7 @@ def mark_claimed_sent(store_url: str, day: dt.date) -> None:
 
 
 #: The one-click unsubscribe link of :func:`make_message`.
-UNSUBSCRIBE = "<http://localhost:8080/tend/unsubscribe/Y3VzXzE.abc>"
+UNSUBSCRIBE = "<http://localhost:8090/unsubscribe/Y3VzXzE.abc>"
 
 
 def make_message(message_id: str = "msg-0001", **overrides: object) -> OutgoingMessage:

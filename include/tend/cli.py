@@ -102,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-payloads", action="store_true",
                     help="keep whole payloads in memory and in --record (default: summaries)")
 
+    sp = sub.add_parser("serve", help="serve the public endpoints: unsubscribe, preferences, "
+                                      "survey answers and SendGrid's Event Webhook")
+    store_arg(sp)
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
+    sp.add_argument("--port", type=int, default=config.DEFAULT_SERVE_PORT,
+                    help=f"default {config.DEFAULT_SERVE_PORT}; 0: any free port (printed)")
+    sp.add_argument("--workers", type=_positive, default=1,
+                    help="uvicorn worker processes (default 1)")
+
     sp = sub.add_parser("summary", help="a night's totals: candidates, sent, skipped by reason")
     store_arg(sp)
     sp.add_argument("--as-of", type=_date, required=True)
@@ -203,6 +213,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tend.reports import summary_lines
 
         _print(summary_lines(config.store_url(args.store), args.as_of))
+    elif cmd == "serve":
+        from tend.listen.serve import serve
+
+        serve(store=args.store, host=args.host, port=args.port, workers=args.workers)
     elif cmd == "fake-sendgrid":
         from tend.dev.fake_sendgrid import run_from_args
 

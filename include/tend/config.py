@@ -68,6 +68,12 @@ def outbox_dir(explicit: str | Path | None = None) -> Path:
     return Path(explicit or os.environ.get("TEND_OUTBOX_DIR") or var_dir() / "outbox").resolve()
 
 
+def spool_dir(explicit: str | Path | None = None) -> Path:
+    """``TEND_SPOOL_DIR``: where ``tend serve`` keeps what arrives while the store is down
+    (default ``var/spool``; on a persistent volume in production)."""
+    return Path(explicit or os.environ.get("TEND_SPOOL_DIR") or var_dir() / "spool").resolve()
+
+
 def templates_dir() -> Path:
     return Path(os.environ.get("TEND_TEMPLATES_DIR", PROJECT_ROOT / "templates" / "email"))
 
@@ -149,6 +155,42 @@ def sendgrid_uvloop() -> bool:
     return (os.environ.get("TEND_SENDGRID_UVLOOP") or "1").strip() != "0"
 
 
+#: Where ``tend serve`` listens by default (``make serve``); the emails' links point at it.
+DEFAULT_SERVE_PORT = 8090
+DEFAULT_BASE_URL = f"http://localhost:{DEFAULT_SERVE_PORT}"
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def public_base_url(value: str) -> str:
+    """``TEND_BASE_URL`` checked: the public address of ``tend serve``, https unless it is this
+    machine (a customer's unsubscribe click must not travel in clear text, and Gmail and Yahoo
+    ignore plain-http one-click links)."""
+    url = value.strip().rstrip("/")
+    try:
+        parts = _scheme_and_host(url)
+    except ValueError as exc:
+        raise ConfigError(f"TEND_BASE_URL={value!r} is not a URL ({exc}); use e.g. "
+                          "https://tend.shop.example") from exc
+    scheme, host = parts
+    if scheme == "https" or (scheme == "http" and host in _LOCAL_HOSTS):
+        return url
+    raise ConfigError(
+        f"TEND_BASE_URL={value!r} must be an https:// URL (plain http only for localhost): it "
+        "is where customers' unsubscribe, preferences and survey links go; put tend serve "
+        "behind a TLS reverse proxy (docs/operations.md) and give its public https address"
+    )
+
+
+def _scheme_and_host(url: str) -> tuple[str, str]:
+    """The scheme and host of an http(s) URL, lower-cased; ValueError for anything else."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http(s)://host[:port][/path]")
+    return parts.scheme.lower(), parts.hostname.lower()
+
+
 @dataclass(frozen=True)
 class ShopSettings:
     """Who the mail is from; CAN-SPAM and CASL require the sender's identity and address."""
@@ -181,7 +223,7 @@ class ShopSettings:
             from_email=get("TEND_FROM_EMAIL", "hello@maisonverte.example"),
             from_name=get("TEND_FROM_NAME", name),
             reply_to=get("TEND_REPLY_TO", "") or None,
-            base_url=get("TEND_BASE_URL", "http://localhost:8080/tend").rstrip("/"),
+            base_url=public_base_url(get("TEND_BASE_URL", DEFAULT_BASE_URL)),
             default_locale=get("TEND_DEFAULT_LOCALE", "en"),
             currency=get("TEND_CURRENCY", "CAD"),
             website_url=get("TEND_WEBSITE_URL", "") or None,

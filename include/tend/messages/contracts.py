@@ -266,7 +266,7 @@ _SPECS: tuple[TemplateSpec, ...] = (
             "signal": {"name": "survey", "reason": "order of 2026-10-28, 26 days ago",
                        "order_date": date(2026, 10, 28)},
             "products": [_product("SKL-26", "Cast-iron skillet, 26 cm", "49.95")],
-            "survey": {"url": "http://localhost:8080/tend/survey/Y3VzXzAwMDE0Mg.q2Vh8sT1"},
+            "survey": {"url": "http://localhost:8090/survey/Y3VzXzAwMDE0Mg.q2Vh8sT1"},
         },
     ),
     _spec(

@@ -37,6 +37,14 @@ def insert_ignore(conn: Connection, table: Table, rows: Sequence[Mapping[str, An
         conn.execute(stmt, list(rows[i : i + 5000]))
 
 
+def upsert(conn: Connection, table: Table, row: Mapping[str, Any], *, key: Sequence[str]) -> None:
+    """Insert ``row``, or update the row with the same ``key`` columns to its other values."""
+    ins = (postgresql.insert(table) if conn.dialect.name == "postgresql"
+           else sqlite.insert(table)).values(**row)
+    updates = {c: ins.excluded[c] for c in row if c not in key}
+    conn.execute(ins.on_conflict_do_update(index_elements=list(key), set_=updates))
+
+
 @contextmanager
 def staged(conn: Connection, name: str, columns: str, rows: Mapping[str, Any], *,
            unlogged: bool = False, analyze: bool = True) -> Iterator[str]:

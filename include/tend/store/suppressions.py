@@ -7,18 +7,21 @@ import datetime as dt
 from collections.abc import Iterable
 
 import pandas as pd
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, literal, select, union
 
 from tend.store import bulk
-from tend.store.tables import suppressions
+from tend.store.tables import complaints, suppressions
 
 
 def active(conn: Connection) -> pd.DataFrame:
-    """The unresolved suppressions: ``customer_id``, ``reason``."""
+    """The unresolved suppressions: ``customer_id``, ``reason``; a customer with an open
+    complaint (the ``complaints`` table) appears once with reason ``complaint``."""
+    listed = select(suppressions.c.customer_id, suppressions.c.reason).where(
+        suppressions.c.resolved_at.is_(None))
+    complained = select(complaints.c.customer_id, literal("complaint").label("reason")).where(
+        complaints.c.resolved_at.is_(None)).distinct()
     return pd.DataFrame(
-        conn.execute(select(suppressions.c.customer_id, suppressions.c.reason)
-                     .where(suppressions.c.resolved_at.is_(None))).all(),
-        columns=["customer_id", "reason"],
+        conn.execute(union(listed, complained)).all(), columns=["customer_id", "reason"],
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
@@ -248,3 +250,70 @@ shop_daily = Table(
     Column("orders", Integer, nullable=False),
     Column("revenue", Float, nullable=False),
 )
+
+# -- what comes back (migration 0010): the public endpoints service writes these ---------------
+
+#: A customer's own choices from the preferences page; planning honours every one of them
+#: (tend.programs.plan) and ``tend why`` names them.
+preferences = Table(
+    "preferences",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    # no marketing before this day (inclusive of the day before it)
+    Column("paused_until", Date),
+    # a tighter personal cap on marketing (tend.programs.caps)
+    Column("fewer_emails", Boolean, nullable=False, server_default=false()),
+    # no offers or win-backs, but service reminders (check-ups, replenishment) still come
+    Column("offers_opt_out", Boolean, nullable=False, server_default=false()),
+    # the language the customer chose; None = the shop's record
+    Column("locale", String(8)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: One answer per survey message; a later click changes it. ``sku`` is the product asked about.
+survey_answers = Table(
+    "survey_answers",
+    metadata,
+    Column("message_id", MessageId(), primary_key=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("program", String(100), nullable=False),
+    Column("sku", String(64)),
+    Column("rating", Integer, nullable=False),
+    Column("comment", Text),
+    Column("answered_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: An unhappy customer (a low survey rating, a spam report): marketing to them pauses while a
+#: complaint is open (tend.store.suppressions.active), staff get a daily digest, and
+#: ``tend complaints resolve`` closes it.
+complaints = Table(
+    "complaints",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("message_id", MessageId()),
+    Column("source", String(32), nullable=False),  # survey | spam_report
+    Column("rating", Integer),
+    Column("comment", Text),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("notified_at", DateTime(timezone=True)),  # in a staff digest
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("note", Text),
+)
+Index("ix_complaints_customer", complaints.c.customer_id)
+
+#: What SendGrid reported about each message (processed, delivered, deferred, open, click,
+#: bounce...), keyed by SendGrid's ``sg_event_id`` so a retried delivery changes nothing.
+message_events = Table(
+    "message_events",
+    metadata,
+    Column("event_id", String(100), primary_key=True),
+    Column("message_id", MessageId()),
+    Column("customer_id", String(64)),
+    Column("event", String(32), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("detail", Text),
+)
+Index("ix_message_events_message", message_events.c.message_id)

@@ -32,7 +32,7 @@ SHOP = ShopSettings(
     from_email="bonjour@velo.example",
     from_name="Vélo Lemieux",
     reply_to=None,
-    base_url="http://localhost:8080/tend",
+    base_url="http://localhost:8090",
     default_locale="en",
     currency="CAD",
     website_url="https://velo.example",
@@ -207,7 +207,7 @@ def test_shop_default_locale_is_the_fallback(tmp_path: Path) -> None:
 def test_unsubscribe_link_and_headers(renderer: Renderer, locale: str) -> None:
     email = _render(renderer, locale)
     unsubscribe = email.headers["List-Unsubscribe"]
-    assert unsubscribe.startswith("<http://localhost:8080/tend/unsubscribe/")
+    assert unsubscribe.startswith("<http://localhost:8090/unsubscribe/")
     assert unsubscribe.endswith(">")
     assert email.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     url = unsubscribe[1:-1]

@@ -1,0 +1,14 @@
+"""Listen: the public endpoints service (``tend serve``) — what comes back from customers and
+from SendGrid.
+
+Takes the HTTP requests behind the links of every email (unsubscribe, preferences, survey) and
+SendGrid's signed Event Webhook; gives rows in the contact store (suppressions, preferences,
+survey answers, complaints, message events) that the next planning run and the send stage
+honour. It runs on its own, in public, so the Airflow UI never faces the internet.
+
+- ``app``: the Starlette application, the shared :class:`~tend.listen.app.Service` (store,
+  settings, spool) and the guards every request passes (body size, methods, errors);
+- ``pages``: the customer's pages (unsubscribe, preferences, survey) and their templates;
+- ``events``: the SendGrid Event Webhook;
+- ``spool``: the durable local spool used while the store is unreachable.
+"""

@@ -1,0 +1,227 @@
+"""The ``tend serve`` application: one Starlette app, a :class:`Service` shared by its routes.
+
+Every route writes through :meth:`Service.record`: an action name and a JSON-able payload,
+applied by that action's handler in one store transaction, or, when the store cannot be
+reached, appended to the durable spool and applied later (the caller still gets its 2xx).
+Handlers are idempotent, so a spooled record replayed twice changes nothing the second time.
+
+The guards here face the internet: request bodies are bounded before they are read, and an
+unexpected error answers a plain 500 page, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tend import config
+from tend.config import ShopSettings
+from tend.listen.spool import Spool
+from tend.store import db
+
+__all__ = ["MAX_BODY_BYTES", "Handler", "Service", "create_app"]
+
+log = logging.getLogger("tend.listen")
+
+#: Largest request body any endpoint reads. SendGrid posts at most ~1,000 events (well under
+#: 1 MiB) per request; a form is a few hundred bytes. Larger bodies get 413 unread.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+#: How often a spool left by a store outage is retried.
+REPLAY_SECONDS = 5.0
+
+#: ``handler(conn, payload, now)``: apply one recorded action in the caller's transaction.
+Handler = Callable[[Connection, Mapping[str, Any], dt.datetime], None]
+
+
+@dataclass
+class Service:
+    """What the routes share: the store, the shop's identity, the signing secret, the spool."""
+
+    engine: Engine
+    settings: ShopSettings
+    secret: str
+    spool: Spool
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    def record(self, action: str, payload: Mapping[str, Any]) -> bool:
+        """Apply ``action`` now (True), or spool it durably when the store is down (False)."""
+        now = dt.datetime.now(dt.UTC)
+        handler = self.handlers[action]
+        try:
+            with self.engine.begin() as conn:
+                handler(conn, payload, now)
+            return True
+        except (OperationalError, DBAPIError) as exc:
+            if not _store_unreachable(exc):
+                raise
+            self.spool.append({"action": action, "payload": dict(payload),
+                               "at": now.isoformat()})
+            log.warning("store unreachable (%s): %s spooled, applied when it is back",
+                        type(exc.orig or exc).__name__, action)
+            return False
+
+    def replay(self) -> int:
+        """Apply what the spool holds; 0 and no error while the store is still down."""
+        def apply(record: dict[str, Any]) -> None:
+            handler = self.handlers.get(str(record.get("action")))
+            if handler is None:  # written by a newer version: keep it for that version
+                raise LookupError(f"no handler for spooled action {record.get('action')!r}")
+            at = dt.datetime.fromisoformat(str(record["at"]))
+            with self.engine.begin() as conn:
+                handler(conn, record.get("payload") or {}, at)
+
+        try:
+            applied = self.spool.replay(apply)
+        except (OperationalError, DBAPIError, LookupError) as exc:
+            log.debug("spool not replayed yet: %s", exc)
+            return 0
+        if applied:
+            log.info("applied %d spooled record(s)", applied)
+        return applied
+
+    def store_ok(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except (OperationalError, DBAPIError):
+            return False
+
+
+def _store_unreachable(exc: DBAPIError) -> bool:
+    """A lost or refused connection (spool it), not a bug in a statement (raise it)."""
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return True
+    return "connect" in str(exc.orig).lower()
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over ``limit`` bytes with 413, before a route reads them
+    (by ``Content-Length``) or as soon as a streamed body passes the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _plain(413 if declared.isdigit() else 400)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _plain(413)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+_REASONS = {400: "Bad request", 403: "Forbidden", 404: "Not found",
+            405: "Method not allowed", 413: "Request too large", 415: "Unsupported media type",
+            500: "Something went wrong on our side; please try again later"}
+
+
+def _plain(status: int) -> Response:
+    return PlainTextResponse(_REASONS.get(status, "Error") + "\n", status_code=status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    return _plain(status)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _plain(500)
+
+
+def create_app(
+    store_url: str | None = None,
+    *,
+    settings: ShopSettings | None = None,
+    secret: str | None = None,
+    spool_dir: Path | None = None,
+    replay_seconds: float = REPLAY_SECONDS,
+) -> Starlette:
+    """The public application for the store at ``store_url`` (default: ``TEND_STORE_URL``)."""
+    from tend.listen import events, pages
+
+    url = config.store_url(store_url)
+    service = Service(
+        engine=db.connect(url),
+        settings=settings or ShopSettings.from_env(),
+        secret=secret or config.unsubscribe_secret(),
+        spool=Spool(spool_dir or config.spool_dir()),
+    )
+    routes: list[BaseRoute] = [Route("/healthz", _health(service), methods=["GET", "HEAD"])]
+    for module in (pages, events):
+        service.handlers.update(module.HANDLERS)
+        routes.extend(module.routes(service))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def keep_replaying() -> None:
+            while True:
+                await asyncio.to_thread(service.replay)
+                await asyncio.sleep(replay_seconds)
+
+        task = asyncio.create_task(keep_replaying())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            service.engine.dispose()
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _http_error, 405: _http_error, 400: _http_error,
+                            413: _http_error, Exception: _server_error},
+    )
+    app.state.service = service
+    app.add_middleware(BodyLimit)
+    return app
+
+
+def _health(service: Service) -> Callable[[Request], Any]:
+    async def health(request: Request) -> Response:
+        """For load balancers: 200 while the service can take requests (it spools when the
+        store is down, so a store outage is reported, not failed)."""
+        store = await asyncio.to_thread(service.store_ok)
+        return JSONResponse({"status": "ok", "store": "ok" if store else "unreachable",
+                             "spooled": service.spool.pending()},
+                            headers={"Cache-Control": "no-store"})
+
+    return health

@@ -1,0 +1,49 @@
+"""A customer's own choices from the preferences page (pause, fewer emails, no offers, language).
+
+Written by ``tend serve``; read by planning (every choice is honoured) and ``tend why``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pandas as pd
+from sqlalchemy import Connection, select
+
+from tend.store import bulk
+from tend.store.tables import preferences
+
+COLUMNS = ("customer_id", "paused_until", "fewer_emails", "offers_opt_out", "locale")
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """One customer's choices; the defaults are what a customer who never chose gets."""
+
+    paused_until: dt.date | None = None
+    fewer_emails: bool = False
+    offers_opt_out: bool = False
+    locale: str | None = None
+
+
+def load(conn: Connection, customer_id: str) -> Preferences:
+    row = conn.execute(select(*(preferences.c[c] for c in COLUMNS[1:]))
+                       .where(preferences.c.customer_id == customer_id)).first()
+    if row is None:
+        return Preferences()
+    return Preferences(row.paused_until, bool(row.fewer_emails), bool(row.offers_opt_out),
+                       row.locale)
+
+
+def save(conn: Connection, customer_id: str, prefs: Preferences, *, now: dt.datetime) -> None:
+    """Replace the customer's choices with ``prefs``."""
+    values = {"paused_until": prefs.paused_until, "fewer_emails": prefs.fewer_emails,
+              "offers_opt_out": prefs.offers_opt_out, "locale": prefs.locale, "updated_at": now}
+    bulk.upsert(conn, preferences, {"customer_id": customer_id, **values}, key=["customer_id"])
+
+
+def all_chosen(conn: Connection) -> pd.DataFrame:
+    """Every customer who chose something: one row each, columns :data:`COLUMNS`."""
+    return pd.DataFrame(conn.execute(select(*(preferences.c[c] for c in COLUMNS))).all(),
+                        columns=list(COLUMNS))
