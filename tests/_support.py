@@ -13,8 +13,9 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, select, text
@@ -144,3 +145,51 @@ def numbered_message(i: int, **overrides: object) -> OutgoingMessage:
     return make_message(f"m{i:04d}", **{
         "to_email": f"customer{i}@example.com", "to_name": f"Customer {i}",
         "from_email": "hello@shop.example", **overrides})
+
+
+@dataclass
+class RunningService:
+    """A real ``tend serve`` (uvicorn over HTTP on a free port) started by a test."""
+
+    url: str
+    app: Any
+    spool_dir: Path
+
+    @property
+    def service(self) -> Any:
+        return self.app.state.service
+
+
+@contextmanager
+def running_service(store_url: str, tmp_path: Path, *, settings: Any = None,
+                    secret: str = "test-secret", replay_seconds: float = 0.2,
+                    **kwargs: Any) -> Iterator[RunningService]:
+    """Migrate ``store_url`` and serve ``tend.listen.app.create_app`` on uvicorn in a thread
+    until the block exits (``settings``: a ShopSettings, default the embedded one)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from tend.listen.app import create_app
+    from tend.store import db
+
+    db.migrate(store_url)
+    spool_dir = tmp_path / "spool"
+    app = create_app(store_url, settings=settings, secret=secret, spool_dir=spool_dir,
+                     replay_seconds=replay_seconds, **kwargs)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, name="tend-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("tend serve did not start")
+        time.sleep(0.02)
+    try:
+        yield RunningService(f"http://127.0.0.1:{port}", app, spool_dir)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
