@@ -88,13 +88,20 @@ class Spool:
                 except FileNotFoundError:
                     continue
                 path = taken
-            fd = os.open(path, os.O_RDONLY)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # a writer that opened it before the rename
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # another worker applied it meanwhile
+                continue
+            try:
+                # Waits for a writer that opened the file before the rename; another worker
+                # replaying the same file holds it too, and has removed it once we get it.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if not path.exists():
+                    continue
                 for record in _read(path):
                     apply(record)
                     applied += 1
-                path.unlink()
+                path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
         return applied
