@@ -846,7 +846,7 @@ def serve(
 
 
 def run_from_args(args: Any, out: TextIO) -> None:
-    """``tend fake-sendgrid``: the flags are declared in tend.cli (kept import-light)."""
+    """``tend fake-sendgrid``: the flags are declared in tend.cli.dev (kept import-light)."""
     try:
         plan = FaultPlan(rate=args.fault_rate, kinds=tuple(
             k.strip() for k in args.faults.split(",") if k.strip()), seed=args.seed,
