@@ -31,17 +31,12 @@ from tend.messages.render import TEMPLATE_SPECS, Renderer, sample_context
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates" / "email"
 
-SHOP = ShopSettings(
-    name="Maison Verte",
-    postal_address="1234, rue Saint-Denis\nMontréal (Québec)  H2X 3K8\nCanada",
-    from_email="bonjour@maisonverte.example",
-    from_name="Maison Verte",
-    reply_to=None,
-    base_url="https://tend.maisonverte.example/tend",
-    default_locale="en",
-    currency="CAD",
-    website_url="https://maisonverte.example",
-)
+SHOP = ShopSettings.from_env({
+    "TEND_SHOP_ADDRESS": "1234, rue Saint-Denis\nMontréal (Québec)  H2X 3K8\nCanada",
+    "TEND_FROM_EMAIL": "bonjour@maisonverte.example",
+    "TEND_BASE_URL": "https://tend.maisonverte.example/tend",
+    "TEND_WEBSITE_URL": "https://maisonverte.example",
+})
 
 FIRST_NAMES = ["Marie", "Jean-François", "Émilie", "Olivier", None, "Chloé", "Nathan", "Léa",
                "William", "Zoé", "Mohammed", "Sofia", "", "Gabriel", "Béatrice", "Liam"]

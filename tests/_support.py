@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
+from tend.config import ShopSettings
 from tend.delivery import OutgoingMessage
 
 #: The project checkout, and the email templates in it.
@@ -106,6 +107,22 @@ def mark_claimed_sent(store_url: str, day: dt.date) -> None:
         if ids:
             ledger.mark_sending(conn, ids)
             ledger.record_results(conn, [{"message_id": i, "status": "sent"} for i in ids])
+
+
+def shop_settings(**overrides: object) -> ShopSettings:
+    """A Montréal shop with a public https base URL and a storefront; any field by name."""
+    shop = ShopSettings(
+        name="Maison Verte",
+        postal_address="1234, rue Saint-Denis\nMontréal (Québec)  H2X 3K8\nCanada",
+        from_email="bonjour@maisonverte.example",
+        from_name="Maison Verte",
+        reply_to=None,
+        base_url="https://tend.maisonverte.example/tend",
+        default_locale="en",
+        currency="CAD",
+        website_url="https://maisonverte.example",
+    )
+    return replace(shop, **overrides)  # type: ignore[arg-type]
 
 
 #: The one-click unsubscribe link of :func:`make_message`.

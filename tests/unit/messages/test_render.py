@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import TEMPLATES
+from _support import TEMPLATES, shop_settings
 
-from tend.config import ShopSettings
 from tend.errors import ConfigError, TemplateError
 from tend.messages.formatting import (
     format_long_date,
@@ -26,15 +25,12 @@ from tend.messages.tokens import verify_token
 
 SECRET = "render-test-secret"
 
-SHOP = ShopSettings(
+SHOP = shop_settings(
     name="Vélo & Café Lemieux",
     postal_address="1234, rue Saint-Denis\nMontréal (Québec)  H2X 3K2",
     from_email="bonjour@velo.example",
     from_name="Vélo Lemieux",
-    reply_to=None,
     base_url="http://localhost:8090",
-    default_locale="en",
-    currency="CAD",
     website_url="https://velo.example",
 )
 

@@ -12,11 +12,10 @@ from typing import Any
 import jinja2
 import markupsafe
 import pytest
-from _support import TEMPLATES
+from _support import TEMPLATES, shop_settings
 
 import tend.messages.loader as loader_module
 import tend.messages.render as render_module
-from tend.config import ShopSettings
 from tend.errors import TemplateError
 from tend.messages.compliance import UNSUBSCRIBE_KINDS
 from tend.messages.contracts import TEMPLATE_SPECS, sample_context, sample_contexts
@@ -24,17 +23,8 @@ from tend.messages.render import RenderedEmail, Renderer
 from tend.programs.registry import load_registry
 
 SECRET = "templates-test-secret"
-SHOP = ShopSettings(
-    name="Maison Verte & Fils",
-    postal_address="1234, rue Saint-Denis\nMontréal (Québec)  H2X 3K8",
-    from_email="bonjour@maisonverte.example",
-    from_name="Maison Verte",
-    reply_to=None,
-    base_url="https://tend.maisonverte.example/tend",
-    default_locale="en",
-    currency="CAD",
-    website_url="https://maisonverte.example",
-)
+SHOP = shop_settings(name="Maison Verte & Fils",
+                     postal_address="1234, rue Saint-Denis\nMontréal (Québec)  H2X 3K8")
 NAMES = sorted(TEMPLATE_SPECS)
 LOCALES = ("en", "fr")
 # Fields that are not free text: formats, identifiers and the signal's kind.
