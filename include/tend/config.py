@@ -78,6 +78,12 @@ def templates_dir() -> Path:
     return Path(os.environ.get("TEND_TEMPLATES_DIR", PROJECT_ROOT / "templates" / "email"))
 
 
+def pages_templates_dir() -> Path:
+    """The customer pages' templates (``tend serve``), shipped with Tend: a shop restyles its
+    emails (``TEND_TEMPLATES_DIR``) without having to copy these."""
+    return PROJECT_ROOT / "templates" / "pages"
+
+
 def unsubscribe_secret() -> str:
     """The HMAC key for unsubscribe links and voucher codes.
 

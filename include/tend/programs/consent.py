@@ -96,3 +96,40 @@ def consent_fates(
            f"implied consent expired: last purchase more than {IMPLIED_CONSENT_DAYS} days ago")
     decide(marketing & ~lawful, "no_consent", "no express or implied consent to marketing")
     return pd.DataFrame({"fate": fate, "why": why})
+
+
+# -- the customer's own choices (the preferences page) ----------------------------------------
+
+#: What an opt-out of offers keeps: the reminders a customer relies on (a check-up falling due,
+#: a consumable running out), whatever their kind.
+REMINDER_SIGNALS = frozenset({"checkup", "replenish"})
+
+
+def preference_fates(candidates: pd.DataFrame, prefs: pd.DataFrame,
+                     as_of: dt.date) -> pd.DataFrame:
+    """Fate per candidate (same index) from the customers' own choices, like
+    :func:`consent_fates`: a pause stops marketing until its day, an opt-out of offers stops
+    marketing other than reminders (:data:`REMINDER_SIGNALS`).
+
+    ``candidates``: customer_id, kind, signal. ``prefs``: the preferences table's rows
+    (:func:`tend.store.preferences.all_chosen`); only customers who chose something are in it.
+    """
+    fate = pd.Series(None, index=candidates.index, dtype="object")
+    why = pd.Series(None, index=candidates.index, dtype="object")
+    if prefs.empty or candidates.empty:
+        return pd.DataFrame({"fate": fate, "why": why})
+    p = prefs.drop_duplicates("customer_id").set_index("customer_id")
+    cid = candidates["customer_id"]
+    marketing = (candidates["kind"] == "marketing").to_numpy()
+    until = pd.to_datetime(cid.map(p["paused_until"]), errors="coerce").dt.date
+    paused = marketing & until.notna().to_numpy() & (until.fillna(as_of) > as_of).to_numpy()
+    fate[paused] = "preference:paused"
+    why[paused] = ("the customer paused marketing until " + until[paused].astype(str)
+                   + " (preferences page)")
+    no_offers = (cid.map(p["offers_opt_out"]).fillna(False).astype(bool).to_numpy()
+                 & marketing & ~candidates["signal"].isin(REMINDER_SIGNALS).to_numpy()
+                 & fate.isna().to_numpy())
+    fate[no_offers] = "preference:no_offers"
+    why[no_offers] = ("the customer opted out of offers and keeps only reminders "
+                      "(preferences page)")
+    return pd.DataFrame({"fate": fate, "why": why})

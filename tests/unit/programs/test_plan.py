@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-from typing import Any
 
-import pandas as pd
 import pytest
-from _support import mark_claimed_sent
+from _support import make_program as program
+from _support import make_registry as registry
+from _support import night_decisions as decisions
+from _support import plan_test_night as night
 from sqlalchemy import select
 
 from tend import messages
@@ -16,13 +16,12 @@ from tend.config import ShopSettings
 from tend.errors import LedgerError
 from tend.features import ingest
 from tend.programs import plan
-from tend.programs.registry import Registry, parse_registry
+from tend.programs.registry import Registry
 from tend.store import ledger
 from tend.store.db import connect
 from tend.store.tables import (
     contact_ledger,
     context_batches,
-    decision_log,
     deferred,
     suppressions,
 )
@@ -31,34 +30,6 @@ MONDAY = dt.date(2026, 11, 16)
 SETTINGS = ShopSettings.from_env({})
 
 pytestmark = pytest.mark.demo_shop(customers=250, seed=21, as_of=MONDAY)
-
-
-def program(name: str, **over: Any) -> dict[str, Any]:
-    base = {"name": name, "signal": "lapsed", "template": "winback", "kind": "marketing",
-            "priority": 50, "cooldown_days": 0, "validity_days": 14}
-    return base | over
-
-
-def registry(*programs: dict[str, Any], caps: list[dict[str, int]] | None = None) -> Registry:
-    return parse_registry({"caps": caps if caps is not None else [{"messages": 1, "days": 3}],
-                           "programs": [copy.deepcopy(p) for p in programs]})
-
-
-def night(shop_url: str, store_url: str, day: dt.date, reg: Registry) -> plan.PlanResult:
-    ingest.run_ingest(shop_url, store_url, day, f"i-{day}")
-    planned = plan.plan_night(shop_url, store_url, day, f"p-{day}", settings=SETTINGS,
-                                 renderer=messages.default_renderer(SETTINGS), secret="s",
-                                 registry=reg)
-    mark_claimed_sent(store_url, day)
-    return planned
-
-
-def decisions(store_url: str, day: dt.date | None = None) -> pd.DataFrame:
-    q = select(decision_log)
-    if day:
-        q = q.where(decision_log.c.as_of == day)
-    with connect(store_url).connect() as conn:
-        return pd.DataFrame(conn.execute(q).mappings().all())
 
 
 def test_a_loser_is_deferred_then_sent_when_the_cap_allows(shop_url: str,
