@@ -104,14 +104,15 @@ def fewer_emails_fates(candidates: pd.DataFrame, recent: pd.DataFrame) -> pd.Dat
     which lists only those customers). Checked before the claim: the claim's one message per
     customer and night keeps two runs of one night from both passing it.
     """
-    fate = pd.Series(None, index=candidates.index, dtype="object")
-    why = pd.Series(None, index=candidates.index, dtype="object")
-    if recent.empty or candidates.empty:
-        return pd.DataFrame({"fate": fate, "why": why})
-    had = candidates["customer_id"].map(recent.set_index("customer_id")["messages"])
-    hit = ((candidates["kind"] == "marketing") & (had.fillna(0) >= FEWER_EMAILS_MESSAGES)
-           ).to_numpy()
-    fate[hit] = "capped:fewer_emails"
-    why[hit] = (f"the customer asked for fewer emails: at most {FEWER_EMAILS_MESSAGES} "
-                f"marketing message(s) in {FEWER_EMAILS_DAYS} days (preferences page)")
-    return pd.DataFrame({"fate": fate, "why": why})
+    n = len(candidates)
+    fate = np.full(n, None, dtype=object)
+    why = np.full(n, None, dtype=object)
+    if not recent.empty and n:
+        had = candidates["customer_id"].map(recent.set_index("customer_id")["messages"])
+        hit = ((candidates["kind"] == "marketing") & (had.fillna(0) >= FEWER_EMAILS_MESSAGES)
+               ).to_numpy()
+        fate[hit] = "capped:fewer_emails"
+        why[hit] = (f"the customer asked for fewer emails: at most {FEWER_EMAILS_MESSAGES} "
+                    f"marketing message(s) in {FEWER_EMAILS_DAYS} days (preferences page)")
+    return pd.DataFrame({"fate": pd.Series(fate, index=candidates.index, dtype=object),
+                         "why": pd.Series(why, index=candidates.index, dtype=object)})

@@ -114,22 +114,23 @@ def preference_fates(candidates: pd.DataFrame, prefs: pd.DataFrame,
     ``candidates``: customer_id, kind, signal. ``prefs``: the preferences table's rows
     (:func:`tend.store.preferences.all_chosen`); only customers who chose something are in it.
     """
-    fate = pd.Series(None, index=candidates.index, dtype="object")
-    why = pd.Series(None, index=candidates.index, dtype="object")
-    if prefs.empty or candidates.empty:
-        return pd.DataFrame({"fate": fate, "why": why})
-    p = prefs.drop_duplicates("customer_id").set_index("customer_id")
-    cid = candidates["customer_id"]
-    marketing = (candidates["kind"] == "marketing").to_numpy()
-    until = pd.to_datetime(cid.map(p["paused_until"]), errors="coerce").dt.date
-    paused = marketing & until.notna().to_numpy() & (until.fillna(as_of) > as_of).to_numpy()
-    fate[paused] = "preference:paused"
-    why[paused] = ("the customer paused marketing until " + until[paused].astype(str)
-                   + " (preferences page)")
-    no_offers = (cid.map(p["offers_opt_out"]).fillna(False).astype(bool).to_numpy()
-                 & marketing & ~candidates["signal"].isin(REMINDER_SIGNALS).to_numpy()
-                 & fate.isna().to_numpy())
-    fate[no_offers] = "preference:no_offers"
-    why[no_offers] = ("the customer opted out of offers and keeps only reminders "
-                      "(preferences page)")
-    return pd.DataFrame({"fate": fate, "why": why})
+    n = len(candidates)
+    fate = np.full(n, None, dtype=object)
+    why = np.full(n, None, dtype=object)
+    if not prefs.empty and n:
+        p = prefs.drop_duplicates("customer_id").set_index("customer_id")
+        cid = candidates["customer_id"]
+        marketing = (candidates["kind"] == "marketing").to_numpy()
+        until = pd.to_datetime(cid.map(p["paused_until"]), errors="coerce")
+        paused = marketing & (until > pd.Timestamp(as_of)).to_numpy()
+        fate[paused] = "preference:paused"
+        why[paused] = [f"the customer paused marketing until {d:%Y-%m-%d} (preferences page)"
+                       for d in until[paused]]
+        no_offers = (cid.map(p["offers_opt_out"]).fillna(False).astype(bool).to_numpy()
+                     & marketing & ~candidates["signal"].isin(REMINDER_SIGNALS).to_numpy()
+                     & ~paused)
+        fate[no_offers] = "preference:no_offers"
+        why[no_offers] = ("the customer opted out of offers and keeps only reminders "
+                          "(preferences page)")
+    return pd.DataFrame({"fate": pd.Series(fate, index=candidates.index, dtype=object),
+                         "why": pd.Series(why, index=candidates.index, dtype=object)})

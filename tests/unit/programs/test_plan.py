@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from _support import make_program as program
@@ -191,3 +192,39 @@ def test_a_claim_whose_candidate_is_gone_is_failed_not_sent(shop_url: str,
                                    contact_ledger.c.error)).all()
     gone = [r for r in rows if r.program == "first"]
     assert gone and all(r.status == "failed" and "no render context" in r.error for r in gone)
+
+
+def test_the_nightly_plan_honours_every_choice_of_the_preferences_page(
+        shop_url: str, store_url: str) -> None:
+    from tend.store import preferences as chosen
+    from tend.store.preferences import Preferences
+
+    night(shop_url, store_url, MONDAY, registry(program("winback"), caps=[]))
+    claimed = decisions(store_url, MONDAY).query("fate == 'claimed'")["customer_id"].tolist()
+    paused, no_offers, fewer, french, pause_over = claimed[:5]
+    tuesday = MONDAY + dt.timedelta(days=1)
+    with connect(store_url).begin() as conn:
+        for who, prefs in ((paused, Preferences(paused_until=tuesday + dt.timedelta(days=30))),
+                           (no_offers, Preferences(offers_opt_out=True)),
+                           (fewer, Preferences(fewer_emails=True)),
+                           (french, Preferences(locale="fr")),
+                           (pause_over, Preferences(paused_until=tuesday))):
+            chosen.save(conn, who, prefs, now=ledger.now())
+    # another marketing program on the same signal: a fresh message for each of them
+    night(shop_url, store_url, tuesday, registry(program("second"), caps=[]))
+    d = decisions(store_url, tuesday).set_index("customer_id")
+    assert d.loc[paused, "fate"] == "preference:paused"
+    assert d.loc[no_offers, "fate"] == "preference:no_offers"
+    assert d.loc[fewer, "fate"] == "deferred"
+    assert d.loc[fewer, "reason"].startswith("capped:fewer_emails")
+    assert d.loc[pause_over, "fate"] == "claimed"
+    assert d.loc[french, "fate"] == "claimed"
+    assert "the language the customer chose" in d.loc[french, "reason"]
+    with connect(store_url).connect() as conn:
+        context = ledger.contexts_of(conn, [d.loc[french, "message_id"]])
+    assert json.loads(next(iter(context.values())))["locale"] == "fr"
+
+    from tend.reports import why_lines
+
+    story = "\n".join(why_lines(store_url, paused))
+    assert "preference:paused" in story and "paused marketing until" in story
