@@ -117,29 +117,34 @@ def test_undo_and_fewer_emails_instead(store_url: str, tmp_path: Path) -> None:
         assert chosen.load(conn, "cus_1").fewer_emails is True
 
 
-@pytest.mark.parametrize("bad", [
-    "forged",                                       # garbage
-    "Y3VzXzE",                                      # truncated: no MAC
+#: Tokens that must not work: garbage, truncated, tampered, wrong purpose, not ours.
+BAD_TOKENS = [
+    "forged",
+    "Y3VzXzE",                                      # no MAC
     make_token(SECRET, "cus_1")[:-3],               # truncated MAC
     make_token(SECRET, "cus_2").split(".")[0] + "." + make_token(SECRET, "cus_1").split(".")[1],
     make_token(SECRET, "cus_1", SURVEY_PURPOSE),    # wrong purpose
     make_token("another-secret", "cus_1"),          # not ours
-])
-def test_bad_tokens_get_a_plain_404_that_reveals_nothing(store_url: str, tmp_path: Path,
-                                                         bad: str) -> None:
+]
+
+
+def test_bad_tokens_get_a_plain_404_that_reveals_nothing(store_url: str,
+                                                         tmp_path: Path) -> None:
     with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
-        answers = [c.get(f"/unsubscribe/{bad}"),
-                   c.post(f"/unsubscribe/{bad}", data=ONE_CLICK),
-                   c.post(f"/unsubscribe/{bad}/change", data={"choice": "undo"}),
-                   c.get(f"/preferences/{bad}"),
-                   c.get(f"/survey/{bad}?rating=1"),
-                   c.get("/nothing/at/all"),
-                   # each page takes only its own purpose's tokens
-                   c.get(f"/preferences/{token('cus_1')}"),
-                   c.post(f"/unsubscribe/{token('cus_1', 'preferences')}", data=ONE_CLICK),
-                   c.get(f"/survey/{token('cus_1')}?rating=1")]
-    for r in answers:
-        assert (r.status_code, r.text) == (404, "Not found\n")
+        for bad in BAD_TOKENS:
+            answers = [c.get(f"/unsubscribe/{bad}"),
+                       c.post(f"/unsubscribe/{bad}", data=ONE_CLICK),
+                       c.post(f"/unsubscribe/{bad}/change", data={"choice": "undo"}),
+                       c.get(f"/preferences/{bad}"),
+                       c.get(f"/survey/{bad}?rating=1")]
+            for r in answers:
+                assert (r.status_code, r.text) == (404, "Not found\n"), bad
+        # the same answer as a path that does not exist; each page takes only its own tokens
+        for r in (c.get("/nothing/at/all"),
+                  c.get(f"/preferences/{token('cus_1')}"),
+                  c.post(f"/unsubscribe/{token('cus_1', 'preferences')}", data=ONE_CLICK),
+                  c.get(f"/survey/{token('cus_1')}?rating=1")):
+            assert (r.status_code, r.text) == (404, "Not found\n")
     assert set(table_counts(store_url).values()) == {0}
 
 
@@ -322,3 +327,84 @@ def test_every_page_sends_the_security_headers(store_url: str, tmp_path: Path) -
     assert "<script" not in page and "http" not in re.sub(r'href="\.\./[^"]*"', "", page)
     assert answers[2].headers["content-type"].startswith("text/css")
     assert "#2f6f4f" in answers[2].text  # the emails' palette
+
+
+# -- bad input: a clear 4xx, no traceback, nothing written -----------------------------------
+
+UNSUB = f"/unsubscribe/{make_token(SECRET, 'cus_1')}"
+PREFS = f"/preferences/{make_token(SECRET, 'cus_1', 'preferences')}"
+SURVEY = "/survey/" + make_message_token(SECRET, "cus_1", "0123456789abcdef0123456789abcdef",
+                                         SURVEY_PURPOSE)
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+#: (method, path, body, headers, expected status)
+BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int]] = [
+    ("PUT", UNSUB, b"List-Unsubscribe=One-Click", FORM, 405),
+    ("DELETE", PREFS, b"", {}, 405),
+    ("GET", UNSUB + "/change", b"", {}, 405),
+    ("PATCH", SURVEY + "?rating=1", b"", {}, 405),
+    ("POST", UNSUB, b"List-Unsubscribe=" + b"x" * 9000, FORM, 413),
+    ("POST", UNSUB, b"x" * (3 * 1024 * 1024), FORM, 413),
+    ("POST", UNSUB, b"List-Unsubscribe=One-Click", {"Content-Type": "application/json"}, 415),
+    ("POST", UNSUB, b"List-Unsubscribe=One-Click", {}, 415),
+    ("POST", UNSUB, b"", FORM, 400),                                   # no one-click field
+    ("POST", UNSUB, b"List-Unsubscribe=Yes", FORM, 400),
+    ("POST", UNSUB, b"List-Unsubscribe=One-Click&List-Unsubscribe=One-Click", FORM, 400),
+    ("POST", UNSUB, b"List-Unsubscribe=One-Click&&&=", FORM, 400),     # malformed
+    ("POST", UNSUB, b"List-Unsubscribe=One-Click&junk", FORM, 400),
+    ("POST", UNSUB, b"List-Unsubscribe=One-Click&x=\xff\xfe", FORM, 400),  # not UTF-8
+    ("POST", UNSUB, b"List-Unsubscribe=One-Click&x=%ff%fe", FORM, 400),    # encoded, not UTF-8
+    ("POST", UNSUB, "&".join(f"f{i}=1" for i in range(40)).encode(), FORM, 400),
+    ("POST", UNSUB, b"--x\r\nContent-Disposition: form-data; name=\"List-Unsub",
+     {"Content-Type": "multipart/form-data; boundary=x"}, 400),          # truncated multipart
+    ("POST", UNSUB + "?" + "a" * 5000, b"List-Unsubscribe=One-Click", FORM, 400),
+    ("GET", UNSUB + "?" + "lang=fr&" * 500, b"", {}, 400),
+    ("GET", SURVEY + "?rating=" + "9" * 400, b"", {}, 400),
+    ("GET", SURVEY, b"", {}, 400),                                     # no rating
+    ("GET", SURVEY + "?rating=0", b"", {}, 400),
+    ("GET", SURVEY + "?rating=6", b"", {}, 400),
+    ("GET", SURVEY + "?rating=%C2%B2", b"", {}, 400),                  # a superscript two
+    ("GET", SURVEY + "?rating=%ff", b"", {}, 400),
+    ("POST", PREFS, b"pause=1&lang=", FORM, 403),                      # no form token
+    ("GET", "/unsubscribe/" + "A" * 5000 + ".x", b"", {}, 404),
+    ("GET", "/unsubscribe/%ff%fe.%00", b"", {}, 404),
+    ("GET", "/survey/..%2F..%2Fetc%2Fpasswd?rating=1", b"", {}, 404),
+]
+
+
+def test_bad_input_gets_a_clear_4xx_and_writes_nothing(store_url: str,
+                                                       tmp_path: Path) -> None:
+    """Table-driven over one server (each case names itself when it fails)."""
+    claim_survey(store_url, "cus_1", "0123456789abcdef0123456789abcdef")
+    with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
+        for method, path, body, headers, status in BAD_REQUESTS:
+            case = f"{method} {path[:60]} {body[:40]!r}"
+            r = c.request(method, path, content=body, headers=headers)
+            assert r.status_code == status, case
+            assert r.headers["content-type"].startswith("text/plain"), case
+            assert "Traceback" not in r.text and len(r.text) < 80, case
+    assert set(table_counts(store_url).values()) == {0}
+
+
+def test_bad_choices_in_a_genuine_form_are_refused(store_url: str, tmp_path: Path) -> None:
+    with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
+        good = form_token(c.get(PREFS).text)
+        answers = [c.post(PREFS, data={"form": good, "pause": "12", "lang": ""}),
+                   c.post(PREFS, data={"form": good, "pause": "1", "lang": "de"}),
+                   c.post(PREFS, data={"form": good, "pause": "1", "lang": "",
+                                       "fewer": "yes"}),
+                   c.post(PREFS, data={"form": good, "pause": "1\x00", "lang": ""})]
+    assert [r.status_code for r in answers] == [400] * 4
+    assert set(table_counts(store_url).values()) == {0}
+
+
+def test_emails_are_masked_in_the_service_logs(store_url: str, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with running_service(store_url, tmp_path):
+        logging.getLogger("tend.listen").warning("could not apply %s for %s", "unsubscribe",
+                                                 "marie.tremblay@example.com")
+    assert "marie.tremblay@example.com" not in caplog.text
+    assert "m***y@example.com" in caplog.text
