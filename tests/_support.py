@@ -260,3 +260,28 @@ def night_decisions(store_url: str, day: dt.date | None = None) -> Any:
         q = q.where(decision_log.c.as_of == day)
     with connect(store_url).connect() as conn:
         return pd.DataFrame(conn.execute(q).mappings().all())
+
+
+def sent_survey(store_url: str, customer_id: str, message_id: str, *,
+                sku: str | None = "SKL-26", as_of: dt.date | None = None) -> None:
+    """A survey message in the ledger, sent, with its render context (about product ``sku``),
+    as a night leaves it: what the survey's rating links answer."""
+    import json
+
+    import numpy as np
+
+    from tend.store import db, ledger
+    from tend.store.tables import contact_ledger
+
+    db.migrate(store_url)
+    now = dt.datetime.now(dt.UTC)
+    night = as_of or now.date()
+    context = {"template": "survey", "signal": {"name": "survey"},
+               "products": [{"sku": sku, "name": "Cast-iron skillet"}] if sku else []}
+    with db.connect(store_url).begin() as conn:
+        conn.execute(contact_ledger.insert().values(
+            message_id=message_id, customer_id=customer_id, program="survey",
+            occurrence=f"survey::{night}", kind="service", status="sent", as_of=night,
+            run_id="r", batch_id=0, claimed_at=now))
+        ledger.write_contexts(conn, night, np.zeros(1, dtype=np.int64), [message_id],
+                              [json.dumps(context)])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _support import running_service
+from _support import running_service, sent_survey
 
 from tend.cli import main
 from tend.messages.contexts import SURVEY_PURPOSE
@@ -17,7 +17,6 @@ from tend.messages.tokens import make_message_token
 from tend.reports import summary_lines, why_lines
 from tend.store import suppressions
 from tend.store.db import connect
-from tend.store.tables import contact_ledger
 
 MESSAGE = "0123456789abcdef0123456789abcdef"
 
@@ -27,15 +26,7 @@ def complained(store_url: str, tmp_path: Path) -> str:
     """A survey message to C000042, rated 1 with a comment through the survey page."""
     import re
 
-    from tend.store import db
-
-    db.migrate(store_url)
-    now = dt.datetime.now(dt.UTC)
-    with connect(store_url).begin() as conn:
-        conn.execute(contact_ledger.insert().values(
-            message_id=MESSAGE, customer_id="C000042", program="survey",
-            occurrence="survey::2026-11-01", kind="service", status="sent",
-            as_of=now.date(), run_id="r", batch_id=0, claimed_at=now))
+    sent_survey(store_url, "C000042", MESSAGE)
     url = "/survey/" + make_message_token("test-secret", "C000042", MESSAGE, SURVEY_PURPOSE)
     with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
         page = c.get(url + "?rating=1")

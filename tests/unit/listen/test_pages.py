@@ -14,6 +14,7 @@ from _support import (
     night_decisions,
     plan_test_night,
     running_service,
+    sent_survey,
     shop_settings,
 )
 from sqlalchemy import func, select
@@ -26,7 +27,6 @@ from tend.store import preferences as chosen
 from tend.store.db import connect
 from tend.store.tables import complaints as complaints_table
 from tend.store.tables import (
-    contact_ledger,
     preferences,
     survey_answers,
 )
@@ -234,19 +234,6 @@ def test_an_expired_form_token_is_refused(store_url: str, tmp_path: Path,
 # -- survey -----------------------------------------------------------------------------------
 
 
-def claim_survey(store_url: str, customer_id: str, message_id: str) -> None:
-    """A sent survey message in the ledger, as the nightly run leaves it."""
-    from tend.store import db
-
-    db.migrate(store_url)
-    now = dt.datetime.now(dt.UTC)
-    with connect(store_url).begin() as conn:
-        conn.execute(contact_ledger.insert().values(
-            message_id=message_id, customer_id=customer_id, program="survey",
-            occurrence="survey::2026-11-01", kind="service", status="sent", as_of=MONDAY,
-            run_id="r", batch_id=0, claimed_at=now))
-
-
 def survey_url(customer_id: str, message_id: str) -> str:
     return f"/survey/{make_message_token(SECRET, customer_id, message_id, SURVEY_PURPOSE)}"
 
@@ -254,7 +241,7 @@ def survey_url(customer_id: str, message_id: str) -> str:
 def test_a_rating_is_one_answer_per_message_and_a_later_click_changes_it(
         store_url: str, tmp_path: Path) -> None:
     mid = "0123456789abcdef0123456789abcdef"
-    claim_survey(store_url, "cus_1", mid)
+    sent_survey(store_url, "cus_1", mid)
     with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
         assert c.head(survey_url("cus_1", mid) + "?rating=1").status_code == 200
         assert table_counts(store_url)["survey_answers"] == 0  # a link checker's HEAD
@@ -269,14 +256,14 @@ def test_a_rating_is_one_answer_per_message_and_a_later_click_changes_it(
         rows = conn.execute(select(survey_answers)).mappings().all()
         assert complaints.open_ones(conn) == []
     assert len(rows) == 1
-    assert (rows[0]["rating"], rows[0]["comment"], rows[0]["program"]) == (
-        5, "Lovely skillet", "survey")
+    assert (rows[0]["rating"], rows[0]["comment"], rows[0]["program"], rows[0]["sku"]) == (
+        5, "Lovely skillet", "survey", "SKL-26")
 
 
 def test_a_low_rating_opens_a_complaint_that_pauses_marketing(store_url: str,
                                                                tmp_path: Path) -> None:
     mid = "0123456789abcdef0123456789abcdef"
-    claim_survey(store_url, "cus_1", mid)
+    sent_survey(store_url, "cus_1", mid)
     with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
         low = c.get(survey_url("cus_1", mid) + "?rating=2", headers={"Accept-Language": "fr"})
         assert "Nous sommes désolés" in low.text
@@ -293,7 +280,7 @@ def test_a_good_rating_after_a_low_one_withdraws_a_complaint_not_yet_heard(
         store_url: str, tmp_path: Path) -> None:
     """Mail scanners open every rating link in turn: the last one counts."""
     mid = "0123456789abcdef0123456789abcdef"
-    claim_survey(store_url, "cus_1", mid)
+    sent_survey(store_url, "cus_1", mid)
     with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
         for n in (1, 2, 3, 4, 5):
             assert c.get(survey_url("cus_1", mid) + f"?rating={n}").status_code == 200
@@ -302,7 +289,7 @@ def test_a_good_rating_after_a_low_one_withdraws_a_complaint_not_yet_heard(
 
 def test_a_survey_link_for_a_message_never_sent_writes_nothing(store_url: str,
                                                                 tmp_path: Path) -> None:
-    claim_survey(store_url, "cus_1", "0123456789abcdef0123456789abcdef")
+    sent_survey(store_url, "cus_1", "0123456789abcdef0123456789abcdef")
     with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
         unknown = c.get(survey_url("cus_1", "f" * 32) + "?rating=1")
         someone_else = c.get(survey_url("cus_2", "0123456789abcdef0123456789abcdef")
@@ -376,7 +363,7 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int]] = [
 def test_bad_input_gets_a_clear_4xx_and_writes_nothing(store_url: str,
                                                        tmp_path: Path) -> None:
     """Table-driven over one server (each case names itself when it fails)."""
-    claim_survey(store_url, "cus_1", "0123456789abcdef0123456789abcdef")
+    sent_survey(store_url, "cus_1", "0123456789abcdef0123456789abcdef")
     with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
         for method, path, body, headers, status in BAD_REQUESTS:
             case = f"{method} {path[:60]} {body[:40]!r}"
