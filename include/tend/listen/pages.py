@@ -233,7 +233,9 @@ class Pages:
 
         try:
             return await asyncio.to_thread(run)
-        except (OperationalError, DBAPIError):
+        except (OperationalError, DBAPIError) as exc:
+            if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+                raise  # a bug in a statement, not an outage
             return default
 
     async def record(self, action: str, payload: Mapping[str, Any]) -> None:

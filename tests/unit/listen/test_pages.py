@@ -395,3 +395,29 @@ def test_emails_are_masked_in_the_service_logs(store_url: str, tmp_path: Path,
                                                  "marie.tremblay@example.com")
     assert "marie.tremblay@example.com" not in caplog.text
     assert "m***y@example.com" in caplog.text
+
+
+def test_while_the_store_is_down_pages_show_and_clicks_are_kept(store_url: str,
+                                                                 tmp_path: Path) -> None:
+    import time
+
+    from tend.store import db
+
+    mid = "0123456789abcdef0123456789abcdef"
+    sent_survey(store_url, "cus_1", mid)
+    with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
+        real = svc.service.engine
+        # a store that cannot be opened: every connection attempt fails, as in an outage
+        svc.service.engine = db.connect(f"sqlite:///{tmp_path / 'gone' / 'store.db'}")
+        page = c.get(f"/preferences/{token('cus_1', 'preferences')}")
+        assert page.status_code == 200 and "Your email preferences" in page.text
+        assert c.post(f"/unsubscribe/{token('cus_1')}", data=ONE_CLICK).status_code == 200
+        assert c.get(survey_url("cus_1", mid) + "?rating=1").status_code == 200
+        assert svc.service.spool.pending() == 2
+        assert set(table_counts(store_url).values()) == {0}
+        svc.service.engine = real
+        deadline = time.monotonic() + 10
+        while svc.service.spool.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert active_reasons(store_url, "cus_1") == {"unsubscribed", "complaint"}
+    assert table_counts(store_url)["survey_answers"] == 1
