@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import jinja2
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -49,7 +49,6 @@ from tend.store import complaints, ledger, survey
 from tend.store import preferences as chosen
 from tend.store import suppressions as suppressed
 from tend.store.preferences import Preferences
-from tend.store.tables import contact_ledger
 
 if TYPE_CHECKING:
     from tend.listen.app import Handler, Service
@@ -125,11 +124,10 @@ def _survey_answer(conn: Connection, payload: Mapping[str, Any], now: dt.datetim
     """
     customer_id, message_id = str(payload["customer_id"]), str(payload["message_id"])
     rating, comment = int(payload["rating"]), payload.get("comment") or None
-    row = conn.execute(select(contact_ledger.c.customer_id, contact_ledger.c.program)
-                       .where(contact_ledger.c.message_id == message_id)).first()
-    if row is None or row.customer_id != customer_id:
+    sent = ledger.customer_and_program(conn, message_id)
+    if sent is None or sent[0] != customer_id:
         return
-    survey.answer(conn, message_id=message_id, customer_id=customer_id, program=row.program,
+    survey.answer(conn, message_id=message_id, customer_id=customer_id, program=sent[1],
                   sku=_asked_about(conn, message_id), rating=rating, comment=comment, now=now)
     if rating <= COMPLAINT_RATING or (comment and rating <= COMMENT_COMPLAINT):
         complaints.open_complaint(conn, customer_id=customer_id, source="survey", now=now,
