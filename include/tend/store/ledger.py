@@ -632,3 +632,29 @@ def status_counts(conn: Connection, as_of: dt.date) -> dict[str, int]:
     q = select(L.c.status, func.count()).where(L.c.as_of == as_of).group_by(L.c.status)
     return {s: int(n) for s, n in conn.execute(q)}
 
+
+
+# -- what the provider reports afterwards (tend serve's Event Webhook) ------------------------
+
+def owners(conn: Connection, message_ids: Sequence[str]) -> dict[str, str]:
+    """The customer of each of these messages that the ledger knows."""
+    ids = list(dict.fromkeys(message_ids))
+    out: dict[str, str] = {}
+    for i in range(0, len(ids), 1000):
+        out.update({str(m): str(c) for m, c in conn.execute(
+            select(L.c.message_id, L.c.customer_id).where(L.c.message_id.in_(ids[i : i + 1000])))})
+    return out
+
+
+def settle_unknown(conn: Connection, outcomes: Mapping[str, tuple[str, str]]) -> int:
+    """``message_id -> (status, note)``: an ``unknown`` message (the sender could not tell
+    whether the provider took it) whose fate the provider has since reported. Only
+    ``unknown`` rows change, so a late or repeated report never rewrites a settled one."""
+    if not outcomes:
+        return 0
+    stmt = (update(L).where(L.c.message_id == bindparam("mid"), L.c.status == "unknown")
+            .values(status=bindparam("st"), error=bindparam("err"), finished_at=bindparam("fin")))
+    stamp = now()
+    res = conn.execute(stmt, [{"mid": m, "st": st, "err": note, "fin": stamp}
+                              for m, (st, note) in outcomes.items()])
+    return res.rowcount or 0
