@@ -156,11 +156,11 @@ def apply_events(conn: Connection, payload: Mapping[str, Any], now: dt.datetime)
     events = [e for e in payload.get("events") or () if isinstance(e, dict)]
     if not events:
         return
-    owner = ledger.owners(conn, [e["mid"] for e in events if e.get("mid")])
+    known = ledger.owners(conn, [e["mid"] for e in events if e.get("mid")])
     rows = [{
         "event_id": e["id"],
-        "message_id": e["mid"] if e.get("mid") in owner else None,
-        "customer_id": owner.get(e.get("mid") or ""),
+        "message_id": e["mid"] if e.get("mid") in known else None,
+        "customer_id": known[e["mid"]][0] if e.get("mid") in known else None,
         "event": e["event"],
         "occurred_at": dt.datetime.fromtimestamp(int(e["ts"]), dt.UTC),
         "received_at": now,
@@ -173,9 +173,9 @@ def apply_events(conn: Connection, payload: Mapping[str, Any], now: dt.datetime)
         if e["id"] not in new:
             continue
         new.discard(e["id"])  # a second copy inside the same batch is not new either
-        customer = owner.get(e.get("mid") or "")
-        if customer is None:
+        if e.get("mid") not in known:
             continue  # not one of our messages: stored, without effects
+        customer, status = known[e["mid"]]
         reason = suppression_reason(e)
         if reason is not None:
             supp.append({"customer_id": customer, "email": e.get("email"), "reason": reason,
@@ -183,6 +183,8 @@ def apply_events(conn: Connection, payload: Mapping[str, Any], now: dt.datetime)
         if e["event"] == "spamreport":
             complaints.open_complaint(conn, customer_id=customer, source="spam_report", now=now,
                                       message_id=e["mid"])
+        if status != "unknown":
+            continue
         if e["event"] == "dropped":
             settle[e["mid"]] = ("failed", f"SendGrid dropped it ({e.get('reason') or 'no reason'})")
         else:

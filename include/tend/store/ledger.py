@@ -636,13 +636,19 @@ def status_counts(conn: Connection, as_of: dt.date) -> dict[str, int]:
 
 # -- what the provider reports afterwards (tend serve's Event Webhook) ------------------------
 
-def owners(conn: Connection, message_ids: Sequence[str]) -> dict[str, str]:
-    """The customer of each of these messages that the ledger knows."""
+def owners(conn: Connection, message_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``message_id -> (customer_id, status)`` for those of these messages the ledger knows."""
     ids = list(dict.fromkeys(message_ids))
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
+    if ids and conn.dialect.name == "postgresql":  # one array parameter, not 1,000 binds
+        rows = conn.exec_driver_sql(
+            "SELECT message_id::text, customer_id, status FROM contact_ledger "
+            "WHERE message_id = ANY(%(ids)s::uuid[])", {"ids": ids})
+        return {m.replace("-", ""): (str(c), str(s)) for m, c, s in rows}
     for i in range(0, len(ids), 1000):
-        out.update({str(m): str(c) for m, c in conn.execute(
-            select(L.c.message_id, L.c.customer_id).where(L.c.message_id.in_(ids[i : i + 1000])))})
+        out.update({str(m): (str(c), str(s)) for m, c, s in conn.execute(
+            select(L.c.message_id, L.c.customer_id, L.c.status)
+            .where(L.c.message_id.in_(ids[i : i + 1000])))})
     return out
 
 
