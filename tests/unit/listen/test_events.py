@@ -209,12 +209,23 @@ def test_the_key_may_come_from_the_sendgrid_connection(
         assert post(c, WebhookSigner.new(), []).status_code == 403
 
 
+def rsa_public_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key(
+    ).public_bytes(serialization.Encoding.PEM,
+                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return "".join(pem.strip().splitlines()[1:-1])
+
+
+@pytest.mark.parametrize("key", ["not-a-key", "rsa"])
 def test_a_malformed_key_stops_the_service_with_a_clear_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tend.errors import ConfigError
     from tend.listen.app import create_app
 
-    monkeypatch.setenv("TEND_SENDGRID_WEBHOOK_KEY", "not-a-key")
+    monkeypatch.setenv("TEND_SENDGRID_WEBHOOK_KEY", rsa_public_key() if key == "rsa" else key)
     with pytest.raises(ConfigError, match="TEND_SENDGRID_WEBHOOK_KEY"):
         create_app(f"sqlite:///{tmp_path / 'store.db'}", spool_dir=tmp_path / "spool")
 
