@@ -48,8 +48,8 @@ ACTION = "sendgrid_events"
 PATH = "/sendgrid/events"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
-#: Events one request may carry. SendGrid batches "up to ~1,000" (by size, not count); an
-#: array much longer than that did not come from it.
+#: Events one request may carry. SendGrid cuts its batches by size, well under the body limit
+#: (about a thousand events); an array several times longer did not come from it.
 MAX_EVENTS = 5000
 
 _EVENT = re.compile(r"[a-z_]{1,32}")
