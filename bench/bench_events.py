@@ -165,14 +165,20 @@ async def post_events(base: str, key: Any, docs: list[bytes], posters: int) -> f
         return time.perf_counter() - t0
 
 
-async def unsubscribe(base: str, customers: list[str], clients: int, *, burst: bool
-                      ) -> list[float] | None:
+#: How the clients click (``--unsubscribe-modes``): ``paced``, each client once every
+#: ``--pace`` seconds, starting at random offsets (200 people clicking, the server keeping up);
+#: ``burst``, rounds of one request per client sent at once, each round after the last is
+#: answered (a crowd clicking together); ``flood``, each client back to back (a sustained
+#: overload: latency is then mostly queueing).
+MODES = ("paced", "burst", "flood")
+
+
+async def unsubscribe(base: str, customers: list[str], clients: int, *, mode: str,
+                      pace: float) -> list[float] | None:
     """One-click unsubscribes from ``clients`` connections; the latency of every request as
-    its client saw it. ``burst``: rounds of ``clients`` requests sent at once, each round
-    after the last one is answered (a crowd clicking together); otherwise each client posts
-    its share back to back (a sustained flood: latency is then mostly queueing). aiohttp: a
-    light client, so that the figures are the server's rather than the client's event loop
-    (both share this machine)."""
+    its client saw it (None: the build has no unsubscribe route). aiohttp: a light client, so
+    that the figures are the server's rather than the client's event loop (both share this
+    machine)."""
     import aiohttp
 
     paths = [f"/unsubscribe/{make_token(SECRET, c)}" for c in customers]
@@ -181,14 +187,19 @@ async def unsubscribe(base: str, customers: list[str], clients: int, *, burst: b
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=clients)
     timeout = aiohttp.ClientTimeout(total=120)
+    rng = random.Random(3)
     async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as session:
         async with session.post(paths[0], data=body, headers=form) as r:
             if r.status in (404, 405):
                 return None
         per = (len(paths) - 1) // clients
 
-        async def client_task(mine: list[str]) -> None:
+        async def client_task(mine: list[str], paced: bool = False) -> None:
+            due = time.perf_counter() + (rng.random() * pace if paced else 0.0)
             for path in mine:
+                if paced:
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                    due += pace
                 t0 = time.perf_counter()
                 async with session.post(path, data=body, headers=form) as r:
                     await r.read()
@@ -197,13 +208,14 @@ async def unsubscribe(base: str, customers: list[str], clients: int, *, burst: b
                 if status >= 300:
                     raise RuntimeError(f"one-click unsubscribe answered {status}")
 
-        if burst:
+        shares = [paths[1 + i * per : 1 + (i + 1) * per] for i in range(clients)]
+        if mode == "burst":
             for start in range(1, len(paths) - clients + 1, clients):
                 await asyncio.gather(*(client_task([p])
                                        for p in paths[start : start + clients]))
         else:
-            await asyncio.gather(*(client_task(paths[1 + i * per : 1 + (i + 1) * per])
-                                   for i in range(clients)))
+            await asyncio.gather(*(client_task(mine, paced=mode == "paced")
+                                   for mine in shares))
     return latencies
 
 
@@ -242,20 +254,21 @@ def run(backend: str, args: argparse.Namespace) -> None:
         try:
             if args.events:
                 ingest_figures(backend, base, url, key, docs, args)
-            half = args.unsubscribes // 2
-            for burst, share in ((True, rows[:half + 1]), (False, rows[half + 1 :][: half + 1])):
-                customers = [c for _, c in share]
+            modes = [m.strip() for m in args.unsubscribe_modes.split(",") if m.strip()]
+            share = args.unsubscribes // max(len(modes), 1)
+            for i, mode in enumerate(modes):
+                customers = [c for _, c in rows[i * (share + 1) : (i + 1) * (share + 1)]]
                 t0 = time.perf_counter()
-                lat = asyncio.run(unsubscribe(base, customers, args.clients, burst=burst))
+                lat = asyncio.run(unsubscribe(base, customers, args.clients, mode=mode,
+                                              pace=args.pace))
                 seconds = time.perf_counter() - t0
                 if lat is None:
                     print(f"{backend}: one-click unsubscribe skipped: this build has no "
                           "/unsubscribe route")
                     break
                 ms = [x * 1000 for x in lat]
-                how = "in bursts of" if burst else "back to back from"
-                print(f"{backend}: {len(ms):,} one-click unsubscribes {how} {args.clients} "
-                      f"clients: p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, "
+                print(f"{backend}: {len(ms):,} one-click unsubscribes, {args.clients} clients, "
+                      f"{mode}: p50 {pct(ms, 50):.1f} ms, p99 {pct(ms, 99):.1f} ms, "
                       f"max {max(ms):.1f} ms ({len(ms) / seconds:,.0f} requests/s)")
         finally:
             proc.send_signal(signal.SIGINT)
@@ -274,7 +287,12 @@ def main() -> int:
     p.add_argument("--posters", type=int, default=4)
     p.add_argument("--messages", type=int, default=20_000, help="sent messages in the ledger")
     p.add_argument("--clients", type=int, default=200)
-    p.add_argument("--unsubscribes", type=int, default=4000)
+    p.add_argument("--unsubscribes", type=int, default=6000,
+                   help="one-click unsubscribes in all, shared between the modes")
+    p.add_argument("--unsubscribe-modes", default=",".join(MODES),
+                   help=f"how the clients click, any of {', '.join(MODES)} (see MODES)")
+    p.add_argument("--pace", type=float, default=1.0,
+                   help="paced mode: seconds between one client's clicks")
     p.add_argument("--port", type=int, default=8097)
     args = p.parse_args()
     for backend in args.backends.split(","):
