@@ -30,7 +30,7 @@ What it does
     ``limit`` at most 500, ``offset``, ``start_time``/``end_time`` in epoch seconds; each entry
     ``{"created", "email", ...}``), holding what ``POST /_suppressions`` (or
     :meth:`FakeSendGrid.set_suppressions`) told it: ``{"bounces": [{"email": ...,
-    "created": ...}], ...}``.
+    "created": ...}], ...}``. The ``429``, ``500`` and ``503`` faults apply to them too.
 
 ``GET /_faults``, ``POST /_faults``, ``POST /_reset``
     Read or change fault injection at run time; forget everything recorded.
@@ -725,6 +725,11 @@ class FakeSendGrid:
         if scheme != "Bearer" or not key.strip() or (
                 self.api_key is not None and key.strip() != self.api_key):
             return _errors(401, [_err(None, "authorization required")])
+        fault = self._draw_fault(None)
+        if fault == "429":
+            return _rate_limited(self.faults.reset_ms)
+        if fault in ("500", "503"):
+            return _errors(int(fault), [_err(None, "the service is not available")])
         q = request.rel_url.query
         try:
             limit = int(q.get("limit", "500"))

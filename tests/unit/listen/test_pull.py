@@ -100,3 +100,21 @@ def test_the_cli_pulls_with_the_environment_settings(
     out = capsys.readouterr().out
     assert "bounces" in out and "not suppressed" in out
     assert [r[:2] for r in stored(store_url)] == [(cid, "hard_bounce")]
+
+
+def test_rate_limits_are_waited_out_and_an_outage_is_an_error(
+        fake: RunningFake, store_url: str, demo_shop: str) -> None:
+    from tend.dev.fake_sendgrid import FaultPlan
+    from tend.errors import DeliveryError
+
+    ((cid, email),) = emails(demo_shop, 1).items()
+    fake.fake.set_suppressions({"unsubscribes": [{"email": email, "created": LISTED}]})
+    settings = SendGridSettings(api_key=KEY, base_url=fake.url)
+    waits: list[float] = []
+    fake.fake.set_faults(FaultPlan(script=["429", "429"], reset_ms=2000))
+    pull_suppressions(settings, store_url, demo_shop, sleep=waits.append)
+    assert len(waits) == 2 and all(0.1 <= w <= 2.5 for w in waits)
+    assert [r[:2] for r in stored(store_url)] == [(cid, "unsubscribed")]
+    fake.fake.set_faults(FaultPlan(script=["ok", "503"]))
+    with pytest.raises(DeliveryError, match="503 on /v3/suppression/blocks"):
+        pull_suppressions(settings, store_url, demo_shop, sleep=waits.append)
