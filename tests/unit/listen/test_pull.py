@@ -111,9 +111,9 @@ def test_rate_limits_are_waited_out_and_an_outage_is_an_error(
     fake.fake.set_suppressions({"unsubscribes": [{"email": email, "created": LISTED}]})
     settings = SendGridSettings(api_key=KEY, base_url=fake.url)
     waits: list[float] = []
-    fake.fake.set_faults(FaultPlan(script=["429", "429"], reset_ms=2000))
+    fake.fake.set_faults(FaultPlan(script=["429", "429"], reset_ms=1500))
     pull_suppressions(settings, store_url, demo_shop, sleep=waits.append)
-    assert len(waits) == 2 and all(0.1 <= w <= 2.5 for w in waits)
+    assert len(waits) == 2 and all(0.1 <= w <= 1.6 for w in waits)
     assert [r[:2] for r in stored(store_url)] == [(cid, "unsubscribed")]
     fake.fake.set_faults(FaultPlan(script=["ok", "503"]))
     with pytest.raises(DeliveryError, match="503 on /v3/suppression/blocks"):
