@@ -42,6 +42,7 @@ help:
 	@echo "make bench-signals  ingest and signals on 1M demo customers / ~20M order lines"
 	@echo "make bench-read  the shop read alone (full and incremental) on that shop"
 	@echo "make bench-features  the feature computation alone on that shop's orders"
+	@echo "make bench-events  tend serve: signed webhook events/s (SQLite, PostgreSQL), unsubscribe p99"
 	@echo "make clean-var  forget the demo shop, the contact store and the outbox"
 
 $(VENV)/bin/python:
@@ -165,3 +166,10 @@ bench-read: install
 
 bench-features: install
 	$(BIN)/python bench/bench_features.py
+
+# One tend serve process: signed SendGrid webhook batches of 1,000 events into SQLite and
+# PostgreSQL (BENCH_DATABASE_URL), then one-click unsubscribe latency with 200 clients.
+# BENCH_EVENTS_ARGS="--events 20000 --backends sqlite" etc.
+.PHONY: bench-events
+bench-events: install
+	$(BIN)/python bench/bench_events.py $(BENCH_EVENTS_ARGS)

@@ -10,9 +10,10 @@ import datetime as dt
 import os
 import socket
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,174 @@ def sent_survey(store_url: str, customer_id: str, message_id: str, *,
             run_id="r", batch_id=0, claimed_at=now))
         ledger.write_contexts(conn, night, np.zeros(1, dtype=np.int64), [message_id],
                               [json.dumps(context)])
+
+
+@dataclass
+class WebhookSigner:
+    """An ECDSA key pair made for a test, signing bodies as SendGrid's Signed Event Webhook
+    does (over the timestamp header followed by the raw body)."""
+
+    private_key: Any
+    public_key: str
+    """As SendGrid shows it: the base64 of the DER public key, no PEM armour."""
+
+    @classmethod
+    def new(cls) -> WebhookSigner:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        return cls(key, "".join(pem.strip().splitlines()[1:-1]))
+
+    def signature(self, body: bytes, stamp: str) -> str:
+        import base64
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        return base64.b64encode(
+            self.private_key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+
+    def headers(self, body: bytes, at: float | None = None) -> dict[str, str]:
+        import time
+
+        stamp = str(int(time.time() if at is None else at))
+        return {"Content-Type": "application/json",
+                "X-Twilio-Email-Event-Webhook-Signature": self.signature(body, stamp),
+                "X-Twilio-Email-Event-Webhook-Timestamp": stamp}
+
+
+def add_ledger_messages(store_url: str, rows: list[dict[str, Any]],
+                        as_of: dt.date = dt.date(2026, 11, 20)) -> None:
+    """Ledger rows for tests that need messages to exist (no render contexts): each row gives
+    at least message_id and customer_id; status defaults to sent, kind to marketing."""
+    from tend.store.db import connect
+    from tend.store.tables import contact_ledger
+
+    stamp = dt.datetime.now(dt.UTC)
+    with connect(store_url).begin() as conn:
+        conn.execute(contact_ledger.insert(), [{
+            "program": "winback", "occurrence": "o1", "kind": "marketing", "status": "sent",
+            "as_of": as_of, "run_id": "test", "batch_id": 0, "claimed_at": stamp, **r}
+            for r in rows])
+
+
+class TcpProxy:
+    """A TCP forwarder on a local port that a test stops (every connection cut, new ones
+    refused) and starts again on the same port: a database server going away, for real."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            with suppress(OSError):  # wakes the thread blocked in accept(); close() won't
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+@dataclass
+class InterruptibleStore:
+    """A migrated store that a test takes down and brings back; ``url`` is what the code under
+    test connects to. PostgreSQL: through a :class:`TcpProxy` that is stopped. SQLite: the file
+    moved away and a directory put in its place, so nothing can open it."""
+
+    url: str
+    proxy: TcpProxy | None = None
+    path: Path | None = None
+
+    def down(self) -> None:
+        from tend.store.db import connect
+
+        if self.proxy is not None:
+            self.proxy.stop()
+            return
+        assert self.path is not None
+        connect(self.url).dispose()  # close the pool's handles on the file
+        for suffix in ("", "-wal", "-shm"):
+            f = Path(f"{self.path}{suffix}")
+            if f.exists():
+                f.rename(f"{f}.away")
+        self.path.mkdir()
+
+    def up(self) -> None:
+        if self.proxy is not None:
+            self.proxy.start()
+            return
+        assert self.path is not None
+        self.path.rmdir()
+        for suffix in ("", "-wal", "-shm"):
+            f = Path(f"{self.path}{suffix}.away")
+            if f.exists():
+                f.rename(f"{self.path}{suffix}")
+
+
+@contextmanager
+def interruptible_store(store_url: str) -> Iterator[InterruptibleStore]:
+    """``store_url`` (migrated) made interruptible; see :class:`InterruptibleStore`."""
+    from tend.config import sqlite_file
+    from tend.store.db import connect
+
+    file = sqlite_file(store_url)
+    if file is not None:
+        yield InterruptibleStore(store_url, path=Path(file))
+        return
+    u = make_url(store_url)
+    proxy = TcpProxy(u.host or "127.0.0.1", u.port or 5432)
+    proxy.start()
+    url = u.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    try:
+        yield InterruptibleStore(url, proxy=proxy)
+    finally:
+        connect(url).dispose()
+        proxy.stop()

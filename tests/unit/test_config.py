@@ -108,3 +108,36 @@ def test_settings_read_at_call_time_with_fix_it_errors(monkeypatch: pytest.Monke
         with pytest.raises(ConfigError, match=var) as err:
             getter()
         assert hint in str(err.value)
+
+
+@pytest.mark.parametrize("value", [
+    '{"conn_type": "sendgrid", "password": "SG.k", "extra": {"webhook_public_key": "MFkw AB=="}}',
+    '{"conn_type": "sendgrid", "extra": "{\\"webhook_public_key\\": \\"MFkwAB==\\"}"}',
+    "sendgrid://:SG.k@?webhook_public_key=MFkwAB%3D%3D",
+    "sendgrid://:SG.k@?__extra__=%7B%22webhook_public_key%22%3A+%22MFkwAB%3D%3D%22%7D",
+])
+def test_the_webhook_key_comes_from_the_sendgrid_connection_in_either_form(value: str) -> None:
+    assert config.sendgrid_webhook_key({"AIRFLOW_CONN_SENDGRID_DEFAULT": value}) == "MFkwAB=="
+
+
+def test_the_webhook_key_variable_wins_and_pem_armour_is_accepted() -> None:
+    env = {"TEND_SENDGRID_WEBHOOK_KEY": "-----BEGIN PUBLIC KEY-----\nMFkw\nXYZ=\n"
+                                        "-----END PUBLIC KEY-----\n",
+           "AIRFLOW_CONN_SENDGRID_DEFAULT": '{"extra": {"webhook_public_key": "other"}}'}
+    assert config.sendgrid_webhook_key(env) == "MFkwXYZ="
+    assert config.sendgrid_webhook_key({}) is None
+    assert config.sendgrid_webhook_key({"AIRFLOW_CONN_SENDGRID_DEFAULT": "sendgrid://h"}) is None
+
+
+@pytest.mark.parametrize("value", ["{not json", '{"extra": "[1"}', '{"extra": [1]}', "no-scheme"])
+def test_a_malformed_connection_variable_is_a_config_error(value: str) -> None:
+    with pytest.raises(ConfigError, match="AIRFLOW_CONN_SENDGRID_DEFAULT"):
+        config.env_connection("sendgrid_default", {"AIRFLOW_CONN_SENDGRID_DEFAULT": value})
+
+
+def test_a_uri_connection_keeps_its_fields() -> None:
+    conn = config.env_connection(
+        "sendgrid_default", {"AIRFLOW_CONN_SENDGRID_DEFAULT": "http://me:p%40ss@127.0.0.1:8089"})
+    assert conn is not None
+    assert (conn.conn_type, conn.host, conn.port, conn.login, conn.password) == (
+        "http", "127.0.0.1", 8089, "me", "p@ss")

@@ -316,3 +316,19 @@ def read_orders_of_days(url: str, wanted: Iterable[tuple[str, dt.date]]
                             "total": str(r.total), "currency": str(r.currency),
                             "skus": list(skus.get(r.order_id, []))}
     return out
+
+
+def customer_ids_by_email(url: str, emails: Iterable[str]) -> dict[str, list[str]]:
+    """The shop's customers with these addresses (compared lower-cased), by lower-cased email:
+    SendGrid's suppression lists know addresses, Tend's suppressions know customers."""
+    from sqlalchemy import func
+
+    c = s.customers
+    wanted = sorted({e.strip().lower() for e in emails if e and e.strip()})
+    out: dict[str, list[str]] = {}
+    with connect(url).connect() as conn:
+        for chunk in _chunks(wanted, _IN_CHUNK):
+            for customer_id, email in conn.execute(
+                    select(c.c.customer_id, c.c.email).where(func.lower(c.c.email).in_(chunk))):
+                out.setdefault(str(email).strip().lower(), []).append(str(customer_id))
+    return out

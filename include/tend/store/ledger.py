@@ -639,3 +639,35 @@ def customer_and_program(conn: Connection, message_id: str) -> tuple[str, str] |
     row = conn.execute(select(L.c.customer_id, L.c.program)
                        .where(L.c.message_id == message_id)).first()
     return (row.customer_id, row.program) if row else None
+
+
+# -- what the provider reports afterwards (tend serve's Event Webhook) ------------------------
+
+def owners(conn: Connection, message_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``message_id -> (customer_id, status)`` for those of these messages the ledger knows."""
+    ids = list(dict.fromkeys(message_ids))
+    out: dict[str, tuple[str, str]] = {}
+    if ids and conn.dialect.name == "postgresql":  # one array parameter, not 1,000 binds
+        rows = conn.exec_driver_sql(
+            "SELECT message_id::text, customer_id, status FROM contact_ledger "
+            "WHERE message_id = ANY(%(ids)s::uuid[])", {"ids": ids})
+        return {m.replace("-", ""): (str(c), str(s)) for m, c, s in rows}
+    for i in range(0, len(ids), 1000):
+        out.update({str(m): (str(c), str(s)) for m, c, s in conn.execute(
+            select(L.c.message_id, L.c.customer_id, L.c.status)
+            .where(L.c.message_id.in_(ids[i : i + 1000])))})
+    return out
+
+
+def settle_unknown(conn: Connection, outcomes: Mapping[str, tuple[str, str]]) -> int:
+    """``message_id -> (status, note)``: an ``unknown`` message (the sender could not tell
+    whether the provider took it) whose fate the provider has since reported. Only
+    ``unknown`` rows change, so a late or repeated report never rewrites a settled one."""
+    if not outcomes:
+        return 0
+    stmt = (update(L).where(L.c.message_id == bindparam("mid"), L.c.status == "unknown")
+            .values(status=bindparam("st"), error=bindparam("err"), finished_at=bindparam("fin")))
+    stamp = now()
+    res = conn.execute(stmt, [{"mid": m, "st": st, "err": note, "fin": stamp}
+                              for m, (st, note) in outcomes.items()])
+    return res.rowcount or 0
