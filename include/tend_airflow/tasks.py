@@ -93,3 +93,10 @@ def summary(as_of: str) -> None:
 
     for line in summary_lines(store_url(), dt.date.fromisoformat(as_of)):
         log.info(line)
+
+
+def kpi(as_of: str) -> int:
+    """Recompute the results of the months still open and store them (the ``kpi`` table)."""
+    from tend.results.kpi import store_kpis
+
+    return store_kpis(shop_url(), store_url(), dt.date.fromisoformat(as_of))
