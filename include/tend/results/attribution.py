@@ -1,15 +1,18 @@
 """Attribution: which contacts (and which holdouts) were followed by an order.
 
-The unit is an **exposure**: a customer and a program in a calendar month, in one of two groups:
+The unit is an **exposure**: a customer and a program in a holdout period (the calendar quarter
+in which the holdout draw keeps a customer in or out of a program, tend.programs.caps), in one
+of two groups:
 
 * ``contacted``: the program's message to the customer was ``sent`` (the contact ledger);
 * ``held_out``: the customer was eligible, drew the control group and was logged ``held_out``
   (the decision log), so nothing was sent.
 
-A customer counts once per program and month, on their first night of it: a held-out customer
+The draw is made per (customer, program, quarter), so that is the experiment's unit, and a
+customer counts once per program and quarter, from their first night of it: a held-out customer
 whose signal fires again the next night is logged ``held_out`` again, while a contacted one is
-kept quiet by the program's cooldown, so counting every night would give the holdout many
-more chances to "respond" than the contacted group.
+kept quiet by the program's cooldown, so counting every night would give the holdout many more
+chances to "respond" than the contacted group. A unit belongs to the month of its first night.
 
 The same rule decides a response in both groups: **an order placed on one of the
 ``window_days`` days after the night** (the night's own orders were already known when it
@@ -30,21 +33,35 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-UNIT_KEY = ["program", "customer_id", "month"]
+from tend.programs.caps import holdout_period
+
+UNIT_KEY = ["program", "customer_id", "period"]
 GROUPS = ("contacted", "held_out")
 
 
+def period_start(day: dt.date) -> dt.date:
+    """The first night of ``day``'s holdout period (its calendar quarter): exposures must be
+    read from there for ``units`` to know who was already exposed before a report's range."""
+    return dt.date(day.year, 3 * ((day.month - 1) // 3) + 1, 1)
+
+
 def units(exposures: pd.DataFrame) -> pd.DataFrame:
-    """One row per (program, customer, month): the first exposure of it.
+    """One row per (program, customer, holdout period): the first exposure of it, with its
+    ``period`` and ``month``.
 
     ``exposures``: customer_id, program, night (date), group, message_id (from
-    ``tend.store.ledger.exposures``). When a customer has both kinds on one night (a holdout
-    share changed mid-quarter), the contact wins: it is the one that can have caused something.
+    ``tend.store.ledger.exposures``), read from the start of a period. When a customer has both
+    kinds on one night (a holdout share changed mid-quarter), the contact wins: it is the one
+    that can have caused something.
     """
     if exposures.empty:
-        return exposures.assign(month=pd.Series(dtype=object)).reset_index(drop=True)
+        return exposures.assign(period=pd.Series(dtype=object),
+                                month=pd.Series(dtype=object)).reset_index(drop=True)
     e = exposures.copy()
-    e["month"] = [f"{d:%Y-%m}" for d in e["night"]]
+    nights = pd.Series(e["night"].unique())  # a few nights, many rows: label each night once
+    e["period"] = e["night"].map(dict(zip(nights, nights.map(holdout_period), strict=True)))
+    e["month"] = e["night"].map(dict(zip(nights, nights.map(lambda d: f"{d:%Y-%m}"),
+                                         strict=True)))
     e["_rank"] = (e["group"] != "contacted").astype(int)
     e = e.sort_values(["night", "_rank"], kind="stable")
     return e.drop_duplicates(UNIT_KEY, keep="first").drop(columns="_rank").reset_index(drop=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tend.programs.caps import holdout_period
 from tend.programs.registry import Registry, load_registry
 from tend.results import attribution, stats
 
@@ -70,7 +71,7 @@ def _row(row: dict, g: pd.DataFrame, reactivation: frozenset[str]) -> dict:
                else np.nan,
                window_days=int(g["window_days"].max()) if len(g) else np.nan,
                open_windows=int(g["window_open"].sum()))
-    # units are customer-months: messages per unit is contacts per customer per month
+    # messages of the program per contacted customer (a unit is one customer)
     row["contacts_per_customer"] = row["messages"] / n1 if n1 else np.nan
     row["reactivation_rate"] = row["response_rate"] if row.get("program") in reactivation \
         else np.nan
@@ -124,10 +125,13 @@ def compute(shop_url: str, store_url: str, start: dt.date, end: dt.date, *,
     if until is None:
         until = min(end + dt.timedelta(days=longest), dt.datetime.now(dt.UTC).date())
     with connect(store_url).connect() as conn:
-        raw = ledger.exposures(conn, start, end)
+        # from the start of the holdout period: who was exposed before the range is not new
+        raw = ledger.exposures(conn, attribution.period_start(start), end)
         since = dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC)
         outs = suppressed.opt_outs(conn, since)
     unit_frame = attribution.units(raw)
+    unit_frame = unit_frame.loc[unit_frame["night"] >= start].reset_index(drop=True)
+    raw = raw.loc[raw["night"] >= start]
     orders = pd.DataFrame(columns=["customer_id", "ordered_at", "total"])
     if len(unit_frame):
         customers = sorted(unit_frame["customer_id"].unique())
@@ -155,10 +159,12 @@ def compute(shop_url: str, store_url: str, start: dt.date, end: dt.date, *,
 
 
 def _with_messages(units: pd.DataFrame, sent: pd.DataFrame) -> pd.DataFrame:
-    """Each contacted unit's count of messages sent by its program that month (a unit is the
-    first of them)."""
-    counts = sent.groupby(attribution.UNIT_KEY).size().rename("messages")
-    out = units.join(counts, on=attribution.UNIT_KEY)
+    """Each contacted unit's count of messages its program sent the customer in the range
+    and the unit's holdout period (a unit is the first of them)."""
+    key = attribution.UNIT_KEY
+    counts = sent.assign(period=[holdout_period(d) for d in sent["night"]]).groupby(
+        key).size().rename("messages")
+    out = units.join(counts, on=key)
     out["messages"] = out["messages"].fillna(0).astype(int)
     return out
 
@@ -173,12 +179,14 @@ def _everyone(units: pd.DataFrame, sent: pd.DataFrame):  # type: ignore[no-untyp
         s = sent if month is None else sent.loc[sent["month"] == month]
         c = u.loc[u["group"] == "contacted"]
         customers = c["customer_id"].nunique()
-        customer_months = len(c.drop_duplicates(["customer_id", "month"]))
+        # every message sent, over the customers who got one, month by month
+        customer_months = len(s.drop_duplicates(["customer_id", "month"]))
         per_customer = c.groupby("customer_id")[["unsubscribed", "complained"]].any()
         row = {"program": ALL, "contacted": customers,
                "held_out": int(u.loc[u["group"] == "held_out", "customer_id"].nunique()),
                "messages": len(s),
-               "contacts_per_customer": len(s) / customer_months if customers else np.nan,
+               "contacts_per_customer": len(s) / customer_months if customer_months
+               else np.nan,
                "unsubscribe_rate": float(per_customer["unsubscribed"].mean())
                if customers else np.nan,
                "complaint_rate": float(per_customer["complained"].mean())
