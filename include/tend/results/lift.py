@@ -21,9 +21,9 @@ from tend.results import attribution, stats
 
 #: The figures of one row, in the order the csv gives them.
 COLUMNS = (
-    "program", "contacted", "held_out", "responses", "holdout_responses", "response_rate",
-    "holdout_response_rate", "lift", "lift_low", "lift_high", "revenue_per_contacted",
-    "revenue_per_held_out", "revenue_lift", "revenue_lift_low", "revenue_lift_high",
+    "program", "contacted", "held_out", "response_rate", "holdout_response_rate", "lift",
+    "lift_low", "lift_high", "revenue_per_contacted", "revenue_per_held_out", "responses",
+    "holdout_responses", "revenue_lift", "revenue_lift_low", "revenue_lift_high",
     "direct_responses", "reactivation_rate", "messages", "contacts_per_customer",
     "unsubscribe_rate", "complaint_rate", "window_days", "open_windows", "note",
 )

@@ -61,4 +61,6 @@ def opt_outs(conn: Connection, since: dt.datetime) -> pd.DataFrame:
         lambda r: "complaint" if r in ("complaint", "spam_report", "spamreport")
         else "unsubscribe")
     frame["at"] = pd.to_datetime(frame["at"], utc=True, format="mixed")
+    frame["message_id"] = frame["message_id"].astype(object).where(frame["message_id"].notna(),
+                                                                   None)
     return frame[["customer_id", "message_id", "kind", "at"]]
