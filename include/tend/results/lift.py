@@ -162,6 +162,8 @@ def _with_messages(units: pd.DataFrame, sent: pd.DataFrame) -> pd.DataFrame:
     """Each contacted unit's count of messages its program sent the customer in the range
     and the unit's holdout period (a unit is the first of them)."""
     key = attribution.UNIT_KEY
+    if units.empty or sent.empty:
+        return units.assign(messages=0)
     counts = sent.assign(period=[holdout_period(d) for d in sent["night"]]).groupby(
         key).size().rename("messages")
     out = units.join(counts, on=key)

@@ -49,12 +49,19 @@ def _money(value: float) -> str:
     return f"{value:,.2f}"
 
 
+def _number(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
 def table_lines(results: Results, *, by_month: bool = False) -> list[str]:
     """The owner's table: per program (and month), then every program together."""
     frame = results.months if by_month else results.programs
     head = ([f"Tend results: contacts on the nights {results.start} to {results.end}, "
              f"orders known up to {results.until}"], [])
     programs = frame.loc[frame["program"] != ALL]
+    if programs.empty:
+        return [*head[0], "", "nobody was contacted or held out on these nights: run the nights "
+                "first (tend night, or the Airflow DAGs), or widen --from/--to"]
     rows = []
     for r in programs.itertuples(index=False):
         lift = "-" if math.isnan(r.lift) else f"{r.lift * 100:+.1f} pts"
@@ -76,7 +83,7 @@ def table_lines(results: Results, *, by_month: bool = False) -> list[str]:
         out += table([*(["month"] if by_month else []), "all programs", "customers contacted",
                       "messages", "per customer per month", "unsubscribed", "complained"],
                      [(*((r.month,) if by_month else ()), "", f"{r.contacted:,}",
-                       f"{r.messages:,}", f"{r.contacts_per_customer:.2f}",
+                       f"{r.messages:,}", _number(r.contacts_per_customer),
                        _pct(r.unsubscribe_rate), _pct(r.complaint_rate))
                       for r in everyone.itertuples(index=False)])
     notes = [f"  {p}: {n}" for p, n in zip(programs["program"], programs["note"], strict=True)

@@ -132,6 +132,19 @@ def test_the_kpi_step_stores_the_months_still_open(nights: tuple[str, str, str])
     assert stored["computed_at"].notna().all()
 
 
+def test_a_range_without_contacts_says_so(tmp_path: Path, demo_shops: DemoShops,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from tend.store import migrate
+
+    shop = demo_shops(customers=600, seed=11, as_of=DEMO_AS_OF)
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate(store)
+    assert "nobody was contacted or held out" in report(shop, store, capsys=capsys)
+    rows = list(csv.DictReader(io.StringIO(report(shop, store, "--format", "csv",
+                                                  capsys=capsys))))
+    assert [(r["program"], r["contacted"]) for r in rows] == [(lift.ALL, "0")]
+
+
 def test_months_to_refresh() -> None:
     assert kpi.months_to_refresh(dt.date(2026, 11, 3), 30) == (
         dt.date(2026, 10, 1), ["2026-10", "2026-11"])
