@@ -69,6 +69,13 @@ def _demo_nights(args: argparse.Namespace) -> None:
 
     shop_url, store_url = config.shop_url(args.db), config.store_url(args.store)
     last = args.start + dt.timedelta(days=args.nights - 1)
+    today = dt.datetime.now(dt.UTC).date()
+    if last >= today:
+        # the answers of a night are orders on the following days: none may be in the future
+        first = today - dt.timedelta(days=args.nights + 31)
+        raise ConfigError(
+            f"the last demo night, {last}, is not in the past: generate the demo shop as of "
+            f"{first} (tend demo-data --as-of {first}) and start the nights the day after")
     for k in range(args.nights):
         night = args.start + dt.timedelta(days=k)
         quiet = io.StringIO()

@@ -156,3 +156,10 @@ def test_months_to_refresh() -> None:
     (float("nan"), float("nan"), "")])
 def test_verdict_follows_the_interval(low: float, high: float, says: str) -> None:
     assert verdict(low, high) == says
+
+
+def test_demo_nights_must_be_in_the_past(capsys: pytest.CaptureFixture[str]) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    assert main(["demo-nights", "--from", (today - dt.timedelta(days=5)).isoformat(),
+                 "--nights", "6"]) == 2
+    assert "is not in the past: generate the demo shop as of" in capsys.readouterr().err
