@@ -75,3 +75,52 @@ def test_per_month_rows() -> None:
     assert out[["month", "contacted", "held_out"]].values.tolist() == [
         ["2026-10", 100, 40], ["2026-11", 80, 0]]
     assert out.loc[1, "note"] == "no holdout"
+
+
+DEMO = pytest.mark.demo_shop(customers=600, seed=11, as_of=dt.date(2026, 10, 1))
+
+
+@DEMO
+def test_compute_reads_the_store_and_the_shop(store_url: str, shop_url: str) -> None:
+    """Both store backends: sent messages and held-out decisions in, orders in the shop after
+    the night, figures out (by program, by month, and every program together)."""
+    from decimal import Decimal
+
+    from tend.shop import schema as shop_schema
+    from tend.store import ledger
+    from tend.store.db import connect
+    from tend.store.tables import contact_ledger
+
+    night = dt.date(2026, 10, 2)
+    customers = [f"C{i:06d}" for i in range(1, 41)]
+    contacted, held = customers[:30], customers[30:]
+    with connect(store_url).begin() as conn:
+        out = ledger.claim(conn, pd.DataFrame([
+            {"customer_id": c, "program": "winback", "occurrence": "lapsed", "kind": "marketing",
+             "priority": 60, "score": 0.5, "cooldown_days": 90} for c in contacted]),
+            as_of=night, run_id="r", caps=(), batch_size=100).frame
+        conn.execute(contact_ledger.update().values(status="sent"))
+        ledger.record_decisions(conn, pd.DataFrame([
+            {"customer_id": c, "program": "winback", "fate": "held_out", "why": "control",
+             "message_id": None, "occurrence": "lapsed"} for c in held]), as_of=night,
+            run_id="r")
+    assert len(out) == 30
+    buyers = contacted[:9] + held[:2]  # 30 % and 20 %
+    with connect(shop_url).begin() as conn:
+        shop_schema.add_discount_code(conn)
+        conn.execute(shop_schema.orders_with_codes.insert(), [
+            {"order_id": f"T{i}", "customer_id": c, "total": Decimal("20.00"), "currency": "CAD",
+             "ordered_at": dt.datetime(2026, 10, 5, 12, tzinfo=dt.UTC),
+             "discount_code": "WB-TEST-CODE" if i == 0 else None}
+            for i, c in enumerate(buyers)])
+    results = lift.compute(shop_url, store_url, night, night, until=dt.date(2026, 10, 20))
+    row = results.programs.set_index("program").loc["winback"]
+    assert (row["contacted"], row["held_out"], row["responses"], row["holdout_responses"]) == (
+        30, 10, 9, 2)
+    assert row["revenue_per_contacted"] == pytest.approx(9 * 20 / 30)
+    assert row["direct_responses"] == 1
+    assert row["note"].startswith("holdout too small")
+    everyone = results.programs.set_index("program").loc[lift.ALL]
+    assert (everyone["contacted"], everyone["messages"]) == (30, 30)
+    assert results.months[["month", "program"]].values.tolist() == [
+        ["2026-10", "winback"], ["2026-10", lift.ALL]]
