@@ -173,3 +173,20 @@ bench-features: install
 .PHONY: bench-events
 bench-events: install
 	$(BIN)/python bench/bench_events.py $(BENCH_EVENTS_ARGS)
+
+
+# Demo nights whose customers answer at a known rate, then `tend report` (docs/results.md): a
+# demo shop of its own under var/results/, ending RESULTS_NIGHTS + 32 days ago so that every
+# night and every answer is in the past.
+RESULTS_NIGHTS ?= 30
+RESULTS_DIR    := $(VAR)/results
+.PHONY: demo-nights
+demo-nights: install
+	@mkdir -p $(RESULTS_DIR)
+	@rm -f $(RESULTS_DIR)/shop.db* $(RESULTS_DIR)/store.db*
+	@start=$$(date -u -d "-$$(( $(RESULTS_NIGHTS) + 32 )) days" +%F); \
+	  $(BIN)/tend demo-data --db sqlite:///$(RESULTS_DIR)/shop.db --customers $(CUSTOMERS) \
+	    --seed $(SEED) --as-of $$start && \
+	  TEND_OUTBOX_DIR=$(RESULTS_DIR)/outbox $(BIN)/tend demo-nights \
+	    --db sqlite:///$(RESULTS_DIR)/shop.db --store sqlite:///$(RESULTS_DIR)/store.db \
+	    --from $$(date -u -d "$$start + 1 day" +%F) --nights $(RESULTS_NIGHTS)

@@ -9,7 +9,8 @@ message lists), at most four at a time in the `tend_send` pool, through the back
 the Variable `tend_delivery` (SendGrid reads the connection `sendgrid_default`; the
 *SendGrid sandbox* parameter, or `{"sendgrid_sandbox": true}` in the run's conf, switches
 SendGrid's sandbox mode for that run); `summary` prints the night's totals and warns of new
-customer complaints; `complaints_digest` emails them to `TEND_STAFF_EMAIL` (each once).
+customer complaints; `complaints_digest` emails them to `TEND_STAFF_EMAIL` (each once); `kpi`
+stores each program's results against its holdout for the months still open (docs/results.md).
 
 Replay a night: `airflow dags test tend_programs 2026-11-20` (after tend_ingest for that date).
 Rerunning a night sends nothing new: the ledger already holds every message it claimed.
@@ -55,10 +56,16 @@ def tend_programs() -> None:
     def complaints_digest(**context) -> int:
         return tasks.complaints_digest(context)
 
+    # After send whatever it did: the results count only what was sent.
+    @task(trigger_rule="all_done")
+    def kpi(as_of: str) -> int:
+        return tasks.kpi(as_of)
+
     batch_ids = plan()
     night = batch_ids[tasks.AS_OF_XCOM]
     sent = send.partial(as_of=night).expand(batch_id=batch_ids)
     sent >> summary(night) >> complaints_digest()
+    sent >> kpi(night)
 
 
 tend_programs()

@@ -129,3 +129,10 @@ def pull_suppressions() -> dict[str, int]:
         raise AirflowSkipException("the delivery backend is not sendgrid: no lists to pull")
     result = pull(sendgrid_settings(), store_url(), shop_url())
     return {f"{name}_customers": n for name, n in result.matched.items()}
+
+
+def kpi(as_of: str) -> int:
+    """Recompute the results of the months still open and store them (the ``kpi`` table)."""
+    from tend.results.kpi import store_kpis
+
+    return store_kpis(shop_url(), store_url(), dt.date.fromisoformat(as_of))

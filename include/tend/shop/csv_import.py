@@ -3,8 +3,8 @@
 For shops that cannot give Tend a database view, a nightly export of four files is enough:
 ``products.csv``, ``customers.csv``, ``orders.csv`` and ``order_lines.csv``, with the headers
 in ``shop_schema.CSV_COLUMNS`` (any column order; ``customers.csv`` may add
-``unsubscribed_at``). They load in that order so every reference can be checked against rows
-already loaded, from this run or an earlier one.
+``unsubscribed_at`` and ``orders.csv`` ``discount_code``). They load in that order so every
+reference can be checked against rows already loaded, from this run or an earlier one.
 
 Choices worth knowing:
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -52,7 +52,8 @@ from tend.store.db import connect
 
 #: Files in load order: every reference points to a file loaded before it.
 LOAD_ORDER: tuple[str, ...] = ("products", "customers", "orders", "order_lines")
-OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"customers": ("unsubscribed_at",)}
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"customers": ("unsubscribed_at",),
+                                                "orders": ("discount_code",)}
 QUARANTINE_HEADER = ("file", "line", "reason", "row")
 
 _CHUNK = 900  # rows per batch; also keys per IN (...), under SQLite's bound-parameter limit
@@ -201,6 +202,12 @@ def _order(row: _Row) -> None:
     if not rules.CURRENCY.match(currency):
         row.problems.append(rules.INVALID_CURRENCY.format(value=row.text("currency")))
     row.values["currency"] = currency
+    if shop_schema.DISCOUNT_CODE in row.raw:
+        code = row.text(shop_schema.DISCOUNT_CODE)
+        if len(code) > shop_schema.DISCOUNT_CODE_LENGTH:
+            row.problems.append(f"discount_code longer than {shop_schema.DISCOUNT_CODE_LENGTH} "
+                                "characters")
+        row.values[shop_schema.DISCOUNT_CODE] = code or None
 
 
 def _order_line(row: _Row) -> None:
@@ -356,6 +363,11 @@ class _Loader:
 
     def load_file(self, name: str, header: list[str]) -> None:
         spec = _SPECS[name]
+        if name == "orders" and shop_schema.DISCOUNT_CODE in header:
+            # the optional column: added to the table when missing, written through the wider
+            # description of it
+            shop_schema.add_discount_code(self.conn)
+            spec = replace(spec, table=shop_schema.orders_with_codes)
         for counter in (self.report.loaded, self.report.updated, self.report.unchanged,
                         self.report.quarantined):
             counter[name] = 0

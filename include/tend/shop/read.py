@@ -332,3 +332,26 @@ def customer_ids_by_email(url: str, emails: Iterable[str]) -> dict[str, list[str
                     select(c.c.customer_id, c.c.email).where(func.lower(c.c.email).in_(chunk))):
                 out.setdefault(str(email).strip().lower(), []).append(str(customer_id))
     return out
+
+
+def with_discount_codes(url: str, orders: pd.DataFrame) -> pd.DataFrame:
+    """``orders`` (from ``read_orders``) with a ``discount_code`` column: the code each order
+    redeemed, None when it redeemed none or the shop's orders have no ``discount_code`` column
+    (it is optional: a shop that does not track codes simply has no direct responses)."""
+    out = orders.assign(discount_code=None)
+    if orders.empty:
+        return out
+    o = s.orders_with_codes
+    with connect(url).connect() as conn:
+        try:
+            present = s.has_discount_code(conn)
+        except Exception as exc:  # a view the inspector cannot describe: no codes, no failure
+            _log.warning("cannot list the shop's order columns (%s); no discount codes read",
+                         exc)
+            return out
+        if not present:
+            return out
+        q = select(o.c.order_id, o.c.discount_code).where(o.c.discount_code.is_not(None))
+        codes = {str(i): str(c).strip() for i, c in conn.execute(q) if str(c).strip()}
+    out["discount_code"] = out["order_id"].astype(str).map(codes)
+    return out

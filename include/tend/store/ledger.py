@@ -671,3 +671,22 @@ def settle_unknown(conn: Connection, outcomes: Mapping[str, tuple[str, str]]) ->
     res = conn.execute(stmt, [{"mid": m, "st": st, "err": note, "fin": stamp}
                               for m, (st, note) in outcomes.items()])
     return res.rowcount or 0
+
+
+def exposures(conn: Connection, start: dt.date, end: dt.date) -> pd.DataFrame:
+    """Who was exposed to a program on the nights ``start``..``end`` (tend.results): the
+    messages ``sent`` (group ``contacted``) and the candidates logged ``held_out`` (group
+    ``held_out``, no message). Columns customer_id, program, night, group, message_id."""
+    sent = select(L.c.customer_id, L.c.program, L.c.as_of, L.c.message_id).where(
+        L.c.status == "sent", L.c.as_of >= start, L.c.as_of <= end)
+    held = select(decision_log.c.customer_id, decision_log.c.program, decision_log.c.as_of).where(
+        decision_log.c.fate == "held_out", decision_log.c.as_of >= start,
+        decision_log.c.as_of <= end)
+    cols = ["customer_id", "program", "night", "message_id"]
+    a = pd.DataFrame(conn.execute(sent).all(), columns=cols).assign(group="contacted")
+    b = pd.DataFrame(conn.execute(held).all(), columns=cols[:3]).assign(
+        group="held_out", message_id=None)
+    out = pd.concat([a, b], ignore_index=True) if len(a) or len(b) else a.iloc[0:0]
+    out["night"] = pd.to_datetime(out["night"]).dt.date
+    out["customer_id"] = out["customer_id"].astype(str)
+    return out[[*cols, "group"]]

@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy import Connection, literal, select, union
 
 from tend.store import bulk
-from tend.store.tables import complaints, suppressions
+from tend.store.tables import complaints, message_events, suppressions
 
 __all__ = ["active", "add", "add_rows", "blocked", "listed"]
 
@@ -112,3 +112,35 @@ def listed(conn: Connection) -> pd.DataFrame:
                         .where(s.c.resolved_at.is_(None), s.c.reason != "complaint")
                         .order_by(s.c.customer_id, s.c.reason)).all()
     return pd.DataFrame(rows, columns=["customer_id", "email", "reason", "since"])
+
+
+#: Suppression reasons that mean the customer asked for less mail (tend.results counts them).
+OPT_OUT_REASONS = ("unsubscribed", "spam_report")
+#: SendGrid events that mean the same.
+OPT_OUT_EVENTS = ("unsubscribe", "group_unsubscribe", "spamreport")
+
+
+def opt_outs(conn: Connection, since: dt.datetime) -> pd.DataFrame:
+    """Unsubscribes and complaints recorded at or after ``since``, from the suppressions,
+    complaints and message_events tables: customer_id, message_id (None when unknown), kind
+    (``unsubscribe`` or ``complaint``), at. A customer may appear in several tables for one act
+    (an unsubscribe click and its SendGrid event): counting is per customer, never per row."""
+    sup = select(suppressions.c.customer_id, literal(None).label("message_id"),
+                 suppressions.c.reason, suppressions.c.created_at).where(
+        suppressions.c.reason.in_(OPT_OUT_REASONS), suppressions.c.created_at >= since)
+    comp = select(complaints.c.customer_id, complaints.c.message_id,
+                  literal("complaint").label("reason"), complaints.c.opened_at).where(
+        complaints.c.opened_at >= since)
+    ev = select(message_events.c.customer_id, message_events.c.message_id,
+                message_events.c.event, message_events.c.occurred_at).where(
+        message_events.c.event.in_(OPT_OUT_EVENTS), message_events.c.occurred_at >= since)
+    cols = ["customer_id", "message_id", "reason", "at"]
+    frame = pd.DataFrame([r for q in (sup, comp, ev) for r in conn.execute(q).all()],
+                         columns=cols)
+    frame["kind"] = frame["reason"].map(
+        lambda r: "complaint" if r in ("complaint", "spam_report", "spamreport")
+        else "unsubscribe")
+    frame["at"] = pd.to_datetime(frame["at"], utc=True, format="mixed")
+    frame["message_id"] = frame["message_id"].astype(object).where(frame["message_id"].notna(),
+                                                                   None)
+    return frame[["customer_id", "message_id", "kind", "at"]]

@@ -303,7 +303,8 @@ def test_a_warning_keeps_the_row_and_is_counted(
     ("name", "header", "expected"),
     [
         ("orders", ["order_id", "client", "ordered_at", "total", "currency"],
-         "orders.csv: expected columns order_id,customer_id,ordered_at,total,currency ; "
+         "orders.csv: expected columns order_id,customer_id,ordered_at,total,currency"
+         "[,discount_code] ; "
          "found order_id,client,ordered_at,total,currency — missing customer_id; "
          "unexpected client: rename the header row"),
         ("order_lines", ["order_id", "sku", "quantity"],
@@ -466,3 +467,33 @@ def test_a_demo_shop_exported_with_pandas_round_trips(tmp_path: Path) -> None:
 
     for name in LOAD_ORDER:
         assert table(target, name) == table(source, name), name
+
+
+def test_orders_may_carry_a_discount_code(tmp_path: Path, url: str) -> None:
+    directory = write_dir(tmp_path / "in", BASE)
+    header = [*shop_schema.CSV_COLUMNS["orders"], "discount_code"]
+    codes = [" WB-ABCD-EFGH ", "", "X" * 65]
+    with (directory / "orders.csv").open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([header, *([*r, c] for r, c in zip(BASE["orders"], codes,
+                                                                     strict=True))])
+    report = load_csv_dir(url, directory)
+    assert report.quarantined["orders"] == 1  # the 65-character code
+    assert report.quarantined["order_lines"] == 1  # the lines of that order follow it
+    [rejected] = [r for r in quarantine_rows(directory / "quarantine.csv")
+                  if r["file"] == "orders.csv"]
+    assert "discount_code longer than 64 characters" in rejected["reason"]
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(shop_schema.orders_with_codes.c.order_id,
+                                          shop_schema.orders_with_codes.c.discount_code)).all())
+    engine.dispose()
+    assert stored == {"O1": "WB-ABCD-EFGH", "O2": None}
+
+
+def test_a_shop_loaded_without_discount_codes_has_no_such_column(tmp_path: Path,
+                                                                 url: str) -> None:
+    load_csv_dir(url, write_dir(tmp_path / "in", BASE))
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert not shop_schema.has_discount_code(conn)
+    engine.dispose()

@@ -274,3 +274,27 @@ def test_positions_hash_either_side() -> None:
     assert columns._sorted_unique(pa.array(["b", None, "a", "b"])).to_pylist() == ["a", "b"]
     assert columns._sorted_unique(pa.array(["b", "a", "b"]), unique=False).to_pylist() == [
         "a", "b", "b"]
+
+
+@pytest.mark.parametrize("with_codes", [True, False])
+def test_discount_codes_are_read_when_the_shop_has_them(tmp_path: Path,
+                                                        with_codes: bool) -> None:
+    from tend.shop import schema as s
+    from tend.store.db import connect
+
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    s.metadata.create_all(connect(url))
+    table = s.orders_with_codes if with_codes else s.orders
+    with connect(url).begin() as conn:
+        if with_codes:
+            s.add_discount_code(conn)
+            s.add_discount_code(conn)  # a second call changes nothing
+        conn.execute(table.insert(), [
+            {"order_id": o, "customer_id": "C1", "total": 10, "currency": "CAD",
+             "ordered_at": dt.datetime(2026, 10, 3, tzinfo=dt.UTC),
+             **({"discount_code": code} if with_codes else {})}
+            for o, code in (("O1", "WB-AAAA-BBBB"), ("O2", None), ("O3", "  "))])
+    orders = pd.DataFrame({"order_id": ["O1", "O2", "O3"], "customer_id": "C1"})
+    got = shop.with_discount_codes(url, orders)
+    expected = ["WB-AAAA-BBBB", None, None] if with_codes else [None, None, None]
+    assert [c if isinstance(c, str) else None for c in got["discount_code"]] == expected
