@@ -283,12 +283,13 @@ def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2,
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp / "task-logs"),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-            # A worker that dies is noticed in seconds, not the default five minutes, and a
-            # task queued to it is sent again soon.
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+            # A worker that dies is noticed in seconds, not the default five minutes (its
+            # running tasks fail and are retried), and a task it had taken from the queue but
+            # not started is queued again after 20 s, not ten minutes.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
-            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60",
-            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "10",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "20",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "5",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "600",
             **(env or {}),
         }

@@ -11,7 +11,7 @@ does. ``TEND_CLAIM_BATCH_SIZE=30`` cuts the night into several batches, so ``sen
 over enough task instances for both workers. Once worker2 has finished a batch and is midway
 through another (the stand-in has accepted some of its messages), worker2 and everything it
 started get SIGKILL, as a container dying would. Airflow notices the silence (heartbeat timeout
-20 s), fails the attempt and retries it on worker1 (``TEND_SEND_RETRY_DELAY=5``).
+15 s), fails the attempt and retries it on worker1 (``TEND_SEND_RETRY_DELAY=5``).
 
 Then: the run succeeded; send batches ran on both workers; the killed batch's last attempt ran
 on worker1; the stand-in never accepted a message twice; every claimed message ended ``sent``,
@@ -94,16 +94,18 @@ def ledger_rows(store: str) -> dict[str, dict[str, Any]]:
                 for r in conn.execute(select(contact_ledger)).mappings()}
 
 
-def sent_in_batch(store: str, batch_id: int) -> int:
+def batch_statuses(store: str, batch_id: int) -> Counter[str]:
     with connect(store).connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(contact_ledger).where(
-            contact_ledger.c.batch_id == batch_id, contact_ledger.c.status == "sent")).scalar())
+        return Counter(dict(conn.execute(
+            select(contact_ledger.c.status, func.count()).where(
+                contact_ledger.c.batch_id == batch_id).group_by(contact_ledger.c.status)).all()))
 
 
 def kill_worker2_mid_send(cluster: AirflowCluster, run_id: str, store: str,
                           timeout: float = 240) -> int:
     """Wait until worker2 has finished one send batch and is partway through another, then
     SIGKILL it; the map index it was sending."""
+    tis: list[dict[str, Any]] = []
     batch_ids: list[int] | None = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -115,8 +117,12 @@ def kill_worker2_mid_send(cluster: AirflowCluster, run_id: str, store: str,
         on2 = [t for t in tis if t["hostname"] == "worker2"]
         done = [t for t in on2 if t["state"] == "success"]
         for ti in on2:
-            if (done and ti["state"] == "running" and batch_ids is not None
-                    and sent_in_batch(store, batch_ids[ti["map_index"]]) > 0):
+            if not (done and ti["state"] == "running" and batch_ids is not None):
+                continue
+            # Some of the batch sent, and at least two chunks (~0.8 s) still to go, so the
+            # kill lands mid-send and not just after the batch finished.
+            statuses = batch_statuses(store, batch_ids[ti["map_index"]])
+            if statuses["sent"] > 0 and statuses["claimed"] >= 2 * CHUNK:
                 cluster.kill("worker2")
                 return int(ti["map_index"])
         if tis and all(t["state"] in ("success", "failed") for t in tis):
