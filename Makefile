@@ -43,6 +43,7 @@ help:
 	@echo "make bench-read  the shop read alone (full and incremental) on that shop"
 	@echo "make bench-features  the feature computation alone on that shop's orders"
 	@echo "make clean-var  forget the demo shop, the contact store and the outbox"
+	@echo "make test-stack  the compose file (static) and a night on two Celery workers (PostgreSQL, Redis)"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -165,3 +166,11 @@ bench-read: install
 
 bench-features: install
 	$(BIN)/python bench/bench_features.py
+
+# The deployment's checks without a container engine: docker-compose.yaml against the Compose
+# Specification and the settings the code reads, then a night on Airflow's CeleryExecutor with
+# two workers (one killed mid-send) on the local PostgreSQL and Redis (TEST_DATABASE_URL,
+# TEST_REDIS_URL; ~3 minutes).
+.PHONY: test-stack
+test-stack: install
+	$(BIN)/pytest -q tests/deploy tests/integration/test_celery_cluster.py
