@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from _support import PROJECT, free_port, require_postgres
 from sqlalchemy import create_engine, text
@@ -104,6 +105,11 @@ class AirflowCluster:
 
     # -- processes --------------------------------------------------------------------------
 
+    def note(self, what: str) -> None:
+        """A timestamped line in ``logs/cluster.log``: where a slow or failed run spent time."""
+        with (self.tmp / "logs" / "cluster.log").open("a") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} {what}\n")
+
     def start(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> None:
         log = (self.tmp / "logs" / f"{name}.out").open("ab")
         self.procs[name] = subprocess.Popen(
@@ -113,6 +119,7 @@ class AirflowCluster:
 
     def airflow(self, *args: str, timeout: float = 180) -> str:
         """Run an ``airflow`` command to the end; its output (fails the test on an error)."""
+        self.note(f"airflow {' '.join(args)}")
         proc = subprocess.run([AIRFLOW, *args], env=self.env, cwd=self.tmp, capture_output=True,
                               text=True, timeout=timeout)
         out = proc.stdout + proc.stderr
@@ -120,15 +127,26 @@ class AirflowCluster:
         return out
 
     def kill(self, name: str) -> None:
-        """SIGKILL a process and everything it started, as a machine or container dying would."""
+        """SIGKILL a process and everything it started, as a machine or container dying would.
+
+        Not only its process group: Airflow runs each task in a process group of its own
+        (so its supervisor can signal the task's children), which would survive a killpg of
+        the worker and go on sending. The whole tree is stopped first, so nothing forks while
+        it is collected, then killed."""
         proc = self.procs[name]
         self.killed.add(name)
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        self.note(f"kill {name}")
+        _signal_tree(proc.pid, signal.SIGSTOP)
+        survivors = _signal_tree(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(survivors, timeout=10)
+        running = [p for p in alive if _running(p)]
+        assert not running, f"{name}: {running} survived SIGKILL"
+        self.note(f"{name} is gone")
 
     def stop(self) -> None:
         """SIGTERM every process group, then SIGKILL what is still there after 20 s."""
+        self.note("stop")
         for proc in self.procs.values():
             if proc.poll() is None:
                 with suppress(ProcessLookupError):
@@ -138,11 +156,11 @@ class AirflowCluster:
             with suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         for proc in self.procs.values():
-            # The group too: a worker's pool processes may outlive their parent.
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            # The tree too: a worker's pool and task processes may outlive their parent.
+            _signal_tree(proc.pid, signal.SIGKILL)
             if proc.poll() is None:
                 proc.wait(timeout=10)
+        self.note("stopped")
 
     def output(self, name: str) -> str:
         path = self.tmp / "logs" / f"{name}.out"
@@ -190,6 +208,7 @@ class AirflowCluster:
         """Trigger a run as the UI's Trigger button does; its run id."""
         run = self.api("POST", f"dags/{dag_id}/dagRuns",
                        {"logical_date": None, "conf": dict(conf or {})})
+        self.note(f"triggered {dag_id}: {run['dag_run_id']}")
         return str(run["dag_run_id"])
 
     def run_state(self, dag_id: str, run_id: str) -> str:
@@ -205,6 +224,7 @@ class AirflowCluster:
             return state in ("success", "failed")
 
         self._wait(f"{dag_id} run {run_id} to finish (last state {state!r})", finished, timeout)
+        self.note(f"{dag_id} {run_id}: {state}")
         return state
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
@@ -220,6 +240,29 @@ class AirflowCluster:
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         path = f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         return self.api("GET", f"{path}?deserialize=true")["value"]
+
+
+def _signal_tree(pid: int, sig: signal.Signals) -> list[psutil.Process]:
+    """Send ``sig`` to a process, its process group and every descendant; those processes."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    for p in tree:
+        with suppress(psutil.NoSuchProcess):
+            p.send_signal(sig)
+    return tree
+
+
+def _running(p: psutil.Process) -> bool:
+    """Whether a process still runs (a zombie waiting for its reaper does not)."""
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _redis_delete_prefix(url: str, prefix: str) -> None:
@@ -322,4 +365,5 @@ def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2,
                        for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
 
         cluster._wait("the scheduler, triggerer and dag-processor to be healthy", healthy)
+        cluster.note("up")
         yield cluster
