@@ -340,7 +340,7 @@ def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2,
             # A worker that dies is noticed in seconds, not the default five minutes (its
             # running tasks fail and are retried), and a task it had taken from the queue but
             # not started is queued again after 20 s, not ten minutes.
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "20",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "5",

@@ -11,7 +11,7 @@ does. ``TEND_CLAIM_BATCH_SIZE=30`` cuts the night into several batches, so ``sen
 over enough task instances for both workers. Once worker2 has finished a batch and is midway
 through another (the stand-in has accepted some of its messages), worker2 and everything it
 started get SIGKILL, as a container dying would. Airflow notices the silence (heartbeat timeout
-15 s), fails the attempt and retries it on worker1 (``TEND_SEND_RETRY_DELAY=5``).
+20 s), fails the attempt and retries it on worker1 (``TEND_SEND_RETRY_DELAY=5``).
 
 Then: the run succeeded; send batches ran on both workers; the killed batch's last attempt ran
 on worker1; the stand-in never accepted a message twice; every claimed message ended ``sent``,
