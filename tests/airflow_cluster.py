@@ -10,8 +10,11 @@ host name (``cluster_node.hostname``), all on free ports, with Tend's DAGs and p
         run_id = cluster.trigger("tend_ingest", {"as_of": "2026-11-20"})
         assert cluster.wait_for_run("tend_ingest", run_id) == "success"
 
-The scheduler creates no scheduled or asset-triggered runs (``use_job_schedule`` off): a test
-triggers what it wants, so the wall clock never adds a night. The api-server lets every request
+Any test can use it (``from airflow_cluster import airflow_cluster``: tests/ is on the path,
+as for ``_support``). The scheduler creates no scheduled or asset-triggered runs
+(``use_job_schedule`` off): a test triggers what it wants, so the wall clock never adds a
+night; a test that wants them passes ``AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE=True`` in ``env``,
+which wins over every setting here. The api-server lets every request
 in as admin (simple auth manager, ``all_admins``): it listens on 127.0.0.1 only, for the test.
 Each process writes its output to ``<tmp>/logs/<name>.out``; :meth:`AirflowCluster.diagnose`
 gathers their tails for an assertion message, and ``logs/cluster.log`` has a timeline. Every
@@ -47,7 +50,8 @@ from sqlalchemy.engine import make_url
 
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
-HERE = Path(__file__).resolve().parent
+#: Where ``cluster_node`` (Airflow's hostname_callable in the cluster) lives.
+NODE_MODULE_DIR = Path(__file__).resolve().parent / "integration"
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 #: The Redis db number the clusters use; each cluster also prefixes its keys with its own id.
@@ -313,7 +317,8 @@ def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2,
         cluster_env = {
             **base,
             "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), base.get("PYTHONPATH")) if p),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(NODE_MODULE_DIR), base.get("PYTHONPATH")) if p),
             "AIRFLOW_HOME": str(tmp / "airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
