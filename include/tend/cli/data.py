@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("directory", type=Path)
     sp.add_argument("--quarantine", type=Path, help="where rejected rows go "
                                                      "(default: DIRECTORY/quarantine.csv)")
+    sp.add_argument("--strict", action="store_true",
+                    help="refuse the whole load if any row fails the row rules (default: load "
+                         "the good rows and quarantine the others)")
     sp.set_defaults(run=_load_csv)
 
     for name, helptext in (
@@ -55,7 +58,7 @@ def _load_csv(args: argparse.Namespace) -> None:
     from tend.shop.csv_import import load_csv_dir
 
     report = load_csv_dir(config.shop_url(args.db), args.directory,
-                          quarantine_file=args.quarantine)
+                          quarantine_file=args.quarantine, strict=args.strict)
     print_lines(report.lines())
 
 

@@ -16,14 +16,16 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from sqlalchemy import String, and_, cast, inspect, select
 
 from tend.config import mask_url, sqlite_file
 from tend.errors import DataError
+from tend.shop import rules
 from tend.shop import schema as s
-from tend.shop.columns import _arrow_text, _parse_ms, _parse_number
+from tend.shop.columns import _NAT, _arrow_text, _parse_ms, _parse_number
 from tend.shop.screen import (
     _ORDER_COLS,
     History,
@@ -36,6 +38,7 @@ from tend.shop.screen import (
     _screen_orders,
     _Screened,
     end_of_day,
+    usable_ids,
 )
 from tend.shop.sqlite_fast import _read_sqlite_fast
 from tend.store.db import connect
@@ -169,7 +172,7 @@ def _read_generic(url: str, as_of: dt.date, customer_ids: Sequence[str] | None, 
     if lines:
         raw_lines = (pd.concat(line_frames, ignore_index=True) if line_frames
                      else pd.DataFrame(columns=_LINE_COLS))
-        known_skus = pa.array(sorted(set(skus)), pa.string())
+        known_skus = usable_ids(pa.array(sorted(set(skus)), pa.string()), "products", "sku")
         matcher = _LineMatcher(screened, known_skus)
         matcher.add(_line_part(_arrow_text(raw_lines["order_id"]), _arrow_text(raw_lines["sku"]),
                                _parse_number(raw_lines["quantity"]), known_skus))
@@ -218,8 +221,11 @@ def _screen_raw_orders(raw: pd.DataFrame, known: set[str], as_of: dt.date,
                        now: dt.datetime | None) -> _Screened:
     """Order rows as read (any Python values) through every order check, as one part."""
     checks = _Checks.of(pa.array(sorted(known), pa.string()), as_of, now)
+    ms = _parse_ms(raw["ordered_at"])
+    bad = np.flatnonzero(ms == _NAT)
     part = _screen_order_part(_arrow_text(raw["order_id"]), _arrow_text(raw["customer_id"]),
-                              _parse_ms(raw["ordered_at"]), _parse_number(raw["total"]), checks)
+                              ms, _parse_number(raw["total"]), checks,
+                              dict(zip(bad.tolist(), raw["ordered_at"].iloc[bad], strict=True)))
     return _screen_orders([part], checks, raw["ordered_at"], raw["total"])
 
 
@@ -261,9 +267,21 @@ def read_products(url: str) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["sku", "name", "category", "price", "service_interval_days",
                                      "replenish_days", "complements"])
     df["sku"] = df["sku"].astype(str)
+    df = df.loc[df["sku"].isin(usable_ids(pa.array(df["sku"], pa.string()), "products", "sku")
+                               .to_pylist())].reset_index(drop=True)
     df["price"] = pd.to_numeric(df["price"], errors="coerce").astype(float)
-    for col in ("service_interval_days", "replenish_days"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for rule in (rules.SERVICE_INTERVAL_DAYS, rules.REPLENISH_DAYS):
+        # A value outside the rule's range is read as none, so no reminder is computed from
+        # it (the CSV import would have refused the row); the product itself stays sold.
+        col = rule.column
+        days = pd.to_numeric(df[col], errors="coerce").astype(float)
+        bad = days.notna() & ~((days >= rule.minimum) & (days <= float(rule.maximum or np.inf))
+                               & (days == np.floor(days)))
+        if bad.any():
+            _log.warning("%s product(s) have %s outside %s..%s, read as none: %s",
+                         int(bad.sum()), col, rule.minimum, rule.maximum,
+                         ", ".join(df.loc[bad, "sku"].head(5)))
+        df[col] = days.where(~bad)
     df["complements"] = [str(c).split() if isinstance(c, str) else [] for c in df["complements"]]
     return df
 

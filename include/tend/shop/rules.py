@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import zoneinfo
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 
@@ -36,6 +36,43 @@ LENGTHS: dict[str, dict[str, int]] = {
              if isinstance(c.type, String) and c.type.length}
     for t in shop_schema.metadata.tables.values()
 }
+#: One order line of more units than this is a data error (a sku typed in the quantity).
+MAX_QUANTITY = 10_000
+#: A replenishment or service interval longer than ten years is a data error (days typed as
+#: minutes, a placeholder), and would put a reminder beyond any calendar.
+MAX_INTERVAL_DAYS = 3_650
+#: Every timestamp of a shop row lies in [EARLIEST, LATEST): an earlier one is a placeholder
+#: (0001-01-01, 1900-01-01), a later one cannot be a real event and would not fit the calendar
+#: date arithmetic uses (pandas ends in 2262). Orders are also bounded by the night
+#: (``ORDER_IN_FUTURE``).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+#: The reason for a text value holding a NUL byte: PostgreSQL refuses it in text, and no name,
+#: id or address holds one.
+NUL_BYTE = "NUL byte in {column}"
+TOO_LONG = "{column} longer than {limit} characters"
+
+
+def text_problem(table: str, column: str, value: str) -> str | None:
+    """Why a text value cannot be stored (a NUL byte, too long for its column), or None."""
+    if "\x00" in value:
+        return NUL_BYTE.format(column=column)
+    limit = LENGTHS[table].get(column)
+    if limit is not None and len(value) > limit:
+        return TOO_LONG.format(column=column, limit=limit)
+    return None
+
+
+def printable(value: str) -> str:
+    """Text as a quarantine record may hold it whatever the row held: a NUL byte (which
+    PostgreSQL refuses in text) and lone surrogates become U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
+    return value
 
 
 def detailed(reason: str, detail: str) -> str:
@@ -104,13 +141,6 @@ class Number:
         return number.quantize(_CENT, rounding=ROUND_HALF_UP), None
 
 
-def _one_reason(column: str, reason: str, **bounds: int | bool) -> Number:
-    """A number whose every problem has the same reason."""
-    reasons = dict.fromkeys(
-        ("missing", "not_a_number", "negative", "too_small", "too_large", "fraction"), reason)
-    return Number(column, **bounds, **reasons)  # type: ignore[arg-type]
-
-
 # --- timestamps -----------------------------------------------------------------------------
 
 #: The warning for a timestamp without a zone (read as UTC, which is how Tend stores time).
@@ -125,10 +155,14 @@ class Timestamp:
     required: bool
     missing: str = ""
     unparseable: str = ""
+    too_early: str = ""
+    too_late: str = ""
 
     def __post_init__(self) -> None:
-        _generic_reasons(self, missing=f"missing {self.column}",
-                         unparseable=f"unparseable timestamp in {self.column}")
+        c = self.column
+        _generic_reasons(self, missing=f"missing {c}", unparseable=f"unparseable timestamp in {c}",
+                         too_early=f"{c} before {EARLIEST:%Y-%m-%d}",
+                         too_late=f"{c} after {LATEST - timedelta(days=1):%Y-%m-%d}")
 
     def parse(self, text: str) -> tuple[datetime | None, str | None, str | None]:
         """(UTC value, problem, warning) for a value as written (already stripped)."""
@@ -144,7 +178,16 @@ class Timestamp:
         if parsed.tzinfo is None:
             warning = NAIVE_TIMESTAMP
             parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC), None, warning
+        try:
+            parsed = parsed.astimezone(UTC)
+        except OverflowError:  # year 1 or 9999 moved past the calendar by its offset
+            parsed = datetime.min.replace(tzinfo=UTC) if parsed.year < 2 else \
+                datetime.max.replace(tzinfo=UTC)
+        if parsed < EARLIEST:
+            return None, detailed(self.too_early, repr(text)), None
+        if parsed >= LATEST:
+            return None, detailed(self.too_late, repr(text)), None
+        return parsed, None, warning
 
 
 # --- products -------------------------------------------------------------------------------
@@ -154,8 +197,10 @@ PRODUCT_WITHOUT_NAME = "missing name (emails show it to customers)"
 #: A product without a category is kept under this one (a warning, not a reject).
 DEFAULT_CATEGORY = "uncategorized"
 PRICE = Number("price")
-SERVICE_INTERVAL_DAYS = Number("service_interval_days", whole=True, required=False, minimum=1)
-REPLENISH_DAYS = Number("replenish_days", whole=True, required=False, minimum=1)
+SERVICE_INTERVAL_DAYS = Number("service_interval_days", whole=True, required=False, minimum=1,
+                               maximum=MAX_INTERVAL_DAYS)
+REPLENISH_DAYS = Number("replenish_days", whole=True, required=False, minimum=1,
+                        maximum=MAX_INTERVAL_DAYS)
 
 # --- customers ------------------------------------------------------------------------------
 
@@ -212,5 +257,9 @@ ORDER_IN_FUTURE = "ordered_at in the future (after the run's date, {date} UTC)"
 LINE_UNKNOWN_ORDER = "order line for an unknown order"
 LINE_UNKNOWN_SKU = "order line with an unknown sku"
 LINE_BAD_QUANTITY = "order line quantity is not a positive whole number"
-QUANTITY = _one_reason("quantity", LINE_BAD_QUANTITY, whole=True, minimum=1)
+LINE_ABSURD_QUANTITY = f"order line quantity above {MAX_QUANTITY:,} (absurd amount)"
+QUANTITY = Number("quantity", whole=True, minimum=1, maximum=MAX_QUANTITY,
+                  **dict.fromkeys(("missing", "not_a_number", "negative", "too_small",
+                                   "fraction"), LINE_BAD_QUANTITY),
+                  too_large=LINE_ABSURD_QUANTITY)
 UNIT_PRICE = Number("unit_price")
