@@ -63,9 +63,17 @@ def text_problem(table: str, column: str, value: str) -> str | None:
     return None
 
 
-def printable(value: str) -> str:
+#: The longest key and value a quarantine record keeps (the store's ``record_key`` is 200
+#: characters wide): enough to find the row, not a copy of whatever huge value it held.
+RECORD_TEXT_MAX = 200
+
+
+def printable(value: str, limit: int | None = None) -> str:
     """Text as a quarantine record may hold it whatever the row held: a NUL byte (which
-    PostgreSQL refuses in text) and lone surrogates become U+FFFD."""
+    PostgreSQL refuses in text) and lone surrogates become U+FFFD; longer than ``limit``, it
+    is cut and ends with an ellipsis."""
+    if limit is not None and len(value) > limit:
+        value = value[: limit - 1] + "\u2026"
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
     try:

@@ -83,9 +83,10 @@ def quarantine_records(source: str, raw: pd.DataFrame, bad: np.ndarray, reasons:
         key = None if all(_missing(p) for p in parts) else ":".join(
             "" if _missing(p) else str(p) for p in parts)
         out.append(Quarantined(  # as text any store holds (no NUL byte: PostgreSQL)
-            source=source, record_key=None if key is None else rules.printable(key),
+            source=source,
+            record_key=None if key is None else rules.printable(key, rules.RECORD_TEXT_MAX),
             reason=rules.printable(str(reason)),
-            payload={k: (None if _missing(v) else rules.printable(str(v)))
+            payload={k: (None if _missing(v) else rules.printable(str(v), rules.RECORD_TEXT_MAX))
                      for k, v in rec.items()}))
     return out
 
@@ -136,6 +137,8 @@ def _text_codes(a: pa.Array, table: str, column: str, nul: int, long: int) -> np
 def usable_ids(a: pa.Array, table: str, column: str) -> pa.Array:
     """The ids a row may be referenced by: one that cannot be stored (a NUL byte, too long)
     names a row the CSV import would have quarantined, so a reference to it is unknown."""
+    if a.null_count:
+        a = a.drop_null()
     bad = _text_codes(a, table, column, 1, 1)
     return a.filter(pa.array(bad == 0)) if bad.any() else a
 

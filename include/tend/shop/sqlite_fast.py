@@ -127,7 +127,7 @@ def _read_sqlite_parts(path: str, as_of: dt.date, *, now: dt.datetime | None, li
     from concurrent.futures import ThreadPoolExecutor
 
     skus = usable_ids(_sorted_unique(_one(_adbc_fetch(
-        path, "SELECT CAST(sku AS TEXT) AS sku FROM products").column("sku")), unique=False),
+        path, "SELECT CAST(sku AS TEXT) AS sku FROM products").column("sku"))),
         "products", "sku")
     pool = ThreadPoolExecutor(2)
     try:

@@ -25,9 +25,18 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 VERSION_TABLE = "tend_alembic_version"
 
 
+def lenient_text(value: bytes) -> str:
+    """SQLite text as str, bytes that are not UTF-8 as U+FFFD (SQLite stores whatever it is
+    given; a shop's odd row must not fail a read)."""
+    return value.decode("utf-8", "replace")
+
+
 @functools.cache
-def connect(url: str) -> Engine:
-    """One pooled engine per URL per process (cached: engines are meant to be shared)."""
+def connect(url: str, *, lenient_text: bool = False) -> Engine:
+    """One pooled engine per URL per process (cached: engines are meant to be shared).
+
+    ``lenient_text``: on SQLite, text that is not valid UTF-8 reads with U+FFFD (a separate
+    engine; the shop's readers use it)."""
     if make_url(url).get_backend_name() == "sqlite":
         path = sqlite_file(url)
         if path:
@@ -38,6 +47,8 @@ def connect(url: str) -> Engine:
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
             # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
             dbapi_conn.isolation_level = None
+            if lenient_text:
+                dbapi_conn.text_factory = _lenient
             cur = dbapi_conn.cursor()
             # A new store gets 16 KiB pages (SQLite's default is 4 KiB; an existing file keeps
             # its own, the pragma is a no-op there): a customer's feature row is a few hundred
@@ -57,6 +68,9 @@ def connect(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+_lenient = lenient_text
 
 
 def _alembic_config() -> Config:
