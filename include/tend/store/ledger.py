@@ -632,3 +632,9 @@ def status_counts(conn: Connection, as_of: dt.date) -> dict[str, int]:
     q = select(L.c.status, func.count()).where(L.c.as_of == as_of).group_by(L.c.status)
     return {s: int(n) for s, n in conn.execute(q)}
 
+
+
+def batch_ids(conn: Connection, as_of: dt.date) -> list[int]:
+    """The batches night ``as_of`` claimed messages in (what ``tend send --batch`` takes)."""
+    q = select(L.c.batch_id).where(L.c.as_of == as_of).distinct().order_by(L.c.batch_id)
+    return [int(b) for (b,) in conn.execute(q)]
