@@ -7,8 +7,14 @@ quarantines the same rows with the same reason; the CSV import adds what it foun
 colon (the value as written, where to look), because the shop fixes its export from that line.
 Rules that need other rows (a duplicate, a reference) are checked where those rows are known:
 the reader gives the reasons named here for references and duplicates, the CSV import names
-the line of the first occurrence instead. A future ``ordered_at`` is the reader's alone, since
-it depends on the night being run.
+the line of the first occurrence instead. An ``ordered_at`` in the future is measured from the
+wall clock by both (the day the night runs, the day the file loads).
+
+Every number, interval, date and text has a range here (documented in docs/shop-data.md,
+"The ranges"): quantities, totals and prices, replenish and service intervals, timestamps
+between ``EARLIEST`` and ``LATEST``, ids and text within their column's width and without a
+NUL byte. A value outside is a quarantined row, never an exception further down (a date
+beyond year 9999, a value PostgreSQL refuses).
 """
 
 from __future__ import annotations
