@@ -56,6 +56,11 @@ def test_bad_dates_are_refused_by_the_parser(capsys: pytest.CaptureFixture[str])
     assert exc.value.code == 2
     assert "use YYYY-MM-DD" in capsys.readouterr().err
     assert dt.date.fromisoformat(NIGHT)
+    for far in ("9999-12-31", "0001-01-01"):
+        with pytest.raises(SystemExit) as exc:
+            main(["ingest", "--as-of", far])
+        assert exc.value.code == 2
+        assert "is outside 1970-01-01..2199-12-31" in capsys.readouterr().err
 
 
 # --- clear errors in every verb (one line, exit 2, the fix) ----------------------------------

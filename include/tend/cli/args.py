@@ -16,11 +16,18 @@ __all__ = ["checked_renderer", "date", "known_locale", "positive", "print_lines"
 
 
 def date(value: str) -> dt.date:
-    """An ISO date; the parser's error says the format to use."""
+    """An ISO date within the shop data's range of dates; the parser's error says the format to
+    use (a night in year 9999 would overflow every date computed from it)."""
+    from tend.shop.rules import EARLIEST, LATEST
+
     try:
-        return dt.date.fromisoformat(value)
+        day = dt.date.fromisoformat(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date; use YYYY-MM-DD") from exc
+    if not EARLIEST.date() <= day < LATEST.date():
+        raise argparse.ArgumentTypeError(
+            f"{value} is outside {EARLIEST.date()}..{LATEST.date() - dt.timedelta(days=1)}")
+    return day
 
 
 def positive(value: str) -> int:

@@ -335,12 +335,15 @@ def read_orders_of_days(url: str, wanted: Iterable[tuple[str, dt.date]]
                 continue
             # only orders the night's read keeps may name a message (the rules' checks of the
             # row's own values; a bad one was quarantined by the ingest)
-            usable = [rules.text_problem("orders", "order_id", str(oid)) is None
-                      and rules.TOTAL.parse(str(total).strip())[1] is None
-                      for oid, total in zip(orders["order_id"], orders["total"], strict=True)]
-            orders = orders.loc[usable]
-            orders["day"] = pd.to_datetime(orders["ordered_at"], utc=True, errors="coerce",
-                                           format="mixed").dt.date
+            usable = pd.Series([
+                rules.text_problem("orders", "order_id", str(oid)) is None
+                and rules.TOTAL.parse(str(total).strip())[1] is None
+                for oid, total in zip(orders["order_id"], orders["total"], strict=True)],
+                index=orders.index)
+            ts = pd.to_datetime(orders["ordered_at"], utc=True, errors="coerce", format="mixed")
+            usable &= (ts >= rules.EARLIEST) & (ts < rules.LATEST)  # NaT compares False
+            orders = orders.loc[usable.to_numpy()]
+            orders["day"] = ts[usable].dt.date
             keep = [(c, d) in wanted for c, d in zip(orders["customer_id"], orders["day"],
                                                       strict=True)]
             orders = orders.loc[keep]

@@ -128,9 +128,21 @@ def _text_codes(a: pa.Array, table: str, column: str, nul: int, long: int) -> np
     out = np.zeros(len(a), np.int8)
     if not len(a):
         return out
-    out[pc.greater(pc.utf8_length(a), limit).fill_null(False).to_numpy(
-        zero_copy_only=False)] = long
-    out[pc.match_substring(a, "\x00").fill_null(False).to_numpy(zero_copy_only=False)] = nul
+    # Usually nothing to find: no value has more bytes than the limit has characters and the
+    # text holds no zero byte (a scan of the bytes, no per-value work).
+    if (pc.max(pc.binary_length(a)).as_py() or 0) > limit:
+        out[pc.greater(pc.utf8_length(a), limit).fill_null(False).to_numpy(
+            zero_copy_only=False)] = long
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks()
+    _, offsets_buf, data = a.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64 if pa.types.is_large_string(a.type)
+                            else np.int32)[a.offset : a.offset + len(a) + 1]
+    text = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] if data is not None \
+        else np.ones(0, np.uint8)
+    if not text.all():
+        out[pc.match_substring(a, "\x00").fill_null(False).to_numpy(
+            zero_copy_only=False)] = nul
     return out
 
 

@@ -143,3 +143,24 @@ def test_the_bounds_are_the_readers() -> None:
     assert rules.QUANTITY.minimum == 1
     assert rules.QUANTITY.parse("0") == (None, f"{BAD_QUANTITY}: 0")
     assert rules.TOTAL.parse("1000000") == (1_000_000, None)
+
+
+@pytest.mark.parametrize("kind", ["string", "large_string", "sliced", "chunked"])
+def test_the_readers_text_check_on_whole_columns_is_the_rule(kind: str) -> None:
+    """``screen._text_codes`` (whole columns, with a shortcut when nothing can be wrong) finds
+    exactly the values ``rules.text_problem`` refuses, in any Arrow layout."""
+    import pyarrow as pa
+
+    from tend.shop.screen import _text_codes
+
+    values = ["O1", "O\x002", "O" * 64, "O" * 65, "é" * 64, "é" * 65, "", None, "\x00"]
+    typ = pa.large_string() if kind == "large_string" else pa.string()
+    a: object = pa.array(["pad\x00", *values], typ).slice(1) if kind == "sliced" \
+        else pa.array(values, typ)
+    if kind == "chunked":
+        a = pa.chunked_array([a])
+    expected = [0 if v is None else {None: 0, rules.NUL_BYTE.format(column="order_id"): 1}.get(
+        rules.text_problem("orders", "order_id", v), 2) for v in values]
+    assert _text_codes(a, "orders", "order_id", 1, 2).tolist() == expected  # type: ignore[arg-type]
+    clean = pa.array(["O1", "O2"], typ)
+    assert _text_codes(clean, "orders", "order_id", 1, 2).tolist() == [0, 0]
