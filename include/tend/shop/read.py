@@ -41,14 +41,14 @@ from tend.shop.screen import (
     usable_ids,
 )
 from tend.shop.sqlite_fast import _read_sqlite_fast
-from tend.store.db import connect, lenient_text
+from tend.store.db import connect, decode_lenient
 
 
 def _shop_engine(url: str) -> Engine:
     """The shop's engine: text that is not valid UTF-8 in a SQLite shop reads with U+FFFD in
     place of the bad bytes (then fails the rules like any odd text) instead of failing the
     night."""
-    return connect(url, lenient_text=True)
+    return connect(url, lenient_text=sqlite_file(url) is not None)
 
 
 _IN_CHUNK = 900  # stay under SQLite's bound-parameter limit
@@ -92,7 +92,7 @@ def changed_customer_ids(url: str, since: dt.datetime, as_of: dt.date) -> list[s
         sql = str(q.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
         try:
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            con.text_factory = lenient_text
+            con.text_factory = decode_lenient
             try:
                 con.execute("PRAGMA busy_timeout = 60000")
                 return sorted(str(r[0]) for r in con.execute(sql))

@@ -32,7 +32,7 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 VERSION_TABLE = "tend_alembic_version"
 
 
-def lenient_text(value: bytes) -> str:
+def decode_lenient(value: bytes) -> str:
     """SQLite text as str, bytes that are not UTF-8 as U+FFFD (SQLite stores whatever it is
     given; a shop's odd row must not fail a read)."""
     return value.decode("utf-8", "replace")
@@ -60,7 +60,7 @@ def connect(url: str, *, lenient_text: bool = False) -> Engine:
             # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
             dbapi_conn.isolation_level = None
             if lenient_text:
-                dbapi_conn.text_factory = _lenient
+                dbapi_conn.text_factory = decode_lenient
             cur = dbapi_conn.cursor()
             # A new store gets 16 KiB pages (SQLite's default is 4 KiB; an existing file keeps
             # its own, the pragma is a no-op there): a customer's feature row is a few hundred
@@ -132,9 +132,6 @@ def explain(exc: BaseException) -> str | None:
                 "URL (--db/--store, TEND_SHOP_URL/TEND_STORE_URL)")
     return (f"cannot use the database ({first}): check that it is running and reachable from "
             "here, and that the URL (--db/--store, TEND_SHOP_URL/TEND_STORE_URL) is right")
-
-
-_lenient = lenient_text
 
 
 def _alembic_config() -> Config:
