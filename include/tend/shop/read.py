@@ -260,7 +260,19 @@ def read_customers(url: str, customer_ids: Iterable[str]) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
     df["customer_id"] = df["customer_id"].astype(str)
     for col in ("consent_at", "unsubscribed_at"):
-        df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="mixed")
+        raw = df[col]
+        ts = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+        odd = ~((ts >= rules.EARLIEST) & (ts < rules.LATEST)) & pd.Series(
+            [not _missing(v) and bool(str(v).strip()) for v in raw], index=df.index, dtype=bool)
+        if odd.any():
+            # Outside the rules' range or unparseable: a consent date we cannot read is none;
+            # an unsubscribe we cannot date is still an unsubscribe (never mail them).
+            ts = ts.where(~odd, pd.Timestamp(rules.EARLIEST) if col == "unsubscribed_at"
+                          else pd.NaT)
+            _log.warning("%s customer(s) have an unreadable %s (%s): %s", int(odd.sum()), col,
+                         "read as unsubscribed" if col == "unsubscribed_at" else "read as none",
+                         ", ".join(map(repr, df.loc[odd, "customer_id"].head(5))))
+        df[col] = ts
     return df
 
 

@@ -274,3 +274,22 @@ def test_positions_hash_either_side() -> None:
     assert columns._sorted_unique(pa.array(["b", None, "a", "b"])).to_pylist() == ["a", "b"]
     assert columns._sorted_unique(pa.array(["b", "a", "b"]), unique=False).to_pylist() == [
         "a", "b", "b"]
+
+
+def test_an_unsubscribe_that_cannot_be_read_still_counts(tmp_path: Path) -> None:
+    """A customer's unsubscribed_at that is garbage or out of any calendar is an unsubscribe
+    (at the earliest date), never a silent "subscribed"; an unreadable consent date is none."""
+    url = _shop(tmp_path / "shop.db")
+    with sqlite_session(tmp_path / "shop.db") as con:
+        con.execute("DELETE FROM customers")
+        con.executemany("INSERT INTO customers (customer_id, consent_at, unsubscribed_at) "
+                        "VALUES (?, ?, ?)", [("A", "2024-01-01", None), ("B", "9999-12-31", "yes"),
+                                             ("C", None, "9999-12-31 23:59:59"),
+                                             ("D", "0001-01-01", "2025-01-02 03:04:05")])
+    got = shop.read_customers(url, ["A", "B", "C", "D"]).set_index("customer_id")
+    earliest = pd.Timestamp("1970-01-01", tz="UTC")
+    assert got.loc["B", "unsubscribed_at"] == got.loc["C", "unsubscribed_at"] == earliest
+    assert pd.isna(got.loc["A", "unsubscribed_at"])
+    assert got.loc["D", "unsubscribed_at"] == pd.Timestamp("2025-01-02 03:04:05", tz="UTC")
+    assert pd.isna(got.loc["B", "consent_at"]) and pd.isna(got.loc["D", "consent_at"])
+    assert got.loc["A", "consent_at"] == pd.Timestamp("2024-01-01", tz="UTC")
