@@ -8,8 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tend.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tend.config import ShopSettings
+    from tend.messages.render import Renderer
 
 __all__ = ["checked_renderer", "date", "known_locale", "positive", "print_lines", "ready_store",
            "shop_arg", "stdout_gone", "store_arg"]
@@ -83,13 +88,13 @@ def ready_store(explicit: str | None) -> str:
     return url
 
 
-def checked_renderer(settings: object = None) -> object:
+def checked_renderer(settings: ShopSettings | None = None) -> Renderer:
     """The renderer of the templates, once the shop's default locale is known to have them."""
     from tend import config, messages
 
     settings = settings or config.ShopSettings.from_env()
-    r = messages.default_renderer(settings)  # type: ignore[arg-type]
-    known_locale(settings.default_locale, r.locales(), "TEND_DEFAULT_LOCALE")  # type: ignore[attr-defined]
+    r = messages.default_renderer(settings)
+    known_locale(settings.default_locale, r.locales(), "TEND_DEFAULT_LOCALE")
     return r
 
 

@@ -80,7 +80,7 @@ def _send(args: argparse.Namespace) -> None:
     backend = delivery.configured_backend(args.delivery)
     try:
         result = send_batch(store_url, args.as_of, args.batch,
-                            backend=backend, renderer=checked,  # type: ignore[arg-type]
+                            backend=backend, renderer=checked,
                             settings=config.ShopSettings.from_env())
     finally:
         backend.close()

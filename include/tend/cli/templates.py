@@ -66,8 +66,8 @@ def _templates(args: argparse.Namespace) -> None:
 
     r = checked_renderer()
     for locale in args.locale or ():
-        known_locale(locale, r.locales())  # type: ignore[attr-defined]
-    check_templates(r, locales=args.locale, templates=args.template,  # type: ignore[arg-type]
+        known_locale(locale, r.locales())
+    check_templates(r, locales=args.locale, templates=args.template,
                     programs=[(p.name, p.template, p.kind) for p in load_registry().programs])
 
 
@@ -76,9 +76,9 @@ def _preview(args: argparse.Namespace) -> None:
 
     settings = config.ShopSettings.from_env()
     r = checked_renderer(settings)
-    known_locale(args.locale, r.locales())  # type: ignore[attr-defined]
+    known_locale(args.locale, r.locales())
     print_lines(make_preview(
-        args.program, renderer=r, settings=settings,  # type: ignore[arg-type]
+        args.program, renderer=r, settings=settings,
         out_dir=args.out or config.var_dir() / "previews", locale=args.locale,
         customer_id=args.customer, shop_url=config.shop_url(args.db), as_of=args.as_of,
         png=args.png, width=args.width, dark=args.dark,
