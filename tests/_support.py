@@ -505,3 +505,76 @@ def settings_in_code() -> set[str]:
             names.update(n for n in _LITERAL.findall(path.read_text(encoding="utf-8"))
                          if not n.endswith("_"))
     return names | _sendgrid_env_names()
+
+
+# --- the worst shop rows (reliability-input) -------------------------------------------------
+#: Customers whose rows hold what a hostile or broken export can: names crafted to add a
+#: recipient, NUL bytes, absurd quantities and intervals, dates outside any calendar. Their ids
+#: start with EVIL so a test can tell their messages from everyone else's.
+WORST_CUSTOMERS = [  # customer_id, email, first_name, last_name, locale, timezone, consent_at,
+    # created_at
+    ("EVIL-1", "evil1@example.com", "=?utf-8?q?a@evil.example=2C?=", "x\r\nBcc: all@evil.example",
+     "en", "UTC", "2024-01-01 00:00:00", "2024-01-01 00:00:00"),
+    ("EVIL-2", "evil2@example.com", "Nul\x00Name", "\x00", "xx-NOPE", "Mars/Base",
+     "9999-12-31 23:59:59", "0001-01-01 00:00:00"),
+    ("EVIL\x003", "evil3@example.com", "Three", "Nul", "en", "UTC", None, "2024-01-01 00:00:00"),
+    ("EVIL-4", "evil4@example.com", '"A" <b@evil.example>, ' * 40, "é" * 300, "fr", "UTC",
+     "2024-01-01 00:00:00", "2024-01-01 00:00:00"),
+]
+WORST_PRODUCTS = [  # sku, name, category, price, service_interval_days, replenish_days
+    ("EVIL-SKU", "Evil\x00product", "x", 1e308, 10**9, 10**12),
+    ("EVIL\x00SKU", "Nul sku", "x", "1.00", None, 30),
+]
+WORST_ORDERS = [  # order_id, customer_id, ordered_at, total (the night's day is filled in)
+    ("EVIL-O1", "EVIL-1", "{night} 09:00:00", "24.00"),
+    ("EVIL-O2", "EVIL-2", "9999-12-31 23:59:59", "10.00"),
+    ("EVIL-O3", "EVIL-2", "0001-01-01 00:00:00", "10.00"),
+    ("EVIL\x00O4", "EVIL-1", "{night} 09:00:00", "10.00"),
+    ("E" * 300, "EVIL-1", "{night} 09:00:00", "10.00"),
+    ("EVIL-O5", "EVIL\x003", "{night} 09:00:00", "10.00"),
+    ("EVIL-O6", "EVIL-4", "{night} 09:00:00", "1e308"),
+    ("EVIL-O7", "EVIL-2", "{night} 10:00:00", "12.00"),
+    ("EVIL-O8", "EVIL-4", "{night} 10:00:00", "12.00"),
+]
+WORST_LINES = [  # order_id, sku, quantity
+    ("EVIL-O1", "COF-BEANS-HOUSE", 10**12),
+    ("EVIL-O1", "COF-FILTER-PAPER", 2**62),
+    ("EVIL-O1", "COF-DESCALER", 1),
+    ("EVIL-O7", "EVIL-SKU", 1),
+    ("EVIL-O7", "EVIL\x00SKU", 1),
+    ("EVIL-O7", "COF-BEANS-HOUSE", 3),
+    ("EVIL-O8", "COF-BEANS-HOUSE", 1e300),
+    ("EVIL-O8", "COF-DESCALER", 1),
+]
+
+
+def add_worst_rows(shop_url: str, night: dt.date) -> None:
+    """Add the worst rows above to a (demo) SQLite shop, whose columns take any value."""
+    with sqlite_session(shop_url.removeprefix("sqlite:///")) as con:
+        con.executemany(
+            "INSERT INTO customers (customer_id, email, first_name, last_name, locale, timezone, "
+            "marketing_consent, consent_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'express', ?, ?)",
+            WORST_CUSTOMERS)
+        con.executemany(
+            "INSERT INTO products (sku, name, category, price, service_interval_days, "
+            "replenish_days) VALUES (?, ?, ?, ?, ?, ?)", WORST_PRODUCTS)
+        con.executemany(
+            "INSERT INTO orders (order_id, customer_id, ordered_at, total, currency) "
+            "VALUES (?, ?, ?, ?, 'CAD')",
+            [(o, c, at.format(night=night), t) for o, c, at, t in WORST_ORDERS])
+        con.executemany(
+            "INSERT INTO order_lines (order_id, sku, quantity, unit_price) VALUES (?, ?, ?, 1)",
+            WORST_LINES)
+
+
+def one_mailbox(header: str) -> str:
+    """The one address an address header (as written, encoded words and all) names, read the
+    way a relay that decodes RFC 2047 then splits on commas would, and as written; fails when
+    either reading finds another number of addresses or two different ones."""
+    from email.header import decode_header, make_header
+    from email.utils import getaddresses
+
+    [(_, raw)] = getaddresses([header])
+    [(_, decoded)] = getaddresses([str(make_header(decode_header(header)))])
+    assert raw.lower() == decoded.lower(), (raw, decoded)
+    return raw.lower()

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="first night of contacts to count")
     sp.add_argument("--to", dest="end", type=date, required=True,
                     help="last night of contacts to count")
-    sp.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sp.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                    help="table (default): for reading; csv: one row per program; json")
     sp.add_argument("--by-month", action="store_true", help="one row per month and program")
     sp.add_argument("--out", type=Path, help="write to this file instead of printing")
     sp.set_defaults(run=_report)
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                             "lift), then print the report")
     shop_arg(sp)
     store_arg(sp)
-    sp.add_argument("--nights", type=positive, default=30)
+    sp.add_argument("--nights", type=positive, default=30,
+                    help="how many nights to run, one after the other (default 30)")
     sp.add_argument("--from", dest="start", type=date, required=True,
                     help="the first night (the day after the demo shop's --as-of)")
     sp.add_argument("--seed", type=int, default=7, help="seed of the customers' answers")

@@ -28,6 +28,7 @@ from tend.delivery.base import (
     OutgoingMessage,
     chunk_size_of,
     chunks_in_flight_of,
+    safe_display_name,
 )
 from tend.errors import DeliveryAuthError, DeliveryError, TemplateError
 from tend.logs import log, mask_email, table
@@ -361,9 +362,9 @@ def _message(row: Any, renderer: Renderer, settings: ShopSettings,
     return OutgoingMessage(
         message_id=row.message_id,
         to_email=customer["email"],
-        to_name=name or None,
+        to_name=safe_display_name(name),
         from_email=settings.from_email,
-        from_name=settings.from_name,
+        from_name=safe_display_name(settings.from_name) or "",
         reply_to=settings.reply_to,
         subject=rendered.subject,
         text=rendered.text,

@@ -67,6 +67,7 @@ from tend.delivery.base import (
     DeliveryStatus,
     DeliveryStopped,
     OutgoingMessage,
+    safe_display_name,
 )
 from tend.errors import ConfigError
 
@@ -259,11 +260,13 @@ def mail_send_payload(message: OutgoingMessage, *, sandbox: bool = False,
     Raises _Refused for what SendGrid would refuse, so no request is wasted on it.
     """
     to: dict[str, str] = {"email": message.to_email}
-    if message.to_name:
-        to["name"] = message.to_name
+    to_name = safe_display_name(message.to_name)  # SendGrid writes it into the To: header
+    if to_name:
+        to["name"] = to_name
     sender: dict[str, str] = {"email": message.from_email}
-    if message.from_name:
-        sender["name"] = message.from_name
+    from_name = safe_display_name(message.from_name)
+    if from_name:
+        sender["name"] = from_name
     doc: dict[str, Any] = {
         "personalizations": [{"to": [to]}],
         "from": sender,

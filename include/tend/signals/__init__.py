@@ -149,6 +149,20 @@ def frame(signal: str, customer_id: Iterable[object], score: Iterable[float],
     return out[SIGNAL_COLUMNS] if n else empty_signals()
 
 
+#: However odd the data, a signal's dates stay within this many days of a purchase: a date
+#: further away is never within a horizon, and the arithmetic stays inside pandas' calendar
+#: (which ends in 2262) for any purchase from 1970 on (the shop's rows are bounded there).
+MAX_SIGNAL_DAYS = 36_500
+
+
+def bounded_days(days: object, least: int = 1) -> np.ndarray:
+    """Day counts as whole numbers in [least, MAX_SIGNAL_DAYS] (NaN or infinite: the maximum),
+    so that adding them to a date can never overflow."""
+    d = np.rint(np.asarray(days, dtype=float))
+    return np.clip(np.nan_to_num(d, nan=MAX_SIGNAL_DAYS, posinf=MAX_SIGNAL_DAYS, neginf=least),
+                   least, MAX_SIGNAL_DAYS).astype(np.int64)
+
+
 def in_window(due: pd.Series, valid_until: pd.Series, as_of: dt.date, horizon_days: int
               ) -> np.ndarray:
     """Due within the horizon and not expired."""

@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import optimize, special, stats
 
 from tend.features.year import days_between
+from tend.signals import bounded_days
 
 PRIOR_DF = 4.0  # the spread prior is worth this many gaps
 _DEFAULT_MU = np.log(45.0)  # a shop with no repeat customers yet: a second order after ~45 days
@@ -178,7 +179,8 @@ def lapse_scores(features: pd.DataFrame, as_of: dt.date, params: LapsedParams | 
 
     median_gap = np.exp(loc)
     last_day = f["last_order_at"].dt.tz_convert("UTC").dt.tz_localize(None).dt.floor("D")
-    expected_next = (last_day + pd.to_timedelta(np.round(median_gap), unit="D")).dt.date
+    gap = pd.to_timedelta(bounded_days(median_gap, least=0), unit="D")
+    expected_next = (last_day + gap).dt.date
     mean_gap = np.exp(loc + scale**2 / 2)
     aov = f["avg_order_value"].to_numpy(dtype=float)
     shop_aov = float(np.average(aov, weights=n)) if n.sum() > 0 else 0.0

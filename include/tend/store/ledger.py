@@ -690,3 +690,9 @@ def exposures(conn: Connection, start: dt.date, end: dt.date) -> pd.DataFrame:
     out["night"] = pd.to_datetime(out["night"]).dt.date
     out["customer_id"] = out["customer_id"].astype(str)
     return out[[*cols, "group"]]
+
+
+def batch_ids(conn: Connection, as_of: dt.date) -> list[int]:
+    """The batches night ``as_of`` claimed messages in (what ``tend send --batch`` takes)."""
+    q = select(L.c.batch_id).where(L.c.as_of == as_of).distinct().order_by(L.c.batch_id)
+    return [int(b) for (b,) in conn.execute(q)]

@@ -254,3 +254,16 @@ def test_detect_all_refuses_features_of_another_night(tmp_path) -> None:  # type
     migrate(store)
     with pytest.raises(DataError, match="tend ingest --as-of"):
         detect_all(store, "sqlite:///unused.db", NIGHT)
+
+
+@pytest.mark.parametrize(("quantity", "replenish", "service"), [
+    (2**31 - 1, 30, 365), (1, 10**9, 10**9), (10**6, 3650, 3650), (1, np.inf, np.nan)])
+def test_absurd_quantities_and_intervals_never_overflow_a_date(
+        quantity: int, replenish: float, service: float) -> None:
+    """Whatever reached the features (an older store, a shop read before the bounds), the
+    signals' date arithmetic stays inside the calendar and such a purchase is never due."""
+    products = PRODUCTS.assign(replenish_days=[replenish, np.nan, np.nan, np.nan],
+                               service_interval_days=[np.nan, service, np.nan, np.nan])
+    out = _one([("1970-01-02 10:00", "BEANS", 20.0), ("2026-11-01 10:00", "BOILER", 190.0)],
+               [(0, "BEANS", quantity), (1, "BOILER", quantity)], products)
+    assert not {"replenish", "checkup"} & set(out["signal"])
