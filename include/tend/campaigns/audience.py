@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
-from tend.campaigns.spec import AUDIENCES, CampaignSpec
+from tend.campaigns.form import AUDIENCES
+from tend.campaigns.spec import CampaignSpec
 from tend.errors import DataError
 from tend.features.columns import FeatureSet
 from tend.shop import schema as shop_schema

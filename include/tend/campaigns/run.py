@@ -24,7 +24,8 @@ from typing import Any
 import pandas as pd
 
 from tend.campaigns.audience import select_audience
-from tend.campaigns.spec import AUDIENCES, CampaignSpec, Content
+from tend.campaigns.form import AUDIENCES
+from tend.campaigns.spec import CampaignSpec, Content
 from tend.config import ShopSettings
 from tend.errors import DataError
 from tend.features.columns import FeatureSet

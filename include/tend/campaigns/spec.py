@@ -12,52 +12,24 @@ import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from tend.campaigns.form import (
+    AUDIENCES,
+    NAME_PATTERN,
+    OFFERS,
+    SEND_AT_PATTERN,
+    TIERS,
+)
 from tend.errors import ConfigError, TemplateError
 from tend.programs.caps import SendWindow
 from tend.programs.consent import is_valid_email
 from tend.programs.registry import Offer, Program
 from tend.store.ledger import CAMPAIGN_PREFIX
 
-#: Audience kinds, with the label the form shows for each.
-AUDIENCES: dict[str, str] = {
-    "all": "All customers with marketing consent",
-    "lapsed": "Lapsed customers (gone quiet)",
-    "seasonal": "Seasonal window open",
-    "checkup": "Check-up due",
-    "loyalty_tier": "Loyalty tier (spend) reached",
-    "category": "Bought a category in the last N days",
-    "one_time": "One-time buyers",
-    "upload": "Uploaded list of customer ids (CSV)",
-}
-OFFERS: dict[str, str] = {"none": "No offer", "percent": "Percent off (e.g. 15 %)",
-                          "amount": "Amount off (e.g. $10)"}
-TIERS = ("silver", "gold", "platinum")
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,59}$"
-SEND_AT_PATTERN = r"^(now|([01][0-9]|2[0-3]):[0-5][0-9])$"
 MAX_FEATURED = 12
 #: What a campaign's messages count as for consent and caps: a promotion or newsletter.
 KIND = "marketing"
-
-
-def campaign_templates(templates_dir: Path) -> list[str]:
-    """The templates a campaign can send: those whose words come from the form (their
-    contract says ``campaign``) and that exist in ``templates_dir``. A file listing only, so
-    the DAG may call it when it is parsed."""
-    from tend.messages.contracts import TEMPLATE_SPECS
-
-    found = {p.name.removesuffix(".subject.j2")
-             for p in templates_dir.glob("*/*.subject.j2")}
-    return sorted(n for n in found if n in TEMPLATE_SPECS and TEMPLATE_SPECS[n].campaign)
-
-
-def template_locales(templates_dir: Path) -> list[str]:
-    """The languages the templates are written in (folders with a strings.j2, no regional
-    ones): the form asks for a subject and words in each."""
-    return sorted(p.parent.name for p in templates_dir.glob("*/strings.j2")
-                  if "_" not in p.parent.name)
 
 
 @dataclass(frozen=True)
