@@ -423,3 +423,30 @@ def finish(name: str, store_url: str, as_of: dt.date) -> list[str]:
         stored.set_status(conn, name, status, now=ledger.now(), report=report)
     rows = [(s, counts.get(s, 0)) for s in ("sent", "failed", "unknown", "claimed", "sending")]
     return [f"campaign {name} ({as_of}): {status}", *table(["status", "messages"], rows)]
+
+
+def show_lines(store_url: str, name: str | None) -> list[str]:
+    """``tend campaign show``: one campaign's status and reports, or the list of them."""
+    require_current(store_url)
+    with connect(store_url).connect() as conn:
+        if name is None:
+            names = stored.names(conn)
+            rows = [stored.read(conn, n) for n in names]
+            out = table(["campaign", "status", "day", "template", "audience"],
+                        [(r["name"], r["status"], str(r["as_of"]), r["template"],
+                          r["audience"]) for r in rows if r]) if names else ["no campaigns yet"]
+            lists = stored.audiences(conn)
+            if lists:
+                out += ["", *table(["uploaded audience", "customers"], list(lists.items()))]
+            return out
+        row = stored.read(conn, name)
+    if row is None:
+        raise DataError(f"no campaign named {name!r}; `tend campaign show` lists them")
+    out = [f"campaign {name}: {row['status']} (day {row['as_of']}, run {row['run_id']})"]
+    for key in ("dry_run_report", "report"):
+        if row[key]:
+            fields = {k: v for k, v in row[key].items() if k in CampaignReport.__annotations__}
+            out += ["", *CampaignReport(**fields).lines()]
+            if row[key].get("ledger"):
+                out += table(["status", "messages"], sorted(row[key]["ledger"].items()))
+    return out
