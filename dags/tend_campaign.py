@@ -61,16 +61,18 @@ def tend_campaign() -> None:
     def send(as_of: str, batch_id: int, **context) -> dict:
         return tasks.campaign_send(as_of, batch_id, context)
 
+    # Runs whatever happened upstream, and fails unless every message was sent: the run's
+    # state is the campaign's.
     @task(trigger_rule="all_done")
-    def finish(as_of: str, **context) -> None:
-        tasks.campaign_finish(as_of, context)
+    def finish(**context) -> None:
+        tasks.campaign_finish(context)
 
     batch_ids = plan()
     day = batch_ids[tasks.AS_OF_XCOM]
     proofed = proof()
     migrate_store() >> check() >> batch_ids >> proofed
     sent = send.partial(as_of=day).expand(batch_id=batch_ids)
-    proofed >> sent >> finish(day)
+    proofed >> sent >> finish()
 
 
 tend_campaign()

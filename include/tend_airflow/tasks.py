@@ -202,9 +202,16 @@ def campaign_send(as_of: str, batch_id: int, context: Mapping[str, Any]) -> dict
                 send_window=_campaign(context).send_window(load_registry().send_window))
 
 
-def campaign_finish(as_of: str, context: Mapping[str, Any]) -> None:
-    """Log the campaign's totals by status and store its final status."""
-    from tend.campaigns.run import finish
+def campaign_finish(context: Mapping[str, Any]) -> None:
+    """Log the campaign's totals by status and store its final status; fail (without retries:
+    the sends already had theirs) when this run planned nothing or did not send everything,
+    so the run's state tells the truth."""
+    from airflow.sdk.exceptions import AirflowFailException
 
-    for line in finish(_campaign(context).name, store_url(), dt.date.fromisoformat(as_of)):
-        log.info(line)
+    from tend.campaigns.run import finish
+    from tend.errors import DataError
+
+    try:
+        finish(_campaign(context).name, store_url(), runs.run_id(context))
+    except DataError as exc:
+        raise AirflowFailException(str(exc)) from exc

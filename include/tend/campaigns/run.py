@@ -399,22 +399,31 @@ def send_proofs(name: str, store_url: str, *, to: Sequence[str], backend: Any,
     return len(outgoing)
 
 
-def finish(name: str, store_url: str, as_of: dt.date) -> list[str]:
-    """The campaign's totals by ledger status, its final status stored; the lines to log."""
+def finish(name: str, store_url: str, run_id: str) -> list[str]:
+    """The campaign's totals by ledger status, logged, and its final status stored.
+
+    Raises (so the run's state tells the truth) when this run did not plan the campaign (an
+    earlier task failed) or when any of its messages is not sent: failed, unknown, or still
+    waiting in a batch that did not finish.
+    """
     from sqlalchemy import func, select
 
     from tend.store.tables import contact_ledger as L
 
     with connect(store_url).begin() as conn:
         row = stored.read(conn, name)
-        if row is None:
-            raise DataError(f"no campaign {name!r} in the store")
+        if row is None or row["run_id"] != run_id:
+            raise DataError(f"campaign {name}: this run planned nothing (an earlier task "
+                            "failed: its log says why); nothing was sent by this run")
         program = ledger.CAMPAIGN_PREFIX + name
         counts = {s: int(n) for s, n in conn.execute(
             select(L.c.status, func.count()).where(L.c.program == program)
             .group_by(L.c.status))}
         if row["status"] == "dry_run":
-            return [f"campaign {name}: dry run, nothing sent; switch dry_run off to send"]
+            done = (f"campaign {name}: dry run, nothing claimed or sent; trigger it again with "
+                    "dry_run off to send")
+            log.info(done)
+            return [done]
         pending = counts.get("claimed", 0) + counts.get("sending", 0)
         status = "sending" if pending else ("failed" if not counts.get("sent") and (
             counts.get("failed") or counts.get("unknown")) else "sent")
@@ -422,7 +431,18 @@ def finish(name: str, store_url: str, as_of: dt.date) -> list[str]:
         report["ledger"] = counts
         stored.set_status(conn, name, status, now=ledger.now(), report=report)
     rows = [(s, counts.get(s, 0)) for s in ("sent", "failed", "unknown", "claimed", "sending")]
-    return [f"campaign {name} ({as_of}): {status}", *table(["status", "messages"], rows)]
+    lines = [f"campaign {name} (day {row['as_of']}): {status}",
+             *table(["status", "messages"], rows)]
+    for line in lines:
+        log.info(line)
+    short = {s: n for s, n in rows if s != "sent" and n}
+    if short:
+        counted = ", ".join(f"{s} {n:,}" for s, n in short.items())
+        raise DataError(
+            f"campaign {name}: not every message was sent ({counted}); `tend why CUSTOMER_ID` "
+            "tells each story; what is still claimed goes out when the send tasks are cleared "
+            "and rerun, unknown ones are never resent")
+    return lines
 
 
 def show_lines(store_url: str, name: str | None) -> list[str]:

@@ -20,6 +20,7 @@ from tend.campaigns.spec import parse_spec
 from tend.config import ShopSettings
 from tend.delivery.engine import send_batch
 from tend.delivery.outbox import OutboxBackend
+from tend.errors import DataError
 from tend.features import ingest
 from tend.programs import plan
 from tend.programs.caps import SendWindow
@@ -100,13 +101,24 @@ def test_real_run_claims_once_and_the_same_name_again_claims_nothing(
         send_batch(store_url, DAY, b, backend=backend,
                    renderer=messages.default_renderer(SETTINGS), settings=SETTINGS)
     assert len(list(outbox.glob("*.eml"))) == real.claimed
-    lines = finish("winter-news", store_url, DAY)
-    assert "sent" in lines[0]
+    lines = finish("winter-news", store_url, "c1")
+    assert lines[0] == "campaign winter-news (day 2026-11-20): sent"
+    with pytest.raises(DataError, match="this run planned nothing"):
+        finish("winter-news", store_url, "another-run")
 
     again = run(shop_url, store_url, spec(), day=DAY + dt.timedelta(days=10), run_id="c2")
     assert again.claimed == 0
     assert again.fates.get("already_claimed", 0) == real.claimed
     assert len(ledger_rows(store_url)) == real.claimed
+
+
+def test_finish_fails_when_a_message_was_not_sent(ingested: tuple[str, str]) -> None:
+    shop_url, store_url = ingested
+    run(shop_url, store_url, spec(max_recipients=3))
+    with pytest.raises(DataError, match=r"not every message was sent \(claimed 3\)"):
+        finish("winter-news", store_url, "c1")
+    with connect(store_url).connect() as conn:
+        assert stored.read(conn, "winter-news")["status"] == "sending"
 
 
 def test_campaign_and_nightly_never_exceed_a_cap(ingested: tuple[str, str]) -> None:
