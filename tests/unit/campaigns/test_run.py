@@ -26,6 +26,7 @@ from tend.programs import plan
 from tend.programs.caps import SendWindow
 from tend.programs.registry import load_registry
 from tend.store import campaigns as stored
+from tend.store import ledger
 from tend.store.db import connect
 from tend.store.tables import contact_ledger, decision_log
 
@@ -167,3 +168,51 @@ def test_proofs_go_to_staff_only_and_not_in_the_ledger(ingested: tuple[str, str]
     assert {m["To"] for m in sent} == {"boss@shop.example"}
     assert all(m["Subject"].startswith("[PROOF] ") for m in sent)
     assert ledger_rows(store_url).empty
+
+
+def test_campaign_and_nightly_at_the_same_time_contact_nobody_twice(
+        ingested: tuple[str, str]) -> None:
+    """Both claim at once (threads, each with its own connections): the ledger's lock orders
+    them, the second sees the first's claims, and each run owns only its own batches."""
+    import threading
+
+    shop_url, store_url = ingested
+    reg = load_registry()
+    errors: list[BaseException] = []
+    results: dict[str, Any] = {}
+
+    def nightly() -> None:
+        try:
+            results["night"] = plan.plan_night(
+                shop_url, store_url, DAY, "n1", settings=SETTINGS,
+                renderer=messages.default_renderer(SETTINGS), secret="s", registry=reg)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    def campaign() -> None:
+        try:
+            results["campaign"] = run(shop_url, store_url, spec())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=nightly), threading.Thread(target=campaign)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    rows = ledger_rows(store_url)
+    marketing = rows.loc[rows["kind"] == "marketing"]
+    assert marketing["customer_id"].is_unique
+    is_campaign = rows["program"] == "campaign:winter-news"
+    assert is_campaign.any() and (~is_campaign).any()
+    night_batches = set(results["night"].batches)
+    campaign_batches = set(results["campaign"].batches)
+    assert night_batches and campaign_batches and not night_batches & campaign_batches
+    assert set(rows.loc[is_campaign, "batch_id"]) == campaign_batches
+    assert set(rows.loc[~is_campaign, "batch_id"]) == night_batches
+    with connect(store_url).connect() as conn:
+        assert set(ledger.batches_to_send(conn, DAY)) == night_batches
+        assert set(ledger.batches_to_send(conn, DAY, "campaign:winter-news")) == \
+            campaign_batches
+        assert ledger.claims_without_contexts(conn, DAY).empty
