@@ -8,7 +8,8 @@ winners in the contact ledger; `send` is mapped over the claimed batch ids (ids 
 message lists), at most four at a time in the `tend_send` pool, through the backend named by
 the Variable `tend_delivery` (SendGrid reads the connection `sendgrid_default`; the
 *SendGrid sandbox* parameter, or `{"sendgrid_sandbox": true}` in the run's conf, switches
-SendGrid's sandbox mode for that run); `summary` prints the night's totals.
+SendGrid's sandbox mode for that run); `summary` prints the night's totals and warns of new
+customer complaints; `complaints_digest` emails them to `TEND_STAFF_EMAIL` (each once).
 
 Replay a night: `airflow dags test tend_programs 2026-11-20` (after tend_ingest for that date).
 Rerunning a night sends nothing new: the ledger already holds every message it claimed.
@@ -50,10 +51,14 @@ def tend_programs() -> None:
     def summary(as_of: str) -> None:
         tasks.summary(as_of)
 
+    @task(trigger_rule="all_done")
+    def complaints_digest(**context) -> int:
+        return tasks.complaints_digest(context)
+
     batch_ids = plan()
     night = batch_ids[tasks.AS_OF_XCOM]
     sent = send.partial(as_of=night).expand(batch_id=batch_ids)
-    sent >> summary(night)
+    sent >> summary(night) >> complaints_digest()
 
 
 tend_programs()

@@ -216,6 +216,80 @@ def running_service(store_url: str, tmp_path: Path, *, settings: Any = None,
         thread.join(timeout=10)
 
 
+# -- one planned night of the programs stage (tests/unit/programs, tests/unit/listen) ---------
+
+
+def make_program(name: str, **over: Any) -> dict[str, Any]:
+    """A programs.yaml entry: a win-back on ``lapsed`` unless overridden."""
+    base = {"name": name, "signal": "lapsed", "template": "winback", "kind": "marketing",
+            "priority": 50, "cooldown_days": 0, "validity_days": 14}
+    return base | over
+
+
+def make_registry(*programs: dict[str, Any], caps: list[dict[str, int]] | None = None) -> Any:
+    """A registry of ``programs`` (default cap: one marketing message in 3 days)."""
+    import copy
+
+    from tend.programs.registry import parse_registry
+
+    return parse_registry({"caps": caps if caps is not None else [{"messages": 1, "days": 3}],
+                           "programs": [copy.deepcopy(p) for p in programs]})
+
+
+def plan_test_night(shop_url: str, store_url: str, day: dt.date, reg: Any,
+                    secret: str = "s") -> Any:
+    """Ingest and plan the night of ``day``, then mark its claims sent (no rendering)."""
+    from tend import messages
+    from tend.features import ingest
+    from tend.programs import plan
+
+    settings = ShopSettings.from_env({})
+    ingest.run_ingest(shop_url, store_url, day, f"i-{day}")
+    planned = plan.plan_night(shop_url, store_url, day, f"p-{day}", settings=settings,
+                              renderer=messages.default_renderer(settings), secret=secret,
+                              registry=reg)
+    mark_claimed_sent(store_url, day)
+    return planned
+
+
+def night_decisions(store_url: str, day: dt.date | None = None) -> Any:
+    """The decision log (of one night, or all), as a DataFrame."""
+    import pandas as pd
+
+    from tend.store.db import connect
+    from tend.store.tables import decision_log
+
+    q = select(decision_log)
+    if day:
+        q = q.where(decision_log.c.as_of == day)
+    with connect(store_url).connect() as conn:
+        return pd.DataFrame(conn.execute(q).mappings().all())
+
+
+def sent_survey(store_url: str, customer_id: str, message_id: str, *,
+                sku: str | None = "SKL-26", as_of: dt.date | None = None) -> None:
+    """A survey message in the ledger, sent, with its render context (about product ``sku``),
+    as a night leaves it: what the survey's rating links answer."""
+    import json
+
+    import numpy as np
+
+    from tend.store import db, ledger
+    from tend.store.tables import contact_ledger
+
+    db.migrate(store_url)
+    now = dt.datetime.now(dt.UTC)
+    night = as_of or now.date()
+    context = {"template": "survey", "signal": {"name": "survey"},
+               "products": [{"sku": sku, "name": "Cast-iron skillet"}] if sku else []}
+    with db.connect(store_url).begin() as conn:
+        conn.execute(contact_ledger.insert().values(
+            message_id=message_id, customer_id=customer_id, program="survey",
+            occurrence=f"survey::{night}", kind="service", status="sent", as_of=night,
+            run_id="r", batch_id=0, claimed_at=now))
+        ledger.write_contexts(conn, night, np.zeros(1, dtype=np.int64), [message_id],
+                              [json.dumps(context)])
+
 # -- whole runs through real Airflow (`airflow dags test`), as `make run` does ----------------
 
 AIRFLOW_TIMEOUT = 240  # a task stuck in up_for_retry would otherwise wait out its retry_delay

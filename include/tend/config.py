@@ -78,6 +78,12 @@ def templates_dir() -> Path:
     return Path(os.environ.get("TEND_TEMPLATES_DIR", PROJECT_ROOT / "templates" / "email"))
 
 
+def pages_templates_dir() -> Path:
+    """The customer pages' templates (``tend serve``), shipped with Tend: a shop restyles its
+    emails (``TEND_TEMPLATES_DIR``) without having to copy these."""
+    return PROJECT_ROOT / "templates" / "pages"
+
+
 def unsubscribe_secret() -> str:
     """The HMAC key for unsubscribe links and voucher codes.
 
@@ -314,3 +320,17 @@ def mask_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable url>"
+
+
+def staff_email() -> str:
+    """``TEND_STAFF_EMAIL``: the shop's staff address, where the daily complaints digest goes."""
+    from tend.programs.consent import is_valid_email
+
+    value = (os.environ.get("TEND_STAFF_EMAIL") or "").strip()
+    if not value:
+        raise ConfigError("TEND_STAFF_EMAIL is not set: the complaints digest needs the staff "
+                          "address to write to; set it, e.g. TEND_STAFF_EMAIL=service@shop.example")
+    if not is_valid_email(value):
+        raise ConfigError(f"TEND_STAFF_EMAIL={value!r} is not an email address; "
+                          "use e.g. service@shop.example")
+    return value

@@ -1,20 +1,32 @@
-"""What a night did, told to people: the night's totals and the story of one customer.
+"""What a night did, told to people: the night's totals and the story of one customer, and the
+daily digest of new complaints to the shop's staff.
 
-Reads the decision log, the contact ledger and the quarantine (``tend.store``); called by
-tend_programs' ``summary`` task and by ``tend summary`` / ``tend why``.
+Reads the decision log, the contact ledger, the quarantine, the customers' own choices and the
+complaints (``tend.store``); called by tend_programs' ``summary`` and ``complaints_digest``
+tasks and by ``tend summary`` / ``tend why`` / ``tend complaints digest``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import html
 from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
 from tend.logs import table
-from tend.store import ledger
+from tend.store import complaints, ledger
+from tend.store import preferences as chosen
+from tend.store import suppressions as suppressed
 from tend.store.db import connect
 from tend.store.tables import contact_ledger, decision_log, quarantine
+
+if TYPE_CHECKING:
+    from tend.config import ShopSettings
+    from tend.delivery.base import DeliveryBackend
 
 
 def summary_lines(store_url: str, as_of: dt.date) -> list[str]:
@@ -30,6 +42,8 @@ def summary_lines(store_url: str, as_of: dt.date) -> list[str]:
         quarantined = conn.execute(
             select(quarantine.c.reason, func.count()).where(quarantine.c.as_of == as_of)
             .group_by(quarantine.c.reason)).all()
+        start = dt.datetime.combine(as_of - dt.timedelta(days=1), dt.time(), dt.UTC)
+        new_complaints = complaints.opened_between(conn, start, start + dt.timedelta(days=2))
     candidates = sum(n for _, _, n in fates)
     skipped = Counter()
     for _, fate, n in fates:
@@ -53,6 +67,53 @@ def summary_lines(store_url: str, as_of: dt.date) -> list[str]:
                                                                 key=lambda kv: -kv[1]))]
     if quarantined:
         out += ["", *table(["quarantined because", "rows"], [tuple(r) for r in quarantined])]
+    if new_complaints:
+        out += ["", f"WARNING: {len(new_complaints)} new complaint(s), still open; marketing to "
+                    "these customers is paused until staff resolve them "
+                    "(tend complaints resolve ID --note ...)",
+                *complaint_table(new_complaints)]
+    return out
+
+
+def complaint_table(rows: list[Mapping[str, Any]]) -> list[str]:
+    """Complaints as a plain table (no email address: staff look the customer up by id)."""
+    return table(["id", "opened", "customer", "source", "rating", "comment"], [
+        (r["id"], _stamp(r["opened_at"]), r["customer_id"], r["source"],
+         "" if r["rating"] is None else r["rating"], _short(r["comment"]))
+        for r in rows])
+
+
+def _stamp(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return str(value)[:16]
+
+
+def _short(text: str | None, limit: int = 60) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def choices_lines(conn: Any, customer_id: str) -> list[str]:
+    """What the customer chose or caused that planning honours: their preferences, their own
+    unsubscribe, their open complaints."""
+    out = []
+    prefs = chosen.load(conn, customer_id)
+    picked = [text for on, text in (
+        (prefs.paused_until is not None, f"marketing paused until {prefs.paused_until}"),
+        (prefs.fewer_emails, "fewer emails"),
+        (prefs.offers_opt_out, "no offers, reminders only"),
+        (prefs.locale is not None, f"language {prefs.locale}")) if on]
+    if picked:
+        out.append(f"  preferences page: {', '.join(picked)}")
+    since = suppressed.unsubscribed_since(conn, customer_id)
+    if since is not None:
+        out.append(f"  unsubscribed on {_stamp(since)}")
+    for c in complaints.open_ones(conn, customer_id):
+        out.append(f"  open complaint #{c['id']} since {_stamp(c['opened_at'])} "
+                   f"({c['source']}): marketing paused")
     return out
 
 
@@ -68,11 +129,12 @@ def why_lines(store_url: str, customer_id: str, as_of: dt.date | None = None) ->
         msgs = {m["message_id"]: m for i in range(0, len(ids), 500) for m in conn.execute(
             select(contact_ledger).where(contact_ledger.c.message_id.in_(ids[i : i + 500]))
         ).mappings()}
+        choices = choices_lines(conn, customer_id)
     if not decisions:
         when = f" on {as_of}" if as_of else ""
         return [f"customer {customer_id}: no decisions recorded{when} "
-                "(no signal fired for them, or the night has not run)"]
-    out = [f"customer {customer_id}"]
+                "(no signal fired for them, or the night has not run)", *choices]
+    out = [f"customer {customer_id}", *choices]
     for d in decisions:
         line = f"  {d['as_of']}  {d['program']:<12} {d['fate']:<28} {d['reason']}"
         m = msgs.get(d["message_id"]) if d["message_id"] else None
@@ -84,3 +146,52 @@ def why_lines(store_url: str, customer_id: str, as_of: dt.date | None = None) ->
                 line += f" — {m['error']}"
         out.append(line)
     return out
+
+
+def send_complaint_digest(store_url: str, *, backend: DeliveryBackend, settings: ShopSettings,
+                          staff_email: str, now: dt.datetime | None = None) -> int:
+    """Email the staff every open complaint no digest has carried yet; returns how many.
+
+    Sends first, then records ``notified_at``: a crash in between repeats a digest rather than
+    losing a complaint (staff can read a second copy; an unhappy customer left unanswered is
+    the worse failure). A refused digest raises and marks nothing, so the next run retries.
+    """
+    from tend.delivery.base import DeliveryStatus, OutgoingMessage
+    from tend.errors import DeliveryError
+
+    now = now or dt.datetime.now(dt.UTC)
+    engine = connect(store_url)
+    with engine.connect() as conn:
+        pending = complaints.to_notify(conn)
+    if not pending:
+        return 0
+    ids = [int(r["id"]) for r in pending]
+    n = len(pending)
+    subject = f"{settings.name}: {n} new customer complaint{'s' if n > 1 else ''}"
+    intro = (f"{n} customer complaint{'s' if n > 1 else ''} opened since the last digest. "
+             "Marketing to these customers is paused until you resolve the complaint:\n"
+             "    tend complaints resolve ID --note \"what you did\"")
+    text = "\n".join([intro, "", *complaint_table(pending), "", *(
+        f"#{r['id']} ({r['customer_id']}): {r['comment']}" for r in pending if r["comment"])])
+    body = "".join(
+        f"<tr><td>#{r['id']}</td><td>{html.escape(_stamp(r['opened_at']))}</td>"
+        f"<td>{html.escape(str(r['customer_id']))}</td><td>{html.escape(r['source'])}</td>"
+        f"<td>{'' if r['rating'] is None else r['rating']}</td>"
+        f"<td>{html.escape(r['comment'] or '')}</td></tr>" for r in pending)
+    markup = (f"<p>{html.escape(intro).replace(chr(10), '<br>')}</p><table border=\"1\" "
+              "cellpadding=\"4\"><tr><th>id</th><th>opened</th><th>customer</th>"
+              f"<th>source</th><th>rating</th><th>comment</th></tr>{body}</table>")
+    digest_id = "complaints-" + hashlib.sha256(
+        ",".join(map(str, ids)).encode()).hexdigest()[:24]
+    (result,) = backend.send([OutgoingMessage(
+        message_id=digest_id, to_email=staff_email, to_name=None,
+        from_email=settings.from_email, from_name=settings.from_name, reply_to=None,
+        subject=subject, text=text, html=markup, headers={},
+        categories=("complaints_digest",), custom_args={"tend_message_id": digest_id})])
+    if result.status == DeliveryStatus.FAILED:
+        raise DeliveryError(f"the complaints digest to {staff_email} was refused by the "
+                            f"{backend.name} backend: {result.error}; fix the delivery "
+                            "settings or TEND_STAFF_EMAIL and run `tend complaints digest` again")
+    with engine.begin() as conn:
+        complaints.mark_notified(conn, ids, now=now)
+    return n

@@ -101,6 +101,28 @@ def summary(as_of: str) -> None:
         log.info(line)
 
 
+def complaints_digest(context: Mapping[str, Any] | None = None) -> int:
+    """Email the staff the customer complaints opened since the last digest (each once); a
+    shop without ``TEND_STAFF_EMAIL`` gets a warning in the log, not a failed night."""
+    from tend.config import ShopSettings
+    from tend.errors import ConfigError
+    from tend.reports import send_complaint_digest
+
+    try:
+        staff = config.staff_email()
+    except ConfigError as exc:
+        log.warning("complaints digest not sent: %s", exc)
+        return 0
+    backend = delivery_backend(context)
+    try:
+        sent = send_complaint_digest(store_url(), backend=backend,
+                                     settings=ShopSettings.from_env(), staff_email=staff)
+    finally:
+        backend.close()
+    log.info("complaints digest: %d complaint(s) sent to staff", sent)
+    return sent
+
+
 # -- tend_campaign ------------------------------------------------------------------------------
 
 

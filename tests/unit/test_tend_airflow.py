@@ -392,6 +392,26 @@ def test_delivery_name_resolution(clean_env: pytest.MonkeyPatch) -> None:
     assert delivery.delivery_name() == "sendgrid"
 
 
+def test_complaints_digest_task(clean_env: pytest.MonkeyPatch, tmp_path: Any,
+                                caplog: pytest.LogCaptureFixture) -> None:
+    from tend.store import complaints, migrate
+    from tend.store.db import connect
+    from tend_airflow import tasks
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate(store)
+    clean_env.setenv("TEND_STORE_URL", store)
+    with connect(store).begin() as conn:
+        complaints.open_complaint(conn, customer_id="C1", source="survey", rating=1,
+                                  now=dt.datetime.now(dt.UTC))
+    # no staff address: a warning, not a failed night
+    assert tasks.complaints_digest({}) == 0
+    assert "TEND_STAFF_EMAIL is not set" in caplog.text
+    clean_env.setenv("TEND_STAFF_EMAIL", "service@shop.example")
+    assert tasks.complaints_digest({}) == 1
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
+    assert tasks.complaints_digest({}) == 0
+
 # -- tend_campaign: the form and its first task ------------------------------------------------
 
 CAMPAIGN_FORM = {"name": "winter-news", "subject_en": "Hi", "subject_fr": "Salut"}

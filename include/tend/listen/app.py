@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +32,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tend import config
 from tend.config import ShopSettings
 from tend.listen.spool import Spool
+from tend.logs import mask_email
 from tend.store import db
 
-__all__ = ["MAX_BODY_BYTES", "Handler", "Service", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "SECURITY_HEADERS", "Handler", "MaskEmails", "SecurityHeaders",
+           "Service", "create_app", "plain_response"]
 
 log = logging.getLogger("tend.listen")
 
@@ -155,6 +158,61 @@ def _plain(status: int) -> Response:
     return PlainTextResponse(_REASONS.get(status, "Error") + "\n", status_code=status)
 
 
+def plain_response(status: int) -> Response:
+    """The plain page of a 4xx/5xx: the status's words only, nothing about the request."""
+    return _plain(status)
+
+
+#: On every response: the pages load nothing but their own stylesheet, run no script, cannot
+#: be framed, leak no link (their URLs carry tokens) and are never cached (they show a
+#: customer's choices).
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", b"default-src 'none'; style-src 'self'; img-src 'self'; "
+                                 b"form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+)
+
+
+class SecurityHeaders:
+    """ASGI middleware: :data:`SECURITY_HEADERS` on every response (replacing a route's own)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.names = {name for name, _ in SECURITY_HEADERS}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower()
+                        not in self.names]
+                message = {**message, "headers": kept + list(SECURITY_HEADERS)}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+_EMAIL_IN_TEXT = re.compile(r"[^\s@<>\"',;:()\[\]]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+
+class MaskEmails(logging.Filter):
+    """A log filter that masks every email address in a record (``tend.logs.mask_email``):
+    what a customer typed, a URL or an error message must not put an address in the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "@" in text:
+            record.msg = _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group(0)), text)
+            record.args = None
+        return True
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 500)
     return _plain(status)
@@ -212,6 +270,11 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(BodyLimit)
+    app.add_middleware(SecurityHeaders)
+    for name in ("tend.listen", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, MaskEmails) for f in logger.filters):
+            logger.addFilter(MaskEmails())
     return app
 
 

@@ -1,16 +1,452 @@
-"""The customer's pages: unsubscribe, preferences and the survey answer."""
+"""The customer's pages: unsubscribe, preferences and the survey answer.
+
+Every link in an email carries a signed token (:mod:`tend.messages.tokens`) that names the
+customer (and, for the survey, the message) and the link's purpose. A token that does not
+verify gets the same plain 404 as an unknown path, whether or not the customer exists.
+
+- ``/unsubscribe/<token>``: ``GET`` shows what will happen and a button; it never changes
+  anything (mail scanners open every link). ``POST`` with ``List-Unsubscribe=One-Click``
+  (RFC 8058: what Gmail and Yahoo send, and what the button sends) unsubscribes at once: 200,
+  no cookie, no redirect. The answer page offers "undo" and "fewer emails instead".
+- ``/preferences/<token>``: pause marketing 1 or 3 months, fewer emails, no offers (reminders
+  still come), language.
+- ``/survey/<token>?rating=N``: records the rating of that message (a later click changes
+  it), then thanks the customer and offers a comment box. A low rating opens a complaint.
+
+Forms other than the one-click unsubscribe carry a signed, short-lived token bound to the
+customer and the form (no cookie needed), and a request whose ``Origin`` or ``Referer`` names
+another site is refused. Our pages send ``Referrer-Policy: no-referrer``, so browsers post
+their forms with ``Origin: null``; that and an absent header are left to the form token.
+
+Writes go through :meth:`Service.record`, so they are spooled while the store is down; the
+handlers are idempotent and take ``now`` from the request, so a replay decides as the request
+would have.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import datetime as dt
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit
 
-from starlette.routing import BaseRoute
+import jinja2
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tend import config
+from tend.messages.contexts import SURVEY_PURPOSE
+from tend.messages.tokens import make_token, verify_message_token, verify_token
+from tend.store import complaints, ledger, survey
+from tend.store import preferences as chosen
+from tend.store import suppressions as suppressed
+from tend.store.preferences import Preferences
 
 if TYPE_CHECKING:
     from tend.listen.app import Handler, Service
 
-HANDLERS: dict[str, Handler] = {}
+__all__ = ["HANDLERS", "LOCALES", "routes"]
+
+#: The languages the pages speak (templates/pages/<locale>/).
+LOCALES = ("en", "fr")
+#: A form is a few hundred bytes; anything much larger is not one of ours.
+MAX_FORM_BYTES = 8 * 1024
+MAX_FORM_FIELDS = 12
+#: The longest query string a page accepts (a rating link has one short parameter).
+MAX_QUERY_CHARS = 256
+MAX_COMMENT_CHARS = 2000
+#: How long a page's form stays valid: long enough to read and choose, short enough that a
+#: copied form is soon useless.
+FORM_SECONDS = 2 * 3600
+#: A rating this low opens a complaint; a comment opens one up to :data:`COMMENT_COMPLAINT`.
+COMPLAINT_RATING = 2
+COMMENT_COMPLAINT = 3
+#: How long the preferences page's pauses last, in months.
+PAUSE_MONTHS = (1, 3)
+
+_CSRF = "form"
+_SEP = "\x1f"
+
+
+class _Refused(Exception):
+    """A request answered with a plain 4xx page (see ``tend.listen.app``)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status_code = status
+
+
+# -- handlers: one store transaction each, idempotent (replayed from the spool) ---------------
+
+
+def _unsubscribe(conn: Connection, payload: Mapping[str, Any], now: dt.datetime) -> None:
+    suppressed.unsubscribe(conn, str(payload["customer_id"]), source=str(payload["source"]),
+                           now=now)
+
+
+def _resubscribe(conn: Connection, payload: Mapping[str, Any], now: dt.datetime) -> None:
+    customer_id = str(payload["customer_id"])
+    suppressed.resubscribe(conn, customer_id, now=now)
+    if payload.get("fewer"):
+        prefs = chosen.load(conn, customer_id)
+        chosen.save(conn, customer_id, replace(prefs, fewer_emails=True), now=now)
+
+
+def _preferences(conn: Connection, payload: Mapping[str, Any], now: dt.datetime) -> None:
+    customer_id = str(payload["customer_id"])
+    before = chosen.load(conn, customer_id)
+    pause = str(payload["pause"])
+    if pause == "keep":
+        until = before.paused_until
+    elif pause == "none":
+        until = None
+    else:
+        until = add_months(now.date(), int(pause))
+    chosen.save(conn, customer_id, Preferences(
+        paused_until=until, fewer_emails=bool(payload["fewer"]),
+        offers_opt_out=bool(payload["no_offers"]), locale=payload.get("locale") or None,
+    ), now=now)
+
+
+def _survey_answer(conn: Connection, payload: Mapping[str, Any], now: dt.datetime) -> None:
+    """Store the answer; open, update or withdraw the complaint it implies.
+
+    A message the ledger does not know (or knows for another customer) writes nothing: the
+    token is ours, but the answer must be about a message we sent.
+    """
+    customer_id, message_id = str(payload["customer_id"]), str(payload["message_id"])
+    rating, comment = int(payload["rating"]), payload.get("comment") or None
+    sent = ledger.customer_and_program(conn, message_id)
+    if sent is None or sent[0] != customer_id:
+        return
+    survey.answer(conn, message_id=message_id, customer_id=customer_id, program=sent[1],
+                  sku=_asked_about(conn, message_id), rating=rating, comment=comment, now=now)
+    if rating <= COMPLAINT_RATING or (comment and rating <= COMMENT_COMPLAINT):
+        complaints.open_complaint(conn, customer_id=customer_id, source="survey", now=now,
+                                  message_id=message_id, rating=rating, comment=comment)
+    else:
+        complaints.withdraw_unheard(conn, message_id=message_id, source="survey", now=now,
+                                    note=f"the customer changed their rating to {rating}")
+
+
+def _asked_about(conn: Connection, message_id: str) -> str | None:
+    """The product the survey message asked about: its first product, else its signal's."""
+    raw = ledger.contexts_of(conn, [message_id]).get(message_id)
+    if raw is None:
+        return None
+    ctx = json.loads(raw)
+    products = ctx.get("products") or []
+    sku = (products[0] or {}).get("sku") if products else None
+    return sku or (ctx.get("signal") or {}).get("sku")
+
+
+HANDLERS: dict[str, Handler] = {
+    "unsubscribe": _unsubscribe,
+    "resubscribe": _resubscribe,
+    "preferences": _preferences,
+    "survey_answer": _survey_answer,
+}
+
+
+def add_months(day: dt.date, months: int) -> dt.date:
+    """The same day ``months`` later (the month's last day when it has no such day)."""
+    month = day.month - 1 + months
+    year, month = day.year + month // 12, month % 12 + 1
+    for last in (31, 30, 29, 28):
+        try:
+            return dt.date(year, month, min(day.day, last))
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
+
+
+# -- the pages ---------------------------------------------------------------------------------
+
+
+class Pages:
+    """The routes' shared parts: the templates, the shop, the tokens."""
+
+    def __init__(self, service: Service, templates: Path) -> None:
+        self.service = service
+        self.secret = service.secret
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(templates)), autoescape=True,
+            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        # The emails' stylesheet first: the pages use its classes, so they look like the mail.
+        self.css = ((config.templates_dir() / "layouts" / "email.css").read_bytes() + b"\n"
+                    + (templates / "pages.css").read_bytes())
+
+    # -- what the request says ------------------------------------------------------------
+
+    def customer(self, request: Request, purpose: str) -> str:
+        _bounded_query(request)
+        customer_id = verify_token(self.secret, request.path_params["token"], purpose)
+        if customer_id is None:
+            raise _Refused(404)
+        return customer_id
+
+    def locale(self, request: Request, chosen_locale: str | None) -> str:
+        """The customer's stored choice, else ``?lang=``, else the browser's, else the shop's."""
+        if chosen_locale in LOCALES:
+            return str(chosen_locale)
+        asked = request.query_params.get("lang")
+        if asked in LOCALES:
+            return str(asked)
+        for part in request.headers.get("accept-language", "").split(",")[:10]:
+            tag = part.split(";")[0].strip().lower()[:2]
+            if tag in LOCALES:
+                return tag
+        default = self.service.settings.default_locale[:2]
+        return default if default in LOCALES else LOCALES[0]
+
+    def form_token(self, customer_id: str, form: str) -> str:
+        expires = int(time.time()) + FORM_SECONDS
+        return make_token(self.secret, f"{customer_id}{_SEP}{form}{_SEP}{expires}", _CSRF)
+
+    def check_form(self, request: Request, fields: Mapping[str, str], customer_id: str,
+                   form: str) -> None:
+        """Refuse (403) a form posted from another site, or without a genuine, fresh token of
+        this customer and this form."""
+        _same_site(request, self.service.settings.base_url)
+        bound = verify_token(self.secret, fields.get(_CSRF, ""), _CSRF)
+        parts = bound.split(_SEP) if bound else []
+        if (len(parts) < 3 or _SEP.join(parts[:-2]) != customer_id or parts[-2] != form
+                or not parts[-1].isdigit() or int(parts[-1]) < time.time()):
+            raise _Refused(403)
+
+    async def read(self, fn: Callable[[Connection], Any], default: Any) -> Any:
+        """Read the store for a page; ``default`` while the store is down (the page still
+        shows, and what the customer does next is spooled)."""
+        def run() -> Any:
+            with self.service.engine.connect() as conn:
+                return fn(conn)
+
+        try:
+            return await asyncio.to_thread(run)
+        except (OperationalError, DBAPIError) as exc:
+            if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+                raise  # a bug in a statement, not an outage
+            return default
+
+    async def record(self, action: str, payload: Mapping[str, Any]) -> None:
+        await asyncio.to_thread(self.service.record, action, payload)
+
+    # -- what the response is -------------------------------------------------------------
+
+    def page(self, request: Request, name: str, locale: str, **context: Any) -> Response:
+        """``<locale>/<name>.html.j2``; links are relative to the request (``root``), so the
+        pages work behind a proxy that serves them under a path prefix."""
+        settings = self.service.settings
+        depth = request.url.path.strip("/").count("/")
+        html = self.env.get_template(f"{locale}/{name}.html.j2").render(
+            shop={"name": settings.name, "postal_address": settings.postal_address,
+                  "website_url": settings.website_url},
+            locale=locale, root="../" * depth, **context)
+        return HTMLResponse(html)
+
+    def links(self, request: Request, customer_id: str) -> dict[str, str]:
+        """The customer's unsubscribe and preferences pages, relative to this one."""
+        root = "../" * request.url.path.strip("/").count("/")
+        unsubscribe = f"{root}unsubscribe/{make_token(self.secret, customer_id, 'unsubscribe')}"
+        return {"unsubscribe_url": unsubscribe, "change_url": f"{unsubscribe}/change",
+                "preferences_url": f"{root}preferences/"
+                                   f"{make_token(self.secret, customer_id, 'preferences')}"}
+
+    async def stylesheet(self, request: Request) -> Response:
+        return Response(self.css, media_type="text/css")
+
+
+def _bounded_query(request: Request) -> None:
+    if len(request.scope.get("query_string", b"")) > MAX_QUERY_CHARS:
+        raise _Refused(400)
+
+
+def _same_site(request: Request, base_url: str) -> None:
+    """403 when the browser says the form came from a site that is not ours."""
+    mine = {_origin(base_url), _origin(str(request.base_url))}
+    origin = request.headers.get("origin")
+    if origin is not None and origin != "null":
+        if _origin(origin) not in mine:
+            raise _Refused(403)
+        return
+    referer = request.headers.get("referer")
+    if referer and _origin(referer) not in mine:
+        raise _Refused(403)
+
+
+def _origin(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "invalid:"
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    host = (parts.hostname or "").lower()
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """The posted form, parsed strictly: urlencoded (or, for mail providers' one-click posts,
+    multipart) UTF-8, small, each field once. Anything else is a 4xx."""
+    _bounded_query(request)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise _Refused(413)
+    if kind == "multipart/form-data":
+        try:
+            form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS,
+                                      max_part_size=MAX_FORM_BYTES)
+        except Exception as exc:  # python-multipart's errors have no common base class
+            raise _Refused(400) from exc
+        items = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    elif kind == "application/x-www-form-urlencoded":
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                raise _Refused(413)
+        try:
+            items = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True,
+                              encoding="utf-8", errors="strict",
+                              max_num_fields=MAX_FORM_FIELDS) if body else []
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _Refused(400) from exc
+    else:
+        raise _Refused(415)
+    fields: dict[str, str] = {}
+    for key, value in items:
+        if key in fields or "\x00" in value:
+            raise _Refused(400)
+        fields[key] = value
+    return fields
+
+
+def _choice(fields: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    value = fields.get(name, "")
+    if value not in allowed:
+        raise _Refused(400)
+    return value
+
+
+def _rating(value: str | None) -> int:
+    if value is None or value not in ("1", "2", "3", "4", "5"):
+        raise _Refused(400)
+    return int(value)
 
 
 def routes(service: Service) -> list[BaseRoute]:
-    return []
+    pages = Pages(service, config.pages_templates_dir())
+    one_click = {"List-Unsubscribe": "One-Click"}
+
+    async def unsubscribe(request: Request) -> Response:
+        customer_id = pages.customer(request, "unsubscribe")
+        since = await pages.read(lambda c: suppressed.unsubscribed_since(c, customer_id), None)
+        prefs = await pages.read(lambda c: chosen.load(c, customer_id), Preferences())
+        locale = pages.locale(request, prefs.locale)
+        if request.method == "POST":
+            fields = await form_fields(request)
+            if fields.get("List-Unsubscribe") != one_click["List-Unsubscribe"]:
+                raise _Refused(400)
+            await pages.record("unsubscribe", {"customer_id": customer_id,
+                                               "source": "one_click"})
+            state = "done"
+        else:
+            state = "done" if since else "confirm"
+        return pages.page(request, "unsubscribe", locale, state=state, one_click=one_click,
+                          form=pages.form_token(customer_id, "unsubscribe"),
+                          **pages.links(request, customer_id))
+
+    async def change_unsubscribe(request: Request) -> Response:
+        customer_id = pages.customer(request, "unsubscribe")
+        fields = await form_fields(request)
+        pages.check_form(request, fields, customer_id, "unsubscribe")
+        choice = _choice(fields, "choice", ("undo", "fewer"))
+        await pages.record("resubscribe", {"customer_id": customer_id,
+                                           "fewer": choice == "fewer"})
+        prefs = await pages.read(lambda c: chosen.load(c, customer_id), Preferences())
+        return pages.page(request, "unsubscribe", pages.locale(request, prefs.locale),
+                          state=choice, one_click=one_click,
+                          form=pages.form_token(customer_id, "unsubscribe"),
+                          **pages.links(request, customer_id))
+
+    async def preferences(request: Request) -> Response:
+        customer_id = pages.customer(request, "preferences")
+        saved = False
+        if request.method == "POST":
+            fields = await form_fields(request)
+            pages.check_form(request, fields, customer_id, "preferences")
+            pause = _choice(fields, "pause", ("keep", "none", *map(str, PAUSE_MONTHS)))
+            locale_choice = _choice(fields, "lang", ("", *LOCALES))
+            flags = {name: _choice(fields, name, ("", "on")) == "on"
+                     for name in ("fewer", "no_offers")}
+            await pages.record("preferences", {"customer_id": customer_id, "pause": pause,
+                                               "locale": locale_choice or None, **flags})
+            saved = True
+        prefs = await pages.read(lambda c: chosen.load(c, customer_id), Preferences())
+        today = dt.datetime.now(dt.UTC).date()
+        paused = prefs.paused_until if prefs.paused_until and prefs.paused_until > today \
+            else None
+        links = pages.links(request, customer_id)
+        return pages.page(request, "preferences", pages.locale(request, prefs.locale),
+                          saved=saved, prefs=prefs, paused_until=paused, locales=LOCALES,
+                          pause_months=PAUSE_MONTHS, action=links["preferences_url"],
+                          unsubscribe_url=links["unsubscribe_url"],
+                          form=pages.form_token(customer_id, "preferences"))
+
+    async def survey_page(request: Request) -> Response:
+        _bounded_query(request)
+        bound = verify_message_token(service.secret, request.path_params["token"],
+                                     SURVEY_PURPOSE)
+        if bound is None:
+            raise _Refused(404)
+        customer_id, message_id = bound
+        form_name = f"survey:{message_id}"
+        comment: str | None = None
+        if request.method == "POST":
+            fields = await form_fields(request)
+            pages.check_form(request, fields, customer_id, form_name)
+            rating = _rating(fields.get("rating"))
+            comment = fields.get("comment", "").strip()
+            if len(comment) > MAX_COMMENT_CHARS:
+                raise _Refused(413)
+        else:
+            rating = _rating(request.query_params.get("rating"))
+        if request.method != "HEAD":  # link checkers probe with HEAD: not an answer
+            await pages.record("survey_answer", {
+                "customer_id": customer_id, "message_id": message_id, "rating": rating,
+                "comment": comment or None})
+        prefs = await pages.read(lambda c: chosen.load(c, customer_id), Preferences())
+        return pages.page(request, "survey", pages.locale(request, prefs.locale),
+                          rating=rating, commented=bool(comment),
+                          low=rating <= COMMENT_COMPLAINT,
+                          action=request.path_params["token"],
+                          form=pages.form_token(customer_id, form_name))
+
+    def guarded(endpoint: Callable[[Request], Awaitable[Response]]
+                ) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except _Refused as refused:
+                from tend.listen.app import plain_response
+
+                return plain_response(refused.status_code)
+
+        return run
+
+    return [
+        Route("/pages.css", pages.stylesheet, methods=["GET"]),
+        Route("/unsubscribe/{token}", guarded(unsubscribe), methods=["GET", "POST"]),
+        Route("/unsubscribe/{token}/change", guarded(change_unsubscribe), methods=["POST"]),
+        Route("/preferences/{token}", guarded(preferences), methods=["GET", "POST"]),
+        Route("/survey/{token}", guarded(survey_page), methods=["GET", "POST"]),
+    ]

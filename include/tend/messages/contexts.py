@@ -20,7 +20,7 @@ import pandas as pd
 
 from tend import config
 from tend.config import ShopSettings
-from tend.messages.tokens import make_token, voucher_code
+from tend.messages.tokens import make_message_token, voucher_code
 from tend.programs.registry import Program
 from tend.shop import read as shop
 from tend.store import ledger
@@ -52,6 +52,9 @@ class Catalogue:
                     "image_url": None}
         return None
 
+
+#: The purpose of the survey links' tokens (``tend.listen.pages`` verifies them).
+SURVEY_PURPOSE = "survey-answer"
 
 #: The winner columns a context is built from.
 _ROW_COLUMNS = ("program", "customer_id", "occurrence", "locale", "timezone", "first_name",
@@ -138,7 +141,9 @@ class ContextBuilder:
                 ctx["products"] = [p for p in (self.catalogue.get(sku)
                                                for sku in dict.fromkeys(order["skus"])) if p]
             if sig == "survey":
-                token = make_token(self.secret, cid, "survey")
+                # Bound to this message: one answer per message, a later click changes it.
+                message_id = ledger.message_id_for(cid, program.name, row["occurrence"])
+                token = make_message_token(self.secret, cid, message_id, SURVEY_PURPOSE)
                 ctx["survey"] = {"url": f"{self.settings.base_url}/survey/{token}"}
         elif product is not None:
             ctx["products"] = [product]

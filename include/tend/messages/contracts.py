@@ -263,7 +263,9 @@ _SPECS: tuple[TemplateSpec, ...] = (
         description="ask how a purchase is working out, some weeks after it",
         required={
             "signal": "reason (reports only), order_date (date of the purchase)",
-            "survey": "url: the customer's own survey link (the template adds rating=1..5)",
+            "survey": "url: this message's own survey link, signed for the customer and the "
+                      "message id, so each message gets one answer (the template adds "
+                      "rating=1..5)",
         },
         optional={"products": "what they bought (the first is named; without it the message "
                               "speaks of 'your order')"},
@@ -271,7 +273,9 @@ _SPECS: tuple[TemplateSpec, ...] = (
             "signal": {"name": "survey", "reason": "order of 2026-10-28, 26 days ago",
                        "order_date": date(2026, 10, 28)},
             "products": [_product("SKL-26", "Cast-iron skillet, 26 cm", "49.95")],
-            "survey": {"url": "http://localhost:8090/survey/Y3VzXzAwMDE0Mg.q2Vh8sT1"},
+            "survey": {"url": "http://localhost:8090/survey/"
+                              "Y3VzXzAwMDE0Mh85ZjJjMWE0YjdlM2Q0YzZhOGIwZDJlNWYxYTNjN2I5ZA."
+                              "q2Vh8sT1dLkPzXcA9rGf2w"},
         },
     ),
     _spec(

@@ -26,7 +26,8 @@ import hashlib
 import hmac
 from collections.abc import Callable
 
-__all__ = ["make_token", "token_maker", "verify_token", "voucher_code"]
+__all__ = ["make_message_token", "make_token", "token_maker", "verify_message_token",
+           "verify_token", "voucher_code"]
 
 _VERSION = b"tend-token-v1"
 _MAC_BYTES = 16
@@ -123,6 +124,32 @@ def verify_token(secret: bytes | str, token: str, purpose: str = "unsubscribe") 
     if not hmac.compare_digest(expected, mac):
         return None
     return customer_id
+
+
+#: Between the customer id and the message id in a message-bound token: a message id is 32 hex
+#: digits, so the last separator splits the two whatever the customer id contains.
+_MESSAGE_SEP = "\x1f"
+
+
+def make_message_token(secret: bytes | str, customer_id: str, message_id: str,
+                       purpose: str) -> str:
+    """A token for one message to one customer (the survey's rating links: one answer per
+    message), verified by :func:`verify_message_token`."""
+    if not message_id or _MESSAGE_SEP in message_id:
+        raise ValueError(f"cannot make a token for message id {message_id!r}")
+    return make_token(secret, f"{customer_id}{_MESSAGE_SEP}{message_id}", purpose)
+
+
+def verify_message_token(secret: bytes | str, token: str, purpose: str
+                         ) -> tuple[str, str] | None:
+    """``(customer_id, message_id)`` of a genuine :func:`make_message_token` token, else None."""
+    bound = verify_token(secret, token, purpose)
+    if bound is None or _MESSAGE_SEP not in bound:
+        return None
+    customer_id, _, message_id = bound.rpartition(_MESSAGE_SEP)
+    if not customer_id or not message_id:
+        return None
+    return customer_id, message_id
 
 
 def voucher_code(secret: str, message_id: str, prefix: str) -> str:

@@ -86,3 +86,33 @@ def parse_clock(value: str, what: str) -> dt.time:
         return dt.time.fromisoformat(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{what}: {value!r} is not a time of day; write e.g. \"09:00\"") from exc
+
+
+# -- fewer emails (the preferences page) ---------------------------------------------------------
+
+#: The personal cap of a customer who asked for fewer emails: at most this many marketing
+#: messages in any window of this many days (on top of the shop's caps in programs.yaml).
+FEWER_EMAILS_MESSAGES = 1
+FEWER_EMAILS_DAYS = 14
+
+
+def fewer_emails_fates(candidates: pd.DataFrame, recent: pd.DataFrame) -> pd.DataFrame:
+    """Fate per candidate (same index): ``capped:fewer_emails`` for marketing to a customer who
+    asked for fewer emails and already had :data:`FEWER_EMAILS_MESSAGES` in the window.
+
+    ``recent``: customer_id, messages (:func:`tend.store.preferences.recent_marketing_of_fewer`,
+    which lists only those customers). Checked before the claim: the claim's one message per
+    customer and night keeps two runs of one night from both passing it.
+    """
+    n = len(candidates)
+    fate = np.full(n, None, dtype=object)
+    why = np.full(n, None, dtype=object)
+    if not recent.empty and n:
+        had = candidates["customer_id"].map(recent.set_index("customer_id")["messages"])
+        hit = ((candidates["kind"] == "marketing") & (had.fillna(0) >= FEWER_EMAILS_MESSAGES)
+               ).to_numpy()
+        fate[hit] = "capped:fewer_emails"
+        why[hit] = (f"the customer asked for fewer emails: at most {FEWER_EMAILS_MESSAGES} "
+                    f"marketing message(s) in {FEWER_EMAILS_DAYS} days (preferences page)")
+    return pd.DataFrame({"fate": pd.Series(fate, index=candidates.index, dtype=object),
+                         "why": pd.Series(why, index=candidates.index, dtype=object)})

@@ -96,3 +96,41 @@ def consent_fates(
            f"implied consent expired: last purchase more than {IMPLIED_CONSENT_DAYS} days ago")
     decide(marketing & ~lawful, "no_consent", "no express or implied consent to marketing")
     return pd.DataFrame({"fate": fate, "why": why})
+
+
+# -- the customer's own choices (the preferences page) ----------------------------------------
+
+#: What an opt-out of offers keeps: the reminders a customer relies on (a check-up falling due,
+#: a consumable running out), whatever their kind.
+REMINDER_SIGNALS = frozenset({"checkup", "replenish"})
+
+
+def preference_fates(candidates: pd.DataFrame, prefs: pd.DataFrame,
+                     as_of: dt.date) -> pd.DataFrame:
+    """Fate per candidate (same index) from the customers' own choices, like
+    :func:`consent_fates`: a pause stops marketing until its day, an opt-out of offers stops
+    marketing other than reminders (:data:`REMINDER_SIGNALS`).
+
+    ``candidates``: customer_id, kind, signal. ``prefs``: the preferences table's rows
+    (:func:`tend.store.preferences.all_chosen`); only customers who chose something are in it.
+    """
+    n = len(candidates)
+    fate = np.full(n, None, dtype=object)
+    why = np.full(n, None, dtype=object)
+    if not prefs.empty and n:
+        p = prefs.drop_duplicates("customer_id").set_index("customer_id")
+        cid = candidates["customer_id"]
+        marketing = (candidates["kind"] == "marketing").to_numpy()
+        until = pd.to_datetime(cid.map(p["paused_until"]), errors="coerce")
+        paused = marketing & (until > pd.Timestamp(as_of)).to_numpy()
+        fate[paused] = "preference:paused"
+        why[paused] = [f"the customer paused marketing until {d:%Y-%m-%d} (preferences page)"
+                       for d in until[paused]]
+        no_offers = (cid.map(p["offers_opt_out"]).fillna(False).astype(bool).to_numpy()
+                     & marketing & ~candidates["signal"].isin(REMINDER_SIGNALS).to_numpy()
+                     & ~paused)
+        fate[no_offers] = "preference:no_offers"
+        why[no_offers] = ("the customer opted out of offers and keeps only reminders "
+                          "(preferences page)")
+    return pd.DataFrame({"fate": pd.Series(fate, index=candidates.index, dtype=object),
+                         "why": pd.Series(why, index=candidates.index, dtype=object)})

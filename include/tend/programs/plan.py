@@ -31,12 +31,13 @@ from tend.features.store import read_feature_set
 from tend.logs import log, table
 from tend.messages.contexts import ContextBuilder
 from tend.messages.render import Renderer, sample_context
-from tend.programs.caps import held_out, holdout_period
-from tend.programs.consent import consent_fates
+from tend.programs.caps import FEWER_EMAILS_DAYS, fewer_emails_fates, held_out, holdout_period
+from tend.programs.consent import consent_fates, preference_fates
 from tend.programs.registry import Cap, Program, Registry, load_registry
 from tend.shop import read as shop
 from tend.signals import SIGNAL_COLUMNS, detect_all
 from tend.store import deferral, ledger
+from tend.store import preferences as chosen
 from tend.store import suppressions as suppressed
 from tend.store.db import connect, require_current
 
@@ -241,9 +242,17 @@ def decide(
         else pd.DataFrame(columns=["customer_id"])
     with connect(store_url).connect() as conn:
         supp = suppressed.active(conn)
+        prefs = chosen.all_chosen(conn)
+        recent = chosen.recent_marketing_of_fewer(conn, as_of, FEWER_EMAILS_DAYS,
+                                                  ledger.COUNTED)
     if len(cands):
         fates = consent_fates(cands, customers, supp, as_of)
         cands["fate"], cands["why"] = fates["fate"], fates["why"]
+        for choice in (preference_fates(cands, prefs, as_of),
+                       fewer_emails_fates(cands, recent)):
+            hit = cands["fate"].isna() & choice["fate"].notna()
+            cands.loc[hit, "fate"] = choice.loc[hit, "fate"]
+            cands.loc[hit, "why"] = choice.loc[hit, "why"]
         if preset is not None:
             keep = cands["fate"].isna() & preset[0].notna()
             cands.loc[keep, "fate"] = preset[0][keep]
@@ -253,6 +262,7 @@ def decide(
     allowed = cands.loc[cands["fate"].isna()].merge(
         customers, on="customer_id", how="left", suffixes=("", "_customer"))
     allowed.index = cands.index[cands["fate"].isna()]
+    relocalised = _chosen_locale(allowed, prefs)
     invalid = cands.loc[cands["fate"] == "suppressed:invalid_address", "customer_id"].unique()
     stamp = ledger.now()
     with connect(store_url).connect() as conn:
@@ -269,6 +279,11 @@ def decide(
             allowed["message_id"] = claimed["message_id"].reindex(idx).to_numpy()
             won = allowed["fate"] == "claimed"
             allowed.loc[won, "why"] = allowed.loc[won, "reason"]
+            told = won & relocalised
+            allowed.loc[told, "why"] = (allowed.loc[told, "why"].astype(str) + "; in "
+                                        + allowed.loc[told, "locale"].astype(str)
+                                        + ", the language the customer chose (preferences "
+                                        "page)")
             decided = pd.concat([cands.loc[cands["fate"].notna()].assign(message_id=None),
                                  allowed])
             if dry_run:
@@ -321,6 +336,21 @@ def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,
     if lost:
         log.warning("plan %s: %s claimed message(s) had no render context and no candidate to "
                     "rebuild it from: marked failed", as_of, f"{len(lost):,}")
+
+
+def _chosen_locale(allowed: pd.DataFrame, prefs: pd.DataFrame) -> pd.Series:
+    """Write the language each customer chose on the preferences page over the shop's record
+    (the message is rendered in it); True where that changed the language."""
+    changed = pd.Series(False, index=allowed.index)
+    if prefs.empty or allowed.empty:
+        return changed
+    chosen_locale = allowed["customer_id"].map(
+        prefs.dropna(subset=["locale"]).drop_duplicates("customer_id")
+        .set_index("customer_id")["locale"])
+    current = allowed["locale"] if "locale" in allowed else pd.Series(None, index=allowed.index)
+    changed = chosen_locale.notna() & (chosen_locale != current)
+    allowed["locale"] = chosen_locale.where(chosen_locale.notna(), current)
+    return changed
 
 
 def _holdouts(cands: pd.DataFrame, programs: Mapping[str, Program], as_of: dt.date) -> None:

@@ -649,3 +649,10 @@ def status_counts(conn: Connection, as_of: dt.date) -> dict[str, int]:
     q = select(L.c.status, func.count()).where(L.c.as_of == as_of).group_by(L.c.status)
     return {s: int(n) for s, n in conn.execute(q)}
 
+
+
+def customer_and_program(conn: Connection, message_id: str) -> tuple[str, str] | None:
+    """Who a message went to and which program sent it (by primary key), None if unknown."""
+    row = conn.execute(select(L.c.customer_id, L.c.program)
+                       .where(L.c.message_id == message_id)).first()
+    return (row.customer_id, row.program) if row else None

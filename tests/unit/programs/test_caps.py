@@ -7,7 +7,14 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from tend.programs.caps import SendWindow, held_out, holdout_draw, holdout_period
+from tend.programs.caps import (
+    FEWER_EMAILS_MESSAGES,
+    SendWindow,
+    fewer_emails_fates,
+    held_out,
+    holdout_draw,
+    holdout_period,
+)
 
 UTC = dt.UTC
 
@@ -74,3 +81,13 @@ def test_holdout_draws_are_uniform() -> None:
                                              (dt.date(2026, 12, 31), "2026Q4")])
 def test_holdout_period(day: dt.date, period: str) -> None:
     assert holdout_period(day) == period
+
+
+def test_fewer_emails_caps_marketing_only_for_those_who_asked() -> None:
+    cands = pd.DataFrame({"customer_id": ["C1", "C1", "C2", "C3"],
+                          "kind": ["marketing", "service", "marketing", "marketing"]})
+    recent = pd.DataFrame({"customer_id": ["C1", "C3"],
+                           "messages": [FEWER_EMAILS_MESSAGES, FEWER_EMAILS_MESSAGES - 1]})
+    fates = fewer_emails_fates(cands, recent)
+    assert fates["fate"].tolist() == ["capped:fewer_emails", None, None, None]
+    assert "asked for fewer emails" in fates.loc[0, "why"]

@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from tend.programs.consent import consent_fates, is_valid_email
+from tend.programs.consent import consent_fates, is_valid_email, preference_fates
 
 NIGHT = dt.date(2026, 11, 20)
 RECENT = NIGHT - dt.timedelta(days=100)
@@ -73,3 +73,32 @@ def test_unknown_customer_is_never_contacted() -> None:
 )
 def test_email_syntax(email: str | None, ok: bool) -> None:
     assert is_valid_email(email) is ok
+
+
+@pytest.mark.parametrize(
+    ("prefs", "kind", "signal", "expected"),
+    [
+        ({}, "marketing", "lapsed", None),
+        ({"paused_until": NIGHT + dt.timedelta(days=1)}, "marketing", "lapsed",
+         "preference:paused"),
+        ({"paused_until": NIGHT}, "marketing", "lapsed", None),  # the pause ends that day
+        ({"paused_until": NIGHT + dt.timedelta(days=30)}, "service", "checkup", None),
+        ({"offers_opt_out": True}, "marketing", "lapsed", "preference:no_offers"),
+        ({"offers_opt_out": True}, "marketing", "replenish", None),  # a reminder
+        ({"offers_opt_out": True}, "service", "checkup", None),
+        ({"offers_opt_out": True}, "service", "survey", None),
+        ({"offers_opt_out": True, "paused_until": NIGHT + dt.timedelta(days=5)}, "marketing",
+         "lapsed", "preference:paused"),
+        ({"fewer_emails": True}, "marketing", "lapsed", None),  # a cap, not a block (caps.py)
+    ],
+)
+def test_the_customers_own_choices(prefs: dict[str, object], kind: str, signal: str,
+                                   expected: str | None) -> None:
+    cands = pd.DataFrame([{"customer_id": "C1", "kind": kind, "signal": signal},
+                          {"customer_id": "C2", "kind": kind, "signal": signal}])
+    chosen = pd.DataFrame([{"customer_id": "C1", "paused_until": None, "fewer_emails": False,
+                            "offers_opt_out": False, "locale": None} | prefs])
+    fates = preference_fates(cands, chosen, NIGHT)
+    assert fates["fate"].tolist() == [expected, None]
+    if expected:
+        assert "preferences page" in fates.loc[0, "why"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-from typing import Any
+import json
 
-import pandas as pd
 import pytest
-from _support import mark_claimed_sent
+from _support import make_program as program
+from _support import make_registry as registry
+from _support import night_decisions as decisions
+from _support import plan_test_night as night
 from sqlalchemy import select
 
 from tend import messages
@@ -16,13 +17,12 @@ from tend.config import ShopSettings
 from tend.errors import LedgerError
 from tend.features import ingest
 from tend.programs import plan
-from tend.programs.registry import Registry, parse_registry
+from tend.programs.registry import Registry
 from tend.store import ledger
 from tend.store.db import connect
 from tend.store.tables import (
     contact_ledger,
     context_batches,
-    decision_log,
     deferred,
     suppressions,
 )
@@ -31,34 +31,6 @@ MONDAY = dt.date(2026, 11, 16)
 SETTINGS = ShopSettings.from_env({})
 
 pytestmark = pytest.mark.demo_shop(customers=250, seed=21, as_of=MONDAY)
-
-
-def program(name: str, **over: Any) -> dict[str, Any]:
-    base = {"name": name, "signal": "lapsed", "template": "winback", "kind": "marketing",
-            "priority": 50, "cooldown_days": 0, "validity_days": 14}
-    return base | over
-
-
-def registry(*programs: dict[str, Any], caps: list[dict[str, int]] | None = None) -> Registry:
-    return parse_registry({"caps": caps if caps is not None else [{"messages": 1, "days": 3}],
-                           "programs": [copy.deepcopy(p) for p in programs]})
-
-
-def night(shop_url: str, store_url: str, day: dt.date, reg: Registry) -> plan.PlanResult:
-    ingest.run_ingest(shop_url, store_url, day, f"i-{day}")
-    planned = plan.plan_night(shop_url, store_url, day, f"p-{day}", settings=SETTINGS,
-                                 renderer=messages.default_renderer(SETTINGS), secret="s",
-                                 registry=reg)
-    mark_claimed_sent(store_url, day)
-    return planned
-
-
-def decisions(store_url: str, day: dt.date | None = None) -> pd.DataFrame:
-    q = select(decision_log)
-    if day:
-        q = q.where(decision_log.c.as_of == day)
-    with connect(store_url).connect() as conn:
-        return pd.DataFrame(conn.execute(q).mappings().all())
 
 
 def test_a_loser_is_deferred_then_sent_when_the_cap_allows(shop_url: str,
@@ -220,3 +192,39 @@ def test_a_claim_whose_candidate_is_gone_is_failed_not_sent(shop_url: str,
                                    contact_ledger.c.error)).all()
     gone = [r for r in rows if r.program == "first"]
     assert gone and all(r.status == "failed" and "no render context" in r.error for r in gone)
+
+
+def test_the_nightly_plan_honours_every_choice_of_the_preferences_page(
+        shop_url: str, store_url: str) -> None:
+    from tend.store import preferences as chosen
+    from tend.store.preferences import Preferences
+
+    night(shop_url, store_url, MONDAY, registry(program("winback"), caps=[]))
+    claimed = decisions(store_url, MONDAY).query("fate == 'claimed'")["customer_id"].tolist()
+    paused, no_offers, fewer, french, pause_over = claimed[:5]
+    tuesday = MONDAY + dt.timedelta(days=1)
+    with connect(store_url).begin() as conn:
+        for who, prefs in ((paused, Preferences(paused_until=tuesday + dt.timedelta(days=30))),
+                           (no_offers, Preferences(offers_opt_out=True)),
+                           (fewer, Preferences(fewer_emails=True)),
+                           (french, Preferences(locale="fr")),
+                           (pause_over, Preferences(paused_until=tuesday))):
+            chosen.save(conn, who, prefs, now=ledger.now())
+    # another marketing program on the same signal: a fresh message for each of them
+    night(shop_url, store_url, tuesday, registry(program("second"), caps=[]))
+    d = decisions(store_url, tuesday).set_index("customer_id")
+    assert d.loc[paused, "fate"] == "preference:paused"
+    assert d.loc[no_offers, "fate"] == "preference:no_offers"
+    assert d.loc[fewer, "fate"] == "deferred"
+    assert d.loc[fewer, "reason"].startswith("capped:fewer_emails")
+    assert d.loc[pause_over, "fate"] == "claimed"
+    assert d.loc[french, "fate"] == "claimed"
+    assert "the language the customer chose" in d.loc[french, "reason"]
+    with connect(store_url).connect() as conn:
+        context = ledger.contexts_of(conn, [d.loc[french, "message_id"]])
+    assert json.loads(next(iter(context.values())))["locale"] == "fr"
+
+    from tend.reports import why_lines
+
+    story = "\n".join(why_lines(store_url, paused))
+    assert "preference:paused" in story and "paused marketing until" in story

@@ -22,3 +22,26 @@ def test_suppressions_are_added_once_and_read_while_unresolved(store_url: str) -
         active = suppressed.active(conn)
     assert sorted(active["customer_id"]) == ["C1", "C2"]
     assert set(active["reason"]) == {"invalid_address"}
+
+
+def test_the_customers_own_unsubscribe_undo_and_again(store_url: str) -> None:
+    engine = connect(store_url)
+    first = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        suppressed.add(conn, ["C1"], reason="hard_bounce", source="sendgrid", created_at=first)
+        suppressed.unsubscribe(conn, "C1", source="one_click", now=first)
+        suppressed.unsubscribe(conn, "C1", source="one_click",
+                               now=first + dt.timedelta(hours=1))  # a second click
+    with engine.connect() as conn:
+        since = suppressed.unsubscribed_since(conn, "C1")
+        assert since is not None and since.replace(tzinfo=dt.UTC) == first
+    with engine.begin() as conn:
+        suppressed.resubscribe(conn, "C1", now=first + dt.timedelta(days=1))
+    with engine.connect() as conn:
+        # the undo lifts the customer's own unsubscribe, never a bounce
+        assert set(suppressed.active(conn)["reason"]) == {"hard_bounce"}
+        assert suppressed.unsubscribed_since(conn, "C1") is None
+    with engine.begin() as conn:
+        suppressed.unsubscribe(conn, "C1", source="one_click", now=first + dt.timedelta(days=2))
+    with engine.connect() as conn:
+        assert set(suppressed.active(conn)["reason"]) == {"hard_bounce", "unsubscribed"}
