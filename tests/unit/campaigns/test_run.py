@@ -216,3 +216,21 @@ def test_campaign_and_nightly_at_the_same_time_contact_nobody_twice(
         assert set(ledger.batches_to_send(conn, DAY, "campaign:winter-news")) == \
             campaign_batches
         assert ledger.claims_without_contexts(conn, DAY).empty
+
+
+def test_a_customer_who_paused_marketing_gets_no_campaign(ingested: tuple[str, str]) -> None:
+    """The customers' own choices (tend serve's preferences page) bind campaigns too."""
+    from tend.store import preferences
+
+    shop_url, store_url = ingested
+    before = run(shop_url, store_url, spec(dry_run=True))
+    with connect(store_url).begin() as conn:
+        preferences.save(conn, "C000001", preferences.Preferences(
+            paused_until=DAY + dt.timedelta(days=30)), now=ledger.now())
+    real = run(shop_url, store_url, spec())
+    assert real.fates["preference:paused"] == 1
+    assert real.claimed == before.claimed - 1, "C000001 would have been sent the campaign"
+    with connect(store_url).connect() as conn:
+        fate = conn.execute(select(decision_log.c.fate).where(
+            decision_log.c.customer_id == "C000001")).scalar_one()
+    assert fate == "preference:paused"
