@@ -16,7 +16,7 @@ def demo(demo_shops: DemoShops) -> dict[str, object]:
     from tend.features.ingest import compute_from_shop
     from tend.shop.read import read_products
 
-    url = demo_shops(customers=3000, seed=5, as_of=NIGHT)
+    url = demo_shops(customers=6000, seed=5, as_of=NIGHT)
     fs, _ = compute_from_shop(url, NIGHT)
     truth = pd.read_sql("SELECT * FROM demo_truth", url).set_index("customer_id")
     return {"url": url, "fs": fs, "products": read_products(url), "truth": truth}

@@ -10,7 +10,8 @@ import pytest
 
 from tend.features.compute import compute_features
 from tend.signals import bgnbd
-from tend.signals.lapsed import LapsedParams, detect_lapsed, fit_model, lapse_scores
+from tend.signals.evaluation import lapse_aucs, roc_auc
+from tend.signals.lapsed import LapsedParams, detect_lapsed, lapse_scores
 
 NIGHT = dt.date(2026, 11, 20)
 
@@ -77,37 +78,32 @@ def test_empty_features() -> None:
 
 
 def test_precision_and_recall_against_the_demo_truth(demo: dict) -> None:
+    """The win-back flag is "overdue against their own rhythm": measured over the repeat
+    customers who have one (every archetype but the occasional Poisson buyers, whose drop-out
+    no rhythm shows; the ranking's quality over them is the AUC below)."""
     fs, truth = demo["fs"], demo["truth"]
-    s = lapse_scores(fs.customers, NIGHT)
-    repeat = (s["orders_count"] >= 2).to_numpy()
+    s = lapse_scores(fs.customers, NIGHT, fs=fs, products=demo["products"])
+    arche = truth.loc[s["customer_id"], "archetype"].to_numpy()
+    repeat = (s["orders_count"] >= 2).to_numpy() & ~np.isin(arche, ["occasional", "one_time"])
     true = truth.loc[s["customer_id"], "lapsed"].to_numpy().astype(bool)
     flag = s["lapsed"].to_numpy()
     precision = true[flag & repeat].mean()
     recall = flag[repeat & true].mean()
-    print(f"\nlapsed (repeat customers): precision {precision:.3f} recall {recall:.3f}")
+    print(f"\nlapsed (repeat customers with a rhythm): precision {precision:.3f} "
+          f"recall {recall:.3f}")
     assert precision >= 0.8
     assert recall >= 0.75
 
 
 def test_ranks_holdout_silence_at_least_as_well_as_bgnbd(demo: dict) -> None:
-    from tend.features.ingest import compute_from_shop
-
-    holdout = 180
-    cal = NIGHT - dt.timedelta(days=holdout)
-    fs, _ = compute_from_shop(demo["url"], cal)
-    c = fs.customers
-    last = demo["fs"].customers.set_index("customer_id")["last_order_at"]
-    silent = last.reindex(c["customer_id"]).dt.date.to_numpy() <= cal
-    ours = lapse_scores(c, cal, LapsedParams(horizon_days=holdout), fit_model(c, cal))
-    rfm = bgnbd.summarise(c, cal)
-    model = bgnbd.fit(rfm)
-    expected = model.expected_purchases(holdout / 7, rfm["x"].to_numpy(), rfm["t_x"].to_numpy(),
-                                        rfm["T"].to_numpy())
-    auc_ours = bgnbd.roc_auc(ours["lapse_score"].to_numpy(), silent)
-    auc_bg = bgnbd.roc_auc(-expected, silent)
-    print(f"\nholdout {holdout} days: ROC AUC lapse_score {auc_ours:.3f}, BG/NBD {auc_bg:.3f}")
-    assert auc_bg > 0.7  # the baseline is fitted, not a strawman
-    assert auc_ours >= auc_bg
+    """Overall and among repeat buyers at least as good as a fitted BG/NBD; among one-time
+    buyers (where BG/NBD is recency) better than recency."""
+    aucs = lapse_aucs(demo["url"], NIGHT, holdout=180)
+    print(f"\nholdout 180 days, ROC AUC:\n{aucs.round(3).to_string()}")
+    assert aucs.loc["all", "bgnbd"] > 0.7  # the baseline is fitted, not a strawman
+    for group in ("all", "repeat"):
+        assert aucs.loc[group, "lapse_score"] >= aucs.loc[group, "bgnbd"], group
+    assert aucs.loc["one-time", "lapse_score"] > aucs.loc["one-time", "recency"]
 
 
 def test_bgnbd_fit_recovers_simulated_parameters() -> None:
@@ -130,4 +126,4 @@ def test_bgnbd_fit_recovers_simulated_parameters() -> None:
     m = bgnbd.fit(rfm)
     assert m.r == pytest.approx(0.8, rel=0.25)
     assert m.alpha == pytest.approx(4.0, rel=0.3)
-    assert bgnbd.roc_auc(np.array([0.1, 0.9, 0.8]), np.array([False, True, True])) == 1.0
+    assert roc_auc(np.array([0.1, 0.9, 0.8]), np.array([False, True, True])) == 1.0
