@@ -87,8 +87,8 @@ def tables(rows: pd.DataFrame, markdown: bool) -> str:
         "checkup precision": summary["checkup:precision"],
         "checkup recall": summary["checkup:recall"],
     })
-    if markdown:
-        return (lapse.round(3).to_markdown() + "\n\n" + quality.round(4).to_markdown())
+    if markdown:  # seeds as columns: twelve rankings side by side do not fit a page
+        return (lapse.T.round(3).to_markdown() + "\n\n" + quality.T.round(4).to_markdown())
     return (f"lapse ranking, ROC AUC of 'no order in the last {HOLDOUT} days' (customers at "
             f"calibration: all {int(rows['all:customers'].mean()):,}, repeat "
             f"{int(rows['repeat:customers'].mean()):,}, one-time "

@@ -266,9 +266,10 @@ _SEASONS: tuple[tuple[str, int, _Pool], ...] = (
 #: the easy way"): purchase rates per *week* ~ Gamma(r, alpha), drop-out probability after
 #: each repeat purchase ~ Beta(a, b).
 BGNBD_CDNOW = (0.243, 4.414, 0.793, 2.426)
-#: Gamma-gamma spend fitted to the same data (Fader, Hardie & Lee 2005, "RFM and CLV: using
-#: iso-value curves for customer base analysis"): an order is worth Gamma(p, nu), and each
-#: customer's nu ~ Gamma(q, gamma) (rates). CDNOW's dollars of 1997 are scaled by
+#: Gamma-gamma spend fitted to the same data (the model of Fader, Hardie & Lee 2005, "RFM and
+#: CLV"; the estimates of Fader & Hardie 2013, "The gamma-gamma model of monetary value"): an
+#: order is worth Gamma(p, nu), each customer's nu ~ Gamma(q, gamma) (rates, so a customer's
+#: mean order is p / nu and the shop's p gamma / (q - 1)). CDNOW's dollars of 1997 are scaled by
 #: ``_SPEND_SCALE`` to this catalogue's prices (a mean order of about $70 instead of $35).
 GAMMA_GAMMA_CDNOW = (6.25, 3.74, 15.44)
 _SPEND_SCALE = 2.0

@@ -201,8 +201,8 @@ def first_orders(fs: object, products: pd.DataFrame) -> FirstOrders:
     sku_codes, skus = pd.factorize(sk["sku"].to_numpy()[ok])
     catalogue = products.drop_duplicates("sku").set_index("sku")
     cats = catalogue["category"].reindex(skus).fillna("").to_numpy(dtype=object)[sku_codes]
-    price = pd.to_numeric(catalogue["price"].reindex(skus), errors="coerce").fillna(0.0
-                                                                                    ).to_numpy(
+    prices = catalogue["price"] if "price" in catalogue else pd.Series(0.0, catalogue.index)
+    price = pd.to_numeric(prices.reindex(skus), errors="coerce").fillna(0.0).to_numpy(
         dtype=float)[sku_codes]
     order = np.lexsort((price, pos))  # per customer, dearest last
     pos, cats = pos[order], cats[order]

@@ -127,3 +127,46 @@ def test_bgnbd_fit_recovers_simulated_parameters() -> None:
     assert m.r == pytest.approx(0.8, rel=0.25)
     assert m.alpha == pytest.approx(4.0, rel=0.3)
     assert roc_auc(np.array([0.1, 0.9, 0.8]), np.array([False, True, True])) == 1.0
+
+
+def test_a_first_order_tells_who_comes_back() -> None:
+    """Coffee first-timers mostly come back, gift first-timers mostly do not: learnt from the
+    shop's own customers, a one-time gift buyer ranks as more lapsed than a one-time coffee
+    buyer silent for exactly as long, and the reason says what the model learnt."""
+    from tend.features.compute import compute_feature_set
+    from tend.signals.lapsed import first_orders
+
+    rng = np.random.default_rng(7)
+    rows, lines = [], []
+
+    def order(cid: str, days_ago: float, sku: str) -> None:
+        at = pd.Timestamp(NIGHT, tz="UTC") - pd.Timedelta(days=float(days_ago)) + \
+            pd.Timedelta(hours=12)
+        rows.append((cid, f"O{len(rows)}", at, 20.0))
+        lines.append((len(lines), sku, 1))
+
+    for i in range(400):
+        sku = "BEANS" if i % 2 else "GIFT"
+        first = rng.uniform(200, 900)
+        order(f"{sku}{i}", first, sku)
+        if rng.random() < (0.8 if sku == "BEANS" else 0.15):  # comes back
+            order(f"{sku}{i}", first - rng.uniform(20, 120), "BEANS")
+    order("NEW-GIFT", 150, "GIFT")
+    order("NEW-BEANS", 150, "BEANS")
+    orders = pd.DataFrame(rows, columns=["customer_id", "order_id", "ordered_at", "total"])
+    fs = compute_feature_set(orders, pd.DataFrame(lines, columns=["order", "sku", "quantity"]))
+    products = pd.DataFrame({"sku": ["BEANS", "GIFT"], "name": ["Beans", "Gift box"],
+                             "category": ["coffee", "gifts"], "price": [20.0, 40.0]})
+    first = first_orders(fs, products)
+    cats = dict(zip(fs.customers["customer_id"], first.category, strict=True))
+    assert cats["NEW-GIFT"] == "gifts" and cats["GIFT2"] == "gifts"  # its first order
+    s = lapse_scores(fs.customers, NIGHT, fs=fs, products=products).set_index("customer_id")
+    assert s.loc["NEW-GIFT", "lapse_score"] > s.loc["NEW-BEANS", "lapse_score"]
+    assert s.loc["NEW-GIFT", "p_alive"] < s.loc["NEW-BEANS", "p_alive"]
+    reason = s.loc["NEW-GIFT", "reason"]
+    assert reason.startswith("one order only, 150 days ago; about ")
+    share = int(reason.split("about ")[1].split(" %")[0])
+    assert 5 <= share <= 35  # the model's share for gift first-timers: truly 15 %
+    assert "first orders of gifts in " in reason
+    plain = lapse_scores(fs.customers, NIGHT).set_index("customer_id")  # no catalogue: recency
+    assert plain.loc["NEW-GIFT", "lapse_score"] == plain.loc["NEW-BEANS", "lapse_score"]
