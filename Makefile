@@ -39,7 +39,7 @@ help:
 	@echo "make bench-send  100k messages end to end against the local SendGrid stand-in"
 	@echo "make bench-render  messages rendered per second per core (every template, en/fr)"
 	@echo "make bench-arbitration  claim 1M candidates against a 10M-row ledger (PostgreSQL)"
-	@echo "make bench-signals  ingest and signals on 1M demo customers / ~20M order lines"
+	@echo "make bench-signals  ingest and signals on 1M demo customers / ~12M order lines"
 	@echo "make bench-read  the shop read alone (full and incremental) on that shop"
 	@echo "make bench-features  the feature computation alone on that shop's orders"
 	@echo "make clean-var  forget the demo shop, the contact store and the outbox"
@@ -153,7 +153,7 @@ bench-arbitration: install
 bench-render: install
 	$(BIN)/python bench/bench_render.py $(BENCH_RENDER_ARGS)
 
-# Ingest + signals on 1M demo customers / ~20M order lines (the shop is generated once and
+# Ingest + signals on 1M demo customers / ~12M order lines (the shop is generated once and
 # cached under var/bench/): full rebuild, a 1% incremental night, detect_all, BG/NBD fit.
 bench-signals: install
 	$(BIN)/python bench/bench_signals.py
