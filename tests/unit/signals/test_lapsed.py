@@ -7,11 +7,13 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import RandomDaysShop
 
 from tend.features.compute import compute_features
 from tend.signals import bgnbd
 from tend.signals.evaluation import lapse_aucs, roc_auc
 from tend.signals.lapsed import LapsedParams, detect_lapsed, lapse_scores
+from tend.signals.seasonal import seasonal_customers
 
 NIGHT = dt.date(2026, 11, 20)
 
@@ -170,3 +172,22 @@ def test_a_first_order_tells_who_comes_back() -> None:
     assert "first orders of gifts in " in reason
     plain = lapse_scores(fs.customers, NIGHT).set_index("customer_id")  # no catalogue: recency
     assert plain.loc["NEW-GIFT", "lapse_score"] == plain.loc["NEW-BEANS", "lapse_score"]
+
+
+def test_a_seasonal_customer_waits_for_their_season(random_days_shop: RandomDaysShop) -> None:
+    """Two orders every December: against their rhythm (a typical gap of a few weeks) they are
+    overdue in November, but their season has not come yet, so they are not lapsed; one who
+    missed last December is. (Looser thresholds than the defaults, so that the rhythm alone
+    flags both in this small shop: what is tested is the season's veto.)"""
+    params = LapsedParams(threshold=0.5, overdue_survival=0.3)
+    fs, products = random_days_shop({
+        "GIFTS": ["2023-12-04", "2023-12-08", "2024-12-03", "2024-12-07", "2025-12-05",
+                  "2025-12-09"],
+        "MISSED": ["2023-12-04", "2023-12-08", "2024-12-03", "2024-12-07"]})
+    plain = lapse_scores(fs.customers, NIGHT, params).set_index("customer_id")
+    assert plain.loc["GIFTS", "lapsed"] and plain.loc["MISSED", "lapsed"]
+    s = lapse_scores(fs.customers, NIGHT, params, fs=fs, products=products
+                     ).set_index("customer_id")
+    assert {"GIFTS", "MISSED"} <= set(seasonal_customers(fs, products)["customer_id"])
+    assert not s.loc["GIFTS", "lapsed"]
+    assert s.loc["MISSED", "lapsed"]

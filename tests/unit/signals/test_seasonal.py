@@ -4,10 +4,9 @@ the counter-examples that used to read as seasons."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
+from conftest import RandomDaysShop
 
-from tend.features.compute import compute_feature_set
 from tend.features.year import TWO_PI, YEAR_DAYS
 from tend.signals import SeasonalParams
 from tend.signals.seasonal import chance_of_season, seasonal_customers
@@ -33,27 +32,6 @@ def test_false_alarm_rate_for_random_yearly_points_is_the_threshold(m: int) -> N
     assert 0.04 <= rate <= 0.06, rate
 
 
-def _shop(extra: dict[str, list[str]]) -> tuple[object, pd.DataFrame]:
-    """A shop whose 300 background customers order at random days over three years, plus the
-    customers of ``extra`` (id -> order days), all buying the same everyday product."""
-    rng = np.random.default_rng(3)
-    rows = []
-    start = pd.Timestamp("2023-11-21", tz="UTC")
-    for i in range(300):
-        for d in rng.uniform(0, 3 * 365, size=4):
-            rows.append((f"B{i}", start + pd.Timedelta(days=float(d))))
-    for cid, days in extra.items():
-        rows.extend((cid, pd.Timestamp(f"{d} 12:00", tz="UTC")) for d in days)
-    orders = pd.DataFrame(rows, columns=["customer_id", "ordered_at"])
-    orders["order_id"] = [f"O{i}" for i in range(len(orders))]
-    orders["total"] = 20.0
-    lines = pd.DataFrame({"order": range(len(orders)), "sku": "MUG", "quantity": 1})
-    products = pd.DataFrame({"sku": ["MUG"], "name": ["Mug"], "category": ["home"],
-                             "price": [10.0], "service_interval_days": [np.nan],
-                             "replenish_days": [np.nan], "complements": [[]]})
-    return compute_feature_set(orders, lines), products
-
-
 COUNTER = {
     # the issue's examples: "orders around January 11", and two orders 329 days apart
     "NEW-YEAR": ["2023-12-27", "2024-12-25", "2025-03-04"],
@@ -66,8 +44,9 @@ SEASONAL = {
 }
 
 
-def test_coincidences_are_not_seasons_but_customers_who_skip_a_year_are() -> None:
-    fs, products = _shop({**COUNTER, **SEASONAL})
+def test_coincidences_are_not_seasons_but_customers_who_skip_a_year_are(
+        random_days_shop: RandomDaysShop) -> None:
+    fs, products = random_days_shop({**COUNTER, **SEASONAL})
     c = fs.customers.set_index("customer_id")
     old = SeasonalParams()
     # without the chance test they would pass: concentrated, two years, most visits inside
