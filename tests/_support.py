@@ -210,3 +210,9 @@ def running_service(store_url: str, tmp_path: Path, *, settings: Any = None,
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+#: The ``random_days_shop`` fixture (tests/unit/signals/conftest.py): ``random_days_shop(extra)``
+#: is (features, catalogue) of a shop whose background customers order at random days, plus the
+#: customers of ``extra`` (id -> order days).
+RandomDaysShop = Callable[[dict[str, list[str]]], tuple[object, Any]]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
-from _support import DemoShops
+from _support import DemoShops, RandomDaysShop
 
 NIGHT = dt.date(2026, 11, 20)
 
@@ -22,11 +21,6 @@ def demo(demo_shops: DemoShops) -> dict[str, object]:
     fs, _ = compute_from_shop(url, NIGHT)
     truth = pd.read_sql("SELECT * FROM demo_truth", url).set_index("customer_id")
     return {"url": url, "fs": fs, "products": read_products(url), "truth": truth}
-
-
-#: ``random_days_shop(extra)``: (features, catalogue) of a shop whose 300 background customers
-#: order at random days over three years, plus the customers of ``extra`` (id -> order days).
-RandomDaysShop = Callable[[dict[str, list[str]]], tuple[object, pd.DataFrame]]
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import RandomDaysShop
+from _support import RandomDaysShop
 
 from tend.features.compute import compute_features
 from tend.signals import bgnbd

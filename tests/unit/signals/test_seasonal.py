@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import RandomDaysShop
+from _support import RandomDaysShop
 
 from tend.features.year import TWO_PI, YEAR_DAYS
 from tend.signals import SeasonalParams
