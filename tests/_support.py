@@ -680,3 +680,9 @@ def airflow_scenario(tmp: Path, *, as_of: str, customers: int = 300) -> AirflowS
           "--customers", str(customers), "--seed", "3", "--as-of", as_of, label="demo-data")
     s.run(str(BIN / "airflow"), "db", "migrate", label="airflow db migrate")
     return s
+
+
+#: The ``random_days_shop`` fixture (tests/unit/signals/conftest.py): ``random_days_shop(extra)``
+#: is (features, catalogue) of a shop whose background customers order at random days, plus the
+#: customers of ``extra`` (id -> order days).
+RandomDaysShop = Callable[[dict[str, list[str]]], tuple[object, Any]]

@@ -90,7 +90,8 @@ def _analyst(args: argparse.Namespace) -> None:
             print(f"{len(history.quarantined):,} row(s) set aside (see `tend ingest`)",
                   file=sys.stderr)
     if args.command == "features":
-        scored = lapse_scores(fs.customers, args.as_of)
+        scored = lapse_scores(fs.customers, args.as_of, fs=fs,
+                              products=read_products(shop_url))
         scored = scored.drop(columns=[c for c in scored if c in fs.customers])
         out = pd.concat([fs.customers[["customer_id"]], scored,
                          fs.customers.drop(columns=["customer_id"])], axis=1)

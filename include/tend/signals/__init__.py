@@ -60,6 +60,8 @@ class SeasonalParams:
     product_concentration: float = 0.25  # a product this much more concentrated than the shop
 
     product_distance_days: float = 30.0  # ... around a peak this close to the window
+    # chance that random yearly points are this concentrated (tend.signals.seasonal)
+    max_chance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,11 @@ def detect(features: object, products: pd.DataFrame, as_of: dt.date,
     customers = fs.customers  # type: ignore[attr-defined]
     if customers.empty:
         return empty_signals()
-    scored = lapse_scores(customers, as_of, p.lapsed)  # type: ignore[arg-type]
+    from tend.signals.seasonal import seasonal_customers
+
+    seasons = seasonal_customers(fs, products, p)
+    scored = lapse_scores(customers, as_of, p.lapsed, fs=fs,  # type: ignore[arg-type]
+                          products=products, seasonal=seasons["customer_id"])
     frames: list[pd.DataFrame] = []
     wanted = set(p.signals)
     if "lapsed" in wanted:
@@ -197,7 +203,7 @@ def detect(features: object, products: pd.DataFrame, as_of: dt.date,
                                          lap["last_order_date"], lap["lapse_score"],
                                          lap["expected_next_order"], strict=True)]))
     if "seasonal" in wanted:
-        frames.append(seasonal.detect(fs, products, as_of, p))
+        frames.append(seasonal.detect(fs, products, as_of, p, seasons))
     if "replenish" in wanted:
         frames.append(replenish.detect(fs, products, as_of, p))
     if "checkup" in wanted:
