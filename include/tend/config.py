@@ -314,3 +314,25 @@ def mask_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable url>"
+
+
+# -- send leases and recovery (tend.delivery.engine) -------------------------------------------
+
+DEFAULT_SEND_LEASE_SECONDS = 120.0
+
+
+def send_lease_seconds() -> float:
+    """``TEND_SEND_LEASE_SECONDS``: how long a send worker's lease on its batch lasts without a
+    heartbeat (it renews it every quarter of that). A retry takes the batch over only once the
+    lease has expired, or at once when the holder ran on the same host and is gone."""
+    raw = (os.environ.get("TEND_SEND_LEASE_SECONDS") or "").strip()
+    if not raw:
+        return DEFAULT_SEND_LEASE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.5 <= value <= 86_400:
+        raise ConfigError(f"TEND_SEND_LEASE_SECONDS={raw!r} must be a number of seconds between "
+                          "0.5 and 86400 (default 120)")
+    return value
