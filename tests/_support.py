@@ -210,3 +210,53 @@ def running_service(store_url: str, tmp_path: Path, *, settings: Any = None,
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# -- a recording SMTP server (delivery kill tests) ---------------------------------------------
+
+class SmtpInbox:
+    """An aiosmtpd handler that accepts every message and records its ``X-Tend-Message-Id``.
+
+    Each DATA is answered after ``latency`` seconds and recorded even if the client is gone by
+    then, as a real relay queues a message before its reply reaches the sender: a sender
+    killed in that window leaves a message delivered but unconfirmed.
+    """
+
+    def __init__(self, latency: float = 0.0) -> None:
+        import threading
+
+        self.latency = latency
+        self._ids: list[str] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import asyncio
+        from email import message_from_bytes
+
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        mid = message_from_bytes(envelope.content).get("X-Tend-Message-Id", "")
+        with self._lock:
+            self._ids.append(str(mid))
+        return f"250 2.0.0 Ok: queued as Q{mid}"
+
+    def counts(self) -> dict[str, int]:
+        """Messages accepted per Tend message id (above 1: a duplicate)."""
+        from collections import Counter
+
+        with self._lock:
+            return dict(Counter(self._ids))
+
+
+@contextmanager
+def smtp_inbox(latency: float = 0.0) -> Iterator[tuple[SmtpInbox, int]]:
+    """A running :class:`SmtpInbox` on a free local port: (handler, port)."""
+    from aiosmtpd.controller import Controller
+
+    handler = SmtpInbox(latency)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield handler, controller.port
+    finally:
+        controller.stop()

@@ -53,6 +53,8 @@ def summary_lines(store_url: str, as_of: dt.date) -> list[str]:
                                                                 key=lambda kv: -kv[1]))]
     if quarantined:
         out += ["", *table(["quarantined because", "rows"], [tuple(r) for r in quarantined])]
+    if statuses.get("unknown"):  # first, so the operator reading the log at 7 am sees it
+        out = [*ledger.unknown_warning_lines(as_of, statuses["unknown"]), "", *out]
     return out
 
 
