@@ -170,6 +170,7 @@ def plan_night(
         else pd.DataFrame(columns=["customer_id"])
     with connect(store_url).connect() as conn:
         supp = suppressed.active(conn)
+        supp = pd.concat([supp, suppressed.erased(conn, customers, secret)], ignore_index=True)
     if len(cands):
         fates = consent_fates(cands, customers, supp, as_of)
         cands["fate"], cands["why"] = fates["fate"], fates["why"]
