@@ -39,6 +39,10 @@ def statuses(url: str) -> dict[str, str]:
 def test_lists_then_releases_one_batch_with_the_risk_and_the_send_command(
         store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     unknown_night(store_url)
+    assert main(["summary", "--store", store_url, "--as-of", str(NIGHT)]) == 0
+    summary = capsys.readouterr().out.splitlines()
+    assert summary[0].startswith(f"WARNING: 3 message(s) of night {NIGHT} are 'unknown'")
+    assert f"tend reconcile --as-of {NIGHT} --release" in "\n".join(summary[:5])
     assert main(["reconcile", "--store", store_url]) == 0
     out = capsys.readouterr().out
     assert f"{NIGHT} batch 0: 2 unknown" in out and f"{NIGHT} batch 1: 1 unknown" in out
