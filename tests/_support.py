@@ -249,14 +249,21 @@ class SmtpInbox:
 
 
 @contextmanager
-def smtp_inbox(latency: float = 0.0) -> Iterator[tuple[SmtpInbox, int]]:
-    """A running :class:`SmtpInbox` on a free local port: (handler, port)."""
+def smtp_server(handler: Any, **options: Any) -> Iterator[int]:
+    """A real SMTP server (aiosmtpd) on a free local port with this handler: its port."""
     from aiosmtpd.controller import Controller
 
-    handler = SmtpInbox(latency)
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **options)
     controller.start()
     try:
-        yield handler, controller.port
+        yield controller.port
     finally:
         controller.stop()
+
+
+@contextmanager
+def smtp_inbox(latency: float = 0.0) -> Iterator[tuple[SmtpInbox, int]]:
+    """A running :class:`SmtpInbox`: (handler, port)."""
+    handler = SmtpInbox(latency)
+    with smtp_server(handler) as port:
+        yield handler, port
