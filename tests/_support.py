@@ -267,3 +267,13 @@ def smtp_inbox(latency: float = 0.0) -> Iterator[tuple[SmtpInbox, int]]:
     handler = SmtpInbox(latency)
     with smtp_server(handler) as port:
         yield handler, port
+
+
+def exited_pid() -> int:
+    """The pid of a process of this host that has exited (a worker that is gone)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

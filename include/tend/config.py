@@ -336,3 +336,11 @@ def send_lease_seconds() -> float:
         raise ConfigError(f"TEND_SEND_LEASE_SECONDS={raw!r} must be a number of seconds between "
                           "0.5 and 86400 (default 120)")
     return value
+
+
+def smtp_journal_dir(explicit: str | Path | None = None) -> Path:
+    """``TEND_SMTP_JOURNAL_DIR``: where the SMTP backend journals which messages entered DATA,
+    so the next attempt after a crash can send again what never started (default
+    ``var/smtp-journal``; local to the worker's host)."""
+    return Path(explicit or os.environ.get("TEND_SMTP_JOURNAL_DIR")
+                or var_dir() / "smtp-journal").resolve()

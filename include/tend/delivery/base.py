@@ -32,7 +32,9 @@ Contract
 * A backend that can tell afterwards whether a message went out implements ``resolve(ids) ->
   Resolution`` (the outbox: the file exists). The send engine asks it about every ``unknown``
   message of a batch before sending: what went out becomes ``sent``, what certainly did not is
-  sent now, the rest stays ``unknown`` and is reported (``tend reconcile``).
+  sent now, the rest stays ``unknown`` and is reported (``tend reconcile``). A backend that
+  keeps its own record for this may implement ``expect(ids)``: the engine calls it with each
+  chunk's message ids just before it marks the chunk ``sending`` (SMTP's journal).
 * A backend whose sends are rehearsals (SendGrid's sandbox mode: validated, never delivered)
   says so with a true ``rehearsal`` attribute; the engine then puts every message back to
   ``claimed`` after the call, so a rehearsal never counts in the ledger, caps or cooldowns.

@@ -372,6 +372,7 @@ def _send_leased(engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Le
             timings["backend"] += time.perf_counter() - t0
 
     handed_max = chunks_in_flight_of(backend)
+    expect = getattr(backend, "expect", None)  # a backend's own record (see base)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=handed_max,
                                                  thread_name_prefix="tend-send")
     in_flight: deque[tuple[_Chunk, concurrent.futures.Future[list[DeliveryResult]]]] = deque()
@@ -397,6 +398,8 @@ def _send_leased(engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Le
                                            "lease was taken over; it stops here")
                 # (A last suppression re-check of the chunk belongs here: before any row of it
                 # is marked 'sending', so a suppressed message simply never leaves.)
+                if callable(expect):
+                    expect(chunk.ids)
                 t0 = clock()
                 with engine.begin() as conn:
                     ledger.mark_sending(conn, chunk.ids, lease)

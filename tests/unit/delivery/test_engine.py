@@ -326,7 +326,7 @@ def test_a_sandbox_rehearsal_counts_nowhere_and_the_real_send_follows(
         caplog: pytest.LogCaptureFixture) -> None:
     claimed = len(ledger(store_url))
     caplog.set_level(logging.INFO, logger="tend")
-    with sendgrid(fake, sandbox=True) as backend:
+    with sendgrid(fake, sandbox=True, read_timeout=10) as backend:
         results = [engine.send_batch(store_url, NIGHT, b, backend=backend,
                                      renderer=messages.default_renderer(SETTINGS),
                                      settings=SETTINGS, send_window=ALWAYS_OPEN)
@@ -336,7 +336,7 @@ def test_a_sandbox_rehearsal_counts_nowhere_and_the_real_send_follows(
     assert not any(r.counts for r in results)
     assert "rehearsal" in caplog.text and "back to 'claimed'" in caplog.text
     assert fake.fake.accepted_counts() == {}  # the stand-in delivers nothing in sandbox mode
-    with sendgrid(fake) as backend:  # the real run sends every message, once
+    with sendgrid(fake, read_timeout=10) as backend:  # the real run sends every message once
         assert send_all(store_url, planned, backend) == Counter(sent=claimed)
     assert set(fake.fake.accepted_counts().values()) == {1}
 

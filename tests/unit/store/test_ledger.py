@@ -7,6 +7,7 @@ import threading
 
 import pandas as pd
 import pytest
+from _support import exited_pid
 from sqlalchemy import func, select
 
 from tend.errors import LedgerError
@@ -266,12 +267,8 @@ def lease(url: str, holder: str | None = None, ttl: float = 60) -> ledger.Lease:
 def dead_holder() -> str:
     """host:pid of a process of this host that has exited."""
     import socket
-    import subprocess
-    import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return f"{socket.gethostname()}:{proc.pid}"
+    return f"{socket.gethostname()}:{exited_pid()}"
 
 
 def test_a_live_lease_refuses_a_second_worker_and_a_released_one_does_not(store_url: str) -> None:
