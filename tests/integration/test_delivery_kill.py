@@ -80,7 +80,8 @@ class Inbox:
 
 
 @contextmanager
-def inbox(backend: str, tmp_path: Path, *, latency_ms: float = 20) -> Iterator[Inbox]:
+def inbox(backend: str, tmp_path: Path, *, latency_ms: float = 20,
+          chunk: int = CHUNK) -> Iterator[Inbox]:
     if backend == "outbox":
         folder = tmp_path / "outbox"
         folder.mkdir()
@@ -97,9 +98,9 @@ def inbox(backend: str, tmp_path: Path, *, latency_ms: float = 20) -> Iterator[I
         with run_in_thread(api_key=KEY, faults=FaultPlan(latency_ms=latency_ms)) as running:
             yield Inbox(backend, {
                 "TEND_SENDGRID_API_KEY": KEY, "TEND_SENDGRID_URL": running.url,
-                "TEND_SENDGRID_CHUNK_SIZE": str(CHUNK), "TEND_SENDGRID_CHUNKS_IN_FLIGHT": "2",
-                "TEND_SENDGRID_MAX_IN_FLIGHT": "8"}, running.fake.accepted_counts, 2 * CHUNK,
-                2 * CHUNK, {"fake": running.fake})
+                "TEND_SENDGRID_CHUNK_SIZE": str(chunk), "TEND_SENDGRID_CHUNKS_IN_FLIGHT": "2",
+                "TEND_SENDGRID_MAX_IN_FLIGHT": "8"}, running.fake.accepted_counts, 2 * chunk,
+                2 * chunk, {"fake": running.fake})
 
 
 def ledger(store_url: str) -> dict[str, dict[str, Any]]:
@@ -154,7 +155,7 @@ def kill_repeatedly(store_url: str, box: Inbox, claimed: int, kills: int,
     try:
         for _ in range(kills):
             before = sum(box.counts().values())
-            if before >= claimed - box.window:
+            if statuses(store_url)["claimed"] < 2 * box.window:  # too little left to kill
                 break
             proc, ready = ready, spawn(store_url, box)
             go(proc)
@@ -212,15 +213,17 @@ def test_a_worker_killed_at_random_points_never_sends_twice_and_loses_nothing(
 @pytest.mark.parametrize("backend", ["outbox", "smtp", "sendgrid"])
 def test_twenty_kills_per_backend(demo_shop: str, store_url: str, tmp_path: Path,
                                   backend: str) -> None:
-    kill_and_check(demo_shop, store_url, tmp_path, backend, kills=20)
+    # SendGrid's chunks are smaller here, so twenty kills fit in the night.
+    kill_and_check(demo_shop, store_url, tmp_path, backend, kills=20,
+                   chunk=10 if backend == "sendgrid" else CHUNK)
 
 
 def kill_and_check(demo_shop: str, store_url: str, tmp_path: Path, backend: str,
-                   kills: int) -> None:
+                   kills: int, chunk: int = CHUNK) -> None:
     rng = random.Random(f"{SEED}-{backend}")
     why = f"(TEND_KILL_SEED={SEED}, {backend})"
     claimed = planned_night(demo_shop, store_url)
-    with inbox(backend, tmp_path) as box:
+    with inbox(backend, tmp_path, chunk=chunk) as box:
         assert claimed > 6 * box.window
         killed = kill_repeatedly(store_url, box, claimed, kills, rng, why)
         code, out = run(spawn(store_url, box))
