@@ -201,10 +201,19 @@ def check_outcome(store_url: str, box: Inbox, claimed: int, killed: int, final_o
     return final
 
 
-@pytest.mark.parametrize("backend", ["outbox", "smtp", "sendgrid"])
+_PG = pytest.mark.postgres
+
+
+@pytest.mark.parametrize(("store_url", "backend"), [
+    ("sqlite", "outbox"), ("sqlite", "smtp"), ("sqlite", "sendgrid"),
+    pytest.param("postgresql", "sendgrid", marks=_PG),
+    pytest.param("postgresql", "outbox", marks=[_PG, pytest.mark.slow]),
+    pytest.param("postgresql", "smtp", marks=[_PG, pytest.mark.slow]),
+], indirect=["store_url"])
 def test_a_worker_killed_at_random_points_never_sends_twice_and_loses_nothing(
         demo_shop: str, store_url: str, tmp_path: Path, backend: str) -> None:
-    """A few kills per backend, on SQLite and PostgreSQL (the slow test below does 20)."""
+    """A few kills per backend on SQLite, SendGrid's on PostgreSQL too (the others there are
+    slow); the slow test below does twenty per backend."""
     kill_and_check(demo_shop, store_url, tmp_path, backend, kills=4)
 
 
