@@ -55,7 +55,8 @@ class SendResult:
 
     batch_id: int
     counts: Counter[str] = field(default_factory=Counter)
-    """Outcomes of the messages this attempt handed to the backend."""
+    """Outcomes of the messages this attempt handed to the backend; ``unknown`` counts every
+    message of the batch still unknown at the end (an earlier attempt's too)."""
     recovered_unknown: int = 0
     """Rows an earlier attempt left 'sending', found by this one and turned 'unknown'."""
     resolved_sent: int = 0
@@ -435,6 +436,10 @@ def _send_leased(engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Le
         result.seconds = clock() - start
     with engine.connect() as conn:
         result.unknown_left = sum(n for *_, n in ledger.unknown_counts(conn, as_of, batch_id))
+    # The batch's unknown messages are this attempt's to report, whichever attempt left them.
+    carried = result.unknown_left - result.counts["unknown"]
+    if carried > 0:
+        result.counts["unknown"] += carried
     for line in result.warning_lines():
         log.warning(line)
     for line in result.lines()[len(result.warning_lines()):]:
