@@ -41,7 +41,6 @@ import logging
 import os
 import random
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -62,6 +61,7 @@ from tend.delivery.base import (
 )
 from tend.delivery.outbox import MessageRefused, build_email
 from tend.errors import ConfigError
+from tend.processes import gone, this_host
 
 __all__ = ["SmtpBackend", "SmtpSettings"]
 
@@ -184,7 +184,7 @@ class SmtpJournal:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / f"{socket.gethostname()}-{os.getpid()}.journal"
+        self.path = self.directory / f"{this_host()}-{os.getpid()}.journal"
         self._fd: int | None = None
         cutoff = time.time() - self.KEEP_DAYS * 86_400
         for old in self.directory.glob("*.journal"):
@@ -243,15 +243,7 @@ class SmtpJournal:
 def _gone(stem: str) -> bool:
     """Whether the journal's process (``host-pid``) ran on this host and no longer exists."""
     host, _, pid = stem.rpartition("-")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
+    return gone(host, pid)
 
 
 class SmtpBackend:

@@ -480,28 +480,20 @@ class Lease:
 def lease_holder() -> str:
     """host:pid of this process: who holds a lease, and whether a same-host holder still runs."""
     import os
-    import socket
 
-    return f"{socket.gethostname()}:{os.getpid()}"
+    from tend.processes import this_host
+
+    return f"{this_host()}:{os.getpid()}"
 
 
 def _holder_gone(holder: str | None) -> bool:
     """True only when ``holder`` ran on this host and its process no longer exists."""
-    import os
-    import socket
+    from tend.processes import gone
 
     if not holder:
         return True
     host, _, pid = holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by someone else
-        return False
-    return False
+    return gone(host, pid)
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
