@@ -24,7 +24,8 @@ README_MAX_LINES = 200
 
 #: The pages the README promises: each must exist and be linked from the README.
 PAGES = ("configuration", "shop-data", "programs", "templates", "signals", "delivery",
-         "operations", "architecture")
+         "operations", "architecture", "listen", "sendgrid-events", "campaigns", "results",
+         "deploy")
 
 #: A setting's name as the docs spell it: in backticks.
 _DOCUMENTED = re.compile(r"`(TEND_[A-Z0-9_]+)`")
