@@ -44,6 +44,7 @@ help:
 	@echo "make bench-features  the feature computation alone on that shop's orders"
 	@echo "make bench-events  tend serve: signed webhook events/s (SQLite, PostgreSQL), unsubscribe p99"
 	@echo "make clean-var  forget the demo shop, the contact store and the outbox"
+	@echo "make test-stack  the compose file (static) and a night on two Celery workers (PostgreSQL, Redis)"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -190,3 +191,12 @@ demo-nights: install
 	  TEND_OUTBOX_DIR=$(RESULTS_DIR)/outbox $(BIN)/tend demo-nights \
 	    --db sqlite:///$(RESULTS_DIR)/shop.db --store sqlite:///$(RESULTS_DIR)/store.db \
 	    --from $$(date -u -d "$$start + 1 day" +%F) --nights $(RESULTS_NIGHTS)
+
+
+# The deployment's checks without a container engine: docker-compose.yaml against the Compose
+# Specification and the settings the code reads, then a night on Airflow's CeleryExecutor with
+# two workers (one killed mid-send) on the local PostgreSQL and Redis (TEST_DATABASE_URL,
+# TEST_REDIS_URL; ~3 minutes).
+.PHONY: test-stack
+test-stack: install
+	$(BIN)/pytest -q tests/deploy tests/integration/test_celery_cluster.py

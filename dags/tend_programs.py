@@ -21,6 +21,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
+from tend import config
 from tend_airflow import tasks
 from tend_airflow.assets import CUSTOMER_FEATURES
 from tend_airflow.params import AS_OF, SENDGRID_SANDBOX, dag_params
@@ -44,7 +45,8 @@ def tend_programs() -> None:
 
     # The pool bounds concurrent senders across every DAG run (create it once:
     # `airflow pools set tend_send 4 "Tend senders"`; `make airflow`/`make run` do).
-    @task(pool="tend_send", max_active_tis_per_dagrun=4, multiple_outputs=True)
+    @task(pool="tend_send", max_active_tis_per_dagrun=4, multiple_outputs=True,
+          retry_delay=pendulum.duration(seconds=config.send_retry_delay()))
     def send(as_of: str, batch_id: int, **context) -> dict:
         return tasks.send(as_of, batch_id, context)
 

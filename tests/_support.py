@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -24,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from tend.config import ShopSettings
 from tend.delivery import OutgoingMessage
+from tend.delivery.sendgrid import SendGridSettings
 
 #: The project checkout, and the email templates in it.
 PROJECT = Path(__file__).resolve().parents[1]
@@ -457,3 +459,49 @@ def interruptible_store(store_url: str) -> Iterator[InterruptibleStore]:
     finally:
         connect(url).dispose()
         proxy.stop()
+
+
+# -- The settings the code reads (docs/configuration.md and docker-compose.yaml are checked
+# -- against them) -------------------------------------------------------------------------
+
+#: A setting's name as the code spells it: a string literal "TEND_..." (a literal ending in "_"
+#: is a prefix, whose names are derived below).
+_LITERAL = re.compile(r"""["'](TEND_[A-Z0-9_]+)["']""")
+
+
+class _RecordingEnv(dict[str, str]):
+    """An environment that remembers every name looked up in it."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.asked.add(key)
+        return super().__contains__(key)
+
+
+def _sendgrid_env_names() -> set[str]:
+    """The TEND_SENDGRID_* names SendGridSettings.from_env builds from its option names."""
+    env = _RecordingEnv({"TEND_SENDGRID_API_KEY": "SG.docs-test"})
+    SendGridSettings.from_env(env)
+    return {name for name in env.asked if name.startswith("TEND_")}
+
+
+def settings_in_code() -> set[str]:
+    """Every TEND_* variable the code (include/, dags/, plugins/) reads."""
+    names: set[str] = set()
+    for folder in ("include", "dags", "plugins"):
+        for path in sorted((PROJECT / folder).rglob("*.py")):
+            names.update(n for n in _LITERAL.findall(path.read_text(encoding="utf-8"))
+                         if not n.endswith("_"))
+    return names | _sendgrid_env_names()

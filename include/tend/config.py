@@ -428,3 +428,31 @@ def sendgrid_webhook_key(env: Mapping[str, str] | None = None) -> str | None:
         value = str((conn.extra_dejson.get("webhook_public_key") if conn else None) or "")
     value = re.sub(r"-----(BEGIN|END) PUBLIC KEY-----|\s+", "", value)
     return value or None
+
+
+# -- Scale-out settings (the claim's batch size, the send task's retry delay) ----------------
+
+DEFAULT_CLAIM_BATCH_SIZE = 5000
+DEFAULT_SEND_RETRY_DELAY = 120
+
+
+def _positive_int(name: str, default: int, example: str) -> int:
+    value = (os.environ.get(name) or "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{name}={value!r} is not a positive whole number; use e.g. {example}")
+    return int(value)
+
+
+def claim_batch_size() -> int:
+    """``TEND_CLAIM_BATCH_SIZE``: messages per claimed batch, the unit ``send`` is mapped over
+    (one Airflow task each): smaller batches spread a night over more workers."""
+    return _positive_int("TEND_CLAIM_BATCH_SIZE", DEFAULT_CLAIM_BATCH_SIZE, "1000")
+
+
+def send_retry_delay() -> int:
+    """``TEND_SEND_RETRY_DELAY``: seconds Airflow waits before retrying a failed ``send`` task
+    (read when the DAG file is parsed). A retry of a batch whose worker died sends only what is
+    still claimed, so a short delay only gets the night done sooner."""
+    return _positive_int("TEND_SEND_RETRY_DELAY", DEFAULT_SEND_RETRY_DELAY, "30")
