@@ -78,6 +78,8 @@ PARSE_SCRIPT = textwrap.dedent(
         return {
             "scheduled": [[a.uri, a is CUSTOMER_FEATURES] for a in scheduled],
             "emitted": [[a.uri, a is CUSTOMER_FEATURES] for a in emitted],
+            "watchers": [[w.name, w.trigger.scheme, w.trigger.kwargs]
+                         for a in scheduled for w in getattr(a, "watchers", [])],
         }
 
     def aware(value):
@@ -213,6 +215,17 @@ def test_ingest_emits_the_asset_programs_is_scheduled_on(
     assert ingest["emitted"] == [["tend://customer_features/", True]]
     assert programs["scheduled"] == [["tend://customer_features/", True]]
     assert ingest["scheduled"] == [] and programs["emitted"] == []
+
+
+def test_order_events_schedule_tend_events_through_a_redis_watcher(
+        dags: dict[str, dict[str, Any]]) -> None:
+    events = dags["tend_events"]["assets"]
+    assert events["scheduled"] == [["tend://order_events/", False]]
+    assert events["watchers"] == [["tend_order_events_watcher", "redis+pubsub", {
+        "channels": ["tend:orders"], "redis_conn_id": "tend_order_events",
+        "poll_interval": 2.0}]]
+    assert all(d["assets"]["watchers"] == [] for name, d in dags.items()
+               if name != "tend_events")
 
 
 def test_no_dag_file_defines_an_asset() -> None:
