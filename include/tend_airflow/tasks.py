@@ -69,7 +69,10 @@ def order_events(context: Mapping[str, Any]) -> list[int]:
     from tend.listen.orders import plan_events
     from tend_airflow.assets import ORDER_EVENTS
 
-    events = context["triggering_asset_events"][ORDER_EVENTS]
+    try:
+        events = context["triggering_asset_events"][ORDER_EVENTS]
+    except KeyError:  # a run triggered by hand: no events, nothing to decide
+        events = []
     payloads = [(event.extra or {}).get("payload") for event in events]
     settings = ShopSettings.from_env()
     result = plan_events(shop_url(), store_url(), payloads, runs.run_id(context),
