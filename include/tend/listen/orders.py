@@ -27,13 +27,17 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from tend import config
 from tend.errors import DataError
 from tend.logs import log
+
+if TYPE_CHECKING:
+    from tend.messages.render import Renderer
+    from tend.programs.registry import Registry
 
 EVENT_TYPE = "order.placed"
 #: A bigger event is not an order event (a whole order with its lines is a few kilobytes).
@@ -245,10 +249,10 @@ def plan_events(
     run_id: str,
     *,
     settings: config.ShopSettings,
-    renderer: Any,
+    renderer: Renderer,
     secret: str,
     as_of: dt.date | None = None,
-    registry: Any = None,
+    registry: Registry | None = None,
 ) -> EventsResult:
     """Decide and claim the event-driven programs' messages for the events' customers.
 
