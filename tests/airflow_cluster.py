@@ -10,12 +10,16 @@ host name (``cluster_node.hostname``), all on free ports, with Tend's DAGs and p
         run_id = cluster.trigger("tend_ingest", {"as_of": "2026-11-20"})
         assert cluster.wait_for_run("tend_ingest", run_id) == "success"
 
-The scheduler creates no scheduled or asset-triggered runs (``use_job_schedule`` off): a test
-triggers what it wants, so the wall clock never adds a night. The api-server lets every request
+Any test can use it (``from airflow_cluster import airflow_cluster``: tests/ is on the path,
+as for ``_support``). The scheduler creates no scheduled or asset-triggered runs
+(``use_job_schedule`` off): a test triggers what it wants, so the wall clock never adds a
+night; a test that wants them passes ``AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE=True`` in ``env``,
+which wins over every setting here. The api-server lets every request
 in as admin (simple auth manager, ``all_admins``): it listens on 127.0.0.1 only, for the test.
 Each process writes its output to ``<tmp>/logs/<name>.out``; :meth:`AirflowCluster.diagnose`
-gathers their tails for an assertion message. Every process is started in a session of its
-own, so stopping (or killing) one stops its children too.
+gathers their tails for an assertion message, and ``logs/cluster.log`` has a timeline. Every
+process starts in a session of its own (a Ctrl-C reaches pytest, which stops them in order),
+and stopping or killing one takes its whole process tree.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from sqlalchemy.engine import make_url
 
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
-HERE = Path(__file__).resolve().parent
+#: Where ``cluster_node`` (Airflow's hostname_callable in the cluster) lives.
+NODE_MODULE_DIR = Path(__file__).resolve().parent / "integration"
 
 #: The Redis db number the clusters use; each cluster also prefixes its keys with its own id.
 REDIS_DB = 11
@@ -88,8 +93,7 @@ class AirflowCluster:
 
     def note(self, what: str) -> None:
         """A timestamped line in ``logs/cluster.log``: where a slow or failed run spent time."""
-        with (self.tmp / "logs" / "cluster.log").open("a") as log:
-            log.write(f"{time.strftime('%H:%M:%S')} {what}\n")
+        _note(self.tmp, what)
 
     def start(self, name: str, *args: str, env: Mapping[str, str] | None = None) -> None:
         log = (self.tmp / "logs" / f"{name}.out").open("ab")
@@ -117,28 +121,31 @@ class AirflowCluster:
         proc = self.procs[name]
         self.killed.add(name)
         self.note(f"kill {name}")
-        _signal_tree(proc.pid, signal.SIGSTOP)
-        survivors = _signal_tree(proc.pid, signal.SIGKILL)
+        _signal(_tree(proc.pid), signal.SIGSTOP)
+        doomed = _tree(proc.pid)  # again: nothing can have forked since the stop
+        _signal(doomed, signal.SIGKILL)
         proc.wait(timeout=30)
-        _, alive = psutil.wait_procs(survivors, timeout=10)
+        _, alive = psutil.wait_procs(doomed, timeout=10)
         running = [p for p in alive if _running(p)]
         assert not running, f"{name}: {running} survived SIGKILL"
         self.note(f"{name} is gone")
 
     def stop(self) -> None:
-        """SIGTERM every process group, then SIGKILL what is still there after 20 s."""
+        """SIGTERM every process, then SIGKILL whatever is left of its tree after 20 s."""
         self.note("stop")
+        trees = [_tree(proc.pid) for proc in self.procs.values() if proc.poll() is None]
         for proc in self.procs.values():
-            if proc.poll() is None:
+            if proc.poll() is None:  # its group (pgid = its pid, alive, so not reused)
                 with suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for proc in self.procs.values():
             with suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        for tree in trees:
+            # A worker's pool and task processes may outlive it.
+            _signal(tree, signal.SIGKILL)
         for proc in self.procs.values():
-            # The tree too: a worker's pool and task processes may outlive their parent.
-            _signal_tree(proc.pid, signal.SIGKILL)
             if proc.poll() is None:
                 proc.wait(timeout=10)
         self.note("stopped")
@@ -223,19 +230,25 @@ class AirflowCluster:
         return self.api("GET", f"{path}?deserialize=true")["value"]
 
 
-def _signal_tree(pid: int, sig: signal.Signals) -> list[psutil.Process]:
-    """Send ``sig`` to a process, its process group and every descendant; those processes."""
+def _note(tmp: Path, what: str) -> None:
+    with (tmp / "logs" / "cluster.log").open("a") as log:
+        log.write(f"{time.strftime('%H:%M:%S')} {what}\n")
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (empty once it is gone)."""
     try:
         root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        tree = []
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-    for p in tree:
+        return []
+
+
+def _signal(procs: list[psutil.Process], sig: signal.Signals) -> None:
+    """Signal each process still running; psutil checks each is the one it was (no pid reuse)."""
+    for p in procs:
         with suppress(psutil.NoSuchProcess):
             p.send_signal(sig)
-    return tree
 
 
 def _running(p: psutil.Process) -> bool:
@@ -273,7 +286,9 @@ def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2,
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "logs").mkdir(exist_ok=True)
     with ExitStack() as stack:
+        stack.callback(_note, tmp, "database dropped")
         db_url = _psycopg(stack.enter_context(private_pg_database("tend_airflow")))
+        stack.callback(_note, tmp, "Redis keys deleted; dropping the database")
         prefix = f"tend-cluster-{uuid.uuid4().hex[:8]}:"
         broker = f"{redis_base}/{REDIS_DB}"
         stack.callback(_redis_delete_prefix, broker, prefix)
@@ -283,7 +298,8 @@ def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2,
         cluster_env = {
             **base,
             "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), base.get("PYTHONPATH")) if p),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(NODE_MODULE_DIR), base.get("PYTHONPATH")) if p),
             "AIRFLOW_HOME": str(tmp / "airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
@@ -310,7 +326,7 @@ def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2,
             # A worker that dies is noticed in seconds, not the default five minutes (its
             # running tasks fail and are retried), and a task it had taken from the queue but
             # not started is queued again after 20 s, not ten minutes.
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "20",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "5",
