@@ -179,3 +179,17 @@ def test_an_event_for_a_returning_customer_or_without_event_programs_sends_nothi
         renderer=messages.default_renderer(settings), secret="s", as_of=DAY,
         registry=nightly_only)
     assert result.orders == [] and "no enabled program has trigger: event" in result.skipped[0]
+
+
+def test_an_event_that_came_before_its_order_is_skipped_and_the_night_thanks_instead(
+        shop_url: str, store_url: str) -> None:
+    early = json.dumps({"order_id": "O-LATE", "customer_id": "C-LATE",
+                        "ordered_at": AT.isoformat()})
+    result = _plan(shop_url, store_url, [early])
+    assert result.orders == [] and "no such order" in result.skipped[0]
+    assert _thank_yous(store_url, "C-LATE") == []
+
+    add_first_order(shop_url, "C-LATE", "O-LATE", AT)
+    night(shop_url, store_url, DAY, load_registry())
+    assert [r["occurrence"] for r in _thank_yous(store_url, "C-LATE")] == [
+        f"first_purchase::{DAY}"]
