@@ -208,3 +208,5 @@ test-stack: install
 .PHONY: bench-targeting
 bench-targeting: install
 	$(BIN)/python bench/bench_targeting.py $(BENCH_TARGETING_ARGS)
+
+

@@ -753,3 +753,48 @@ def exited_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+# -- Redis and order events ---------------------------------------------------------------
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def require_redis() -> str:
+    """The Redis base URL (no db number); skip without Redis locally, fail without it in CI."""
+    url = make_url(REDIS_URL.replace("redis://", "redis+plain://", 1))
+    try:
+        with socket.create_connection((url.host or "127.0.0.1", url.port or 6379), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            if not s.recv(16).startswith(b"+PONG"):
+                raise OSError("no PONG")
+    except OSError as exc:
+        message = f"Redis is not reachable at {REDIS_URL} ({exc}); set TEST_REDIS_URL"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"Redis tests must run in CI: {message}")
+        pytest.skip(message)
+    return REDIS_URL.rstrip("/")
+
+
+def add_first_order(shop_url: str, customer_id: str, order_id: str, ordered_at: dt.datetime,
+                    *, consent: str = "express", total: str = "42.00") -> None:
+    """A new customer and their first order (one line of the catalogue's first product) in a
+    shop: what an "order placed" event announces."""
+    from tend.shop import schema as shop_schema
+
+    engine = create_engine(shop_url)
+    try:
+        with engine.begin() as conn:
+            sku = conn.execute(select(shop_schema.products.c.sku).order_by(
+                shop_schema.products.c.sku).limit(1)).scalar_one()
+            conn.execute(shop_schema.customers.insert().values(
+                customer_id=customer_id, email=f"{customer_id.lower()}@example.com",
+                first_name="Ada", locale="en", timezone="UTC", marketing_consent=consent,
+                consent_at=ordered_at, created_at=ordered_at))
+            conn.execute(shop_schema.orders.insert().values(
+                order_id=order_id, customer_id=customer_id, ordered_at=ordered_at,
+                total=total, currency="CAD"))
+            conn.execute(shop_schema.order_lines.insert().values(
+                order_id=order_id, sku=sku, quantity=1, unit_price=total))
+    finally:
+        engine.dispose()

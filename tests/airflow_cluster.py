@@ -29,7 +29,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,8 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
-from _support import PROJECT, free_port, require_postgres
+from _support import PROJECT, free_port, require_postgres, require_redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -53,27 +51,10 @@ AIRFLOW = str(BIN / "airflow")
 #: Where ``cluster_node`` (Airflow's hostname_callable in the cluster) lives.
 NODE_MODULE_DIR = Path(__file__).resolve().parent / "integration"
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 #: The Redis db number the clusters use; each cluster also prefixes its keys with its own id.
 REDIS_DB = 11
 
 START_TIMEOUT = 180.0
-
-
-def require_redis() -> str:
-    """The Redis base URL (no db number); skip without Redis locally, fail without it in CI."""
-    url = make_url(REDIS_URL.replace("redis://", "redis+plain://", 1))
-    try:
-        with socket.create_connection((url.host or "127.0.0.1", url.port or 6379), timeout=2) as s:
-            s.sendall(b"PING\r\n")
-            if not s.recv(16).startswith(b"+PONG"):
-                raise OSError("no PONG")
-    except OSError as exc:
-        message = f"Redis is not reachable at {REDIS_URL} ({exc}); set TEST_REDIS_URL"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"Redis tests must run in CI: {message}")
-        pytest.skip(message)
-    return REDIS_URL.rstrip("/")
 
 
 @contextmanager

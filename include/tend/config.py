@@ -486,3 +486,47 @@ def smtp_journal_dir(explicit: str | Path | None = None) -> Path:
     ``var/smtp-journal``; local to the worker's host)."""
     return Path(explicit or os.environ.get("TEND_SMTP_JOURNAL_DIR")
                 or var_dir() / "smtp-journal").resolve()
+
+
+# -- Order events (tend publish-order, the tend_events DAG's watcher) ------------------------
+
+#: The Airflow connection the tend_events watcher subscribes with (a Redis connection:
+#: ``redis://host:6379?db=0``); ``tend publish-order`` falls back to it.
+ORDER_EVENTS_CONN_ID = "tend_order_events"
+DEFAULT_ORDER_EVENTS_CHANNEL = "tend:orders"
+
+
+def order_events_channel() -> str:
+    """``TEND_ORDER_EVENTS_CHANNEL``: the Redis pub/sub channel of "order placed" events (read
+    when the tend_events DAG file is parsed, and by ``tend publish-order``)."""
+    value = (os.environ.get("TEND_ORDER_EVENTS_CHANNEL") or "").strip()
+    if not value:
+        return DEFAULT_ORDER_EVENTS_CHANNEL
+    if any(ch.isspace() for ch in value) or any(ch in value for ch in "*?["):
+        raise ConfigError(f"TEND_ORDER_EVENTS_CHANNEL={value!r} must be one channel name "
+                          "without spaces or glob characters; use e.g. shop1:orders")
+    return value
+
+
+def order_events_url() -> str:
+    """``TEND_ORDER_EVENTS_URL`` (``redis://host:6379/0``), else the Airflow connection
+    ``tend_order_events`` the watcher uses, so a deployment names its Redis once."""
+    value = (os.environ.get("TEND_ORDER_EVENTS_URL") or "").strip()
+    if value:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"TEND_ORDER_EVENTS_URL={mask_url(value)} is not a Redis URL; "
+                              "use e.g. redis://127.0.0.1:6379/0")
+        return value
+    conn = env_connection(ORDER_EVENTS_CONN_ID)
+    if conn is None:
+        raise ConfigError("no Redis for order events: set TEND_ORDER_EVENTS_URL (e.g. "
+                          "redis://127.0.0.1:6379/0) or the Airflow connection "
+                          f"AIRFLOW_CONN_{ORDER_EVENTS_CONN_ID.upper()}")
+    from urllib.parse import quote
+
+    auth = ""
+    if conn.login or conn.password:
+        auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password or '', safe='')}@"
+    db = conn.extra_dejson.get("db") or conn.schema or 0
+    scheme = "rediss" if conn.extra_dejson.get("ssl") in (True, "true", "True") else "redis"
+    return f"{scheme}://{auth}{conn.host or '127.0.0.1'}:{conn.port or 6379}/{db}"

@@ -65,6 +65,27 @@ def plan(context: Mapping[str, Any]) -> list[int]:
     return list(result.batches)
 
 
+def order_events(context: Mapping[str, Any]) -> list[int]:
+    """Decide and claim the event-driven programs for the orders of the triggering events; the
+    claimed batch ids (the night, today in UTC, goes to XCom as ``plan``'s does)."""
+    from tend import messages
+    from tend.config import ShopSettings
+    from tend.listen.orders import plan_events
+    from tend_airflow.assets import ORDER_EVENTS
+
+    try:
+        events = context["triggering_asset_events"][ORDER_EVENTS]
+    except KeyError:  # a run triggered by hand: no events, nothing to decide
+        events = []
+    payloads = [(event.extra or {}).get("payload") for event in events]
+    settings = ShopSettings.from_env()
+    result = plan_events(shop_url(), store_url(), payloads, runs.run_id(context),
+                         settings=settings, renderer=messages.default_renderer(settings),
+                         secret=config.unsubscribe_secret())
+    context["ti"].xcom_push(AS_OF_XCOM, result.as_of.isoformat())
+    return list(result.batches)
+
+
 def send(as_of: str, batch_id: int, context: Mapping[str, Any], *,
          send_window: SendWindow | None = None) -> dict[str, int]:
     """Send one claimed batch; its counts by status.

@@ -25,7 +25,8 @@ from _support import PROJECT
 
 DAGS = PROJECT / "dags"
 DOMAIN = PROJECT / "include" / "tend"
-EXPECTED_DAG_IDS = {"tend_campaign", "tend_feedback", "tend_ingest", "tend_programs"}
+EXPECTED_DAG_IDS = {"tend_campaign", "tend_events", "tend_feedback", "tend_ingest",
+                    "tend_programs"}
 # Modules that must stay out of the parse: the domain core is imported inside tasks.
 HEAVY_DOMAIN_MODULES = ("tend.delivery", "tend.store", "tend.shop", "tend.features",
                         "tend.programs", "tend.messages", "tend.signals")
@@ -79,6 +80,8 @@ PARSE_SCRIPT = textwrap.dedent(
         return {
             "scheduled": [[a.uri, a is CUSTOMER_FEATURES] for a in scheduled],
             "emitted": [[a.uri, a is CUSTOMER_FEATURES] for a in emitted],
+            "watchers": [[w.name, w.trigger.scheme, w.trigger.kwargs]
+                         for a in scheduled for w in getattr(a, "watchers", [])],
         }
 
     def aware(value):
@@ -191,6 +194,7 @@ def test_every_task_retries(dags: dict[str, dict[str, Any]], dag_id: str) -> Non
 
 
 EXPECTED_PARAMS = {
+    "tend_events": {"sendgrid_sandbox": (["null", "boolean"], None, None)},
     "tend_feedback": {},
     "tend_ingest": {"as_of": (["null", "string"], "date", None)},
     "tend_programs": {"as_of": (["null", "string"], "date", None),
@@ -236,6 +240,17 @@ def test_ingest_emits_the_asset_programs_is_scheduled_on(
     assert ingest["emitted"] == [["tend://customer_features/", True]]
     assert programs["scheduled"] == [["tend://customer_features/", True]]
     assert ingest["scheduled"] == [] and programs["emitted"] == []
+
+
+def test_order_events_schedule_tend_events_through_a_redis_watcher(
+        dags: dict[str, dict[str, Any]]) -> None:
+    events = dags["tend_events"]["assets"]
+    assert events["scheduled"] == [["tend://order_events/", False]]
+    assert events["watchers"] == [["tend_order_events_watcher", "redis+pubsub", {
+        "channels": ["tend:orders"], "redis_conn_id": "tend_order_events",
+        "poll_interval": 2.0}]]
+    assert all(d["assets"]["watchers"] == [] for name, d in dags.items()
+               if name != "tend_events")
 
 
 def test_no_dag_file_defines_an_asset() -> None:

@@ -183,3 +183,29 @@ def test_the_claim_batch_size_cuts_the_night(monkeypatch: pytest.MonkeyPatch, tm
     claimed = planned.claimed()
     assert claimed > 20
     assert len(planned.batches) == -(-claimed // 10)
+
+
+def test_order_events_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TEND_ORDER_EVENTS_URL", "TEND_ORDER_EVENTS_CHANNEL",
+                 "AIRFLOW_CONN_TEND_ORDER_EVENTS"):
+        monkeypatch.delenv(name, raising=False)
+    assert config.order_events_channel() == "tend:orders"
+    with pytest.raises(ConfigError, match="set TEND_ORDER_EVENTS_URL"):
+        config.order_events_url()
+    monkeypatch.setenv("AIRFLOW_CONN_TEND_ORDER_EVENTS",
+                       '{"conn_type": "redis", "host": "redis", "port": 6380, '
+                       '"password": "p@ss", "extra": {"db": 3}}')
+    assert config.order_events_url() == "redis://:p%40ss@redis:6380/3"
+    monkeypatch.setenv("AIRFLOW_CONN_TEND_ORDER_EVENTS", "redis://redis:6379?db=2")
+    assert config.order_events_url() == "redis://redis:6379/2"
+    monkeypatch.setenv("TEND_ORDER_EVENTS_URL", "redis://10.0.0.5:6379/1")
+    assert config.order_events_url() == "redis://10.0.0.5:6379/1"
+    monkeypatch.setenv("TEND_ORDER_EVENTS_URL", "http://10.0.0.5")
+    with pytest.raises(ConfigError, match="not a Redis URL"):
+        config.order_events_url()
+    monkeypatch.setenv("TEND_ORDER_EVENTS_CHANNEL", " shop1:orders ")
+    assert config.order_events_channel() == "shop1:orders"
+    for bad in ("two words", "orders.*"):
+        monkeypatch.setenv("TEND_ORDER_EVENTS_CHANNEL", bad)
+        with pytest.raises(ConfigError, match="TEND_ORDER_EVENTS_CHANNEL"):
+            config.order_events_channel()

@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         complaints,
         data,
         dev,
+        events,
         exports,
         forget,
         listen,
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="-v: progress lines as in the Airflow task log; -vv: debug")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (night, data, listen, templates, dev, complaints, exports, report, campaign,
-                   reconcile, forget):
+                   reconcile, forget, events):
         module.register(sub)
     return p
 

@@ -13,4 +13,6 @@ honour. It runs on its own, in public, so the Airflow UI never faces the interne
 - ``spool``: the durable local spool used while the store is unreachable;
 - ``pull``: the daily backstop, SendGrid's own suppression lists into the store;
 - ``exports``: what goes back to the shop (its opt-out list, a night's voucher codes).
+- ``orders``: "order placed" events from the shop (Redis pub/sub), decided within minutes by
+  the tend_events DAG; not part of ``tend serve``.
 """

@@ -69,7 +69,13 @@ def detect_signals(store_url: str, shop_url: str, as_of: dt.date,
     A signal whose due date is still ahead (an upcoming check-up, a season about to open) is
     not a candidate yet: it comes back on its day.
     """
-    sig = detect_all(store_url, shop_url, as_of, features=features)
+    return due_signals(detect_all(store_url, shop_url, as_of, features=features), as_of)
+
+
+def due_signals(sig: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
+    """The detected signals that are due by ``as_of``, with dates as dates (the occurrence
+    keys the ledger dedupes on are built from them, so every caller must agree)."""
+    sig = sig.copy()
     sig["due_date"] = pd.to_datetime(sig["due_date"]).dt.date  # occurrence keys use ISO dates
     sig["valid_until"] = pd.to_datetime(sig["valid_until"]).dt.date
     return sig.loc[sig["due_date"] <= as_of, SIGNAL_COLUMNS].reset_index(drop=True)
@@ -140,6 +146,7 @@ def plan_night(
     registry: Registry | None = None,
     batch_size: int | None = None,
     detector: Callable[[str, str, dt.date], pd.DataFrame] | None = None,
+    only: FeatureSet | None = None,
 ) -> PlanResult:
     """Decide tonight's messages and claim them in the ledger; nothing is sent here.
 
@@ -147,6 +154,12 @@ def plan_night(
     ``detector`` (default: every behavioural signal, ``detect_signals``) is a seam for tests
     that exercise the programs stage over many nights with a cheaper signal source.
     ``batch_size`` defaults to ``TEND_CLAIM_BATCH_SIZE`` (5,000).
+
+    ``only``: the features of the only customers this run decides (an order event, see
+    ``tend.events``), computed from the shop because the store's are last night's. Such a run
+    leaves other customers alone: no deferred candidates of earlier nights (they are the
+    nightly run's), and render contexts only for its own claims. The claim itself, consent,
+    caps, holdouts and the ledger's keys are the nightly run's.
     """
     require_current(store_url)
     batch_size = batch_size or claim_batch_size()
@@ -155,7 +168,7 @@ def plan_night(
     check_templates(renderer, programs)
     by_program = {p.name: p for p in programs}
 
-    feature_set = read_feature_set(store_url)
+    feature_set = only if only is not None else read_feature_set(store_url)
     features = feature_set.customers
     detected = (detector(store_url, shop_url, as_of) if detector
                 else detect_signals(store_url, shop_url, as_of, feature_set))
@@ -165,14 +178,15 @@ def plan_night(
     if not fresh.empty:
         last = features.set_index("customer_id")["last_order_at"].dt.date
         fresh["last_order_date"] = fresh["customer_id"].map(last)
-    waiting, expired = _deferred(store_url, as_of, by_program)
+    waiting, expired = ((pd.DataFrame(), pd.DataFrame()) if only is not None
+                        else _deferred(store_url, as_of, by_program))
     cands = _merge(fresh, waiting)
     contexts = ContextBuilder(shop_url=shop_url, programs=by_program, settings=settings,
                               secret=secret, as_of=as_of, features=features)
     decision = decide(cands, shop_url=shop_url, store_url=store_url, as_of=as_of,
                       run_id=run_id, programs=by_program, caps=registry.caps,
                       contexts=contexts, secret=secret, batch_size=batch_size,
-                      expired=expired)
+                      expired=expired, own_only=only is not None)
     result = PlanResult(as_of, decision.candidates, decision.counts(), decision.batches)
     for line in result.lines():
         log.info(line)
@@ -213,6 +227,7 @@ def decide(
     expired: pd.DataFrame | None = None,
     owner: str | None = None,
     dry_run: bool = False,
+    own_only: bool = False,
 ) -> Decision:
     """Consent, suppressions, holdouts, then caps, cooldowns, arbitration and the claim in one
     transaction; the decision log, deferral and the winners' contexts after it.
@@ -226,10 +241,11 @@ def decide(
 
     ``dry_run`` runs the very same claim and rolls it back: the fates are exactly what a real
     run would get at this moment, and nothing is claimed, logged, deferred or suppressed.
+    ``own_only`` (an order event's run): render contexts only for this run's own claims.
     """
     expired = expired if expired is not None else pd.DataFrame()
     if cands.empty and expired.empty:
-        if not dry_run:
+        if not dry_run and not own_only:
             # An earlier run of the night may have stopped before storing its contexts.
             _store_contexts(store_url, as_of, pd.DataFrame(columns=["message_id"]),
                             lambda _: [], owner)
@@ -306,7 +322,7 @@ def decide(
         finally:
             if tx.is_active:
                 tx.rollback()
-    _store_contexts(store_url, as_of, allowed, contexts, owner)
+    _store_contexts(store_url, as_of, allowed, contexts, owner, own_only=own_only)
     with connect(store_url).connect() as conn:
         batches = ledger.batches_to_send(conn, as_of, owner)
     return Decision(decided, batches)
@@ -314,16 +330,19 @@ def decide(
 
 def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,
                     build: Callable[[pd.DataFrame], Sequence[str]],
-                    owner: str | None = None) -> None:
+                    owner: str | None = None, *, own_only: bool = False) -> None:
     """Build and store the render contexts of tonight's claimed messages that have none.
 
     Right after a claim these are its winners. After a stage that stopped between its claim and
     this step, they are the earlier run's winners: this run's candidates carry the same message
     ids (marked already claimed), so their contexts are built from them. A message whose
     candidate no longer exists cannot be rendered and is marked failed with the reason.
+    ``own_only``: only this run's claims (an event run must not judge a nightly run's).
     """
     with connect(store_url).connect() as conn:
         need = ledger.claims_without_contexts(conn, as_of, owner)
+    if own_only:
+        need = need.loc[need["message_id"].isin(allowed["message_id"].dropna())]
     if need.empty:
         return
     rows = allowed.loc[allowed["message_id"].notna()].drop_duplicates("message_id")

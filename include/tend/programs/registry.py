@@ -30,6 +30,14 @@ DEFAULT_ATTRIBUTION_DAYS = 7
 LONG_ATTRIBUTION_DAYS = 30
 LONG_WINDOW_SIGNALS = frozenset({"checkup", "replenish"})
 MAX_ATTRIBUTION_DAYS = 365
+#: When a program is decided: ``nightly`` (the batch run only) or ``event`` (also within
+#: minutes of an "order placed" event, by the tend_events DAG; the nightly run stays the
+#: backstop and never sends the same message twice).
+TRIGGERS = ("nightly", "event")
+#: The signals an order fires on its own day, from the customer's own history alone; only
+#: programs listening to these can be event-triggered (others are due a day or more later, or
+#: need the whole shop's statistics, so an order event cannot decide them).
+EVENT_SIGNALS = ("first_purchase",)
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -78,6 +86,8 @@ class Program:
     #: Days after a contact in which an order counts as its response (tend.results); None:
     #: the default for the program's signals (``window_days``).
     attribution_days: int | None = None
+    #: ``TRIGGERS``: ``event`` programs are also decided by tend_events (docs/events.md).
+    trigger: str = "nightly"
 
     @property
     def signal(self) -> str:
@@ -112,6 +122,10 @@ class Registry:
 
     def enabled(self) -> list[Program]:
         return [p for p in self.programs if p.enabled]
+
+    def event_driven(self) -> list[Program]:
+        """The enabled programs an order event decides within minutes (``trigger: event``)."""
+        return [p for p in self.enabled() if p.trigger == "event"]
 
     def get(self, name: str) -> Program:
         for p in self.programs:
@@ -178,7 +192,7 @@ def _cap(raw: Any, source: str, i: int) -> Cap:
 
 _REQUIRED = ("name", "signal", "template", "kind", "priority", "cooldown_days", "validity_days")
 _ALLOWED = {*_REQUIRED, "holdout_share", "enabled", "description", "offer", "schedule",
-            "attribution_days"}
+            "attribution_days", "trigger"}
 
 
 def _program(raw: Any, source: str, i: int) -> Program:
@@ -221,6 +235,13 @@ def _program(raw: Any, source: str, i: int) -> Program:
                           f"{MAX_ATTRIBUTION_DAYS} (or left out for the default: "
                           f"{LONG_ATTRIBUTION_DAYS} for check-ups and replenishment, "
                           f"{DEFAULT_ATTRIBUTION_DAYS} otherwise)")
+    trigger = raw.get("trigger", "nightly")
+    if trigger not in TRIGGERS:
+        raise ConfigError(f"{where}: trigger must be one of {', '.join(TRIGGERS)} (or left out "
+                          "for nightly)")
+    if trigger == "event" and not set(signals) <= set(EVENT_SIGNALS):
+        raise ConfigError(f"{where}: trigger: event needs signals an order fires on its own day "
+                          f"({', '.join(EVENT_SIGNALS)}); remove trigger or keep it nightly")
     return Program(
         name=str(raw["name"]),
         signals=tuple(signals),
@@ -235,6 +256,7 @@ def _program(raw: Any, source: str, i: int) -> Program:
         offer=offer,
         schedule=schedule,
         attribution_days=window,
+        trigger=trigger,
     )
 
 

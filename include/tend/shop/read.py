@@ -413,3 +413,21 @@ def with_discount_codes(url: str, orders: pd.DataFrame) -> pd.DataFrame:
         codes = {str(i): str(c).strip() for i, c in conn.execute(q) if str(c).strip()}
     out["discount_code"] = out["order_id"].astype(str).map(codes)
     return out
+
+
+def read_order(url: str, order_id: str) -> dict[str, Any] | None:
+    """One order as the shop holds it (``order_id``, ``customer_id``, ``ordered_at`` as text,
+    ``total`` as text, ``currency``, ``lines``: ``[{sku, quantity}]``); None when unknown."""
+    o, ln = s.orders, s.order_lines
+    with connect(url).connect() as conn:
+        row = conn.execute(
+            select(o.c.order_id, o.c.customer_id, cast(o.c.ordered_at, String),
+                   cast(o.c.total, String), o.c.currency)
+            .where(o.c.order_id == str(order_id))).first()
+        if row is None:
+            return None
+        lines = conn.execute(select(ln.c.sku, ln.c.quantity)
+                             .where(ln.c.order_id == str(order_id))).all()
+    return {"order_id": str(row[0]), "customer_id": str(row[1]), "ordered_at": str(row[2]),
+            "total": str(row[3]), "currency": str(row[4]),
+            "lines": [{"sku": str(sku), "quantity": int(q)} for sku, q in lines]}

@@ -102,3 +102,26 @@ def test_attribution_days_must_be_whole_days(value: Any) -> None:
     with pytest.raises(ConfigError) as err:
         parse_registry(mutate("programs.4.attribution_days", value))
     assert "program 'winback': attribution_days must be a whole number of days" in str(err.value)
+
+
+def test_only_first_purchase_programs_can_be_event_triggered() -> None:
+    shipped = load_registry(DEFAULT_REGISTRY)
+    assert [p.name for p in shipped.event_driven()] == ["thank_you"]
+    assert {p.trigger for p in shipped.programs} == {"nightly", "event"}
+    thank_you = mutate("programs.0.signal", "first_purchase")
+    thank_you["programs"][0]["trigger"] = "event"
+    assert parse_registry(thank_you).programs[0].trigger == "event"
+    thank_you["programs"][0]["enabled"] = False
+    assert parse_registry(thank_you).event_driven() == []
+
+
+@pytest.mark.parametrize(("signal", "trigger", "message"), [
+    ("lapsed", "event", "trigger: event needs signals an order fires on its own day"),
+    ("first_purchase", "hourly", "trigger must be one of nightly, event"),
+    ("first_purchase", True, "trigger must be one of nightly, event"),
+])
+def test_a_bad_trigger_names_the_fix(signal: str, trigger: Any, message: str) -> None:
+    raw = mutate("programs.0.signal", signal)
+    raw["programs"][0]["trigger"] = trigger
+    with pytest.raises(ConfigError, match=message):
+        parse_registry(raw)

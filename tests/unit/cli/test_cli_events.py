@@ -1,0 +1,50 @@
+"""``tend publish-order``: the shop's order as an event on the real Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import pytest
+from _support import add_first_order, require_redis
+
+from tend.cli import main
+
+DAY = dt.date(2026, 11, 18)
+
+pytestmark = pytest.mark.demo_shop(customers=60, seed=2, as_of=DAY)
+
+
+def test_publish_order_tells_whether_anyone_listened(
+        shop_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import redis
+
+    url = f"{require_redis()}/12"
+    channel = f"tend-test-cli-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("TEND_ORDER_EVENTS_URL", url)
+    monkeypatch.setenv("TEND_ORDER_EVENTS_CHANNEL", channel)
+    add_first_order(shop_url, "C-CLI", "O-CLI", dt.datetime(2026, 11, 18, 9, tzinfo=dt.UTC))
+
+    assert main(["publish-order", "O-CLI", "--db", shop_url]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["order_id"] == "O-CLI"
+    assert "nobody is subscribed" in err and "nightly run will still see" in err
+
+    client = redis.Redis.from_url(url)
+    sub = client.pubsub()
+    try:
+        sub.subscribe(channel)
+        sub.get_message(timeout=5)
+        assert main(["publish-order", "O-CLI", "--db", shop_url]) == 0
+        got = sub.get_message(timeout=5)
+        assert got is not None and json.loads(got["data"])["customer_id"] == "C-CLI"
+    finally:
+        sub.close()
+        client.close()
+    capsys.readouterr()
+
+    assert main(["publish-order", "O-MISSING", "--db", shop_url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no order 'O-MISSING'" in err
