@@ -7,13 +7,17 @@ Kept out of conftest.py on purpose: several conftest modules exist in this tree,
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import re
 import socket
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,16 +182,37 @@ class RunningService:
 
 
 @contextmanager
-def running_service(store_url: str, tmp_path: Path, *, settings: Any = None,
-                    secret: str = "test-secret", replay_seconds: float = 0.2,
-                    **kwargs: Any) -> Iterator[RunningService]:
-    """Migrate ``store_url`` and serve ``tend.listen.app.create_app`` on uvicorn in a thread
-    until the block exits (``settings``: a ShopSettings, default the embedded one)."""
+def serving(app: Any, name: str = "app") -> Iterator[str]:
+    """Serve the ASGI ``app`` on uvicorn over HTTP on a free port, in a thread, until the block
+    exits; its base URL."""
     import threading
     import time
 
     import uvicorn
 
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, name=f"serve-{name}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def running_service(store_url: str, tmp_path: Path, *, settings: Any = None,
+                    secret: str = "test-secret", replay_seconds: float = 0.2,
+                    **kwargs: Any) -> Iterator[RunningService]:
+    """Migrate ``store_url`` and serve ``tend.listen.app.create_app`` on uvicorn in a thread
+    until the block exits (``settings``: a ShopSettings, default the embedded one)."""
     from tend.listen.app import create_app
     from tend.store import db
 
@@ -195,21 +220,8 @@ def running_service(store_url: str, tmp_path: Path, *, settings: Any = None,
     spool_dir = tmp_path / "spool"
     app = create_app(store_url, settings=settings, secret=secret, spool_dir=spool_dir,
                      replay_seconds=replay_seconds, **kwargs)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", access_log=False))
-    thread = threading.Thread(target=server.run, name="tend-serve", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("tend serve did not start")
-        time.sleep(0.02)
-    try:
-        yield RunningService(f"http://127.0.0.1:{port}", app, spool_dir)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(app, "tend serve") as url:
+        yield RunningService(url, app, spool_dir)
 
 
 # -- one planned night of the programs stage (tests/unit/programs, tests/unit/listen) ---------
@@ -285,3 +297,102 @@ def sent_survey(store_url: str, customer_id: str, message_id: str, *,
             run_id="r", batch_id=0, claimed_at=now))
         ledger.write_contexts(conn, night, np.zeros(1, dtype=np.int64), [message_id],
                               [json.dumps(context)])
+
+
+# -- whole runs through real Airflow (`airflow dags test`), as `make run` does ----------------
+
+AIRFLOW_TIMEOUT = 240  # a task stuck in up_for_retry would otherwise wait out its retry_delay
+
+
+@dataclass
+class Snapshot:
+    ledger: dict[str, dict[str, Any]]  # message_id -> row
+    outbox: dict[str, int]  # file name -> mtime_ns
+    decisions: list[dict[str, Any]]
+
+
+@dataclass
+class AirflowScenario:
+    """A temporary Airflow home, shop and store (see :func:`airflow_scenario`); each run's
+    output is kept in ``logs`` and a file under ``tmp/logs``."""
+
+    tmp: Path
+    env: dict[str, str]
+    logs: dict[str, str] = field(default_factory=dict)  # "dag_id date #n" -> output
+    snaps: dict[str, Snapshot] = field(default_factory=dict)
+
+    def run(self, *args: str, label: str, check: bool = True) -> str:
+        proc = subprocess.run(
+            [*args], env=self.env, cwd=self.tmp, capture_output=True, text=True,
+            timeout=AIRFLOW_TIMEOUT,
+        )
+        out = proc.stdout + proc.stderr
+        (self.tmp / "logs").mkdir(exist_ok=True)
+        (self.tmp / "logs" / f"{label.replace(' ', '_')}.log").write_text(out)
+        if check:
+            assert proc.returncode == 0, f"{label} failed (rc={proc.returncode}):\n{out[-6000:]}"
+        return out
+
+    def dags_test(self, dag_id: str, date: str, conf: dict[str, Any] | None = None, *,
+                  succeed: bool = True) -> str:
+        """``airflow dags test DAG DATE [-c CONF]``; the run must end in success (or, with
+        ``succeed=False``, in failure)."""
+        n = sum(1 for k in self.logs if k.startswith(f"{dag_id} {date}")) + 1
+        label = f"{dag_id} {date} #{n}"
+        extra = ["-c", json.dumps(conf)] if conf is not None else []
+        out = self.run(str(BIN / "airflow"), "dags", "test", dag_id, date, *extra, label=label,
+                       check=succeed)
+        state = "success" if succeed else "failed"
+        assert re.search(rf"DagRun Finished: dag_id={dag_id},.*state={state}", out), (
+            f"{label}: the DAG run did not finish in {state}\n{out[-6000:]}")
+        self.logs[label] = out
+        return out
+
+    def night(self, date: str) -> None:
+        self.dags_test("tend_ingest", date)
+        self.dags_test("tend_programs", date)
+
+    def snapshot(self) -> Snapshot:
+        with sqlite3.connect(self.tmp / "store.db") as db:
+            db.row_factory = sqlite3.Row
+            ledger = {r["message_id"]: dict(r) for r in db.execute(
+                "SELECT message_id, customer_id, program, kind, status, as_of, batch_id, "
+                "provider_id, finished_at, error FROM contact_ledger")}
+            decisions = [dict(r) for r in db.execute(
+                "SELECT as_of, customer_id, program, fate, message_id FROM decision_log")]
+        outbox = {p.name: p.stat().st_mtime_ns for p in (self.tmp / "outbox").glob("*.eml")}
+        return Snapshot(ledger, outbox, decisions)
+
+
+BIN = Path(sys.executable).parent
+
+
+def airflow_scenario(tmp: Path, *, as_of: str, customers: int = 300) -> AirflowScenario:
+    """A 300-customer demo shop as of ``as_of`` and a migrated Airflow in ``tmp``.
+
+    The databases are found only through the Airflow connections ``tend_shop``/``tend_store``:
+    TEND_SHOP_URL/TEND_STORE_URL point into a directory that does not exist, so a task that
+    fell back to them would fail the run.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW", "TEND_", "_AIRFLOW"))}
+    decoy = tmp / "no-such-dir"
+    env.update({
+        "AIRFLOW_HOME": str(tmp / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # sqlite:/// + an absolute path = four slashes.
+        "AIRFLOW_CONN_TEND_SHOP": f"sqlite:///{tmp / 'shop.db'}",
+        "AIRFLOW_CONN_TEND_STORE": f"sqlite:///{tmp / 'store.db'}",
+        "TEND_SHOP_URL": f"sqlite:///{decoy / 'shop.db'}",
+        "TEND_STORE_URL": f"sqlite:///{decoy / 'store.db'}",
+        "TEND_OUTBOX_DIR": str(tmp / "outbox"),
+        "TEND_VAR_DIR": str(tmp),
+    })
+    assert env["AIRFLOW_CONN_TEND_SHOP"].startswith("sqlite:////")
+    s = AirflowScenario(tmp, env)
+    s.run(str(BIN / "tend"), "demo-data", "--db", env["AIRFLOW_CONN_TEND_SHOP"],
+          "--customers", str(customers), "--seed", "3", "--as-of", as_of, label="demo-data")
+    s.run(str(BIN / "airflow"), "db", "migrate", label="airflow db migrate")
+    return s

@@ -61,3 +61,135 @@ _BUILDERS: dict[str, Callable[[], Param]] = {AS_OF: _as_of, SENDGRID_SANDBOX: _s
 def dag_params(*names: str) -> dict[str, Param]:
     """Fresh ``Param`` objects for a DAG's ``params=``, by name (``AS_OF``, ...)."""
     return {name: _BUILDERS[name]() for name in names}
+
+
+# -- tend_campaign: the campaign form ---------------------------------------------------------
+# The schema refuses what it can say (a name's shape, an enum, a range); the first task
+# (tend.campaigns.spec.parse_spec) refuses the rest with a message naming the field.
+
+
+def campaign_params() -> dict[str, Param]:
+    """The tend_campaign trigger form, in sections. The template dropdown and the per-language
+    fields come from a listing of the template folder (no database at parse time)."""
+    from airflow.sdk import Param
+
+    from tend import config
+    from tend.campaigns.form import (
+        AUDIENCES,
+        NAME_PATTERN,
+        OFFERS,
+        SEND_AT_PATTERN,
+        TIERS,
+        campaign_templates,
+        template_locales,
+    )
+
+    folder = config.templates_dir()
+    templates = campaign_templates(folder) or ["newsletter"]
+    locales = template_locales(folder) or ["en"]
+    what, who, words, offer, when, safety = ("Campaign", "Audience", "Message", "Offer",
+                                             "Delivery", "Rehearsal and proof")
+    p: dict[str, Param] = {
+        "name": Param(
+            type="string", pattern=NAME_PATTERN, title="Campaign name",
+            description="The campaign's identity, e.g. spring-sale-2027 (lower-case letters, "
+                        "digits, - and _). Triggering the same name again never sends anyone "
+                        "a second copy: use a new name for a new campaign.",
+            section=what),
+        "template": Param(
+            templates[0], type="string", enum=templates, title="Template",
+            values_display={t: t.replace("_", " ").capitalize() for t in templates},
+            description="The email design, from templates/email/.", section=what),
+        "audience": Param(
+            "all", type="string", enum=list(AUDIENCES), values_display=AUDIENCES,
+            title="Audience",
+            description="Who receives it. Consent, unsubscribes, bounces, open complaints, "
+                        "caps and the holdout still apply to everyone.", section=who),
+        "audience_days": Param(
+            90, type="integer", minimum=1, maximum=3650, title="Within the last N days",
+            description="For 'Bought a category in the last N days'.", section=who),
+        "audience_category": Param(
+            None, type=["null", "string"], title="Category",
+            description="For 'Bought a category': one of the shop's product categories.",
+            section=who),
+        "audience_tier": Param(
+            None, type=["null", "string"], enum=[None, *TIERS], title="Loyalty tier",
+            values_display={None: "(not used)", **{t: f"{t.capitalize()} or above"
+                                                  for t in TIERS}},
+            description="For 'Loyalty tier': customers whose spend reached this tier.",
+            section=who),
+        "audience_upload": Param(
+            None, type=["null", "string"], title="Uploaded list name",
+            description="For 'Uploaded list': the NAME given to `tend campaign upload-audience "
+                        "NAME FILE.csv`.", section=who),
+    }
+    for loc in locales:
+        p[f"subject_{loc}"] = Param(
+            type="string", minLength=1, maxLength=200, title=f"Subject ({loc})",
+            description=f"For customers who read {loc}. May use {{{{ customer.first_name }}}}.",
+            section=words)
+        p[f"preheader_{loc}"] = Param(
+            "", type="string", maxLength=300, title=f"Preheader ({loc})",
+            description="The preview line shown after the subject in the inbox.",
+            section=words)
+        p[f"headline_{loc}"] = Param(
+            None, type=["null", "string"], maxLength=200, title=f"Headline ({loc})",
+            description="The title at the top of the email (default: the subject).",
+            section=words)
+        p[f"text_{loc}"] = Param(
+            "", type="string", format="multiline", maxLength=20000, title=f"Text ({loc})",
+            description="The body: plain text, a blank line starts a new paragraph.",
+            section=words)
+    p.update({
+        "featured_skus": Param(
+            [], type="array", items={"type": "string", "minLength": 1}, maxItems=12,
+            title="Featured products (SKUs)",
+            description="One SKU per line. Each customer sees the three closest to what they "
+                        "bought (same category first, ones they own last); empty: their own "
+                        "favourites.", section=words),
+        "offer": Param(
+            "none", type="string", enum=list(OFFERS), values_display=OFFERS, title="Offer",
+            description="A voucher with a unique code per customer.", section=offer),
+        "offer_amount": Param(
+            None, type=["null", "number"], exclusiveMinimum=0, title="Offer amount",
+            description="Percent: 15 means 15 % off. Amount: in the shop's currency.",
+            section=offer),
+        "offer_valid_days": Param(
+            30, type="integer", minimum=1, maximum=365, title="Voucher valid for (days)",
+            description="Each code expires this many days after the campaign's day.",
+            section=offer),
+        "holdout_pct": Param(
+            0, type="integer", minimum=0, maximum=50, title="Holdout (%)",
+            description="Share of the eligible audience kept as a control group that "
+                        "receives nothing, to measure the campaign's lift.", section=when),
+        "priority": Param(
+            20, type="integer", minimum=0, maximum=1000, title="Priority",
+            description="Against the nightly programs (win-back 60, newsletter 10, see `tend "
+                        "programs check`): a customer with a waiting program message of higher "
+                        "priority keeps that one. Caps and one message per customer per day "
+                        "apply either way.", section=when),
+        "send_at": Param(
+            "now", type="string", pattern=SEND_AT_PATTERN, title="Send at",
+            examples=["now", "09:30", "10:00", "18:00"],
+            description="now (still within each customer's quiet hours), or a local time "
+                        "HH:MM delivered at that time in each customer's own timezone.",
+            section=when),
+        "max_recipients": Param(
+            None, type=["null", "integer"], minimum=1, title="At most N recipients",
+            description="Empty: everyone eligible. Otherwise those worth most to the shop "
+                        "first.", section=when),
+        "dry_run": Param(
+            True, type="boolean", title="Dry run",
+            description="On: a rehearsal. The report shows the audience, who would be capped, "
+                        "suppressed or held out, three samples and the send time; nothing is "
+                        "claimed or sent to customers. Switch off to send.", section=safety),
+        "proof_to": Param(
+            [], type="array", items={"type": "string", "format": "email"}, maxItems=10,
+            title="Proof to (staff addresses)",
+            description="One address per line: each gets a [PROOF] copy of one message per "
+                        "language before anything else is sent (dry run too). Proofs count "
+                        "in no cap.", section=safety),
+    })
+    p.update(dag_params(SENDGRID_SANDBOX))
+    p[SENDGRID_SANDBOX].schema["section"] = safety
+    return p

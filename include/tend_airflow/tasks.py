@@ -11,12 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tend import config
 from tend_airflow import runs
 from tend_airflow.connections import shop_url, store_url
 from tend_airflow.delivery import delivery_backend
+
+if TYPE_CHECKING:
+    from tend.campaigns.spec import CampaignSpec
+    from tend.programs.caps import SendWindow
 
 log = logging.getLogger("tend")
 
@@ -61,11 +65,13 @@ def plan(context: Mapping[str, Any]) -> list[int]:
     return list(result.batches)
 
 
-def send(as_of: str, batch_id: int, context: Mapping[str, Any]) -> dict[str, int]:
+def send(as_of: str, batch_id: int, context: Mapping[str, Any], *,
+         send_window: SendWindow | None = None) -> dict[str, int]:
     """Send one claimed batch; its counts by status.
 
     Rejected credentials fail the task without retries (a retry cannot fix a key); any other
-    error fails it normally, and Airflow's retry sends what is still claimed.
+    error fails it normally, and Airflow's retry sends what is still claimed. ``send_window``:
+    when messages may be delivered (default: the registry's quiet hours).
     """
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -79,7 +85,7 @@ def send(as_of: str, batch_id: int, context: Mapping[str, Any]) -> dict[str, int
     try:
         result = send_batch(store_url(), dt.date.fromisoformat(str(as_of)), int(batch_id),
                             backend=backend, renderer=messages.default_renderer(settings),
-                            settings=settings)
+                            settings=settings, send_window=send_window)
     except DeliveryAuthError as exc:
         raise AirflowFailException(str(exc)) from exc
     finally:
@@ -115,3 +121,119 @@ def complaints_digest(context: Mapping[str, Any] | None = None) -> int:
         backend.close()
     log.info("complaints digest: %d complaint(s) sent to staff", sent)
     return sent
+
+
+# -- tend_campaign ------------------------------------------------------------------------------
+
+
+def _campaign(context: Mapping[str, Any]) -> CampaignSpec:
+    """The run's form as a CampaignSpec; bad input fails the task at once, without retries,
+    with the message that says what to change (a retry cannot fix a form)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend.campaigns.form import campaign_templates, template_locales
+    from tend.campaigns.spec import parse_spec
+    from tend.errors import ConfigError
+    from tend.programs.registry import load_registry
+
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    params = {**(context.get("params") or {}), **conf}
+    folder = config.templates_dir()
+    try:
+        return parse_spec(params, templates=campaign_templates(folder),
+                          locales=template_locales(folder), quiet=load_registry().send_window)
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def campaign_check(context: Mapping[str, Any]) -> str:
+    """Refuse a form that cannot run, before anything is read or claimed; the campaign name.
+
+    A real run through SendGrid's sandbox mode is refused too: SendGrid accepts every message
+    and delivers none, the ledger would record them sent, and the campaign's name could never
+    send them for real.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend.campaigns.run import check_campaign
+    from tend.errors import DataError
+    from tend_airflow.delivery import delivery_name, sendgrid_settings
+
+    spec = _campaign(context)
+    if not spec.dry_run and delivery_name() == "sendgrid" and sendgrid_settings(context).sandbox:
+        raise AirflowFailException(
+            "campaign form, field 'dry_run': SendGrid is in sandbox mode (the sendgrid_default "
+            "connection or this run), which delivers nothing but would record every message "
+            "as sent; switch dry_run on for a rehearsal, or sandbox mode off to send")
+    try:
+        check_campaign(spec, shop_url=shop_url(), store_url=store_url())
+    except DataError as exc:
+        raise AirflowFailException(str(exc)) from exc
+    log.info("campaign %s: the form is valid (%s, audience %s, %s)", spec.name, spec.template,
+             spec.audience, "dry run" if spec.dry_run else "REAL RUN")
+    return spec.name
+
+
+def campaign_plan(context: Mapping[str, Any]) -> list[int]:
+    """Select, decide and (unless a dry run) claim; the campaign's batch ids to send.
+
+    The campaign's day goes to XCom under ``as_of``, as ``plan`` does for the night.
+    """
+    from tend import messages
+    from tend.campaigns.run import plan_campaign
+    from tend.config import ShopSettings
+    from tend.programs.registry import load_registry
+
+    spec = _campaign(context)
+    settings = ShopSettings.from_env()
+    day = runs.as_of(context)
+    report = plan_campaign(
+        spec, shop_url=shop_url(), store_url=store_url(), as_of=day, run_id=runs.run_id(context),
+        settings=settings, renderer=messages.default_renderer(settings),
+        secret=config.unsubscribe_secret(), registry=load_registry(),
+        samples_dir=config.var_dir() / "campaigns", png=True)
+    context["ti"].xcom_push(AS_OF_XCOM, day.isoformat())
+    return [] if spec.dry_run else list(report.batches)
+
+
+def campaign_proof(context: Mapping[str, Any]) -> int:
+    """A [PROOF] copy of each sample to the form's staff addresses, before any customer's."""
+    from tend import messages
+    from tend.campaigns.run import send_proofs
+    from tend.config import ShopSettings
+
+    spec = _campaign(context)
+    if not spec.proof_to:
+        log.info("campaign %s: no proof address in the form; no proof sent", spec.name)
+        return 0
+    settings = ShopSettings.from_env()
+    backend = delivery_backend(context)
+    try:
+        return send_proofs(spec.name, store_url(), to=spec.proof_to, backend=backend,
+                           renderer=messages.default_renderer(settings), settings=settings,
+                           run_id=runs.run_id(context))
+    finally:
+        backend.close()
+
+
+def campaign_send(as_of: str, batch_id: int, context: Mapping[str, Any]) -> dict[str, int]:
+    """``send``, delivering at the form's local time when it gave one (quiet hours always)."""
+    from tend.programs.registry import load_registry
+
+    return send(as_of, batch_id, context,
+                send_window=_campaign(context).send_window(load_registry().send_window))
+
+
+def campaign_finish(context: Mapping[str, Any]) -> None:
+    """Log the campaign's totals by status and store its final status; fail (without retries:
+    the sends already had theirs) when this run planned nothing or did not send everything,
+    so the run's state tells the truth."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend.campaigns.run import finish
+    from tend.errors import DataError
+
+    try:
+        finish(_campaign(context).name, store_url(), runs.run_id(context))
+    except DataError as exc:
+        raise AirflowFailException(str(exc)) from exc

@@ -25,7 +25,7 @@ from _support import PROJECT
 
 DAGS = PROJECT / "dags"
 DOMAIN = PROJECT / "include" / "tend"
-EXPECTED_DAG_IDS = {"tend_ingest", "tend_programs"}
+EXPECTED_DAG_IDS = {"tend_campaign", "tend_ingest", "tend_programs"}
 # Modules that must stay out of the parse: the domain core is imported inside tasks.
 HEAVY_DOMAIN_MODULES = ("tend.delivery", "tend.store", "tend.shop", "tend.features",
                         "tend.programs", "tend.messages", "tend.signals")
@@ -56,6 +56,7 @@ PARSE_SCRIPT = textwrap.dedent(
     import sqlalchemy.engine
     import sqlalchemy.engine.create
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions._internal.types import NOTSET
 
     sqlalchemy.create_engine = guard("sqlalchemy.create_engine")
     sqlalchemy.engine.create_engine = guard("sqlalchemy.create_engine")
@@ -104,7 +105,9 @@ PARSE_SCRIPT = textwrap.dedent(
                 "params": {
                     k: {"title": p.schema.get("title"), "description": p.description,
                         "type": p.schema.get("type"), "format": p.schema.get("format"),
-                        "default": p.value}
+                        "default": "<required>" if p.value is NOTSET else p.value,
+                        "section": p.schema.get("section"), "enum": p.schema.get("enum"),
+                        "values_display": p.schema.get("values_display")}
                     for k, p in d.params.items()
                 },
                 "assets": assets_of(d),
@@ -198,11 +201,32 @@ EXPECTED_PARAMS = {
 def test_dag_params_show_in_the_trigger_form(dags: dict[str, dict[str, Any]],
                                              dag_id: str) -> None:
     params = dags[dag_id]["params"]
-    assert {k: (p["type"], p["format"], p["default"]) for k, p in params.items()} == (
-        EXPECTED_PARAMS[dag_id])
+    if dag_id in EXPECTED_PARAMS:  # the campaign form has its own test below
+        assert {k: (p["type"], p["format"], p["default"]) for k, p in params.items()} == (
+            EXPECTED_PARAMS[dag_id])
     for name, p in params.items():
         assert p["title"] and p["title"].strip(), f"{dag_id}.{name} has no title"
         assert p["description"] and len(p["description"]) > 20, f"{dag_id}.{name}: description"
+
+
+def test_the_campaign_form(dags: dict[str, dict[str, Any]]) -> None:
+    """Sections, dropdowns with labels, the templates and languages found in the template
+    folder, and the safe defaults (dry run on, no proof, no offer)."""
+    params = dags["tend_campaign"]["params"]
+    assert params["name"]["default"] == "<required>"
+    assert params["dry_run"]["default"] is True
+    assert params["proof_to"]["default"] == [] and params["offer"]["default"] == "none"
+    assert params["template"]["enum"] == ["newsletter"]
+    audience = params["audience"]
+    assert set(audience["enum"]) == {"all", "lapsed", "seasonal", "checkup", "loyalty_tier",
+                                     "category", "one_time", "upload"}
+    assert set(audience["values_display"]) == set(audience["enum"])
+    for loc in ("en", "fr"):
+        assert params[f"subject_{loc}"]["default"] == "<required>"
+        assert params[f"text_{loc}"]["format"] == "multiline"
+    sections = {p["section"] for p in params.values()}
+    assert None not in sections and len(sections) >= 5
+    assert dags["tend_campaign"]["tags"] == ["campaign", "tend"]
 
 
 def test_ingest_emits_the_asset_programs_is_scheduled_on(

@@ -15,106 +15,26 @@ directory that does not exist, so a task that fell back to them would fail the r
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import sqlite3
-import subprocess
-import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import PROJECT
+from _support import AirflowScenario, Snapshot, airflow_scenario
 
 from tend.programs.registry import load_registry
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 NIGHT = "2026-11-20"
 NEXT_NIGHT = "2026-11-21"
 CAP_DAYS = 3  # programs.yaml: at most 1 marketing message per customer in any 3 days
-TIMEOUT = 240  # a task stuck in up_for_retry would otherwise wait out its retry_delay
-
-
-@dataclass
-class Snapshot:
-    ledger: dict[str, dict[str, Any]]  # message_id -> row
-    outbox: dict[str, int]  # file name -> mtime_ns
-    decisions: list[dict[str, Any]]
-
-
-@dataclass
-class Scenario:
-    tmp: Path
-    env: dict[str, str]
-    logs: dict[str, str] = field(default_factory=dict)  # "dag_id date #n" -> output
-    snaps: dict[str, Snapshot] = field(default_factory=dict)
-
-    def run(self, *args: str, label: str) -> str:
-        proc = subprocess.run(
-            [*args], env=self.env, cwd=self.tmp, capture_output=True, text=True, timeout=TIMEOUT,
-        )
-        out = proc.stdout + proc.stderr
-        (self.tmp / "logs").mkdir(exist_ok=True)
-        (self.tmp / "logs" / f"{label.replace(' ', '_')}.log").write_text(out)
-        assert proc.returncode == 0, f"{label} failed (rc={proc.returncode}):\n{out[-6000:]}"
-        return out
-
-    def dags_test(self, dag_id: str, date: str) -> str:
-        n = sum(1 for k in self.logs if k.startswith(f"{dag_id} {date}")) + 1
-        label = f"{dag_id} {date} #{n}"
-        out = self.run(str(BIN / "airflow"), "dags", "test", dag_id, date, label=label)
-        assert "state=success" in out, f"{label}: no state=success\n{out[-6000:]}"
-        assert re.search(rf"DagRun Finished: dag_id={dag_id},.*state=success", out), (
-            f"{label}: the DAG run did not finish in success\n{out[-6000:]}")
-        self.logs[label] = out
-        return out
-
-    def night(self, date: str) -> None:
-        self.dags_test("tend_ingest", date)
-        self.dags_test("tend_programs", date)
-
-    def snapshot(self) -> Snapshot:
-        with sqlite3.connect(self.tmp / "store.db") as db:
-            db.row_factory = sqlite3.Row
-            ledger = {r["message_id"]: dict(r) for r in db.execute(
-                "SELECT message_id, customer_id, program, kind, status, as_of, batch_id, "
-                "provider_id, finished_at, error FROM contact_ledger")}
-            decisions = [dict(r) for r in db.execute(
-                "SELECT as_of, customer_id, program, fate, message_id FROM decision_log")]
-        outbox = {p.name: p.stat().st_mtime_ns for p in (self.tmp / "outbox").glob("*.eml")}
-        return Snapshot(ledger, outbox, decisions)
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    tmp = tmp_path_factory.mktemp("night").resolve()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "TEND_", "_AIRFLOW"))}
-    decoy = tmp / "no-such-dir"
-    env.update({
-        "AIRFLOW_HOME": str(tmp / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        # sqlite:/// + an absolute path = four slashes.
-        "AIRFLOW_CONN_TEND_SHOP": f"sqlite:///{tmp / 'shop.db'}",
-        "AIRFLOW_CONN_TEND_STORE": f"sqlite:///{tmp / 'store.db'}",
-        "TEND_SHOP_URL": f"sqlite:///{decoy / 'shop.db'}",
-        "TEND_STORE_URL": f"sqlite:///{decoy / 'store.db'}",
-        "TEND_OUTBOX_DIR": str(tmp / "outbox"),
-        "TEND_VAR_DIR": str(tmp),
-    })
-    assert env["AIRFLOW_CONN_TEND_SHOP"].startswith("sqlite:////")
-    s = Scenario(tmp, env)
-    s.run(str(BIN / "tend"), "demo-data", "--db", env["AIRFLOW_CONN_TEND_SHOP"],
-          "--customers", "300", "--seed", "3", "--as-of", NIGHT, label="demo-data")
-    s.run(str(BIN / "airflow"), "db", "migrate", label="airflow db migrate")
-
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> AirflowScenario:
+    s = airflow_scenario(tmp_path_factory.mktemp("night").resolve(), as_of=NIGHT)
     s.night(NIGHT)
     s.snaps["first"] = s.snapshot()
     s.night(NIGHT)
@@ -130,7 +50,7 @@ def sent_on(snap: Snapshot, date: str) -> dict[str, dict[str, Any]]:
 
 # -- the first night --------------------------------------------------------------------------
 
-def test_first_night_sends_one_eml_per_sent_ledger_row(scenario: Scenario) -> None:
+def test_first_night_sends_one_eml_per_sent_ledger_row(scenario: AirflowScenario) -> None:
     snap = scenario.snaps["first"]
     sent = sent_on(snap, NIGHT)
     assert len(sent) > 10, "the demo shop should produce a real night of win-backs"
@@ -142,7 +62,7 @@ def test_first_night_sends_one_eml_per_sent_ledger_row(scenario: Scenario) -> No
     assert not (scenario.tmp / "no-such-dir").exists(), "fell back to TEND_*_URL"
 
 
-def test_first_night_logs(scenario: Scenario) -> None:
+def test_first_night_logs(scenario: AirflowScenario) -> None:
     ingest = scenario.logs[f"tend_ingest {NIGHT} #1"]
     assert re.search(rf"ingest {NIGHT} \(full\): [\d,]+ orders read", ingest)
     programs = scenario.logs[f"tend_programs {NIGHT} #1"]
@@ -156,7 +76,7 @@ def test_first_night_logs(scenario: Scenario) -> None:
 
 # -- replaying the same night sends nothing new ---------------------------------------------
 
-def test_replay_same_night_is_a_no_op(scenario: Scenario) -> None:
+def test_replay_same_night_is_a_no_op(scenario: AirflowScenario) -> None:
     first, replay = scenario.snaps["first"], scenario.snaps["replay"]
     assert replay.outbox == first.outbox, "no new .eml and no message rewritten"
     assert replay.ledger.keys() == first.ledger.keys(), "ledger row count/ids changed"
@@ -169,7 +89,7 @@ def test_replay_same_night_is_a_no_op(scenario: Scenario) -> None:
         "a replay should find no batch left to send")
 
 
-def test_replay_keeps_the_first_story_of_the_night(scenario: Scenario) -> None:
+def test_replay_keeps_the_first_story_of_the_night(scenario: AirflowScenario) -> None:
     """The decision log keeps the first run's fates on a replay (ledger.record_decisions)."""
     assert scenario.snaps["replay"].decisions == scenario.snaps["first"].decisions
     assert any(d["fate"] == "claimed" for d in scenario.snaps["first"].decisions)
@@ -177,7 +97,7 @@ def test_replay_keeps_the_first_story_of_the_night(scenario: Scenario) -> None:
 
 # -- the next night respects the contact cap ------------------------------------------------
 
-def test_next_night_no_second_message_within_cap(scenario: Scenario) -> None:
+def test_next_night_no_second_message_within_cap(scenario: AirflowScenario) -> None:
     snap = scenario.snaps["next"]
     first_recipients = {r["customer_id"] for r in sent_on(scenario.snaps["first"], NIGHT).values()
                         if r["kind"] == "marketing"}
@@ -204,7 +124,7 @@ def test_next_night_no_second_message_within_cap(scenario: Scenario) -> None:
     assert too_close == {}
 
 
-def test_next_night_outbox_matches_ledger(scenario: Scenario) -> None:
+def test_next_night_outbox_matches_ledger(scenario: AirflowScenario) -> None:
     snap = scenario.snaps["next"]
     sent = {m for m, r in snap.ledger.items() if r["status"] == "sent"}
     assert {name.removesuffix(".eml") for name in snap.outbox} == sent

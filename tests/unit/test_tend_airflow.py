@@ -411,3 +411,57 @@ def test_complaints_digest_task(clean_env: pytest.MonkeyPatch, tmp_path: Any,
     assert tasks.complaints_digest({}) == 1
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
     assert tasks.complaints_digest({}) == 0
+
+
+# -- tend_campaign: the form and its first task ------------------------------------------------
+
+CAMPAIGN_FORM = {"name": "winter-news", "subject_en": "Hi", "subject_fr": "Salut"}
+
+
+@pytest.mark.parametrize(("conf", "ok"), [
+    ({}, True),
+    ({"audience": "loyalty_tier", "audience_tier": "gold", "offer": "percent",
+      "offer_amount": 15, "send_at": "10:30", "proof_to": ["a@shop.example"],
+      "max_recipients": 100, "holdout_pct": 10, "dry_run": False}, True),
+    ({"name": "Winter News"}, False),
+    ({"audience": "everyone"}, False),
+    ({"holdout_pct": 80}, False),
+    ({"send_at": "tomorrow"}, False),
+    ({"proof_to": ["not an address"]}, False),
+    ({"subject_fr": ""}, False),
+    ({"offer": "free"}, False),
+])
+def test_the_campaign_form_validates_what_a_run_gives(airflow_sdk: ModuleType,
+                                                      conf: dict[str, Any], ok: bool) -> None:
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from tend_airflow.params import campaign_params
+
+    params = ParamsDict(campaign_params())
+    if ok:
+        params.update(CAMPAIGN_FORM | conf)
+        params.validate()
+    else:
+        with pytest.raises(ParamValidationError):
+            params.update(CAMPAIGN_FORM | conf)
+            params.validate()
+
+
+def test_a_real_campaign_through_the_sendgrid_sandbox_is_refused(
+        clean_env: pytest.MonkeyPatch) -> None:
+    """Sandbox mode records messages sent that SendGrid dropped: the campaign's name would be
+    burnt. A dry run through it is fine (nothing reaches the ledger)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend_airflow import tasks
+
+    clean_env.setenv("TEND_DELIVERY", "sendgrid")
+    clean_env.setenv("TEND_SENDGRID_API_KEY", "SG.test")
+    ctx = {"params": CAMPAIGN_FORM | {"dry_run": False, "sendgrid_sandbox": True},
+           "dag_run": SimpleNamespace(conf={})}
+    with pytest.raises(AirflowFailException, match="field 'dry_run': SendGrid is in sandbox"):
+        tasks.campaign_check(ctx)
+    bad = {"params": CAMPAIGN_FORM | {"send_at": "23:00"}, "dag_run": SimpleNamespace(conf={})}
+    with pytest.raises(AirflowFailException, match="field 'send_at'"):
+        tasks.campaign_check(bad)

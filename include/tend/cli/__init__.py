@@ -21,13 +21,13 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tend.cli import complaints, data, dev, listen, night, templates
+    from tend.cli import campaign, complaints, data, dev, listen, night, templates
 
     p = argparse.ArgumentParser(prog="tend", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="-v: progress lines as in the Airflow task log; -vv: debug")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (night, data, listen, templates, dev, complaints):
+    for module in (night, data, listen, templates, dev, complaints, campaign):
         module.register(sub)
     return p
 

@@ -60,6 +60,9 @@ class TemplateSpec:
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     by_language: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Overrides for a sample shown in another language (campaign text typed in French)."""
+    campaign: bool = False
+    """Its words come from the campaign form (``newsletter``: subject, preheader, title,
+    intro), so the tend_campaign form offers it (``tend.campaigns.campaign_templates``)."""
 
 
 # A Québec shop's catalogue in French, for samples shown in French (the pipeline passes the
@@ -116,7 +119,8 @@ def _spec(*, name: str, kind: str, description: str, required: Mapping[str, str]
           optional: Mapping[str, str], sample: Mapping[str, Any],
           variants: Mapping[str, Mapping[str, Any]] | None = None,
           by_language: Mapping[str, Mapping[str, Any]] | None = None,
-          customer: Mapping[str, Any] | None = None, customer_doc: str = "") -> TemplateSpec:
+          customer: Mapping[str, Any] | None = None, customer_doc: str = "",
+          campaign: bool = False) -> TemplateSpec:
     """A TemplateSpec for an email to one customer: every template needs ``customer`` (plus
     ``customer_doc``'s loyalty facts, sampled from ``customer``) and must read well without a
     first name, so those parts are the same for all and added here."""
@@ -129,6 +133,7 @@ def _spec(*, name: str, kind: str, description: str, required: Mapping[str, str]
         sample={"customer": _customer(**(customer or {})), **sample},
         variants={**(variants or {}), "no first name": _NO_NAME},
         by_language=by_language or {},
+        campaign=campaign,
     )
 
 
@@ -338,6 +343,7 @@ _SPECS: tuple[TemplateSpec, ...] = (
     _spec(
         name="newsletter",
         kind="marketing",
+        campaign=True,
         description="the shop's newsletter; words from the campaign form, personal picks",
         required={
             "newsletter": "subject, preheader, title, intro (plain text; blank line = new "
@@ -345,7 +351,9 @@ _SPECS: tuple[TemplateSpec, ...] = (
                           "(or None)}], all typed in the campaign form and rendered with "
                           "render_user_text first",
         },
-        optional={"products": "products picked for this customer",
+        optional={"products": "products picked for this customer from the campaign's featured "
+                              "SKUs (those closest to what they bought first), else from "
+                              "their own purchase history",
                   "offer": _OFFER_DOC},
         sample={
             "newsletter": {

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from tend.messages.contexts import ContextBuilder
 from tend.messages.render import Renderer, sample_context
 from tend.programs.caps import FEWER_EMAILS_DAYS, fewer_emails_fates, held_out, holdout_period
 from tend.programs.consent import consent_fates, preference_fates
-from tend.programs.registry import Program, Registry, load_registry
+from tend.programs.registry import Cap, Program, Registry, load_registry
 from tend.shop import read as shop
 from tend.signals import SIGNAL_COLUMNS, detect_all
 from tend.store import deferral, ledger
@@ -113,6 +113,21 @@ def candidates_for(signals: pd.DataFrame, programs: Sequence[Program], as_of: dt
     return pd.concat(frames, ignore_index=True)
 
 
+def check_templates(renderer: Renderer, programs: Sequence[Program]) -> None:
+    """Fail before anything is claimed when a program's template does not render.
+
+    Every language must render every program; a regional folder that overrides only some
+    templates falls back to its language's for the rest, so it is not required here.
+    """
+    locales = renderer.locales(regional=False)
+    for program in programs:
+        problems = renderer.check(program.template, locales, sample_context(program.template))
+        if problems:
+            raise TemplateError(
+                f"program {program.name}: template {program.template!r} failed its check: "
+                + "; ".join(problems), template=program.template)
+
+
 def plan_night(
     shop_url: str,
     store_url: str,
@@ -135,15 +150,7 @@ def plan_night(
     require_current(store_url)
     registry = registry or load_registry()
     programs = registry.enabled()
-    # Every language must render every enabled program; a regional folder that overrides only
-    # some templates falls back to its language's for the rest, so it is not required here.
-    locales = renderer.locales(regional=False)
-    for program in programs:
-        problems = renderer.check(program.template, locales, sample_context(program.template))
-        if problems:
-            raise TemplateError(
-                f"program {program.name}: template {program.template!r} failed its check: "
-                + "; ".join(problems), template=program.template)
+    check_templates(renderer, programs)
     by_program = {p.name: p for p in programs}
 
     feature_set = read_feature_set(store_url)
@@ -158,13 +165,77 @@ def plan_night(
         fresh["last_order_date"] = fresh["customer_id"].map(last)
     waiting, expired = _deferred(store_url, as_of, by_program)
     cands = _merge(fresh, waiting)
-    if cands.empty and expired.empty:
-        empty = pd.DataFrame(columns=["program", "fate", "count"])
-        # An earlier run of the night may have stopped before storing its contexts.
-        _store_contexts(store_url, as_of, pd.DataFrame(columns=["message_id"]), lambda _: [])
-        with connect(store_url).connect() as conn:
-            return PlanResult(as_of, 0, empty, ledger.batches_to_send(conn, as_of))
+    contexts = ContextBuilder(shop_url=shop_url, programs=by_program, settings=settings,
+                              secret=secret, as_of=as_of, features=features)
+    decision = decide(cands, shop_url=shop_url, store_url=store_url, as_of=as_of,
+                      run_id=run_id, programs=by_program, caps=registry.caps,
+                      contexts=contexts, batch_size=batch_size, expired=expired)
+    result = PlanResult(as_of, decision.candidates, decision.counts(), decision.batches)
+    for line in result.lines():
+        log.info(line)
+    return result
 
+
+@dataclass
+class Decision:
+    """What ``decide`` made of a candidate frame: every candidate's fate, and the batches."""
+
+    decided: pd.DataFrame  # the candidates with fate, why, message_id
+    batches: list[int]
+
+    @property
+    def candidates(self) -> int:
+        return len(self.decided)
+
+    def counts(self) -> pd.DataFrame:
+        """program, fate, count: the decision log's totals."""
+        if self.decided.empty:
+            return pd.DataFrame(columns=["program", "fate", "count"])
+        return (self.decided.groupby(["program", "fate"]).size().rename("count").reset_index()
+                .sort_values(["program", "count"], ascending=[True, False]))
+
+
+def decide(
+    cands: pd.DataFrame,
+    *,
+    shop_url: str,
+    store_url: str,
+    as_of: dt.date,
+    run_id: str,
+    programs: Mapping[str, Program],
+    caps: Sequence[Cap],
+    contexts: Callable[[pd.DataFrame], Sequence[str]],
+    batch_size: int = 5000,
+    expired: pd.DataFrame | None = None,
+    owner: str | None = None,
+    dry_run: bool = False,
+) -> Decision:
+    """Consent, suppressions, holdouts, then caps, cooldowns, arbitration and the claim in one
+    transaction; the decision log, deferral and the winners' contexts after it.
+
+    The one path every message takes, the nightly programs' (``plan_night``) and a campaign's
+    (``tend.campaigns``): ``cands`` has customer_id, program, kind, priority, score,
+    cooldown_days, occurrence, last_order_date and the signal columns (``SIGNAL_COLUMNS``); a
+    candidate without ``valid_until`` is never deferred. ``owner`` is the ledger scope whose
+    batches this run sends (``tend.store.ledger.owned_by``: None = the nightly programs).
+
+    ``dry_run`` runs the very same claim and rolls it back: the fates are exactly what a real
+    run would get at this moment, and nothing is claimed, logged, deferred or suppressed.
+    """
+    expired = expired if expired is not None else pd.DataFrame()
+    if cands.empty and expired.empty:
+        if not dry_run:
+            # An earlier run of the night may have stopped before storing its contexts.
+            _store_contexts(store_url, as_of, pd.DataFrame(columns=["message_id"]),
+                            lambda _: [], owner)
+        with connect(store_url).connect() as conn:
+            batches = [] if dry_run else ledger.batches_to_send(conn, as_of, owner)
+        return Decision(pd.DataFrame(columns=["program", "fate", "customer_id"]), batches)
+
+    cands = cands.copy()
+    # A candidate may arrive decided (a campaign's customer beyond its max_recipients, or
+    # outranked by a waiting program message); consent's reasons still come first.
+    preset = (cands["fate"], cands["why"]) if "fate" in cands else None
     cands["fate"] = None
     cands["why"] = None
     customers = shop.read_customers(shop_url, cands["customer_id"].unique()) if len(cands) \
@@ -182,52 +253,61 @@ def plan_night(
             hit = cands["fate"].isna() & choice["fate"].notna()
             cands.loc[hit, "fate"] = choice.loc[hit, "fate"]
             cands.loc[hit, "why"] = choice.loc[hit, "why"]
-        _holdouts(cands, by_program, as_of)
+        if preset is not None:
+            keep = cands["fate"].isna() & preset[0].notna()
+            cands.loc[keep, "fate"] = preset[0][keep]
+            cands.loc[keep, "why"] = preset[1][keep]
+        _holdouts(cands, programs, as_of)
 
     allowed = cands.loc[cands["fate"].isna()].merge(
         customers, on="customer_id", how="left", suffixes=("", "_customer"))
     allowed.index = cands.index[cands["fate"].isna()]
     relocalised = _chosen_locale(allowed, prefs)
-    contexts = ContextBuilder(shop_url=shop_url, programs=by_program, settings=settings,
-                              secret=secret, as_of=as_of, features=features)
     invalid = cands.loc[cands["fate"] == "suppressed:invalid_address", "customer_id"].unique()
     stamp = ledger.now()
-    with connect(store_url).begin() as conn:
-        # Keys only: the contexts are built after this transaction, without the ledger's lock.
-        outcome = ledger.claim(conn, allowed, as_of=as_of, run_id=run_id,
-                               caps=registry.caps, batch_size=batch_size).frame
-        suppressed.add(conn, invalid, reason="invalid_address", source="validation",
-                       created_at=stamp)
-        claimed = outcome.set_index(_KEY)
-        idx = pd.MultiIndex.from_frame(allowed[_KEY])
-        allowed["fate"] = claimed["fate"].reindex(idx).to_numpy()
-        allowed["why"] = claimed["why"].reindex(idx).to_numpy()
-        allowed["message_id"] = claimed["message_id"].reindex(idx).to_numpy()
-        won = allowed["fate"] == "claimed"
-        allowed.loc[won, "why"] = allowed.loc[won, "reason"]
-        told = won & relocalised
-        allowed.loc[told, "why"] = (allowed.loc[told, "why"].astype(str) + "; in "
-                                    + allowed.loc[told, "locale"].astype(str)
-                                    + ", the language the customer chose (preferences page)")
-        decided = pd.concat([cands.loc[cands["fate"].notna()].assign(message_id=None), allowed])
-        decided = _defer(conn, decided, as_of)
-        if not expired.empty:
-            decided = pd.concat([decided, expired.assign(message_id=None)], ignore_index=True)
-        ledger.record_decisions(conn, decided, as_of=as_of, run_id=run_id)
-    _store_contexts(store_url, as_of, allowed, contexts)
     with connect(store_url).connect() as conn:
-        batches = ledger.batches_to_send(conn, as_of)
-
-    counts = (decided.groupby(["program", "fate"]).size().rename("count").reset_index()
-              .sort_values(["program", "count"], ascending=[True, False]))
-    result = PlanResult(as_of, len(decided), counts, batches)
-    for line in result.lines():
-        log.info(line)
-    return result
+        tx = conn.begin()
+        try:
+            # Keys only: the contexts are built after this transaction, without the ledger's
+            # lock.
+            outcome = ledger.claim(conn, allowed, as_of=as_of, run_id=run_id,
+                                   caps=caps, batch_size=batch_size).frame
+            claimed = outcome.set_index(_KEY)
+            idx = pd.MultiIndex.from_frame(allowed[_KEY])
+            allowed["fate"] = claimed["fate"].reindex(idx).to_numpy()
+            allowed["why"] = claimed["why"].reindex(idx).to_numpy()
+            allowed["message_id"] = claimed["message_id"].reindex(idx).to_numpy()
+            won = allowed["fate"] == "claimed"
+            allowed.loc[won, "why"] = allowed.loc[won, "reason"]
+            told = won & relocalised
+            allowed.loc[told, "why"] = (allowed.loc[told, "why"].astype(str) + "; in "
+                                        + allowed.loc[told, "locale"].astype(str)
+                                        + ", the language the customer chose (preferences page)")
+            decided = pd.concat([cands.loc[cands["fate"].notna()].assign(message_id=None),
+                                 allowed])
+            if dry_run:
+                tx.rollback()
+                return Decision(decided.reset_index(drop=True), [])
+            suppressed.add(conn, invalid, reason="invalid_address", source="validation",
+                           created_at=stamp)
+            decided = _defer(conn, decided, as_of)
+            if not expired.empty:
+                decided = pd.concat([decided, expired.assign(message_id=None)],
+                                    ignore_index=True)
+            ledger.record_decisions(conn, decided, as_of=as_of, run_id=run_id)
+            tx.commit()
+        finally:
+            if tx.is_active:
+                tx.rollback()
+    _store_contexts(store_url, as_of, allowed, contexts, owner)
+    with connect(store_url).connect() as conn:
+        batches = ledger.batches_to_send(conn, as_of, owner)
+    return Decision(decided, batches)
 
 
 def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,
-                    build: Callable[[pd.DataFrame], Sequence[str]]) -> None:
+                    build: Callable[[pd.DataFrame], Sequence[str]],
+                    owner: str | None = None) -> None:
     """Build and store the render contexts of tonight's claimed messages that have none.
 
     Right after a claim these are its winners. After a stage that stopped between its claim and
@@ -236,7 +316,7 @@ def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,
     candidate no longer exists cannot be rendered and is marked failed with the reason.
     """
     with connect(store_url).connect() as conn:
-        need = ledger.claims_without_contexts(conn, as_of)
+        need = ledger.claims_without_contexts(conn, as_of, owner)
     if need.empty:
         return
     rows = allowed.loc[allowed["message_id"].notna()].drop_duplicates("message_id")
@@ -272,7 +352,7 @@ def _chosen_locale(allowed: pd.DataFrame, prefs: pd.DataFrame) -> pd.Series:
     return changed
 
 
-def _holdouts(cands: pd.DataFrame, programs: dict[str, Program], as_of: dt.date) -> None:
+def _holdouts(cands: pd.DataFrame, programs: Mapping[str, Program], as_of: dt.date) -> None:
     for name, p in programs.items():
         if p.holdout_share <= 0:
             continue

@@ -47,6 +47,18 @@ from tend.store.tables import decision_log
 #: Statuses that mean "this customer got (or may have got) this message".
 COUNTED = ("claimed", "sending", "sent", "unknown")
 
+#: A campaign's ledger rows carry ``program = CAMPAIGN_PREFIX + name`` (tend.campaigns): its
+#: batches and contexts belong to its own run, never to the night's, and the reverse.
+CAMPAIGN_PREFIX = "campaign:"
+
+
+def owned_by(program: str | None) -> Any:
+    """The ledger rows one run owns: a campaign's (``program``), or the nightly programs'
+    (None: every row that is no campaign's). A run sends and completes only its own."""
+    if program is None:
+        return ~L.c.program.startswith(CAMPAIGN_PREFIX, autoescape=True)
+    return L.c.program == program
+
 
 def message_id_for(customer_id: str, program: str, occurrence: str) -> str:
     """Deterministic id from the ledger key: the same candidate is the same message, forever."""
@@ -442,8 +454,10 @@ def record_decisions(
 
 # -- sending ---------------------------------------------------------------------------------
 
-def batches_to_send(conn: Connection, as_of: dt.date) -> list[int]:
-    q = (select(L.c.batch_id).where(L.c.as_of == as_of)
+def batches_to_send(conn: Connection, as_of: dt.date, program: str | None = None) -> list[int]:
+    """The night's batches still to send that ``program`` owns (``owned_by``); a claim numbers
+    its own batches, so no batch mixes a campaign's messages with the night's."""
+    q = (select(L.c.batch_id).where(L.c.as_of == as_of, owned_by(program))
          .where(L.c.status.in_(("claimed", "sending"))).distinct().order_by(L.c.batch_id))
     return [int(b) for b in conn.execute(q).scalars()]
 
@@ -532,14 +546,17 @@ def write_contexts(conn: Connection, as_of: dt.date, batch: np.ndarray,
     conn.execute(insert(CB), rows)
 
 
-def claims_without_contexts(conn: Connection, as_of: dt.date) -> pd.DataFrame:
-    """Messages of night ``as_of`` still to send whose batch has no stored contexts yet.
+def claims_without_contexts(conn: Connection, as_of: dt.date,
+                            program: str | None = None) -> pd.DataFrame:
+    """Messages of night ``as_of`` still to send whose batch has no stored contexts yet, among
+    those ``program`` owns (``owned_by``: a campaign claiming at the same time as the night
+    must not take the night's for lost, nor the reverse).
 
     Normally none: the programs stage writes a night's contexts right after its claims commit.
     A stage stopped in between leaves these for its retry to complete (``tend.programs.plan``).
     """
     q = (select(L.c.message_id, L.c.batch_id)
-         .where(L.c.as_of == as_of, L.c.status == "claimed")
+         .where(L.c.as_of == as_of, L.c.status == "claimed", owned_by(program))
          .where(~select(CB.c.batch_id).where(CB.c.as_of == L.c.as_of,
                                              CB.c.batch_id == L.c.batch_id).exists())
          .order_by(L.c.batch_id, L.c.message_id))

@@ -317,3 +317,35 @@ message_events = Table(
     Column("detail", Text),
 )
 Index("ix_message_events_message", message_events.c.message_id)
+
+# -- campaigns (migration 0013): one-off sends from the tend_campaign form ---------------------
+
+#: One row per campaign name (its identity: the ledger key of its messages is (customer,
+#: ``campaign:NAME``, NAME), so triggering the same name again sends nobody a second copy).
+#: ``params`` is the form of its last run, ``dry_run_report`` the last dry run's report and
+#: ``report`` the last real run's (JSON), for the task log and the Tend page.
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("name", String(60), primary_key=True),
+    Column("template", String(100), nullable=False),
+    Column("audience", String(32), nullable=False),
+    # dry_run | planned | sending | sent | failed
+    Column("status", String(16), nullable=False),
+    Column("as_of", Date, nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("params", Text, nullable=False),
+    Column("dry_run_report", Text),
+    Column("report", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: The customer ids of an uploaded audience (``tend campaign upload-audience NAME FILE.csv``).
+campaign_audiences = Table(
+    "campaign_audiences",
+    metadata,
+    Column("audience", String(60), primary_key=True),
+    Column("customer_id", String(64), primary_key=True),
+    Column("uploaded_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,83 @@
+"""The campaign form: what parse_spec accepts, and the fix-it message for what it refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from _support import TEMPLATES
+
+from tend.campaigns.form import CAMPAIGN_TEMPLATES, campaign_templates, template_locales
+from tend.campaigns.spec import parse_spec
+from tend.errors import ConfigError
+from tend.messages.contracts import TEMPLATE_SPECS
+from tend.programs.caps import SendWindow
+
+GOOD = {"name": "spring-sale", "subject_en": "Spring!", "subject_fr": "Printemps !"}
+
+
+def parse(**over: Any):  # type: ignore[no-untyped-def]
+    return parse_spec(GOOD | over, templates=["newsletter"], locales=["en", "fr"],
+                      quiet=SendWindow())
+
+
+def test_the_form_lists_the_campaign_templates_and_languages_of_the_folder() -> None:
+    assert set(CAMPAIGN_TEMPLATES) == {n for n, s in TEMPLATE_SPECS.items() if s.campaign}
+    assert campaign_templates(TEMPLATES) == ["newsletter"]
+    assert template_locales(TEMPLATES) == ["en", "fr"]
+
+
+def test_defaults_are_safe() -> None:
+    s = parse()
+    assert s.dry_run is True and s.proof_to == () and s.offer is None
+    assert s.audience == "all" and s.template == "newsletter" and s.send_at == "now"
+    assert s.program == "campaign:spring-sale" and s.occurrence == "spring-sale"
+    assert s.content["fr"].headline == "Printemps !"  # the subject when no headline
+
+
+def test_everything_set() -> None:
+    s = parse(audience="category", audience_category="garden", audience_days=30,
+              offer="percent", offer_amount=15, offer_valid_days=20, holdout_pct=10,
+              send_at="10:30", max_recipients=500, dry_run=False,
+              proof_to="a@shop.example, b@shop.example", featured_skus="SKL-26 TEA-CHAI")
+    assert s.offer is not None and (s.offer.kind, s.offer.amount, s.offer.valid_days) == (
+        "percent", 15.0, 20)
+    assert s.offer.code_prefix == "SPRINGSA"
+    assert s.proof_to == ("a@shop.example", "b@shop.example")
+    assert s.featured_skus == ("SKL-26", "TEA-CHAI")
+    window = s.send_window(SendWindow())
+    assert window is not None and (window.start.isoformat(), window.end.isoformat()) == (
+        "10:30:00", "11:30:00")
+    assert s.as_program().holdout_share == 0.1
+
+
+@pytest.mark.parametrize(("over", "field", "advice"), [
+    ({"name": "Spring Sale!"}, "name", "lower-case letters"),
+    ({"name": None}, "name", "e.g."),
+    ({"audience": "everyone"}, "audience", "pick one of"),
+    ({"template": "winback"}, "template", "newsletter"),
+    ({"subject_fr": ""}, "subject_fr", "write the subject"),
+    ({"subject_en": "Hi {{ customer.__class__ }}"}, "subject_en", "customer fields"),
+    ({"text_en": "{{ order.total }}"}, "text_en", "customer fields"),
+    ({"audience": "category"}, "audience_category", "write one of"),
+    ({"audience": "loyalty_tier", "audience_tier": "diamond"}, "audience_tier", "silver"),
+    ({"audience": "upload"}, "audience_upload", "upload-audience"),
+    ({"offer": "percent"}, "offer_amount", "between 0 and 100"),
+    ({"offer": "percent", "offer_amount": 150}, "offer_amount", "15 means 15 %"),
+    ({"offer": "amount", "offer_amount": 10, "offer_valid_days": 0}, "offer_valid_days",
+     "from 1 to"),
+    ({"holdout_pct": 80}, "holdout_pct", "from 0 to 50"),
+    ({"send_at": "tomorrow"}, "send_at", "\"now\" or a local time"),
+    ({"send_at": "22:00"}, "send_at", "quiet hours"),
+    ({"max_recipients": 0}, "max_recipients", "whole number"),
+    ({"proof_to": ["not-an-address"]}, "proof_to", "staff addresses"),
+    ({"dry_run": "yes"}, "dry_run", "switch it on"),
+    ({"featured_skus": [1, 2]}, "featured_skus", "list of SKUs"),
+])
+def test_invalid_input_is_refused_with_the_fix(over: dict[str, Any], field: str,
+                                                advice: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(**over)
+    message = str(err.value)
+    assert f"field {field!r}" in message
+    assert advice in message
