@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import AirflowScenario, airflow_scenario
+from _support import BIN, AirflowScenario, airflow_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +142,7 @@ def test_a_bad_form_is_refused_by_the_first_task(scenario: AirflowScenario) -> N
 
 
 def test_a_form_the_schema_refuses_never_starts(scenario: AirflowScenario) -> None:
-    out = scenario.run("airflow", "dags", "test", "tend_campaign", NIGHT, "-c",
+    out = scenario.run(str(BIN / "airflow"), "dags", "test", "tend_campaign", NIGHT, "-c",
                        json.dumps(FORM | {"name": "Not A Name!"}), label="schema", check=False)
     assert "DagRun Finished" not in out
     assert "name" in out and "does not match" in out
