@@ -154,7 +154,7 @@ def night_problems(store_url: str, as_of: dt.date) -> list[str]:
     with connect(store_url).connect() as conn:
         counts = dict(conn.execute(
             select(L.status, func.count()).where(
-                L.as_of == as_of, ~L.program.startswith(ledger.CAMPAIGN_PREFIX),
+                L.as_of == as_of, ledger.owned_by(None),
                 L.status.in_(("failed", "unknown", "claimed", "sending")))
             .group_by(L.status)).all())
     waiting = counts.get("claimed", 0) + counts.get("sending", 0)
