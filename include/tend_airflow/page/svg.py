@@ -50,7 +50,8 @@ def stacked_bars(ident: str, title: str, categories: Sequence[str],
         return empty(title, ident)
     totals = [sum(s[i] for s in series.values()) for i in range(len(categories))]
     top = _nice_max(max(totals))
-    left, right, top_pad, bottom = 50, 150, 10, 40
+    left, top_pad, bottom = 50, 10, 40
+    right = max(150, 7 * max(len(name) for name in series) + 40)  # the legend's room
     plot_w, plot_h = width - left - right, height - top_pad - bottom
     bar_w = plot_w / len(categories)
     desc = (f"{len(categories)} bars from {categories[0]} to {categories[-1]}; "
