@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tend import config
@@ -34,12 +35,31 @@ def migrate_store() -> str:
     return migrate(store_url())
 
 
+@contextmanager
+def tend_errors_fail_at_once() -> Iterator[None]:
+    """Tend's own errors (bad input, a night not ingested, a template that fails its check)
+    fail the task at once, without retries, with Tend's one-line message as the task's error:
+    a retry cannot fix them, and the line must not sit under a long traceback."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend.errors import DeliveryError, LedgerError, TendError
+
+    try:
+        yield
+    except (DeliveryError, LedgerError):
+        raise  # a provider's trouble or two writers racing may pass: Airflow retries
+    except (TendError, ValueError) as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
 def ingest(context: Mapping[str, Any]) -> dict[str, Any]:
     """Fold the night's new orders into the features; tell tend_programs which night it was."""
     from tend.features.ingest import run_ingest
     from tend_airflow.assets import CUSTOMER_FEATURES
 
-    result = run_ingest(shop_url(), store_url(), runs.as_of(context), runs.run_id(context))
+    with tend_errors_fail_at_once():
+        result = run_ingest(shop_url(), store_url(), runs.as_of(context),
+                            runs.run_id(context))
     extra = {"as_of": result.as_of.isoformat(), "changed_customers": result.changed_customers}
     context["outlet_events"][CUSTOMER_FEATURES].extra = extra
     return extra
@@ -53,16 +73,13 @@ def plan(context: Mapping[str, Any]) -> list[int]:
     errors (a night not ingested, a template that fails its check) fail the task at once with
     their one-line message: a retry cannot fix them.
     """
-    from airflow.sdk.exceptions import AirflowFailException
-
     from tend import messages
     from tend.config import ShopSettings
-    from tend.errors import TendError
     from tend.features.store import store_as_of
     from tend.programs.plan import plan_night
 
     settings = ShopSettings.from_env()
-    try:
+    with tend_errors_fail_at_once():
         night, overtaken = runs.program_night(context, store_as_of(store_url()))
         for other in overtaken:
             log.warning("night %s was ingested but a later ingest (%s) overtook it before it "
@@ -73,8 +90,6 @@ def plan(context: Mapping[str, Any]) -> list[int]:
             settings=settings, renderer=messages.default_renderer(settings),
             secret=config.unsubscribe_secret(),
         )
-    except (TendError, ValueError) as exc:
-        raise AirflowFailException(str(exc)) from exc
     context["ti"].xcom_push(AS_OF_XCOM, result.as_of.isoformat())
     return list(result.batches)
 

@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tend.config import sqlalchemy_url_from_connection
+from tend.errors import TendError
 from tend_airflow import connections, delivery, runs
 
 TORONTO = pendulum.timezone("America/Toronto")
@@ -573,3 +574,17 @@ def test_a_future_logical_date_is_refused_at_the_trigger(airflow_sdk: ModuleType
         assert seen == [body]  # passed on whole
     other = client.post("/api/v2/dags/someone_else/dagRuns", content=body)
     assert other.status_code != 400  # another DAG is not ours to judge
+
+
+def test_a_bad_shop_fails_ingest_at_once_in_one_line(clean_env: pytest.MonkeyPatch,
+                                                     tmp_path: Any) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend_airflow import tasks
+
+    clean_env.setenv("TEND_SHOP_URL", f"sqlite:///{tmp_path / 'empty-shop.db'}")
+    clean_env.setenv("TEND_STORE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    ctx = context(params={"as_of": "2026-11-20"})
+    with pytest.raises(AirflowFailException) as failed:
+        tasks.ingest(ctx)
+    assert "\n" not in str(failed.value) and isinstance(failed.value.__cause__, TendError)
