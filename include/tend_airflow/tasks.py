@@ -77,11 +77,15 @@ def plan(context: Mapping[str, Any]) -> list[int]:
     from tend.config import ShopSettings
     from tend.features.store import store_as_of
     from tend.programs.plan import plan_night
+    from tend.store import ledger
+    from tend.store.db import connect
 
     settings = ShopSettings.from_env()
     with tend_errors_fail_at_once():
-        night, overtaken = runs.program_night(context, store_as_of(store_url()))
-        for other in overtaken:
+        night, named = runs.program_night(context, store_as_of(store_url()))
+        with connect(store_url()).connect() as conn:
+            planned = ledger.nights_decided(conn, named)
+        for other in sorted(set(named) - planned):
             log.warning("night %s was ingested but a later ingest (%s) overtook it before it "
                         "was planned; the store keeps one night's features: replay it with "
                         "tend_ingest then tend_programs for %s", other, night, other)

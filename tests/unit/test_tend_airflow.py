@@ -588,3 +588,31 @@ def test_a_bad_shop_fails_ingest_at_once_in_one_line(clean_env: pytest.MonkeyPat
     with pytest.raises(AirflowFailException) as failed:
         tasks.ingest(ctx)
     assert "\n" not in str(failed.value) and isinstance(failed.value.__cause__, TendError)
+
+
+def test_plan_names_the_nights_its_events_named_that_were_never_planned(
+        clean_env: pytest.MonkeyPatch, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A leftover asset event of an older night: the ingested night is planned, and the older
+    one, overtaken before anyone planned it, is named with its replay."""
+    from tend.dev.demo import generate_demo_shop
+    from tend.features.ingest import run_ingest
+    from tend.store import migrate
+    from tend_airflow import tasks
+
+    shop, store = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 'store.db'}"
+    generate_demo_shop(shop, customers=40, seed=2, as_of=NOV20)
+    migrate(store)
+    run_ingest(shop, store, NOV20, "i")
+    clean_env.setenv("TEND_SHOP_URL", shop)
+    clean_env.setenv("TEND_STORE_URL", store)
+    clean_env.setenv("TEND_VAR_DIR", str(tmp_path))
+    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}))
+    pushed: dict[str, Any] = {}
+    ctx = context(events={"a": [event("2026-11-18"), event("2026-11-20")]}) | {"ti": ti}
+    tasks.plan(ctx)
+    assert pushed == {"as_of": "2026-11-20"}
+    assert "night 2026-11-18 was ingested but a later ingest (2026-11-20) overtook it" \
+        in caplog.text
+    caplog.clear()
+    tasks.plan(context(events={"a": [event("2026-11-20")]}) | {"ti": ti})
+    assert "overtook" not in caplog.text

@@ -651,6 +651,16 @@ def status_counts(conn: Connection, as_of: dt.date) -> dict[str, int]:
 
 
 
+def nights_decided(conn: Connection, nights: Iterable[dt.date]) -> set[dt.date]:
+    """Which of ``nights`` have decisions recorded (were planned)."""
+    wanted = sorted(set(nights))
+    if not wanted:
+        return set()
+    found = conn.execute(select(decision_log.c.as_of).where(
+        decision_log.c.as_of.in_(wanted)).distinct()).scalars()
+    return {v if isinstance(v, dt.date) else dt.date.fromisoformat(str(v)[:10]) for v in found}
+
+
 def last_message(conn: Connection, customer_id: str, program: str,
                  as_of: dt.date | None = None) -> dict[str, Any] | None:
     """The newest message ``program`` claimed for the customer (on or before ``as_of``), with
