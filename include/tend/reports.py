@@ -68,8 +68,8 @@ def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> 
     if mine is not None:
         claimed_here = sum(mine.values())
         if claimed_here:
-            out.append(f"  this run ({run_id}) claimed {claimed_here:,} message(s): "
-                       + ", ".join(f"{n:,} {s}" for s, n in sorted(mine.items())))
+            out.append(f"  this run ({run_id}) claimed {claimed_here:,} message(s) ("
+                       + ", ".join(f"{n:,} {s}" for s, n in sorted(mine.items())) + ")")
         else:
             out.append(f"  this run ({run_id}) claimed nothing new: the night was planned "
                        "before (a replay sends only what is still waiting); the totals below "

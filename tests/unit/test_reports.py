@@ -4,6 +4,7 @@ needs a person first, then the totals; a replay says it claimed nothing new."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from _support import make_program, make_registry, plan_test_night
@@ -24,7 +25,8 @@ def test_a_clean_night_has_no_warning_and_names_what_its_run_claimed(
     lines = reports.summary_lines(store_url, MONDAY, f"p-{MONDAY}")
     assert lines[0] == f"Tend night {MONDAY}"
     assert not [line for line in lines if line.startswith("WARNING")]
-    assert lines[1].startswith(f"  this run (p-{MONDAY}) claimed ") and "sent" in lines[1]
+    assert re.fullmatch(rf"  this run \(p-{MONDAY}\) claimed [\d,]+ message\(s\) \([\d,]+ sent\)",
+                        lines[1]), lines[1]
     replay = reports.summary_lines(store_url, MONDAY, "manual__replay")
     assert "this run (manual__replay) claimed nothing new" in replay[1]
     assert reports.night_problems(store_url, MONDAY) == []
