@@ -1,8 +1,9 @@
 """Benchmark the ingest and signals on a large demo shop (``make bench-signals``).
 
-Creates the demo shop once (1M customers ≈ 20M order lines; ~5 minutes) and caches it under
-var/bench/, then measures on a fresh store each run: a full rebuild, an incremental night where
-~1% of customers have a new order, the signal detection, the BG/NBD fit, and peak memory.
+Creates the demo shop once (1M customers ≈ 6M orders, 12M order lines; a few minutes) and
+caches it under var/bench/ (delete it after the demo changes), then measures on a fresh store
+each run: a full rebuild, an incremental night where ~1% of customers have a new order, the
+signal detection, the BG/NBD fit, and peak memory.
 
     .venv/bin/python bench/bench_signals.py [--customers 1000000]
 """

@@ -11,8 +11,9 @@ in the `tend_send` pool, through the backend named by the Variable `tend_deliver
 reads the connection `sendgrid_default`; the *SendGrid sandbox* parameter, or
 `{"sendgrid_sandbox": true}` in the run's conf, switches SendGrid's sandbox mode for that
 run); `summary` prints the night's totals, warnings first; `complaints_digest` emails new
-complaints to `TEND_STAFF_EMAIL` (each once); `check` fails the run when any of the night's
-messages failed, is unknown or still waits, so a green run is a sent night.
+complaints to `TEND_STAFF_EMAIL` (each once); `kpi` stores each program's results against its
+holdout for the months still open (docs/results.md); `check`, last, fails the run when any of
+the night's messages failed, is unknown or still waits, so a green run is a sent night.
 
 Replay a night: `airflow dags test tend_programs 2026-11-20` (after tend_ingest for that date).
 Rerunning a night sends nothing new: the ledger already holds every message it claimed.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 
+from tend import config
 from tend_airflow import tasks
 from tend_airflow.assets import CUSTOMER_FEATURES
 from tend_airflow.params import AS_OF, SENDGRID_SANDBOX, dag_params
@@ -46,7 +48,8 @@ def tend_programs() -> None:
 
     # The pool bounds concurrent senders across every DAG run (create it once:
     # `airflow pools set tend_send 4 "Tend senders"`; `make airflow`/`make run` do).
-    @task(pool="tend_send", max_active_tis_per_dagrun=4, multiple_outputs=True)
+    @task(pool="tend_send", max_active_tis_per_dagrun=4, multiple_outputs=True,
+          retry_delay=pendulum.duration(seconds=config.send_retry_delay()))
     def send(as_of: str, batch_id: int, **context) -> dict:
         return tasks.send(as_of, batch_id, context)
 
@@ -58,9 +61,11 @@ def tend_programs() -> None:
     def complaints_digest(**context) -> int:
         return tasks.complaints_digest(context)
 
-    batch_ids = plan()
-    night = batch_ids[tasks.AS_OF_XCOM]
-    sent = send.partial(as_of=night).expand(batch_id=batch_ids)
+    # After send whatever it did: the results count only what was sent.
+    @task(trigger_rule="all_done")
+    def kpi(as_of: str) -> int:
+        return tasks.kpi(as_of)
+
     # The last task fails when a send failed or messages still wait: the run's colour is
     # the night's truth, and the summary above it is printed either way.
     # AirflowFailException: no retry (the ledger's state will not change by itself).
@@ -68,7 +73,13 @@ def tend_programs() -> None:
     def check(as_of: str) -> None:
         tasks.night_check(as_of)
 
-    sent >> summary(night) >> complaints_digest() >> check(night)
+    batch_ids = plan()
+    night = batch_ids[tasks.AS_OF_XCOM]
+    sent = send.partial(as_of=night).expand(batch_id=batch_ids)
+    digest, kpis = complaints_digest(), kpi(night)
+    sent >> summary(night) >> digest
+    sent >> kpis
+    [digest, kpis] >> check(night)
 
 
 tend_programs()

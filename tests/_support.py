@@ -14,9 +14,10 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from tend.config import ShopSettings
 from tend.delivery import OutgoingMessage
+from tend.delivery.sendgrid import SendGridSettings
 
 #: The project checkout, and the email templates in it.
 PROJECT = Path(__file__).resolve().parents[1]
@@ -299,6 +301,296 @@ def sent_survey(store_url: str, customer_id: str, message_id: str, *,
                               [json.dumps(context)])
 
 
+@dataclass
+class WebhookSigner:
+    """An ECDSA key pair made for a test, signing bodies as SendGrid's Signed Event Webhook
+    does (over the timestamp header followed by the raw body)."""
+
+    private_key: Any
+    public_key: str
+    """As SendGrid shows it: the base64 of the DER public key, no PEM armour."""
+
+    @classmethod
+    def new(cls) -> WebhookSigner:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        return cls(key, "".join(pem.strip().splitlines()[1:-1]))
+
+    def signature(self, body: bytes, stamp: str) -> str:
+        import base64
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        return base64.b64encode(
+            self.private_key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+
+    def headers(self, body: bytes, at: float | None = None) -> dict[str, str]:
+        import time
+
+        stamp = str(int(time.time() if at is None else at))
+        return {"Content-Type": "application/json",
+                "X-Twilio-Email-Event-Webhook-Signature": self.signature(body, stamp),
+                "X-Twilio-Email-Event-Webhook-Timestamp": stamp}
+
+
+def add_ledger_messages(store_url: str, rows: list[dict[str, Any]],
+                        as_of: dt.date = dt.date(2026, 11, 20)) -> None:
+    """Ledger rows for tests that need messages to exist (no render contexts): each row gives
+    at least message_id and customer_id; status defaults to sent, kind to marketing."""
+    from tend.store.db import connect
+    from tend.store.tables import contact_ledger
+
+    stamp = dt.datetime.now(dt.UTC)
+    with connect(store_url).begin() as conn:
+        conn.execute(contact_ledger.insert(), [{
+            "program": "winback", "occurrence": "o1", "kind": "marketing", "status": "sent",
+            "as_of": as_of, "run_id": "test", "batch_id": 0, "claimed_at": stamp, **r}
+            for r in rows])
+
+
+class TcpProxy:
+    """A TCP forwarder on a local port that a test stops (every connection cut, new ones
+    refused) and starts again on the same port: a database server going away, for real."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            with suppress(OSError):  # wakes the thread blocked in accept(); close() won't
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+@dataclass
+class InterruptibleStore:
+    """A migrated store that a test takes down and brings back; ``url`` is what the code under
+    test connects to. PostgreSQL: through a :class:`TcpProxy` that is stopped. SQLite: the file
+    moved away and a directory put in its place, so nothing can open it."""
+
+    url: str
+    proxy: TcpProxy | None = None
+    path: Path | None = None
+
+    def down(self) -> None:
+        from tend.store.db import connect
+
+        if self.proxy is not None:
+            self.proxy.stop()
+            return
+        assert self.path is not None
+        connect(self.url).dispose()  # close the pool's handles on the file
+        for suffix in ("", "-wal", "-shm"):
+            f = Path(f"{self.path}{suffix}")
+            if f.exists():
+                f.rename(f"{f}.away")
+        self.path.mkdir()
+
+    def up(self) -> None:
+        if self.proxy is not None:
+            self.proxy.start()
+            return
+        assert self.path is not None
+        self.path.rmdir()
+        for suffix in ("", "-wal", "-shm"):
+            f = Path(f"{self.path}{suffix}.away")
+            if f.exists():
+                f.rename(f"{self.path}{suffix}")
+
+
+@contextmanager
+def interruptible_store(store_url: str) -> Iterator[InterruptibleStore]:
+    """``store_url`` (migrated) made interruptible; see :class:`InterruptibleStore`."""
+    from tend.config import sqlite_file
+    from tend.store.db import connect
+
+    file = sqlite_file(store_url)
+    if file is not None:
+        yield InterruptibleStore(store_url, path=Path(file))
+        return
+    u = make_url(store_url)
+    proxy = TcpProxy(u.host or "127.0.0.1", u.port or 5432)
+    proxy.start()
+    url = u.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    try:
+        yield InterruptibleStore(url, proxy=proxy)
+    finally:
+        connect(url).dispose()
+        proxy.stop()
+
+
+# -- The settings the code reads (docs/configuration.md and docker-compose.yaml are checked
+# -- against them) -------------------------------------------------------------------------
+
+#: A setting's name as the code spells it: a string literal "TEND_..." (a literal ending in "_"
+#: is a prefix, whose names are derived below).
+_LITERAL = re.compile(r"""["'](TEND_[A-Z0-9_]+)["']""")
+
+
+class _RecordingEnv(dict[str, str]):
+    """An environment that remembers every name looked up in it."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.asked.add(key)
+        return super().__contains__(key)
+
+
+def _sendgrid_env_names() -> set[str]:
+    """The TEND_SENDGRID_* names SendGridSettings.from_env builds from its option names."""
+    env = _RecordingEnv({"TEND_SENDGRID_API_KEY": "SG.docs-test"})
+    SendGridSettings.from_env(env)
+    return {name for name in env.asked if name.startswith("TEND_")}
+
+
+def settings_in_code() -> set[str]:
+    """Every TEND_* variable the code (include/, dags/, plugins/) reads."""
+    names: set[str] = set()
+    for folder in ("include", "dags", "plugins"):
+        for path in sorted((PROJECT / folder).rglob("*.py")):
+            names.update(n for n in _LITERAL.findall(path.read_text(encoding="utf-8"))
+                         if not n.endswith("_"))
+    return names | _sendgrid_env_names()
+
+
+# --- the worst shop rows (reliability-input) -------------------------------------------------
+#: Customers whose rows hold what a hostile or broken export can: names crafted to add a
+#: recipient, NUL bytes, absurd quantities and intervals, dates outside any calendar. Their ids
+#: start with EVIL so a test can tell their messages from everyone else's.
+WORST_CUSTOMERS = [  # customer_id, email, first_name, last_name, locale, timezone, consent_at,
+    # created_at
+    ("EVIL-1", "evil1@example.com", "=?utf-8?q?a@evil.example=2C?=", "x\r\nBcc: all@evil.example",
+     "en", "UTC", "2024-01-01 00:00:00", "2024-01-01 00:00:00"),
+    ("EVIL-2", "evil2@example.com", "Nul\x00Name", "\x00", "xx-NOPE", "Mars/Base",
+     "9999-12-31 23:59:59", "0001-01-01 00:00:00"),
+    ("EVIL\x003", "evil3@example.com", "Three", "Nul", "en", "UTC", None, "2024-01-01 00:00:00"),
+    ("EVIL-4", "evil4@example.com", '"A" <b@evil.example>, ' * 40, "é" * 300, "fr", "UTC",
+     "2024-01-01 00:00:00", "2024-01-01 00:00:00"),
+]
+WORST_PRODUCTS = [  # sku, name, category, price, service_interval_days, replenish_days
+    ("EVIL-SKU", "Evil\x00product", "x", 1e308, 10**9, 10**12),
+    ("EVIL\x00SKU", "Nul sku", "x", "1.00", None, 30),
+]
+WORST_ORDERS = [  # order_id, customer_id, ordered_at, total (the night's day is filled in)
+    ("EVIL-O1", "EVIL-1", "{night} 09:00:00", "24.00"),
+    ("EVIL-O2", "EVIL-2", "9999-12-31 23:59:59", "10.00"),
+    ("EVIL-O3", "EVIL-2", "0001-01-01 00:00:00", "10.00"),
+    ("EVIL\x00O4", "EVIL-1", "{night} 09:00:00", "10.00"),
+    ("E" * 300, "EVIL-1", "{night} 09:00:00", "10.00"),
+    ("EVIL-O5", "EVIL\x003", "{night} 09:00:00", "10.00"),
+    ("EVIL-O6", "EVIL-4", "{night} 09:00:00", "1e308"),
+    ("EVIL-O7", "EVIL-2", "{night} 10:00:00", "12.00"),
+    ("EVIL-O8", "EVIL-4", "{night} 10:00:00", "12.00"),
+]
+WORST_LINES = [  # order_id, sku, quantity
+    ("EVIL-O1", "COF-BEANS-HOUSE", 10**12),
+    ("EVIL-O1", "COF-FILTER-PAPER", 2**62),
+    ("EVIL-O1", "COF-DESCALER", 1),
+    ("EVIL-O7", "EVIL-SKU", 1),
+    ("EVIL-O7", "EVIL\x00SKU", 1),
+    ("EVIL-O7", "COF-BEANS-HOUSE", 3),
+    ("EVIL-O8", "COF-BEANS-HOUSE", 1e300),
+    ("EVIL-O8", "COF-DESCALER", 1),
+]
+
+
+def add_worst_rows(shop_url: str, night: dt.date) -> None:
+    """Add the worst rows above to a (demo) SQLite shop, whose columns take any value."""
+    with sqlite_session(shop_url.removeprefix("sqlite:///")) as con:
+        con.executemany(
+            "INSERT INTO customers (customer_id, email, first_name, last_name, locale, timezone, "
+            "marketing_consent, consent_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 'express', ?, ?)",
+            WORST_CUSTOMERS)
+        con.executemany(
+            "INSERT INTO products (sku, name, category, price, service_interval_days, "
+            "replenish_days) VALUES (?, ?, ?, ?, ?, ?)", WORST_PRODUCTS)
+        con.executemany(
+            "INSERT INTO orders (order_id, customer_id, ordered_at, total, currency) "
+            "VALUES (?, ?, ?, ?, 'CAD')",
+            [(o, c, at.format(night=night), t) for o, c, at, t in WORST_ORDERS])
+        con.executemany(
+            "INSERT INTO order_lines (order_id, sku, quantity, unit_price) VALUES (?, ?, ?, 1)",
+            WORST_LINES)
+
+
+def one_mailbox(header: str) -> str:
+    """The one address an address header (as written, encoded words and all) names, read the
+    way a relay that decodes RFC 2047 then splits on commas would, and as written; fails when
+    either reading finds another number of addresses or two different ones."""
+    from email.header import decode_header, make_header
+    from email.utils import getaddresses
+
+    [(_, raw)] = getaddresses([header])
+    [(_, decoded)] = getaddresses([str(make_header(decode_header(header)))])
+    assert raw.lower() == decoded.lower(), (raw, decoded)
+    return raw.lower()
+
+
 # -- whole runs through real Airflow (`airflow dags test`), as `make run` does ----------------
 
 AIRFLOW_TIMEOUT = 240  # a task stuck in up_for_retry would otherwise wait out its retry_delay
@@ -396,3 +688,9 @@ def airflow_scenario(tmp: Path, *, as_of: str, customers: int = 300) -> AirflowS
           "--customers", str(customers), "--seed", "3", "--as-of", as_of, label="demo-data")
     s.run(str(BIN / "airflow"), "db", "migrate", label="airflow db migrate")
     return s
+
+
+#: The ``random_days_shop`` fixture (tests/unit/signals/conftest.py): ``random_days_shop(extra)``
+#: is (features, catalogue) of a shop whose background customers order at random days, plus the
+#: customers of ``extra`` (id -> order days).
+RandomDaysShop = Callable[[dict[str, list[str]]], tuple[object, Any]]

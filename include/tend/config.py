@@ -334,3 +334,125 @@ def staff_email() -> str:
         raise ConfigError(f"TEND_STAFF_EMAIL={value!r} is not an email address; "
                           "use e.g. service@shop.example")
     return value
+
+
+# -- SendGrid's Event Webhook and suppression lists (tend serve, tend suppressions) -----------
+
+#: Seconds a signed webhook's timestamp may differ from this machine's clock: wider than a
+#: few retries' delay, narrower than what would let a captured request be replayed for long.
+WEBHOOK_TOLERANCE_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class EnvConnection:
+    """An Airflow connection read from its ``AIRFLOW_CONN_<ID>`` variable, without Airflow
+    (``tend serve`` runs apart from it); the fields :class:`ConnectionLike` names."""
+
+    conn_type: str | None = None
+    host: str | None = None
+    schema: str | None = None
+    login: str | None = None
+    password: str | None = None
+    port: int | None = None
+    extra: Mapping[str, Any] | None = None
+
+    @property
+    def extra_dejson(self) -> dict[str, Any]:
+        return dict(self.extra or {})
+
+
+def env_connection(conn_id: str, env: Mapping[str, str] | None = None) -> EnvConnection | None:
+    """The connection ``conn_id`` from ``AIRFLOW_CONN_<ID>`` in either form Airflow accepts:
+    JSON (``{"conn_type": ..., "password": ..., "extra": {...}}``) or a URI whose query holds
+    the extras (or one ``__extra__`` JSON parameter). None when the variable is unset."""
+    import json
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    env = os.environ if env is None else env
+    name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    bad = ConfigError(f"{name} is neither a connection URI nor JSON; use e.g. "
+                      f"{name}='{{\"conn_type\": \"sendgrid\", \"password\": \"SG.xxx\", "
+                      "\"extra\": {\"webhook_public_key\": \"MFkw...\"}}'")
+    if raw.startswith("{"):
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise bad from None
+        extra = doc.get("extra") or {}
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra) if extra.strip() else {}
+            except ValueError:
+                raise bad from None
+        if not isinstance(extra, dict):
+            raise bad
+        port = doc.get("port")
+        return EnvConnection(conn_type=doc.get("conn_type"), host=doc.get("host"),
+                             schema=doc.get("schema"), login=doc.get("login"),
+                             password=doc.get("password"),
+                             port=int(port) if port not in (None, "") else None, extra=extra)
+    parts = urlsplit(raw)
+    if not parts.scheme:
+        raise bad
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    extra_doc: dict[str, Any] = dict(query)
+    if "__extra__" in query:
+        try:
+            loaded = json.loads(query["__extra__"])
+        except ValueError:
+            raise bad from None
+        extra_doc = loaded if isinstance(loaded, dict) else {}
+    try:
+        port_number = parts.port
+    except ValueError:
+        raise bad from None
+    return EnvConnection(
+        conn_type=parts.scheme.replace("-", "_"), host=unquote(parts.hostname or "") or None,
+        schema=unquote(parts.path.lstrip("/")) or None,
+        login=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        port=port_number, extra=extra_doc)
+
+
+def sendgrid_webhook_key(env: Mapping[str, str] | None = None) -> str | None:
+    """``TEND_SENDGRID_WEBHOOK_KEY``, else the ``sendgrid_default`` connection's extra
+    ``webhook_public_key`` (from ``AIRFLOW_CONN_SENDGRID_DEFAULT``): the Signed Event Webhook's
+    verification key, the base64 text SendGrid shows (PEM armour accepted). None: unset."""
+    env = os.environ if env is None else env
+    value = (env.get("TEND_SENDGRID_WEBHOOK_KEY") or "").strip()
+    if not value:
+        conn = env_connection("sendgrid_default", env)
+        value = str((conn.extra_dejson.get("webhook_public_key") if conn else None) or "")
+    value = re.sub(r"-----(BEGIN|END) PUBLIC KEY-----|\s+", "", value)
+    return value or None
+
+
+# -- Scale-out settings (the claim's batch size, the send task's retry delay) ----------------
+
+DEFAULT_CLAIM_BATCH_SIZE = 5000
+DEFAULT_SEND_RETRY_DELAY = 120
+
+
+def _positive_int(name: str, default: int, example: str) -> int:
+    value = (os.environ.get(name) or "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{name}={value!r} is not a positive whole number; use e.g. {example}")
+    return int(value)
+
+
+def claim_batch_size() -> int:
+    """``TEND_CLAIM_BATCH_SIZE``: messages per claimed batch, the unit ``send`` is mapped over
+    (one Airflow task each): smaller batches spread a night over more workers."""
+    return _positive_int("TEND_CLAIM_BATCH_SIZE", DEFAULT_CLAIM_BATCH_SIZE, "1000")
+
+
+def send_retry_delay() -> int:
+    """``TEND_SEND_RETRY_DELAY``: seconds Airflow waits before retrying a failed ``send`` task
+    (read when the DAG file is parsed). A retry of a batch whose worker died sends only what is
+    still claimed, so a short delay only gets the night done sooner."""
+    return _positive_int("TEND_SEND_RETRY_DELAY", DEFAULT_SEND_RETRY_DELAY, "30")

@@ -22,7 +22,25 @@ from tend.store import complaints, ledger
 from tend.store import preferences as chosen
 from tend.store import suppressions as suppressed
 from tend.store.db import connect
-from tend.store.tables import contact_ledger, decision_log, quarantine
+from tend.store.tables import contact_ledger, decision_log, ingest_state, quarantine
+
+
+def nights(store_url: str, limit: int = 5) -> list[dt.date]:
+    """The latest nights the store knows of (planned, sent or ingested), newest first."""
+    with connect(store_url).connect() as conn:
+        found: set[dt.date] = set()
+        for t in (decision_log, contact_ledger, quarantine, ingest_state):
+            found.update(d for (d,) in conn.execute(
+                select(t.c.as_of).distinct().order_by(t.c.as_of.desc()).limit(limit)))
+    return sorted(found, reverse=True)[:limit]
+
+
+def night_known(store_url: str, as_of: dt.date) -> bool:
+    """Whether night ``as_of`` left anything in the store (a decision, a message, a
+    quarantined row, or the latest ingest)."""
+    with connect(store_url).connect() as conn:
+        return any(conn.execute(select(t.c.as_of).where(t.c.as_of == as_of).limit(1)).first()
+                   for t in (decision_log, contact_ledger, quarantine, ingest_state))
 
 if TYPE_CHECKING:
     from tend.config import ShopSettings

@@ -171,6 +171,27 @@ def complaints_digest(context: Mapping[str, Any] | None = None) -> int:
     return sent
 
 
+def pull_suppressions() -> dict[str, int]:
+    """The daily backstop for lost webhook deliveries: SendGrid's suppression lists into the
+    store. Skipped when the delivery backend is not SendGrid (there are no lists to read)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from tend.listen.pull import pull_suppressions as pull
+    from tend_airflow.delivery import delivery_name, sendgrid_settings
+
+    if delivery_name() != "sendgrid":
+        raise AirflowSkipException("the delivery backend is not sendgrid: no lists to pull")
+    result = pull(sendgrid_settings(), store_url(), shop_url())
+    return {f"{name}_customers": n for name, n in result.matched.items()}
+
+
+def kpi(as_of: str) -> int:
+    """Recompute the results of the months still open and store them (the ``kpi`` table)."""
+    from tend.results.kpi import store_kpis
+
+    return store_kpis(shop_url(), store_url(), dt.date.fromisoformat(as_of))
+
+
 # -- tend_campaign ------------------------------------------------------------------------------
 
 

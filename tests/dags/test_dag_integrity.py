@@ -25,7 +25,7 @@ from _support import PROJECT
 
 DAGS = PROJECT / "dags"
 DOMAIN = PROJECT / "include" / "tend"
-EXPECTED_DAG_IDS = {"tend_campaign", "tend_ingest", "tend_programs"}
+EXPECTED_DAG_IDS = {"tend_campaign", "tend_feedback", "tend_ingest", "tend_programs"}
 # Modules that must stay out of the parse: the domain core is imported inside tasks.
 HEAVY_DOMAIN_MODULES = ("tend.delivery", "tend.store", "tend.shop", "tend.features",
                         "tend.programs", "tend.messages", "tend.signals")
@@ -191,6 +191,7 @@ def test_every_task_retries(dags: dict[str, dict[str, Any]], dag_id: str) -> Non
 
 
 EXPECTED_PARAMS = {
+    "tend_feedback": {},
     "tend_ingest": {"as_of": (["null", "string"], "date", None)},
     "tend_programs": {"as_of": (["null", "string"], "date", None),
                       "sendgrid_sandbox": (["null", "boolean"], None, None)},

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import sqlite3
 from collections import defaultdict
 from itertools import pairwise
 from typing import Any
@@ -133,3 +134,19 @@ def test_next_night_outbox_matches_ledger(scenario: AirflowScenario) -> None:
     assert f"Tend night {NEXT_NIGHT}" in scenario.logs[f"tend_programs {NEXT_NIGHT} #1"]
     assert re.search(rf"ingest {NEXT_NIGHT} \(incremental\)",
                      scenario.logs[f"tend_ingest {NEXT_NIGHT} #1"])
+
+
+# -- the kpi task ---------------------------------------------------------------------------
+
+def test_kpi_task_stores_the_months_results(scenario: AirflowScenario) -> None:
+    """After the next night, the kpi table holds November's figures computed that night, one
+    row per program exposed plus every program together, with the win-back's holdout."""
+    with sqlite3.connect(scenario.tmp / "store.db") as db:
+        db.row_factory = sqlite3.Row
+        rows = {r["program"]: dict(r) for r in db.execute("SELECT * FROM kpi")}
+    assert {r["month"] for r in rows.values()} == {"2026-11"}
+    assert {r["as_of"] for r in rows.values()} == {NEXT_NIGHT}
+    sent = sent_on(scenario.snaps["next"], NIGHT) | sent_on(scenario.snaps["next"], NEXT_NIGHT)
+    assert rows["(all)"]["messages"] == len(sent)
+    assert rows["winback"]["held_out"] > 0
+    assert "starting task_id=kpi" in scenario.logs[f"tend_programs {NEXT_NIGHT} #1"]

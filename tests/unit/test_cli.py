@@ -56,3 +56,125 @@ def test_bad_dates_are_refused_by_the_parser(capsys: pytest.CaptureFixture[str])
     assert exc.value.code == 2
     assert "use YYYY-MM-DD" in capsys.readouterr().err
     assert dt.date.fromisoformat(NIGHT)
+    for far in ("9999-12-31", "0001-01-01"):
+        with pytest.raises(SystemExit) as exc:
+            main(["ingest", "--as-of", far])
+        assert exc.value.code == 2
+        assert "is outside 1970-01-01..2199-12-31" in capsys.readouterr().err
+
+
+# --- clear errors in every verb (one line, exit 2, the fix) ----------------------------------
+
+
+def test_every_argument_of_every_verb_has_help() -> None:
+    import argparse
+
+    from tend.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "tend")
+    assert missing == []
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], *fix: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tend: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for words in fix:
+        assert words in err, err
+    return err
+
+
+@pytest.mark.parametrize(("url", "fix"), [
+    ("postgresql://postgres@127.0.0.1:1/x", "check that it is running"),
+    ("mysql://u@localhost/x", "is not installed (MySQLdb)"),
+    ("postgresql+asyncpg://u@localhost/x", "is not installed (asyncpg)"),
+    ("nosuch://u@localhost/x", "use sqlite:///"),
+    ("not a url", "is not a SQLAlchemy URL"),
+])
+def test_a_database_that_cannot_be_used_is_one_line(
+        env: Path, capsys: pytest.CaptureFixture[str], url: str, fix: str) -> None:
+    for argv in (["summary", "--store", url, "--as-of", NIGHT],
+                 ["why", "--store", url, "C1"],
+                 ["ingest", "--db", url, "--store", url, "--as-of", NIGHT],
+                 ["migrate", "--store", url],
+                 ["load-csv", "--db", url, str(env)]):
+        _one_line_error(capsys, argv)
+    _one_line_error(capsys, ["summary", "--store", url, "--as-of", NIGHT], fix)
+
+
+def test_a_sqlite_file_in_a_missing_folder_is_refused_not_created(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{env / 'typo' / 'store.db'}"
+    _one_line_error(capsys, ["migrate", "--store", url], "does not exist", "mkdir -p")
+    _one_line_error(capsys, ["ingest", "--db", url, "--as-of", NIGHT], "mkdir -p")
+    assert not (env / "typo").exists()
+
+
+def test_an_unmigrated_store_says_tend_migrate(env: Path, capsys: pytest.CaptureFixture[str]
+                                              ) -> None:
+    missing = f"sqlite:///{env / 'nothing.db'}"
+    for argv in (["summary", "--store", missing, "--as-of", NIGHT],
+                 ["why", "--store", missing, "C1"],
+                 ["send", "--store", missing, "--as-of", NIGHT, "--batch", "1"]):
+        _one_line_error(capsys, argv, "tend migrate")
+    assert not (env / "nothing.db").exists()
+    (env / "empty.db").touch()
+    _one_line_error(capsys, ["summary", "--store", f"sqlite:///{env / 'empty.db'}",
+                             "--as-of", NIGHT], "tend migrate")
+
+
+def test_a_night_or_batch_that_does_not_exist_is_an_error_not_zeros(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo-data", "--customers", "80", "--seed", "5", "--as-of", NIGHT]) == 0
+    assert main(["night", "--as-of", NIGHT]) == 0
+    capsys.readouterr()
+    _one_line_error(capsys, ["summary", "--as-of", "2026-11-19"], "no night 2026-11-19",
+                    f"latest: {NIGHT}")
+    _one_line_error(capsys, ["send", "--as-of", NIGHT, "--batch", "99"], "no batch 99",
+                    "its batches are 0")
+    _one_line_error(capsys, ["send", "--as-of", "2026-11-19", "--batch", "0"], "tend plan")
+    assert main(["summary", "--as-of", NIGHT]) == 0
+
+
+def test_an_unknown_locale_is_refused_not_rendered_in_english(
+        env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    _one_line_error(capsys, ["preview", "winback", "--locale", "xx"], "unknown locale 'xx'",
+                    "en, fr")
+    _one_line_error(capsys, ["templates", "check", "--locale", "klingon"], "unknown locale")
+    monkeypatch.setenv("TEND_DEFAULT_LOCALE", "xx")
+    _one_line_error(capsys, ["plan", "--as-of", NIGHT], "TEND_DEFAULT_LOCALE")
+
+
+def test_a_reader_that_stops_reading_gets_no_traceback(env: Path) -> None:
+    """`tend summary | head -1`: the pipe closes before tend writes; no BrokenPipeError."""
+    import os
+    import subprocess
+    import sys
+
+    assert main(["demo-data", "--customers", "60", "--seed", "5", "--as-of", NIGHT]) == 0
+    assert main(["night", "--as-of", NIGHT]) == 0
+    script = "import sys; from tend.cli import main; sys.exit(main())"
+    with subprocess.Popen([sys.executable, "-c", script, "summary", "--as-of", NIGHT],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "TEND_VAR_DIR": str(env)}) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before the first line is written
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    head = subprocess.run(f"'{sys.executable}' -c '{script}' summary --as-of {NIGHT} | head -1",
+                          shell=True, capture_output=True, text=True, check=True,
+                          env={**os.environ, "TEND_VAR_DIR": str(env)})
+    assert head.stdout == f"Tend night {NIGHT}\n"
+    assert "Traceback" not in head.stderr

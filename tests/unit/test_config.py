@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _support import DemoShops
 
 from tend import config
 from tend.errors import ConfigError
@@ -108,3 +109,77 @@ def test_settings_read_at_call_time_with_fix_it_errors(monkeypatch: pytest.Monke
         with pytest.raises(ConfigError, match=var) as err:
             getter()
         assert hint in str(err.value)
+
+
+@pytest.mark.parametrize("value", [
+    '{"conn_type": "sendgrid", "password": "SG.k", "extra": {"webhook_public_key": "MFkw AB=="}}',
+    '{"conn_type": "sendgrid", "extra": "{\\"webhook_public_key\\": \\"MFkwAB==\\"}"}',
+    "sendgrid://:SG.k@?webhook_public_key=MFkwAB%3D%3D",
+    "sendgrid://:SG.k@?__extra__=%7B%22webhook_public_key%22%3A+%22MFkwAB%3D%3D%22%7D",
+])
+def test_the_webhook_key_comes_from_the_sendgrid_connection_in_either_form(value: str) -> None:
+    assert config.sendgrid_webhook_key({"AIRFLOW_CONN_SENDGRID_DEFAULT": value}) == "MFkwAB=="
+
+
+def test_the_webhook_key_variable_wins_and_pem_armour_is_accepted() -> None:
+    env = {"TEND_SENDGRID_WEBHOOK_KEY": "-----BEGIN PUBLIC KEY-----\nMFkw\nXYZ=\n"
+                                        "-----END PUBLIC KEY-----\n",
+           "AIRFLOW_CONN_SENDGRID_DEFAULT": '{"extra": {"webhook_public_key": "other"}}'}
+    assert config.sendgrid_webhook_key(env) == "MFkwXYZ="
+    assert config.sendgrid_webhook_key({}) is None
+    assert config.sendgrid_webhook_key({"AIRFLOW_CONN_SENDGRID_DEFAULT": "sendgrid://h"}) is None
+
+
+@pytest.mark.parametrize("value", ["{not json", '{"extra": "[1"}', '{"extra": [1]}', "no-scheme"])
+def test_a_malformed_connection_variable_is_a_config_error(value: str) -> None:
+    with pytest.raises(ConfigError, match="AIRFLOW_CONN_SENDGRID_DEFAULT"):
+        config.env_connection("sendgrid_default", {"AIRFLOW_CONN_SENDGRID_DEFAULT": value})
+
+
+def test_a_uri_connection_keeps_its_fields() -> None:
+    conn = config.env_connection(
+        "sendgrid_default", {"AIRFLOW_CONN_SENDGRID_DEFAULT": "http://me:p%40ss@127.0.0.1:8089"})
+    assert conn is not None
+    assert (conn.conn_type, conn.host, conn.port, conn.login, conn.password) == (
+        "http", "127.0.0.1", 8089, "me", "p@ss")
+
+
+@pytest.mark.parametrize(("name", "read", "default"), [
+    ("TEND_CLAIM_BATCH_SIZE", config.claim_batch_size, 5000),
+    ("TEND_SEND_RETRY_DELAY", config.send_retry_delay, 120),
+])
+def test_scale_out_settings(monkeypatch: pytest.MonkeyPatch, name: str, read, default: int
+                            ) -> None:
+    monkeypatch.delenv(name, raising=False)
+    assert read() == default
+    monkeypatch.setenv(name, "")
+    assert read() == default, "an empty value (compose's ${VAR:-}) counts as unset"
+    monkeypatch.setenv(name, " 30 ")
+    assert read() == 30
+    for bad in ("0", "-5", "1e3", "ten"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ConfigError, match=rf"{name}=.*positive whole number; use e\.g\."):
+            read()
+
+
+def test_the_claim_batch_size_cuts_the_night(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                             demo_shops: DemoShops) -> None:
+    """plan_night without a batch_size takes TEND_CLAIM_BATCH_SIZE."""
+    import datetime as dt
+
+    from tend import messages
+    from tend.features.ingest import run_ingest
+    from tend.programs.plan import plan_night
+    from tend.store import migrate
+
+    night = dt.date(2026, 11, 20)
+    shop, store = demo_shops(customers=200, seed=5, as_of=night), f"sqlite:///{tmp_path / 's.db'}"
+    migrate(store)
+    run_ingest(shop, store, night, "r1")
+    monkeypatch.setenv("TEND_CLAIM_BATCH_SIZE", "10")
+    settings = config.ShopSettings.from_env({})
+    planned = plan_night(shop, store, night, "r1", settings=settings,
+                         renderer=messages.default_renderer(settings), secret="s")
+    claimed = planned.claimed()
+    assert claimed > 20
+    assert len(planned.batches) == -(-claimed // 10)

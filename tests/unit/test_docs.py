@@ -12,12 +12,9 @@ import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from _support import PROJECT
-
-from tend.delivery.sendgrid import SendGridSettings
+from _support import PROJECT, settings_in_code
 
 ROOT = PROJECT
 README = ROOT / "README.md"
@@ -29,52 +26,12 @@ README_MAX_LINES = 200
 PAGES = ("configuration", "shop-data", "programs", "templates", "signals", "delivery",
          "operations", "architecture")
 
-#: A setting's name as the code spells it: a string literal "TEND_..." (a literal ending in "_"
-#: is a prefix, whose names are derived below).
-_LITERAL = re.compile(r"""["'](TEND_[A-Z0-9_]+)["']""")
 #: A setting's name as the docs spell it: in backticks.
 _DOCUMENTED = re.compile(r"`(TEND_[A-Z0-9_]+)`")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _INLINE_CODE = re.compile(r"`[^`]*`")
 _LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-
-
-class _RecordingEnv(dict[str, str]):
-    """An environment that remembers every name looked up in it."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        super().__init__(values)
-        self.asked: set[str] = set()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.asked.add(key)
-        return super().get(key, default)
-
-    def __getitem__(self, key: str) -> str:
-        self.asked.add(key)
-        return super().__getitem__(key)
-
-    def __contains__(self, key: object) -> bool:
-        if isinstance(key, str):
-            self.asked.add(key)
-        return super().__contains__(key)
-
-
-def _sendgrid_env_names() -> set[str]:
-    """The TEND_SENDGRID_* names SendGridSettings.from_env builds from its option names."""
-    env = _RecordingEnv({"TEND_SENDGRID_API_KEY": "SG.docs-test"})
-    SendGridSettings.from_env(env)
-    return {name for name in env.asked if name.startswith("TEND_")}
-
-
-def settings_in_code() -> set[str]:
-    names: set[str] = set()
-    for folder in ("include", "dags", "plugins"):
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            names.update(n for n in _LITERAL.findall(path.read_text(encoding="utf-8"))
-                         if not n.endswith("_"))
-    return names | _sendgrid_env_names()
 
 
 def _prose_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -414,6 +414,51 @@ def test_complaints_digest_task(clean_env: pytest.MonkeyPatch, tmp_path: Any,
     assert tasks.complaints_digest({}) == 0
 
 
+# -- the daily pull of SendGrid's suppression lists -------------------------------------------
+
+def test_pull_suppressions_runs_with_the_sendgrid_connection(
+        clean_env: pytest.MonkeyPatch, tmp_path: Any, demo_shops: Any) -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from tend.dev.fake_sendgrid import run_in_thread
+    from tend.shop.read import read_customers
+    from tend.store import migrate
+    from tend_airflow import tasks
+
+    shop = demo_shops(customers=400, seed=11, as_of=dt.date(2026, 11, 20))
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate(store)
+    clean_env.setenv("AIRFLOW_CONN_TEND_SHOP", shop)
+    clean_env.setenv("AIRFLOW_CONN_TEND_STORE", store)
+    with pytest.raises(AirflowSkipException):  # outbox: nothing to pull
+        tasks.pull_suppressions()
+    email = read_customers(shop, ["C000001"])["email"].iloc[0]
+    with run_in_thread(api_key="SG.airflow") as fake:
+        fake.fake.set_suppressions({"spam_reports": [{"email": email, "created": 1_780_000_000}]})
+        clean_env.setenv("TEND_DELIVERY", "sendgrid")
+        clean_env.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", json.dumps(
+            {"conn_type": "sendgrid", "host": fake.url, "password": "SG.airflow"}))
+        assert tasks.pull_suppressions() == {"spam_reports_customers": 1}
+
+
+@pytest.mark.parametrize("value", [
+    '{"conn_type": "sendgrid", "password": "SG.k", "extra": {"webhook_public_key": "MFkw"}}',
+    "sendgrid://:SG.k@?webhook_public_key=MFkw%2B%3D",
+    "sendgrid://:SG.k@?__extra__=%7B%22webhook_public_key%22%3A+%22MFkw%22%7D",
+])
+def test_tend_serve_reads_the_sendgrid_connection_as_airflow_does(
+        clean_env: pytest.MonkeyPatch, value: str) -> None:
+    """tend serve reads AIRFLOW_CONN_SENDGRID_DEFAULT without Airflow; it must agree."""
+    from tend.config import env_connection
+
+    clean_env.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", value)
+    ours = env_connection("sendgrid_default")
+    theirs = connections.connection("sendgrid_default")
+    assert ours is not None and theirs is not None
+    assert ours.extra_dejson == theirs.extra_dejson
+    assert ours.password == theirs.password
+
+
 # -- tend_campaign: the form and its first task ------------------------------------------------
 
 CAMPAIGN_FORM = {"name": "winter-news", "subject_en": "Hi", "subject_fr": "Salut"}

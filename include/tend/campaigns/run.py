@@ -73,9 +73,9 @@ class CampaignReport:
                 f"{self.features_as_of})",
                 f"audience: {self.audience}: {self.audience_size:,} customer(s); template "
                 f"{self.template}; send at {self.send_at}",
-                f"{'would be sent' if self.dry_run else 'claimed'}: {self.claimed:,} message(s)"
-                f" in {len(self.batches) if not self.dry_run else -(-self.claimed // 5000)} "
-                f"batch(es); estimated send time {_duration(self.estimated_seconds)}"]
+                (f"would be sent: {self.claimed:,} message(s)" if self.dry_run else
+                 f"claimed: {self.claimed:,} message(s) in {len(self.batches)} batch(es)")
+                + f"; estimated send time {_duration(self.estimated_seconds)}"]
         rows = sorted(self.fates.items(), key=lambda kv: (-kv[1], kv[0]))
         out = head + table(["fate", "customers"], rows)
         for s in self.samples:

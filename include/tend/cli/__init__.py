@@ -15,19 +15,22 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from tend.cli.args import stdout_gone
 from tend.errors import TendError
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tend.cli import campaign, complaints, data, dev, listen, night, templates
+    from tend.cli import campaign, complaints, data, dev, exports, listen, night, report, templates
 
     p = argparse.ArgumentParser(prog="tend", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="-v: progress lines as in the Airflow task log; -vv: debug")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (night, data, listen, templates, dev, complaints, campaign):
+    for module in (night, data, listen, templates, dev, complaints, exports, report, campaign):
         module.register(sub)
     return p
 
@@ -40,10 +43,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return args.run(args) or 0
+        code = args.run(args) or 0
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return code
     except TendError as exc:
-        print(f"tend: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except BrokenPipeError:
+        # whoever read the output stopped reading (`tend summary | head -1`): not an error
+        stdout_gone()
+        return 0
+    except SQLAlchemyError as exc:
+        from tend.store.db import explain
+
+        why = explain(exc)
+        if why is None:
+            raise
+        return _fail(why)
+
+
+def _fail(message: str) -> int:
+    """A problem the user can fix: one line on stderr (its first line), exit status 2."""
+    lines = message.strip().splitlines() or [""]
+    print(f"tend: {lines[0]}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

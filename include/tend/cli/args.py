@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["date", "positive", "print_lines", "shop_arg", "store_arg"]
+from tend.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tend.config import ShopSettings
+    from tend.messages.render import Renderer
+
+__all__ = ["checked_renderer", "date", "known_locale", "positive", "print_lines", "ready_store",
+           "shop_arg", "stdout_gone", "store_arg"]
 
 
 def date(value: str) -> dt.date:
-    """An ISO date; the parser's error says the format to use."""
+    """An ISO date within the shop data's range of dates; the parser's error says the format to
+    use (a night in year 9999 would overflow every date computed from it)."""
+    from tend.shop.rules import EARLIEST, LATEST
+
     try:
-        return dt.date.fromisoformat(value)
+        day = dt.date.fromisoformat(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date; use YYYY-MM-DD") from exc
+    if not EARLIEST.date() <= day < LATEST.date():
+        raise argparse.ArgumentTypeError(
+            f"{value} is outside {EARLIEST.date()}..{LATEST.date() - dt.timedelta(days=1)}")
+    return day
 
 
 def positive(value: str) -> int:
@@ -38,5 +56,55 @@ def store_arg(sp: argparse.ArgumentParser) -> None:
 
 
 def print_lines(lines: Sequence[str]) -> None:
-    for line in lines:
-        print(line)
+    """Print, and keep working when the reader of the output has gone (``| head``): a night
+    must not stop half-way because nobody reads its report."""
+    try:
+        for line in lines:
+            print(line)
+    except BrokenPipeError:
+        stdout_gone()
+
+
+def stdout_gone() -> None:
+    """The output's reader closed the pipe: later output goes nowhere, quietly (Python's own
+    flush at exit would otherwise print a BrokenPipeError)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def ready_store(explicit: str | None) -> str:
+    """The contact store's URL, once it is known to exist at the code's schema revision (the
+    fix otherwise: ``tend migrate``)."""
+    from tend import config
+    from tend.store.db import require_current
+
+    url = config.store_url(explicit)
+    path = config.sqlite_file(url)
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"no contact store at {path}: run `tend migrate --store {url}` first, "
+                          "or fix the path (--store or TEND_STORE_URL)")
+    require_current(url)
+    return url
+
+
+def checked_renderer(settings: ShopSettings | None = None) -> Renderer:
+    """The renderer of the templates, once the shop's default locale is known to have them."""
+    from tend import config, messages
+
+    settings = settings or config.ShopSettings.from_env()
+    r = messages.default_renderer(settings)
+    known_locale(settings.default_locale, r.locales(), "TEND_DEFAULT_LOCALE")
+    return r
+
+
+def known_locale(locale: str | None, available: Sequence[str], what: str = "--locale") -> None:
+    """Refuse a locale no template directory serves (rendering would fall back to the shop's
+    default language without a word)."""
+    if locale is None:
+        return
+    tag = locale.replace("-", "_")
+    if tag not in available and tag.split("_")[0] not in available:
+        raise ConfigError(f"unknown locale {locale!r} for {what}: templates exist for "
+                          f"{', '.join(available)}; use one of them, or add its folder of "
+                          "templates (docs/templates.md)")

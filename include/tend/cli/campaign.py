@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.set_defaults(run=_upload)
     show = verbs.add_parser("show", help="a campaign's status and its last reports; without "
                                          "a name, every campaign and uploaded audience")
-    show.add_argument("name", nargs="?")
+    show.add_argument("name", nargs="?",
+                      help="one campaign (default: every campaign and uploaded audience)")
     store_arg(show)
     show.set_defaults(run=_show)
 

@@ -8,24 +8,31 @@ import sys
 from pathlib import Path
 
 from tend import config
-from tend.cli.args import date, positive, print_lines, shop_arg
+from tend.cli.args import date, positive, print_lines, ready_store, shop_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("demo-data", help="generate a realistic demo shop")
     shop_arg(sp)
-    sp.add_argument("--customers", type=positive, default=2000)
-    sp.add_argument("--seed", type=int, default=7)
+    sp.add_argument("--customers", type=positive, default=2000,
+                    help="how many customers (default: 2000)")
+    sp.add_argument("--seed", type=int, default=7,
+                    help="the same seed makes the same shop (default: 7)")
     sp.add_argument("--as-of", type=date, default=dt.date.today(),
                     help="the last day with orders (default: today)")
-    sp.add_argument("--years", type=positive, default=3)
+    sp.add_argument("--years", type=positive, default=3,
+                    help="years of order history before --as-of (default: 3)")
     sp.set_defaults(run=_demo_data)
 
     sp = sub.add_parser("load-csv", help="load customers/products/orders/order_lines CSV files")
     shop_arg(sp)
-    sp.add_argument("directory", type=Path)
+    sp.add_argument("directory", type=Path, help="the folder holding products.csv, "
+                    "customers.csv, orders.csv and order_lines.csv (docs/shop-data.md)")
     sp.add_argument("--quarantine", type=Path, help="where rejected rows go "
                                                      "(default: DIRECTORY/quarantine.csv)")
+    sp.add_argument("--strict", action="store_true",
+                    help="refuse the whole load if any row fails the row rules (default: load "
+                         "the good rows and quarantine the others)")
     sp.set_defaults(run=_load_csv)
 
     for name, helptext in (
@@ -55,7 +62,7 @@ def _load_csv(args: argparse.Namespace) -> None:
     from tend.shop.csv_import import load_csv_dir
 
     report = load_csv_dir(config.shop_url(args.db), args.directory,
-                          quarantine_file=args.quarantine)
+                          quarantine_file=args.quarantine, strict=args.strict)
     print_lines(report.lines())
 
 
@@ -70,7 +77,7 @@ def _analyst(args: argparse.Namespace) -> None:
 
     shop_url = config.shop_url(args.db)
     if args.store:
-        store_url = config.store_url(args.store)
+        store_url = ready_store(args.store)
         if store.store_as_of(store_url) != args.as_of:
             from tend.errors import DataError
 
@@ -83,7 +90,8 @@ def _analyst(args: argparse.Namespace) -> None:
             print(f"{len(history.quarantined):,} row(s) set aside (see `tend ingest`)",
                   file=sys.stderr)
     if args.command == "features":
-        scored = lapse_scores(fs.customers, args.as_of)
+        scored = lapse_scores(fs.customers, args.as_of, fs=fs,
+                              products=read_products(shop_url))
         scored = scored.drop(columns=[c for c in scored if c in fs.customers])
         out = pd.concat([fs.customers[["customer_id"]], scored,
                          fs.customers.drop(columns=["customer_id"])], axis=1)

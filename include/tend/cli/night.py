@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from tend import config
-from tend.cli.args import date, print_lines, shop_arg, store_arg
+from tend.cli.args import checked_renderer, date, print_lines, ready_store, shop_arg, store_arg
+from tend.errors import DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,30 +20,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         sp = sub.add_parser(name, help=helptext)
         shop_arg(sp)
         store_arg(sp)
-        sp.add_argument("--as-of", type=date, required=True)
-        sp.add_argument("--run-id", default=None)
+        sp.add_argument("--as-of", type=date, required=True,
+                        help="the night (YYYY-MM-DD): orders up to the end of this day (UTC)")
+        sp.add_argument("--run-id", default=None,
+                        help="a name for this run in the store (default: cli__<as-of>)")
         if name in ("ingest", "night"):
             sp.add_argument("--full", action="store_true", help="rebuild every customer")
         if name == "night":
-            sp.add_argument("--delivery", choices=config.DELIVERY_BACKENDS)
+            sp.add_argument("--delivery", choices=config.DELIVERY_BACKENDS,
+                            help="where messages go (default: TEND_DELIVERY, else outbox)")
         sp.set_defaults(run=_night)
 
     sp = sub.add_parser("send", help="send one claimed batch")
     store_arg(sp)
-    sp.add_argument("--as-of", type=date, required=True)
-    sp.add_argument("--batch", type=int, required=True)
-    sp.add_argument("--delivery", choices=config.DELIVERY_BACKENDS)
+    sp.add_argument("--as-of", type=date, required=True,
+                    help="the night (YYYY-MM-DD) whose batch to send")
+    sp.add_argument("--batch", type=int, required=True,
+                    help="the batch number, as `tend plan` printed it")
+    sp.add_argument("--delivery", choices=config.DELIVERY_BACKENDS,
+                    help="where messages go (default: TEND_DELIVERY, else outbox)")
     sp.set_defaults(run=_send)
 
     sp = sub.add_parser("summary", help="a night's totals: candidates, sent, skipped by reason")
     store_arg(sp)
-    sp.add_argument("--as-of", type=date, required=True)
+    sp.add_argument("--as-of", type=date, required=True, help="the night (YYYY-MM-DD)")
     sp.set_defaults(run=_summary)
 
     sp = sub.add_parser("why", help="the story of one customer's nights")
     store_arg(sp)
-    sp.add_argument("customer_id")
-    sp.add_argument("--as-of", type=date)
+    sp.add_argument("customer_id", help="the shop's customer_id")
+    sp.add_argument("--as-of", type=date,
+                    help="only that night (YYYY-MM-DD; default: every night, newest first)")
     sp.set_defaults(run=_why)
 
 
@@ -54,13 +62,25 @@ def _migrate(args: argparse.Namespace) -> None:
 
 
 def _send(args: argparse.Namespace) -> None:
-    from tend import delivery, messages
+    from tend import delivery
     from tend.delivery.engine import send_batch
+    from tend.store import ledger
+    from tend.store.db import connect
 
+    store_url = ready_store(args.store)
+    with connect(store_url).connect() as conn:
+        batches = ledger.batch_ids(conn, args.as_of)
+    if args.batch not in batches:
+        raise DataError(
+            f"night {args.as_of} has no batch {args.batch} in the contact store"
+            + (f"; its batches are {', '.join(map(str, batches))}" if batches else
+               f"; it claimed nothing: run `tend plan --as-of {args.as_of}` first, or check "
+               "--as-of") + " (`tend plan` prints the batches it claims)")
+    checked = checked_renderer()
     backend = delivery.configured_backend(args.delivery)
     try:
-        result = send_batch(config.store_url(args.store), args.as_of, args.batch,
-                            backend=backend, renderer=messages.default_renderer(),
+        result = send_batch(store_url, args.as_of, args.batch,
+                            backend=backend, renderer=checked,
                             settings=config.ShopSettings.from_env())
     finally:
         backend.close()
@@ -68,15 +88,22 @@ def _send(args: argparse.Namespace) -> None:
 
 
 def _summary(args: argparse.Namespace) -> None:
-    from tend.reports import summary_lines
+    from tend.reports import night_known, nights, summary_lines
 
-    print_lines(summary_lines(config.store_url(args.store), args.as_of))
+    store_url = ready_store(args.store)
+    if not night_known(store_url, args.as_of):
+        known = nights(store_url)
+        raise DataError(
+            f"the contact store has no night {args.as_of}"
+            + (f" (latest: {', '.join(map(str, known))})" if known else " (it has no night yet)")
+            + f": check --as-of, or run `tend night --as-of {args.as_of}` first")
+    print_lines(summary_lines(store_url, args.as_of))
 
 
 def _why(args: argparse.Namespace) -> None:
     from tend.reports import why_lines
 
-    print_lines(why_lines(config.store_url(args.store), args.customer_id, args.as_of))
+    print_lines(why_lines(ready_store(args.store), args.customer_id, args.as_of))
 
 
 def _night(args: argparse.Namespace) -> None:
@@ -90,6 +117,8 @@ def _night(args: argparse.Namespace) -> None:
     store_url = config.store_url(args.store)
     run_id = args.run_id or f"cli__{args.as_of.isoformat()}"
     settings = config.ShopSettings.from_env()
+    if args.command in ("plan", "night"):
+        checked_renderer(settings)  # an unknown TEND_DEFAULT_LOCALE stops here, before any work
     if args.command in ("ingest", "night"):
         migrate(store_url)
         print_lines(ingest.run_ingest(shop_url, store_url, args.as_of, run_id,

@@ -6,18 +6,28 @@ import argparse
 from pathlib import Path
 
 from tend import config
-from tend.cli.args import date, positive, print_lines, shop_arg, store_arg
+from tend.cli.args import (
+    checked_renderer,
+    date,
+    known_locale,
+    positive,
+    print_lines,
+    shop_arg,
+    store_arg,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("programs", help="validate the program registry")
-    sp.add_argument("action", choices=["check"])
-    sp.add_argument("--file", type=Path)
+    sp.add_argument("action", choices=["check"], help="check: load and validate the registry")
+    sp.add_argument("--file", type=Path,
+                    help="the registry to check (default: TEND_PROGRAMS_FILE or programs.yaml)")
     sp.set_defaults(run=_programs)
 
     sp = sub.add_parser("templates", help="render every email template in every locale "
                                           "against its sample contexts")
-    sp.add_argument("action", choices=["check"])
+    sp.add_argument("action", choices=["check"],
+                    help="check: render every template and report what fails")
     sp.add_argument("--locale", action="append",
                     help="only this locale (repeatable; default: every locale directory)")
     sp.add_argument("--template", action="append", help="only this template (repeatable)")
@@ -62,21 +72,24 @@ def _programs(args: argparse.Namespace) -> None:
 
 
 def _templates(args: argparse.Namespace) -> None:
-    from tend import messages
     from tend.dev.preview import check_templates
     from tend.programs.registry import load_registry
 
-    check_templates(messages.default_renderer(), locales=args.locale, templates=args.template,
+    r = checked_renderer()
+    for locale in args.locale or ():
+        known_locale(locale, r.locales())
+    check_templates(r, locales=args.locale, templates=args.template,
                     programs=[(p.name, p.template, p.kind) for p in load_registry().programs])
 
 
 def _preview(args: argparse.Namespace) -> None:
-    from tend import messages
     from tend.dev.preview import make_preview
 
     settings = config.ShopSettings.from_env()
+    r = checked_renderer(settings)
+    known_locale(args.locale, r.locales())
     print_lines(make_preview(
-        args.program, renderer=messages.default_renderer(settings), settings=settings,
+        args.program, renderer=r, settings=settings,
         out_dir=args.out or config.var_dir() / "previews", locale=args.locale,
         customer_id=args.customer, shop_url=config.shop_url(args.db), as_of=args.as_of,
         png=args.png, width=args.width, dark=args.dark,

@@ -30,6 +30,7 @@ from tend.delivery.base import (
     OutgoingMessage,
     chunk_size_of,
     chunks_in_flight_of,
+    safe_display_name,
 )
 from tend.delivery.outbox import OutboxBackend
 from tend.errors import ConfigError
@@ -52,6 +53,7 @@ __all__ = [
     "chunks_in_flight_of",
     "configured_backend",
     "make_backend",
+    "safe_display_name",
 ]
 
 KNOWN_BACKENDS: tuple[str, ...] = ("outbox", "smtp", "sendgrid")

@@ -38,6 +38,7 @@ Contract
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,10 +57,38 @@ __all__ = [
     "OutgoingMessage",
     "chunk_size_of",
     "chunks_in_flight_of",
+    "safe_display_name",
 ]
 
 DEFAULT_CHUNK_SIZE = 50
 """Messages per ``send()`` call for a backend that states no preference."""
+
+DISPLAY_NAME_MAX = 64
+"""The longest display name Tend writes (longer is cut): no real name needs more, and the
+header stays far below the line lengths SMTP servers refuse, whatever its encoding."""
+_NAME_PUNCTUATION = frozenset(".-'\u2019&")
+
+
+def safe_display_name(value: str | None) -> str | None:
+    """A display name (a customer's, the shop's From name) reduced to text that every header
+    parser reads as one phrase of one mailbox; None when nothing is left.
+
+    Kept: letters, marks, digits, spaces and ``. - ' ’ &`` (after NFKC, so a full-width ``＠``
+    is an ``@``); everything else becomes a space: the ``=?`` and ``?=`` of RFC 2047 encoded
+    words (a relay that decodes them must not find an address inside), the separators parsers
+    split on (``, ; : < > " @ ( ) [ ]`` and the backslash), CR, LF, NUL and every other
+    control or format character. Spaces are collapsed, the result is cut at
+    ``DISPLAY_NAME_MAX`` characters. Every backend calls this where a name enters a header
+    (``build_email`` for the outbox and SMTP, the SendGrid payload), and the engine when it
+    builds the message.
+    """
+    if not value:
+        return None
+    text = unicodedata.normalize("NFKC", str(value))
+    kept = "".join(ch if unicodedata.category(ch)[0] in "LMN" or ch in _NAME_PUNCTUATION
+                   else " " for ch in text)
+    name = " ".join(kept.split())[:DISPLAY_NAME_MAX].strip()
+    return name or None
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,14 @@ from tend.delivery.base import (
     OutgoingMessage,
     chunk_size_of,
     chunks_in_flight_of,
+    safe_display_name,
 )
 from tend.errors import DeliveryAuthError, DeliveryError, TemplateError
 from tend.logs import log, mask_email, table
 from tend.messages.contexts import context_for_render
 from tend.messages.render import Renderer
 from tend.programs.caps import SendWindow
-from tend.store import ledger
+from tend.store import ledger, suppressions
 from tend.store.db import connect
 from tend.store.tables import contact_ledger
 
@@ -112,6 +113,8 @@ class _Chunk:
     ids: list[str]
     outgoing: list[OutgoingMessage]
     failed: list[dict[str, Any]]
+    who: list[tuple[str, str, str]] = field(default_factory=list)
+    """(message_id, customer_id, kind): what the last suppression check needs."""
 
 
 _WARN_LIMIT = 20  # per-message warnings per batch; the rest are counted
@@ -189,7 +192,8 @@ def send_batch(
         timings["ledger"] += t1 - t0
         if not rows:
             return None
-        chunk = _Chunk([r.message_id for r in rows], [], [])
+        chunk = _Chunk([r.message_id for r in rows], [], [],
+                       [(r.message_id, r.customer_id, r.kind) for r in rows])
         now = now_utc()
         for r in rows:
             try:
@@ -269,6 +273,8 @@ def send_batch(
             while chunk is not None and len(in_flight) < handed_max:
                 t0 = clock()
                 with engine.begin() as conn:
+                    if stopped := _drop_suppressed(conn, chunk):
+                        result.counts["suppressed"] += stopped
                     ledger.mark_sending(conn, chunk.ids)
                 timings["ledger"] += clock() - t0
                 future: concurrent.futures.Future[list[DeliveryResult]]
@@ -305,6 +311,25 @@ def send_batch(
     return result
 
 
+def _drop_suppressed(conn: Any, chunk: _Chunk) -> int:
+    """The last look before a chunk leaves: a customer suppressed since tonight's planning
+    (an unsubscribe, a bounce or a spam report that ``tend serve`` received meanwhile) is not
+    written to. Those messages end ``failed`` with the reason, in the transaction that marks
+    the rest ``sending``."""
+    stopped = suppressions.blocked(conn, chunk.who)
+    if not stopped:
+        return 0
+    for reason in set(stopped.values()):
+        ledger.fail_unrenderable(conn, [m for m, r in stopped.items() if r == reason],
+                                 f"suppressed after planning ({reason.replace('_', ' ')}); "
+                                 "not sent")
+    chunk.ids = [m for m in chunk.ids if m not in stopped]
+    chunk.outgoing = [m for m in chunk.outgoing if m.message_id not in stopped]
+    chunk.failed = [f for f in chunk.failed if f["message_id"] not in stopped]
+    log.info("%s message(s) not sent: suppressed since planning", f"{len(stopped):,}")
+    return len(stopped)
+
+
 def _record_stopped(chunk: _Chunk, exc: DeliveryError, record: Callable[..., None]) -> None:
     """The backend stopped mid-chunk: keep what completed, put back what never left."""
     done = getattr(exc, "results", None)
@@ -337,9 +362,9 @@ def _message(row: Any, renderer: Renderer, settings: ShopSettings,
     return OutgoingMessage(
         message_id=row.message_id,
         to_email=customer["email"],
-        to_name=name or None,
+        to_name=safe_display_name(name),
         from_email=settings.from_email,
-        from_name=settings.from_name,
+        from_name=safe_display_name(settings.from_name) or "",
         reply_to=settings.reply_to,
         subject=rendered.subject,
         text=rendered.text,

@@ -33,7 +33,12 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 
-from tend.delivery.base import DeliveryResult, DeliveryStatus, OutgoingMessage
+from tend.delivery.base import (
+    DeliveryResult,
+    DeliveryStatus,
+    OutgoingMessage,
+    safe_display_name,
+)
 
 __all__ = ["MessageRefused", "OutboxBackend", "build_email"]
 
@@ -147,11 +152,14 @@ def build_email(message: OutgoingMessage, *, id_domain: str = "tend.local") -> E
 
 
 def _build(message: OutgoingMessage, *, id_domain: str = "tend.local") -> EmailMessage:
+    # names are cleaned, not refused: a customer's odd name must not cost them the message
+    from_name = safe_display_name(message.from_name) or ""
+    to_name = safe_display_name(message.to_name) or ""
     single_line = {
         "Subject": message.subject,
-        "From (name)": message.from_name,
+        "From (name)": from_name,
         "From (address)": message.from_email,
-        "To (name)": message.to_name or "",
+        "To (name)": to_name,
         "To (address)": message.to_email,
         "Reply-To": message.reply_to or "",
         "X-Tend-Message-Id": message.message_id,
@@ -176,8 +184,8 @@ def _build(message: OutgoingMessage, *, id_domain: str = "tend.local") -> EmailM
         )
 
     msg = EmailMessage(policy=policy.default)
-    msg["From"] = Address(display_name=message.from_name, addr_spec=message.from_email)
-    msg["To"] = Address(display_name=message.to_name or "", addr_spec=message.to_email)
+    msg["From"] = Address(display_name=from_name, addr_spec=message.from_email)
+    msg["To"] = Address(display_name=to_name, addr_spec=message.to_email)
     if message.reply_to:
         msg["Reply-To"] = message.reply_to  # parsed, so "Name <addr>" works too
     msg["Subject"] = message.subject

@@ -44,7 +44,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from typing import Any
@@ -67,6 +67,7 @@ from tend.delivery.base import (
     DeliveryStatus,
     DeliveryStopped,
     OutgoingMessage,
+    safe_display_name,
 )
 from tend.errors import ConfigError
 
@@ -259,11 +260,13 @@ def mail_send_payload(message: OutgoingMessage, *, sandbox: bool = False,
     Raises _Refused for what SendGrid would refuse, so no request is wasted on it.
     """
     to: dict[str, str] = {"email": message.to_email}
-    if message.to_name:
-        to["name"] = message.to_name
+    to_name = safe_display_name(message.to_name)  # SendGrid writes it into the To: header
+    if to_name:
+        to["name"] = to_name
     sender: dict[str, str] = {"email": message.from_email}
-    if message.from_name:
-        sender["name"] = message.from_name
+    from_name = safe_display_name(message.from_name)
+    if from_name:
+        sender["name"] = from_name
     doc: dict[str, Any] = {
         "personalizations": [{"to": [to]}],
         "from": sender,
@@ -334,20 +337,45 @@ def error_text(status: int, body: str) -> str:
 
 def verify_event_webhook(public_key: str, payload: bytes | str, signature: str,
                          timestamp: str) -> bool:
-    """Is this Event Webhook POST really from SendGrid? (for the webhook endpoint)
+    """Is this Event Webhook POST really from SendGrid? (one-off; the endpoint keeps a
+    :func:`event_webhook_verifier`)
 
     ``public_key`` is the verification key shown under Mail Settings > Signed Event Webhook;
     ``signature`` and ``timestamp`` are the ``X-Twilio-Email-Event-Webhook-Signature`` and
     ``-Timestamp`` headers; ``payload`` is the raw body, exactly as received. The ``sendgrid``
     package does the ECDSA check; a malformed key or signature is simply not valid.
     """
+    try:
+        verify = event_webhook_verifier(public_key)
+    except ConfigError:
+        return False
+    return verify(payload, signature, timestamp)
+
+
+def event_webhook_verifier(public_key: str) -> Callable[[bytes | str, str, str], bool]:
+    """``verify(payload, signature, timestamp)`` for one verification key, parsed once (the
+    webhook checks every request with it); ConfigError when the key is not an EC public key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
     from sendgrid.helpers.eventwebhook import EventWebhook
 
-    body = payload.decode("utf-8") if isinstance(payload, bytes) else payload
     try:
-        return bool(EventWebhook(public_key).verify_signature(body, signature, timestamp))
-    except (ValueError, TypeError):  # not a PEM key, not base64, not a DER signature
-        return False
+        checker = EventWebhook(public_key)
+        if not isinstance(checker.public_key, ec.EllipticCurvePublicKey):
+            raise TypeError("not an elliptic-curve key")
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            "the SendGrid webhook verification key is not an EC public key: copy it from "
+            "SendGrid's Mail Settings > Signed Event Webhook into TEND_SENDGRID_WEBHOOK_KEY (or "
+            f"the {CONNECTION_ID} connection's extra webhook_public_key)") from exc
+
+    def verify(payload: bytes | str, signature: str, timestamp: str) -> bool:
+        try:
+            body = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+            return bool(checker.verify_signature(body, signature, timestamp))
+        except (ValueError, TypeError):  # not UTF-8, not base64, not a DER signature
+            return False
+
+    return verify
 
 
 # -- the backend ------------------------------------------------------------------------------

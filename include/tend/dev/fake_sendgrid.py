@@ -25,6 +25,13 @@ What it does
     how many times each ``tend_message_id`` was accepted (a count above 1 is a duplicate the
     customer would have received), and every request with the outcome it got.
 
+``GET /v3/suppression/{bounces,blocks,spam_reports,invalid_emails,unsubscribes}``
+    SendGrid's suppression lists, as its API serves them (``Authorization`` checked as above;
+    ``limit`` at most 500, ``offset``, ``start_time``/``end_time`` in epoch seconds; each entry
+    ``{"created", "email", ...}``), holding what ``POST /_suppressions`` (or
+    :meth:`FakeSendGrid.set_suppressions`) told it: ``{"bounces": [{"email": ...,
+    "created": ...}], ...}``. The ``429``, ``500`` and ``503`` faults apply to them too.
+
 ``GET /_faults``, ``POST /_faults``, ``POST /_reset``
     Read or change fault injection at run time; forget everything recorded.
 
@@ -90,6 +97,8 @@ log = logging.getLogger("tend.fake_sendgrid")
 
 MAIL_SEND_PATH = "/v3/mail/send"
 MAX_PAYLOAD_BYTES = 30 * 1024 * 1024
+#: The suppression lists the stand-in serves under ``/v3/suppression/``.
+SUPPRESSION_LISTS = ("bounces", "blocks", "spam_reports", "invalid_emails", "unsubscribes")
 """SendGrid: "the total size of your email, including attachments, must be less than 30MB"."""
 MAX_SEND_AT_AHEAD = 72 * 3600
 RESERVED_HEADERS = frozenset(
@@ -466,8 +475,20 @@ class FakeSendGrid:
         self.requests: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
         self._attempts: dict[str, int] = {}
+        self.suppression_lists: dict[str, list[dict[str, Any]]] = {
+            name: [] for name in SUPPRESSION_LISTS}
 
     # state, safe to read from another thread
+    def set_suppressions(self, lists: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+        """Replace the named suppression lists (others stay as they are)."""
+        unknown = set(lists) - set(SUPPRESSION_LISTS)
+        if unknown:
+            raise ValueError(f"unknown suppression list(s) {sorted(unknown)}; "
+                             f"use {', '.join(SUPPRESSION_LISTS)}")
+        with self._lock:
+            for name, entries in lists.items():
+                self.suppression_lists[name] = [dict(e) for e in entries]
+
     def set_faults(self, plan: FaultPlan) -> None:
         with self._lock:
             self.faults = plan
@@ -480,6 +501,7 @@ class FakeSendGrid:
             self.requests.clear()
             self.counts.clear()
             self.faults = FaultPlan(latency_ms=self.faults.latency_ms)
+            self.suppression_lists = {name: [] for name in SUPPRESSION_LISTS}
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -520,6 +542,9 @@ class FakeSendGrid:
         app.router.add_get("/_faults", self._get_faults)
         app.router.add_post("/_faults", self._post_faults)
         app.router.add_post("/_reset", self._post_reset)
+        app.router.add_post("/_suppressions", self._post_suppressions)
+        for name in SUPPRESSION_LISTS:
+            app.router.add_get(f"/v3/suppression/{name}", self._get_suppressions)
         return app
 
     # -- request handling -----------------------------------------------------------------
@@ -693,6 +718,45 @@ class FakeSendGrid:
             return web.json_response({"error": str(exc)}, status=400)
         self.set_faults(plan)
         return web.json_response(plan.as_json())
+
+    async def _get_suppressions(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme != "Bearer" or not key.strip() or (
+                self.api_key is not None and key.strip() != self.api_key):
+            return _errors(401, [_err(None, "authorization required")])
+        fault = self._draw_fault(None)
+        if fault == "429":
+            return _rate_limited(self.faults.reset_ms)
+        if fault in ("500", "503"):
+            return _errors(int(fault), [_err(None, "the service is not available")])
+        q = request.rel_url.query
+        try:
+            limit = int(q.get("limit", "500"))
+            offset = int(q.get("offset", "0"))
+            start = int(q["start_time"]) if "start_time" in q else None
+            end = int(q["end_time"]) if "end_time" in q else None
+        except ValueError:
+            return _errors(400, [_err("limit", "limit, offset, start_time and end_time are "
+                                               "integers")])
+        if not 1 <= limit <= 500 or offset < 0:
+            return _errors(400, [_err("limit", "limit must be 1-500 and offset >= 0")])
+        name = request.path.rsplit("/", 1)[-1]
+        with self._lock:
+            entries = [e for e in self.suppression_lists[name]
+                       if (start is None or int(e.get("created", 0)) >= start)
+                       and (end is None or int(e.get("created", 0)) <= end)]
+        return web.json_response(entries[offset : offset + limit])
+
+    async def _post_suppressions(self, request: web.Request) -> web.Response:
+        try:
+            doc = await request.json()
+            if not isinstance(doc, dict) or not all(isinstance(v, list) for v in doc.values()):
+                raise ValueError("expected {list name: [entries]}")
+            self.set_suppressions(doc)
+        except ValueError as exc:
+            return _errors(400, [_err(None, str(exc))])
+        return web.json_response({name: len(v) for name, v in self.suppression_lists.items()})
 
     async def _post_reset(self, request: web.Request) -> web.Response:
         self.reset()

@@ -10,5 +10,7 @@ honour. It runs on its own, in public, so the Airflow UI never faces the interne
   settings, spool) and the guards every request passes (body size, methods, errors);
 - ``pages``: the customer's pages (unsubscribe, preferences, survey) and their templates;
 - ``events``: the SendGrid Event Webhook;
-- ``spool``: the durable local spool used while the store is unreachable.
+- ``spool``: the durable local spool used while the store is unreachable;
+- ``pull``: the daily backstop, SendGrid's own suppression lists into the store;
+- ``exports``: what goes back to the shop (its opt-out list, a night's voucher codes).
 """

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tend.config import ShopSettings
+from tend.config import ShopSettings, claim_batch_size
 from tend.errors import TemplateError
 from tend.features.columns import FeatureSet
 from tend.features.store import read_feature_set
@@ -138,7 +138,7 @@ def plan_night(
     renderer: Renderer,
     secret: str,
     registry: Registry | None = None,
-    batch_size: int = 5000,
+    batch_size: int | None = None,
     detector: Callable[[str, str, dt.date], pd.DataFrame] | None = None,
 ) -> PlanResult:
     """Decide tonight's messages and claim them in the ledger; nothing is sent here.
@@ -146,8 +146,10 @@ def plan_night(
     Templates are checked first, so a broken template fails the run before anything is claimed.
     ``detector`` (default: every behavioural signal, ``detect_signals``) is a seam for tests
     that exercise the programs stage over many nights with a cheaper signal source.
+    ``batch_size`` defaults to ``TEND_CLAIM_BATCH_SIZE`` (5,000).
     """
     require_current(store_url)
+    batch_size = batch_size or claim_batch_size()
     registry = registry or load_registry()
     programs = registry.enabled()
     check_templates(renderer, programs)
@@ -282,7 +284,8 @@ def decide(
             told = won & relocalised
             allowed.loc[told, "why"] = (allowed.loc[told, "why"].astype(str) + "; in "
                                         + allowed.loc[told, "locale"].astype(str)
-                                        + ", the language the customer chose (preferences page)")
+                                        + ", the language the customer chose (preferences "
+                                        "page)")
             decided = pd.concat([cands.loc[cands["fate"].notna()].assign(message_id=None),
                                  allowed])
             if dry_run:

@@ -25,6 +25,11 @@ KNOWN_SIGNALS = (
     "lapsed", "seasonal", "replenish", "checkup", "first_purchase", "survey",
     "loyalty_nth_order", "loyalty_tier", "anniversary", "cross_sell", "newsletter",
 )
+#: Default attribution windows (``Program.window_days``).
+DEFAULT_ATTRIBUTION_DAYS = 7
+LONG_ATTRIBUTION_DAYS = 30
+LONG_WINDOW_SIGNALS = frozenset({"checkup", "replenish"})
+MAX_ATTRIBUTION_DAYS = 365
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
@@ -70,10 +75,23 @@ class Program:
     description: str = ""
     offer: Offer | None = None
     schedule: Schedule | None = None
+    #: Days after a contact in which an order counts as its response (tend.results); None:
+    #: the default for the program's signals (``window_days``).
+    attribution_days: int | None = None
 
     @property
     def signal(self) -> str:
         return self.signals[0]
+
+    @property
+    def window_days(self) -> int:
+        """The attribution window: ``attribution_days``, else 30 days for check-ups and
+        replenishment (their purchase is planned weeks ahead) and 7 for everything else
+        (an offer or a win-back works within the week, or not at all)."""
+        if self.attribution_days is not None:
+            return self.attribution_days
+        return LONG_ATTRIBUTION_DAYS if set(self.signals) & LONG_WINDOW_SIGNALS \
+            else DEFAULT_ATTRIBUTION_DAYS
 
 
 @dataclass(frozen=True)
@@ -159,7 +177,8 @@ def _cap(raw: Any, source: str, i: int) -> Cap:
 
 
 _REQUIRED = ("name", "signal", "template", "kind", "priority", "cooldown_days", "validity_days")
-_ALLOWED = {*_REQUIRED, "holdout_share", "enabled", "description", "offer", "schedule"}
+_ALLOWED = {*_REQUIRED, "holdout_share", "enabled", "description", "offer", "schedule",
+            "attribution_days"}
 
 
 def _program(raw: Any, source: str, i: int) -> Program:
@@ -195,6 +214,13 @@ def _program(raw: Any, source: str, i: int) -> Program:
     if not isinstance(share, int | float) or not 0 <= share < 1:
         raise ConfigError(f"{where}: holdout_share must be a number in [0, 1)")
     offer = _offer(raw["offer"], where) if raw.get("offer") is not None else None
+    window = raw.get("attribution_days")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                               or not 1 <= window <= MAX_ATTRIBUTION_DAYS):
+        raise ConfigError(f"{where}: attribution_days must be a whole number of days from 1 to "
+                          f"{MAX_ATTRIBUTION_DAYS} (or left out for the default: "
+                          f"{LONG_ATTRIBUTION_DAYS} for check-ups and replenishment, "
+                          f"{DEFAULT_ATTRIBUTION_DAYS} otherwise)")
     return Program(
         name=str(raw["name"]),
         signals=tuple(signals),
@@ -208,6 +234,7 @@ def _program(raw: Any, source: str, i: int) -> Program:
         description=str(raw.get("description", "")),
         offer=offer,
         schedule=schedule,
+        attribution_days=window,
     )
 
 

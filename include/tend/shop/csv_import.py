@@ -3,8 +3,8 @@
 For shops that cannot give Tend a database view, a nightly export of four files is enough:
 ``products.csv``, ``customers.csv``, ``orders.csv`` and ``order_lines.csv``, with the headers
 in ``shop_schema.CSV_COLUMNS`` (any column order; ``customers.csv`` may add
-``unsubscribed_at``). They load in that order so every reference can be checked against rows
-already loaded, from this run or an earlier one.
+``unsubscribed_at`` and ``orders.csv`` ``discount_code``). They load in that order so every
+reference can be checked against rows already loaded, from this run or an earlier one.
 
 Choices worth knowing:
 
@@ -35,12 +35,13 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
+import pandas as pd
 from sqlalchemy import Connection, Table, and_, bindparam, func, select, update
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -48,11 +49,13 @@ from tend.config import mask_url
 from tend.errors import DataError
 from tend.shop import rules
 from tend.shop import schema as shop_schema
+from tend.shop.screen import future_cutoff
 from tend.store.db import connect
 
 #: Files in load order: every reference points to a file loaded before it.
 LOAD_ORDER: tuple[str, ...] = ("products", "customers", "orders", "order_lines")
-OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"customers": ("unsubscribed_at",)}
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"customers": ("unsubscribed_at",),
+                                                "orders": ("discount_code",)}
 QUARANTINE_HEADER = ("file", "line", "reason", "row")
 
 _CHUNK = 900  # rows per batch; also keys per IN (...), under SQLite's bound-parameter limit
@@ -105,17 +108,20 @@ class _Row:
     def text(self, column: str) -> str:
         return self.raw[column].strip()
 
-    def key(self, column: str, table: Table, empty: str) -> None:
+    def key(self, column: str, table: Table, empty: str, reference: str | None = None) -> None:
         value = self.text(column)
         if not value:
             self.problems.append(empty)
-        self.string(column, table, value)
+        self.string(column, table, value, reference)
 
-    def string(self, column: str, table: Table, value: str | None = None) -> None:
+    def string(self, column: str, table: Table, value: str | None = None,
+               reference: str | None = None) -> None:
+        """A text value; one that cannot be stored is a problem (for a reference, one that
+        cannot name a row: the ``reference`` reason, as the reader gives it)."""
         value = self.text(column) if value is None else value
-        limit = rules.LENGTHS[table.name].get(column)
-        if limit is not None and len(value) > limit:
-            self.problems.append(f"{column} longer than {limit} characters")
+        problem = rules.text_problem(table.name, column, value)
+        if problem:
+            self.problems.append(rules.detailed(reference, problem) if reference else problem)
         self.values[column] = value
 
     def optional_string(self, column: str, table: Table) -> None:
@@ -162,7 +168,8 @@ def _product(row: _Row) -> None:
     row.number(rules.PRICE)
     row.number(rules.SERVICE_INTERVAL_DAYS)
     row.number(rules.REPLENISH_DAYS)
-    row.values["complements"] = " ".join(row.text("complements").split()) or None
+    row.string("complements", t, " ".join(row.text("complements").split()))
+    row.values["complements"] = row.values["complements"] or None
 
 
 def _customer(row: _Row) -> None:
@@ -194,19 +201,26 @@ def _customer(row: _Row) -> None:
 def _order(row: _Row) -> None:
     t = shop_schema.orders
     row.key("order_id", t, rules.ORDER_WITHOUT_ID)
-    row.key("customer_id", t, rules.ORDER_WITHOUT_CUSTOMER)
+    row.key("customer_id", t, rules.ORDER_WITHOUT_CUSTOMER, rules.ORDER_UNKNOWN_CUSTOMER)
     row.timestamp(rules.ORDERED_AT)
     row.number(rules.TOTAL)
     currency = row.text("currency").upper()
     if not rules.CURRENCY.match(currency):
         row.problems.append(rules.INVALID_CURRENCY.format(value=row.text("currency")))
     row.values["currency"] = currency
+    if shop_schema.DISCOUNT_CODE in row.raw:
+        code = row.text(shop_schema.DISCOUNT_CODE)
+        if len(code) > shop_schema.DISCOUNT_CODE_LENGTH:
+            row.problems.append(f"discount_code longer than {shop_schema.DISCOUNT_CODE_LENGTH} "
+                                "characters")
+        row.values[shop_schema.DISCOUNT_CODE] = code or None
 
 
 def _order_line(row: _Row) -> None:
     t = shop_schema.order_lines
-    row.key("order_id", t, rules.detailed(rules.LINE_UNKNOWN_ORDER, "empty order_id"))
-    row.key("sku", t, rules.detailed(rules.LINE_UNKNOWN_SKU, "empty sku"))
+    row.key("order_id", t, rules.detailed(rules.LINE_UNKNOWN_ORDER, "empty order_id"),
+            rules.LINE_UNKNOWN_ORDER)
+    row.key("sku", t, rules.detailed(rules.LINE_UNKNOWN_SKU, "empty sku"), rules.LINE_UNKNOWN_SKU)
     row.number(rules.QUANTITY)
     row.number(rules.UNIT_PRICE)
 
@@ -336,10 +350,15 @@ def _db_value(value: Any) -> Any:
 
 
 class _Loader:
-    def __init__(self, conn: Connection, directory: Path, quarantine: _Quarantine) -> None:
+    def __init__(self, conn: Connection, directory: Path, quarantine: _Quarantine,
+                 now: datetime | None = None) -> None:
         self.conn = conn
         self.directory = directory
         self.quarantine = quarantine
+        future = future_cutoff(now)
+        self.future = future.to_pydatetime()
+        self.future_reason = rules.ORDER_IN_FUTURE.format(
+            date=(future - pd.Timedelta(days=1)).date())
         self.report = LoadReport(loaded={}, quarantined={}, quarantine_file=None)
         self.seen: dict[str, dict[Any, int]] = {}  # table -> key -> line where it was loaded
 
@@ -356,6 +375,11 @@ class _Loader:
 
     def load_file(self, name: str, header: list[str]) -> None:
         spec = _SPECS[name]
+        if name == "orders" and shop_schema.DISCOUNT_CODE in header:
+            # the optional column: added to the table when missing, written through the wider
+            # description of it
+            shop_schema.add_discount_code(self.conn)
+            spec = replace(spec, table=shop_schema.orders_with_codes)
         for counter in (self.report.loaded, self.report.updated, self.report.unchanged,
                         self.report.quarantined):
             counter[name] = 0
@@ -372,6 +396,10 @@ class _Loader:
                 continue
             row = _Row(line, dict(zip(header, fields, strict=True)))
             spec.validate(row)
+            ordered_at = row.values.get("ordered_at") if name == "orders" else None
+            if ordered_at is not None and ordered_at >= self.future:
+                row.problems.append(rules.detailed(self.future_reason, repr(row.text(
+                    "ordered_at"))))
             if row.problems:
                 self.reject(name, line, row.problems, row.raw)
                 continue
@@ -475,7 +503,8 @@ class _Loader:
 
 
 def load_csv_dir(
-    url: str, directory: Path, *, quarantine_file: Path | None = None
+    url: str, directory: Path, *, quarantine_file: Path | None = None, strict: bool = False,
+    now: datetime | None = None,
 ) -> LoadReport:
     """Load the four shop CSV files in ``directory`` into the database at ``url``.
 
@@ -483,6 +512,8 @@ def load_csv_dir(
     ``LOAD_ORDER`` inside one transaction. Rejected rows go to ``quarantine_file`` (default
     ``<directory>/quarantine.csv``); a stale quarantine file from an earlier load is removed
     when this load rejects nothing, so the file on disk always matches the latest report.
+    ``strict``: one rejected row refuses the whole load (a DataError; nothing is written but
+    the quarantine file). ``now``: the wall clock an order may not be after (tests).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -515,10 +546,24 @@ def load_csv_dir(
     quarantine = _Quarantine(Path(quarantine_file or directory / "quarantine.csv"))
     try:
         with engine.begin() as conn:
-            loader = _Loader(conn, directory, quarantine)
+            loader = _Loader(conn, directory, quarantine, now)
             for name in LOAD_ORDER:
                 loader.load_file(name, headers[name])
             loader.check_totals()
+            rejected = sum(loader.report.quarantined.values())
+            if strict and rejected:
+                raise DataError(
+                    f"--strict: {rejected:,} row(s) fail the row rules (see {quarantine.path}); "
+                    "nothing was loaded: fix them in the export, or load without --strict to "
+                    "load the good rows and quarantine the others")
+    except SQLAlchemyError as exc:
+        raise DataError(
+            f"the shop database {mask_url(url)} refused the load ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0]}); nothing was loaded: check the database, then load "
+            "again") from exc
+    except OSError as exc:
+        raise DataError(f"cannot write the quarantine file {quarantine.path} ({exc.strerror}): "
+                        "pass --quarantine with a writable path") from exc
     finally:
         quarantine.close()
     report = loader.report

@@ -16,14 +16,16 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
-from sqlalchemy import String, and_, cast, inspect, select
+from sqlalchemy import Engine, String, and_, cast, inspect, select
 
 from tend.config import mask_url, sqlite_file
 from tend.errors import DataError
+from tend.shop import rules
 from tend.shop import schema as s
-from tend.shop.columns import _arrow_text, _parse_ms, _parse_number
+from tend.shop.columns import _NAT, _arrow_text, _missing, _parse_ms, _parse_number
 from tend.shop.screen import (
     _ORDER_COLS,
     History,
@@ -36,9 +38,18 @@ from tend.shop.screen import (
     _screen_orders,
     _Screened,
     end_of_day,
+    usable_ids,
 )
 from tend.shop.sqlite_fast import _read_sqlite_fast
-from tend.store.db import connect
+from tend.store.db import connect, decode_lenient
+
+
+def _shop_engine(url: str) -> Engine:
+    """The shop's engine: text that is not valid UTF-8 in a SQLite shop reads with U+FFFD in
+    place of the bad bytes (then fails the rules like any odd text) instead of failing the
+    night."""
+    return connect(url, lenient_text=sqlite_file(url) is not None)
+
 
 _IN_CHUNK = 900  # stay under SQLite's bound-parameter limit
 _log = logging.getLogger("tend")
@@ -46,8 +57,8 @@ _log = logging.getLogger("tend")
 
 def require_schema(url: str) -> None:
     """Fail the night with the fix when the shop database lacks Tend's tables or views."""
-    have = set(inspect(connect(url)).get_table_names()) | set(
-        inspect(connect(url)).get_view_names())
+    have = set(inspect(_shop_engine(url)).get_table_names()) | set(
+        inspect(_shop_engine(url)).get_view_names())
     missing = [t for t in s.metadata.tables if t not in have]
     if missing:
         raise DataError(
@@ -81,6 +92,7 @@ def changed_customer_ids(url: str, since: dt.datetime, as_of: dt.date) -> list[s
         sql = str(q.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
         try:
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            con.text_factory = decode_lenient
             try:
                 con.execute("PRAGMA busy_timeout = 60000")
                 return sorted(str(r[0]) for r in con.execute(sql))
@@ -88,7 +100,7 @@ def changed_customer_ids(url: str, since: dt.datetime, as_of: dt.date) -> list[s
                 con.close()
         except sqlite3.Error as exc:
             _log.warning("read-only SQLite query failed (%s); asking through the engine", exc)
-    with connect(url).connect() as conn:
+    with _shop_engine(url).connect() as conn:
         return sorted(str(r[0]) for r in conn.execute(q))
 
 
@@ -136,19 +148,22 @@ _LINE_COLS = ["order_id", "sku", "quantity"]
 def _read_generic(url: str, as_of: dt.date, customer_ids: Sequence[str] | None, *,
                   now: dt.datetime | None, lines: bool) -> History:
     o, ln = s.orders, s.order_lines
+    # Every column as text, as the fast path reads them (a shop's view may hold any type).
     base = select(
-        o.c.order_id,
-        o.c.customer_id,
+        cast(o.c.order_id, String).label("order_id"),
+        cast(o.c.customer_id, String).label("customer_id"),
         cast(o.c.ordered_at, String).label("ordered_at"),
         cast(o.c.total, String).label("total"),
     )
-    line_q = select(ln.c.order_id, ln.c.sku, cast(ln.c.quantity, String).label("quantity"))
+    line_q = select(cast(ln.c.order_id, String).label("order_id"),
+                    cast(ln.c.sku, String).label("sku"),
+                    cast(ln.c.quantity, String).label("quantity"))
     # No time filter in SQL: a shop's view may hold timestamps that do not compare as
     # timestamps (text in SQLite), and a row we never read is a row silently lost. Orders are
     # filtered after parsing, where an unparseable one can be quarantined.
     frames: list[pd.DataFrame] = []
     line_frames: list[pd.DataFrame] = []
-    with connect(url).connect() as conn:
+    with _shop_engine(url).connect() as conn:
         if customer_ids is None:
             frames.append(pd.DataFrame(conn.execute(base).all(), columns=_ORDER_COLS))
             if lines:
@@ -162,14 +177,15 @@ def _read_generic(url: str, as_of: dt.date, customer_ids: Sequence[str] | None, 
                         o.c.customer_id.in_(chunk))
                     line_frames.append(pd.DataFrame(conn.execute(q).all(), columns=_LINE_COLS))
         known = _known_customers(conn, customer_ids)
-        skus = [str(r[0]) for r in conn.execute(select(s.products.c.sku))] if lines else []
+        skus = [str(r[0]) for r in conn.execute(select(cast(s.products.c.sku, String)))
+                if r[0] is not None] if lines else []
     raw = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_ORDER_COLS)
     screened = _screen_raw_orders(raw, known, as_of, now)
     history = History(screened.orders, _empty_lines(), screened.quarantined, len(raw))
     if lines:
         raw_lines = (pd.concat(line_frames, ignore_index=True) if line_frames
                      else pd.DataFrame(columns=_LINE_COLS))
-        known_skus = pa.array(sorted(set(skus)), pa.string())
+        known_skus = usable_ids(pa.array(sorted(set(skus)), pa.string()), "products", "sku")
         matcher = _LineMatcher(screened, known_skus)
         matcher.add(_line_part(_arrow_text(raw_lines["order_id"]), _arrow_text(raw_lines["sku"]),
                                _parse_number(raw_lines["quantity"]), known_skus))
@@ -196,11 +212,12 @@ def order_rows_hint(url: str) -> int:
 def _known_customers(conn, customer_ids: Sequence[str] | None) -> set[str]:  # type: ignore[no-untyped-def]
     c = s.customers
     if customer_ids is None:
-        return {str(r[0]) for r in conn.execute(select(c.c.customer_id))}
+        return {str(r[0]) for r in conn.execute(select(cast(c.c.customer_id, String)))
+                if r[0] is not None}
     known: set[str] = set()
     for chunk in _chunks(customer_ids, _IN_CHUNK):
-        q = select(c.c.customer_id).where(c.c.customer_id.in_(chunk))
-        known.update(str(r[0]) for r in conn.execute(q))
+        q = select(cast(c.c.customer_id, String)).where(c.c.customer_id.in_(chunk))
+        known.update(str(r[0]) for r in conn.execute(q) if r[0] is not None)
     return known
 
 
@@ -218,8 +235,11 @@ def _screen_raw_orders(raw: pd.DataFrame, known: set[str], as_of: dt.date,
                        now: dt.datetime | None) -> _Screened:
     """Order rows as read (any Python values) through every order check, as one part."""
     checks = _Checks.of(pa.array(sorted(known), pa.string()), as_of, now)
+    ms = _parse_ms(raw["ordered_at"])
+    bad = np.flatnonzero(ms == _NAT)
     part = _screen_order_part(_arrow_text(raw["order_id"]), _arrow_text(raw["customer_id"]),
-                              _parse_ms(raw["ordered_at"]), _parse_number(raw["total"]), checks)
+                              ms, _parse_number(raw["total"]), checks,
+                              dict(zip(bad.tolist(), raw["ordered_at"].iloc[bad], strict=True)))
     return _screen_orders([part], checks, raw["ordered_at"], raw["total"])
 
 
@@ -233,14 +253,26 @@ def read_customers(url: str, customer_ids: Iterable[str]) -> pd.DataFrame:
     ]
     names = [col.name for col in cols]
     frames = []
-    with connect(url).connect() as conn:
+    with _shop_engine(url).connect() as conn:
         for chunk in _chunks(list(customer_ids), _IN_CHUNK):
             rows = conn.execute(select(*cols).where(c.c.customer_id.in_(chunk))).all()
             frames.append(pd.DataFrame(rows, columns=names))
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
     df["customer_id"] = df["customer_id"].astype(str)
     for col in ("consent_at", "unsubscribed_at"):
-        df[col] = pd.to_datetime(df[col], utc=True, errors="coerce", format="mixed")
+        raw = df[col]
+        ts = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
+        odd = ~((ts >= rules.EARLIEST) & (ts < rules.LATEST)) & pd.Series(
+            [not _missing(v) and bool(str(v).strip()) for v in raw], index=df.index, dtype=bool)
+        if odd.any():
+            # Outside the rules' range or unparseable: a consent date we cannot read is none;
+            # an unsubscribe we cannot date is still an unsubscribe (never mail them).
+            ts = ts.where(~odd, pd.Timestamp(rules.EARLIEST) if col == "unsubscribed_at"
+                          else pd.NaT)
+            _log.warning("%s customer(s) have an unreadable %s (%s): %s", int(odd.sum()), col,
+                         "read as unsubscribed" if col == "unsubscribed_at" else "read as none",
+                         ", ".join(map(repr, df.loc[odd, "customer_id"].head(5))))
+        df[col] = ts
     return df
 
 
@@ -254,27 +286,44 @@ def read_products(url: str) -> pd.DataFrame:
     """The catalogue: sku, name, category, price, service_interval_days, replenish_days,
     complements (a list of skus)."""
     p = s.products
-    with connect(url).connect() as conn:
+    with _shop_engine(url).connect() as conn:
         rows = conn.execute(select(
-            p.c.sku, p.c.name, p.c.category, cast(p.c.price, String).label("price"),
+            cast(p.c.sku, String).label("sku"), p.c.name, p.c.category,
+            cast(p.c.price, String).label("price"),
             p.c.service_interval_days, p.c.replenish_days, p.c.complements)).all()
     df = pd.DataFrame(rows, columns=["sku", "name", "category", "price", "service_interval_days",
                                      "replenish_days", "complements"])
-    df["sku"] = df["sku"].astype(str)
+    # a product no line can name (no sku, one a store cannot hold) is not in the catalogue
+    df["sku"] = [None if _missing(v) else str(v) for v in df["sku"]]
+    usable = set(usable_ids(pa.array(df["sku"], pa.string()), "products", "sku").to_pylist())
+    df = df.loc[[v in usable for v in df["sku"]]].reset_index(drop=True)
     df["price"] = pd.to_numeric(df["price"], errors="coerce").astype(float)
-    for col in ("service_interval_days", "replenish_days"):
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for rule in (rules.SERVICE_INTERVAL_DAYS, rules.REPLENISH_DAYS):
+        # A value outside the rule's range is read as none, so no reminder is computed from
+        # it (the CSV import would have refused the row); the product itself stays sold.
+        col = rule.column
+        days = pd.to_numeric(df[col], errors="coerce").astype(float)
+        bad = days.notna() & ~((days >= rule.minimum) & (days <= float(rule.maximum or np.inf))
+                               & (days == np.floor(days)))
+        if bad.any():
+            _log.warning("%s product(s) have %s outside %s..%s, read as none: %s",
+                         int(bad.sum()), col, rule.minimum, rule.maximum,
+                         ", ".join(map(repr, df.loc[bad, "sku"].head(5))))
+        df[col] = days.where(~bad)
     df["complements"] = [str(c).split() if isinstance(c, str) else [] for c in df["complements"]]
     return df
 
 
-def read_price_list(url: str) -> list[tuple[str, str, str]]:
+def read_price_list(url: str) -> list[tuple[str, str, str | None]]:
     """(sku, name, price) of every product, the price as the shop stores it ("24.00"), so that
     an email shows the shop's own figure, not a float's."""
     p = s.products
-    with connect(url).connect() as conn:
+    with _shop_engine(url).connect() as conn:
         rows = conn.execute(select(p.c.sku, p.c.name, cast(p.c.price, String))).all()
-    return [(str(sku), str(name), str(price)) for sku, name, price in rows]
+    # a price outside the rules' range shows no price; a name is shown as text an email holds
+    return [(str(sku), rules.printable(str(name)),
+             str(price) if rules.PRICE.parse(str(price).strip())[1] is None else None)
+            for sku, name, price in rows]
 
 
 def read_orders_of_days(url: str, wanted: Iterable[tuple[str, dt.date]]
@@ -287,7 +336,7 @@ def read_orders_of_days(url: str, wanted: Iterable[tuple[str, dt.date]]
     if not customers:
         return out
     o, ln = s.orders, s.order_lines
-    with connect(url).connect() as conn:
+    with _shop_engine(url).connect() as conn:
         for chunk in _chunks(customers, _IN_CHUNK):
             orders = pd.DataFrame(conn.execute(
                 select(o.c.order_id, o.c.customer_id, cast(o.c.ordered_at, String),
@@ -296,8 +345,17 @@ def read_orders_of_days(url: str, wanted: Iterable[tuple[str, dt.date]]
                 columns=["order_id", "customer_id", "ordered_at", "total", "currency"])
             if orders.empty:
                 continue
-            orders["day"] = pd.to_datetime(orders["ordered_at"], utc=True, errors="coerce",
-                                           format="mixed").dt.date
+            # only orders the night's read keeps may name a message (the rules' checks of the
+            # row's own values; a bad one was quarantined by the ingest)
+            usable = pd.Series([
+                rules.text_problem("orders", "order_id", str(oid)) is None
+                and rules.TOTAL.parse(str(total).strip())[1] is None
+                for oid, total in zip(orders["order_id"], orders["total"], strict=True)],
+                index=orders.index)
+            ts = pd.to_datetime(orders["ordered_at"], utc=True, errors="coerce", format="mixed")
+            usable &= (ts >= rules.EARLIEST) & (ts < rules.LATEST)  # NaT compares False
+            orders = orders.loc[usable.to_numpy()]
+            orders["day"] = ts[usable].dt.date
             keep = [(c, d) in wanted for c, d in zip(orders["customer_id"], orders["day"],
                                                       strict=True)]
             orders = orders.loc[keep]
@@ -315,4 +373,43 @@ def read_orders_of_days(url: str, wanted: Iterable[tuple[str, dt.date]]
                 out[key] = {"order_id": str(r.order_id), "ordered_at": str(r.day),
                             "total": str(r.total), "currency": str(r.currency),
                             "skus": list(skus.get(r.order_id, []))}
+    return out
+
+
+def customer_ids_by_email(url: str, emails: Iterable[str]) -> dict[str, list[str]]:
+    """The shop's customers with these addresses (compared lower-cased), by lower-cased email:
+    SendGrid's suppression lists know addresses, Tend's suppressions know customers."""
+    from sqlalchemy import func
+
+    c = s.customers
+    wanted = sorted({e.strip().lower() for e in emails if e and e.strip()})
+    out: dict[str, list[str]] = {}
+    with connect(url).connect() as conn:
+        for chunk in _chunks(wanted, _IN_CHUNK):
+            for customer_id, email in conn.execute(
+                    select(c.c.customer_id, c.c.email).where(func.lower(c.c.email).in_(chunk))):
+                out.setdefault(str(email).strip().lower(), []).append(str(customer_id))
+    return out
+
+
+def with_discount_codes(url: str, orders: pd.DataFrame) -> pd.DataFrame:
+    """``orders`` (from ``read_orders``) with a ``discount_code`` column: the code each order
+    redeemed, None when it redeemed none or the shop's orders have no ``discount_code`` column
+    (it is optional: a shop that does not track codes simply has no direct responses)."""
+    out = orders.assign(discount_code=None)
+    if orders.empty:
+        return out
+    o = s.orders_with_codes
+    with connect(url).connect() as conn:
+        try:
+            present = s.has_discount_code(conn)
+        except Exception as exc:  # a view the inspector cannot describe: no codes, no failure
+            _log.warning("cannot list the shop's order columns (%s); no discount codes read",
+                         exc)
+            return out
+        if not present:
+            return out
+        q = select(o.c.order_id, o.c.discount_code).where(o.c.discount_code.is_not(None))
+        codes = {str(i): str(c).strip() for i, c in conn.execute(q) if str(c).strip()}
+    out["discount_code"] = out["order_id"].astype(str).map(codes)
     return out

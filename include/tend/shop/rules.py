@@ -7,8 +7,14 @@ quarantines the same rows with the same reason; the CSV import adds what it foun
 colon (the value as written, where to look), because the shop fixes its export from that line.
 Rules that need other rows (a duplicate, a reference) are checked where those rows are known:
 the reader gives the reasons named here for references and duplicates, the CSV import names
-the line of the first occurrence instead. A future ``ordered_at`` is the reader's alone, since
-it depends on the night being run.
+the line of the first occurrence instead. An ``ordered_at`` in the future is measured from the
+wall clock by both (the day the night runs, the day the file loads).
+
+Every number, interval, date and text has a range here (documented in docs/shop-data.md,
+"The ranges"): quantities, totals and prices, replenish and service intervals, timestamps
+between ``EARLIEST`` and ``LATEST``, ids and text within their column's width and without a
+NUL byte. A value outside is a quarantined row, never an exception further down (a date
+beyond year 9999, a value PostgreSQL refuses).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import re
 import zoneinfo
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 
@@ -36,6 +42,51 @@ LENGTHS: dict[str, dict[str, int]] = {
              if isinstance(c.type, String) and c.type.length}
     for t in shop_schema.metadata.tables.values()
 }
+#: One order line of more units than this is a data error (a sku typed in the quantity).
+MAX_QUANTITY = 10_000
+#: A replenishment or service interval longer than ten years is a data error (days typed as
+#: minutes, a placeholder), and would put a reminder beyond any calendar.
+MAX_INTERVAL_DAYS = 3_650
+#: Every timestamp of a shop row lies in [EARLIEST, LATEST): an earlier one is a placeholder
+#: (0001-01-01, 1900-01-01), a later one cannot be a real event and would not fit the calendar
+#: date arithmetic uses (pandas ends in 2262). Orders are also bounded by the night
+#: (``ORDER_IN_FUTURE``).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+#: The reason for a text value holding a NUL byte: PostgreSQL refuses it in text, and no name,
+#: id or address holds one.
+NUL_BYTE = "NUL byte in {column}"
+TOO_LONG = "{column} longer than {limit} characters"
+
+
+def text_problem(table: str, column: str, value: str) -> str | None:
+    """Why a text value cannot be stored (a NUL byte, too long for its column), or None."""
+    if "\x00" in value:
+        return NUL_BYTE.format(column=column)
+    limit = LENGTHS[table].get(column)
+    if limit is not None and len(value) > limit:
+        return TOO_LONG.format(column=column, limit=limit)
+    return None
+
+
+#: The longest key and value a quarantine record keeps (the store's ``record_key`` is 200
+#: characters wide): enough to find the row, not a copy of whatever huge value it held.
+RECORD_TEXT_MAX = 200
+
+
+def printable(value: str, limit: int | None = None) -> str:
+    """Text as a quarantine record may hold it whatever the row held: a NUL byte (which
+    PostgreSQL refuses in text) and lone surrogates become U+FFFD; longer than ``limit``, it
+    is cut and ends with an ellipsis."""
+    if limit is not None and len(value) > limit:
+        value = value[: limit - 1] + "\u2026"
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
+    return value
 
 
 def detailed(reason: str, detail: str) -> str:
@@ -104,13 +155,6 @@ class Number:
         return number.quantize(_CENT, rounding=ROUND_HALF_UP), None
 
 
-def _one_reason(column: str, reason: str, **bounds: int | bool) -> Number:
-    """A number whose every problem has the same reason."""
-    reasons = dict.fromkeys(
-        ("missing", "not_a_number", "negative", "too_small", "too_large", "fraction"), reason)
-    return Number(column, **bounds, **reasons)  # type: ignore[arg-type]
-
-
 # --- timestamps -----------------------------------------------------------------------------
 
 #: The warning for a timestamp without a zone (read as UTC, which is how Tend stores time).
@@ -125,10 +169,14 @@ class Timestamp:
     required: bool
     missing: str = ""
     unparseable: str = ""
+    too_early: str = ""
+    too_late: str = ""
 
     def __post_init__(self) -> None:
-        _generic_reasons(self, missing=f"missing {self.column}",
-                         unparseable=f"unparseable timestamp in {self.column}")
+        c = self.column
+        _generic_reasons(self, missing=f"missing {c}", unparseable=f"unparseable timestamp in {c}",
+                         too_early=f"{c} before {EARLIEST:%Y-%m-%d}",
+                         too_late=f"{c} after {LATEST - timedelta(days=1):%Y-%m-%d}")
 
     def parse(self, text: str) -> tuple[datetime | None, str | None, str | None]:
         """(UTC value, problem, warning) for a value as written (already stripped)."""
@@ -144,7 +192,16 @@ class Timestamp:
         if parsed.tzinfo is None:
             warning = NAIVE_TIMESTAMP
             parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC), None, warning
+        try:
+            parsed = parsed.astimezone(UTC)
+        except OverflowError:  # year 1 or 9999 moved past the calendar by its offset
+            parsed = datetime.min.replace(tzinfo=UTC) if parsed.year < 2 else \
+                datetime.max.replace(tzinfo=UTC)
+        if parsed < EARLIEST:
+            return None, detailed(self.too_early, repr(text)), None
+        if parsed >= LATEST:
+            return None, detailed(self.too_late, repr(text)), None
+        return parsed, None, warning
 
 
 # --- products -------------------------------------------------------------------------------
@@ -154,8 +211,10 @@ PRODUCT_WITHOUT_NAME = "missing name (emails show it to customers)"
 #: A product without a category is kept under this one (a warning, not a reject).
 DEFAULT_CATEGORY = "uncategorized"
 PRICE = Number("price")
-SERVICE_INTERVAL_DAYS = Number("service_interval_days", whole=True, required=False, minimum=1)
-REPLENISH_DAYS = Number("replenish_days", whole=True, required=False, minimum=1)
+SERVICE_INTERVAL_DAYS = Number("service_interval_days", whole=True, required=False, minimum=1,
+                               maximum=MAX_INTERVAL_DAYS)
+REPLENISH_DAYS = Number("replenish_days", whole=True, required=False, minimum=1,
+                        maximum=MAX_INTERVAL_DAYS)
 
 # --- customers ------------------------------------------------------------------------------
 
@@ -212,5 +271,9 @@ ORDER_IN_FUTURE = "ordered_at in the future (after the run's date, {date} UTC)"
 LINE_UNKNOWN_ORDER = "order line for an unknown order"
 LINE_UNKNOWN_SKU = "order line with an unknown sku"
 LINE_BAD_QUANTITY = "order line quantity is not a positive whole number"
-QUANTITY = _one_reason("quantity", LINE_BAD_QUANTITY, whole=True, minimum=1)
+LINE_ABSURD_QUANTITY = f"order line quantity above {MAX_QUANTITY:,} (absurd amount)"
+QUANTITY = Number("quantity", whole=True, minimum=1, maximum=MAX_QUANTITY,
+                  **dict.fromkeys(("missing", "not_a_number", "negative", "too_small",
+                                   "fraction"), LINE_BAD_QUANTITY),
+                  too_large=LINE_ABSURD_QUANTITY)
 UNIT_PRICE = Number("unit_price")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     Column,
+    Connection,
     DateTime,
     Integer,
     MetaData,
@@ -18,6 +19,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
+    text,
 )
 
 metadata = MetaData()
@@ -62,6 +65,33 @@ orders = Table(
     Column("total", Numeric(12, 2), nullable=False),
     Column("currency", String(3), nullable=False),
 )
+
+#: The optional ``orders.discount_code``: the voucher code an order redeemed (tend.results counts
+#: a redeemed voucher as a direct response). Not in ``orders`` above, so a shop or a view without
+#: it is complete and the writers of the four tables need not know it: ``orders_with_codes`` is
+#: ``orders`` with it, for the code that reads or writes it, and ``add_discount_code`` adds it
+#: to a shop database Tend created itself (``tend load-csv``, the demo shop).
+DISCOUNT_CODE = "discount_code"
+DISCOUNT_CODE_LENGTH = 64
+orders_with_codes = Table(
+    "orders",
+    MetaData(),
+    *(Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+      for c in orders.columns),
+    Column(DISCOUNT_CODE, String(DISCOUNT_CODE_LENGTH)),
+)
+
+
+def has_discount_code(conn: Connection) -> bool:
+    """Whether the shop's ``orders`` (table or view) has the optional ``discount_code``."""
+    return DISCOUNT_CODE in {c["name"] for c in inspect(conn).get_columns(orders.name)}
+
+
+def add_discount_code(conn: Connection) -> None:
+    """Add the optional column to an ``orders`` table Tend created, when it lacks it."""
+    if not has_discount_code(conn):
+        conn.execute(text(f"ALTER TABLE {orders.name} ADD COLUMN {DISCOUNT_CODE} "
+                          f"VARCHAR({DISCOUNT_CODE_LENGTH})"))
 
 order_lines = Table(
     "order_lines",

@@ -82,9 +82,12 @@ def quarantine_records(source: str, raw: pd.DataFrame, bad: np.ndarray, reasons:
         parts = [rec.get(k) for k in key_cols]
         key = None if all(_missing(p) for p in parts) else ":".join(
             "" if _missing(p) else str(p) for p in parts)
-        out.append(Quarantined(
-            source=source, record_key=key, reason=str(reason),
-            payload={k: (None if _missing(v) else str(v)) for k, v in rec.items()}))
+        out.append(Quarantined(  # as text any store holds (no NUL byte: PostgreSQL)
+            source=source,
+            record_key=None if key is None else rules.printable(key, rules.RECORD_TEXT_MAX),
+            reason=rules.printable(str(reason)),
+            payload={k: (None if _missing(v) else rules.printable(str(v), rules.RECORD_TEXT_MAX))
+                     for k, v in rec.items()}))
     return out
 
 
@@ -106,10 +109,50 @@ _ORDER_REASONS = (
     "", rules.ORDER_WITHOUT_ID, rules.ORDER_WITHOUT_CUSTOMER, rules.ORDER_UNKNOWN_CUSTOMER,
     rules.ORDERED_AT.unparseable, rules.TOTAL.not_a_number, rules.TOTAL.negative,
     rules.TOTAL.too_large, "{future}", rules.ORDER_DUPLICATE,
+    rules.NUL_BYTE.format(column="order_id"),
+    rules.TOO_LONG.format(column="order_id", limit=rules.LENGTHS["orders"]["order_id"]),
+    rules.ORDERED_AT.too_early, rules.ORDERED_AT.too_late,
 )
+_EARLIEST_MS = int(rules.EARLIEST.timestamp()) * 1000
+_LATEST_MS = int(rules.LATEST.timestamp()) * 1000
 _TOTAL_MAX = float(rules.TOTAL.maximum or np.inf)
 #: The reasons an order line is set aside, by code (0: usable).
-_LINE_REASONS = ("", rules.LINE_UNKNOWN_ORDER, rules.LINE_UNKNOWN_SKU, rules.LINE_BAD_QUANTITY)
+_LINE_REASONS = ("", rules.LINE_UNKNOWN_ORDER, rules.LINE_UNKNOWN_SKU, rules.LINE_BAD_QUANTITY,
+                 rules.LINE_ABSURD_QUANTITY)
+
+
+def _text_codes(a: pa.Array, table: str, column: str, nul: int, long: int) -> np.ndarray:
+    """Per value: ``nul`` for a NUL byte, ``long`` for a value longer than its column, else 0
+    (``rules.text_problem`` on whole columns)."""
+    limit = rules.LENGTHS[table][column]
+    out = np.zeros(len(a), np.int8)
+    if not len(a):
+        return out
+    # Usually nothing to find: no value has more bytes than the limit has characters and the
+    # text holds no zero byte (a scan of the bytes, no per-value work).
+    if (pc.max(pc.binary_length(a)).as_py() or 0) > limit:
+        out[pc.greater(pc.utf8_length(a), limit).fill_null(False).to_numpy(
+            zero_copy_only=False)] = long
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks()
+    _, offsets_buf, data = a.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64 if pa.types.is_large_string(a.type)
+                            else np.int32)[a.offset : a.offset + len(a) + 1]
+    text = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]] if data is not None \
+        else np.ones(0, np.uint8)
+    if not text.all():
+        out[pc.match_substring(a, "\x00").fill_null(False).to_numpy(
+            zero_copy_only=False)] = nul
+    return out
+
+
+def usable_ids(a: pa.Array, table: str, column: str) -> pa.Array:
+    """The ids a row may be referenced by: one that cannot be stored (a NUL byte, too long)
+    names a row the CSV import would have quarantined, so a reference to it is unknown."""
+    if a.null_count:
+        a = a.drop_null()
+    bad = _text_codes(a, table, column, 1, 1)
+    return a.filter(pa.array(bad == 0)) if bad.any() else a
 
 
 @dataclass(frozen=True)
@@ -124,6 +167,7 @@ class _Checks:
     @classmethod
     def of(cls, known: pa.Array, as_of: dt.date, now: dt.datetime | None) -> _Checks:
         future = future_cutoff(now)
+        known = usable_ids(known, "customers", "customer_id")
         return cls(_sorted_unique(known), future.value // 1_000_000,
                    pd.Timestamp(end_of_day(as_of)).value // 1_000_000,
                    rules.ORDER_IN_FUTURE.format(date=(future - pd.Timedelta(days=1)).date()))
@@ -165,6 +209,8 @@ def _screen_order_part(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.n
     # per distinct customer id: 2 blank, 3 unknown; the extra last slot is NULL (cust -1)
     per_id = np.where(_blank(cust_dict), 2, np.where(cust_known < 0, 3, 0))
     reason = np.append(per_id, 2).astype(np.int8)[cust]
+    oid_text = _text_codes(oid, "orders", "order_id", 10, 11)
+    np.copyto(reason, oid_text, where=oid_text > 0)
     reason[_blank(oid)] = 1
     # the checks of the values, the last first so that the first that applies stays
     values = np.zeros(len(ms), np.int8)
@@ -173,7 +219,18 @@ def _screen_order_part(oid: pa.Array, cid: pa.Array, ms: np.ndarray, total: np.n
         values[total > _TOTAL_MAX] = 7
         values[total < 0] = 6  # rules.TOTAL.negative
     values[np.isnan(total)] = 5
-    values[ms == _NAT] = 4
+    values[ms >= _LATEST_MS] = 13
+    values[(ms < _EARLIEST_MS) & (ms != _NAT)] = 12
+    nat = np.flatnonzero(ms == _NAT)
+    values[nat] = 4
+    for r in nat.tolist():  # beyond pandas' calendar: the rules tell which side
+        text = (ts_text or {}).get(r)
+        if isinstance(text, str):
+            _, problem, _ = rules.ORDERED_AT.parse(text.strip())
+            if problem and problem.startswith(rules.ORDERED_AT.too_early):
+                values[r] = 12
+            elif problem and problem.startswith(rules.ORDERED_AT.too_late):
+                values[r] = 13
     np.copyto(reason, values, where=reason == 0)
     keep = (reason == 0) & (ms < checks.end_ms)
     return _OrderPart(oid, cust, cust_dict, cust_known, ms, total, reason, keep,
@@ -357,13 +414,15 @@ def _line_part(oid: pa.Array, sku: pa.Array, qty: np.ndarray, skus: pa.Array) ->
     with np.errstate(invalid="ignore"):
         least = qty >= rules.QUANTITY.minimum
         whole = least & (qty == np.floor(qty)) if qty.dtype.kind == "f" else least
+        absurd = qty > rules.QUANTITY.maximum
     if qty.dtype.kind == "i":  # in 32 bits when they fit: a night holds every line at once
         qty = qty.astype(np.int32 if not len(qty) or (
             qty.min() >= -(2**31) and qty.max() < 2**31) else np.int64)  # (a copy: see _copy)
     return _LinePart(change, heads, sku_idx,
                      dict(zip(unknown.tolist(), sku.take(pa.array(unknown)).to_pylist(),
                               strict=True)),
-                     qty, np.where(sku_idx < 0, 2, np.where(whole, 0, 3)).astype(np.int8))
+                     qty, np.where(sku_idx < 0, 2, np.where(whole, np.where(absurd, 4, 0), 3)
+                                   ).astype(np.int8))
 
 
 @dataclass

@@ -44,6 +44,7 @@ from tend.shop.screen import (
     _OrderPart,
     _screen_order_part,
     _screen_orders,
+    usable_ids,
 )
 from tend.store.db import connect
 
@@ -125,8 +126,9 @@ def _read_sqlite_parts(path: str, as_of: dt.date, *, now: dt.datetime | None, li
                        customer_ids: Sequence[str] | None) -> History:
     from concurrent.futures import ThreadPoolExecutor
 
-    skus = _sorted_unique(_one(_adbc_fetch(
-        path, "SELECT CAST(sku AS TEXT) AS sku FROM products").column("sku")), unique=False)
+    skus = usable_ids(_sorted_unique(_one(_adbc_fetch(
+        path, "SELECT CAST(sku AS TEXT) AS sku FROM products").column("sku"))),
+        "products", "sku")
     pool = ThreadPoolExecutor(2)
     try:
         if customer_ids is None:

@@ -60,6 +60,8 @@ class SeasonalParams:
     product_concentration: float = 0.25  # a product this much more concentrated than the shop
 
     product_distance_days: float = 30.0  # ... around a peak this close to the window
+    # chance that random yearly points are this concentrated (tend.signals.seasonal)
+    max_chance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,20 @@ def frame(signal: str, customer_id: Iterable[object], score: Iterable[float],
     return out[SIGNAL_COLUMNS] if n else empty_signals()
 
 
+#: However odd the data, a signal's dates stay within this many days of a purchase: a date
+#: further away is never within a horizon, and the arithmetic stays inside pandas' calendar
+#: (which ends in 2262) for any purchase from 1970 on (the shop's rows are bounded there).
+MAX_SIGNAL_DAYS = 36_500
+
+
+def bounded_days(days: object, least: int = 1) -> np.ndarray:
+    """Day counts as whole numbers in [least, MAX_SIGNAL_DAYS] (NaN or infinite: the maximum),
+    so that adding them to a date can never overflow."""
+    d = np.rint(np.asarray(days, dtype=float))
+    return np.clip(np.nan_to_num(d, nan=MAX_SIGNAL_DAYS, posinf=MAX_SIGNAL_DAYS, neginf=least),
+                   least, MAX_SIGNAL_DAYS).astype(np.int64)
+
+
 def in_window(due: pd.Series, valid_until: pd.Series, as_of: dt.date, horizon_days: int
               ) -> np.ndarray:
     """Due within the horizon and not expired."""
@@ -168,7 +184,11 @@ def detect(features: object, products: pd.DataFrame, as_of: dt.date,
     customers = fs.customers  # type: ignore[attr-defined]
     if customers.empty:
         return empty_signals()
-    scored = lapse_scores(customers, as_of, p.lapsed)  # type: ignore[arg-type]
+    from tend.signals.seasonal import seasonal_customers
+
+    seasons = seasonal_customers(fs, products, p)
+    scored = lapse_scores(customers, as_of, p.lapsed, fs=fs,  # type: ignore[arg-type]
+                          products=products, seasonal=seasons["customer_id"])
     frames: list[pd.DataFrame] = []
     wanted = set(p.signals)
     if "lapsed" in wanted:
@@ -183,7 +203,7 @@ def detect(features: object, products: pd.DataFrame, as_of: dt.date,
                                          lap["last_order_date"], lap["lapse_score"],
                                          lap["expected_next_order"], strict=True)]))
     if "seasonal" in wanted:
-        frames.append(seasonal.detect(fs, products, as_of, p))
+        frames.append(seasonal.detect(fs, products, as_of, p, seasons))
     if "replenish" in wanted:
         frames.append(replenish.detect(fs, products, as_of, p))
     if "checkup" in wanted:

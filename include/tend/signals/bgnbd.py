@@ -95,15 +95,3 @@ def fit(rfm: pd.DataFrame) -> BGNBD:
                             bounds=[(-8.0, 8.0), (-8.0, 12.0), (-8.0, 8.0), (-8.0, 8.0)])
     r, alpha, a, b = np.exp(res.x)
     return BGNBD(float(r), float(alpha), float(a), float(b))
-
-
-def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve of ``score`` for the positive ``label`` (ties count half)."""
-    from scipy.stats import rankdata
-
-    label = np.asarray(label, bool)
-    pos, neg = int(label.sum()), int((~label).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[label].sum() - pos * (pos + 1) / 2) / (pos * neg))

@@ -13,7 +13,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from tend.signals import SignalParams, empty_signals, frame, in_window
+from tend.signals import SignalParams, bounded_days, empty_signals, frame, in_window
 
 
 def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
@@ -25,7 +25,8 @@ def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
     rows = skus.loc[skus["sku"].isin(services.index)].copy() if len(skus) else skus
     if rows.empty:
         return empty_signals()
-    interval = rows["sku"].map(services["service_interval_days"]).astype(int)
+    interval = pd.Series(bounded_days(rows["sku"].map(services["service_interval_days"])),
+                         index=rows.index)
     due_on = pd.to_datetime(rows["last_day"]) + pd.to_timedelta(interval, unit="D")
     due = (due_on - pd.Timedelta(days=p.lead_days)).dt.date
     valid = (due_on + pd.Timedelta(days=p.grace_days)).dt.date

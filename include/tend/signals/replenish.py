@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tend.signals import SignalParams, empty_signals, frame, in_window
+from tend.signals import SignalParams, bounded_days, empty_signals, frame, in_window
 
 
 def product_intervals(skus: pd.DataFrame, products: pd.DataFrame,
@@ -64,7 +64,7 @@ def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
     own = (rows["days"] >= p.min_own_purchases) & rows["gap_median"].notna()
     unit = rows["sku"].map(intervals["interval_per_unit"]).astype(float)
     interval = np.where(own, rows["gap_median"], unit * rows["last_quantity"])
-    rows["interval"] = np.maximum(np.rint(interval), 1).astype(int)
+    rows["interval"] = bounded_days(interval)
     last = pd.to_datetime(rows["last_day"])
     due_on = last + pd.to_timedelta(rows["interval"], unit="D")
     due = (due_on - pd.Timedelta(days=p.lead_days)).dt.date

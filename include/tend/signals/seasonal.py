@@ -9,6 +9,19 @@ not a season), or what they buy inside it is a seasonal product (its sales acros
 concentrate around a peak close to the window, more than the shop's sales as a whole do).
 Services with an interval are left to the check-up signal.
 
+**Chance cannot fake a season.** An occasional customer's orders land somewhere in the year,
+and two or three of them will sometimes fall in the same weeks of different years. So the
+yearly points must also be more concentrated than chance makes them: ``chance`` is the
+probability that ``season_cycles`` points placed at random on the year circle have a mean
+resultant length at least ``season_r`` (the Rayleigh statistic; exact for two points,
+``2 arccos(r) / pi``, simulated once per number of points otherwise), and a season needs
+``chance <= max_chance``. A year with orders at other times of the year (or several orders
+spread out) pulls its point towards the circle's centre, so a customer who orders all year
+long never passes. Two orders 329 days apart (36 days off in the calendar) have a chance of
+0.2; three orders on 27 December, 25 December and 4 March of the next year a chance of 0.3.
+For a customer whose yearly points are truly random, the rule's false-alarm rate is at most
+``max_chance`` (docs/signals.md).
+
 The reminder is due ``lead_days`` before the window opens and valid until its centre; nobody
 who already ordered since then gets one.
 """
@@ -16,6 +29,7 @@ who already ordered since then gets one.
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -65,6 +79,38 @@ def product_seasons(skus: pd.DataFrame) -> pd.DataFrame:
                          "centre": np.arctan2(g["phase_sin"], g["phase_cos"])})
 
 
+_NULL_DRAWS = 200_000
+_MAX_SIMULATED = 30
+
+
+@lru_cache(maxsize=_MAX_SIMULATED)
+def _null_resultants(m: int) -> np.ndarray:
+    """Sorted mean resultant lengths of ``m`` uniformly random directions (a fixed seed: the
+    same table every night)."""
+    rng = np.random.default_rng(m)
+    ang = rng.uniform(0.0, TWO_PI, size=(_NULL_DRAWS, m))
+    return np.sort(np.hypot(np.cos(ang).mean(axis=1), np.sin(ang).mean(axis=1)))
+
+
+def chance_of_season(r: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """P(mean resultant length >= r) for ``m`` random points on the year circle: the chance
+    that a customer with ``m`` yearly points and no season looks at least this seasonal."""
+    r = np.clip(np.asarray(r, float), 0.0, 1.0)
+    m = np.asarray(m, np.int64)
+    out = np.ones(len(r))
+    two = m == 2
+    out[two] = 2.0 * np.arccos(r[two]) / np.pi
+    for k in np.unique(m[(m > 2) & (m <= _MAX_SIMULATED)]):
+        at = m == k
+        null = _null_resultants(int(k))
+        out[at] = (len(null) - np.searchsorted(null, r[at], side="left")) / len(null)
+    big = m > _MAX_SIMULATED
+    if big.any():  # Wilkie's approximation to the Rayleigh test, good for many points
+        n, rn = m[big].astype(float), r[big] * m[big]
+        out[big] = np.exp(np.sqrt(1 + 4 * n + 4 * (n**2 - rn**2)) - (1 + 2 * n))
+    return np.clip(out, 0.0, 1.0)
+
+
 def seasonal_customers(fs: object, products: pd.DataFrame, params: SignalParams | None = None
                        ) -> pd.DataFrame:
     """Every seasonal customer with their window's centre (doy, angle) and evidence."""
@@ -72,6 +118,9 @@ def seasonal_customers(fs: object, products: pd.DataFrame, params: SignalParams 
     c = fs.customers  # type: ignore[attr-defined]
     cand = c.loc[(c["season_years"] >= p.min_years) & (c["season_r"] >= p.min_concentration)
                  & (c["season_share"] >= p.min_share)].copy()
+    cand["chance"] = chance_of_season(cand["season_r"].to_numpy(),
+                                      cand["season_cycles"].to_numpy())
+    cand = cand.loc[cand["chance"] <= p.max_chance]
     if cand.empty:
         return cand.assign(centre=[], lift=[], product_tied=[])
     cand["centre"] = TWO_PI * (cand["season_doy"].to_numpy() - 1.0) / YEAR_DAYS
@@ -94,10 +143,13 @@ def seasonal_customers(fs: object, products: pd.DataFrame, params: SignalParams 
 
 
 def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
-           params: SignalParams | None = None) -> pd.DataFrame:
+           params: SignalParams | None = None, seasons: pd.DataFrame | None = None
+           ) -> pd.DataFrame:
+    """The reminders due tonight; ``seasons``: ``seasonal_customers``' answer, when the caller
+    has it already."""
     params = params or SignalParams()
     p = params.seasonal
-    s = seasonal_customers(fs, products, params)
+    s = seasonal_customers(fs, products, params) if seasons is None else seasons
     if s.empty:
         return empty_signals()
     today = (as_of - _EPOCH).days
@@ -121,9 +173,9 @@ def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
     start_d, end_d = start[ok].date, end[ok].date
     around = pd.to_datetime(centre_day[ok], unit="D")
     reason = [
-        f"ordered around {a:%B} {a.day} in {int(y)} different years; their window opens "
-        f"{st:%Y-%m-%d}"
-        for a, y, st in zip(around, s["season_years"], start_d, strict=True)]
+        f"ordered around {a:%B} {a.day} in {int(y)} different years (by chance: about 1 in "
+        f"{_one_in(c)}); their window opens {st:%Y-%m-%d}"
+        for a, y, c, st in zip(around, s["season_years"], s["chance"], start_d, strict=True)]
     score = (s["season_r"].to_numpy() * np.minimum(1.0, s["season_years"].to_numpy() / 3.0))
     return frame(
         "seasonal", s["customer_id"], score, np.array(due)[ok], np.array(valid)[ok], reason,
@@ -134,3 +186,9 @@ def detect(fs: object, products: pd.DataFrame, as_of: dt.date,
         sku=s["season_sku"].tolist(),
         product_name=[names.get(k) for k in s["season_sku"]],
     )
+
+
+def _one_in(chance: float) -> str:
+    """"1 in N" for a small probability, N rounded to two significant figures."""
+    n = 1.0 / max(float(chance), 1e-6)
+    return f"{float(f'{n:.2g}'):,.0f}"

@@ -686,3 +686,60 @@ def customer_and_program(conn: Connection, message_id: str) -> tuple[str, str] |
     row = conn.execute(select(L.c.customer_id, L.c.program)
                        .where(L.c.message_id == message_id)).first()
     return (row.customer_id, row.program) if row else None
+
+
+# -- what the provider reports afterwards (tend serve's Event Webhook) ------------------------
+
+def owners(conn: Connection, message_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``message_id -> (customer_id, status)`` for those of these messages the ledger knows."""
+    ids = list(dict.fromkeys(message_ids))
+    out: dict[str, tuple[str, str]] = {}
+    if ids and conn.dialect.name == "postgresql":  # one array parameter, not 1,000 binds
+        rows = conn.exec_driver_sql(
+            "SELECT message_id::text, customer_id, status FROM contact_ledger "
+            "WHERE message_id = ANY(%(ids)s::uuid[])", {"ids": ids})
+        return {m.replace("-", ""): (str(c), str(s)) for m, c, s in rows}
+    for i in range(0, len(ids), 1000):
+        out.update({str(m): (str(c), str(s)) for m, c, s in conn.execute(
+            select(L.c.message_id, L.c.customer_id, L.c.status)
+            .where(L.c.message_id.in_(ids[i : i + 1000])))})
+    return out
+
+
+def settle_unknown(conn: Connection, outcomes: Mapping[str, tuple[str, str]]) -> int:
+    """``message_id -> (status, note)``: an ``unknown`` message (the sender could not tell
+    whether the provider took it) whose fate the provider has since reported. Only
+    ``unknown`` rows change, so a late or repeated report never rewrites a settled one."""
+    if not outcomes:
+        return 0
+    stmt = (update(L).where(L.c.message_id == bindparam("mid"), L.c.status == "unknown")
+            .values(status=bindparam("st"), error=bindparam("err"), finished_at=bindparam("fin")))
+    stamp = now()
+    res = conn.execute(stmt, [{"mid": m, "st": st, "err": note, "fin": stamp}
+                              for m, (st, note) in outcomes.items()])
+    return res.rowcount or 0
+
+
+def exposures(conn: Connection, start: dt.date, end: dt.date) -> pd.DataFrame:
+    """Who was exposed to a program on the nights ``start``..``end`` (tend.results): the
+    messages ``sent`` (group ``contacted``) and the candidates logged ``held_out`` (group
+    ``held_out``, no message). Columns customer_id, program, night, group, message_id."""
+    sent = select(L.c.customer_id, L.c.program, L.c.as_of, L.c.message_id).where(
+        L.c.status == "sent", L.c.as_of >= start, L.c.as_of <= end)
+    held = select(decision_log.c.customer_id, decision_log.c.program, decision_log.c.as_of).where(
+        decision_log.c.fate == "held_out", decision_log.c.as_of >= start,
+        decision_log.c.as_of <= end)
+    cols = ["customer_id", "program", "night", "message_id"]
+    a = pd.DataFrame(conn.execute(sent).all(), columns=cols).assign(group="contacted")
+    b = pd.DataFrame(conn.execute(held).all(), columns=cols[:3]).assign(
+        group="held_out", message_id=None)
+    out = pd.concat([a, b], ignore_index=True) if len(a) or len(b) else a.iloc[0:0]
+    out["night"] = pd.to_datetime(out["night"]).dt.date
+    out["customer_id"] = out["customer_id"].astype(str)
+    return out[[*cols, "group"]]
+
+
+def batch_ids(conn: Connection, as_of: dt.date) -> list[int]:
+    """The batches night ``as_of`` claimed messages in (what ``tend send --batch`` takes)."""
+    q = select(L.c.batch_id).where(L.c.as_of == as_of).distinct().order_by(L.c.batch_id)
+    return [int(b) for (b,) in conn.execute(q)]

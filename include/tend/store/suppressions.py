@@ -1,37 +1,48 @@
 """Suppressions: addresses Tend must not write to (unsubscribed, invalid, complained), until a
-suppression is resolved."""
+suppression is resolved.
+
+Written by the nightly planning (invalid addresses), ``tend serve`` (unsubscribes, SendGrid's
+bounces and spam reports) and the daily pull of SendGrid's suppression lists; read by the
+planning, by the send stage just before each chunk leaves, and by ``tend suppressions export``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import Connection, literal, select, union
 
 from tend.store import bulk
-from tend.store.tables import complaints, suppressions
+from tend.store.tables import complaints, message_events, suppressions
+
+__all__ = ["active", "add", "add_rows", "blocked", "listed"]
 
 
 def active(conn: Connection) -> pd.DataFrame:
     """The unresolved suppressions: ``customer_id``, ``reason``; a customer with an open
     complaint (the ``complaints`` table) appears once with reason ``complaint``."""
-    listed = select(suppressions.c.customer_id, suppressions.c.reason).where(
+    return pd.DataFrame(conn.execute(_active_query()).all(), columns=["customer_id", "reason"])
+
+
+def _active_query(customer_ids: Sequence[str] | None = None) -> Any:
+    listed_q = select(suppressions.c.customer_id, suppressions.c.reason).where(
         suppressions.c.resolved_at.is_(None))
     complained = select(complaints.c.customer_id, literal("complaint").label("reason")).where(
         complaints.c.resolved_at.is_(None)).distinct()
-    return pd.DataFrame(
-        conn.execute(union(listed, complained)).all(), columns=["customer_id", "reason"],
-    )
+    if customer_ids is not None:
+        listed_q = listed_q.where(suppressions.c.customer_id.in_(list(customer_ids)))
+        complained = complained.where(complaints.c.customer_id.in_(list(customer_ids)))
+    return union(listed_q, complained)
 
 
 def add(conn: Connection, customer_ids: Iterable[str], *, reason: str, source: str,
         created_at: dt.datetime) -> None:
     """Suppress these customers; one already suppressed for the same reason stays as it was."""
-    bulk.insert_ignore(conn, suppressions, [
-        {"customer_id": c, "email": None, "reason": reason, "source": source,
-         "created_at": created_at} for c in customer_ids
-    ])
+    add_rows(conn, [{"customer_id": c, "email": None, "reason": reason, "source": source,
+                     "created_at": created_at} for c in customer_ids])
 
 
 # -- the customer's own unsubscribe (tend serve's unsubscribe page) ---------------------------
@@ -63,3 +74,73 @@ def unsubscribed_since(conn: Connection, customer_id: str) -> dt.datetime | None
     return conn.execute(select(suppressions.c.created_at).where(
         suppressions.c.customer_id == customer_id, suppressions.c.reason == "unsubscribed",
         suppressions.c.resolved_at.is_(None))).scalar()
+
+
+def add_rows(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert-or-ignore rows of (customer_id, email, reason, source, created_at)."""
+    bulk.insert_ignore(conn, suppressions, rows)
+
+
+def blocked(conn: Connection, messages: Sequence[tuple[str, str, str]]) -> dict[str, str]:
+    """Of ``(message_id, customer_id, kind)``, the messages an active suppression now forbids,
+    with the reason: the send stage's last look before a chunk leaves, so an unsubscribe or a
+    bounce that arrived after tonight's planning still stops the message."""
+    from tend.programs.consent import SUPPRESSION_SCOPE
+
+    if not messages:
+        return {}
+    held: dict[str, set[str]] = {}
+    customers = sorted({c for _, c, _ in messages})
+    for i in range(0, len(customers), 500):
+        for customer_id, reason in conn.execute(_active_query(customers[i : i + 500])):
+            held.setdefault(str(customer_id), set()).add(str(reason))
+    out: dict[str, str] = {}
+    for message_id, customer_id, kind in messages:
+        for reason, kinds in SUPPRESSION_SCOPE.items():
+            if kind in kinds and reason in held.get(customer_id, ()):
+                out[message_id] = reason
+                break
+    return out
+
+
+def listed(conn: Connection) -> pd.DataFrame:
+    """The active suppression list as the shop mirrors it: ``customer_id``, ``email``,
+    ``reason``, ``since`` (the earliest time each customer was suppressed for that reason).
+    Open complaints are not listed: they pause marketing only until staff answer."""
+    s = suppressions
+    rows = conn.execute(select(s.c.customer_id, s.c.email, s.c.reason, s.c.created_at)
+                        .where(s.c.resolved_at.is_(None), s.c.reason != "complaint")
+                        .order_by(s.c.customer_id, s.c.reason)).all()
+    return pd.DataFrame(rows, columns=["customer_id", "email", "reason", "since"])
+
+
+#: Suppression reasons that mean the customer asked for less mail (tend.results counts them).
+OPT_OUT_REASONS = ("unsubscribed", "spam_report")
+#: SendGrid events that mean the same.
+OPT_OUT_EVENTS = ("unsubscribe", "group_unsubscribe", "spamreport")
+
+
+def opt_outs(conn: Connection, since: dt.datetime) -> pd.DataFrame:
+    """Unsubscribes and complaints recorded at or after ``since``, from the suppressions,
+    complaints and message_events tables: customer_id, message_id (None when unknown), kind
+    (``unsubscribe`` or ``complaint``), at. A customer may appear in several tables for one act
+    (an unsubscribe click and its SendGrid event): counting is per customer, never per row."""
+    sup = select(suppressions.c.customer_id, literal(None).label("message_id"),
+                 suppressions.c.reason, suppressions.c.created_at).where(
+        suppressions.c.reason.in_(OPT_OUT_REASONS), suppressions.c.created_at >= since)
+    comp = select(complaints.c.customer_id, complaints.c.message_id,
+                  literal("complaint").label("reason"), complaints.c.opened_at).where(
+        complaints.c.opened_at >= since)
+    ev = select(message_events.c.customer_id, message_events.c.message_id,
+                message_events.c.event, message_events.c.occurred_at).where(
+        message_events.c.event.in_(OPT_OUT_EVENTS), message_events.c.occurred_at >= since)
+    cols = ["customer_id", "message_id", "reason", "at"]
+    frame = pd.DataFrame([r for q in (sup, comp, ev) for r in conn.execute(q).all()],
+                         columns=cols)
+    frame["kind"] = frame["reason"].map(
+        lambda r: "complaint" if r in ("complaint", "spam_report", "spamreport")
+        else "unsubscribe")
+    frame["at"] = pd.to_datetime(frame["at"], utc=True, format="mixed")
+    frame["message_id"] = frame["message_id"].astype(object).where(frame["message_id"].notna(),
+                                                                   None)
+    return frame[["customer_id", "message_id", "kind", "at"]]

@@ -318,6 +318,44 @@ message_events = Table(
 )
 Index("ix_message_events_message", message_events.c.message_id)
 
+# -- results (migration 0012): what each program earns against its holdout (tend.results) ---
+
+#: The nightly KPI task's figures for the Tend page: one row per (month, program) of the months
+#: it recomputed (program "(all)": every program together), replaced as a whole each night,
+#: because a month's responses keep arriving until its last attribution window closes.
+#: Lift columns are NULL (with a ``note``) when the holdout is too small to say anything.
+kpi = Table(
+    "kpi",
+    metadata,
+    Column("month", String(7), primary_key=True),  # YYYY-MM of the contact nights
+    Column("program", String(100), primary_key=True),
+    Column("as_of", Date, nullable=False),  # the night that computed it (orders known up to it)
+    Column("contacted", Integer, nullable=False),
+    Column("held_out", Integer, nullable=False),
+    Column("responses", Integer, nullable=False),
+    Column("holdout_responses", Integer, nullable=False),
+    Column("response_rate", Float),
+    Column("holdout_response_rate", Float),
+    Column("lift", Float),
+    Column("lift_low", Float),
+    Column("lift_high", Float),
+    Column("revenue_per_contacted", Float),
+    Column("revenue_per_held_out", Float),
+    Column("revenue_lift", Float),
+    Column("revenue_lift_low", Float),
+    Column("revenue_lift_high", Float),
+    Column("direct_responses", Integer, nullable=False),
+    Column("reactivation_rate", Float),
+    Column("messages", Integer, nullable=False),
+    Column("contacts_per_customer", Float),
+    Column("unsubscribe_rate", Float),
+    Column("complaint_rate", Float),
+    Column("window_days", Integer),
+    Column("open_windows", Integer, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+)
+
 # -- campaigns (migration 0013): one-off sends from the tend_campaign form ---------------------
 
 #: One row per campaign name (its identity: the ledger key of its messages is (customer,

@@ -216,3 +216,54 @@ def test_campaign_and_nightly_at_the_same_time_contact_nobody_twice(
         assert set(ledger.batches_to_send(conn, DAY, "campaign:winter-news")) == \
             campaign_batches
         assert ledger.claims_without_contexts(conn, DAY).empty
+
+
+def test_a_customer_who_paused_marketing_gets_no_campaign(ingested: tuple[str, str]) -> None:
+    """The customers' own choices (tend serve's preferences page) bind campaigns too."""
+    from tend.store import preferences
+
+    shop_url, store_url = ingested
+    before = run(shop_url, store_url, spec(dry_run=True))
+    with connect(store_url).begin() as conn:
+        preferences.save(conn, "C000001", preferences.Preferences(
+            paused_until=DAY + dt.timedelta(days=30)), now=ledger.now())
+    real = run(shop_url, store_url, spec())
+    assert real.fates["preference:paused"] == 1
+    assert real.claimed == before.claimed - 1, "C000001 would have been sent the campaign"
+    with connect(store_url).connect() as conn:
+        fate = conn.execute(select(decision_log.c.fate).where(
+            decision_log.c.customer_id == "C000001")).scalar_one()
+    assert fate == "preference:paused"
+
+
+def test_a_local_send_time_is_each_customers_own(ingested: tuple[str, str],
+                                                 tmp_path: Path) -> None:
+    """send_at 10:00: every message is scheduled for the next 10:00 in its customer's own
+    timezone (the outbox records it as X-Tend-Send-At)."""
+    from zoneinfo import ZoneInfo
+
+    from tend.shop.read import read_customers
+
+    shop_url, store_url = ingested
+    s = spec(send_at="10:00", max_recipients=20)
+    report = run(shop_url, store_url, s)
+    now = dt.datetime(2026, 11, 20, 21, 0, tzinfo=dt.UTC)
+    backend = OutboxBackend(tmp_path / "outbox")
+    for b in report.batches:
+        send_batch(store_url, DAY, b, backend=backend,
+                   renderer=messages.default_renderer(SETTINGS), settings=SETTINGS,
+                   send_window=s.send_window(SendWindow()), wall_clock=lambda: now)
+    rows = ledger_rows(store_url).set_index("message_id")
+    tz = read_customers(shop_url, rows["customer_id"].unique()).set_index("customer_id")[
+        "timezone"]
+    zones = set()
+    for path in (tmp_path / "outbox").glob("*.eml"):
+        msg = email.message_from_bytes(path.read_bytes())
+        at = dt.datetime.fromisoformat(msg["X-Tend-Send-At"])
+        zone = ZoneInfo(tz[rows.loc[path.stem, "customer_id"]])
+        local = at.astimezone(zone)
+        assert (local.hour, local.minute) == (10, 0)
+        assert now < at <= now + dt.timedelta(days=1)
+        zones.add(str(zone))
+    assert len(zones) >= 2, "customers in several timezones"
+    assert report.claimed == 20

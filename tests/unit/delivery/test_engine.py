@@ -13,6 +13,7 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -319,3 +320,43 @@ def test_results_of_a_finished_chunk_are_recorded_even_if_the_worker_is_interrup
         send_all(store_url, planned, backend)
     statuses = Counter(r["status"] for r in ledger(store_url).values())
     assert statuses == {"sent": 20, "claimed": planned.claimed() - 20}
+
+
+def test_a_bounce_received_between_planning_and_sending_stops_that_message(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SendGrid reports (signed, over HTTP to a real tend serve) that last week's message to a
+    customer bounced; tonight's message to them, claimed already, is not sent."""
+    import httpx
+    from _support import WebhookSigner, add_ledger_messages, running_service
+
+    from tend.store.tables import message_events, suppressions
+
+    signer = WebhookSigner.new()
+    monkeypatch.setenv("TEND_SENDGRID_WEBHOOK_KEY", signer.public_key)
+    rows = ledger(store_url)
+    target = sorted(rows)[len(rows) // 2]  # in the middle of a batch, not its first chunk
+    customer = rows[target]["customer_id"]
+    last_week = "e" * 32
+    add_ledger_messages(store_url, [{"message_id": last_week, "customer_id": customer}],
+                        as_of=NIGHT - dt.timedelta(days=7))
+    body = json.dumps([{"event": "bounce", "type": "bounce", "sg_event_id": "b-1",
+                        "timestamp": 1_790_000_000, "email": "x@example.com",
+                        "tend_message_id": last_week}]).encode()
+    try:
+        with running_service(store_url, tmp_path) as svc:
+            r = httpx.post(f"{svc.url}/sendgrid/events", content=body,
+                           headers=signer.headers(body))
+            assert r.status_code == 200
+        with sendgrid(fake) as backend:
+            counts = send_all(store_url, planned, backend)
+        after = ledger(store_url)
+        assert after[target]["status"] == "failed"
+        assert after[target]["error"].startswith("suppressed after planning (hard bounce)")
+        assert target not in fake.fake.accepted_counts()
+        assert counts["suppressed"] == 1 and counts["sent"] == planned.claimed() - 1
+    finally:
+        with connect(store_url).begin() as conn:
+            conn.execute(contact_ledger.delete().where(contact_ledger.c.message_id == last_week))
+            conn.execute(suppressions.delete())
+            conn.execute(message_events.delete())

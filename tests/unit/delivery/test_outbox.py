@@ -100,8 +100,6 @@ def test_second_send_is_idempotent(tmp_path: Path) -> None:
         ("subject", "Hello\r\nBcc: victim@example.com", "Subject"),
         ("subject", "Hello\nBcc: victim@example.com", "Subject"),
         ("subject", "Hello\rBcc: victim@example.com", "Subject"),
-        ("to_name", "Marie\r\nBcc: victim@example.com", "To"),
-        ("from_name", "Shop\nBcc: victim@example.com", "From"),
         ("reply_to", "a@b.example\nBcc: victim@example.com", "Reply-To"),
         (
             "headers",
@@ -124,6 +122,16 @@ def test_line_break_in_a_header_fails_that_message_only(
     assert "line break" in (bad.error or "")
     assert good.status is DeliveryStatus.SENT
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.eml"]
+
+
+@pytest.mark.parametrize("field", ["to_name", "from_name"])
+def test_a_line_break_in_a_name_is_cleaned_not_fatal(tmp_path: Path, field: str) -> None:
+    """Names are the customer's data, not Tend's: reduced to safe text, the message is sent."""
+    [result] = OutboxBackend(tmp_path).send(
+        [make_message(**{field: "Marie\r\nBcc: victim@example.com"})])
+    assert result.status is DeliveryStatus.SENT
+    raw = (tmp_path / "msg-0001.eml").read_bytes()
+    assert b"\nBcc:" not in raw and b"victim@" not in raw
 
 
 @pytest.mark.parametrize("header", ["From", "subject", "Bcc", "X-Tend-Message-Id"])

@@ -142,21 +142,18 @@ def test_error_text_reads_sendgrids_error_list() -> None:
 
 
 def test_event_webhook_signatures_are_verified_with_the_sendgrid_package() -> None:
-    import base64
-
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from _support import WebhookSigner
 
     from tend.delivery.sendgrid import verify_event_webhook
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    public = "".join(public.strip().splitlines()[1:-1])  # as SendGrid shows it: base64 only
+    signer = WebhookSigner.new()
+    public = signer.public_key  # as SendGrid shows it: base64 only
     body = b'[{"event": "delivered", "tend_message_id": "m-0001"}]'
     stamp = "1763900000"
-    sig = base64.b64encode(key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+    sig = signer.signature(body, stamp)
     assert verify_event_webhook(public, body, sig, stamp)
     assert not verify_event_webhook(public, body.replace(b"delivered", b"bounce"), sig, stamp)
     assert not verify_event_webhook(public, body, sig, "1763900001")
     assert not verify_event_webhook(public, body, "not base64!", stamp)
+    assert not verify_event_webhook("not a key", body, sig, stamp)
+    assert not verify_event_webhook(public, b"\xff" + body, sig, stamp)

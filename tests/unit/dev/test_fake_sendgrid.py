@@ -264,3 +264,22 @@ def test_the_cli_refuses_unknown_faults(capsys: pytest.CaptureFixture[str]) -> N
 
     assert main(["fake-sendgrid", "--faults", "teapot", "--fault-rate", "1"]) == 2
     assert "unknown fault" in capsys.readouterr().err
+
+
+def test_suppression_lists_are_served_as_sendgrid_pages_them(client: httpx.Client,
+                                                              fake: RunningFake) -> None:
+    entries = [{"email": f"a{i}@x.example", "created": 1_780_000_000 + i} for i in range(7)]
+    told = client.post("/_suppressions", json={"bounces": entries})
+    assert told.status_code == 200 and told.json()["bounces"] == 7
+    page = client.get("/v3/suppression/bounces", params={"limit": 3, "offset": 3})
+    assert page.json() == entries[3:6]
+    window = client.get("/v3/suppression/bounces",
+                        params={"start_time": 1_780_000_005, "end_time": 1_780_000_006})
+    assert window.json() == entries[5:7]
+    assert client.get("/v3/suppression/unsubscribes").json() == []
+    assert client.get("/v3/suppression/bounces", params={"limit": 501}).status_code == 400
+    assert client.get("/v3/suppression/bounces", params={"offset": "x"}).status_code == 400
+    assert httpx.get(f"{fake.url}/v3/suppression/bounces").status_code == 401
+    assert client.post("/_suppressions", json={"nope": []}).status_code == 400
+    client.post("/_reset")
+    assert client.get("/v3/suppression/bounces").json() == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _support import sqlite_session
+from _support import add_worst_rows, sqlite_session
 from sqlalchemy import select
 
 from tend.features import ingest
@@ -284,3 +284,21 @@ def test_a_changed_customer_left_without_clean_orders_loses_the_row(
     ingest.run_ingest(shop_url, full, NIGHT, "f", now=NOW)
     pd.testing.assert_frame_equal(inc.customers,
                                   feature_store.read_feature_set(full).customers)
+
+
+def test_the_worst_rows_never_fail_an_ingest_on_either_store(shop_url: str,
+                                                             store_url: str) -> None:
+    """NUL bytes, ids too long for the store, absurd numbers and dates: quarantined, and the
+    night's features are written (PostgreSQL refuses a NUL in text: none reaches it)."""
+    add_worst_rows(shop_url, NIGHT)
+    result = ingest.run_ingest(shop_url, store_url, NIGHT, "r1", now=NOW)
+    reasons = " | ".join(result.quarantined)
+    for expected in ("NUL byte in order_id", "order_id longer than 64 characters",
+                     "order line quantity above 10,000", "ordered_at before 1970-01-01",
+                     "ordered_at after 2199-12-31", "order line with an unknown sku"):
+        assert expected in reasons
+    with connect(store_url).connect() as conn:
+        keys = [k for (k,) in conn.execute(select(quarantine.c.record_key)) if k]
+    assert keys and all("\x00" not in k and len(k) <= 200 for k in keys)
+    fs, _ = ingest.compute_from_shop(shop_url, NIGHT)
+    assert {"EVIL-1", "EVIL-2", "EVIL-4"} <= set(fs.customers["customer_id"])

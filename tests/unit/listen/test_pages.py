@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from _support import (
+    interruptible_store,
     make_program,
     make_registry,
     night_decisions,
@@ -401,22 +402,20 @@ def test_while_the_store_is_down_pages_show_and_clicks_are_kept(store_url: str,
                                                                  tmp_path: Path) -> None:
     import time
 
-    from tend.store import db
-
     mid = "0123456789abcdef0123456789abcdef"
     sent_survey(store_url, "cus_1", mid)
-    with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
-        real = svc.service.engine
-        # a store that cannot be opened: every connection attempt fails, as in an outage
-        svc.service.engine = db.connect(f"sqlite:///{tmp_path / 'gone' / 'store.db'}")
-        page = c.get(f"/preferences/{token('cus_1', 'preferences')}")
-        assert page.status_code == 200 and "Your email preferences" in page.text
-        assert c.post(f"/unsubscribe/{token('cus_1')}", data=ONE_CLICK).status_code == 200
-        assert c.get(survey_url("cus_1", mid) + "?rating=1").status_code == 200
-        assert svc.service.spool.pending() == 2
-        assert set(table_counts(store_url).values()) == {0}
-        svc.service.engine = real
-        deadline = time.monotonic() + 10
+    with interruptible_store(store_url) as store, \
+            running_service(store.url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
+        store.down()  # every connection attempt fails, as in an outage
+        try:
+            page = c.get(f"/preferences/{token('cus_1', 'preferences')}")
+            assert page.status_code == 200 and "Your email preferences" in page.text
+            assert c.post(f"/unsubscribe/{token('cus_1')}", data=ONE_CLICK).status_code == 200
+            assert c.get(survey_url("cus_1", mid) + "?rating=1").status_code == 200
+            assert svc.service.spool.pending() == 2  # both kept, neither applied yet
+        finally:
+            store.up()
+        deadline = time.monotonic() + 20
         while svc.service.spool.pending() and time.monotonic() < deadline:
             time.sleep(0.05)
     assert active_reasons(store_url, "cus_1") == {"unsubscribed", "complaint"}

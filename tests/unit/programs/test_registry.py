@@ -82,3 +82,23 @@ def test_broken_yaml_and_missing_file(tmp_path: Path) -> None:
 def test_unknown_program_lookup_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="known programs: thank_you, checkup"):
         load_registry().get("birthday")
+
+
+def test_attribution_windows_default_by_signal() -> None:
+    reg = load_registry(DEFAULT_REGISTRY)
+    windows = {p.name: p.window_days for p in reg.programs}
+    assert windows["winback"] == windows["loyalty"] == windows["cross_sell"] == 7
+    assert windows["checkup"] == windows["replenish"] == 30
+
+
+def test_attribution_days_overrides_the_default() -> None:
+    reg = parse_registry(mutate("programs.4.attribution_days", 14))
+    assert reg.programs[4].name == "winback"
+    assert reg.get("winback").window_days == 14
+
+
+@pytest.mark.parametrize("value", [0, 400, 2.5, "7", True])
+def test_attribution_days_must_be_whole_days(value: Any) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_registry(mutate("programs.4.attribution_days", value))
+    assert "program 'winback': attribution_days must be a whole number of days" in str(err.value)

@@ -303,7 +303,8 @@ def test_a_warning_keeps_the_row_and_is_counted(
     ("name", "header", "expected"),
     [
         ("orders", ["order_id", "client", "ordered_at", "total", "currency"],
-         "orders.csv: expected columns order_id,customer_id,ordered_at,total,currency ; "
+         "orders.csv: expected columns order_id,customer_id,ordered_at,total,currency"
+         "[,discount_code] ; "
          "found order_id,client,ordered_at,total,currency — missing customer_id; "
          "unexpected client: rename the header row"),
         ("order_lines", ["order_id", "sku", "quantity"],
@@ -466,3 +467,66 @@ def test_a_demo_shop_exported_with_pandas_round_trips(tmp_path: Path) -> None:
 
     for name in LOAD_ORDER:
         assert table(target, name) == table(source, name), name
+
+
+def test_orders_may_carry_a_discount_code(tmp_path: Path, url: str) -> None:
+    directory = write_dir(tmp_path / "in", BASE)
+    header = [*shop_schema.CSV_COLUMNS["orders"], "discount_code"]
+    codes = [" WB-ABCD-EFGH ", "", "X" * 65]
+    with (directory / "orders.csv").open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([header, *([*r, c] for r, c in zip(BASE["orders"], codes,
+                                                                     strict=True))])
+    report = load_csv_dir(url, directory)
+    assert report.quarantined["orders"] == 1  # the 65-character code
+    assert report.quarantined["order_lines"] == 1  # the lines of that order follow it
+    [rejected] = [r for r in quarantine_rows(directory / "quarantine.csv")
+                  if r["file"] == "orders.csv"]
+    assert "discount_code longer than 64 characters" in rejected["reason"]
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(shop_schema.orders_with_codes.c.order_id,
+                                          shop_schema.orders_with_codes.c.discount_code)).all())
+    engine.dispose()
+    assert stored == {"O1": "WB-ABCD-EFGH", "O2": None}
+
+
+def test_a_shop_loaded_without_discount_codes_has_no_such_column(tmp_path: Path,
+                                                                 url: str) -> None:
+    load_csv_dir(url, write_dir(tmp_path / "in", BASE))
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert not shop_schema.has_discount_code(conn)
+    engine.dispose()
+
+
+def test_strict_refuses_the_whole_load_and_lists_the_rows(tmp_path: Path, url: str) -> None:
+    rows, line = with_row("order_lines", ["O3", "FILTER", "99999999999999999999", "6.50"])
+    directory = write_dir(tmp_path / "in", rows)
+    with pytest.raises(DataError, match=r"--strict: 1 row\(s\) fail the row rules"):
+        load_csv_dir(url, directory, strict=True)
+    assert count(url, "orders") == 0  # nothing of any file was loaded
+    [rejected] = quarantine_rows(directory / "quarantine.csv")
+    assert int(rejected["line"]) == line and "above 10,000" in rejected["reason"]
+    report = load_csv_dir(url, directory)  # without --strict: the good rows load
+    assert report.loaded == COUNTS and report.quarantined["order_lines"] == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("name", "row", "reason"), [
+    ("order_lines", ["O3", "FILTER", "9" * 30, "6.50"], "above 10,000"),
+    ("order_lines", ["O3", "FILTER", "1", "1e30"], "unit_price too large"),
+    ("orders", ["O9", "C1", "9999-12-31T23:59:59-05:00", "1.00", "CAD"], "after 2199-12-31"),
+    ("orders", ["O9", "C1", "0001-01-01T00:00:00+05:00", "1.00", "CAD"], "before 1970-01-01"),
+    ("customers", ["C9", "a@b.example", "N\x00", "", "en", "UTC", "none", "",
+                   "2024-01-01T00:00:00Z"], "NUL byte in first_name"),
+    ("products", ["X\x00", "x", "x", "1", "", "", ""], "NUL byte in sku"),
+    ("products", ["X", "x", "x", "1", "", "99999999999", ""], "replenish_days too large"),
+])
+def test_postgresql_takes_the_good_rows_whatever_the_bad_ones_hold(
+        tmp_path: Path, pg_schema_url: str, name: str, row: list[str], reason: str) -> None:
+    """The stricter database: values it would refuse are quarantined, never a failed load."""
+    rows, _ = with_row(name, row)
+    report = load_csv_dir(pg_schema_url, write_dir(tmp_path / "in", rows))
+    assert report.loaded == COUNTS
+    [rejected] = quarantine_rows(tmp_path / "in" / "quarantine.csv")
+    assert reason in rejected["reason"]

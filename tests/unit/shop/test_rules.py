@@ -54,6 +54,29 @@ CASES = [  # table, the row as exported, the reason both give (None: both keep t
     ("order_lines", ["O2", "", "1", "24.00"], rules.LINE_UNKNOWN_SKU),
     ("order_lines", ["O99", "BEANS", "1", "24.00"], rules.LINE_UNKNOWN_ORDER),
     ("order_lines", ["", "BEANS", "1", "24.00"], rules.LINE_UNKNOWN_ORDER),
+    # the documented ranges (docs/shop-data.md, quarantine)
+    ("order_lines", ["O2", "BEANS", "10000", "24.00"], None),
+    ("order_lines", ["O2", "BEANS", "10001", "24.00"], rules.LINE_ABSURD_QUANTITY),
+    ("order_lines", ["O2", "BEANS", "9" * 40, "24.00"], rules.LINE_ABSURD_QUANTITY),
+    ("order_lines", ["O2", "BEANS", "1e400", "24.00"], rules.LINE_ABSURD_QUANTITY),
+    ("orders", ["O9", "C1", "1970-01-01T00:00:00+00:00", "1.00", "CAD"], None),
+    ("orders", ["O9", "C1", "1969-12-31T23:59:59+00:00", "1.00", "CAD"],
+     rules.ORDERED_AT.too_early),
+    ("orders", ["O9", "C1", "0001-01-01T00:00:00+05:00", "1.00", "CAD"],
+     rules.ORDERED_AT.too_early),
+    ("orders", ["O9", "C1", "2199-12-31T00:00:00+00:00", "1.00", "CAD"],
+     rules.ORDER_IN_FUTURE.format(date="2026-01-01")),
+    ("orders", ["O9", "C1", "2200-01-01T00:00:00+00:00", "1.00", "CAD"],
+     rules.ORDERED_AT.too_late),
+    ("orders", ["O9", "C1", "9999-12-31T23:59:59-05:00", "1.00", "CAD"],
+     rules.ORDERED_AT.too_late),
+    # text a store cannot hold, or that cannot name a row
+    ("orders", ["O\x009", "C1", WHEN, "1.00", "CAD"], "NUL byte in order_id"),
+    ("orders", ["O" * 65, "C1", WHEN, "1.00", "CAD"], "order_id longer than 64 characters"),
+    ("orders", ["O9", "C\x001", WHEN, "1.00", "CAD"], rules.ORDER_UNKNOWN_CUSTOMER),
+    ("orders", ["O9", "C" * 65, WHEN, "1.00", "CAD"], rules.ORDER_UNKNOWN_CUSTOMER),
+    ("order_lines", ["O2", "BEANS\x00", "1", "24.00"], rules.LINE_UNKNOWN_SKU),
+    ("order_lines", ["O\x002", "BEANS", "1", "24.00"], rules.LINE_UNKNOWN_ORDER),
 ]
 
 
@@ -69,7 +92,7 @@ def _csv_reasons(directory: Path, rows: dict[str, list[list[str]]]) -> tuple[lis
             writer = csv.writer(fh)
             writer.writerow(shop_schema.CSV_COLUMNS[name])
             writer.writerows(rows[name])
-    report = load_csv_dir(f"sqlite:///{directory / 'shop.db'}", directory)
+    report = load_csv_dir(f"sqlite:///{directory / 'shop.db'}", directory, now=NOW)
     if report.quarantine_file is None:
         return [], sum(report.loaded.values())
     with report.quarantine_file.open(newline="", encoding="utf-8") as fh:
@@ -120,3 +143,24 @@ def test_the_bounds_are_the_readers() -> None:
     assert rules.QUANTITY.minimum == 1
     assert rules.QUANTITY.parse("0") == (None, f"{BAD_QUANTITY}: 0")
     assert rules.TOTAL.parse("1000000") == (1_000_000, None)
+
+
+@pytest.mark.parametrize("kind", ["string", "large_string", "sliced", "chunked"])
+def test_the_readers_text_check_on_whole_columns_is_the_rule(kind: str) -> None:
+    """``screen._text_codes`` (whole columns, with a shortcut when nothing can be wrong) finds
+    exactly the values ``rules.text_problem`` refuses, in any Arrow layout."""
+    import pyarrow as pa
+
+    from tend.shop.screen import _text_codes
+
+    values = ["O1", "O\x002", "O" * 64, "O" * 65, "é" * 64, "é" * 65, "", None, "\x00"]
+    typ = pa.large_string() if kind == "large_string" else pa.string()
+    a: object = pa.array(["pad\x00", *values], typ).slice(1) if kind == "sliced" \
+        else pa.array(values, typ)
+    if kind == "chunked":
+        a = pa.chunked_array([a])
+    expected = [0 if v is None else {None: 0, rules.NUL_BYTE.format(column="order_id"): 1}.get(
+        rules.text_problem("orders", "order_id", v), 2) for v in values]
+    assert _text_codes(a, "orders", "order_id", 1, 2).tolist() == expected  # type: ignore[arg-type]
+    clean = pa.array(["O1", "O2"], typ)
+    assert _text_codes(clean, "orders", "order_id", 1, 2).tolist() == [0, 0]

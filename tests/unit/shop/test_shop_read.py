@@ -159,10 +159,10 @@ def test_the_odd_shop_exercises_every_check(odd_shop: str) -> None:
         "unparseable ordered_at timestamp", "total is not a number", "negative order total",
         "order total above 1,000,000", "ordered_at in the future",
         "duplicate order_id", "order line for an unknown order", "order line with an unknown sku",
-        "order line quantity is not a positive whole number"}
+        "order line quantity is not a positive whole number", "order line quantity above 10,000"}
     assert h.orders.set_index("order_id").loc["O03", "total"] == 12.5
     assert h.orders.set_index("order_id").loc["O04", "customer_id"] == "C3"
-    assert h.lines["quantity"].max() == 3_000_000_000
+    assert h.lines["quantity"].max() == 5  # 3,000,000,000 units in one line is quarantined
 
 
 @pytest.mark.parametrize("part_rows", [1_000_000, 3, 1])
@@ -194,7 +194,7 @@ def test_lines_in_any_order_are_matched_to_their_orders(
     fast = shop.read_history(url, NIGHT, now=NOW)
     _no_fallback(caplog)
     _same(fast, shop._read_generic(url, NIGHT, None, now=NOW, lines=True), exact=False)
-    assert len(fast.lines) == 10
+    assert len(fast.lines) == 9
 
 
 def test_trailing_lines_of_unknown_orders_do_not_unmatch_the_others(
@@ -274,3 +274,46 @@ def test_positions_hash_either_side() -> None:
     assert columns._sorted_unique(pa.array(["b", None, "a", "b"])).to_pylist() == ["a", "b"]
     assert columns._sorted_unique(pa.array(["b", "a", "b"]), unique=False).to_pylist() == [
         "a", "b", "b"]
+
+
+@pytest.mark.parametrize("with_codes", [True, False])
+def test_discount_codes_are_read_when_the_shop_has_them(tmp_path: Path,
+                                                        with_codes: bool) -> None:
+    from tend.shop import schema as s
+    from tend.store.db import connect
+
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    s.metadata.create_all(connect(url))
+    table = s.orders_with_codes if with_codes else s.orders
+    with connect(url).begin() as conn:
+        if with_codes:
+            s.add_discount_code(conn)
+            s.add_discount_code(conn)  # a second call changes nothing
+        conn.execute(table.insert(), [
+            {"order_id": o, "customer_id": "C1", "total": 10, "currency": "CAD",
+             "ordered_at": dt.datetime(2026, 10, 3, tzinfo=dt.UTC),
+             **({"discount_code": code} if with_codes else {})}
+            for o, code in (("O1", "WB-AAAA-BBBB"), ("O2", None), ("O3", "  "))])
+    orders = pd.DataFrame({"order_id": ["O1", "O2", "O3"], "customer_id": "C1"})
+    got = shop.with_discount_codes(url, orders)
+    expected = ["WB-AAAA-BBBB", None, None] if with_codes else [None, None, None]
+    assert [c if isinstance(c, str) else None for c in got["discount_code"]] == expected
+
+
+def test_an_unsubscribe_that_cannot_be_read_still_counts(tmp_path: Path) -> None:
+    """A customer's unsubscribed_at that is garbage or out of any calendar is an unsubscribe
+    (at the earliest date), never a silent "subscribed"; an unreadable consent date is none."""
+    url = _shop(tmp_path / "shop.db")
+    with sqlite_session(tmp_path / "shop.db") as con:
+        con.execute("DELETE FROM customers")
+        con.executemany("INSERT INTO customers (customer_id, consent_at, unsubscribed_at) "
+                        "VALUES (?, ?, ?)", [("A", "2024-01-01", None), ("B", "9999-12-31", "yes"),
+                                             ("C", None, "9999-12-31 23:59:59"),
+                                             ("D", "0001-01-01", "2025-01-02 03:04:05")])
+    got = shop.read_customers(url, ["A", "B", "C", "D"]).set_index("customer_id")
+    earliest = pd.Timestamp("1970-01-01", tz="UTC")
+    assert got.loc["B", "unsubscribed_at"] == got.loc["C", "unsubscribed_at"] == earliest
+    assert pd.isna(got.loc["A", "unsubscribed_at"])
+    assert got.loc["D", "unsubscribed_at"] == pd.Timestamp("2025-01-02 03:04:05", tz="UTC")
+    assert pd.isna(got.loc["B", "consent_at"]) and pd.isna(got.loc["D", "consent_at"])
+    assert got.loc["A", "consent_at"] == pd.Timestamp("2024-01-01", tz="UTC")

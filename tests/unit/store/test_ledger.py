@@ -254,3 +254,27 @@ def test_claim_reports_its_phases(store_url: str) -> None:
         outcome = ledger.claim(conn, winners(("C1", "winback", "e")), as_of=NIGHT,
                                run_id="r", caps=CAPS, batch_size=10)
     assert {"stage", "rules", "arbitrate", "contexts", "insert"} <= set(outcome.timings)
+
+
+def test_exposures_are_sent_messages_and_held_out_decisions(store_url: str) -> None:
+    out = claim(store_url, winners(("C1", "winback", "o1"), ("C2", "cross_sell", "o2"),
+                                   ("C3", "winback", "o3")))
+    sent = out.loc["C1", "message_id"]
+    with connect(store_url).begin() as conn:
+        conn.execute(contact_ledger.update().where(contact_ledger.c.message_id == sent)
+                     .values(status="sent"))  # C2 and C3 stay claimed: not contacts (yet)
+        ledger.record_decisions(conn, pd.DataFrame([
+            {"customer_id": "C4", "program": "winback", "fate": "held_out", "why": "control",
+             "message_id": None},
+            {"customer_id": "C5", "program": "winback", "fate": "no_consent", "why": "none",
+             "message_id": None}]), as_of=NIGHT, run_id="r")
+    with connect(store_url).connect() as conn:
+        rows = ledger.exposures(conn, NIGHT, NIGHT)
+        before = ledger.exposures(conn, NIGHT - dt.timedelta(days=5), NIGHT - dt.timedelta(days=1))
+    assert rows.sort_values("customer_id").to_dict("records") == [
+        {"customer_id": "C1", "program": "winback", "night": NIGHT, "message_id": sent,
+         "group": "contacted"},
+        {"customer_id": "C4", "program": "winback", "night": NIGHT, "message_id": None,
+         "group": "held_out"},
+    ]
+    assert before.empty
