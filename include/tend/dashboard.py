@@ -76,6 +76,10 @@ class Dashboard:
     ratings: list[dict[str, Any]]  # by (program|sku), name, answers, average, low
     open_complaints: list[dict[str, Any]]
     campaigns: list[dict[str, Any]] = field(default_factory=list)
+    #: Each program's results against its holdout for the window's months (the ``kpi``
+    #: table tend_programs' ``kpi`` task fills): month, program, contacted, held_out,
+    #: response rates, lift and its 95 % interval (in shares, not points).
+    results: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -109,6 +113,7 @@ def read_dashboard(store_url: str, *, days: int = 30, end: dt.date | None = None
             ratings=survey_ratings(conn),
             open_complaints=complaint_store.open_ones(conn),
             campaigns=campaign_reports(conn),
+            results=program_results(conn, start, end),
         )
 
 
@@ -205,6 +210,19 @@ def campaign_reports(conn: Connection) -> list[dict[str, Any]]:
 
     return [row for name in campaigns.names(conn)
             if (row := campaigns.read(conn, name)) is not None]
+
+
+def program_results(conn: Connection, start: dt.date, end: dt.date) -> list[dict[str, Any]]:
+    """The stored results of the months the window touches (none before any is computed)."""
+    from tend.store import kpi
+
+    months = sorted({(start + dt.timedelta(days=i)).strftime("%Y-%m")
+                     for i in range((end - start).days + 1)})
+    frame = kpi.read(conn, months)
+    keep = ["month", "program", "contacted", "held_out", "response_rate",
+            "holdout_response_rate", "lift", "lift_low", "lift_high", "note"]
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in frame[keep].to_dict("records")]
 
 
 def warnings(d: Dashboard) -> list[str]:

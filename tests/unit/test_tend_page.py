@@ -69,7 +69,7 @@ def test_the_page_shows_the_night_as_charts_with_their_figures(auth_manager: Any
     assert got.status_code == 200, got.text
     body = got.text
     charts = re.findall(r'<svg [^>]*role="img"[^>]*id="([a-z-]+)"', body)
-    assert {"sends", "fates", "caps", "contacts", "rates", "ratings"} <= set(charts)
+    assert {"sends", "fates", "caps", "contacts", "rates", "results", "ratings"} <= set(charts)
     assert "<rect" in body.split('id="sends"')[1].split("</svg>")[0]  # bars, not "no data"
     assert "winback" in body and "claimed" in body
     assert "0.3 % limit" in body
@@ -94,3 +94,20 @@ def test_bad_paths_and_parameters_are_plain_4xx(auth_manager: Any, page: str,
     got = httpx.get(f"{page}{path}", cookies={"_token": _token(auth_manager)})
     assert 400 <= got.status_code < 500
     assert "Traceback" not in got.text
+
+
+def test_an_interval_clear_of_zero_reads_as_an_effect() -> None:
+    from tend_airflow.page import svg
+
+    drawn = svg.intervals("results", "Lift", [("2026-11 <winback>", 2.0, 0.5, 3.5),
+                                               ("2026-11 survey", 0.2, -1.0, 1.4),
+                                               ("2026-11 promo", -2.0, -3.0, -1.0)])
+    assert drawn.count("<circle") == 3
+
+    def colour_of(label: str) -> str:
+        return drawn.split(f">{label}</text>")[1].split('stroke="')[1][:7]
+
+    assert colour_of("2026-11 &lt;winback&gt;") == svg.PALETTE[2]  # clear of zero: works
+    assert colour_of("2026-11 survey") == svg.PALETTE[0]  # across zero: no effect shown
+    assert colour_of("2026-11 promo") == svg.PALETTE[5]  # below zero: costs
+    assert "+2.0 pts (+0.5 to +3.5)" in drawn and "<winback>" not in drawn

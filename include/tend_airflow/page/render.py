@@ -62,8 +62,8 @@ def page(d: Dashboard) -> str:
     if d.empty:
         parts.append('<p class="ok">No night has been planned in this store yet: run '
                      "tend_ingest and tend_programs.</p>")
-    parts += [_sends(d), _fates(d), _caps(d), _contacts(d), _rates(d), _ratings(d),
-              _complaints(d), _campaigns(d)]
+    parts += [_sends(d), _fates(d), _caps(d), _contacts(d), _rates(d), _results(d),
+              _ratings(d), _complaints(d), _campaigns(d)]
     return _doc("Tend", "".join(parts))
 
 
@@ -107,6 +107,29 @@ def _rates(d: Dashboard) -> str:
     return ("<h2>Bounce, unsubscribe and spam-report rates</h2>" + chart + _figures(
         ["sent", "delivered", "bounces", "unsubscribes", "spam reports"],
         [(r.sent, r.delivered, r.bounces, r.unsubscribes, r.spam_reports)]))
+
+
+def _results(d: Dashboard) -> str:
+    """Lift against each program's holdout, in percentage points with its 95 % interval."""
+    from tend.results.report import verdict
+
+    rows = [r for r in d.results if r["lift"] is not None]
+    chart = svg.intervals(
+        "results", "Response-rate lift over the holdout (percentage points, 95 % interval)",
+        [(f"{r['month']} {r['program']}", r["lift"] * 100, r["lift_low"] * 100,
+          r["lift_high"] * 100) for r in rows])
+    return ("<h2>Results against the holdout</h2>" + chart + _figures(
+        ["month", "program", "contacted", "held out", "response %", "holdout response %",
+         "lift (pts)", "95 % interval", "reads as"],
+        [(r["month"], r["program"], r["contacted"], r["held_out"],
+          _pct(r["response_rate"]), _pct(r["holdout_response_rate"]), _pct(r["lift"]),
+          "" if r["lift"] is None else f"{r['lift_low'] * 100:+.1f} to {r['lift_high'] * 100:+.1f}",
+          "" if r["lift"] is None else verdict(r["lift_low"], r["lift_high"]) or r["note"])
+         for r in d.results]))
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.1f}"
 
 
 def _ratings(d: Dashboard) -> str:

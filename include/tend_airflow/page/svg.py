@@ -116,3 +116,40 @@ def hbars(ident: str, title: str, rows: Sequence[tuple[str, float]], *, width: i
                    f'text-anchor="middle" {FONT} fill="#D55E00">{_e(label)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def intervals(ident: str, title: str, rows: Sequence[tuple[str, float, float, float]], *,
+              width: int = 760, unit: str = " pts") -> str:
+    """One row per (label, estimate, low, high): a dot at the estimate and a line across its
+    interval, around a zero line (an interval clear of zero is an effect)."""
+    if not rows:
+        return empty(title, ident)
+    reach = max(max(abs(lo), abs(hi), abs(est)) for _, est, lo, hi in rows) or 1.0
+    label_w = min(max(len(label) for label, *_ in rows) * 7 + 10, 300)
+    right, row_h = 120, 26
+    height = len(rows) * row_h + 34
+    plot_w = width - label_w - right
+    mid = label_w + plot_w / 2
+
+    def x(v: float) -> float:
+        return mid + plot_w / 2 * v / reach
+
+    desc = "; ".join(f"{label}: {est:+.1f}{unit} ({lo:+.1f} to {hi:+.1f})"
+                     for label, est, lo, hi in rows[:20])
+    out = [_open(width, height, title, desc, ident),
+           f'<line x1="{mid:.1f}" x2="{mid:.1f}" y1="4" y2="{height - 22}" stroke="#888"/>'
+           f'<text x="{mid:.1f}" y="{height - 6}" text-anchor="middle" {FONT}>0</text>'
+           f'<text x="{label_w}" y="{height - 6}" {FONT}>{-reach:+.1f}{_e(unit)}</text>'
+           f'<text x="{label_w + plot_w}" y="{height - 6}" text-anchor="end" {FONT}>'
+           f'{reach:+.1f}{_e(unit)}</text>']
+    for i, (label, est, lo, hi) in enumerate(rows):
+        y = 16 + i * row_h
+        colour = PALETTE[2] if lo > 0 else PALETTE[5] if hi < 0 else PALETTE[0]
+        out.append(f'<text x="{label_w - 6}" y="{y + 4}" text-anchor="end" {FONT}>{_e(label)}'
+                   f'</text><line x1="{x(lo):.1f}" x2="{x(hi):.1f}" y1="{y}" y2="{y}" '
+                   f'stroke="{colour}" stroke-width="3"/><circle cx="{x(est):.1f}" cy="{y}" '
+                   f'r="5" fill="{colour}"><title>{_e(label)}: {est:+.1f}{_e(unit)} '
+                   f'({lo:+.1f} to {hi:+.1f})</title></circle><text x="{label_w + plot_w + 8}" '
+                   f'y="{y + 4}" {FONT}>{est:+.1f}{_e(unit)}</text>')
+    out.append("</svg>")
+    return "".join(out)
