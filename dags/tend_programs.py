@@ -12,8 +12,9 @@ reads the connection `sendgrid_default`; the *SendGrid sandbox* parameter, or
 `{"sendgrid_sandbox": true}` in the run's conf, switches SendGrid's sandbox mode for that
 run); `summary` prints the night's totals, warnings first; `complaints_digest` emails new
 complaints to `TEND_STAFF_EMAIL` (each once); `kpi` stores each program's results against its
-holdout for the months still open (docs/results.md); `check`, last, fails the run when any of
-the night's messages failed, is unknown or still waits, so a green run is a sent night.
+holdout for the months still open (docs/results.md); `check`, after the summary, fails the run
+when any of the night's messages failed, is unknown or still waits, so a green run is a sent
+night.
 
 Replay a night: `airflow dags test tend_programs 2026-11-20` (after tend_ingest for that date).
 Rerunning a night sends nothing new: the ledger already holds every message it claimed.
@@ -66,8 +67,8 @@ def tend_programs() -> None:
     def kpi(as_of: str) -> int:
         return tasks.kpi(as_of)
 
-    # The last task fails when a send failed or messages still wait: the run's colour is
-    # the night's truth, and the summary above it is printed either way.
+    # Fails when a send failed or messages still wait: the run's colour is the night's
+    # truth, and the summary before it is printed either way.
     # AirflowFailException: no retry (the ledger's state will not change by itself).
     @task(trigger_rule="all_done")
     def check(as_of: str) -> None:
@@ -76,10 +77,10 @@ def tend_programs() -> None:
     batch_ids = plan()
     night = batch_ids[tasks.AS_OF_XCOM]
     sent = send.partial(as_of=night).expand(batch_id=batch_ids)
-    digest, kpis = complaints_digest(), kpi(night)
-    sent >> summary(night) >> digest
-    sent >> kpis
-    [digest, kpis] >> check(night)
+    # check, complaints_digest and kpi are the run's last tasks: a failure of any of them
+    # turns the run red (none hides another's behind an all_done trigger rule).
+    sent >> summary(night) >> [complaints_digest(), check(night)]
+    sent >> kpi(night)
 
 
 tend_programs()

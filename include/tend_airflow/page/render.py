@@ -114,9 +114,10 @@ def _results(d: Dashboard) -> str:
     from tend.results.report import verdict
 
     rows = [r for r in d.results if r["lift"] is not None]
-    chart = svg.intervals(
-        "results", "Response-rate lift over the holdout (percentage points, 95 % interval)",
-        [(f"{r['month']} {r['program']}", r["lift"] * 100, r["lift_low"] * 100,
+    title = "Response-rate lift over the holdout (percentage points, 95 % interval)"
+    chart = svg.empty(title, "results", "No lift figure yet: the groups are still too small, "
+                      "see Figures for each program") if d.results and not rows else svg.intervals(
+        "results", title, [(f"{r['month']} {r['program']}", r["lift"] * 100, r["lift_low"] * 100,
           r["lift_high"] * 100) for r in rows])
     return ("<h2>Results against the holdout</h2>" + chart + _figures(
         ["month", "program", "contacted", "held out", "response %", "holdout response %",

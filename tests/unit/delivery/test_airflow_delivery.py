@@ -208,5 +208,11 @@ def test_send_is_mapped_over_the_planned_batch_ids(airflow_sdk: ModuleType) -> N
     assert (as_of.operator.task_id, as_of.key) == ("plan", "as_of")
     assert dag.get_task("summary").upstream_task_ids == {"plan", "send"}
     assert dag.get_task("complaints_digest").upstream_task_ids == {"summary"}
-    assert set(dag.task_ids) == {"plan", "send", "summary", "complaints_digest", "kpi",
-                                 "check"}
+    kpi = dag.get_task("kpi")  # the results count what was sent, whatever send did
+    assert kpi.upstream_task_ids == {"plan", "send"}
+    assert kpi.trigger_rule == "all_done"
+    # check tells the truth about the night's sends (tasks.night_check); every last task's
+    # failure turns the run red
+    assert dag.get_task("check").upstream_task_ids == {"plan", "summary"}
+    assert dag.get_task("check").trigger_rule == "all_done"
+    assert {t.task_id for t in dag.leaves} == {"check", "complaints_digest", "kpi"}
