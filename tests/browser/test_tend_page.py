@@ -201,6 +201,7 @@ def _trigger_campaign(page: Any, airflow: Airflow, name: str, *, real: bool = Fa
         page.locator("label:has(input[name=element_dry_run])").click()  # the switch
         assert not page.locator("input[name=element_dry_run]").is_checked()
     if screenshot is not None:
+        page.wait_for_timeout(1000)  # the sections' open and close animations
         page.screenshot(path=str(screenshot), full_page=True)
     button = page.get_by_role("button", name="Trigger").last
     assert button.is_enabled(), "the form refused the campaign"
