@@ -694,3 +694,70 @@ def airflow_scenario(tmp: Path, *, as_of: str, customers: int = 300) -> AirflowS
 #: is (features, catalogue) of a shop whose background customers order at random days, plus the
 #: customers of ``extra`` (id -> order days).
 RandomDaysShop = Callable[[dict[str, list[str]]], tuple[object, Any]]
+
+
+# -- a recording SMTP server (delivery kill tests) ---------------------------------------------
+
+class SmtpInbox:
+    """An aiosmtpd handler that accepts every message and records its ``X-Tend-Message-Id``.
+
+    Each DATA is answered after ``latency`` seconds and recorded even if the client is gone by
+    then, as a real relay queues a message before its reply reaches the sender: a sender
+    killed in that window leaves a message delivered but unconfirmed.
+    """
+
+    def __init__(self, latency: float = 0.0) -> None:
+        import threading
+
+        self.latency = latency
+        self._ids: list[str] = []
+        self._lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import asyncio
+        from email import message_from_bytes
+
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        mid = message_from_bytes(envelope.content).get("X-Tend-Message-Id", "")
+        with self._lock:
+            self._ids.append(str(mid))
+        return f"250 2.0.0 Ok: queued as Q{mid}"
+
+    def counts(self) -> dict[str, int]:
+        """Messages accepted per Tend message id (above 1: a duplicate)."""
+        from collections import Counter
+
+        with self._lock:
+            return dict(Counter(self._ids))
+
+
+@contextmanager
+def smtp_server(handler: Any, **options: Any) -> Iterator[int]:
+    """A real SMTP server (aiosmtpd) on a free local port with this handler: its port."""
+    from aiosmtpd.controller import Controller
+
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **options)
+    controller.start()
+    try:
+        yield controller.port
+    finally:
+        controller.stop()
+
+
+@contextmanager
+def smtp_inbox(latency: float = 0.0) -> Iterator[tuple[SmtpInbox, int]]:
+    """A running :class:`SmtpInbox`: (handler, port)."""
+    handler = SmtpInbox(latency)
+    with smtp_server(handler) as port:
+        yield handler, port
+
+
+def exited_pid() -> int:
+    """The pid of a process of this host that has exited (a worker that is gone)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -456,3 +456,33 @@ def send_retry_delay() -> int:
     (read when the DAG file is parsed). A retry of a batch whose worker died sends only what is
     still claimed, so a short delay only gets the night done sooner."""
     return _positive_int("TEND_SEND_RETRY_DELAY", DEFAULT_SEND_RETRY_DELAY, "30")
+
+
+# -- send leases and recovery (tend.delivery.engine) -------------------------------------------
+
+DEFAULT_SEND_LEASE_SECONDS = 120.0
+
+
+def send_lease_seconds() -> float:
+    """``TEND_SEND_LEASE_SECONDS``: how long a send worker's lease on its batch lasts without a
+    heartbeat (it renews it every quarter of that). A retry takes the batch over only once the
+    lease has expired, or at once when the holder ran on the same host and is gone."""
+    raw = (os.environ.get("TEND_SEND_LEASE_SECONDS") or "").strip()
+    if not raw:
+        return DEFAULT_SEND_LEASE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.5 <= value <= 86_400:
+        raise ConfigError(f"TEND_SEND_LEASE_SECONDS={raw!r} must be a number of seconds between "
+                          "0.5 and 86400 (default 120)")
+    return value
+
+
+def smtp_journal_dir(explicit: str | Path | None = None) -> Path:
+    """``TEND_SMTP_JOURNAL_DIR``: where the SMTP backend journals which messages entered DATA,
+    so the next attempt after a crash can send again what never started (default
+    ``var/smtp-journal``; local to the worker's host)."""
+    return Path(explicit or os.environ.get("TEND_SMTP_JOURNAL_DIR")
+                or var_dir() / "smtp-journal").resolve()

@@ -114,6 +114,8 @@ def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> 
                     "these customers is paused until staff resolve them "
                     "(tend complaints resolve ID --note ...)",
                 *complaint_table(new_complaints)]
+    if statuses.get("unknown"):  # first, so the operator reading the log at 7 am sees it
+        out = [*ledger.unknown_warning_lines(as_of, statuses["unknown"]), "", *out]
     return out
 
 

@@ -69,5 +69,5 @@ def delivery_backend(context: Mapping[str, Any] | None = None) -> DeliveryBacken
     if name == "sendgrid":
         return make_backend(name, sendgrid=sendgrid_settings(context))
     if name == "smtp":
-        return make_backend(name, smtp=smtp_settings())
+        return make_backend(name, smtp=smtp_settings(), smtp_journal=config.smtp_journal_dir())
     return make_backend(name, outbox_dir=config.outbox_dir())

@@ -178,3 +178,35 @@ def test_a_reader_that_stops_reading_gets_no_traceback(env: Path) -> None:
                           env={**os.environ, "TEND_VAR_DIR": str(env)})
     assert head.stdout == f"Tend night {NIGHT}\n"
     assert "Traceback" not in head.stderr
+
+
+
+
+def test_forget_from_a_file_prints_what_it_erased(env: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo-data", "--customers", "150", "--seed", "5", "--as-of", NIGHT]) == 0
+    assert main(["night", "--as-of", NIGHT]) == 0
+    capsys.readouterr()
+    mails = sorted((env / "outbox").glob("*.eml"))
+    to = next(line for line in mails[0].read_text().splitlines() if line.startswith("To:"))
+    from tend.store.db import connect
+    from tend.store.tables import contact_ledger
+
+    with connect(f"sqlite:///{env / 'store.db'}").connect() as conn:
+        customer = conn.execute(contact_ledger.select().where(
+            contact_ledger.c.message_id == mails[0].stem)).mappings().one()["customer_id"]
+    ids = env / "erase.txt"
+    ids.write_text(f"# erasure requests\n{customer}\n\n")
+    assert main(["forget", "--file", str(ids)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"customer {customer}: erased ") and "outbox files 1" in out
+    assert not mails[0].exists()
+    assert not any(to.split("<")[-1].rstrip(">") in p.read_text()
+                   for p in (env / "outbox").glob("*.eml"))
+
+
+def test_forget_needs_customers(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["forget"]) == 2
+    assert "name the customers to forget" in capsys.readouterr().err
+    assert main(["forget", "--file", str(env / "missing.txt")]) == 2
+    assert "cannot read the list of customers" in capsys.readouterr().err

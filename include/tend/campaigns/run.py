@@ -219,7 +219,8 @@ def plan_campaign(
                                secret=secret, as_of=as_of)
     common = {"shop_url": shop_url, "store_url": store_url, "as_of": as_of, "run_id": run_id,
               "programs": {program.name: program}, "caps": registry.caps,
-              "contexts": builder, "batch_size": batch_size, "owner": spec.program}
+              "contexts": builder, "secret": secret, "batch_size": batch_size,
+              "owner": spec.program}
     notes = []
     trial = decide(cands, **common, dry_run=True)
     if spec.max_recipients is not None:

@@ -24,13 +24,26 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tend.cli import campaign, complaints, data, dev, exports, listen, night, report, templates
+    from tend.cli import (
+        campaign,
+        complaints,
+        data,
+        dev,
+        exports,
+        forget,
+        listen,
+        night,
+        reconcile,
+        report,
+        templates,
+    )
 
     p = argparse.ArgumentParser(prog="tend", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="-v: progress lines as in the Airflow task log; -vv: debug")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (night, data, listen, templates, dev, complaints, exports, report, campaign):
+    for module in (night, data, listen, templates, dev, complaints, exports, report, campaign,
+                   reconcile, forget):
         module.register(sub)
     return p
 

@@ -28,6 +28,7 @@ from tend.delivery.base import (
     DeliveryStatus,
     DeliveryStopped,
     OutgoingMessage,
+    Resolution,
     chunk_size_of,
     chunks_in_flight_of,
     safe_display_name,
@@ -49,6 +50,7 @@ __all__ = [
     "DeliveryStopped",
     "OutboxBackend",
     "OutgoingMessage",
+    "Resolution",
     "chunk_size_of",
     "chunks_in_flight_of",
     "configured_backend",
@@ -66,12 +68,14 @@ def make_backend(
     sendgrid: SendGridSettings | None = None,
     smtp: SmtpSettings | None = None,
     env: Mapping[str, str] | None = None,
+    smtp_journal: Path | None = None,
 ) -> DeliveryBackend:
     """Build the backend called ``name`` (case-insensitive).
 
     ``sendgrid``/``smtp`` settings come from the Airflow connections (``tend_airflow``); when
     they are not given, the environment is read (``TEND_SENDGRID_API_KEY``, ``TEND_SMTP_URL``,
-    ...). Raises ConfigError for an unknown backend or missing settings, so a typo in the
+    ...). ``smtp_journal``: the SMTP backend's journal directory (see tend.delivery.smtp).
+    Raises ConfigError for an unknown backend or missing settings, so a typo in the
     configuration stops the run before anything is sent.
     """
     key = name.strip().lower()
@@ -89,7 +93,7 @@ def make_backend(
     if key == "smtp":
         from tend.delivery.smtp import SmtpBackend, SmtpSettings
 
-        return SmtpBackend(smtp or SmtpSettings.from_env(env))
+        return SmtpBackend(smtp or SmtpSettings.from_env(env), journal_dir=smtp_journal)
     raise ConfigError(
         f"unknown delivery backend {name!r}; choose one of: {', '.join(KNOWN_BACKENDS)}"
     )
@@ -100,4 +104,5 @@ def configured_backend(name: str | None = None) -> DeliveryBackend:
     environment: what the CLI sends through (Airflow builds its own from connections)."""
     from tend import config
 
-    return make_backend(config.delivery_backend(name), outbox_dir=config.outbox_dir())
+    return make_backend(config.delivery_backend(name), outbox_dir=config.outbox_dir(),
+                        smtp_journal=config.smtp_journal_dir())

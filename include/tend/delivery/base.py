@@ -29,6 +29,15 @@ Contract
 * ``UNKNOWN`` means the backend may or may not have accepted the message (e.g. a timeout after
   the request was sent). The ledger must not resend those blindly.
 * Backends must be idempotent on ``message_id`` where the provider allows it.
+* A backend that can tell afterwards whether a message went out implements ``resolve(ids) ->
+  Resolution`` (the outbox: the file exists). The send engine asks it about every ``unknown``
+  message of a batch before sending: what went out becomes ``sent``, what certainly did not is
+  sent now, the rest stays ``unknown`` and is reported (``tend reconcile``). A backend that
+  keeps its own record for this may implement ``expect(ids)``: the engine calls it with each
+  chunk's message ids just before it marks the chunk ``sending`` (SMTP's journal).
+* A backend whose sends are rehearsals (SendGrid's sandbox mode: validated, never delivered)
+  says so with a true ``rehearsal`` attribute; the engine then puts every message back to
+  ``claimed`` after the call, so a rehearsal never counts in the ledger, caps or cooldowns.
 * A backend may declare ``chunk_size``: how many messages it wants per ``send()`` call (the
   outbox and SMTP 50, SendGrid 250), and ``chunks_in_flight``: how many ``send()`` calls it
   accepts at once from different threads (default 1; SendGrid 2, so its connections never idle
@@ -39,7 +48,7 @@ Contract
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -55,8 +64,11 @@ __all__ = [
     "DeliveryStatus",
     "DeliveryStopped",
     "OutgoingMessage",
+    "Resolution",
     "chunk_size_of",
     "chunks_in_flight_of",
+    "is_rehearsal",
+    "resolver_of",
     "safe_display_name",
 ]
 
@@ -162,6 +174,31 @@ def chunks_in_flight_of(backend: object) -> int:
     """How many chunks the backend takes at once (see the module docstring), else 1."""
     n = getattr(backend, "chunks_in_flight", None)
     return int(n) if isinstance(n, int) and n >= 1 else 1
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A backend's word on messages whose fate was ``unknown``."""
+
+    sent: dict[str, str | None] = field(default_factory=dict)
+    """message_id -> provider id: these went out."""
+    not_sent: list[str] = field(default_factory=list)
+    """These certainly never went out: safe to send again."""
+
+
+def resolver_of(backend: object) -> Callable[[Sequence[str]], Resolution] | None:
+    """The backend's ``resolve`` (see the module docstring), or None when it cannot tell."""
+    resolve = getattr(backend, "resolve", None)
+    return resolve if callable(resolve) else None
+
+
+def is_rehearsal(backend: object) -> bool:
+    """Whether the backend's sends are rehearsals that must not count (see the module
+    docstring): its ``rehearsal`` attribute, else a SendGrid-style ``settings.sandbox``."""
+    flag = getattr(backend, "rehearsal", None)
+    if flag is None:
+        flag = getattr(getattr(backend, "settings", None), "sandbox", False)
+    return flag is True
 
 
 class AuthRejected(DeliveryAuthError):

@@ -4,6 +4,12 @@ Takes a batch id that the programs stage claimed, renders each message (``tend.m
 hands chunks to a backend (``tend.delivery``) and records every outcome in the contact ledger
 (``tend.store.ledger``) following the protocol ``claimed -> sending -> sent | failed | unknown``.
 Called by tend_programs' mapped ``send`` task and by ``tend night``.
+
+Recovery: a send holds its batch's lease (a fencing token renewed by a heartbeat thread), so a
+retry started while this worker is alive is refused, and a worker that stalled past its lease
+can neither mark more rows nor touch the new holder's. The new holder turns the rows a dead
+worker left 'sending' into 'unknown', then resolves what it can (provider events, a backend
+that can tell: the outbox) and reports the rest loudly with the ``tend reconcile`` command.
 """
 
 from __future__ import annotations
@@ -11,13 +17,15 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import datetime as dt
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from tend import config
 from tend.config import ShopSettings
@@ -28,6 +36,8 @@ from tend.delivery.base import (
     OutgoingMessage,
     chunk_size_of,
     chunks_in_flight_of,
+    is_rehearsal,
+    resolver_of,
     safe_display_name,
 )
 from tend.errors import DeliveryAuthError, DeliveryError, TemplateError
@@ -46,7 +56,19 @@ class SendResult:
 
     batch_id: int
     counts: Counter[str] = field(default_factory=Counter)
+    """Outcomes of the messages this attempt handed to the backend; ``unknown`` counts every
+    message of the batch still unknown at the end (an earlier attempt's too)."""
     recovered_unknown: int = 0
+    """Rows an earlier attempt left 'sending', found by this one and turned 'unknown'."""
+    resolved_sent: int = 0
+    """'unknown' rows this attempt resolved as sent (provider events, the backend's word)."""
+    resolved_released: int = 0
+    """'unknown' rows the backend knew never went out: sent again by this attempt."""
+    unknown_left: int = 0
+    """The batch's messages still 'unknown' when the attempt ended: an operator must decide."""
+    as_of: dt.date | None = None
+    rehearsal: Counter[str] = field(default_factory=Counter)
+    """A rehearsal's outcomes (SendGrid sandbox): none recorded, all back to 'claimed'."""
     seconds: float = 0.0
     total: int = 0
     """Messages the batch still had to send when the task started."""
@@ -58,13 +80,28 @@ class SendResult:
     def rate(self) -> float:
         return sum(self.counts.values()) / self.seconds if self.seconds else 0.0
 
+    def warning_lines(self) -> list[str]:
+        """What an operator must act on, printed first: messages left 'unknown'."""
+        if not self.unknown_left or self.as_of is None:
+            return []
+        return ledger.unknown_warning_lines(self.as_of, self.unknown_left, self.batch_id)
+
     def lines(self) -> list[str]:
         done = ", ".join(f"{k} {v:,}" for k, v in sorted(self.counts.items()) if v)
         head = f"batch {self.batch_id}: {done or 'nothing to send'}"
-        out = [f"{head} in {self.seconds:.1f}s ({self.rate():,.0f} msg/s)"]
+        out = [*self.warning_lines(), f"{head} in {self.seconds:.1f}s ({self.rate():,.0f} msg/s)"]
         if self.recovered_unknown:
             out.append(f"{self.recovered_unknown:,} message(s) were mid-send when a previous "
-                       "attempt stopped: marked unknown, not resent")
+                       "attempt stopped: marked unknown, not resent blindly")
+        if self.resolved_sent or self.resolved_released:
+            out.append(f"{self.resolved_sent + self.resolved_released:,} unknown message(s) "
+                       f"resolved: {self.resolved_sent:,} had gone out (now sent), "
+                       f"{self.resolved_released:,} never left (sent by this attempt)")
+        if self.rehearsal:
+            seen = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rehearsal.items()))
+            out.append(f"rehearsal ({self.backend} sandbox): {seen}; nothing was delivered or "
+                       "recorded, every message is back to 'claimed' and counts against no cap "
+                       "or cooldown")
         return [*out, *self.table_lines()]
 
     def table_lines(self) -> list[str]:
@@ -100,10 +137,10 @@ class _Progress:
         r = self.result
         done = sum(r.counts.values())
         rate = done / max(now - self.start, 1e-9)
-        left = max(r.total + r.recovered_unknown - done, 0)
+        left = max(r.total - done, 0)
         eta = f"ETA {left / rate:,.0f}s" if rate > 0 else "ETA unknown"
         log.info("batch %s: %s/%s done (sent %s, failed %s, unknown %s; %s in flight), "
-                 "%.0f msg/s, %s", r.batch_id, f"{done:,}", f"{r.total + r.recovered_unknown:,}",
+                 "%.0f msg/s, %s", r.batch_id, f"{done:,}", f"{r.total:,}",
                  f"{r.counts['sent']:,}", f"{r.counts['failed']:,}", f"{r.counts['unknown']:,}",
                  f"{in_flight:,}", rate, eta)
 
@@ -118,6 +155,37 @@ class _Chunk:
 
 
 _WARN_LIMIT = 20  # per-message warnings per batch; the rest are counted
+
+
+class _Heartbeat:
+    """Renews the send lease every quarter of its life on its own thread, so a slow chunk
+    (a provider pausing us for minutes) never lets the lease lapse while this worker lives."""
+
+    def __init__(self, engine: Engine, lease: ledger.Lease, ttl: float) -> None:
+        self.engine, self.lease, self.ttl = engine, lease, ttl
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tend-send-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                with self.engine.begin() as conn:
+                    kept = ledger.renew_lease(conn, self.lease, ttl=self.ttl)
+            except SQLAlchemyError as exc:  # the store blipped: the next beat tries again
+                log.warning("batch %s: could not renew the send lease: %s", self.lease.batch_id,
+                            exc)
+                continue
+            if not kept:
+                log.error("batch %s: the send lease was taken over by a newer worker; this one "
+                          "stops after recording what is in flight", self.lease.batch_id)
+                self.lost.set()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def send_batch(
@@ -167,31 +235,86 @@ def send_batch(
     for key in ("render", "ledger", "wait", "backend"):
         timings[key] = 0.0
     start = clock()
+    result.as_of = as_of
+    ttl = config.send_lease_seconds()
     with engine.begin() as conn:
-        result.recovered_unknown = ledger.recover_interrupted(conn, as_of, batch_id)
+        lease = ledger.acquire_lease(conn, as_of, batch_id, ttl=ttl)
+    heartbeat = _Heartbeat(engine, lease, ttl)
+    try:
+        return _send_leased(engine, as_of, batch_id, lease, heartbeat, result, backend=backend,
+                            renderer=renderer, settings=settings, size=size, window=window,
+                            business_tz=business_tz, now_utc=now_utc, clock=clock,
+                            progress_every=progress_every, start=start)
+    finally:
+        heartbeat.stop()
+        with contextlib.suppress(SQLAlchemyError), engine.begin() as conn:
+            ledger.release_lease(conn, lease)
+
+
+def _resolve_unknown(engine: Engine, backend: DeliveryBackend, as_of: dt.date, batch_id: int,
+                     result: SendResult) -> None:
+    """Settle the batch's 'unknown' rows that can be settled without a person: the provider
+    reported events for them, or the backend can tell (the outbox: the file exists)."""
+    with engine.begin() as conn:
+        result.resolved_sent = ledger.settle_from_events(conn, as_of, batch_id)
+        ids = ledger.unknown_ids(conn, as_of, batch_id)
+    resolve = resolver_of(backend)
+    if ids and resolve is not None:
+        found = resolve(ids)
+        with engine.begin() as conn:
+            sent, back = ledger.settle_unknown(conn, sent=found.sent, not_sent=found.not_sent,
+                                               how=f"the {result.backend} backend found it")
+        result.resolved_sent += sent
+        result.resolved_released += back
+    if result.resolved_sent or result.resolved_released:
+        log.info("batch %s: %s unknown message(s) had gone out (now sent), %s never left "
+                 "(sent now)", batch_id, f"{result.resolved_sent:,}",
+                 f"{result.resolved_released:,}")
+
+
+def _send_leased(engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Lease,
+                 heartbeat: _Heartbeat, result: SendResult, *, backend: DeliveryBackend,
+                 renderer: Renderer, settings: ShopSettings, size: int,
+                 window: SendWindow | None, business_tz: str,
+                 now_utc: Callable[[], dt.datetime], clock: Callable[[], float],
+                 progress_every: float, start: float) -> SendResult:
+    """``send_batch`` under the batch's lease: every ledger write carries ``lease``."""
+    timings = result.timings
+    rehearsal = is_rehearsal(backend)
+    with engine.begin() as conn:
+        result.recovered_unknown = ledger.recover_interrupted(conn, as_of, batch_id, lease)
+    if result.recovered_unknown:
+        log.warning("batch %s: %s message(s) were mid-send when a previous attempt stopped: "
+                    "marked unknown, not resent blindly", batch_id,
+                    f"{result.recovered_unknown:,}")
+    _resolve_unknown(engine, backend, as_of, batch_id, result)
+    with engine.connect() as conn:
         result.total = conn.execute(
             select(func.count()).select_from(contact_ledger).where(
                 contact_ledger.c.as_of == as_of, contact_ledger.c.batch_id == batch_id,
                 contact_ledger.c.status == "claimed")).scalar_one()
-    if result.recovered_unknown:
-        result.counts["unknown"] += result.recovered_unknown
-        log.warning("batch %s: %s message(s) were mid-send when a previous attempt stopped: "
-                    "marked unknown, not resent", batch_id, f"{result.recovered_unknown:,}")
+    if rehearsal:
+        log.warning("batch %s: rehearsal through %s's sandbox: messages are validated, none is "
+                    "delivered, and every one goes back to 'claimed' (nothing counts in the "
+                    "ledger, caps or cooldowns)", batch_id, result.backend)
     log.info("batch %s: %s message(s) to send through %s in chunks of %s", batch_id,
              f"{result.total:,}", result.backend, size)
     progress = _Progress(result, clock, progress_every)
     warned = [0]
+    last_id: list[str | None] = [None]  # the batch is walked once, in message-id order
 
     contexts: dict[tuple[dt.date, int], dict[str, str]] = {}  # the batch's, once per send
 
     def prepare() -> _Chunk | None:
         t0 = clock()
         with engine.connect() as conn:
-            rows = ledger.next_claimed(conn, as_of, batch_id, size, cache=contexts)
+            rows = ledger.next_claimed(conn, as_of, batch_id, size, cache=contexts,
+                                       after=last_id[0])
         t1 = clock()
         timings["ledger"] += t1 - t0
         if not rows:
             return None
+        last_id[0] = rows[-1].message_id
         chunk = _Chunk([r.message_id for r in rows], [], [],
                        [(r.message_id, r.customer_id, r.kind) for r in rows])
         now = now_utc()
@@ -214,11 +337,14 @@ def send_batch(
         ] + chunk.failed
         t0 = clock()
         with engine.begin() as conn:
-            ledger.record_results(conn, recorded)
-            if release:
-                ledger.release(conn, list(release))
+            if rehearsal:  # nothing a rehearsal did may count: every row back to 'claimed'
+                ledger.release(conn, chunk.ids, lease)
+            else:
+                ledger.record_results(conn, recorded, lease)
+                if release:
+                    ledger.release(conn, list(release), lease)
         timings["ledger"] += clock() - t0
-        result.counts.update(r["status"] for r in recorded)
+        (result.rehearsal if rehearsal else result.counts).update(r["status"] for r in recorded)
         to = {m.message_id: m.to_email for m in chunk.outgoing}
         for r in recorded:
             if r["status"] == DeliveryStatus.SENT:
@@ -251,6 +377,7 @@ def send_batch(
             timings["backend"] += time.perf_counter() - t0
 
     handed_max = chunks_in_flight_of(backend)
+    expect = getattr(backend, "expect", None)  # a backend's own record (see base)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=handed_max,
                                                  thread_name_prefix="tend-send")
     in_flight: deque[tuple[_Chunk, concurrent.futures.Future[list[DeliveryResult]]]] = deque()
@@ -271,11 +398,16 @@ def send_batch(
         while chunk is not None or in_flight:
             # Hand chunks over up to the backend's window; the next one renders meanwhile.
             while chunk is not None and len(in_flight) < handed_max:
+                if heartbeat.lost.is_set():
+                    raise ledger.LeaseLost(f"batch {batch_id} of {as_of}: this worker's send "
+                                           "lease was taken over; it stops here")
                 t0 = clock()
                 with engine.begin() as conn:
                     if stopped := _drop_suppressed(conn, chunk):
                         result.counts["suppressed"] += stopped
-                    ledger.mark_sending(conn, chunk.ids)
+                    if callable(expect):
+                        expect(chunk.ids)
+                    ledger.mark_sending(conn, chunk.ids, lease)
                 timings["ledger"] += clock() - t0
                 future: concurrent.futures.Future[list[DeliveryResult]]
                 if chunk.outgoing:
@@ -306,7 +438,15 @@ def send_batch(
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         result.seconds = clock() - start
-    for line in result.lines():
+    with engine.connect() as conn:
+        result.unknown_left = sum(n for *_, n in ledger.unknown_counts(conn, as_of, batch_id))
+    # The batch's unknown messages are this attempt's to report, whichever attempt left them.
+    carried = result.unknown_left - result.counts["unknown"]
+    if carried > 0:
+        result.counts["unknown"] += carried
+    for line in result.warning_lines():
+        log.warning(line)
+    for line in result.lines()[len(result.warning_lines()):]:
         log.info(line)
     return result
 

@@ -12,6 +12,10 @@ Guarantees:
   message was already delivered, so it is reported ``SENT`` again and not rewritten. Retrying a
   chunk after a crash therefore never duplicates a message. (One writer per message id is the
   ledger's job: it marks a chunk ``sending`` before delivery.)
+* **Self-reconciling.** Because a file appears only whole, its existence is the truth about a
+  message whose fate a crash left ``unknown``: :meth:`OutboxBackend.resolve` says which went
+  out (the file exists) and which never did (no file; a leftover temporary file is removed), so
+  the engine sends the latter and a killed outbox run ends with every message delivered once.
 * **No header injection.** The renderer already strips line breaks from subjects, but this is
   the last line of defence: any CR/LF in a header value refuses that one message with a
   ``FAILED`` result naming the header, instead of writing a message with a smuggled header.
@@ -37,6 +41,7 @@ from tend.delivery.base import (
     DeliveryResult,
     DeliveryStatus,
     OutgoingMessage,
+    Resolution,
     safe_display_name,
 )
 
@@ -89,6 +94,22 @@ class OutboxBackend:
 
     def close(self) -> None:
         """Nothing to release: files are closed as soon as they are written."""
+
+    def resolve(self, message_ids: Sequence[str]) -> Resolution:
+        """Which of these messages went out: exactly those whose file exists (see above)."""
+        out = Resolution()
+        for mid in message_ids:
+            if not _SAFE_MESSAGE_ID.fullmatch(mid) or ".." in mid:
+                continue  # never written under this name: leave it to the operator
+            path = self.path_for(mid)
+            if path.exists():
+                out.sent[mid] = f"outbox:{path.name}"
+            else:
+                for stale in self.directory.glob(f".{path.stem}.*.tmp"):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
+                out.not_sent.append(mid)
+        return out
 
     def path_for(self, message_id: str) -> Path:
         """Where the message with this id is (or would be) written."""

@@ -421,7 +421,8 @@ class SendGridBackend:
         }
         if settings.sandbox:
             log.warning("SendGrid sandbox mode: SendGrid validates every message and delivers "
-                        "none; the ledger still records them as sent (provider id 'sandbox')")
+                        "none; the send engine puts every message back to 'claimed' (a "
+                        "rehearsal counts nowhere)")
 
     def __repr__(self) -> str:
         s = self.settings

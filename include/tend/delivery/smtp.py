@@ -18,6 +18,16 @@ SMTP says precisely where a transaction failed, so the at-most-once rule is easy
 * a refused login raises :class:`~tend.delivery.base.AuthRejected` ("check the smtp_default
   connection"), carrying the results of the chunk so far.
 
+A killed worker leaves its whole chunk ``sending``, though it was inside ``DATA`` for at most
+one message. With a journal directory (``TEND_SMTP_JOURNAL_DIR``, on by default in the CLI and
+Airflow), the backend writes, per process, each chunk's message ids (``expect``, before the
+engine marks the chunk ``sending``) and, fsynced before ``DATA``, each message it starts, then
+each the server confirmed. :meth:`SmtpBackend.resolve` reads the
+journals of processes of this host that are gone: confirmed is ``sent``, in a chunk but never
+started is safe to send again, started but unconfirmed stays ``unknown``. So a kill leaves at
+most one message ambiguous instead of a chunk. A journal of a process still alive (a frozen
+worker whose lease was taken over) is never trusted: it could still send.
+
 Settings come from the Airflow connection ``smtp_default`` (host, port, login, password; extras
 ``starttls``, ``ssl``, ``timeout``) or, outside Airflow, ``TEND_SMTP_URL`` such as
 ``smtp://user:pass@smtp.example.com:587?starttls=true``, ``smtps://user:pass@host:465`` or
@@ -28,6 +38,7 @@ and port 587 means STARTTLS.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import smtplib
 import ssl
@@ -35,6 +46,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email import policy
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -45,9 +57,11 @@ from tend.delivery.base import (
     DeliveryStatus,
     DeliveryStopped,
     OutgoingMessage,
+    Resolution,
 )
 from tend.delivery.outbox import MessageRefused, build_email
 from tend.errors import ConfigError
+from tend.processes import gone, this_host
 
 __all__ = ["SmtpBackend", "SmtpSettings"]
 
@@ -161,6 +175,77 @@ class _Retry(Exception):
         self.reconnect = reconnect
 
 
+class SmtpJournal:
+    """Which messages of a chunk entered ``DATA`` and which the server confirmed; see the
+    module docstring. One append-only file per process: ``{host}-{pid}.journal``."""
+
+    KEEP_DAYS = 7
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"{this_host()}-{os.getpid()}.journal"
+        self._fd: int | None = None
+        cutoff = time.time() - self.KEEP_DAYS * 86_400
+        for old in self.directory.glob("*.journal"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except OSError:
+                continue
+
+    def _write(self, line: str, *, sync: bool) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.write(self._fd, line.encode())
+        if sync:
+            os.fsync(self._fd)
+
+    def chunk(self, message_ids: Sequence[str]) -> None:
+        self._write("C " + " ".join(message_ids) + "\n", sync=True)
+
+    def started(self, message_id: str) -> None:
+        """Fsynced before DATA: a message without this line certainly never reached DATA."""
+        self._write(f"S {message_id}\n", sync=True)
+
+    def done(self, message_id: str, provider_id: str | None) -> None:
+        # Not fsynced: a lost line only leaves the message unknown, never sends it twice.
+        self._write(f"D {message_id} {provider_id or ''}".rstrip() + "\n", sync=False)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def resolve(self, message_ids: Sequence[str]) -> Resolution:
+        wanted = set(message_ids)
+        chunked: set[str] = set()
+        started: set[str] = set()
+        done: dict[str, str | None] = {}
+        for path in self.directory.glob("*.journal"):
+            if not _gone(path.stem):
+                continue  # its process may still send: trust nothing it wrote
+            for line in path.read_text("utf-8", "replace").splitlines():
+                kind, _, rest = line.partition(" ")
+                if kind == "C":
+                    chunked.update(set(rest.split()) & wanted)
+                elif kind == "S" and rest in wanted:
+                    started.add(rest)
+                elif kind == "D":
+                    mid, _, provider = rest.partition(" ")
+                    if mid in wanted:
+                        done[mid] = provider or None
+        out = Resolution(sent=done)
+        out.not_sent.extend(sorted(chunked - started - done.keys()))
+        return out
+
+
+def _gone(stem: str) -> bool:
+    """Whether the journal's process (``host-pid``) ran on this host and no longer exists."""
+    host, _, pid = stem.rpartition("-")
+    return gone(host, pid)
+
+
 class SmtpBackend:
     """Deliver over one reused SMTP connection; see the module docstring."""
 
@@ -168,8 +253,10 @@ class SmtpBackend:
 
     def __init__(self, settings: SmtpSettings, *,
                  sleep: Callable[[float], None] = time.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 journal_dir: Path | None = None) -> None:
         self.settings = settings
+        self.journal = SmtpJournal(journal_dir) if journal_dir is not None else None
         self.chunk_size = settings.chunk_size
         self.connections_opened = 0
         self._conn: smtplib.SMTP | None = None
@@ -191,7 +278,21 @@ class SmtpBackend:
                 raise
         return results
 
+    def expect(self, message_ids: Sequence[str]) -> None:
+        """Journal a chunk before the engine marks it 'sending' (see tend.delivery.base)."""
+        if self.journal is not None and message_ids:
+            self.journal.chunk(message_ids)
+
+    def resolve(self, message_ids: Sequence[str]) -> Resolution:
+        """What the journals of gone workers say about these 'unknown' messages (without a
+        journal: nothing, they stay unknown)."""
+        if self.journal is None:
+            return Resolution()
+        return self.journal.resolve(message_ids)
+
     def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -263,6 +364,8 @@ class SmtpBackend:
             raise _Retry(f"connection lost before DATA ({type(exc).__name__}: {exc})",
                          reconnect=True) from exc
         # DATA: from here the server may queue the message; only its reply is authoritative.
+        if self.journal is not None:
+            self.journal.started(m.message_id)
         try:
             code, reply = conn.data(data)
         except smtplib.SMTPDataError as exc:
@@ -285,8 +388,10 @@ class SmtpBackend:
                                       error=f"SMTP {code}: {_text(reply)}")
             raise _Retry(f"temporary refusal of the message ({code} {_text(reply)})",
                          reconnect=False)
-        return DeliveryResult(m.message_id, DeliveryStatus.SENT,
-                              provider_id=f"smtp:{_text(reply)}"[:200])
+        provider_id = f"smtp:{_text(reply)}"[:200]
+        if self.journal is not None:
+            self.journal.done(m.message_id, provider_id.replace(" ", "_"))
+        return DeliveryResult(m.message_id, DeliveryStatus.SENT, provider_id=provider_id)
 
     # -- the connection ------------------------------------------------------------------
 

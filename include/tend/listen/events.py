@@ -190,7 +190,7 @@ def apply_events(conn: Connection, payload: Mapping[str, Any], now: dt.datetime)
         else:
             settle.setdefault(e["mid"], ("sent", f"SendGrid reported it {e['event']}"))
     suppressions.add_rows(conn, supp)
-    ledger.settle_unknown(conn, settle)
+    ledger.settle_reported(conn, settle)
 
 
 HANDLERS: dict[str, Handler] = {ACTION: apply_events}

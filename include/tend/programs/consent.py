@@ -22,6 +22,7 @@ IMPLIED_CONSENT_DAYS = 730  # CASL s.10(10): two years from the purchase
 
 # reason -> kinds it blocks
 SUPPRESSION_SCOPE: dict[str, tuple[str, ...]] = {
+    "erased": ("marketing", "service", "transactional"),  # tend forget: never again
     "invalid_address": ("marketing", "service", "transactional"),
     "hard_bounce": ("marketing", "service", "transactional"),
     "unsubscribed": ("marketing", "service"),

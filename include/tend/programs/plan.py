@@ -171,7 +171,8 @@ def plan_night(
                               secret=secret, as_of=as_of, features=features)
     decision = decide(cands, shop_url=shop_url, store_url=store_url, as_of=as_of,
                       run_id=run_id, programs=by_program, caps=registry.caps,
-                      contexts=contexts, batch_size=batch_size, expired=expired)
+                      contexts=contexts, secret=secret, batch_size=batch_size,
+                      expired=expired)
     result = PlanResult(as_of, decision.candidates, decision.counts(), decision.batches)
     for line in result.lines():
         log.info(line)
@@ -207,6 +208,7 @@ def decide(
     programs: Mapping[str, Program],
     caps: Sequence[Cap],
     contexts: Callable[[pd.DataFrame], Sequence[str]],
+    secret: str,
     batch_size: int = 5000,
     expired: pd.DataFrame | None = None,
     owner: str | None = None,
@@ -220,6 +222,7 @@ def decide(
     cooldown_days, occurrence, last_order_date and the signal columns (``SIGNAL_COLUMNS``); a
     candidate without ``valid_until`` is never deferred. ``owner`` is the ledger scope whose
     batches this run sends (``tend.store.ledger.owned_by``: None = the nightly programs).
+    ``secret`` keys the hashes of erased addresses (``tend forget``), which are never contacted.
 
     ``dry_run`` runs the very same claim and rolls it back: the fates are exactly what a real
     run would get at this moment, and nothing is claimed, logged, deferred or suppressed.
@@ -247,6 +250,7 @@ def decide(
         prefs = chosen.all_chosen(conn)
         recent = chosen.recent_marketing_of_fewer(conn, as_of, FEWER_EMAILS_DAYS,
                                                   ledger.COUNTED)
+        supp = pd.concat([supp, suppressed.erased(conn, customers, secret)], ignore_index=True)
     if len(cands):
         fates = consent_fates(cands, customers, supp, as_of)
         cands["fate"], cands["why"] = fates["fate"], fates["why"]

@@ -3,9 +3,19 @@
 Protocol::
 
     claimed ──► sending ──► sent        (provider accepted it; provider id recorded)
-                   │   ├──► failed      (provider refused this message; never retried blindly)
-                   │   └──► unknown     (the request may have left: at-most-once, never resent)
-                   └─(crash)─► unknown  (found 'sending' by the next attempt)
+       ▲           │   ├──► failed      (provider refused this message; never retried blindly)
+       │           │   └──► unknown     (the request may have left: at-most-once, never resent)
+       │           └─(crash)─► unknown  (found 'sending' by the next holder of the batch)
+       │                        │
+       └──── not sent ◄─────────┤       (resolved: the backend knows it never went out, or an
+                                │        operator released it: ``tend reconcile --release``)
+                      sent ◄────┘       (resolved: the outbox file exists, SendGrid reported an
+                                         event for it, or ``tend reconcile --mark-sent``)
+
+A batch is sent under a lease (``batch_leases``) with a fencing token: ``acquire_lease`` takes
+it only when free, expired, or held by a dead process on this host; every ledger update of a
+send carries the token, so a worker that lost its lease can neither mark more rows 'sending' nor
+touch rows the new holder marked (``lease_token`` on each row).
 
 Claiming and the cap check happen in one transaction that holds the ledger's write lock
 (``LOCK TABLE ... SHARE ROW EXCLUSIVE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two
@@ -40,9 +50,10 @@ from tend.errors import LedgerError
 from tend.logs import log
 from tend.programs.registry import Cap
 from tend.store.bulk import bulk_rows, staged, stored_time
+from tend.store.tables import batch_leases as BL
 from tend.store.tables import contact_ledger as L
 from tend.store.tables import context_batches as CB
-from tend.store.tables import decision_log
+from tend.store.tables import decision_log, message_events
 
 #: Statuses that mean "this customer got (or may have got) this message".
 COUNTED = ("claimed", "sending", "sent", "unknown")
@@ -462,15 +473,227 @@ def batches_to_send(conn: Connection, as_of: dt.date, program: str | None = None
     return [int(b) for b in conn.execute(q).scalars()]
 
 
-def recover_interrupted(conn: Connection, as_of: dt.date, batch_id: int) -> int:
-    """A row still 'sending' means a worker died mid-request: it may have gone out. Never resend."""
-    res = conn.execute(
-        update(L)
-        .where(L.c.as_of == as_of, L.c.batch_id == batch_id, L.c.status == "sending")
-        .values(status="unknown", finished_at=now(),
-                error="the sending worker stopped mid-request; not resent (at-most-once)")
-    )
+class LeaseHeld(LedgerError):
+    """Another live worker holds the batch's send lease."""
+
+
+class LeaseLost(LedgerError):
+    """This worker's lease was taken over (it stalled past its expiry): it must stop sending."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The right to send one (night, batch); ``token`` fences every ledger update of the send."""
+
+    as_of: dt.date
+    batch_id: int
+    token: int
+    holder: str
+
+
+def lease_holder() -> str:
+    """host:pid of this process: who holds a lease, and whether a same-host holder still runs."""
+    import os
+
+    from tend.processes import this_host
+
+    return f"{this_host()}:{os.getpid()}"
+
+
+def _holder_gone(holder: str | None) -> bool:
+    """True only when ``holder`` ran on this host and its process no longer exists."""
+    from tend.processes import gone
+
+    if not holder:
+        return True
+    host, _, pid = holder.rpartition(":")
+    return gone(host, pid)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.UTC)  # SQLite keeps UTC fields without an offset
+
+
+def acquire_lease(conn: Connection, as_of: dt.date, batch_id: int, *, ttl: float,
+                  holder: str | None = None) -> Lease:
+    """Take the send lease of a batch, with a token greater than every earlier holder's.
+
+    Refused (``LeaseHeld``) while another holder's lease is live: not expired, and not a dead
+    process on this host. Must run in its own transaction (``engine.begin()``); the row lock
+    (``FOR UPDATE``; SQLite's write lock) orders it against any ``mark_sending`` in progress.
+    """
+    from tend.store.bulk import insert_ignore
+
+    holder = holder or lease_holder()
+    insert_ignore(conn, BL, [{"as_of": as_of, "batch_id": batch_id, "token": 0,
+                              "holder": None, "acquired_at": None, "expires_at": None}])
+    row = conn.execute(select(BL).where(BL.c.as_of == as_of, BL.c.batch_id == batch_id)
+                       .with_for_update()).one()
+    stamp = now()
+    expires = _aware(row.expires_at)
+    if expires is not None and expires > stamp and not _holder_gone(row.holder):
+        raise LeaseHeld(
+            f"batch {batch_id} of {as_of} is being sent by {row.holder} (its lease runs until "
+            f"{expires:%H:%M:%S} UTC unless renewed); let it finish — if that worker is stuck, "
+            "stop it or wait for the lease to expire (TEND_SEND_LEASE_SECONDS), then retry")
+    token = int(row.token) + 1
+    conn.execute(update(BL).where(BL.c.as_of == as_of, BL.c.batch_id == batch_id,
+                                  BL.c.token == row.token)
+                 .values(token=token, holder=holder, acquired_at=stamp,
+                         expires_at=stamp + dt.timedelta(seconds=ttl)))
+    if row.holder and expires is not None:
+        log.warning("batch %s: took over the send lease from %s (%s)", batch_id, row.holder,
+                    "its process is gone" if expires > stamp else "its lease expired")
+    return Lease(as_of, batch_id, token, holder)
+
+
+def renew_lease(conn: Connection, lease: Lease, *, ttl: float) -> bool:
+    """Extend the lease; False when it was taken over (the caller must stop sending)."""
+    res = conn.execute(update(BL).where(BL.c.as_of == lease.as_of,
+                                        BL.c.batch_id == lease.batch_id,
+                                        BL.c.token == lease.token)
+                       .values(expires_at=now() + dt.timedelta(seconds=ttl)))
+    return (res.rowcount or 0) == 1
+
+
+def release_lease(conn: Connection, lease: Lease) -> None:
+    """Let the next worker take the batch at once (a no-op when the lease was taken over)."""
+    conn.execute(update(BL).where(BL.c.as_of == lease.as_of, BL.c.batch_id == lease.batch_id,
+                                  BL.c.token == lease.token)
+                 .values(holder=None, expires_at=None))
+
+
+def _check_lease(conn: Connection, lease: Lease) -> None:
+    """Refuse a stale holder; on PostgreSQL the shared row lock keeps a takeover (``FOR
+    UPDATE``) waiting until this transaction's update commits, so the new holder's recovery
+    sees every row this one marked."""
+    q = select(BL.c.token).where(BL.c.as_of == lease.as_of, BL.c.batch_id == lease.batch_id)
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(read=True)
+    current = conn.execute(q).scalar_one_or_none()
+    if current != lease.token:
+        raise LeaseLost(
+            f"batch {lease.batch_id} of {lease.as_of}: this worker's send lease (token "
+            f"{lease.token}) was taken over by a newer one ({current}) after it stalled past "
+            "its expiry; it stops here and leaves the batch to the new holder")
+
+
+def recover_interrupted(conn: Connection, as_of: dt.date, batch_id: int,
+                        lease: Lease | None = None) -> int:
+    """A row still 'sending' under an earlier lease means a worker died or lost its lease
+    mid-request: it may have gone out. Never resend; ``resolve``/``reconcile`` settle it."""
+    q = update(L).where(L.c.as_of == as_of, L.c.batch_id == batch_id, L.c.status == "sending")
+    if lease is not None:
+        q = q.where((L.c.lease_token.is_(None)) | (L.c.lease_token != lease.token))
+    res = conn.execute(q.values(
+        status="unknown", finished_at=now(),
+        error="the sending worker stopped mid-request; not resent (at-most-once)"))
     return res.rowcount or 0
+
+
+def unknown_ids(conn: Connection, as_of: dt.date, batch_id: int) -> list[str]:
+    return list(conn.execute(select(L.c.message_id).where(
+        L.c.as_of == as_of, L.c.batch_id == batch_id, L.c.status == "unknown")
+        .order_by(L.c.message_id)).scalars())
+
+
+def settle_unknown(conn: Connection, *, sent: Mapping[str, str | None] | None = None,
+                   not_sent: Sequence[str] = (), how: str) -> tuple[int, int]:
+    """Resolve 'unknown' rows: those that went out become 'sent' (with the provider id when
+    known), those that certainly did not go back to 'claimed' for a resend. ``how`` says who
+    decided, for ``tend why``. Returns (sent, released)."""
+    stamp = now()
+    done = 0
+    if sent:
+        res = conn.execute(
+            update(L).where(L.c.message_id == bindparam("mid"), L.c.status == "unknown")
+            .values(status="sent", provider_id=bindparam("pid"), finished_at=stamp,
+                    error=f"was unknown; {how}: sent"),
+            [{"mid": m, "pid": p} for m, p in sent.items()])
+        done = res.rowcount or 0
+    back = 0
+    ids = list(not_sent)
+    for i in range(0, len(ids), 500):
+        res = conn.execute(
+            update(L).where(L.c.message_id.in_(ids[i : i + 500]), L.c.status == "unknown")
+            .values(status="claimed", sending_at=None, finished_at=None, lease_token=None,
+                    error=None))
+        back += res.rowcount or 0
+    return done, back
+
+
+def settle_from_events(conn: Connection, as_of: dt.date, batch_id: int | None = None) -> int:
+    """'unknown' rows the provider has reported an event for (processed, delivered, bounce...)
+    were accepted by it: they are 'sent'. SendGrid's Event Webhook fills ``message_events``."""
+    reported = select(message_events.c.message_id).where(
+        message_events.c.message_id == L.c.message_id).exists()
+    q = update(L).where(L.c.as_of == as_of, L.c.status == "unknown", reported)
+    if batch_id is not None:
+        q = q.where(L.c.batch_id == batch_id)
+    res = conn.execute(q.values(status="sent", finished_at=now(),
+                                error="was unknown; the provider reported events for it: sent"))
+    return res.rowcount or 0
+
+
+def unknown_counts(conn: Connection, as_of: dt.date | None = None,
+                   batch_id: int | None = None) -> list[tuple[dt.date, int, int]]:
+    """(night, batch, messages) still 'unknown', oldest first."""
+    q = (select(L.c.as_of, L.c.batch_id, func.count()).where(L.c.status == "unknown")
+         .group_by(L.c.as_of, L.c.batch_id).order_by(L.c.as_of, L.c.batch_id))
+    if as_of is not None:
+        q = q.where(L.c.as_of == as_of)
+    if batch_id is not None:
+        q = q.where(L.c.batch_id == batch_id)
+    return [(night, int(b), int(n)) for night, b, n in conn.execute(q)]
+
+
+def unknown_warning_lines(as_of: dt.date, count: int, batch_id: int | None = None) -> list[str]:
+    """The warning the send task and the night's summary print first while messages are
+    'unknown': how many, why they matter, and the commands that settle them."""
+    where = f"batch {batch_id} of {as_of}" if batch_id is not None else f"night {as_of}"
+    scope = f"--as-of {as_of}" + (f" --batch {batch_id}" if batch_id is not None else "")
+    return [
+        f"WARNING: {count:,} message(s) of {where} are 'unknown': the request may or may not "
+        "have reached the provider, so Tend will not resend them by itself.",
+        "  Check the provider's activity log, then run one of:",
+        f"    tend reconcile {scope} --mark-sent   # they went out",
+        f"    tend reconcile {scope} --release     # they did not: the next `tend send` "
+        "sends them (a second copy if one did go out)",
+        f"    tend reconcile {scope} --not-sent    # they did not and will not be sent "
+        "(no cooldown or cap held)",
+    ]
+
+
+#: What an operator may decide about 'unknown' messages (``tend reconcile``).
+RECONCILE_ACTIONS = ("mark-sent", "release", "not-sent")
+
+
+def reconcile(conn: Connection, as_of: dt.date, batch_id: int | None, action: str) -> int:
+    """An operator's decision on a night's (or one batch's) 'unknown' messages.
+
+    ``mark-sent``: they went out (the provider's activity shows them); ``release``: they did
+    not, back to 'claimed' so the next ``tend send`` of the batch sends them (a customer whose
+    message did go out gets a second copy); ``not-sent``: they did not and will not be sent,
+    ``failed`` — so they hold no cooldown or cap.
+    """
+    if action not in RECONCILE_ACTIONS:
+        raise LedgerError(f"unknown reconcile action {action!r}; use one of "
+                          f"{', '.join(RECONCILE_ACTIONS)}")
+    q = update(L).where(L.c.as_of == as_of, L.c.status == "unknown")
+    if batch_id is not None:
+        q = q.where(L.c.batch_id == batch_id)
+    stamp = now()
+    values: dict[str, Any] = {
+        "mark-sent": {"status": "sent", "finished_at": stamp,
+                      "error": "was unknown; marked sent by an operator (tend reconcile)"},
+        "release": {"status": "claimed", "sending_at": None, "finished_at": None,
+                    "lease_token": None, "error": None},
+        "not-sent": {"status": "failed", "finished_at": stamp,
+                     "error": "was unknown; an operator found it was not sent (tend reconcile)"},
+    }[action]
+    return conn.execute(q.values(**values)).rowcount or 0
 
 
 class Claimed(NamedTuple):
@@ -485,16 +708,19 @@ class Claimed(NamedTuple):
 
 
 def next_claimed(conn: Connection, as_of: dt.date, batch_id: int, limit: int,
-                 cache: dict[tuple[dt.date, int], dict[str, str]] | None = None
-                 ) -> list[Claimed]:
+                 cache: dict[tuple[dt.date, int], dict[str, str]] | None = None,
+                 after: str | None = None) -> list[Claimed]:
     """The next ``limit`` claimed messages of a batch with their render contexts.
 
     ``cache`` (one dict per send of a batch) keeps the batch's decompressed contexts between
-    chunks; they never change once written.
+    chunks; they never change once written. ``after``: only message ids above it (a send walks
+    the batch once, so rows a rehearsal put back to 'claimed' are not taken again).
     """
     q = (select(L.c.message_id, L.c.customer_id, L.c.program, L.c.kind, L.c.run_id)
          .where(L.c.as_of == as_of, L.c.batch_id == batch_id, L.c.status == "claimed")
          .order_by(L.c.message_id).limit(limit))
+    if after is not None:
+        q = q.where(L.c.message_id > after)
     rows = conn.execute(q).all()
     if not rows:
         return []
@@ -598,11 +824,17 @@ def contexts_of(conn: Connection, message_ids: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def mark_sending(conn: Connection, message_ids: Sequence[str]) -> None:
-    """One statement for the whole chunk, committed before any request leaves."""
+def mark_sending(conn: Connection, message_ids: Sequence[str],
+                 lease: Lease | None = None) -> None:
+    """One statement for the whole chunk, committed before any request leaves; under a lease,
+    refused (``LeaseLost``) once the lease was taken over, and each row keeps the token."""
+    values: dict[str, Any] = {"status": "sending", "sending_at": now()}
+    if lease is not None:
+        _check_lease(conn, lease)
+        values["lease_token"] = lease.token
     res = conn.execute(
         update(L).where(L.c.message_id.in_(list(message_ids)), L.c.status == "claimed")
-        .values(status="sending", sending_at=now())
+        .values(**values)
     )
     if res.rowcount != len(message_ids):
         raise LedgerError(
@@ -611,12 +843,13 @@ def mark_sending(conn: Connection, message_ids: Sequence[str]) -> None:
         )
 
 
-def release(conn: Connection, message_ids: Sequence[str]) -> None:
-    """Back to 'claimed': only for requests known not to have been accepted (auth refused)."""
-    conn.execute(
-        update(L).where(L.c.message_id.in_(list(message_ids)), L.c.status == "sending")
-        .values(status="claimed", sending_at=None)
-    )
+def release(conn: Connection, message_ids: Sequence[str], lease: Lease | None = None) -> None:
+    """Back to 'claimed': only for requests known not to have been accepted (auth refused, a
+    rehearsal); under a lease, only this holder's rows."""
+    q = update(L).where(L.c.message_id.in_(list(message_ids)), L.c.status == "sending")
+    if lease is not None:
+        q = q.where(L.c.lease_token == lease.token)
+    conn.execute(q.values(status="claimed", sending_at=None, lease_token=None))
 
 
 def fail_unrenderable(conn: Connection, message_ids: Sequence[str], reason: str) -> None:
@@ -628,21 +861,31 @@ def fail_unrenderable(conn: Connection, message_ids: Sequence[str], reason: str)
                      .values(status="failed", finished_at=now(), error=reason))
 
 
-def record_results(conn: Connection, results: Sequence[Mapping[str, Any]]) -> None:
-    """results: dicts with message_id, status (sent|failed|unknown), provider_id, error."""
+def record_results(conn: Connection, results: Sequence[Mapping[str, Any]],
+                   lease: Lease | None = None) -> int:
+    """results: dicts with message_id, status (sent|failed|unknown), provider_id, error.
+
+    Under a lease, only rows this holder marked (its token) are written: a worker that lost its
+    lease never overwrites the new holder's rows. Its own rows that the new holder found
+    'sending' and marked 'unknown' still take its answer, which is the provider's word on them.
+    Returns the rows written.
+    """
     if not results:
-        return
-    stmt = (
-        update(L)
-        .where(L.c.message_id == bindparam("mid"), L.c.status == "sending")
-        .values(status=bindparam("st"), provider_id=bindparam("pid"),
-                error=bindparam("err"), finished_at=bindparam("fin"))
-    )
+        return 0
+    stmt = update(L).where(L.c.message_id == bindparam("mid"))
+    if lease is None:
+        stmt = stmt.where(L.c.status == "sending")
+    else:
+        stmt = stmt.where((L.c.status == "sending") | (L.c.status == "unknown"),
+                          L.c.lease_token == lease.token)
+    stmt = stmt.values(status=bindparam("st"), provider_id=bindparam("pid"),
+                       error=bindparam("err"), finished_at=bindparam("fin"))
     stamp = now()
-    conn.execute(stmt, [
+    res = conn.execute(stmt, [
         {"mid": r["message_id"], "st": r["status"], "pid": r.get("provider_id"),
          "err": r.get("error"), "fin": stamp} for r in results
     ])
+    return res.rowcount if res.rowcount is not None and res.rowcount >= 0 else len(results)
 
 
 def status_counts(conn: Connection, as_of: dt.date) -> dict[str, int]:
@@ -706,7 +949,7 @@ def owners(conn: Connection, message_ids: Sequence[str]) -> dict[str, tuple[str,
     return out
 
 
-def settle_unknown(conn: Connection, outcomes: Mapping[str, tuple[str, str]]) -> int:
+def settle_reported(conn: Connection, outcomes: Mapping[str, tuple[str, str]]) -> int:
     """``message_id -> (status, note)``: an ``unknown`` message (the sender could not tell
     whether the provider took it) whose fate the provider has since reported. Only
     ``unknown`` rows change, so a late or repeated report never rewrites a settled one."""

@@ -144,3 +144,51 @@ def opt_outs(conn: Connection, since: dt.datetime) -> pd.DataFrame:
     frame["message_id"] = frame["message_id"].astype(object).where(frame["message_id"].notna(),
                                                                    None)
     return frame[["customer_id", "message_id", "kind", "at"]]
+
+
+# -- erased customers (tend.store.erasure) ------------------------------------------------------
+
+#: The reason of a suppression that holds only a keyed hash of an erased customer's address.
+ERASED = "erased"
+ERASED_PREFIX = "hmac-sha256:"
+
+
+def email_key(email: str, secret: str) -> str:
+    """A keyed hash of an address (case and surrounding space ignored): recognises it again
+    without keeping it, and cannot be reversed or recomputed without the secret."""
+    import hashlib
+    import hmac
+
+    digest = hmac.new(secret.encode(), email.strip().lower().encode(), hashlib.sha256)
+    return ERASED_PREFIX + digest.hexdigest()
+
+
+def pseudonym(customer_id: str, secret: str) -> str:
+    """What replaces an erased customer's id in the rows kept for the night's totals."""
+    import hashlib
+    import hmac
+
+    return "erased:" + hmac.new(secret.encode(), customer_id.encode(),
+                                hashlib.sha256).hexdigest()[:40]
+
+
+def add_erased(conn: Connection, emails: Iterable[str], *, secret: str,
+               created_at: dt.datetime) -> int:
+    """Suppress these addresses by their keyed hash only; how many are held."""
+    keys = sorted({email_key(e, secret) for e in emails if e and e.strip()})
+    bulk.insert_ignore(conn, suppressions, [
+        {"customer_id": "erased:" + k[len(ERASED_PREFIX):][:40], "email": k, "reason": ERASED,
+         "source": "tend forget", "created_at": created_at} for k in keys])
+    return len(keys)
+
+
+def erased(conn: Connection, customers: pd.DataFrame, secret: str) -> pd.DataFrame:
+    """``customer_id``, ``reason`` ("erased") for the shop's customers whose address was
+    erased (``customers``: customer_id, email): they are never contacted again."""
+    keys = set(conn.execute(select(suppressions.c.email).where(
+        suppressions.c.reason == ERASED)).scalars())
+    if not keys or customers.empty:
+        return pd.DataFrame(columns=["customer_id", "reason"])
+    hit = customers["email"].map(lambda e: isinstance(e, str) and email_key(e, secret) in keys)
+    ids = customers.loc[hit.astype(bool), "customer_id"].drop_duplicates()
+    return pd.DataFrame({"customer_id": ids.to_numpy(), "reason": ERASED})

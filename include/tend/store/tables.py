@@ -142,6 +142,9 @@ contact_ledger = Table(
     Column("error", Text),
     # Quiet hours: when the provider was asked to deliver (None = at once).
     Column("send_at", DateTime(timezone=True)),
+    # The fencing token of the send lease under which the row was marked 'sending' (migration
+    # 0011): a worker may only record results on rows carrying its own token.
+    Column("lease_token", Integer),
 )
 # Few indexes on purpose: every one is paid for on each claim of a million-row night, and an
 # index whose keys arrive in random order (a customer id, a hash) costs the most. The primary
@@ -386,4 +389,23 @@ campaign_audiences = Table(
     Column("audience", String(60), primary_key=True),
     Column("customer_id", String(64), primary_key=True),
     Column("uploaded_at", DateTime(timezone=True), nullable=False),
+)
+
+# -- send leases (migration 0011) --------------------------------------------------------------
+
+#: Who may send a (night, batch) right now. ``token`` grows by one with every new holder and is
+#: written on each ledger row its holder marks 'sending'; every ledger update of a send carries
+#: it, so a worker whose lease was taken over (it stalled past ``expires_at``) can neither mark
+#: more rows nor touch the new holder's (tend.store.ledger). ``holder`` is host:pid, so a holder
+#: on the same host that is no longer running is taken over at once; ``expires_at`` NULL means
+#: released.
+batch_leases = Table(
+    "batch_leases",
+    metadata,
+    Column("as_of", Date, primary_key=True),
+    Column("batch_id", Integer, primary_key=True),
+    Column("token", Integer, nullable=False),
+    Column("holder", String(200)),
+    Column("acquired_at", DateTime(timezone=True)),
+    Column("expires_at", DateTime(timezone=True)),
 )

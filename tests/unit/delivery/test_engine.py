@@ -360,3 +360,71 @@ def test_a_bounce_received_between_planning_and_sending_stops_that_message(
             conn.execute(contact_ledger.delete().where(contact_ledger.c.message_id == last_week))
             conn.execute(suppressions.delete())
             conn.execute(message_events.delete())
+
+
+def test_a_sandbox_rehearsal_counts_nowhere_and_the_real_send_follows(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake,
+        caplog: pytest.LogCaptureFixture) -> None:
+    claimed = len(ledger(store_url))
+    caplog.set_level(logging.INFO, logger="tend")
+    with sendgrid(fake, sandbox=True, read_timeout=10) as backend:
+        results = [engine.send_batch(store_url, NIGHT, b, backend=backend,
+                                     renderer=messages.default_renderer(SETTINGS),
+                                     settings=SETTINGS, send_window=ALWAYS_OPEN)
+                   for b in planned.batches]
+    assert Counter(r["status"] for r in ledger(store_url).values()) == Counter(claimed=claimed)
+    assert sum(sum(r.rehearsal.values()) for r in results) == claimed
+    assert not any(r.counts for r in results)
+    assert "rehearsal" in caplog.text and "back to 'claimed'" in caplog.text
+    assert fake.fake.accepted_counts() == {}  # the stand-in delivers nothing in sandbox mode
+    with sendgrid(fake, read_timeout=10) as backend:  # the real run sends every message once
+        assert send_all(store_url, planned, backend) == Counter(sent=claimed)
+    assert set(fake.fake.accepted_counts().values()) == {1}
+
+
+def test_the_outbox_resolves_what_a_crash_left_unknown(
+        planned: plan.PlanResult, store_url: str, tmp_path: Any) -> None:
+    from tend.delivery import OutboxBackend
+
+    outbox = OutboxBackend(tmp_path / "outbox")
+    ids = sorted(ledger(store_url))
+    went, never = ids[:10], ids[10:20]
+    # A crash: twenty messages left 'sending'; ten of them had been written, and one of the
+    # other ten was cut off halfway (a temporary file, never renamed).
+    assert send_all(store_url, planned, outbox)["sent"] == len(ids)
+    for mid in never:
+        outbox.path_for(mid).unlink()
+    (outbox.directory / f".{never[0]}.abc.tmp").write_bytes(b"half a message")
+    with connect(store_url).begin() as conn:
+        conn.execute(update(contact_ledger)
+                     .where(contact_ledger.c.message_id.in_(went + never))
+                     .values(status="sending", provider_id=None))
+    results = [engine.send_batch(store_url, NIGHT, b, backend=outbox,
+                                 renderer=messages.default_renderer(SETTINGS), settings=SETTINGS,
+                                 send_window=ALWAYS_OPEN) for b in planned.batches]
+    assert sum(r.recovered_unknown for r in results) == 20
+    assert sum(r.resolved_sent for r in results) == 10
+    assert sum(r.resolved_released for r in results) == 10
+    assert sum(r.counts["sent"] for r in results) == 10  # the ten that never left, sent now
+    assert not any(r.unknown_left or r.warning_lines() for r in results)
+    rows = ledger(store_url)
+    assert Counter(r["status"] for r in rows.values()) == Counter(sent=len(ids))
+    assert {p.stem for p in outbox.directory.glob("*.eml")} == set(ids)
+    assert not list(outbox.directory.glob(".*.tmp"))
+    assert rows[went[0]]["provider_id"] == f"outbox:{went[0]}.eml"
+
+
+def test_unknown_messages_lead_the_send_result_with_the_reconcile_command(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake) -> None:
+    ids = sorted(ledger(store_url))
+    fake.fake.set_faults(FaultPlan(latency_ms=1, by_message={ids[0]: ["500"]}))
+    with sendgrid(fake) as backend:
+        results = [engine.send_batch(store_url, NIGHT, b, backend=backend,
+                                     renderer=messages.default_renderer(SETTINGS),
+                                     settings=SETTINGS, send_window=ALWAYS_OPEN)
+                   for b in planned.batches]
+    [hit] = [r for r in results if r.unknown_left]
+    lines = hit.lines()
+    assert lines[0].startswith(f"WARNING: 1 message(s) of batch {hit.batch_id} of {NIGHT}")
+    assert any(f"tend reconcile --as-of {NIGHT} --batch {hit.batch_id} --release" in line
+               for line in lines[:5])

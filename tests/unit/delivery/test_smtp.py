@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from _support import free_port, numbered_message
+from _support import exited_pid, free_port, numbered_message, smtp_server
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from cryptography import x509
@@ -25,6 +25,7 @@ from tend.delivery import (
     AuthRejected,
     DeliveryStatus,
     DeliveryStopped,
+    Resolution,
     make_backend,
 )
 from tend.delivery.smtp import SmtpBackend, SmtpSettings
@@ -70,12 +71,8 @@ class Sink:
 @pytest.fixture
 def sink() -> Iterator[tuple[Sink, int]]:
     handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield handler, controller.port
-    finally:
-        controller.stop()
+    with smtp_server(handler) as port:
+        yield handler, port
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +256,29 @@ def test_configuration_errors(make: object, message: str) -> None:
 def test_make_backend_builds_smtp_from_the_environment() -> None:
     b = make_backend("smtp", env={"TEND_SMTP_URL": "smtp://localhost:1025"})
     assert isinstance(b, SmtpBackend) and b.chunk_size == 50
+
+
+def test_the_journal_settles_what_a_gone_worker_never_started(
+        sink: tuple[Sink, int], tmp_path: Path) -> None:
+    import os
+    import socket
+
+    _, port = sink
+    backend = SmtpBackend(SmtpSettings(host="127.0.0.1", port=port), journal_dir=tmp_path)
+    backend.expect(["m0000", "m0001"])
+    assert [r.status for r in backend.send([numbered_message(0), numbered_message(1)])] == [
+        SENT, SENT]
+    backend.close()
+    mine = (tmp_path / f"{socket.gethostname()}-{os.getpid()}.journal").read_text()
+    assert mine.splitlines()[:3] == ["C m0000 m0001", "S m0000", mine.splitlines()[2]]
+    assert mine.splitlines()[2].startswith("D m0000 smtp:2.0.0_Ok")
+    # This process is alive: its journal is not trusted (it could still send).
+    assert backend.resolve(["m0000"]) == Resolution()
+    (tmp_path / f"{socket.gethostname()}-{exited_pid()}.journal").write_text(
+        "C a b c\nS a\nD a smtp:250_ok\nS b\n")
+    found = SmtpBackend(SmtpSettings(host="127.0.0.1", port=port),
+                        journal_dir=tmp_path).resolve(["a", "b", "c", "d"])
+    assert found.sent == {"a": "smtp:250_ok"}  # confirmed by the server
+    assert found.not_sent == ["c"]  # in the chunk, never started: safe to send
+    # b (inside DATA at the kill) and d (no record here) stay unknown.
+    assert SmtpBackend(SmtpSettings(host="127.0.0.1", port=port)).resolve(["c"]) == Resolution()

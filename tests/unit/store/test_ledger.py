@@ -7,6 +7,7 @@ import threading
 
 import pandas as pd
 import pytest
+from _support import exited_pid
 from sqlalchemy import func, select
 
 from tend.errors import LedgerError
@@ -278,3 +279,115 @@ def test_exposures_are_sent_messages_and_held_out_decisions(store_url: str) -> N
          "group": "held_out"},
     ]
     assert before.empty
+
+
+# -- send leases, fencing, resolving 'unknown' ------------------------------------------------
+
+def lease(url: str, holder: str | None = None, ttl: float = 60) -> ledger.Lease:
+    with connect(url).begin() as conn:
+        return ledger.acquire_lease(conn, NIGHT, 0, ttl=ttl, holder=holder)
+
+
+def dead_holder() -> str:
+    """host:pid of a process of this host that has exited."""
+    import socket
+
+    return f"{socket.gethostname()}:{exited_pid()}"
+
+
+def test_a_live_lease_refuses_a_second_worker_and_a_released_one_does_not(store_url: str) -> None:
+    first = lease(store_url)
+    with pytest.raises(ledger.LeaseHeld, match="is being sent by"):
+        lease(store_url, holder="elsewhere:1")
+    with connect(store_url).begin() as conn:
+        ledger.release_lease(conn, first)
+    assert lease(store_url, holder="elsewhere:1").token == first.token + 1
+
+
+@pytest.mark.parametrize("how", ["expired", "holder gone"])
+def test_a_lease_is_taken_over_when_expired_or_its_process_is_gone(store_url: str,
+                                                                   how: str) -> None:
+    if how == "expired":
+        first = lease(store_url, holder="other-host:1", ttl=0.01)
+        import time
+
+        time.sleep(0.05)
+    else:
+        first = lease(store_url, holder=dead_holder())
+    assert lease(store_url).token == first.token + 1
+
+
+def test_a_stale_worker_can_neither_mark_nor_overwrite_the_new_holders_rows(
+        store_url: str) -> None:
+    out = claim(store_url, winners(("C1", "winback", "e"), ("C2", "winback", "e"),
+                                   ("C3", "winback", "e")))
+    m1, m2, m3 = (out.loc[c, "message_id"] for c in ("C1", "C2", "C3"))
+    engine = connect(store_url)
+    stale = lease(store_url, holder="other-host:1", ttl=0.01)
+    with engine.begin() as conn:
+        ledger.mark_sending(conn, [m1], stale)
+    import time
+
+    time.sleep(0.05)
+    fresh = lease(store_url)
+    with engine.begin() as conn:  # the new holder finds m1 in flight under the old token
+        assert ledger.recover_interrupted(conn, NIGHT, 0, fresh) == 1
+        ledger.mark_sending(conn, [m2], fresh)
+    with pytest.raises(ledger.LeaseLost, match="taken over"), engine.begin() as conn:
+        ledger.mark_sending(conn, [m3], stale)
+    with engine.begin() as conn:  # the stale worker's late answers: only its own row moves
+        written = ledger.record_results(conn, [
+            {"message_id": m1, "status": "sent", "provider_id": "late"},
+            {"message_id": m2, "status": "failed", "error": "stale"}], stale)
+        ledger.release(conn, [m2], stale)
+        assert ledger.recover_interrupted(conn, NIGHT, 0, fresh) == 0  # its own rows stay
+    assert written == 1
+    assert statuses(store_url) == {m1: "sent", m2: "sending", m3: "claimed"}
+
+
+def test_unknown_settled_by_the_backend_and_by_provider_events(store_url: str) -> None:
+    from tend.store.tables import message_events
+
+    out = claim(store_url, winners(*((f"C{i}", "winback", "e") for i in range(4))))
+    m = [out.loc[f"C{i}", "message_id"] for i in range(4)]
+    engine = connect(store_url)
+    with engine.begin() as conn:
+        ledger.mark_sending(conn, m)
+        ledger.recover_interrupted(conn, NIGHT, 0)
+        now = ledger.now()
+        conn.execute(message_events.insert(), [{
+            "event_id": "ev1", "message_id": m[3], "customer_id": "C3", "event": "delivered",
+            "occurred_at": now, "received_at": now}])
+        assert ledger.settle_from_events(conn, NIGHT, 0) == 1
+        assert ledger.settle_unknown(conn, sent={m[0]: "outbox:x"}, not_sent=[m[1]],
+                                     how="test") == (1, 1)
+        assert ledger.unknown_counts(conn, NIGHT) == [(NIGHT, 0, 1)]
+    assert statuses(store_url) == {m[0]: "sent", m[1]: "claimed", m[2]: "unknown",
+                                   m[3]: "sent"}
+
+
+@pytest.mark.parametrize(("action", "status", "cooldown_held"), [
+    ("mark-sent", "sent", True),
+    ("release", "claimed", True),   # it will be sent again: it still counts
+    ("not-sent", "failed", False),
+])
+def test_reconcile_and_the_cooldown_an_unknown_message_holds(
+        store_url: str, action: str, status: str, cooldown_held: bool) -> None:
+    earlier = NIGHT - dt.timedelta(days=10)
+    mid = claim(store_url, winners(("C1", "winback", "episode-1")), night=earlier
+                ).loc["C1", "message_id"]
+    with connect(store_url).begin() as conn:
+        ledger.mark_sending(conn, [mid])
+        ledger.recover_interrupted(conn, earlier, 0)
+    # While unknown, it may have gone out: it holds the 90-day cooldown.
+    probe = winners(("C1", "winback", "episode-2"))
+    with connect(store_url).connect() as conn, conn.begin():
+        held = ledger.claim(conn, probe, as_of=NIGHT, run_id="probe", caps=CAPS,
+                            batch_size=10).frame.set_index("customer_id")
+        conn.rollback()
+    assert held.loc["C1", "fate"] == "cooldown:winback"
+    with connect(store_url).begin() as conn:
+        assert ledger.reconcile(conn, earlier, None, action) == 1
+    assert statuses(store_url) == {mid: status}
+    fate = claim(store_url, probe).loc["C1", "fate"]
+    assert (fate == "cooldown:winback") is cooldown_held
