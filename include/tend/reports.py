@@ -51,9 +51,9 @@ def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> 
     """The night's totals: candidates, claims and delivery outcomes, per program and per
     reason a candidate was skipped, and what the ingest quarantined.
 
-    What needs a person comes first, as WARNING lines (sends failed, unknown or still
-    waiting, templates that failed, bounces and spam reports over their thresholds, new
-    complaints). ``run_id``: the run printing it, so a replay says what it did itself (usually
+    What needs a person comes first, as WARNING lines (unknown sends and the commands that
+    settle them, then failed or still waiting ones, templates that failed, bounces and spam
+    reports over their thresholds, new complaints). ``run_id``: the run printing it, so a replay says what it did itself (usually
     nothing new) rather than repeat the night's totals as if it had sent them.
     """
     from tend import dashboard
@@ -144,9 +144,7 @@ def _warnings(statuses: Mapping[str, int], waiting: int, template_errors: list[t
     if statuses.get("failed", 0):
         out.append(f"{statuses['failed']:,} message(s) failed; `tend why CUSTOMER` shows each "
                    "error")
-    if statuses.get("unknown", 0):
-        out.append(f"{statuses['unknown']:,} message(s) in an unknown state (the provider may "
-                   "or may not have them): never resent; check the provider's activity log")
+    # 'unknown' messages lead the summary with their own warning (ledger.unknown_warning_lines)
     if waiting:
         out.append(f"{waiting:,} message(s) still waiting to be sent: a send task failed or "
                    "has not run; clear it in Airflow to send them")
