@@ -53,8 +53,9 @@ def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> 
 
     What needs a person comes first, as WARNING lines (unknown sends and the commands that
     settle them, then failed or still waiting ones, templates that failed, bounces and spam
-    reports over their thresholds, new complaints). ``run_id``: the run printing it, so a replay says what it did itself (usually
-    nothing new) rather than repeat the night's totals as if it had sent them.
+    reports over their thresholds, new complaints). ``run_id``: the run printing it, so a
+    replay says what it did itself (usually nothing new) rather than repeat the night's totals
+    as if it had sent them.
     """
     from tend import dashboard
 
