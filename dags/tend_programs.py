@@ -1,16 +1,20 @@
 """
 ### tend_programs — decide, claim and send tonight's messages
 
-Scheduled on the asset `tend://customer_features` (after **tend_ingest**), taking `as_of` from
-the asset event unless the run gives its own *Night (as_of)*. `plan` detects signals, applies
-consent and suppressions, picks at most one message per customer within caps, and claims the
-winners in the contact ledger; `send` is mapped over the claimed batch ids (ids in XCom, never
-message lists), at most four at a time in the `tend_send` pool, through the backend named by
-the Variable `tend_delivery` (SendGrid reads the connection `sendgrid_default`; the
-*SendGrid sandbox* parameter, or `{"sendgrid_sandbox": true}` in the run's conf, switches
-SendGrid's sandbox mode for that run); `summary` prints the night's totals and warns of new
-customer complaints; `complaints_digest` emails them to `TEND_STAFF_EMAIL` (each once); `kpi`
-stores each program's results against its holdout for the months still open (docs/results.md).
+Scheduled on the asset `tend://customer_features` (after **tend_ingest**), planning the night
+the last ingest brought the features to, unless the run gives its own *Night (as_of)*: a
+plain "Trigger" plans the latest ingested night, and a logical date in the future is refused
+at the trigger. `plan` detects signals, applies consent and suppressions, picks at most one
+message per customer within caps, and claims the winners in the contact ledger; `send` is
+mapped over the claimed batch ids (ids in XCom, never message lists), at most four at a time
+in the `tend_send` pool, through the backend named by the Variable `tend_delivery` (SendGrid
+reads the connection `sendgrid_default`; the *SendGrid sandbox* parameter, or
+`{"sendgrid_sandbox": true}` in the run's conf, switches SendGrid's sandbox mode for that
+run); `summary` prints the night's totals, warnings first; `complaints_digest` emails new
+complaints to `TEND_STAFF_EMAIL` (each once); `kpi` stores each program's results against its
+holdout for the months still open (docs/results.md); `check`, after the summary, fails the run
+when any of the night's messages failed, is unknown or still waits, so a green run is a sent
+night.
 
 Replay a night: `airflow dags test tend_programs 2026-11-20` (after tend_ingest for that date).
 Rerunning a night sends nothing new: the ledger already holds every message it claimed.
@@ -51,8 +55,8 @@ def tend_programs() -> None:
         return tasks.send(as_of, batch_id, context)
 
     @task(trigger_rule="all_done")
-    def summary(as_of: str) -> None:
-        tasks.summary(as_of)
+    def summary(as_of: str, **context) -> None:
+        tasks.summary(as_of, context)
 
     @task(trigger_rule="all_done")
     def complaints_digest(**context) -> int:
@@ -63,10 +67,19 @@ def tend_programs() -> None:
     def kpi(as_of: str) -> int:
         return tasks.kpi(as_of)
 
+    # Fails when a send failed or messages still wait: the run's colour is the night's
+    # truth, and the summary before it is printed either way.
+    # AirflowFailException: no retry (the ledger's state will not change by itself).
+    @task(trigger_rule="all_done")
+    def check(as_of: str) -> None:
+        tasks.night_check(as_of)
+
     batch_ids = plan()
     night = batch_ids[tasks.AS_OF_XCOM]
     sent = send.partial(as_of=night).expand(batch_id=batch_ids)
-    sent >> summary(night) >> complaints_digest()
+    # check, complaints_digest and kpi are the run's last tasks: a failure of any of them
+    # turns the run red (none hides another's behind an all_done trigger rule).
+    sent >> summary(night) >> [complaints_digest(), check(night)]
     sent >> kpi(night)
 
 

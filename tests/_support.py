@@ -184,16 +184,37 @@ class RunningService:
 
 
 @contextmanager
-def running_service(store_url: str, tmp_path: Path, *, settings: Any = None,
-                    secret: str = "test-secret", replay_seconds: float = 0.2,
-                    **kwargs: Any) -> Iterator[RunningService]:
-    """Migrate ``store_url`` and serve ``tend.listen.app.create_app`` on uvicorn in a thread
-    until the block exits (``settings``: a ShopSettings, default the embedded one)."""
+def serving(app: Any, name: str = "app") -> Iterator[str]:
+    """Serve the ASGI ``app`` on uvicorn over HTTP on a free port, in a thread, until the block
+    exits; its base URL."""
     import threading
     import time
 
     import uvicorn
 
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", access_log=False))
+    thread = threading.Thread(target=server.run, name=f"serve-{name}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def running_service(store_url: str, tmp_path: Path, *, settings: Any = None,
+                    secret: str = "test-secret", replay_seconds: float = 0.2,
+                    **kwargs: Any) -> Iterator[RunningService]:
+    """Migrate ``store_url`` and serve ``tend.listen.app.create_app`` on uvicorn in a thread
+    until the block exits (``settings``: a ShopSettings, default the embedded one)."""
     from tend.listen.app import create_app
     from tend.store import db
 
@@ -201,21 +222,8 @@ def running_service(store_url: str, tmp_path: Path, *, settings: Any = None,
     spool_dir = tmp_path / "spool"
     app = create_app(store_url, settings=settings, secret=secret, spool_dir=spool_dir,
                      replay_seconds=replay_seconds, **kwargs)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", access_log=False))
-    thread = threading.Thread(target=server.run, name="tend-serve", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("tend serve did not start")
-        time.sleep(0.02)
-    try:
-        yield RunningService(f"http://127.0.0.1:{port}", app, spool_dir)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(app, "tend serve") as url:
+        yield RunningService(url, app, spool_dir)
 
 
 # -- one planned night of the programs stage (tests/unit/programs, tests/unit/listen) ---------

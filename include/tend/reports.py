@@ -47,9 +47,18 @@ if TYPE_CHECKING:
     from tend.delivery.base import DeliveryBackend
 
 
-def summary_lines(store_url: str, as_of: dt.date) -> list[str]:
+def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> list[str]:
     """The night's totals: candidates, claims and delivery outcomes, per program and per
-    reason a candidate was skipped, and what the ingest quarantined."""
+    reason a candidate was skipped, and what the ingest quarantined.
+
+    What needs a person comes first, as WARNING lines (unknown sends and the commands that
+    settle them, then failed or still waiting ones, templates that failed, bounces and spam
+    reports over their thresholds, new complaints). ``run_id``: the run printing it, so a
+    replay says what it did itself (usually nothing new) rather than repeat the night's totals
+    as if it had sent them.
+    """
+    from tend import dashboard
+
     with connect(store_url).connect() as conn:
         fates = conn.execute(
             select(decision_log.c.program, decision_log.c.fate, func.count())
@@ -57,24 +66,40 @@ def summary_lines(store_url: str, as_of: dt.date) -> list[str]:
             .group_by(decision_log.c.program, decision_log.c.fate)
         ).all()
         statuses = ledger.status_counts(conn, as_of)
+        mine = _run_claims(conn, as_of, run_id) if run_id else None
+        template_errors = _template_failures(conn, as_of)
         quarantined = conn.execute(
             select(quarantine.c.reason, func.count()).where(quarantine.c.as_of == as_of)
             .group_by(quarantine.c.reason)).all()
         start = dt.datetime.combine(as_of - dt.timedelta(days=1), dt.time(), dt.UTC)
         new_complaints = complaints.opened_between(conn, start, start + dt.timedelta(days=2))
+        week = dashboard.rates(conn, as_of - dt.timedelta(days=6), as_of)
+        before = dashboard.rates(conn, as_of - dt.timedelta(days=13), as_of - dt.timedelta(days=7))
     candidates = sum(n for _, _, n in fates)
     skipped = Counter()
     for _, fate, n in fates:
         if fate != "claimed":
             skipped[fate] += n
-    out = [f"Tend night {as_of}",
-           f"  candidates  {candidates:,}",
-           f"  claimed     {sum(n for _, f, n in fates if f == 'claimed'):,}",
-           f"  sent        {statuses.get('sent', 0):,}",
-           f"  failed      {statuses.get('failed', 0):,}",
-           f"  unknown     {statuses.get('unknown', 0):,}",
-           f"  waiting     {statuses.get('claimed', 0) + statuses.get('sending', 0):,}",
-           f"  skipped     {sum(skipped.values()):,}"]
+    waiting = statuses.get("claimed", 0) + statuses.get("sending", 0)
+    warnings = _warnings(statuses, waiting, template_errors, week, before, len(new_complaints))
+    out = [*(f"WARNING: {w}" for w in warnings), *([""] if warnings else [])]
+    out += [f"Tend night {as_of}"]
+    if mine is not None:
+        claimed_here = sum(mine.values())
+        if claimed_here:
+            out.append(f"  this run ({run_id}) claimed {claimed_here:,} message(s) ("
+                       + ", ".join(f"{n:,} {s}" for s, n in sorted(mine.items())) + ")")
+        else:
+            out.append(f"  this run ({run_id}) claimed nothing new: the night was planned "
+                       "before (a replay sends only what is still waiting); the totals below "
+                       "are the night's, over all its runs")
+    out += [f"  candidates  {candidates:,}",
+            f"  claimed     {sum(n for _, f, n in fates if f == 'claimed'):,}",
+            f"  sent        {statuses.get('sent', 0):,}",
+            f"  failed      {statuses.get('failed', 0):,}",
+            f"  unknown     {statuses.get('unknown', 0):,}",
+            f"  waiting     {waiting:,}",
+            f"  skipped     {sum(skipped.values()):,}"]
     by_program: dict[str, Counter[str]] = {}
     for program, fate, n in fates:
         by_program.setdefault(program, Counter())["claimed" if fate == "claimed" else
@@ -93,6 +118,68 @@ def summary_lines(store_url: str, as_of: dt.date) -> list[str]:
     if statuses.get("unknown"):  # first, so the operator reading the log at 7 am sees it
         out = [*ledger.unknown_warning_lines(as_of, statuses["unknown"]), "", *out]
     return out
+
+
+def _run_claims(conn: Any, as_of: dt.date, run_id: str) -> Counter[str]:
+    """The night's messages claimed by run ``run_id``, by status."""
+    L = contact_ledger.c
+    return Counter({s: int(n) for s, n in conn.execute(
+        select(L.status, func.count()).where(L.as_of == as_of, L.run_id == run_id)
+        .group_by(L.status))})
+
+
+def _template_failures(conn: Any, as_of: dt.date) -> list[tuple[str, int]]:
+    """Programs whose messages failed tonight because their template did not render."""
+    L = contact_ledger.c
+    return [(p, int(n)) for p, n in conn.execute(
+        select(L.program, func.count()).where(
+            L.as_of == as_of, L.status == "failed",
+            func.lower(L.error).like("%template%")).group_by(L.program))]
+
+
+def _warnings(statuses: Mapping[str, int], waiting: int, template_errors: list[tuple[str, int]],
+              week: Any, before: Any, new_complaints: int) -> list[str]:
+    from tend.dashboard import BOUNCE_WARNING, SPAM_LIMIT, SPAM_TARGET
+
+    out = []
+    if statuses.get("failed", 0):
+        out.append(f"{statuses['failed']:,} message(s) failed; `tend why CUSTOMER` shows each "
+                   "error")
+    # 'unknown' messages lead the summary with their own warning (ledger.unknown_warning_lines)
+    if waiting:
+        out.append(f"{waiting:,} message(s) still waiting to be sent: a send task failed or "
+                   "has not run; clear it in Airflow to send them")
+    for program, n in template_errors:
+        out.append(f"template of {program} failed for {n:,} message(s): run "
+                   "`tend templates check`")
+    if week.spam_rate >= SPAM_TARGET:
+        trend = "rising" if week.spam_rate > before.spam_rate else "steady"
+        limit = SPAM_LIMIT if week.spam_rate >= SPAM_LIMIT else SPAM_TARGET
+        out.append(f"spam reports at {week.spam_rate:.2%} of delivered mail over 7 days "
+                   f"({trend}; {before.spam_rate:.2%} the week before), over the {limit:.1%} "
+                   "threshold mailbox providers watch")
+    if week.bounce_rate >= BOUNCE_WARNING:
+        out.append(f"bounces at {week.bounce_rate:.1%} of sent mail over 7 days "
+                   f"({week.bounces:,}): the address list needs cleaning")
+    if new_complaints:
+        out.append(f"{new_complaints} new complaint(s) (listed below)")
+    return out
+
+
+def night_problems(store_url: str, as_of: dt.date) -> list[str]:
+    """Why the night's run must not show green: its own messages that failed, are unknown or
+    still wait to be sent (a campaign's are its own run's business)."""
+    L = contact_ledger.c
+    with connect(store_url).connect() as conn:
+        counts = dict(conn.execute(
+            select(L.status, func.count()).where(
+                L.as_of == as_of, ledger.owned_by(None),
+                L.status.in_(("failed", "unknown", "claimed", "sending")))
+            .group_by(L.status)).all())
+    waiting = counts.get("claimed", 0) + counts.get("sending", 0)
+    return [f"{n:,} {what}" for n, what in (
+        (counts.get("failed", 0), "failed"), (counts.get("unknown", 0), "unknown"),
+        (waiting, "still waiting to be sent")) if n]
 
 
 def complaint_table(rows: list[Mapping[str, Any]]) -> list[str]:

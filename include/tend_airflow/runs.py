@@ -57,6 +57,35 @@ def as_of(context: Mapping[str, Any]) -> dt.date:
     return logical.astimezone(dt.UTC).date()
 
 
+def program_night(context: Mapping[str, Any], ingested: dt.date | None
+                  ) -> tuple[dt.date, list[dt.date]]:
+    """Which night tend_programs plans, and the other nights its asset events named.
+
+    The store holds the features of one night, the one the last ingest brought it to
+    (``ingested``), and only that night can be planned. So:
+
+    1. an explicit ``as_of`` (the form, ``--conf``) is planned as asked (a night the
+       features are not at fails with the fix: ingest it first);
+    2. with asset events, the ingested night, and every other night they name is returned so
+       the run can say it was not planned (it was ingested, then overtaken by a later ingest);
+    3. a manual run without either (the UI's plain "Trigger", ``airflow dags test``) plans the
+       ingested night, whatever its logical date.
+    """
+    explicit = run_value(context, AS_OF)
+    if explicit:
+        return _parse_date(explicit, "the run's as_of"), []
+    if ingested is None:
+        raise ValueError("no night has been ingested yet: run tend_ingest first (the features "
+                         "tend_programs plans from come from it)")
+    events = context.get("triggering_asset_events") or {}
+    named = {
+        _parse_date(e.extra["as_of"], "the asset event's as_of")
+        for evs in events.values() for e in evs
+        if getattr(e, "extra", None) and e.extra.get("as_of")
+    }
+    return ingested, sorted(named - {ingested})
+
+
 def sendgrid_sandbox(context: Mapping[str, Any] | None) -> Any | None:
     """The run's SendGrid sandbox switch as given (a flag to parse), or None to keep the
     connection's setting."""

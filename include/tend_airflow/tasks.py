@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from tend import config
@@ -34,12 +35,31 @@ def migrate_store() -> str:
     return migrate(store_url())
 
 
+@contextmanager
+def tend_errors_fail_at_once() -> Iterator[None]:
+    """Tend's own errors (bad input, a night not ingested, a template that fails its check)
+    fail the task at once, without retries, with Tend's one-line message as the task's error:
+    a retry cannot fix them, and the line must not sit under a long traceback."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend.errors import DeliveryError, LedgerError, TendError
+
+    try:
+        yield
+    except (DeliveryError, LedgerError):
+        raise  # a provider's trouble or two writers racing may pass: Airflow retries
+    except (TendError, ValueError) as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
 def ingest(context: Mapping[str, Any]) -> dict[str, Any]:
     """Fold the night's new orders into the features; tell tend_programs which night it was."""
     from tend.features.ingest import run_ingest
     from tend_airflow.assets import CUSTOMER_FEATURES
 
-    result = run_ingest(shop_url(), store_url(), runs.as_of(context), runs.run_id(context))
+    with tend_errors_fail_at_once():
+        result = run_ingest(shop_url(), store_url(), runs.as_of(context),
+                            runs.run_id(context))
     extra = {"as_of": result.as_of.isoformat(), "changed_customers": result.changed_customers}
     context["outlet_events"][CUSTOMER_FEATURES].extra = extra
     return extra
@@ -49,18 +69,31 @@ def plan(context: Mapping[str, Any]) -> list[int]:
     """Decide and claim the night's messages; the claimed batch ids.
 
     ``send`` is mapped over them, and Airflow maps only over a task's return value, so the
-    night goes to XCom under its own key, ``as_of``, for ``send`` and ``summary``.
+    night goes to XCom under its own key, ``as_of``, for ``send`` and ``summary``. Tend's own
+    errors (a night not ingested, a template that fails its check) fail the task at once with
+    their one-line message: a retry cannot fix them.
     """
     from tend import messages
     from tend.config import ShopSettings
+    from tend.features.store import store_as_of
     from tend.programs.plan import plan_night
+    from tend.store import ledger
+    from tend.store.db import connect
 
     settings = ShopSettings.from_env()
-    result = plan_night(
-        shop_url(), store_url(), runs.as_of(context), runs.run_id(context),
-        settings=settings, renderer=messages.default_renderer(settings),
-        secret=config.unsubscribe_secret(),
-    )
+    with tend_errors_fail_at_once():
+        night, named = runs.program_night(context, store_as_of(store_url()))
+        with connect(store_url()).connect() as conn:
+            planned = ledger.nights_decided(conn, named)
+        for other in sorted(set(named) - planned):
+            log.warning("night %s was ingested but a later ingest (%s) overtook it before it "
+                        "was planned; the store keeps one night's features: replay it with "
+                        "tend_ingest then tend_programs for %s", other, night, other)
+        result = plan_night(
+            shop_url(), store_url(), night, runs.run_id(context),
+            settings=settings, renderer=messages.default_renderer(settings),
+            secret=config.unsubscribe_secret(),
+        )
     context["ti"].xcom_push(AS_OF_XCOM, result.as_of.isoformat())
     return list(result.batches)
 
@@ -114,12 +147,27 @@ def send(as_of: str, batch_id: int, context: Mapping[str, Any], *,
     return dict(result.counts)
 
 
-def summary(as_of: str) -> None:
-    """Log the night's totals: decisions by fate, messages by status."""
+def summary(as_of: str, context: Mapping[str, Any] | None = None) -> None:
+    """Log the night's totals, warnings first: decisions by fate, messages by status."""
     from tend.reports import summary_lines
 
-    for line in summary_lines(store_url(), dt.date.fromisoformat(as_of)):
-        log.info(line)
+    run = runs.run_id(context) if context else None
+    for line in summary_lines(store_url(), dt.date.fromisoformat(as_of), run):
+        (log.warning if line.startswith("WARNING") else log.info)(line)
+
+
+def night_check(as_of: str) -> None:
+    """The run's last word: fail it (after the summary is printed) when any of the night's
+    messages failed, is unknown or still waits, so a run that did not send shows red."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend.reports import night_problems
+
+    problems = night_problems(store_url(), dt.date.fromisoformat(as_of))
+    if problems:
+        raise AirflowFailException(
+            f"night {as_of}: {', '.join(problems)} message(s); see the summary task's log")
+    log.info("night %s: every claimed message was sent", as_of)
 
 
 def complaints_digest(context: Mapping[str, Any] | None = None) -> int:

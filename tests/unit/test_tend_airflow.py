@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tend.config import sqlalchemy_url_from_connection
+from tend.errors import TendError
 from tend_airflow import connections, delivery, runs
 
 TORONTO = pendulum.timezone("America/Toronto")
@@ -510,3 +511,153 @@ def test_a_real_campaign_through_the_sendgrid_sandbox_is_refused(
     bad = {"params": CAMPAIGN_FORM | {"send_at": "23:00"}, "dag_run": SimpleNamespace(conf={})}
     with pytest.raises(AirflowFailException, match="field 'send_at'"):
         tasks.campaign_check(bad)
+
+
+# -- tend_programs' traps: which night, the run's colour, runs dated in the future --------------
+
+
+NOV18, NOV20 = dt.date(2026, 11, 18), dt.date(2026, 11, 20)
+
+
+@pytest.mark.parametrize(("ctx", "night", "overtaken"), [
+    # a plain "Trigger" (logical date = now, no event): the ingested night, not a DataError
+    (context(logical=pendulum.datetime(2026, 12, 6, 11, tz="UTC")), NOV20, []),
+    # a leftover event of an older night and the ingest's: the ingested one, the other named
+    (context(events={"a": [event("2026-11-18"), event("2026-11-20")]}), NOV20, [NOV18]),
+    (context(events={"a": [event("2026-11-20"), event("2026-11-22")]}), NOV20,
+     [dt.date(2026, 11, 22)]),
+    # an explicit night is planned as asked
+    (context(params={"as_of": "2026-11-18"}, events={"a": [event("2026-11-20")]}), NOV18, []),
+])
+def test_program_night(ctx: dict[str, Any], night: dt.date, overtaken: list[dt.date]) -> None:
+    assert runs.program_night(ctx, NOV20) == (night, overtaken)
+
+
+def test_program_night_before_any_ingest() -> None:
+    with pytest.raises(ValueError, match="run tend_ingest first"):
+        runs.program_night(context(), None)
+
+
+def test_the_night_check_fails_the_run_while_messages_failed_or_wait(
+        clean_env: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend.store import migrate
+    from tend.store.db import connect
+    from tend.store.tables import contact_ledger
+    from tend_airflow import tasks
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate(store)
+    clean_env.setenv("TEND_STORE_URL", store)
+    now = dt.datetime.now(dt.UTC)
+
+    def row(mid: str, status: str, program: str = "winback") -> dict[str, Any]:
+        return {"message_id": mid * 32, "customer_id": mid, "program": program,
+                "occurrence": "o", "kind": "marketing", "status": status, "as_of": NOV20,
+                "run_id": "r", "batch_id": 0, "claimed_at": now}
+
+    with connect(store).begin() as conn:
+        conn.execute(contact_ledger.insert(), [row("a", "sent"),
+                                               row("b", "claimed", "campaign:spring")])
+    tasks.night_check("2026-11-20")  # a campaign's waiting message is not the night's
+    with connect(store).begin() as conn:
+        conn.execute(contact_ledger.insert(), [row("c", "failed"), row("d", "claimed")])
+    with pytest.raises(AirflowFailException,
+                       match="night 2026-11-20: 1 failed, 1 still waiting to be sent"):
+        tasks.night_check("2026-11-20")
+
+
+def test_tend_errors_fail_plan_at_once_in_one_line(clean_env: pytest.MonkeyPatch,
+                                                   tmp_path: Any) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend.store import migrate
+    from tend_airflow import tasks
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate(store)
+    clean_env.setenv("TEND_STORE_URL", store)
+    with pytest.raises(AirflowFailException, match=r"^no night has been ingested yet"):
+        tasks.plan(context())
+
+
+@pytest.mark.parametrize(("body", "refused"), [
+    (b'{"logical_date": "2099-01-01T00:00:00Z", "conf": {}}', True),
+    (b'{"logical_date": "2099-01-01T00:00:00"}', True),
+    (b'{"logical_date": "2026-01-01T00:00:00+00:00"}', False),
+    (b'{"logical_date": null}', False),
+    (b'{}', False),
+    (b'not json', False),
+    (b'[1]', False),
+])
+def test_a_future_logical_date_is_refused_at_the_trigger(airflow_sdk: ModuleType, body: bytes,
+                                                         refused: bool) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tend_airflow.page.future import RefuseFutureRuns
+
+    api = FastAPI()
+    seen: list[bytes] = []
+
+    @api.post("/api/v2/dags/{dag_id}/dagRuns")
+    async def trigger(dag_id: str, request: Any = None) -> dict[str, str]:
+        return {"dag_id": dag_id}
+
+    @api.middleware("http")
+    async def record(request: Any, call_next: Any) -> Any:
+        seen.append(await request.body())
+        return await call_next(request)
+
+    client = TestClient(RefuseFutureRuns(api))
+    got = client.post("/api/v2/dags/tend_programs/dagRuns", content=body)
+    if refused:
+        assert got.status_code == 400
+        assert "in the future" in got.json()["detail"] and seen == []
+    else:
+        assert seen == [body]  # passed on whole
+    other = client.post("/api/v2/dags/someone_else/dagRuns", content=body)
+    assert other.status_code != 400  # another DAG is not ours to judge
+
+
+def test_a_bad_shop_fails_ingest_at_once_in_one_line(clean_env: pytest.MonkeyPatch,
+                                                     tmp_path: Any) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tend_airflow import tasks
+
+    clean_env.setenv("TEND_SHOP_URL", f"sqlite:///{tmp_path / 'empty-shop.db'}")
+    clean_env.setenv("TEND_STORE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    ctx = context(params={"as_of": "2026-11-20"})
+    with pytest.raises(AirflowFailException) as failed:
+        tasks.ingest(ctx)
+    assert "\n" not in str(failed.value) and isinstance(failed.value.__cause__, TendError)
+
+
+def test_plan_names_the_nights_its_events_named_that_were_never_planned(
+        clean_env: pytest.MonkeyPatch, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A leftover asset event of an older night: the ingested night is planned, and the older
+    one, overtaken before anyone planned it, is named with its replay."""
+    from tend.dev.demo import generate_demo_shop
+    from tend.features.ingest import run_ingest
+    from tend.store import migrate
+    from tend_airflow import tasks
+
+    shop, store = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 'store.db'}"
+    generate_demo_shop(shop, customers=40, seed=2, as_of=NOV20)
+    migrate(store)
+    run_ingest(shop, store, NOV20, "i")
+    clean_env.setenv("TEND_SHOP_URL", shop)
+    clean_env.setenv("TEND_STORE_URL", store)
+    clean_env.setenv("TEND_VAR_DIR", str(tmp_path))
+    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}))
+    pushed: dict[str, Any] = {}
+    ctx = context(events={"a": [event("2026-11-18"), event("2026-11-20")]}) | {"ti": ti}
+    tasks.plan(ctx)
+    assert pushed == {"as_of": "2026-11-20"}
+    assert "night 2026-11-18 was ingested but a later ingest (2026-11-20) overtook it" \
+        in caplog.text
+    caplog.clear()
+    tasks.plan(context(events={"a": [event("2026-11-20")]}) | {"ti": ti})
+    assert "overtook" not in caplog.text

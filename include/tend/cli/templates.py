@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 
 from tend import config
-from tend.cli.args import checked_renderer, date, known_locale, positive, print_lines, shop_arg
+from tend.cli.args import (
+    checked_renderer,
+    date,
+    known_locale,
+    positive,
+    print_lines,
+    shop_arg,
+    store_arg,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     shop_arg(sp)
     sp.add_argument("program", help="a program in programs.yaml (or a template name)")
     sp.add_argument("--locale", help="default: the customer's locale, else the shop's")
-    sp.add_argument("--customer", help="a customer id from the shop database (default: the "
+    sp.add_argument("--customer", help="a customer id from the shop database: the message the "
+                                       "program sent them (from the store), else the "
+                                       "template's sample content for them (default: the "
                                        "template's sample customer)")
+    store_arg(sp)
     sp.add_argument("--as-of", type=date, default=None,
                     help="the night to preview (order history and voucher expiry; "
                          "default: today)")
@@ -82,4 +93,5 @@ def _preview(args: argparse.Namespace) -> None:
         out_dir=args.out or config.var_dir() / "previews", locale=args.locale,
         customer_id=args.customer, shop_url=config.shop_url(args.db), as_of=args.as_of,
         png=args.png, width=args.width, dark=args.dark,
+        store_url=config.store_url(args.store) if args.customer else None,
     ).lines())

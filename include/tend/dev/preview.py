@@ -102,11 +102,15 @@ class Preview:
     html_path: Path
     text_path: Path
     png_path: Path | None
+    #: What was rendered: the message as sent (from the store), or the template's sample
+    #: content around the customer's own facts.
+    source: str = "the template's sample content"
 
     def lines(self) -> list[str]:
         who = self.customer_id or "the sample customer"
         out = [
             f"preview of {self.program} ({self.email.template}, {self.kind}) for {who}",
+            f"  content    {self.source}",
             f"  subject    {self.email.subject}",
             f"  preheader  {self.email.preheader}",
             f"  html       {self.html_path}",
@@ -131,10 +135,25 @@ def make_preview(
     width: int = 640,
     dark: bool = False,
     secret: str | None = None,
+    store_url: str | None = None,
 ) -> Preview:
-    """Render ``program``'s email for ``customer_id`` (or the sample customer) and write it."""
+    """Render ``program``'s email for ``customer_id`` (or the sample customer) and write it.
+
+    With a customer and a store, the message ``program`` claimed for them (the newest on or
+    before ``as_of``) is rendered from its stored context: exactly what they were sent, its
+    products and voucher included. A customer the program never chose gets the template's
+    sample content around their own facts, and the preview says so.
+    """
     template, kind, offer = _program(program)
     as_of = as_of or dt.date.today()
+    sent = _sent(store_url, customer_id, program, as_of) if customer_id and store_url else None
+    if sent is not None:
+        ctx = sent["ctx"]
+        locale = locale or ctx["locale"]
+        return _write(program, ctx["template"], sent["kind"], locale, customer_id, out_dir,
+                      png=png, width=width, dark=dark, source=sent["source"],
+                      email=renderer.render(ctx["template"], locale, ctx,
+                                            customer_id=str(customer_id), kind=sent["kind"]))
     customer: dict[str, Any] | None = None
     if customer_id is not None:
         customer = _customer(shop_url or config.shop_url(), customer_id, as_of)
@@ -151,6 +170,40 @@ def make_preview(
     email = renderer.render(template, locale, ctx,
                             customer_id=customer_id or str(ctx["customer"]["customer_id"]),
                             kind=kind)
+    source = ("the template's sample content" if customer_id is None else
+              f"not sent to {customer_id} by {program}: the template's sample content around "
+              "their own facts")
+    return _write(program, template, kind, locale, customer_id, out_dir, png=png, width=width,
+                  dark=dark, email=email, source=source)
+
+
+def _sent(store_url: str, customer_id: str, program: str, as_of: dt.date
+          ) -> dict[str, Any] | None:
+    """The stored context of the message ``program`` claimed for the customer, if any."""
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
+    from tend.messages.contexts import context_for_render
+    from tend.store import ledger
+    from tend.store.db import connect
+
+    url = make_url(store_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        return None  # no store yet: nothing was sent
+    with connect(store_url).connect() as conn:
+        if not inspect(conn).has_table("decision_log"):
+            return None
+        found = ledger.last_message(conn, customer_id, program, as_of)
+    if found is None or not found["context"]:
+        return None
+    return {"ctx": context_for_render(found["context"]), "kind": found["kind"],
+            "source": f"message {found['message_id']} of night {found['as_of']} "
+                      f"({found['status']}), rendered from its stored context"}
+
+
+def _write(program: str, template: str, kind: str, locale: str, customer_id: str | None,
+           out_dir: Path, *, png: bool, width: int, dark: bool, email: RenderedEmail,
+           source: str) -> Preview:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = _safe(f"{program}-{locale}-{customer_id or 'sample'}")
     html_path = out_dir / f"{stem}.html"
@@ -165,7 +218,7 @@ def make_preview(
         png_path = screenshot(html_path, out_dir / f"{stem}{'-dark' if dark else ''}.png",
                               width=width, dark=dark)
     return Preview(program, template, kind, locale, customer_id, email, html_path, text_path,
-                   png_path)
+                   png_path, source)
 
 
 def _program(name: str) -> tuple[str, str, Any]:

@@ -894,6 +894,36 @@ def status_counts(conn: Connection, as_of: dt.date) -> dict[str, int]:
 
 
 
+def nights_decided(conn: Connection, nights: Iterable[dt.date]) -> set[dt.date]:
+    """Which of ``nights`` have decisions recorded (were planned)."""
+    wanted = sorted(set(nights))
+    if not wanted:
+        return set()
+    found = conn.execute(select(decision_log.c.as_of).where(
+        decision_log.c.as_of.in_(wanted)).distinct()).scalars()
+    return {v if isinstance(v, dt.date) else dt.date.fromisoformat(str(v)[:10]) for v in found}
+
+
+def last_message(conn: Connection, customer_id: str, program: str,
+                 as_of: dt.date | None = None) -> dict[str, Any] | None:
+    """The newest message ``program`` claimed for the customer (on or before ``as_of``), with
+    its stored render context (``context``, JSON, or None), or None. Found through the
+    decision log's customer index: the ledger has none."""
+    q = (select(decision_log.c.message_id)
+         .where(decision_log.c.customer_id == customer_id, decision_log.c.program == program,
+                decision_log.c.message_id.is_not(None)))
+    if as_of is not None:
+        q = q.where(decision_log.c.as_of <= as_of)
+    message_id = conn.execute(q.order_by(decision_log.c.as_of.desc()).limit(1)).scalar()
+    if message_id is None:
+        return None
+    row = conn.execute(select(L.c.message_id, L.c.as_of, L.c.status, L.c.kind)
+                       .where(L.c.message_id == message_id)).mappings().first()
+    if row is None:
+        return None
+    return {**row, "context": contexts_of(conn, [message_id]).get(message_id)}
+
+
 def customer_and_program(conn: Connection, message_id: str) -> tuple[str, str] | None:
     """Who a message went to and which program sent it (by primary key), None if unknown."""
     row = conn.execute(select(L.c.customer_id, L.c.program)

@@ -199,7 +199,8 @@ def test_the_send_task_runs_in_the_tend_send_pool(airflow_sdk: ModuleType) -> No
 
 def test_send_is_mapped_over_the_planned_batch_ids(airflow_sdk: ModuleType) -> None:
     dag = load_programs_dag(airflow_sdk)
-    assert set(dag.task_ids) == {"plan", "send", "summary", "complaints_digest", "kpi"}
+    assert set(dag.task_ids) == {"plan", "send", "summary", "complaints_digest", "kpi",
+                                 "check"}
     send = dag.get_task("send")
     mapped = send.op_kwargs_expand_input.value["batch_id"]
     assert (mapped.operator.task_id, mapped.key) == ("plan", "return_value")
@@ -210,3 +211,8 @@ def test_send_is_mapped_over_the_planned_batch_ids(airflow_sdk: ModuleType) -> N
     kpi = dag.get_task("kpi")  # the results count what was sent, whatever send did
     assert kpi.upstream_task_ids == {"plan", "send"}
     assert kpi.trigger_rule == "all_done"
+    # check tells the truth about the night's sends (tasks.night_check); every last task's
+    # failure turns the run red
+    assert dag.get_task("check").upstream_task_ids == {"plan", "summary"}
+    assert dag.get_task("check").trigger_rule == "all_done"
+    assert {t.task_id for t in dag.leaves} == {"check", "complaints_digest", "kpi"}

@@ -138,3 +138,38 @@ def test_png_preview_is_a_real_screenshot(env: Path, shop_db: str,
     assert width == 640
     assert 500 < height < 4000  # the whole email, not a fixed window
     assert len(data) > 10_000   # not a blank page
+
+
+def test_preview_of_a_customer_renders_what_they_were_sent(
+        env: Path, shop_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime as dt
+    import json
+
+    from _support import make_program, make_registry, night_decisions, plan_test_night
+
+    from tend.store import ledger, migrate
+    from tend.store.db import connect
+
+    store = f"sqlite:///{env / 'store.db'}"
+    migrate(store)
+    plan_test_night(shop_db, store, dt.date.fromisoformat(NIGHT),
+                    make_registry(make_program("winback", offer={"kind": "percent",
+                                                                 "amount": 15,
+                                                                 "code_prefix": "WB",
+                                                                 "valid_days": 30})))
+    decided = night_decisions(store)
+    row = decided.loc[decided["fate"] == "claimed"].iloc[0]
+    with connect(store).connect() as conn:
+        ctx = json.loads(ledger.contexts_of(conn, [row["message_id"]])[row["message_id"]])
+    out_dir = env / "previews"
+    assert main(["preview", "winback", "--customer", row["customer_id"], "--db", shop_db,
+                 "--store", store, "--as-of", NIGHT, "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert f"content    message {row['message_id']} of night {NIGHT} (sent)" in printed
+    text = next(out_dir.glob(f"winback-*-{row['customer_id']}.txt")).read_text()
+    assert ctx["offer"]["code"] in text  # the customer's own voucher, not a preview's
+    # a customer the program never chose: the sample content, and the preview says so
+    other = decided.loc[decided["fate"] != "claimed", "customer_id"].iloc[0]
+    assert main(["preview", "winback", "--customer", other, "--db", shop_db, "--store", store,
+                 "--as-of", NIGHT, "--out", str(out_dir)]) == 0
+    assert f"not sent to {other} by winback" in capsys.readouterr().out
