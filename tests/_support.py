@@ -686,8 +686,28 @@ def airflow_scenario(tmp: Path, *, as_of: str, customers: int = 300) -> AirflowS
     s = AirflowScenario(tmp, env)
     s.run(str(BIN / "tend"), "demo-data", "--db", env["AIRFLOW_CONN_TEND_SHOP"],
           "--customers", str(customers), "--seed", "3", "--as-of", as_of, label="demo-data")
-    s.run(str(BIN / "airflow"), "db", "migrate", label="airflow db migrate")
+    _migrated_airflow_db(s)
     return s
+
+
+#: A migrated Airflow metadata database, made once per test session and copied into each
+#: scenario: migrating one takes most of a minute and every scenario starts from the same one.
+_AIRFLOW_DB_TEMPLATE: list[Path] = []
+
+
+def _migrated_airflow_db(s: AirflowScenario) -> None:
+    import shutil
+    import tempfile
+
+    target = s.tmp / "airflow" / "airflow.db"
+    if not _AIRFLOW_DB_TEMPLATE:
+        s.run(str(BIN / "airflow"), "db", "migrate", label="airflow db migrate")
+        template = Path(tempfile.mkdtemp(prefix="tend-airflow-db-")) / "airflow.db"
+        shutil.copyfile(target, template)
+        _AIRFLOW_DB_TEMPLATE.append(template)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_AIRFLOW_DB_TEMPLATE[0], target)
 
 
 #: The ``random_days_shop`` fixture (tests/unit/signals/conftest.py): ``random_days_shop(extra)``
