@@ -21,9 +21,13 @@ pytestmark = pytest.mark.demo_shop(customers=250, seed=21, as_of=MONDAY)
 
 
 @pytest.fixture(scope="module")
-def auth_manager(airflow_sdk: ModuleType) -> Iterator[Any]:
-    """Airflow's simple auth manager, as the API server initialises it."""
+def auth_manager(airflow_sdk: ModuleType,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Airflow's simple auth manager, as the API server initialises it (its generated
+    passwords in a file of the test's own, not the checkout's var/)."""
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE",
+                  str(tmp_path_factory.mktemp("auth") / "passwords.json"))
         mp.setenv("AIRFLOW__CORE__AUTH_MANAGER", "airflow.api_fastapi.auth.managers.simple."
                   "simple_auth_manager.SimpleAuthManager")
         mp.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "test-jwt-secret-" + "x" * 64)
