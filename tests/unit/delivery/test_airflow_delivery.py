@@ -49,8 +49,10 @@ def tend_airflow(airflow_sdk: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Mo
 
 def run(conf: dict[str, Any] | None = None, params: dict[str, Any] | None = None
         ) -> dict[str, Any]:
+    pushed: dict[str, Any] = {}
+    ti = SimpleNamespace(pushed=pushed, xcom_push=lambda key, value: pushed.update({key: value}))
     return {"dag_run": SimpleNamespace(conf=conf or {}), "params": params or {},
-            "run_id": "manual__test"}
+            "run_id": "manual__test", "ti": ti}
 
 
 def test_sendgrid_settings_from_the_connection(tend_airflow: ModuleType,
@@ -157,8 +159,13 @@ def test_the_send_task_sends_a_batch_through_the_connection(
     with run_in_thread(api_key=KEY, faults=FaultPlan(latency_ms=1)) as fake:
         monkeypatch.setenv("TEND_DELIVERY", "sendgrid")
         monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", f"http://:{KEY}@127.0.0.1:{fake.port}")
-        counts = tend_airflow.tasks.send(NIGHT.isoformat(), batches[0], run())
+        ctx = run()
+        counts = tend_airflow.tasks.send(NIGHT.isoformat(), batches[0], ctx)
         assert counts == {"sent": 40}
+        # Where the batch's time went, for a scaling measurement to add up across batches.
+        timings = ctx["ti"].pushed["timings"]
+        assert {"seconds", "render", "ledger"} <= set(timings)
+        assert timings["seconds"] >= timings["render"] > 0
         assert len(fake.fake.accepted_counts()) == 40
     assert statuses(store).count("sent") == 40
 
