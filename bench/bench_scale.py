@@ -288,6 +288,41 @@ class CpuSampler:
         return result
 
 
+class ConnectionSampler:
+    """The most connections each database had at once (PostgreSQL's ``pg_stat_activity``,
+    every ``every`` seconds): the contact store's and Airflow's, for the capacity plan."""
+
+    def __init__(self, server_url: str, databases: Mapping[str, str], every: float = 1.0
+                 ) -> None:
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(server_url, pool_size=1)
+        self.databases, self.every = databases, every
+        self.peak: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from sqlalchemy import text
+
+        names = {db: label for label, db in self.databases.items()}
+        while not self._stop.wait(self.every):
+            with self.engine.connect() as conn:
+                counts = conn.execute(text(
+                    "SELECT datname, count(*) FROM pg_stat_activity WHERE datname = ANY(:d) "
+                    "GROUP BY datname"), {"d": list(names)}).all()
+            for db, n in counts:
+                label = names[db]
+                self.peak[label] = max(self.peak[label], int(n))
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.engine.dispose()
+        return dict(self.peak)
+
+
 # -- the stand-in, the store ------------------------------------------------------------------
 
 
@@ -368,6 +403,12 @@ def _xcom(cluster: Any, path: str) -> dict[str, float]:
         raise
 
 
+def _database_of(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return str(make_url(url).database)
+
+
 def _pg_processes() -> dict[str, list[str]]:
     return {"postgres": ["postgres"], "redis": ["redis-server"]}
 
@@ -412,6 +453,10 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
                 _log(f"{workers} worker(s): cluster up; triggering the night "
                      f"(load average {load_before[0]:.2f})")
                 sampler = CpuSampler(roots, _pg_processes(), {"bench": os.getpid()})
+                connections = ConnectionSampler(
+                    os.environ["TEST_DATABASE_URL"],
+                    {"store": _database_of(store),
+                     "airflow": _database_of(cluster.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])})
                 t0 = time.monotonic()
                 ingest = cluster.trigger("tend_ingest", {"as_of": NIGHT.isoformat()})
                 state = cluster.wait_for_run("tend_ingest", ingest, timeout=timeout)
@@ -421,6 +466,7 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
                 programs = cluster.trigger("tend_programs", {"as_of": NIGHT.isoformat()})
                 state = cluster.wait_for_run("tend_programs", programs, timeout=timeout)
                 cpu = sampler.stop()
+                peak_connections = connections.stop()
                 polled = time.monotonic() - t0
                 load_after = os.getloadavg()
                 _log(f"tend_programs {state} after {polled:.0f}s in all")
@@ -453,6 +499,7 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
         "check": {"ok": check.ok, "duplicates": check.duplicates, "problems": check.problems()},
         "stand_in": stand_in_stats, "cpu": cpu,
         "load": {"before": load_before, "after": load_after}, "store": sizes,
+        "peak_connections": peak_connections,
         # What the figures were computed from, to recompute them (``--report``).
         "raw": {"runs": runs, "ingest_tis": ingest_tis, "programs_tis": programs_tis,
                 "plan_timings": plan_timings, "send_timings": send_timings},
@@ -514,6 +561,9 @@ def report(results: Sequence[Mapping[str, Any]], customers: int) -> str:
     row("CPU s: whole machine (of 2 x wall)",
         (f"{r['cpu']['machine']:.0f} of {psutil.cpu_count() * r['cpu']['wall']:.0f}"
          for r in results))
+    row("most connections at once: store / Airflow",
+        (f"{r.get('peak_connections', {}).get('store', '-')} / "
+         f"{r.get('peak_connections', {}).get('airflow', '-')}" for r in results))
     row("duplicates at the stand-in", (str(r["check"]["duplicates"]) for r in results))
     row("check", ("ok" if r["check"]["ok"] and r["state"] == "success"
                   else f"{r['state']}; {'; '.join(r['check']['problems'] + r['failed_tasks'])}"
@@ -584,12 +634,12 @@ def main() -> int:
                 measure_store=n == counts[-1])
         result["latency_ms"] = args.latency_ms
         results.append(result)
+        if args.json:  # after each night: a later one that fails keeps the earlier figures
+            args.json.write_text(json.dumps({"customers": args.customers, "results": results},
+                                            indent=1, default=str))
         _log(f"{n} worker(s): {result['messages']:,} messages in "
              f"{result['stages']['wall']:.0f}s ({result['rate']:,.0f} msg/s end to end); "
              f"check {'ok' if result['check']['ok'] else result['check']['problems']}")
-    if args.json:
-        args.json.write_text(json.dumps({"customers": args.customers, "results": results},
-                                        indent=1, default=str))
     print(report(results, args.customers))
     bad = [r for r in results if not r["check"]["ok"] or r["state"] != "success"]
     return 1 if bad else 0

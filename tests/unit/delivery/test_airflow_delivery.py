@@ -197,11 +197,16 @@ def load_programs_dag(airflow_sdk: ModuleType) -> Any:
     return dags[0]
 
 
-def test_the_send_task_runs_in_the_tend_send_pool(airflow_sdk: ModuleType) -> None:
+def test_the_send_task_runs_in_the_tend_send_pool(airflow_sdk: ModuleType,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEND_SEND_TASKS_PER_RUN", raising=False)
     send = load_programs_dag(airflow_sdk).get_task("send")
     assert send.pool == "tend_send"
     assert send.max_active_tis_per_dagrun == 4
     assert send.retries >= 1
+    # A larger deployment lets one night send more batches at once (docs/capacity.md).
+    monkeypatch.setenv("TEND_SEND_TASKS_PER_RUN", "12")
+    assert load_programs_dag(airflow_sdk).get_task("send").max_active_tis_per_dagrun == 12
 
 
 def test_send_is_mapped_over_the_planned_batch_ids(airflow_sdk: ModuleType) -> None:
