@@ -43,6 +43,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -223,6 +224,8 @@ class CpuSampler:
                  alone: Mapping[str, int], every: float = 0.5) -> None:
         self.roots, self.names, self.alone, self.every = roots, names, alone, every
         self.seen: dict[tuple[int, float], tuple[str, float]] = {}
+        self.peak_rss: Counter[str] = Counter()
+        """The largest resident memory of one process of each group, in bytes."""
         self._stop = threading.Event()
         self._start_machine = self._machine()
         self._start_time = time.monotonic()
@@ -262,8 +265,10 @@ class CpuSampler:
             try:
                 key = (p.pid, p.create_time())
                 t = p.cpu_times()
+                rss = p.memory_info().rss
             except psutil.NoSuchProcess:
                 continue
+            self.peak_rss[group] = max(self.peak_rss[group], rss)
             own = t.user + t.system
             if baseline:
                 self._baseline[key] = own
@@ -286,6 +291,10 @@ class CpuSampler:
         result["machine"] = self._machine() - self._start_machine
         result["wall"] = time.monotonic() - self._start_time
         return result
+
+    def peak_memory(self) -> dict[str, float]:
+        """GiB: the largest process of each group."""
+        return {g: round(b / 2**30, 2) for g, b in self.peak_rss.items()}
 
 
 class ConnectionSampler:
@@ -393,6 +402,18 @@ def store_size(store: str) -> list[dict[str, Any]]:
 # -- one night ----------------------------------------------------------------------------
 
 
+def _task_instances(cluster: Any, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """Every task instance of a run, page by page (the REST API gives at most 100 at a time,
+    and a night has a send task per batch)."""
+    out: list[dict[str, Any]] = []
+    while True:
+        page = cluster.api("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+                                  f"?limit=100&offset={len(out)}")
+        out += page["task_instances"]
+        if not page["task_instances"] or len(out) >= page["total_entries"]:
+            return out
+
+
 def _xcom(cluster: Any, path: str) -> dict[str, float]:
     """A task's ``timings`` XCom (empty when the task failed before leaving it)."""
     try:
@@ -432,6 +453,7 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
                 "TEND_STORE_URL": store,
                 "TEND_SHOP_URL": shop_url,
                 "TEND_CLAIM_BATCH_SIZE": str(batch_size),
+                "TEND_SEND_TASKS_PER_RUN": str(pool),  # one night may use the whole pool
                 "TEND_SECRET_KEY": "bench-scale",
                 "TEND_VAR_DIR": str(workdir / "var"),
                 # Airflow's own defaults, not the integration test's seconds (which that test
@@ -466,14 +488,15 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
                 programs = cluster.trigger("tend_programs", {"as_of": NIGHT.isoformat()})
                 state = cluster.wait_for_run("tend_programs", programs, timeout=timeout)
                 cpu = sampler.stop()
+                peak_gib = sampler.peak_memory()
                 peak_connections = connections.stop()
                 polled = time.monotonic() - t0
                 load_after = os.getloadavg()
                 _log(f"tend_programs {state} after {polled:.0f}s in all")
                 runs = {dag: cluster.api("GET", f"dags/{dag}/dagRuns/{run}")
                         for dag, run in (("tend_ingest", ingest), ("tend_programs", programs))}
-                ingest_tis = cluster.task_instances("tend_ingest", ingest)
-                programs_tis = cluster.task_instances("tend_programs", programs)
+                ingest_tis = _task_instances(cluster, "tend_ingest", ingest)
+                programs_tis = _task_instances(cluster, "tend_programs", programs)
                 base = f"dags/tend_programs/dagRuns/{programs}/taskInstances"
                 plan_timings = _xcom(cluster, f"{base}/plan/xcomEntries/timings?")
                 send_timings = [
@@ -499,7 +522,7 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
         "check": {"ok": check.ok, "duplicates": check.duplicates, "problems": check.problems()},
         "stand_in": stand_in_stats, "cpu": cpu,
         "load": {"before": load_before, "after": load_after}, "store": sizes,
-        "peak_connections": peak_connections,
+        "peak_connections": peak_connections, "peak_gib": peak_gib,
         # What the figures were computed from, to recompute them (``--report``).
         "raw": {"runs": runs, "ingest_tis": ingest_tis, "programs_tis": programs_tis,
                 "plan_timings": plan_timings, "send_timings": send_timings},
@@ -558,12 +581,14 @@ def report(results: Sequence[Mapping[str, Any]], customers: int) -> str:
         return f"{cpu / max(r['messages'], 1) * 1e3:.2f} ms"
 
     row("worker CPU per message sent (all stages)", (worker_cpu_per_message(r) for r in results))
+    row("largest process, GiB (" + ", ".join(groups) + ")",
+        (" / ".join(f"{r.get('peak_gib', {}).get(g, 0):.1f}" for g in groups) for r in results))
     row("CPU s: whole machine (of 2 x wall)",
         (f"{r['cpu']['machine']:.0f} of {psutil.cpu_count() * r['cpu']['wall']:.0f}"
          for r in results))
     row("most connections at once: store / Airflow",
-        (f"{r.get('peak_connections', {}).get('store', '-')} / "
-         f"{r.get('peak_connections', {}).get('airflow', '-')}" for r in results))
+        (f"{r.get('peak_connections', {}).get('store', 0)} / "
+         f"{r.get('peak_connections', {}).get('airflow', 0)}" for r in results))
     row("duplicates at the stand-in", (str(r["check"]["duplicates"]) for r in results))
     row("check", ("ok" if r["check"]["ok"] and r["state"] == "success"
                   else f"{r['state']}; {'; '.join(r['check']['problems'] + r['failed_tasks'])}"
@@ -602,6 +627,9 @@ def main() -> int:
     ap.add_argument("--report", type=Path, metavar="JSON",
                     help="print the report of an earlier run's --json file, and stop")
     args = ap.parse_args()
+    # A stop (SIGTERM, as `kill` sends) unwinds like Ctrl-C: the cluster's processes are
+    # stopped and its databases dropped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.report:
         saved = json.loads(args.report.read_text())
         for r in saved["results"]:
