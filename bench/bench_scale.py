@@ -4,7 +4,7 @@
 For each worker count, on a fresh contact store:
 
 1. the demo shop of ``--customers`` customers (generated once and cached under var/bench/ by
-   bench_signals.py's ``cached_shop``: 1M customers is ~12M orders and ~20M order lines) is the
+   bench_signals.py's ``cached_shop``: 1M customers is 6.0M orders and 12.0M order lines) is the
    ``tend_shop`` connection; a fresh PostgreSQL database is the ``tend_store`` connection, as in
    production;
 2. the Airflow cluster the Celery integration test uses (tests/airflow_cluster.py: PostgreSQL
@@ -30,6 +30,11 @@ Then the store's size: rows and bytes per table with their indexes (PostgreSQL's
 
     .venv/bin/python bench/bench_scale.py [--customers 1000000] [--workers 1,2]
         [--concurrency 2] [--pool 4] [--batch-size 5000] [--json out.json]
+    .venv/bin/python bench/bench_scale.py --report out.json   # the report again
+
+The cluster runs the DAGs and ``tend`` from this checkout: leave them alone while it runs (a
+DAG file edited mid-night is parsed again by a dag-processor that holds the older modules, and
+the run stops).
 
 PostgreSQL: ``BENCH_DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/test``), on
 whose server the store's and Airflow's databases are created and dropped after each run; Redis:
