@@ -234,6 +234,24 @@ def test_the_campaign_form(dags: dict[str, dict[str, Any]]) -> None:
     assert dags["tend_campaign"]["tags"] == ["campaign", "tend"]
 
 
+def test_the_campaign_form_requires_only_the_name_and_subjects(
+        dags: dict[str, dict[str, Any]]) -> None:
+    """Airflow's trigger form refuses to submit a field whose type has no "null" while it is
+    empty: only the fields the campaign cannot do without may be like that."""
+    params = dags["tend_campaign"]["params"]
+
+    def nullable(p: dict[str, Any]) -> bool:
+        return isinstance(p["type"], list) and "null" in p["type"]
+
+    required = {k for k, p in params.items()
+                if not nullable(p) and p["default"] in ("<required>", None, "")}
+    assert required == {"name", "subject_en", "subject_fr"}
+    for loc in ("en", "fr"):
+        for field in ("preheader", "headline", "text"):
+            assert nullable(params[f"{field}_{loc}"]) and params[f"{field}_{loc}"][
+                "default"] is None, f"{field}_{loc} must be optional in the form"
+
+
 def test_ingest_emits_the_asset_programs_is_scheduled_on(
         dags: dict[str, dict[str, Any]]) -> None:
     ingest, programs = dags["tend_ingest"]["assets"], dags["tend_programs"]["assets"]

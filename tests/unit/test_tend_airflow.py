@@ -466,6 +466,8 @@ CAMPAIGN_FORM = {"name": "winter-news", "subject_en": "Hi", "subject_fr": "Salut
 
 @pytest.mark.parametrize(("conf", "ok"), [
     ({}, True),
+    # what the form sends for optional words left empty, or typed and then cleared
+    ({"preheader_en": None, "text_en": None, "headline_fr": None, "text_fr": ""}, True),
     ({"audience": "loyalty_tier", "audience_tier": "gold", "offer": "percent",
       "offer_amount": 15, "send_at": "10:30", "proof_to": ["a@shop.example"],
       "max_recipients": 100, "holdout_pct": 10, "dry_run": False}, True),
