@@ -48,7 +48,11 @@ class Would:
                        "them and nothing of theirs waits from an earlier night")
         for r in self.decided.itertuples():
             out.append(f"  {r.program:<22} {r.fate:<28} {r.why}")
-        if self.winner is None and not self.decided.empty:
+        claimed = self.decided.loc[self.decided["fate"] == "already_claimed", "program"]
+        if len(claimed):
+            out.append(f"  -> already claimed for this night: `tend preview {claimed.iloc[0]} "
+                       f"--customer {self.customer_id}` shows the message as sent")
+        elif self.winner is None and not self.decided.empty:
             out.append("  -> nothing would be sent: every candidate above is stopped")
         return out
 
