@@ -148,7 +148,7 @@ def campaign_params() -> dict[str, Param]:
             section=words)
     p.update({
         "featured_skus": Param(
-            [], type="array", items={"type": "string", "minLength": 1}, maxItems=12,
+            None, type=["null", "array"], items={"type": "string", "minLength": 1}, maxItems=12,
             title="Featured products (SKUs)",
             description="One SKU per line. Each customer sees the three closest to what they "
                         "bought (same category first, ones they own last); empty: their own "
@@ -190,7 +190,7 @@ def campaign_params() -> dict[str, Param]:
                         "suppressed or held out, three samples and the send time; nothing is "
                         "claimed or sent to customers. Switch off to send.", section=safety),
         "proof_to": Param(
-            [], type="array", items={"type": "string", "format": "email"}, maxItems=10,
+            None, type=["null", "array"], items={"type": "string", "format": "email"}, maxItems=10,
             title="Proof to (staff addresses)",
             description="One address per line: each gets a [PROOF] copy of one message per "
                         "language before anything else is sent (dry run too). Proofs count "

@@ -220,7 +220,7 @@ def test_the_campaign_form(dags: dict[str, dict[str, Any]]) -> None:
     params = dags["tend_campaign"]["params"]
     assert params["name"]["default"] == "<required>"
     assert params["dry_run"]["default"] is True
-    assert params["proof_to"]["default"] == [] and params["offer"]["default"] == "none"
+    assert params["proof_to"]["default"] is None and params["offer"]["default"] == "none"
     assert params["template"]["enum"] == ["newsletter"]
     audience = params["audience"]
     assert set(audience["enum"]) == {"all", "lapsed", "seasonal", "checkup", "loyalty_tier",
@@ -246,6 +246,7 @@ def test_the_campaign_form_requires_only_the_name_and_subjects(
     required = {k for k, p in params.items()
                 if not nullable(p) and p["default"] in ("<required>", None, "")}
     assert required == {"name", "subject_en", "subject_fr"}
+    assert nullable(params["proof_to"]) and nullable(params["featured_skus"])
     for loc in ("en", "fr"):
         for field in ("preheader", "headline", "text"):
             assert nullable(params[f"{field}_{loc}"]) and params[f"{field}_{loc}"][
