@@ -173,7 +173,13 @@ def failed_task_logs(finished: str, env: Mapping[str, str]) -> None:
                 record = json.loads(line)
             except ValueError:
                 continue
-            events.append((record.get("level", ""), str(record.get("event", ""))))
+            event = str(record.get("event", ""))
+            # A failed task's exception is in the record's error_detail, not in its event.
+            for detail in record.get("error_detail") or []:
+                if isinstance(detail, dict) and detail.get("exc_type"):
+                    event += f": {detail['exc_type']}: {detail.get('exc_value', '')}"
+                    break
+            events.append((record.get("level", ""), event))
         if any(level in ("error", "critical") for level, _ in events):
             print(f"\n--- {path.relative_to(base)} (end) ---", file=sys.stderr)
             for level, event in events[-15:]:
