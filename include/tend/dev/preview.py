@@ -215,18 +215,17 @@ def make_would_preview(
     dark: bool = False,
     secret: str | None = None,
 ) -> WouldPreview:
-    """What the night ``as_of`` (default: the night the store's features are at, else today)
-    would send ``customer_id``: the same decision as the night for that one customer
-    (``tend.programs.would``), nothing claimed. The winner is rendered from the context the
+    """What the night ``as_of`` (default: ``next_night``) would send ``customer_id``: the
+    same decision as the night for that one customer (``tend.programs.would``), nothing
+    claimed. The winner is rendered from the context the
     night would store; ``program``, if given, must be a program, and the preview says why it
     would not be the one."""
-    from tend.features.store import store_as_of
     from tend.messages.contexts import context_for_render
     from tend.programs.would import would_send
 
     if program is not None:
         _program(program)  # a clear error for a name that is no program
-    night = as_of or store_as_of(store_url) or dt.date.today()
+    night = as_of or next_night(store_url)
     would = would_send(shop_url, store_url, customer_id, night, settings=settings,
                        secret=secret or config.unsubscribe_secret())
     preview = None
@@ -241,6 +240,23 @@ def make_would_preview(
             email=renderer.render(ctx["template"], loc, ctx, customer_id=customer_id,
                                   kind=kind))
     return WouldPreview(would, preview, program)
+
+
+def next_night(store_url: str) -> dt.date:
+    """The night the next tend_programs run will plan: the one the store's features are at
+    while no run has planned it, else today in the shop's timezone (tonight's ingest)."""
+    from zoneinfo import ZoneInfo
+
+    from tend.features.store import store_as_of
+    from tend.store import ledger
+    from tend.store.db import connect
+
+    stored = store_as_of(store_url)
+    if stored is not None:
+        with connect(store_url).connect() as conn:
+            if not ledger.nights_decided(conn, [stored]):
+                return stored
+    return dt.datetime.now(ZoneInfo(config.business_timezone())).date()
 
 
 def _sent(store_url: str, customer_id: str, program: str, as_of: dt.date

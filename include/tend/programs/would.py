@@ -47,7 +47,8 @@ class Would:
             out.append("  no program wants this customer that night: no signal is due for "
                        "them and nothing of theirs waits from an earlier night")
         for r in self.decided.itertuples():
-            out.append(f"  {r.program:<22} {r.fate:<28} {r.why}")
+            fate = "would be sent" if r.fate == "claimed" else r.fate
+            out.append(f"  {r.program:<22} {fate:<28} {r.why}")
         claimed = self.decided.loc[self.decided["fate"] == "already_claimed", "program"]
         if len(claimed):
             out.append(f"  -> already claimed for this night: `tend preview {claimed.iloc[0]} "

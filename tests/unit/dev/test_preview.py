@@ -221,6 +221,10 @@ def test_would_preview_is_the_nights_own_decision(
     fresh = f"sqlite:///{env / 'fresh.db'}"
     migrate(fresh)
     run_ingest(shop_db, fresh, night, "ingest")
+    # the default night: the store's while unplanned, else tonight's
+    from tend.dev.preview import next_night
+
+    assert next_night(fresh) == night and next_night(store) != night
     winner, program = next(iter(predicted.items()))
     out_dir = env / "would"
     assert main(["preview", "--customer", winner, "--would", "--db", shop_db, "--store", fresh,
