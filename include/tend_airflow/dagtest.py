@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the Execution API server's output goes (default: a file "
                              "in the temporary directory)")
     args = parser.parse_args(argv)
+    # Terminated itself (a `timeout`, Ctrl-C in make), it still stops what it started: both
+    # children run in sessions of their own, so a signal to this process reaches neither, and
+    # SystemExit runs the cleanup of ``dags_test`` and ``execution_api``.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     sys.stdout.flush()
     try:
         return dags_test(args.dag_id, args.logical_date, conf=args.conf, timeout=args.timeout,
