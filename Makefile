@@ -92,15 +92,18 @@ $(AIRFLOW_HOME)/.pool-tend_send: $(AIRFLOW_HOME)/airflow.db
 airflow-db: $(AIRFLOW_HOME)/airflow.db $(AIRFLOW_HOME)/.pool-tend_send
 
 # One night through Airflow: ingest, then programs (as the asset schedule would), then totals.
+# Each DAG run goes through `airflow dags test --use-executor` beside a short-lived Execution
+# API server (tend_airflow.dagtest), so every task writes its log file where `make airflow`'s
+# UI reads it.
 run: install demo airflow-db
 	@mkdir -p $(VAR)/logs $(TEND_OUTBOX_DIR)
 	$(BIN)/tend migrate
 	@echo "airflow dags test tend_ingest $(AS_OF)   (log: var/logs/tend_ingest-$(AS_OF).log)"
-	@$(BIN)/airflow dags test tend_ingest $(AS_OF) > $(VAR)/logs/tend_ingest-$(AS_OF).log 2>&1 \
+	@$(BIN)/python -m tend_airflow.dagtest tend_ingest $(AS_OF) --api-log $(VAR)/logs/execution-api.log > $(VAR)/logs/tend_ingest-$(AS_OF).log 2>&1 \
 	  || { tail -40 $(VAR)/logs/tend_ingest-$(AS_OF).log; exit 1; }
 	@grep -q "state=success" $(VAR)/logs/tend_ingest-$(AS_OF).log || { tail -40 $(VAR)/logs/tend_ingest-$(AS_OF).log; exit 1; }
 	@echo "airflow dags test tend_programs $(AS_OF) (log: var/logs/tend_programs-$(AS_OF).log)"
-	@$(BIN)/airflow dags test tend_programs $(AS_OF) > $(VAR)/logs/tend_programs-$(AS_OF).log 2>&1 \
+	@$(BIN)/python -m tend_airflow.dagtest tend_programs $(AS_OF) --api-log $(VAR)/logs/execution-api.log > $(VAR)/logs/tend_programs-$(AS_OF).log 2>&1 \
 	  || { tail -40 $(VAR)/logs/tend_programs-$(AS_OF).log; exit 1; }
 	@grep -q "state=success" $(VAR)/logs/tend_programs-$(AS_OF).log || { tail -40 $(VAR)/logs/tend_programs-$(AS_OF).log; exit 1; }
 	@echo

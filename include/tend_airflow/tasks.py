@@ -77,7 +77,7 @@ def plan(context: Mapping[str, Any]) -> list[int]:
     from tend.config import ShopSettings
     from tend.features.store import store_as_of
     from tend.programs.plan import plan_night
-    from tend.store import ledger
+    from tend.store import ledger, nights
     from tend.store.db import connect
 
     settings = ShopSettings.from_env()
@@ -85,7 +85,8 @@ def plan(context: Mapping[str, Any]) -> list[int]:
         night, named = runs.program_night(context, store_as_of(store_url()))
         with connect(store_url()).connect() as conn:
             planned = ledger.nights_decided(conn, named)
-        for other in sorted(set(named) - planned):
+        missed = sorted(set(named) - planned)
+        for other in missed:
             log.warning("night %s was ingested but a later ingest (%s) overtook it before it "
                         "was planned; the store keeps one night's features: replay it with "
                         "tend_ingest then tend_programs for %s", other, night, other)
@@ -94,6 +95,13 @@ def plan(context: Mapping[str, Any]) -> list[int]:
             settings=settings, renderer=messages.default_renderer(settings),
             secret=config.unsubscribe_secret(),
         )
+        # Recorded for the night's summary and the Tend page (tend.store.nights): only older
+        # nights, since a newer one named by a leftover event is no gap of this night's.
+        older = [d for d in missed if d < result.as_of]
+        if older:
+            with connect(store_url()).begin() as conn:
+                nights.record(conn, older, overtaken_by=result.as_of,
+                              run_id=runs.run_id(context), at=ledger.now())
     context["ti"].xcom_push(AS_OF_XCOM, result.as_of.isoformat())
     return list(result.batches)
 
