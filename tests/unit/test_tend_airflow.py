@@ -570,6 +570,32 @@ def test_the_night_check_fails_the_run_while_messages_failed_or_wait(
         tasks.night_check("2026-11-20")
 
 
+def test_after_a_failed_plan_the_last_tasks_end_at_once(
+        clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """No night from plan (it failed): summary says why, kpi skips, check fails without a
+    retry; none of them touches the store (TEND_STORE_URL is unset here)."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from tend_airflow import tasks
+
+    asked: list[tuple[str, str]] = []
+
+    def pull(task_ids: str, key: str) -> None:
+        asked.append((task_ids, key))
+
+    night = tasks.planned_night({"ti": SimpleNamespace(xcom_pull=pull)})
+    assert night is None and asked == [("plan", tasks.AS_OF_XCOM)]
+    caplog.set_level("INFO", logger="tend")
+    tasks.summary(night, None)
+    assert "plan did not finish" in caplog.text
+    with pytest.raises(AirflowSkipException, match="plan did not finish"):
+        tasks.kpi(night)
+    with pytest.raises(AirflowFailException, match="plan did not finish"):
+        tasks.night_check(night)
+    ti = SimpleNamespace(xcom_pull=lambda task_ids, key: "2026-11-20")
+    assert tasks.planned_night({"ti": ti}) == "2026-11-20"
+
+
 def test_tend_errors_fail_plan_at_once_in_one_line(clean_env: pytest.MonkeyPatch,
                                                    tmp_path: Any) -> None:
     from airflow.sdk.exceptions import AirflowFailException
