@@ -209,13 +209,15 @@ def send_batch(
 ) -> SendResult:
     """Send every claimed message of one batch, following the ledger protocol.
 
-    Each chunk (``chunk_size``, else the backend's preference: outbox/SMTP 50, SendGrid 250) is
-    rendered, marked 'sending' in one committed statement, handed to the backend on a worker
-    thread, and its results recorded; the next chunk renders while the backend works, but is
-    marked 'sending' only when it is handed over, and at most ``chunks_in_flight`` (the
-    backend's, usually 1; SendGrid 2) are handed over at once. So a crash leaves at most
-    ``chunk_size`` x ``chunks_in_flight`` rows 'sending', which the next attempt turns into
-    'unknown' (never a second copy); 'claimed' rows are simply sent by the retry.
+    A sliding window (see :class:`_Pipeline`): a thread renders chunks (``chunk_size``, else
+    the backend's: outbox/SMTP 50, SendGrid 128) ahead of the network; each chunk is marked
+    'sending' in one committed statement just before it is handed to the backend, and only
+    while the messages handed over and not yet recorded stay within the backend's window
+    (``chunk_size`` x ``chunks_in_flight``: 50 for the outbox, SendGrid 512). Outcomes are
+    recorded in small groups as they come, and each one frees room for the next chunk: with
+    SendGrid a new request leaves as soon as any finishes. So a crash leaves at most a window of
+    rows 'sending', which the next attempt turns into 'unknown' (never a second copy);
+    'claimed' rows are simply sent by the retry.
 
     When the backend stops the run (credentials refused, provider unavailable), the results
     that completed are recorded and only the messages that never left go back to 'claimed'.
@@ -330,9 +332,10 @@ def _send_leased(engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Le
 _AHEAD = 4
 """Rendered chunks waiting for room in the window: enough that the window never waits for the
 renderer, few enough that a stop wastes little rendering."""
-_RECORD_AFTER = 0.05
+_RECORD_AFTER = 0.1
 """Seconds a finished message may wait to be recorded with others (one transaction per group
-rather than per message); a group is also written once it reaches a chunk's size."""
+rather than per message); a group is also written once it reaches a chunk's size, and at once
+when nothing else is out at the backend."""
 _DRAIN_S = 30.0
 """How long an interrupted send waits for the messages already handed over, to record them."""
 _WAKE = object()  # the renderer has put something on its queue
