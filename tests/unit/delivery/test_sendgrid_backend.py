@@ -362,3 +362,13 @@ def test_a_rejected_key_reports_what_never_left_as_not_sent(fake: RunningFake) -
     assert not_sent and all(isinstance(o.reason, AuthRejected) for o in not_sent)
     assert sent == set(fake.fake.accepted_counts())  # a result exactly for what was accepted
     assert "m0005" in {o.message_id for o in not_sent}
+
+
+def test_slow_after_comes_from_the_environment_and_must_be_positive() -> None:
+    env = {"TEND_SENDGRID_API_KEY": KEY, "TEND_SENDGRID_SLOW_AFTER": "0.5"}
+    assert SendGridSettings.from_env(env).slow_after == 0.5
+    assert SendGridSettings.from_env({"TEND_SENDGRID_API_KEY": KEY}).slow_after == 1.0
+    with pytest.raises(ConfigError, match="slow_after must be positive"):
+        SendGridSettings.from_env({**env, "TEND_SENDGRID_SLOW_AFTER": "-1"})
+    with pytest.raises(ConfigError, match="slow_after must be a positive number"):
+        SendGridSettings(api_key=KEY, slow_after=0)
