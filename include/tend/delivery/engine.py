@@ -79,8 +79,9 @@ class SendResult:
     """Messages the batch still had to send when the task started."""
     backend: str = ""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds on the task's main thread (render, ledger, waiting for the backend) and the
-    backend's own busy time; the backend works while the next chunk renders."""
+    """Seconds spent rendering (on the renderer thread, ahead of the window), on the ledger,
+    waiting for the backend (the task's thread), and the backend's busy time (something of
+    the batch out at the backend); they overlap, so they add up to more than the wall time."""
 
     def rate(self) -> float:
         return sum(self.counts.values()) / self.seconds if self.seconds else 0.0
@@ -117,7 +118,7 @@ class SendResult:
         t = self.timings
         if t:
             out.append(
-                f"{self.seconds:.1f}s, {self.rate():,.0f} msg/s; main thread: render "
+                f"{self.seconds:.1f}s, {self.rate():,.0f} msg/s; render (own thread) "
                 f"{t.get('render', 0):.1f}s, ledger {t.get('ledger', 0):.1f}s, waiting for "
                 f"{self.backend} {t.get('wait', 0):.1f}s; {self.backend} busy "
                 f"{t.get('backend', 0):.1f}s")
