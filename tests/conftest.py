@@ -8,6 +8,14 @@ PostgreSQL cases skip locally, and fail in CI (``CI=true``), where they must run
 ``pytestmark = pytest.mark.demo_shop(customers=..., seed=..., as_of=...)``, built once per
 session for each set of arguments and shared read-only; ``shop_url`` is a private copy of it
 that a test may change. ``airflow_sdk`` imports Airflow's task SDK without touching ~/airflow.
+
+``make test`` runs the suite on pytest-xdist workers (``-n 2 --dist loadgroup``, see
+docs/testing.md). The scheduler below keeps each module's tests on one worker (its
+module-scoped fixtures are built once) and puts the modules of one ``xdist_group`` on one
+worker; the modules with ``slow`` tests are handed out first, so that the longest ones do not
+start last. Each worker has a PostgreSQL database of its own (``_support.require_postgres``)
+and ports of its own (``_support.free_port``); demo shops and the migrated Airflow database
+are made once per run and shared (``_support.run_shared``).
 """
 
 from __future__ import annotations
@@ -17,14 +25,63 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import _support
 import pytest
-from _support import DemoShops, copy_sqlite, private_pg_schema
+from _support import DemoShops, copy_sqlite, private_pg_schema, run_shared
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "demo_shop(customers, seed, as_of): the demo shop the module's tests read")
+    # Declared here too, so that a run without pytest-xdist accepts the mark.
+    config.addinivalue_line(
+        "markers", "xdist_group(name): run with every test of that group on one xdist worker")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``, with a module's tests kept together unless a group says more."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModuleScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            group = super()._split_scope(nodeid)  # the nodeid itself when it has no group
+            return group if group != nodeid else nodeid.split("::", 1)[0]
+
+    # The modules go out in collection order (see below), not sorted by their test count.
+    config.option.loadscopereorder = False
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On xdist workers: the modules (and groups) holding ``slow`` tests first, the others in
+    their usual order. Every worker sorts the same collection the same way, as xdist requires;
+    a plain run keeps pytest's order."""
+    if _support.XDIST_WORKER is None:
+        return
+
+    def unit(item: pytest.Item) -> str:
+        group = item.get_closest_marker("xdist_group")
+        return str(group.args[0]) if group and group.args else item.nodeid.split("::", 1)[0]
+
+    slow = {unit(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: unit(item) not in slow)  # stable: order within kept
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Where the workers of this run share what is made once (``_support.run_shared``): the
+    run's base temporary directory, whose subdirectories are the workers' own."""
+    base = tmp_path_factory.getbasetemp()
+    _support.RUN_DIR[:] = [base.parent if _support.XDIST_WORKER else base]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _support.drop_worker_pg_database()
 
 
 @pytest.fixture
@@ -61,20 +118,22 @@ def airflow_sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType
 
 
 @pytest.fixture(scope="session")
-def demo_shops(tmp_path_factory: pytest.TempPathFactory) -> DemoShops:
+def demo_shops() -> DemoShops:
     """``demo_shops(customers=, seed=, as_of=)``: the URL of that demo shop (SQLite), generated
-    on first use and shared by the whole session; callers must not change it."""
+    on first use and shared by the whole run (every xdist worker); callers must not change it."""
     from tend.dev.demo import generate_demo_shop
 
-    built: dict[tuple[int, int, dt.date], str] = {}
-
     def demo_shop(*, customers: int, seed: int, as_of: dt.date) -> str:
-        key = (customers, seed, as_of)
-        if key not in built:
-            url = f"sqlite:///{tmp_path_factory.mktemp('shop') / 'shop.db'}"
-            generate_demo_shop(url, customers=customers, seed=seed, as_of=as_of)
-            built[key] = url
-        return built[key]
+        # Made by the first worker of the run that asks for it; the others wait for it.
+        with run_shared(f"shop-{customers}-{seed}-{as_of.isoformat()}") as folder:
+            path, done = folder / "shop.db", folder / "complete"
+            if not done.exists():
+                for leftover in folder.glob("shop.db*"):  # a worker died while making it
+                    leftover.unlink()
+                generate_demo_shop(f"sqlite:///{path}", customers=customers, seed=seed,
+                                   as_of=as_of)
+                done.touch()
+        return f"sqlite:///{path}"
 
     return demo_shop
 
