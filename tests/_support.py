@@ -696,12 +696,6 @@ def one_mailbox(header: str) -> str:
 
 AIRFLOW_TIMEOUT = 240  # a task stuck in up_for_retry would otherwise wait out its retry_delay
 
-#: The mark of a module that starts Airflow's long-running services (api-server, scheduler,
-#: workers: airflow_cluster, the browser tests). Under pytest-xdist such modules run on one
-#: worker, one after the other: two Airflow installations at once on a 2-core machine would
-#: starve each other's heartbeats.
-AIRFLOW_SERVICES = pytest.mark.xdist_group("airflow-services")
-
 
 @dataclass
 class Snapshot:

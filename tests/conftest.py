@@ -11,7 +11,7 @@ that a test may change. ``airflow_sdk`` imports Airflow's task SDK without touch
 
 ``make test`` runs the suite on pytest-xdist workers (``-n 2 --dist loadgroup``, see
 docs/testing.md). The scheduler below keeps each module's tests on one worker (its
-module-scoped fixtures are built once) and puts the modules of one ``xdist_group`` on one
+module-scoped fixtures are built once) and the modules of one of ONE_WORKER_GROUPS on one
 worker; the modules with ``slow`` tests are handed out first, so that the longest ones do not
 start last. Each worker has a PostgreSQL database of its own (``_support.require_postgres``)
 and ports of its own (``_support.free_port``); demo shops and the migrated Airflow database
@@ -29,47 +29,67 @@ from typing import Any
 
 import _support
 import pytest
-from _support import DemoShops, copy_sqlite, private_pg_schema, run_shared
+from _support import PROJECT, DemoShops, copy_sqlite, private_pg_schema, run_shared
+
+#: Modules whose tests run on one xdist worker, one module after the other. "airflow-services":
+#: the modules that start Airflow's long-running services (api-server, scheduler, workers):
+#: two Airflow installations at once on a 2-core machine starve each other's heartbeats. A new
+#: module that imports airflow_cluster must be listed here (collection fails otherwise). Not
+#: the ``xdist_group`` mark: with pytest 9.2, xdist 3.8 cannot rewrite the node ids that carry
+#: it, and the mark is silently ignored.
+ONE_WORKER_GROUPS = {
+    "airflow-services": (
+        "tests/browser/test_in_chromium.py",
+        "tests/integration/test_celery_cluster.py",
+        "tests/integration/test_order_events.py",
+    ),
+}
+_GROUP_OF = {module: group for group, modules in ONE_WORKER_GROUPS.items() for module in modules}
+
+
+def _work_unit(nodeid: str) -> str:
+    """What the scheduler hands a worker whole: the test's module, or that module's group."""
+    module = nodeid.split("::", 1)[0]
+    return _GROUP_OF.get(module, module)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "demo_shop(customers, seed, as_of): the demo shop the module's tests read")
-    # Declared here too, so that a run without pytest-xdist accepts the mark.
-    config.addinivalue_line(
-        "markers", "xdist_group(name): run with every test of that group on one xdist worker")
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadgroup``, with a module's tests kept together unless a group says more."""
+    """``--dist loadgroup`` (make test): each work unit of :func:`_work_unit` to one worker."""
     if config.getvalue("dist") != "loadgroup":
         return None
-    from xdist.scheduler import LoadGroupScheduling
+    from xdist.scheduler import LoadScopeScheduling
 
-    class ModuleScheduling(LoadGroupScheduling):
+    class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            group = super()._split_scope(nodeid)  # the nodeid itself when it has no group
-            return group if group != nodeid else nodeid.split("::", 1)[0]
+            return _work_unit(nodeid)
 
-    # The modules go out in collection order (see below), not sorted by their test count.
+    # The units go out in collection order (see below), not sorted by their test count.
     config.option.loadscopereorder = False
     return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On xdist workers: the modules (and groups) holding ``slow`` tests first, the others in
-    their usual order. Every worker sorts the same collection the same way, as xdist requires;
-    a plain run keeps pytest's order."""
+    """On xdist workers: the work units holding ``slow`` tests first, the others in their usual
+    order (every worker sorts the same collection the same way, as xdist requires); a plain
+    run keeps pytest's order. Everywhere: a module that starts an Airflow cluster must be in
+    ONE_WORKER_GROUPS."""
+    for module in {item.module for item in items if isinstance(item, pytest.Function)}:
+        path = Path(module.__file__).resolve().relative_to(PROJECT).as_posix()
+        if hasattr(module, "airflow_cluster") and path not in _GROUP_OF:
+            raise pytest.UsageError(
+                f"{path} starts an Airflow cluster: add it to ONE_WORKER_GROUPS"
+                "['airflow-services'] in tests/conftest.py, so that it never runs beside "
+                "another one")
     if _support.XDIST_WORKER is None:
         return
-
-    def unit(item: pytest.Item) -> str:
-        group = item.get_closest_marker("xdist_group")
-        return str(group.args[0]) if group and group.args else item.nodeid.split("::", 1)[0]
-
-    slow = {unit(item) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: unit(item) not in slow)  # stable: order within kept
+    slow = {_work_unit(item.nodeid) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: _work_unit(item.nodeid) not in slow)  # stable sort
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -78,6 +98,16 @@ def _run_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     run's base temporary directory, whose subdirectories are the workers' own."""
     base = tmp_path_factory.getbasetemp()
     _support.RUN_DIR[:] = [base.parent if _support.XDIST_WORKER else base]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_var_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """TEND_VAR_DIR in a folder of this process's own (its subprocesses inherit it): what a test
+    leaves under the default state folder (an SMTP journal, a spool) must neither land in the
+    checkout's var/, which ``make run`` uses, nor be read by a test on another worker."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEND_VAR_DIR", str(tmp_path_factory.mktemp("var")))
+        yield
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

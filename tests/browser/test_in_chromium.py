@@ -27,13 +27,13 @@ from typing import Any
 
 import httpx
 import pytest
-from _support import AIRFLOW_SERVICES, PROJECT, free_port
+from _support import PROJECT, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 NIGHT = "2026-11-20"
 BIN = Path(sys.executable).parent
 RUN_TIMEOUT = 240.0
-pytestmark = [pytest.mark.slow, pytest.mark.chromium, AIRFLOW_SERVICES]
+pytestmark = [pytest.mark.slow, pytest.mark.chromium]
 
 
 @dataclass

@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import AIRFLOW_SERVICES
 from airflow_cluster import AirflowCluster, airflow_cluster, private_pg_database
 from sqlalchemy import func, select
 
 from tend.store.db import connect
 from tend.store.tables import contact_ledger
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, AIRFLOW_SERVICES,
+pytestmark = [pytest.mark.slow, pytest.mark.postgres,
               pytest.mark.demo_shop(customers=500, seed=11, as_of=dt.date(2026, 11, 20))]
 
 NIGHT = "2026-11-20"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support import AIRFLOW_SERVICES, PROJECT, add_first_order, require_redis
+from _support import PROJECT, add_first_order, require_redis
 from airflow_cluster import AirflowCluster, airflow_cluster
 from sqlalchemy import select
 
@@ -36,7 +36,7 @@ TODAY = dt.datetime.now(dt.UTC).date()
 TEND = Path(sys.executable).parent / "tend"
 REDIS_DB = 12
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, AIRFLOW_SERVICES,
+pytestmark = [pytest.mark.slow, pytest.mark.postgres,
               pytest.mark.demo_shop(customers=150, seed=3, as_of=TODAY - dt.timedelta(days=1))]
 
 
