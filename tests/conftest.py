@@ -46,11 +46,16 @@ ONE_WORKER_GROUPS = {
 }
 _GROUP_OF = {module: group for group, modules in ONE_WORKER_GROUPS.items() for module in modules}
 
+#: Long modules without module-scoped fixtures, whose tests are handed out one by one: both
+#: workers share them instead of one worker finishing them alone at the end.
+SPLIT_MODULES = frozenset({"tests/integration/test_delivery_kill.py"})
+
 
 def _work_unit(nodeid: str) -> str:
-    """What the scheduler hands a worker whole: the test's module, or that module's group."""
+    """What the scheduler hands a worker whole: the test's module, that module's group, or
+    (SPLIT_MODULES) the test alone."""
     module = nodeid.split("::", 1)[0]
-    return _GROUP_OF.get(module, module)
+    return nodeid if module in SPLIT_MODULES else _GROUP_OF.get(module, module)
 
 
 def pytest_configure(config: pytest.Config) -> None:
