@@ -794,8 +794,8 @@ def airflow_scenario(tmp: Path, *, as_of: str, customers: int = 300) -> AirflowS
 def migrated_airflow_db(airflow_home: Path, env: dict[str, str]) -> None:
     """A migrated SQLite Airflow metadata database at ``airflow_home/airflow.db``.
 
-    Migrating one takes most of a minute and every test starts from the same one, so it is
-    migrated once per test run (by whichever worker needs it first, with ``env``) and copied."""
+    Every test starts from the same one, so it is migrated once per test run (by whichever
+    xdist worker needs it first, with ``env``) and copied."""
     import shutil
 
     target = airflow_home / "airflow.db"

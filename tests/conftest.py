@@ -4,18 +4,19 @@
 ``TEST_DATABASE_URL`` is set (each test gets its own schema, dropped afterwards); without it the
 PostgreSQL cases skip locally, and fail in CI (``CI=true``), where they must run.
 
-``demo_shop`` is the demo shop a module asks for with
-``pytestmark = pytest.mark.demo_shop(customers=..., seed=..., as_of=...)``, built once per
-session for each set of arguments and shared read-only; ``shop_url`` is a private copy of it
-that a test may change. ``airflow_sdk`` imports Airflow's task SDK without touching ~/airflow.
+``demo_shop`` is the demo shop a module asks for with ``pytestmark =
+pytest.mark.demo_shop(customers=..., seed=..., as_of=...)``, built once per run (by the first
+xdist worker to need it) for each set of arguments and shared read-only; ``shop_url`` is a
+private copy of it that a test may change. ``airflow_sdk`` imports Airflow's task SDK without
+touching ~/airflow.
 
 ``make test`` runs the suite on pytest-xdist workers (``-n 2 --dist loadgroup``, see
 docs/testing.md). The scheduler below keeps each module's tests on one worker (its
-module-scoped fixtures are built once) and the modules of one of ONE_WORKER_GROUPS on one
-worker; the modules with ``slow`` tests are handed out first, so that the longest ones do not
-start last. Each worker has a PostgreSQL database of its own (``_support.require_postgres``)
-and ports of its own (``_support.free_port``); demo shops and the migrated Airflow database
-are made once per run and shared (``_support.run_shared``).
+module-scoped fixtures are built once; SPLIT_MODULES' tests go out one by one) and the modules
+of one of ONE_WORKER_GROUPS on one worker; the modules with ``slow`` tests are handed out
+first, so that the longest ones do not start last. Each worker has a PostgreSQL database of its
+own (``_support.require_postgres``) and ports of its own (``_support.free_port``); demo shops
+and the migrated Airflow database are made once per run and shared (``_support.run_shared``).
 """
 
 from __future__ import annotations
