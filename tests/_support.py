@@ -43,7 +43,7 @@ PG_URL = os.environ.get("TEST_DATABASE_URL")
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 
 #: The ``demo_shops`` fixture (tests/conftest.py): ``demo_shops(customers=, seed=, as_of=)`` is
-#: the URL of that demo shop, built once per session and shared read-only.
+#: the URL of that demo shop, built once per run (all xdist workers) and shared read-only.
 DemoShops = Callable[..., str]
 
 
