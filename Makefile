@@ -116,8 +116,10 @@ run: install demo airflow-db
 night: install demo
 	$(BIN)/tend night --as-of $(AS_OF)
 
+# The suite on TEST_WORKERS pytest-xdist workers (0: in this process; docs/testing.md).
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -144,7 +146,7 @@ clean-var:
 	rm -rf $(VAR)/shop.db* $(VAR)/store.db* $(VAR)/outbox $(VAR)/logs
 
 lock: install
-	$(BIN)/pip freeze --exclude-editable | grep -viE '^(pytest|pytest-timeout|hypothesis|ruff|iniconfig|sortedcontainers|tend)==' > requirements.lock.new
+	$(BIN)/pip freeze --exclude-editable | grep -viE '^(pytest|pytest-timeout|pytest-xdist|execnet|hypothesis|ruff|iniconfig|sortedcontainers|tend)==' > requirements.lock.new
 	@echo "review requirements.lock.new, then fold it into requirements.txt"
 
 # Arbitration + cap check for 1M candidates against a 10M-row ledger on PostgreSQL
