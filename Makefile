@@ -93,15 +93,18 @@ $(AIRFLOW_HOME)/.pool-tend_send: $(AIRFLOW_HOME)/airflow.db
 airflow-db: $(AIRFLOW_HOME)/airflow.db $(AIRFLOW_HOME)/.pool-tend_send
 
 # One night through Airflow: ingest, then programs (as the asset schedule would), then totals.
+# Each DAG run goes through `airflow dags test --use-executor` beside a short-lived Execution
+# API server (tend_airflow.dagtest), so every task writes its log file where `make airflow`'s
+# UI reads it.
 run: install demo airflow-db
 	@mkdir -p $(VAR)/logs $(TEND_OUTBOX_DIR)
 	$(BIN)/tend migrate
 	@echo "airflow dags test tend_ingest $(AS_OF)   (log: var/logs/tend_ingest-$(AS_OF).log)"
-	@$(BIN)/airflow dags test tend_ingest $(AS_OF) > $(VAR)/logs/tend_ingest-$(AS_OF).log 2>&1 \
+	@$(BIN)/python -m tend_airflow.dagtest tend_ingest $(AS_OF) --api-log $(VAR)/logs/execution-api.log > $(VAR)/logs/tend_ingest-$(AS_OF).log 2>&1 \
 	  || { tail -40 $(VAR)/logs/tend_ingest-$(AS_OF).log; exit 1; }
 	@grep -q "state=success" $(VAR)/logs/tend_ingest-$(AS_OF).log || { tail -40 $(VAR)/logs/tend_ingest-$(AS_OF).log; exit 1; }
 	@echo "airflow dags test tend_programs $(AS_OF) (log: var/logs/tend_programs-$(AS_OF).log)"
-	@$(BIN)/airflow dags test tend_programs $(AS_OF) > $(VAR)/logs/tend_programs-$(AS_OF).log 2>&1 \
+	@$(BIN)/python -m tend_airflow.dagtest tend_programs $(AS_OF) --api-log $(VAR)/logs/execution-api.log > $(VAR)/logs/tend_programs-$(AS_OF).log 2>&1 \
 	  || { tail -40 $(VAR)/logs/tend_programs-$(AS_OF).log; exit 1; }
 	@grep -q "state=success" $(VAR)/logs/tend_programs-$(AS_OF).log || { tail -40 $(VAR)/logs/tend_programs-$(AS_OF).log; exit 1; }
 	@echo
@@ -114,8 +117,10 @@ run: install demo airflow-db
 night: install demo
 	$(BIN)/tend night --as-of $(AS_OF)
 
+# The suite on TEST_WORKERS pytest-xdist workers (0: in this process; docs/testing.md).
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -142,7 +147,7 @@ clean-var:
 	rm -rf $(VAR)/shop.db* $(VAR)/store.db* $(VAR)/outbox $(VAR)/logs
 
 lock: install
-	$(BIN)/pip freeze --exclude-editable | grep -viE '^(pytest|pytest-timeout|hypothesis|ruff|iniconfig|sortedcontainers|tend)==' > requirements.lock.new
+	$(BIN)/pip freeze --exclude-editable | grep -viE '^(pytest|pytest-timeout|pytest-xdist|execnet|hypothesis|ruff|iniconfig|sortedcontainers|tend)==' > requirements.lock.new
 	@echo "review requirements.lock.new, then fold it into requirements.txt"
 
 # Arbitration + cap check for 1M candidates against a 10M-row ledger on PostgreSQL

@@ -1,22 +1,32 @@
 """Sending throughput end to end: render + ledger + HTTP to a SendGrid stand-in (make bench-send).
 
-What it measures, in one run on this machine:
+What it measures, side by side in one run, against the same stand-in:
 
-1. **official client**: the ``sendgrid`` package (``SendGridAPIClient.send(Mail)``), one message
+1. **bare aiohttp**: the reference for what the wire allows: one pooled ``aiohttp`` session, 64
+   requests in flight, each posting a pre-built copy of the document Tend sends (no render, no
+   ledger);
+2. **official client**: the ``sendgrid`` package (``SendGridAPIClient.send(Mail)``), one message
    after another, as its README shows: a new HTTPS/HTTP connection per request, no timeout;
-2. **render only**: ``send_batch``'s own message building (Jinja + unsubscribe tokens) for
+3. **render only**: ``send_batch``'s own message building (Jinja + unsubscribe tokens) for
    messages from the ledger, no HTTP;
-3. **HTTP only**: Tend's SendGrid backend sending pre-rendered messages (chunks of 250, two
-   handed over at once, 64 requests in flight, as in production);
-4. **end to end**: ``send_batch`` over every batch (5,000 messages each), exactly what the
-   Airflow ``send`` tasks do: ledger claim -> render -> mark 'sending' -> HTTP -> record; with 1
-   worker process, then with N worker processes at once (the ``tend_send`` pool).
+4. **HTTP only**: Tend's SendGrid backend sending pre-rendered messages through its sliding
+   window (``submit``, 64 requests in flight, as in production);
+5. **end to end, clean**: ``send_batch`` over every batch (5,000 messages each), exactly what the
+   Airflow ``send`` tasks do: ledger -> render -> mark 'sending' -> HTTP -> record; with each
+   number of worker processes in ``--workers`` (the ``tend_send`` pool runs several);
+6. **end to end, faults**: the same on ``--fault-messages`` messages while the stand-in injects
+   ``--fault-rate`` faults among ``--faults`` (default 10 % of 429 with ``Retry-After``, 500,
+   503, slow and dropped replies; a 429 holds every request until its reset, as an account's
+   limit does).
+
+Then it prints the ratios the send pipeline is held to: the clean night against bare aiohttp
+(goal >= 80 %), the faulty night against the clean one (goal >= 50 %). Every end-to-end run is
+checked against the stand-in's log: no message accepted twice; a clean run ends all 'sent'; a
+faulty run leaves 'unknown' exactly the messages whose last answer was ambiguous (500, dropped)
+and nothing 'claimed' or 'sending'.
 
 The stand-in (``tend fake-sendgrid --latency-ms 20``) runs in its own process and answers every
-request after 20 ms, so the latency SendGrid adds is there. It shares this machine's cores with
-the senders, so its CPU is reported too. Every end-to-end run is checked: every message sent,
-accepted once, none twice.
-
+request after 20 ms. It shares this machine's cores with the senders, so its CPU is reported too.
 The ledger is filled from a real planned demo night (demo shop -> ingest -> plan), whose claimed
 rows are cloned, with distinct ids and addresses, up to ``--messages``.
 
@@ -36,13 +46,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = dt.date(2026, 11, 20)
@@ -116,16 +125,16 @@ def reset_store(store_url: str) -> None:
 
     with connect(store_url).begin() as conn:
         conn.execute(update(L).values(status="claimed", provider_id=None, error=None,
-                                      sending_at=None, finished_at=None))
+                                      sending_at=None, finished_at=None, lease_token=None))
 
 
-def statuses(store_url: str) -> Counter[str]:
+def statuses_of(store_url: str, batch_ids: list[int]) -> dict[str, str]:
     from tend.store.db import connect
     from tend.store.tables import contact_ledger as L
 
     with connect(store_url).connect() as conn:
-        return Counter({s: n for s, n in conn.execute(
-            select(L.c.status, func.count()).group_by(L.c.status))})
+        return dict(conn.execute(select(L.c.message_id, L.c.status)
+                                 .where(L.c.batch_id.in_(batch_ids))).all())
 
 
 def batches(store_url: str) -> list[int]:
@@ -159,12 +168,75 @@ class StandIn:
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.url}/_stats", timeout=60).json()
 
+    def faults(self, plan: dict[str, Any]) -> None:
+        httpx.post(f"{self.url}/_faults", json=plan, timeout=30).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.url}/_requests", timeout=120).json()["requests"]
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
 
 
 # -- the measurements -------------------------------------------------------------------------
+
+def sample_message(store_url: str) -> Any:
+    """One message of the night as send_batch renders it (the documents every client sends)."""
+    from tend import messages
+    from tend.config import ShopSettings
+    from tend.delivery import engine as send_engine
+    from tend.store import ledger
+    from tend.store.db import connect
+
+    settings = ShopSettings.from_env({})
+    with connect(store_url).connect() as conn:
+        [row] = ledger.next_claimed(conn, NIGHT, 0, 1)
+    return send_engine._message(row, messages.default_renderer(settings), settings)
+
+
+def bare_aiohttp(store_url: str, url: str, n: int, in_flight: int = 64) -> dict[str, float]:
+    """The wire's own rate: pre-built bodies (Tend's document for each message), one pooled
+    session, ``in_flight`` requests at once, each answered 202. Same event loop as Tend's."""
+    import asyncio
+
+    import aiohttp
+
+    from tend.delivery.sendgrid import _encode, _new_loop, mail_send_payload
+
+    doc = mail_send_payload(sample_message(store_url))
+    bodies = []
+    for i in range(n + in_flight):
+        doc["personalizations"] = [{"to": [{"email": f"bare{i}@example.com"}]}]
+        doc["custom_args"] = {**doc["custom_args"], "tend_message_id": f"bare{i}"}
+        bodies.append(_encode(doc))
+
+    async def run(batch: list[bytes]) -> None:
+        it = iter(batch)
+
+        async def worker() -> None:
+            for body in it:
+                async with session.post(f"{url}/v3/mail/send", data=body) as resp:
+                    await resp.read()
+                    assert resp.status == 202, resp.status
+
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+    async def start() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=in_flight),
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+
+    loop = _new_loop()
+    session = loop.run_until_complete(start())
+    loop.run_until_complete(run(bodies[:in_flight]))  # connections opened: not timed
+    t0, c0 = time.perf_counter(), time.process_time()
+    loop.run_until_complete(run(bodies[in_flight:]))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    loop.run_until_complete(session.close())
+    loop.close()
+    return {"messages": n, "seconds": wall, "rate": n / wall, "cpu_us": cpu / n * 1e6}
+
 
 def official_client(url: str, n: int) -> dict[str, float]:
     from sendgrid import SendGridAPIClient
@@ -208,38 +280,36 @@ def render_only(store_url: str, n: int) -> dict[str, float]:
 
 
 def http_only(store_url: str, url: str, n: int) -> dict[str, float]:
+    import queue
     from dataclasses import replace
 
-    from tend import messages
-    from tend.config import ShopSettings
-    from tend.delivery import engine as send_engine
     from tend.delivery.sendgrid import SendGridBackend, SendGridSettings
-    from tend.store import ledger
-    from tend.store.db import connect
 
-    settings = ShopSettings.from_env({})
-    with connect(store_url).connect() as conn:
-        [row] = ledger.next_claimed(conn, NIGHT, 0, 1)
-    base = send_engine._message(row, messages.default_renderer(settings), settings)
+    base = sample_message(store_url)
     messages = [replace(base, message_id=f"http{i}", to_email=f"h{i}@example.com",
                         custom_args={**base.custom_args, "tend_message_id": f"http{i}"})
-                for i in range(n)]
+                for i in range(n + 64)]
     backend = SendGridBackend(SendGridSettings(api_key=KEY, base_url=url))
     backend.send(messages[:64])  # connections opened: not timed
-    size = backend.chunk_size
-    chunks = [messages[i:i + size] for i in range(0, n, size)]
+    window = backend.chunk_size * backend.chunks_in_flight
+    done: queue.SimpleQueue[Any] = queue.SimpleQueue()
     t0, c0 = time.perf_counter(), time.process_time()
-    # As send_batch does: chunks_in_flight chunks handed over at once.
-    with ThreadPoolExecutor(max_workers=backend.chunks_in_flight) as pool:
-        for results in pool.map(backend.send, chunks):
-            assert all(r.status == "sent" for r in results)
+    # As send_batch does: slices handed over while the window has room, outcomes as they come.
+    out = handed = 0
+    while out < n:
+        while handed < n and handed - out < window:
+            backend.submit(messages[64 + handed:64 + handed + backend.chunk_size], done.put)
+            handed = min(n, handed + backend.chunk_size)
+        outcomes = done.get()
+        assert all(o.status == "sent" for o in outcomes)
+        out += len(outcomes)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     backend.close()
     return {"messages": n, "seconds": wall, "rate": n / wall, "cpu_us": cpu / n * 1e6}
 
 
-def end_to_end(store_url: str, url: str, workers: int, stand_in: StandIn) -> dict[str, Any]:
-    todo = batches(store_url)
+def end_to_end(store_url: str, url: str, workers: int, stand_in: StandIn,
+               todo: list[int]) -> dict[str, Any]:
     shares = [todo[i::workers] for i in range(workers)]
     env = {**os.environ, "TEND_SENDGRID_API_KEY": KEY, "TEND_SENDGRID_URL": url}
     out_dir = Path(tempfile.mkdtemp(prefix="tend-bench-"))
@@ -257,10 +327,36 @@ def end_to_end(store_url: str, url: str, workers: int, stand_in: StandIn) -> dic
     timings: Counter[str] = Counter()
     for r in results:
         timings.update(r["timings"])
+    counts: Counter[str] = Counter()
+    for r in results:
+        counts.update(r["counts"])
     return {"workers": workers, "messages": total, "seconds": wall, "rate": total / wall,
             "worker_cpu_us": sum(r["cpu"] for r in results) / total * 1e6,
             "stand_in_cpu_us": (stand_in.cpu() - c_before) / total * 1e6,
-            "timings": dict(timings)}
+            "timings": dict(timings), "counts": dict(counts)}
+
+
+AMBIGUOUS = {"500", "drop"}  # answers after which SendGrid may have the message: 'unknown'
+
+
+def check_run(store_url: str, stand_in: StandIn, todo: list[int], faulty: bool
+              ) -> dict[str, Any]:
+    """The ledger against the stand-in's log: nothing twice, every message where it belongs."""
+    stats, ledger_rows = stand_in.stats(), statuses_of(store_url, todo)
+    assert stats["duplicates"] == 0, stats
+    final = Counter(ledger_rows.values())
+    if not faulty:
+        assert final == {"sent": len(ledger_rows)}, final
+        assert stats["distinct_messages"] == len(ledger_rows), stats
+        return {"unknown": 0, "outcomes": stats["outcomes"], "while_limited": 0}
+    last: dict[str, str] = {}
+    for r in stand_in.requests():
+        last[r["tend_message_id"]] = r["outcome"]
+    assert set(final) <= {"sent", "unknown"}, final  # nothing claimed or sending is left
+    unknown = {m for m, s in ledger_rows.items() if s == "unknown"}
+    assert unknown == {m for m, o in last.items() if o in AMBIGUOUS}, "unknown != ambiguous"
+    return {"unknown": len(unknown), "outcomes": stats["outcomes"],
+            "while_limited": stats["while_limited"]}
 
 
 def worker_main(store_url: str, batch_ids: list[int], out: Path) -> None:
@@ -296,6 +392,16 @@ def main() -> None:
     p.add_argument("--official", type=int, default=300, help="messages for the official client")
     p.add_argument("--render", type=int, default=3000, help="messages for render only")
     p.add_argument("--http", type=int, default=20_000, help="messages for HTTP only")
+    p.add_argument("--bare", type=int, default=20_000, help="messages for bare aiohttp")
+    p.add_argument("--fault-messages", type=int, default=20_000,
+                   help="messages for the runs with faults (whole batches of 5,000)")
+    p.add_argument("--fault-rate", type=float, default=0.1)
+    p.add_argument("--faults", default="429,500,503,slow,drop;500,503,slow,drop",
+                   help="fault kinds of the stand-in (see tend.dev.fake_sendgrid); several "
+                        "mixes separated by ';' are measured one after the other, the goal "
+                        "applies to the first")
+    p.add_argument("--reset-ms", type=int, default=1000, help="429: Retry-After, in ms")
+    p.add_argument("--slow-ms", type=int, default=5000, help="slow: how late the 202 comes")
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--store", help="contact store URL (default: a fresh SQLite file)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -312,24 +418,37 @@ def main() -> None:
     _log(f"preparing {args.messages:,} messages in {store}")
     prepare_store(store, args.messages, workdir)
     stand_in = StandIn(args.latency_ms)
-    rows: list[tuple[str, ...]] = []
+    every = batches(store)
+    faulty_batches = every[:max(1, -(-args.fault_messages // BATCH))]
+    mixes = [tuple(k.strip() for k in mix.split(",") if k.strip())
+             for mix in args.faults.split(";") if mix.strip()]
+    kinds = mixes[0]
+    workers = [int(x) for x in args.workers.split(",")]
     try:
+        bare = bare_aiohttp(store, stand_in.url, args.bare)
+        _log(f"bare aiohttp: {bare['rate']:,.0f} msg/s")
         official = official_client(stand_in.url, args.official)
         _log(f"official sendgrid client: {official['rate']:,.0f} msg/s")
         rendered = render_only(store, args.render)
         _log(f"render only: {rendered['rate']:,.0f} msg/s")
         http = http_only(store, stand_in.url, args.http)
         _log(f"HTTP only: {http['rate']:,.0f} msg/s")
-        e2e = []
-        for w in [int(x) for x in args.workers.split(",")]:
-            reset_store(store)
-            stand_in.reset()
-            run = end_to_end(store, stand_in.url, w, stand_in)
-            stats, final = stand_in.stats(), statuses(store)
-            assert final == {"sent": args.messages}, final
-            assert stats["distinct_messages"] == args.messages and stats["duplicates"] == 0
-            e2e.append(run)
-            _log(f"end to end, {w} worker(s): {run['rate']:,.0f} msg/s")
+        clean: dict[int, dict[str, Any]] = {}
+        faulty: dict[tuple[str, ...], dict[int, dict[str, Any]]] = {mix: {} for mix in mixes}
+        for w in workers:
+            for mix in [None, *mixes]:
+                todo = every if mix is None else faulty_batches
+                reset_store(store)
+                stand_in.reset()
+                if mix is not None:
+                    stand_in.faults({"rate": args.fault_rate, "kinds": list(mix), "seed": 7,
+                                     "reset_ms": args.reset_ms, "slow_ms": args.slow_ms,
+                                     "latency_ms": args.latency_ms})
+                run = end_to_end(store, stand_in.url, w, stand_in, todo)
+                run.update(check_run(store, stand_in, todo, faulty=mix is not None))
+                (clean if mix is None else faulty[mix])[w] = run
+                _log(f"end to end, {mix or 'clean'}, {w} worker(s): {run['rate']:,.0f} msg/s "
+                     f"({run['counts']})")
     finally:
         stand_in.close()
 
@@ -337,27 +456,40 @@ def main() -> None:
           f"({os.cpu_count()} cores, Python {platform.python_version()}), stand-in answering "
           f"after {args.latency_ms:g} ms; load average {load_before:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after (other work on the machine slows every figure)\n")
+    print(f"Faults: {args.fault_rate:.0%} of requests, drawn evenly among the kinds of each mix "
+          f"(429: Retry-After {args.reset_ms / 1000:g} s, every request refused until then; "
+          f"slow: the 202 after {args.slow_ms / 1000:g} s; 500 and drop: accepted, the sender "
+          f"cannot know).\n")
     print("| what | messages | msg/s | CPU µs/msg (sender) |")
     print("| --- | ---: | ---: | ---: |")
-    rows = [
-        ("official `sendgrid` client, sequential", official),
-        ("Tend render only (1 process)", rendered),
-        ("Tend SendGrid backend, HTTP only (64 requests in flight)", http),
-    ]
-    for label, r in rows:
+    for label, r in (("bare aiohttp, 64 requests in flight (reference)", bare),
+                     ("official `sendgrid` client, sequential", official),
+                     ("Tend render only (1 process)", rendered),
+                     ("Tend SendGrid backend, HTTP only (window of 512, 64 on the wire)", http)):
         print(f"| {label} | {r['messages']:,} | {r['rate']:,.0f} | {r['cpu_us']:,.0f} |")
-    for r in e2e:
-        t = r["timings"]
-        print(f"| **end to end** render + ledger + HTTP, {r['workers']} worker process(es) | "
-              f"{r['messages']:,} | **{r['rate']:,.0f}** | {r['worker_cpu_us']:,.0f} "
-              f"(+ stand-in {r['stand_in_cpu_us']:,.0f}) |")
+    for label, runs in [("clean", clean), *(
+            (f"{args.fault_rate:.0%} faults ({', '.join(mix)})", faulty[mix]) for mix in mixes)]:
+        for w, r in runs.items():
+            extra = (f"; unknown {r['unknown']:,}, 429 while limited {r['while_limited']:,}"
+                     if runs is not clean else "")
+            print(f"| **end to end, {label}**, {w} worker process(es){extra} | "
+                  f"{r['messages']:,} | **{r['rate']:,.0f}** | {r['worker_cpu_us']:,.0f} "
+                  f"(+ stand-in {r['stand_in_cpu_us']:,.0f}) |")
     print()
-    for r in e2e:
-        t = r["timings"]
-        print(f"- {r['workers']} worker(s), {r['seconds']:.0f} s: main threads spent render "
-              f"{t['render']:.0f} s, ledger {t['ledger']:.0f} s, waiting for HTTP "
-              f"{t['wait']:.0f} s; the HTTP side was busy {t['backend']:.0f} s "
-              "(it overlaps rendering)")
+    for w in workers:
+        c, f = clean[w], faulty[kinds][w]
+        others = "; ".join(f"without {', '.join(sorted(set(kinds) - set(mix)))}: "
+                           f"{faulty[mix][w]['rate'] / c['rate']:.0%}" for mix in mixes[1:])
+        print(f"- {w} worker(s): clean night / bare aiohttp = {c['rate'] / bare['rate']:.0%} "
+              f"(goal >= 80 %); with faults / clean = {f['rate'] / c['rate']:.0%} (goal >= 50 %)"
+              f"{'; ' + others if others else ''}; duplicates 0; unknown {f['unknown']:,} = "
+              f"exactly the ambiguous answers (stand-in outcomes {f['outcomes']})")
+    for label, runs in [("clean", clean), *((",".join(mix), faulty[mix]) for mix in mixes)]:
+        for w, r in runs.items():
+            t = r["timings"]
+            print(f"- {label}, {w} worker(s), {r['seconds']:.0f} s: main threads spent "
+                  f"ledger {t['ledger']:.0f} s, waiting {t['wait']:.0f} s; render thread "
+                  f"{t['render']:.0f} s; HTTP window busy {t['backend']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -55,9 +55,12 @@ def tend_programs() -> None:
     def send(as_of: str, batch_id: int, **context) -> dict:
         return tasks.send(as_of, batch_id, context)
 
+    # summary, kpi and check read plan's night themselves (tasks.planned_night): when plan
+    # failed they end at once (summary says why, kpi skips, check fails without a retry)
+    # instead of failing on the missing value and being retried for minutes.
     @task(trigger_rule="all_done")
-    def summary(as_of: str, **context) -> None:
-        tasks.summary(as_of, context)
+    def summary(**context) -> None:
+        tasks.summary(tasks.planned_night(context), context)
 
     @task(trigger_rule="all_done")
     def complaints_digest(**context) -> int:
@@ -65,23 +68,23 @@ def tend_programs() -> None:
 
     # After send whatever it did: the results count only what was sent.
     @task(trigger_rule="all_done")
-    def kpi(as_of: str) -> int:
-        return tasks.kpi(as_of)
+    def kpi(**context) -> int:
+        return tasks.kpi(tasks.planned_night(context))
 
     # Fails when a send failed or messages still wait: the run's colour is the night's
     # truth, and the summary before it is printed either way.
     # AirflowFailException: no retry (the ledger's state will not change by itself).
     @task(trigger_rule="all_done")
-    def check(as_of: str) -> None:
-        tasks.night_check(as_of)
+    def check(**context) -> None:
+        tasks.night_check(tasks.planned_night(context))
 
     batch_ids = plan()
     night = batch_ids[tasks.AS_OF_XCOM]
     sent = send.partial(as_of=night).expand(batch_id=batch_ids)
     # check, complaints_digest and kpi are the run's last tasks: a failure of any of them
     # turns the run red (none hides another's behind an all_done trigger rule).
-    sent >> summary(night) >> [complaints_digest(), check(night)]
-    sent >> kpi(night)
+    sent >> summary() >> [complaints_digest(), check()]
+    sent >> kpi()
 
 
 tend_programs()

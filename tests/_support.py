@@ -34,21 +34,87 @@ from tend.delivery.sendgrid import SendGridSettings
 PROJECT = Path(__file__).resolve().parents[1]
 TEMPLATES = PROJECT / "templates" / "email"
 
+#: The PostgreSQL server and database the tests may use (each test works in a schema or a
+#: database of its own there; under pytest-xdist, inside a database of its worker's own: see
+#: :func:`require_postgres`).
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 
+#: Under pytest-xdist, this process's worker id ("gw0", "gw1", ...); None in a plain run.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
 #: The ``demo_shops`` fixture (tests/conftest.py): ``demo_shops(customers=, seed=, as_of=)`` is
-#: the URL of that demo shop, built once per session and shared read-only.
+#: the URL of that demo shop, built once per run (all xdist workers) and shared read-only.
 DemoShops = Callable[..., str]
 
 
 def require_postgres() -> str:
-    """The PostgreSQL test URL; skip without it locally, fail without it in CI."""
+    """The PostgreSQL test URL; skip without it locally, fail without it in CI.
+
+    Under pytest-xdist each worker gets a database of its own on that server (created on
+    first use, dropped when the worker ends), so the workers' schemas, locks and leftovers
+    never meet; a plain run uses TEST_DATABASE_URL's database itself."""
     if PG_URL:
-        return PG_URL
+        return _worker_pg_database(PG_URL) if XDIST_WORKER else PG_URL
     message = "TEST_DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"PostgreSQL tests must run in CI: {message}")
     pytest.skip(message)
+
+
+#: The database :func:`require_postgres` made for this worker (at most one).
+_WORKER_PG: list[str] = []
+
+
+def _worker_pg_database(base_url: str) -> str:
+    if _WORKER_PG:
+        return _WORKER_PG[0]
+    base = make_url(base_url)
+    # The run's id too: two runs of the suite (two checkouts) may share the server.
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:8]
+    name = f"{base.database or 'postgres'}_{XDIST_WORKER}_{run}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    _WORKER_PG.append(base.set(database=name).render_as_string(hide_password=False))
+    return _WORKER_PG[0]
+
+
+def drop_worker_pg_database() -> None:
+    """Drop this worker's database, if it made one (tests/conftest.py, at the session's end)."""
+    if not (_WORKER_PG and PG_URL):
+        return
+    name = make_url(_WORKER_PG.pop()).database
+    admin = create_engine(make_url(PG_URL), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+#: A directory every worker of this test run shares (the run's base temporary directory; set by
+#: tests/conftest.py before the first test). See :func:`run_shared`.
+RUN_DIR: list[Path] = []
+
+
+@contextmanager
+def run_shared(name: str) -> Iterator[Path]:
+    """``<run dir>/name``, held exclusively until the block exits: a directory the workers of
+    one run share, where the first to need something slow to make (a migrated Airflow
+    database, a demo shop) makes it while the others wait, then reuse it."""
+    import fcntl
+    import tempfile
+
+    root = RUN_DIR[0] if RUN_DIR else Path(tempfile.gettempdir())
+    folder = root / "shared" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield folder
 
 
 @contextmanager
@@ -95,10 +161,45 @@ def copy_sqlite(src_url: str, dst: Path) -> str:
 
 
 def free_port() -> int:
-    """A local TCP port nothing listens on (for a server to start on, or to find closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A local TCP port nothing listens on (for a server to start on, or to find closed).
+
+    A plain run lets the kernel pick one. Under pytest-xdist each worker takes its ports in
+    turn from a range of its own below the kernel's ephemeral range: a port handed to one
+    worker's server and not yet bound cannot be handed to another worker, nor be taken as
+    the local end of an outgoing connection, meanwhile."""
+    if XDIST_WORKER is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    for _ in range(200):
+        port = next(_WORKER_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in worker {XDIST_WORKER}'s range")
+
+
+def _worker_ports() -> Iterator[int]:
+    """This worker's ports, from a random start so that two runs' workers seldom meet."""
+    import itertools
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int((XDIST_WORKER or "gw0").removeprefix("gw") or 0)
+    span = max((low - 10_000) // max(workers, 1), 100)
+    first = 10_000 + index * span
+    start = random.randrange(span)
+    return (first + (start + i) % span for i in itertools.count())
+
+
+_WORKER_PORTS = _worker_ports()
 
 
 def mark_claimed_sent(store_url: str, day: dt.date) -> None:
@@ -686,28 +787,31 @@ def airflow_scenario(tmp: Path, *, as_of: str, customers: int = 300) -> AirflowS
     s = AirflowScenario(tmp, env)
     s.run(str(BIN / "tend"), "demo-data", "--db", env["AIRFLOW_CONN_TEND_SHOP"],
           "--customers", str(customers), "--seed", "3", "--as-of", as_of, label="demo-data")
-    _migrated_airflow_db(s)
+    migrated_airflow_db(Path(env["AIRFLOW_HOME"]), env)
     return s
 
 
-#: A migrated Airflow metadata database, made once per test session and copied into each
-#: scenario: migrating one takes most of a minute and every scenario starts from the same one.
-_AIRFLOW_DB_TEMPLATE: list[Path] = []
+def migrated_airflow_db(airflow_home: Path, env: dict[str, str]) -> None:
+    """A migrated SQLite Airflow metadata database at ``airflow_home/airflow.db``.
 
-
-def _migrated_airflow_db(s: AirflowScenario) -> None:
+    Every test starts from the same one, so it is migrated once per test run (by whichever
+    xdist worker needs it first, with ``env``) and copied."""
     import shutil
-    import tempfile
 
-    target = s.tmp / "airflow" / "airflow.db"
-    if not _AIRFLOW_DB_TEMPLATE:
-        s.run(str(BIN / "airflow"), "db", "migrate", label="airflow db migrate")
-        template = Path(tempfile.mkdtemp(prefix="tend-airflow-db-")) / "airflow.db"
-        shutil.copyfile(target, template)
-        _AIRFLOW_DB_TEMPLATE.append(template)
-        return
+    target = airflow_home / "airflow.db"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_AIRFLOW_DB_TEMPLATE[0], target)
+    with run_shared("airflow-db") as folder:
+        template = folder / "airflow.db"
+        if not template.exists():
+            proc = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env,
+                                  cwd=airflow_home, capture_output=True, text=True,
+                                  timeout=AIRFLOW_TIMEOUT)
+            assert proc.returncode == 0, f"airflow db migrate failed:\n{proc.stdout[-3000:]}" \
+                                         f"{proc.stderr[-3000:]}"
+            shutil.copyfile(target, folder / "airflow.db.part")
+            (folder / "airflow.db.part").rename(template)
+            return
+        shutil.copyfile(template, target)
 
 
 #: The ``random_days_shop`` fixture (tests/unit/signals/conftest.py): ``random_days_shop(extra)``

@@ -10,12 +10,14 @@ host name (``cluster_node.hostname``), all on free ports, with Tend's DAGs and p
         run_id = cluster.trigger("tend_ingest", {"as_of": "2026-11-20"})
         assert cluster.wait_for_run("tend_ingest", run_id) == "success"
 
-Any test can use it (``from airflow_cluster import airflow_cluster``: tests/ is on the path,
-as for ``_support``). The scheduler creates no scheduled or asset-triggered runs
-(``use_job_schedule`` off): a test triggers what it wants, so the wall clock never adds a
-night; a test that wants them passes ``AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE=True`` in ``env``,
-which wins over every setting here. The api-server lets every request
-in as admin (simple auth manager, ``all_admins``): it listens on 127.0.0.1 only, for the test.
+Any test can use it (``from airflow_cluster import airflow_cluster``: tests/ is on the path, as
+for ``_support``); its module must be listed in ``ONE_WORKER_GROUPS["airflow-services"]``
+(tests/conftest.py), so that under pytest-xdist two clusters never run at once. The scheduler
+creates no scheduled or asset-triggered runs (``use_job_schedule`` off): a test triggers what
+it wants, so the wall clock never adds a night; a test that wants them passes
+``AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE=True`` in ``env``, which wins over every setting here.
+The api-server lets every request in as admin (simple auth manager, ``all_admins``): it listens
+on 127.0.0.1 only, for the test.
 Each process writes its output to ``<tmp>/logs/<name>.out``; :meth:`AirflowCluster.diagnose`
 gathers their tails for an assertion message, and ``logs/cluster.log`` has a timeline. Every
 process starts in a session of its own (a Ctrl-C reaches pytest, which stops them in order),

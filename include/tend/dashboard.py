@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, inspect, select
 
 from tend.store import complaints as complaint_store
+from tend.store import nights as night_log
 from tend.store import survey
 from tend.store.db import connect
 from tend.store.ledger import COUNTED
@@ -80,6 +81,9 @@ class Dashboard:
     #: table tend_programs' ``kpi`` task fills): month, program, contacted, held_out,
     #: response rates, lift and its 95 % interval (in shares, not points).
     results: list[dict[str, Any]] = field(default_factory=list)
+    #: Nights of the window ingested but never planned (``tend.store.nights``): as_of,
+    #: overtaken_by, run_id, recorded_at.
+    unplanned: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -114,6 +118,7 @@ def read_dashboard(store_url: str, *, days: int = 30, end: dt.date | None = None
             open_complaints=complaint_store.open_ones(conn),
             campaigns=campaign_reports(conn),
             results=program_results(conn, start, end),
+            unplanned=night_log.unplanned(conn, since=start),
         )
 
 
@@ -228,7 +233,7 @@ def program_results(conn: Connection, start: dt.date, end: dt.date) -> list[dict
 def warnings(d: Dashboard) -> list[str]:
     """What an operator must look at first, as sentences."""
     r = d.rates
-    out = []
+    out = [night_log.unplanned_warning(u["as_of"], u["overtaken_by"]) for u in d.unplanned]
     if r.spam_rate >= SPAM_LIMIT:
         out.append(f"spam reports at {r.spam_rate:.2%} of delivered mail: at or over the "
                    f"{SPAM_LIMIT:.1%} limit where mailbox providers block the sender")

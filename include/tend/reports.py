@@ -55,9 +55,12 @@ def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> 
     settle them, then failed or still waiting ones, templates that failed, bounces and spam
     reports over their thresholds, new complaints). ``run_id``: the run printing it, so a
     replay says what it did itself (usually nothing new) rather than repeat the night's totals
-    as if it had sent them.
+    as if it had sent them. The first warnings are the older nights that were ingested, then
+    overtaken by this night's ingest before any run planned them (``tend.store.nights``;
+    tend_programs plans only the night the store's features are at: docs/operations.md).
     """
     from tend import dashboard
+    from tend.store.nights import unplanned, unplanned_warning
 
     with connect(store_url).connect() as conn:
         fates = conn.execute(
@@ -73,6 +76,7 @@ def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> 
             .group_by(quarantine.c.reason)).all()
         start = dt.datetime.combine(as_of - dt.timedelta(days=1), dt.time(), dt.UTC)
         new_complaints = complaints.opened_between(conn, start, start + dt.timedelta(days=2))
+        missed = [r["as_of"] for r in unplanned(conn, overtaken_by=as_of)]
         week = dashboard.rates(conn, as_of - dt.timedelta(days=6), as_of)
         before = dashboard.rates(conn, as_of - dt.timedelta(days=13), as_of - dt.timedelta(days=7))
     candidates = sum(n for _, _, n in fates)
@@ -82,6 +86,7 @@ def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> 
             skipped[fate] += n
     waiting = statuses.get("claimed", 0) + statuses.get("sending", 0)
     warnings = _warnings(statuses, waiting, template_errors, week, before, len(new_complaints))
+    warnings = [*(unplanned_warning(night, as_of) for night in missed), *warnings]
     out = [*(f"WARNING: {w}" for w in warnings), *([""] if warnings else [])]
     out += [f"Tend night {as_of}"]
     if mine is not None:

@@ -128,21 +128,27 @@ def campaign_params() -> dict[str, Param]:
             type="string", minLength=1, maxLength=200, title=f"Subject ({loc})",
             description=f"For customers who read {loc}. May use {{{{ customer.first_name }}}}.",
             section=words)
+        # Optional fields are nullable with a null default: the form marks a field whose type
+        # has no "null" as required and refuses to submit it empty, while the campaign needs
+        # only its name and subjects (the first task checks what the chosen template needs).
         p[f"preheader_{loc}"] = Param(
-            "", type="string", maxLength=300, title=f"Preheader ({loc})",
-            description="The preview line shown after the subject in the inbox.",
+            None, type=["null", "string"], maxLength=300, title=f"Preheader ({loc})",
+            description="Optional: the preview line shown after the subject in the inbox "
+                        "(empty: the inbox shows the start of the email).",
             section=words)
         p[f"headline_{loc}"] = Param(
             None, type=["null", "string"], maxLength=200, title=f"Headline ({loc})",
-            description="The title at the top of the email (default: the subject).",
+            description="Optional: the title at the top of the email (default: the subject).",
             section=words)
         p[f"text_{loc}"] = Param(
-            "", type="string", format="multiline", maxLength=20000, title=f"Text ({loc})",
-            description="The body: plain text, a blank line starts a new paragraph.",
+            None, type=["null", "string"], format="multiline", maxLength=20000,
+            title=f"Text ({loc})",
+            description="Optional: the body, plain text, a blank line starts a new paragraph "
+                        "(empty: the headline, then the products picked for each customer).",
             section=words)
     p.update({
         "featured_skus": Param(
-            [], type="array", items={"type": "string", "minLength": 1}, maxItems=12,
+            None, type=["null", "array"], items={"type": "string", "minLength": 1}, maxItems=12,
             title="Featured products (SKUs)",
             description="One SKU per line. Each customer sees the three closest to what they "
                         "bought (same category first, ones they own last); empty: their own "
@@ -184,7 +190,7 @@ def campaign_params() -> dict[str, Param]:
                         "suppressed or held out, three samples and the send time; nothing is "
                         "claimed or sent to customers. Switch off to send.", section=safety),
         "proof_to": Param(
-            [], type="array", items={"type": "string", "format": "email"}, maxItems=10,
+            None, type=["null", "array"], items={"type": "string", "format": "email"}, maxItems=10,
             title="Proof to (staff addresses)",
             description="One address per line: each gets a [PROOF] copy of one message per "
                         "language before anything else is sent (dry run too). Proofs count "

@@ -80,7 +80,7 @@ def plan(context: Mapping[str, Any]) -> list[int]:
     from tend.config import ShopSettings
     from tend.features.store import store_as_of
     from tend.programs.plan import plan_night
-    from tend.store import ledger
+    from tend.store import ledger, nights
     from tend.store.db import connect
 
     settings = ShopSettings.from_env()
@@ -88,7 +88,8 @@ def plan(context: Mapping[str, Any]) -> list[int]:
         night, named = runs.program_night(context, store_as_of(store_url()))
         with connect(store_url()).connect() as conn:
             planned = ledger.nights_decided(conn, named)
-        for other in sorted(set(named) - planned):
+        missed = sorted(set(named) - planned)
+        for other in missed:
             log.warning("night %s was ingested but a later ingest (%s) overtook it before it "
                         "was planned; the store keeps one night's features: replay it with "
                         "tend_ingest then tend_programs for %s", other, night, other)
@@ -97,6 +98,13 @@ def plan(context: Mapping[str, Any]) -> list[int]:
             settings=settings, renderer=messages.default_renderer(settings),
             secret=config.unsubscribe_secret(),
         )
+        # Recorded for the night's summary and the Tend page (tend.store.nights): only older
+        # nights, since a newer one named by a leftover event is no gap of this night's.
+        older = [d for d in missed if d < result.as_of]
+        if older:
+            with connect(store_url()).begin() as conn:
+                nights.record(conn, older, overtaken_by=result.as_of,
+                              run_id=runs.run_id(context), at=ledger.now())
     context["ti"].xcom_push(AS_OF_XCOM, result.as_of.isoformat())
     context["ti"].xcom_push(TIMINGS_XCOM, result.timings)
     return list(result.batches)
@@ -152,22 +160,45 @@ def send(as_of: str, batch_id: int, context: Mapping[str, Any], *,
     return dict(result.counts)
 
 
-def summary(as_of: str, context: Mapping[str, Any] | None = None) -> None:
+#: What the tasks after ``plan`` say when it never finished: they run anyway (trigger rule
+#: all_done, so a failed send still gets its summary) and must end at once, not be retried.
+NOT_PLANNED = ("plan did not finish, so nothing was planned or sent by this run: the plan "
+               "task's log ends with the reason; fix it, then clear plan (or trigger the "
+               "night again)")
+
+
+def planned_night(context: Mapping[str, Any]) -> str | None:
+    """The night ``plan`` pushed for this run, or None when plan never finished.
+
+    The tasks after plan read it themselves rather than taking it as an XComArg: Airflow
+    resolves an XComArg before the task's code runs, so a failed plan made them fail on the
+    missing value and be retried for minutes before the run could turn red."""
+    night = context["ti"].xcom_pull(task_ids="plan", key=AS_OF_XCOM)
+    return str(night) if night else None
+
+
+def summary(as_of: str | None, context: Mapping[str, Any] | None = None) -> None:
     """Log the night's totals, warnings first: decisions by fate, messages by status."""
     from tend.reports import summary_lines
 
+    if as_of is None:
+        log.error("WARNING: %s", NOT_PLANNED)
+        return
     run = runs.run_id(context) if context else None
     for line in summary_lines(store_url(), dt.date.fromisoformat(as_of), run):
         (log.warning if line.startswith("WARNING") else log.info)(line)
 
 
-def night_check(as_of: str) -> None:
-    """The run's last word: fail it (after the summary is printed) when any of the night's
-    messages failed, is unknown or still waits, so a run that did not send shows red."""
+def night_check(as_of: str | None) -> None:
+    """The run's last word: fail it (after the summary is printed) when plan did not finish
+    or any of the night's messages failed, is unknown or still waits, so a run that did not
+    send shows red."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from tend.reports import night_problems
 
+    if as_of is None:
+        raise AirflowFailException(NOT_PLANNED)
     problems = night_problems(store_url(), dt.date.fromisoformat(as_of))
     if problems:
         raise AirflowFailException(
@@ -211,10 +242,15 @@ def pull_suppressions() -> dict[str, int]:
     return {f"{name}_customers": n for name, n in result.matched.items()}
 
 
-def kpi(as_of: str) -> int:
-    """Recompute the results of the months still open and store them (the ``kpi`` table)."""
+def kpi(as_of: str | None) -> int:
+    """Recompute the results of the months still open and store them (the ``kpi`` table);
+    skipped when plan did not finish (``check`` turns the run red)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
     from tend.results.kpi import store_kpis
 
+    if as_of is None:
+        raise AirflowSkipException(NOT_PLANNED)
     return store_kpis(shop_url(), store_url(), dt.date.fromisoformat(as_of))
 
 

@@ -220,7 +220,7 @@ def test_the_campaign_form(dags: dict[str, dict[str, Any]]) -> None:
     params = dags["tend_campaign"]["params"]
     assert params["name"]["default"] == "<required>"
     assert params["dry_run"]["default"] is True
-    assert params["proof_to"]["default"] == [] and params["offer"]["default"] == "none"
+    assert params["proof_to"]["default"] is None and params["offer"]["default"] == "none"
     assert params["template"]["enum"] == ["newsletter"]
     audience = params["audience"]
     assert set(audience["enum"]) == {"all", "lapsed", "seasonal", "checkup", "loyalty_tier",
@@ -232,6 +232,25 @@ def test_the_campaign_form(dags: dict[str, dict[str, Any]]) -> None:
     sections = {p["section"] for p in params.values()}
     assert None not in sections and len(sections) >= 5
     assert dags["tend_campaign"]["tags"] == ["campaign", "tend"]
+
+
+def test_the_campaign_form_requires_only_the_name_and_subjects(
+        dags: dict[str, dict[str, Any]]) -> None:
+    """Airflow's trigger form refuses to submit a field whose type has no "null" while it is
+    empty: only the fields the campaign cannot do without may be like that."""
+    params = dags["tend_campaign"]["params"]
+
+    def nullable(p: dict[str, Any]) -> bool:
+        return isinstance(p["type"], list) and "null" in p["type"]
+
+    required = {k for k, p in params.items()
+                if not nullable(p) and p["default"] in ("<required>", None, "")}
+    assert required == {"name", "subject_en", "subject_fr"}
+    assert nullable(params["proof_to"]) and nullable(params["featured_skus"])
+    for loc in ("en", "fr"):
+        for field in ("preheader", "headline", "text"):
+            assert nullable(params[f"{field}_{loc}"]) and params[f"{field}_{loc}"][
+                "default"] is None, f"{field}_{loc} must be optional in the form"
 
 
 def test_ingest_emits_the_asset_programs_is_scheduled_on(

@@ -150,3 +150,21 @@ def test_kpi_task_stores_the_months_results(scenario: AirflowScenario) -> None:
     assert rows["(all)"]["messages"] == len(sent)
     assert rows["winback"]["held_out"] > 0
     assert "starting task_id=kpi" in scenario.logs[f"tend_programs {NEXT_NIGHT} #1"]
+
+
+# -- a night that cannot be planned ---------------------------------------------------------
+
+def test_a_night_that_cannot_be_planned_turns_red_at_once(scenario: AirflowScenario) -> None:
+    """A night no ingest brought the features to: plan fails with Tend's one line, and the
+    tasks after it (trigger rule all_done) end at once instead of failing on plan's missing
+    night and waiting out their retries: summary says why, kpi skips, check turns the run red.
+    """
+    before = scenario.snapshot()
+    night = "2026-11-24"
+    out = scenario.dags_test("tend_programs", night, {"as_of": night}, succeed=False)
+    assert "plan did not finish, so nothing was planned or sent by this run" in out
+    for task in ("summary", "kpi", "check"):
+        assert len(re.findall(rf"starting task_id={task}\b", out)) <= 1, f"{task} was retried"
+    assert "up_for_retry" not in out.lower().replace(" ", "_")
+    after = scenario.snapshot()
+    assert after.ledger == before.ledger and after.outbox == before.outbox

@@ -466,6 +466,8 @@ CAMPAIGN_FORM = {"name": "winter-news", "subject_en": "Hi", "subject_fr": "Salut
 
 @pytest.mark.parametrize(("conf", "ok"), [
     ({}, True),
+    # what the form sends for optional words left empty, or typed and then cleared
+    ({"preheader_en": None, "text_en": None, "headline_fr": None, "text_fr": ""}, True),
     ({"audience": "loyalty_tier", "audience_tier": "gold", "offer": "percent",
       "offer_amount": 15, "send_at": "10:30", "proof_to": ["a@shop.example"],
       "max_recipients": 100, "holdout_pct": 10, "dry_run": False}, True),
@@ -568,6 +570,32 @@ def test_the_night_check_fails_the_run_while_messages_failed_or_wait(
         tasks.night_check("2026-11-20")
 
 
+def test_after_a_failed_plan_the_last_tasks_end_at_once(
+        clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """No night from plan (it failed): summary says why, kpi skips, check fails without a
+    retry; none of them touches the store (TEND_STORE_URL is unset here)."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from tend_airflow import tasks
+
+    asked: list[tuple[str, str]] = []
+
+    def pull(task_ids: str, key: str) -> None:
+        asked.append((task_ids, key))
+
+    night = tasks.planned_night({"ti": SimpleNamespace(xcom_pull=pull)})
+    assert night is None and asked == [("plan", tasks.AS_OF_XCOM)]
+    caplog.set_level("INFO", logger="tend")
+    tasks.summary(night, None)
+    assert "plan did not finish" in caplog.text
+    with pytest.raises(AirflowSkipException, match="plan did not finish"):
+        tasks.kpi(night)
+    with pytest.raises(AirflowFailException, match="plan did not finish"):
+        tasks.night_check(night)
+    ti = SimpleNamespace(xcom_pull=lambda task_ids, key: "2026-11-20")
+    assert tasks.planned_night({"ti": ti}) == "2026-11-20"
+
+
 def test_tend_errors_fail_plan_at_once_in_one_line(clean_env: pytest.MonkeyPatch,
                                                    tmp_path: Any) -> None:
     from airflow.sdk.exceptions import AirflowFailException
@@ -639,6 +667,7 @@ def test_plan_names_the_nights_its_events_named_that_were_never_planned(
         clean_env: pytest.MonkeyPatch, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A leftover asset event of an older night: the ingested night is planned, and the older
     one, overtaken before anyone planned it, is named with its replay."""
+    from tend.dashboard import read_dashboard, warnings
     from tend.dev.demo import generate_demo_shop
     from tend.features.ingest import run_ingest
     from tend.store import migrate
@@ -663,6 +692,23 @@ def test_plan_names_the_nights_its_events_named_that_were_never_planned(
     assert all(seconds >= 0 for seconds in pushed["timings"].values())
     assert "night 2026-11-18 was ingested but a later ingest (2026-11-20) overtook it" \
         in caplog.text
+    # ... and the night's summary says so first, with what was and was not offered
+    caplog.clear()
+    tasks.summary("2026-11-20", context())
+    first = caplog.records[0]
+    assert first.levelname == "WARNING" and first.getMessage().startswith(
+        "WARNING: night 2026-11-18 was never planned: the ingest of 2026-11-20 overtook it")
+    assert "tend_ingest then tend_programs with as_of 2026-11-18" in first.getMessage()
+    # ... as does the Tend page
+    page = read_dashboard(store)
+    assert [u["as_of"] for u in page.unplanned] == [dt.date(2026, 11, 18)]
+    assert any("night 2026-11-18 was never planned" in w for w in warnings(page))
     caplog.clear()
     tasks.plan(context(events={"a": [event("2026-11-20")]}) | {"ti": ti})
     assert "overtook" not in caplog.text
+    # a replay of the missed night plans it: it is no longer reported
+    run_ingest(shop, store, NOV18, "replay")
+    tasks.plan(context(params={"as_of": "2026-11-18"}) | {"ti": ti})
+    caplog.clear()
+    tasks.summary("2026-11-20", context())
+    assert "never planned" not in caplog.text and read_dashboard(store).unplanned == []

@@ -28,6 +28,13 @@ SEND_AT_PATTERN = r"^(now|([01][0-9]|2[0-3]):[0-5][0-9])$"
 #: The templates whose words come from the form (their contract in
 #: ``tend.messages.contracts`` says ``campaign=True``; a test keeps the two in step).
 CAMPAIGN_TEMPLATES = ("newsletter",)
+#: The form's words (per language: subject, preheader, headline, text) each campaign template
+#: cannot do without beyond the subject every email needs; the others are
+#: optional (the newsletter's headline defaults to the subject, an empty text leaves the
+#: headline and each customer's products). The form marks only the subjects required, since
+#: Airflow's form cannot make a field's need depend on another field: the first task
+#: (``tend.campaigns.spec.parse_spec``) refuses a run whose chosen template misses one.
+TEMPLATE_NEEDS: dict[str, tuple[str, ...]] = {"newsletter": ("subject",)}
 
 
 def campaign_templates(templates_dir: Path) -> list[str]:

@@ -19,6 +19,7 @@ from tend.campaigns.form import (
     NAME_PATTERN,
     OFFERS,
     SEND_AT_PATTERN,
+    TEMPLATE_NEEDS,
     TIERS,
 )
 from tend.errors import ConfigError, TemplateError
@@ -135,11 +136,13 @@ def parse_spec(params: Mapping[str, Any], *, templates: Sequence[str],
 
     content = {}
     for loc in locales:
-        subject = _field(params, f"subject_{loc}")
-        if not isinstance(subject, str):
-            raise bad(f"subject_{loc}", f"write the subject for customers who read {loc!r} "
-                                        "(every language the templates are written in needs "
-                                        "one)")
+        # Every email has a subject; a template may need more of the form's words.
+        for need in dict.fromkeys(("subject", *TEMPLATE_NEEDS.get(template, ()))):
+            if not isinstance(_field(params, f"{need}_{loc}"), str):
+                raise bad(f"{need}_{loc}", f"the template {template!r} needs a {need} for "
+                                           f"customers who read {loc!r}: write it (every "
+                                           "language the templates are written in needs one)")
+        subject = str(_field(params, f"subject_{loc}"))
         content[loc] = Content(
             subject=subject,
             preheader=str(_field(params, f"preheader_{loc}", "")),

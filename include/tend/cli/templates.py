@@ -12,6 +12,7 @@ from tend.cli.args import (
     known_locale,
     positive,
     print_lines,
+    ready_store,
     shop_arg,
     store_arg,
 )
@@ -36,16 +37,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("preview", help="render one program's email for one customer to "
                                         "HTML (and a PNG with --png)")
     shop_arg(sp)
-    sp.add_argument("program", help="a program in programs.yaml (or a template name)")
+    sp.add_argument("program", nargs="?",
+                    help="a program in programs.yaml (or a template name); optional with "
+                         "--would")
     sp.add_argument("--locale", help="default: the customer's locale, else the shop's")
     sp.add_argument("--customer", help="a customer id from the shop database: the message the "
                                        "program sent them (from the store), else the "
                                        "template's sample content for them (default: the "
                                        "template's sample customer)")
+    sp.add_argument("--would", action="store_true",
+                    help="with --customer: what the night would send them, decided as the "
+                         "night decides (consent, caps, arbitration, holdout; nothing "
+                         "claimed), or why nothing")
     store_arg(sp)
     sp.add_argument("--as-of", type=date, default=None,
                     help="the night to preview (order history and voucher expiry; "
-                         "default: today)")
+                         "default: today; with --would, the night the store's features "
+                         "are at)")
     sp.add_argument("--out", type=Path, help="folder for the files (default: var/previews)")
     sp.add_argument("--png", action="store_true", help="also a screenshot (headless Chromium)")
     sp.add_argument("--dark", action="store_true", help="screenshot in dark mode")
@@ -83,11 +91,26 @@ def _templates(args: argparse.Namespace) -> None:
 
 
 def _preview(args: argparse.Namespace) -> None:
-    from tend.dev.preview import make_preview
+    from tend.dev.preview import make_preview, make_would_preview
+    from tend.errors import ConfigError
 
     settings = config.ShopSettings.from_env()
     r = checked_renderer(settings)
     known_locale(args.locale, r.locales())
+    if args.would:
+        if not args.customer:
+            raise ConfigError("--would previews one customer's night: add --customer ID")
+        print_lines(make_would_preview(
+            args.program, renderer=r, settings=settings,
+            out_dir=args.out or config.var_dir() / "previews", customer_id=args.customer,
+            shop_url=config.shop_url(args.db), store_url=ready_store(args.store),
+            as_of=args.as_of, locale=args.locale, png=args.png, width=args.width,
+            dark=args.dark,
+        ).lines())
+        return
+    if args.program is None:
+        raise ConfigError("name the program (or template) to preview, e.g. `tend preview "
+                          "winback`, or add --customer ID --would for what tonight would send")
     print_lines(make_preview(
         args.program, renderer=r, settings=settings,
         out_dir=args.out or config.var_dir() / "previews", locale=args.locale,

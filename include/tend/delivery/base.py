@@ -38,11 +38,18 @@ Contract
 * A backend whose sends are rehearsals (SendGrid's sandbox mode: validated, never delivered)
   says so with a true ``rehearsal`` attribute; the engine then puts every message back to
   ``claimed`` after the call, so a rehearsal never counts in the ledger, caps or cooldowns.
-* A backend may declare ``chunk_size``: how many messages it wants per ``send()`` call (the
-  outbox and SMTP 50, SendGrid 250), and ``chunks_in_flight``: how many ``send()`` calls it
-  accepts at once from different threads (default 1; SendGrid 2, so its connections never idle
-  while a chunk is recorded). Their product bounds how many messages a crash can leave
-  ambiguous, because the ledger marks a chunk ``sending`` only when it is handed over.
+* A backend may declare ``chunk_size``: how many messages it takes at once (the outbox and
+  SMTP 50 per ``send()`` call; SendGrid 64 per slice of its window), and ``chunks_in_flight``:
+  how many of those it holds at once (default 1; SendGrid 8). Their product is the backend's
+  *window*: the engine hands a chunk over (and marks it ``sending`` just before) only while the
+  messages handed over and not yet recorded stay within it, so it bounds how many messages a
+  crash can leave ambiguous.
+* A backend that sends concurrently may implement ``submit(messages, done)`` instead of being
+  driven through ``send()``: it returns at once and calls ``done(outcomes)`` (from any thread)
+  as messages finish, one :class:`DeliveryResult` or :class:`NotSent` per message, each exactly
+  once. The engine then keeps the window full: a message leaves as soon as another finishes,
+  and a slow answer holds up nobody else (SendGrid). Backends without it are called through
+  ``send()`` on ``chunks_in_flight`` threads.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ __all__ = [
     "DeliveryResult",
     "DeliveryStatus",
     "DeliveryStopped",
+    "NotSent",
     "OutgoingMessage",
     "Resolution",
     "chunk_size_of",
@@ -70,6 +78,8 @@ __all__ = [
     "is_rehearsal",
     "resolver_of",
     "safe_display_name",
+    "submitter_of",
+    "window_of",
 ]
 
 DEFAULT_CHUNK_SIZE = 50
@@ -174,6 +184,32 @@ def chunks_in_flight_of(backend: object) -> int:
     """How many chunks the backend takes at once (see the module docstring), else 1."""
     n = getattr(backend, "chunks_in_flight", None)
     return int(n) if isinstance(n, int) and n >= 1 else 1
+
+
+def window_of(backend: object) -> int:
+    """How many messages the backend holds at once: ``chunk_size`` x ``chunks_in_flight``."""
+    return chunk_size_of(backend) * chunks_in_flight_of(backend)
+
+
+@dataclass(frozen=True)
+class NotSent:
+    """A message a ``submit`` backend never let leave because it stopped (``reason``): the
+    engine puts it back to ``claimed``, so the next attempt sends it."""
+
+    message_id: str
+    reason: DeliveryError
+
+
+Outcome = DeliveryResult | NotSent
+"""What a ``submit`` backend reports for one message."""
+
+
+def submitter_of(backend: object
+                 ) -> Callable[[Sequence[OutgoingMessage], Callable[[Sequence[Outcome]], None]],
+                               None] | None:
+    """The backend's ``submit`` (see the module docstring), or None: driven through send()."""
+    submit = getattr(backend, "submit", None)
+    return submit if callable(submit) else None
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import datetime as dt
+import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +34,16 @@ from tend.delivery.base import (
     DeliveryBackend,
     DeliveryResult,
     DeliveryStatus,
+    NotSent,
+    Outcome,
     OutgoingMessage,
     chunk_size_of,
     chunks_in_flight_of,
     is_rehearsal,
     resolver_of,
     safe_display_name,
+    submitter_of,
+    window_of,
 )
 from tend.errors import DeliveryAuthError, DeliveryError, TemplateError
 from tend.logs import log, mask_email, table
@@ -74,8 +79,9 @@ class SendResult:
     """Messages the batch still had to send when the task started."""
     backend: str = ""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds on the task's main thread (render, ledger, waiting for the backend) and the
-    backend's own busy time; the backend works while the next chunk renders."""
+    """Seconds spent rendering (on the renderer thread, ahead of the window), on the ledger,
+    waiting for the backend (the task's thread), and the backend's busy time (something of
+    the batch out at the backend); they overlap, so they add up to more than the wall time."""
 
     def rate(self) -> float:
         return sum(self.counts.values()) / self.seconds if self.seconds else 0.0
@@ -112,7 +118,7 @@ class SendResult:
         t = self.timings
         if t:
             out.append(
-                f"{self.seconds:.1f}s, {self.rate():,.0f} msg/s; main thread: render "
+                f"{self.seconds:.1f}s, {self.rate():,.0f} msg/s; render (own thread) "
                 f"{t.get('render', 0):.1f}s, ledger {t.get('ledger', 0):.1f}s, waiting for "
                 f"{self.backend} {t.get('wait', 0):.1f}s; {self.backend} busy "
                 f"{t.get('backend', 0):.1f}s")
@@ -204,13 +210,15 @@ def send_batch(
 ) -> SendResult:
     """Send every claimed message of one batch, following the ledger protocol.
 
-    Each chunk (``chunk_size``, else the backend's preference: outbox/SMTP 50, SendGrid 250) is
-    rendered, marked 'sending' in one committed statement, handed to the backend on a worker
-    thread, and its results recorded; the next chunk renders while the backend works, but is
-    marked 'sending' only when it is handed over, and at most ``chunks_in_flight`` (the
-    backend's, usually 1; SendGrid 2) are handed over at once. So a crash leaves at most
-    ``chunk_size`` x ``chunks_in_flight`` rows 'sending', which the next attempt turns into
-    'unknown' (never a second copy); 'claimed' rows are simply sent by the retry.
+    A sliding window (see :class:`_Pipeline`): a thread renders chunks (``chunk_size``, else
+    the backend's: outbox/SMTP 50, SendGrid 128) ahead of the network; each chunk is marked
+    'sending' in one committed statement just before it is handed to the backend, and only
+    while the messages handed over and not yet recorded stay within the backend's window
+    (``chunk_size`` x ``chunks_in_flight``: 50 for the outbox, SendGrid 512). Outcomes are
+    recorded in small groups as they come, and each one frees room for the next chunk: with
+    SendGrid a new request leaves as soon as any finishes. So a crash leaves at most a window of
+    rows 'sending', which the next attempt turns into 'unknown' (never a second copy);
+    'claimed' rows are simply sent by the retry.
 
     When the backend stops the run (credentials refused, provider unavailable), the results
     that completed are recorded and only the messages that never left go back to 'claimed'.
@@ -279,7 +287,6 @@ def _send_leased(engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Le
                  now_utc: Callable[[], dt.datetime], clock: Callable[[], float],
                  progress_every: float, start: float) -> SendResult:
     """``send_batch`` under the batch's lease: every ledger write carries ``lease``."""
-    timings = result.timings
     rehearsal = is_rehearsal(backend)
     with engine.begin() as conn:
         result.recovered_unknown = ledger.recover_interrupted(conn, as_of, batch_id, lease)
@@ -297,146 +304,18 @@ def _send_leased(engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Le
         log.warning("batch %s: rehearsal through %s's sandbox: messages are validated, none is "
                     "delivered, and every one goes back to 'claimed' (nothing counts in the "
                     "ledger, caps or cooldowns)", batch_id, result.backend)
-    log.info("batch %s: %s message(s) to send through %s in chunks of %s", batch_id,
-             f"{result.total:,}", result.backend, size)
-    progress = _Progress(result, clock, progress_every)
-    warned = [0]
-    last_id: list[str | None] = [None]  # the batch is walked once, in message-id order
-
-    contexts: dict[tuple[dt.date, int], dict[str, str]] = {}  # the batch's, once per send
-
-    def prepare() -> _Chunk | None:
-        t0 = clock()
-        with engine.connect() as conn:
-            rows = ledger.next_claimed(conn, as_of, batch_id, size, cache=contexts,
-                                       after=last_id[0])
-        t1 = clock()
-        timings["ledger"] += t1 - t0
-        if not rows:
-            return None
-        last_id[0] = rows[-1].message_id
-        chunk = _Chunk([r.message_id for r in rows], [], [],
-                       [(r.message_id, r.customer_id, r.kind) for r in rows])
-        now = now_utc()
-        for r in rows:
-            try:
-                chunk.outgoing.append(_message(r, renderer, settings, window, now,
-                                               business_tz))
-            except TemplateError as exc:
-                chunk.failed.append({"message_id": r.message_id, "status": "failed",
-                                     "error": f"render: {exc}"})
-        timings["render"] += clock() - t1
-        return chunk
-
-    def record(chunk: _Chunk, results: Sequence[DeliveryResult],
-               release: Sequence[str] = ()) -> None:
-        recorded = [
-            {"message_id": res.message_id, "status": str(res.status),
-             "provider_id": res.provider_id, "error": res.error}
-            for res in results
-        ] + chunk.failed
-        t0 = clock()
-        with engine.begin() as conn:
-            if rehearsal:  # nothing a rehearsal did may count: every row back to 'claimed'
-                ledger.release(conn, chunk.ids, lease)
-            else:
-                ledger.record_results(conn, recorded, lease)
-                if release:
-                    ledger.release(conn, list(release), lease)
-        timings["ledger"] += clock() - t0
-        (result.rehearsal if rehearsal else result.counts).update(r["status"] for r in recorded)
-        to = {m.message_id: m.to_email for m in chunk.outgoing}
-        for r in recorded:
-            if r["status"] == DeliveryStatus.SENT:
-                continue
-            warned[0] += 1
-            if warned[0] <= _WARN_LIMIT:
-                log.warning("message %s to %s: %s (%s)", r["message_id"],
-                            mask_email(to.get(r["message_id"])), r["status"], r["error"])
-            elif warned[0] == _WARN_LIMIT + 1:
-                log.warning("batch %s: more messages not sent; the summary counts them and "
-                            "`tend why CUSTOMER_ID` tells each story", batch_id)
-
-    def wait(future: concurrent.futures.Future[list[DeliveryResult]], n: int
-             ) -> list[DeliveryResult]:
-        t0 = clock()
-        try:
-            while True:
-                try:
-                    return future.result(timeout=progress.timeout())
-                except concurrent.futures.TimeoutError:
-                    progress.maybe_log(in_flight=n)
-        finally:
-            timings["wait"] += clock() - t0
-
-    def timed_send(messages: list[OutgoingMessage]) -> list[DeliveryResult]:
-        t0 = time.perf_counter()
-        try:
-            return backend.send(messages)
-        finally:
-            timings["backend"] += time.perf_counter() - t0
-
-    handed_max = chunks_in_flight_of(backend)
-    expect = getattr(backend, "expect", None)  # a backend's own record (see base)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=handed_max,
-                                                 thread_name_prefix="tend-send")
-    in_flight: deque[tuple[_Chunk, concurrent.futures.Future[list[DeliveryResult]]]] = deque()
-
-    def settle(chunk: _Chunk, future: concurrent.futures.Future[list[DeliveryResult]]
-               ) -> DeliveryError | None:
-        """Record one handed-over chunk; a stop is recorded too, and returned."""
-        try:
-            results = wait(future, sum(len(c.outgoing) for c, _ in in_flight))
-        except DeliveryError as exc:
-            _record_stopped(chunk, exc, record)
-            return exc
-        record(chunk, results)
-        return None
-
+    window_size = max(window_of(backend) if size == chunk_size_of(backend) else
+                      size * chunks_in_flight_of(backend), size)
+    log.info("batch %s: %s message(s) to send through %s, %s at a time (at most %s handed "
+             "over and not yet recorded)", batch_id, f"{result.total:,}", result.backend, size,
+             f"{window_size:,}")
+    pipe = _Pipeline(engine, as_of, batch_id, lease, heartbeat, result, backend=backend,
+                     renderer=renderer, settings=settings, size=size, window=window_size,
+                     send_window=window, business_tz=business_tz, now_utc=now_utc, clock=clock,
+                     progress=_Progress(result, clock, progress_every))
     try:
-        chunk = prepare()
-        while chunk is not None or in_flight:
-            # Hand chunks over up to the backend's window; the next one renders meanwhile.
-            while chunk is not None and len(in_flight) < handed_max:
-                if heartbeat.lost.is_set():
-                    raise ledger.LeaseLost(f"batch {batch_id} of {as_of}: this worker's send "
-                                           "lease was taken over; it stops here")
-                t0 = clock()
-                with engine.begin() as conn:
-                    if stopped := _drop_suppressed(conn, chunk):
-                        result.counts["suppressed"] += stopped
-                    if callable(expect):
-                        expect(chunk.ids)
-                    ledger.mark_sending(conn, chunk.ids, lease)
-                timings["ledger"] += clock() - t0
-                future: concurrent.futures.Future[list[DeliveryResult]]
-                if chunk.outgoing:
-                    future = pool.submit(timed_send, chunk.outgoing)
-                else:
-                    future = concurrent.futures.Future()
-                    future.set_result([])
-                in_flight.append((chunk, future))
-                chunk = prepare()
-            oldest, future = in_flight[0]
-            stop = settle(oldest, future)
-            in_flight.popleft()
-            if stop is not None:  # the backend halted: settle the other chunks, then stop
-                while in_flight:
-                    settle(*in_flight[0])
-                    in_flight.popleft()
-                raise stop
-            progress.maybe_log()
-    except BaseException:
-        # Interrupted (SIGTERM from Airflow, a bug in rendering) with chunks in flight: record
-        # what the backend finishes, so fewer rows are left ambiguous. A backend that itself
-        # died leaves its chunks 'sending'; the retry marks them unknown.
-        while in_flight:
-            pending, future = in_flight.popleft()
-            with contextlib.suppress(BaseException):  # the original exception is what matters
-                record(pending, future.result(timeout=30))
-        raise
+        pipe.run()
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
         result.seconds = clock() - start
     with engine.connect() as conn:
         result.unknown_left = sum(n for *_, n in ledger.unknown_counts(conn, as_of, batch_id))
@@ -449,6 +328,351 @@ def _send_leased(engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Le
     for line in result.lines()[len(result.warning_lines()):]:
         log.info(line)
     return result
+
+
+_AHEAD = 4
+"""Rendered chunks waiting for room in the window: enough that the window never waits for the
+renderer, few enough that a stop wastes little rendering."""
+_RECORD_AFTER = 0.1
+"""Seconds a finished message may wait to be recorded with others (one transaction per group
+rather than per message); a group is also written once it reaches a chunk's size, and at once
+when nothing else is out at the backend."""
+_DRAIN_S = 30.0
+"""How long an interrupted send waits for the messages already handed over, to record them."""
+_WAKE = object()  # the renderer has put something on its queue
+
+
+@dataclass
+class _Crash:
+    """A ``send()`` that raised something other than a delivery error (a bug): its chunk
+    stays 'sending' (the retry marks it unknown) and the send stops with the error."""
+
+    error: BaseException
+    count: int
+
+
+class _ThreadedSend:
+    """``submit`` for a backend driven through ``send()``: each chunk on one of
+    ``chunks_in_flight`` threads, its outcomes reported when the call returns."""
+
+    def __init__(self, backend: DeliveryBackend, threads: int, busy: Callable[[float], None]
+                 ) -> None:
+        self.backend, self.busy = backend, busy
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads,
+                                                          thread_name_prefix="tend-send")
+
+    def submit(self, messages: Sequence[OutgoingMessage],
+               done: Callable[[Sequence[Outcome] | _Crash], None]) -> None:
+        self.pool.submit(self._run, list(messages), done)
+
+    def _run(self, messages: list[OutgoingMessage],
+             done: Callable[[Sequence[Outcome] | _Crash], None]) -> None:
+        t0 = time.perf_counter()
+        try:
+            results: Sequence[Outcome] = self.backend.send(messages)
+        except DeliveryError as exc:
+            results = _stopped_outcomes(messages, exc)
+        except BaseException as exc:  # reported to the engine's thread, which raises it
+            done(_Crash(exc, len(messages)))
+            return
+        finally:
+            self.busy(time.perf_counter() - t0)
+        done(results)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _stopped_outcomes(messages: Sequence[OutgoingMessage], exc: DeliveryError
+                      ) -> list[Outcome]:
+    """A ``send()`` that stopped mid-chunk: what completed, and the rest as never sent."""
+    done: list[Outcome] | None = getattr(exc, "results", None)
+    if done is None:
+        if isinstance(exc, DeliveryAuthError):
+            done = []  # the contract: a bare auth error means nothing of the chunk was accepted
+        else:  # the backend cannot say which left: at-most-once
+            done = [DeliveryResult(m.message_id, DeliveryStatus.UNKNOWN,
+                                   error=f"the backend stopped mid-chunk ({exc}); not resent")
+                    for m in messages]
+            return [*done, NotSent("", exc)]  # no message: only says the backend stopped
+    finished = {r.message_id for r in done}
+    return [*done, *(NotSent(m.message_id, exc) for m in messages
+                     if m.message_id not in finished)]
+
+
+class _Pipeline:
+    """One batch through a sliding window: render ahead, mark, hand over, record.
+
+    A renderer thread reads claimed rows and renders them into chunks, up to ``_AHEAD`` ahead
+    of the window (rendering is CPU, the window is mostly waiting on the wire, so they overlap).
+    The task's thread marks a chunk 'sending' (after the last suppression check) and hands it
+    to the backend whenever the messages handed over and not yet recorded leave room for it
+    within ``window``, then records outcomes in small groups as the backend reports them. A
+    backend with ``submit`` reports message by message, so the window refills as soon as any
+    request finishes; others are driven through ``send()`` on threads.
+    """
+
+    def __init__(self, engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Lease,
+                 heartbeat: _Heartbeat, result: SendResult, *, backend: DeliveryBackend,
+                 renderer: Renderer, settings: ShopSettings, size: int, window: int,
+                 send_window: SendWindow | None, business_tz: str,
+                 now_utc: Callable[[], dt.datetime], clock: Callable[[], float],
+                 progress: _Progress) -> None:
+        self.engine, self.as_of, self.batch_id, self.lease = engine, as_of, batch_id, lease
+        self.heartbeat, self.result, self.backend = heartbeat, result, backend
+        self.renderer, self.settings, self.size, self.window = renderer, settings, size, window
+        self.send_window, self.business_tz, self.now_utc = send_window, business_tz, now_utc
+        self.clock, self.progress = clock, progress
+        self.rehearsal = is_rehearsal(backend)
+        self.expect = getattr(backend, "expect", None)  # a backend's own record (see base)
+        self.rendered: queue.Queue[_Chunk | BaseException | None] = queue.Queue(_AHEAD)
+        self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.halt = threading.Event()  # the renderer stops
+        self.outstanding = 0  # marked 'sending', not yet recorded
+        self.at_backend = 0  # handed over, no outcome yet
+        self.unrecorded: list[dict[str, Any]] = []
+        self.back: list[str] = []  # never left: back to 'claimed'
+        self.first_unrecorded = 0.0
+        self.to: dict[str, str] = {}  # message_id -> address, for the warnings
+        self.warned = 0
+        self.stop: DeliveryError | None = None
+        self.render_ledger = 0.0  # the renderer thread's reads, added to timings at the end
+        self.busy_since: float | None = None
+        submit = submitter_of(backend)
+        self.threaded: _ThreadedSend | None = None
+        if submit is None:
+            self.threaded = _ThreadedSend(backend, chunks_in_flight_of(backend), self._busy)
+            submit = self.threaded.submit
+        self.submit = submit
+
+    def _busy(self, seconds: float) -> None:
+        self.result.timings["backend"] += seconds  # one send() thread at a time writes this
+
+    # -- the renderer thread ----------------------------------------------------------------
+
+    def _render_all(self) -> None:
+        contexts: dict[tuple[dt.date, int], dict[str, str]] = {}  # the batch's, once per send
+        after: str | None = None  # the batch is walked once, in message-id order
+        timings = self.result.timings
+        try:
+            while not self.halt.is_set():
+                t0 = self.clock()
+                with self.engine.connect() as conn:
+                    rows = ledger.next_claimed(conn, self.as_of, self.batch_id, self.size,
+                                               cache=contexts, after=after)
+                t1 = self.clock()
+                self.render_ledger += t1 - t0
+                if not rows:
+                    self._put(None)
+                    return
+                after = rows[-1].message_id
+                chunk = _Chunk([r.message_id for r in rows], [], [],
+                               [(r.message_id, r.customer_id, r.kind) for r in rows])
+                now = self.now_utc()
+                for r in rows:
+                    try:
+                        chunk.outgoing.append(_message(r, self.renderer, self.settings,
+                                                       self.send_window, now, self.business_tz))
+                    except TemplateError as exc:
+                        chunk.failed.append({"message_id": r.message_id, "status": "failed",
+                                             "error": f"render: {exc}"})
+                timings["render"] += self.clock() - t1
+                self._put(chunk)
+        except BaseException as exc:  # raised again on the task's thread
+            self._put(exc)
+
+    def _put(self, item: _Chunk | BaseException | None) -> None:
+        while not self.halt.is_set():
+            try:
+                self.rendered.put(item, timeout=0.1)
+            except queue.Full:
+                continue
+            self.events.put(_WAKE)
+            return
+
+    # -- the task's thread ------------------------------------------------------------------
+
+    def run(self) -> None:
+        thread = threading.Thread(target=self._render_all, name="tend-render", daemon=True)
+        thread.start()
+        pending: _Chunk | None = None
+        rendered_all = False
+        try:
+            while True:
+                while self.stop is None:  # hand over what the window has room for
+                    if pending is None:
+                        if rendered_all:
+                            break
+                        try:
+                            item = self.rendered.get_nowait()
+                        except queue.Empty:
+                            break
+                        if item is None:
+                            rendered_all = True
+                            break
+                        if isinstance(item, BaseException):
+                            raise item
+                        pending = item
+                    if self.outstanding and self.outstanding + len(pending.ids) > self.window:
+                        break
+                    self._hand_over(pending)
+                    pending = None
+                if self.outstanding == 0 and (rendered_all or self.stop is not None):
+                    break
+                self._collect()
+        except BaseException:
+            # Interrupted (SIGTERM from Airflow, a bug in rendering, the lease lost) with
+            # messages handed over: record what the backend finishes, so fewer rows are left
+            # ambiguous. What the backend never answers stays 'sending'; the retry marks it
+            # unknown.
+            self.halt.set()
+            with contextlib.suppress(BaseException):  # the original exception is what matters
+                self._drain()
+            raise
+        finally:
+            self.halt.set()
+            thread.join(timeout=_DRAIN_S)
+            if self.threaded is not None:
+                self.threaded.close()
+            self.result.timings["ledger"] += self.render_ledger
+            self._idle()
+        if self.stop is not None:
+            raise self.stop
+
+    def _hand_over(self, chunk: _Chunk) -> None:
+        if self.heartbeat.lost.is_set():
+            raise ledger.LeaseLost(f"batch {self.batch_id} of {self.as_of}: this worker's send "
+                                   "lease was taken over; it stops here")
+        t0 = self.clock()
+        with self.engine.begin() as conn:
+            if stopped := _drop_suppressed(conn, chunk):
+                self.result.counts["suppressed"] += stopped
+            if callable(self.expect):
+                self.expect(chunk.ids)
+            if chunk.ids:
+                ledger.mark_sending(conn, chunk.ids, self.lease)
+        self.result.timings["ledger"] += self.clock() - t0
+        self.outstanding += len(chunk.ids)
+        if chunk.failed:  # not rendered: recorded 'failed' with the next group
+            self._add([], chunk.failed)
+        if chunk.outgoing:
+            for m in chunk.outgoing:
+                self.to[m.message_id] = m.to_email
+            if self.at_backend == 0:
+                self.busy_since = time.perf_counter()
+            self.at_backend += len(chunk.outgoing)
+            self.submit(chunk.outgoing, self.events.put)
+
+    def _collect(self) -> None:
+        """Wait for outcomes (or the renderer), then record them when a group is due."""
+        if self._due():
+            self._flush()
+            return
+        timeout = self.progress.timeout()
+        if self.unrecorded or self.back:
+            timeout = min(timeout, max(0.0, self.first_unrecorded + _RECORD_AFTER
+                                       - time.monotonic()))
+        t0 = self.clock()
+        try:
+            items = [self.events.get(timeout=timeout)]
+        except queue.Empty:
+            items = []
+        while True:
+            try:
+                items.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        self.result.timings["wait"] += self.clock() - t0
+        for item in items:
+            self._absorb(item)
+        if self._due():
+            self._flush()
+        self.progress.maybe_log(in_flight=self.at_backend)
+
+    def _absorb(self, item: Any) -> None:
+        if item is _WAKE:
+            return
+        if isinstance(item, _Crash):
+            self.at_backend -= item.count
+            raise item.error
+        done: list[dict[str, Any]] = []
+        back: list[str] = []
+        for o in item:
+            if isinstance(o, NotSent):
+                self.stop = self.stop or o.reason
+                if o.message_id:
+                    back.append(o.message_id)
+            else:
+                done.append({"message_id": o.message_id, "status": str(o.status),
+                             "provider_id": o.provider_id, "error": o.error})
+        self.at_backend -= len(done) + len(back)
+        if self.at_backend == 0:
+            self._idle()
+        self._add(back, done)
+
+    def _add(self, back: list[str], done: list[dict[str, Any]]) -> None:
+        if not (self.unrecorded or self.back):
+            self.first_unrecorded = time.monotonic()
+        self.unrecorded += done
+        self.back += back
+
+    def _idle(self) -> None:
+        if self.busy_since is not None and self.threaded is None:
+            self.result.timings["backend"] += time.perf_counter() - self.busy_since
+        self.busy_since = None
+
+    def _due(self) -> bool:
+        waiting = len(self.unrecorded) + len(self.back)
+        return bool(waiting) and (
+            waiting >= self.size or self.at_backend == 0 or self.stop is not None
+            or time.monotonic() - self.first_unrecorded >= _RECORD_AFTER)
+
+    def _drain(self) -> None:
+        end = time.monotonic() + _DRAIN_S
+        while self.at_backend > 0 and (left := end - time.monotonic()) > 0:
+            try:
+                item = self.events.get(timeout=left)
+            except queue.Empty:
+                break
+            if not isinstance(item, _Crash):
+                self._absorb(item)
+            else:
+                self.at_backend -= item.count
+        self._flush()
+
+    def _flush(self) -> None:
+        recorded, back = self.unrecorded, self.back
+        if not (recorded or back):
+            return
+        self.unrecorded, self.back = [], []
+        t0 = self.clock()
+        with self.engine.begin() as conn:
+            if self.rehearsal:  # nothing a rehearsal did may count: every row back to 'claimed'
+                ledger.release(conn, [r["message_id"] for r in recorded] + back, self.lease)
+            else:
+                ledger.record_results(conn, recorded, self.lease)
+                if back:
+                    ledger.release(conn, back, self.lease)
+        self.result.timings["ledger"] += self.clock() - t0
+        self.outstanding -= len(recorded) + len(back)
+        counts = self.result.rehearsal if self.rehearsal else self.result.counts
+        counts.update(r["status"] for r in recorded)
+        if back:
+            log.error("%s: %s message(s) never sent, back to 'claimed' for the next attempt",
+                      self.stop, f"{len(back):,}")
+        for r in recorded:
+            to = self.to.pop(r["message_id"], None)
+            if r["status"] == DeliveryStatus.SENT:
+                continue
+            self.warned += 1
+            if self.warned <= _WARN_LIMIT:
+                log.warning("message %s to %s: %s (%s)", r["message_id"], mask_email(to),
+                            r["status"], r["error"])
+            elif self.warned == _WARN_LIMIT + 1:
+                log.warning("batch %s: more messages not sent; the summary counts them and "
+                            "`tend why CUSTOMER_ID` tells each story", self.batch_id)
+        for m in back:
+            self.to.pop(m, None)
 
 
 def _drop_suppressed(conn: Any, chunk: _Chunk) -> int:
@@ -468,23 +692,6 @@ def _drop_suppressed(conn: Any, chunk: _Chunk) -> int:
     chunk.failed = [f for f in chunk.failed if f["message_id"] not in stopped]
     log.info("%s message(s) not sent: suppressed since planning", f"{len(stopped):,}")
     return len(stopped)
-
-
-def _record_stopped(chunk: _Chunk, exc: DeliveryError, record: Callable[..., None]) -> None:
-    """The backend stopped mid-chunk: keep what completed, put back what never left."""
-    done = getattr(exc, "results", None)
-    if done is None:
-        if isinstance(exc, DeliveryAuthError):
-            done = []  # the contract: a bare auth error means nothing of the chunk was accepted
-        else:  # the backend cannot say which left: at-most-once
-            done = [DeliveryResult(m.message_id, DeliveryStatus.UNKNOWN,
-                                   error=f"the backend stopped mid-chunk ({exc}); not resent")
-                    for m in chunk.outgoing]
-    finished = {r.message_id for r in done}
-    back = [m.message_id for m in chunk.outgoing if m.message_id not in finished]
-    record(chunk, done, release=back)
-    log.error("%s: %s result(s) of the chunk recorded, %s message(s) never sent and back to "
-              "claimed for the next attempt", exc, f"{len(done):,}", f"{len(back):,}")
 
 
 def _message(row: Any, renderer: Renderer, settings: ShopSettings,

@@ -10,9 +10,9 @@ what happened                               could it?   what the backend does
 202 Accepted (X-Message-Id)                 yes         ``sent``, provider id = X-Message-Id
 200 OK (sandbox mode)                       no (test)   ``sent``, provider id ``sandbox``
 400 / 413 / other 4xx                       no          ``failed`` with SendGrid's error text
-429 Too Many Requests                       no          wait for X-RateLimit-Reset /
-                                                        Retry-After, then retry (the whole
-                                                        backend pauses, not only this request)
+429 Too Many Requests                       no          wait for Retry-After / X-RateLimit-
+                                                        Reset, then retry (the whole backend
+                                                        pauses, not only this request)
 503 Service Unavailable                     no          retry with backoff and jitter
 connection refused / connect timeout / DNS  no          retry with backoff and jitter
 401 / 403                                   no          stop the run now (AuthRejected)
@@ -28,7 +28,12 @@ never left go back to ``claimed`` and the task's retry sends them.
 Speed. The official client opens a new HTTPS connection per request and has no timeout. Here one
 :class:`aiohttp.ClientSession` lives as long as the backend, on a private event loop in a
 background thread (uvloop when available), with at most ``max_in_flight`` requests (default 64)
-over keep-alive connections; ``send()`` hands a chunk to that loop and waits. JSON bodies are
+over keep-alive connections. The send engine feeds it through ``submit()``: every message is its
+own request, reported as soon as it finishes, so a new one leaves whenever any slot frees (a
+sliding window, not a chunk waiting for its slowest request). A request unanswered after
+``slow_after`` gives its slot back while it waits for its answer; a 503 or a refused connection
+backs off without a slot; a 429 sets one "not before" time (its ``Retry-After``, else
+``X-RateLimit-Reset``) that every request of the backend waits for. JSON bodies are
 built as plain dicts (the ``sendgrid`` package's ``Mail`` helper produces the same document but
 costs far more CPU per message; the tests compare both). CPU per request is what limits a
 2-core machine, so the hot path does as little as possible.
@@ -66,6 +71,8 @@ from tend.delivery.base import (
     DeliveryResult,
     DeliveryStatus,
     DeliveryStopped,
+    NotSent,
+    Outcome,
     OutgoingMessage,
     safe_display_name,
 )
@@ -126,11 +133,16 @@ class SendGridSettings:
     asm_group_id: int | None = None
     """Optional SendGrid unsubscribe group, attached to marketing messages only."""
     max_in_flight: int = 64
-    """Requests in flight at once, over as many keep-alive connections."""
-    chunk_size: int = 250
-    chunks_in_flight: int = 2
-    """Chunks handed over at once, so the connections never idle while a chunk's results are
-    recorded. A crash can leave at most chunk_size x chunks_in_flight (500) messages ambiguous."""
+    """Requests on the wire at once, over as many keep-alive connections (plus the slow ones
+    past ``slow_after``, which give their slot back)."""
+    chunk_size: int = 128
+    """Messages the engine marks 'sending' and hands over at once (a slice of the window)."""
+    chunks_in_flight: int = 4
+    """Slices held at once: the window is chunk_size x chunks_in_flight (512) messages handed
+    over and not yet recorded, which is also the most a crash can leave ambiguous. It is wider
+    than max_in_flight so requests always wait for a slot, and slow replies do not empty it."""
+    slow_after: float = 1.0
+    """Seconds after which an unanswered request gives its slot to the next one."""
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_attempts: int = 5
@@ -154,6 +166,8 @@ class SendGridSettings:
         for name in ("max_in_flight", "chunk_size", "chunks_in_flight", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SendGrid setting {name} must be at least 1")
+        if self.slow_after <= 0:
+            raise ConfigError("SendGrid setting slow_after must be a positive number of seconds")
 
     @property
     def url(self) -> str:
@@ -168,7 +182,8 @@ class SendGridSettings:
         ``TEND_SENDGRID_URL``, ``TEND_SENDGRID_SANDBOX``, ``TEND_SENDGRID_ASM_GROUP_ID``,
         ``TEND_SENDGRID_MAX_IN_FLIGHT``, ``TEND_SENDGRID_CHUNK_SIZE``,
         ``TEND_SENDGRID_CHUNKS_IN_FLIGHT``,
-        ``TEND_SENDGRID_CONNECT_TIMEOUT``, ``TEND_SENDGRID_READ_TIMEOUT``."""
+        ``TEND_SENDGRID_CONNECT_TIMEOUT``, ``TEND_SENDGRID_READ_TIMEOUT``,
+        ``TEND_SENDGRID_SLOW_AFTER``."""
         env = config.environment() if env is None else env
         key = env.get("TEND_SENDGRID_API_KEY") or env.get("SENDGRID_API_KEY") or ""
         if not key.strip():
@@ -188,8 +203,8 @@ class SendGridSettings:
         port in the port field; the scheme is then the connection type when it is http/https,
         else extra ``scheme``, else http for localhost and https otherwise. Extras:
         ``sandbox_mode``, ``asm_group_id``, ``max_in_flight``, ``chunk_size``, ``chunks_in_flight``,
-        ``connect_timeout``, ``read_timeout``. ``TEND_SENDGRID_SANDBOX`` in ``env`` wins over
-        the connection's ``sandbox_mode``.
+        ``connect_timeout``, ``read_timeout``, ``slow_after``. ``TEND_SENDGRID_SANDBOX`` in
+        ``env`` wins over the connection's ``sandbox_mode``.
         """
         key = (getattr(conn, "password", None) or "").strip()
         if not key:
@@ -230,8 +245,8 @@ def _options(src: Mapping[str, Any], *, prefix: str, url_key: str) -> dict[str, 
     if get("asm_group_id") is not None:
         out["asm_group_id"] = _number(get("asm_group_id"), "the ASM group id")
     for name, kind in (("max_in_flight", int), ("chunk_size", int), ("chunks_in_flight", int),
-                       ("connect_timeout", float),
-                       ("read_timeout", float)):
+                       ("connect_timeout", float), ("read_timeout", float),
+                       ("slow_after", float)):
         if get(name) is not None:
             out[name] = _number(get(name), f"SendGrid {name}", kind)
     return out
@@ -381,6 +396,7 @@ def event_webhook_verifier(public_key: str) -> Callable[[bytes | str, str, str],
 # -- the backend ------------------------------------------------------------------------------
 
 _NOT_SENT = None  # a message that never left because the backend stopped
+_REPORT_EVERY = 0.005  # seconds: outcomes reported to the engine together (see _report)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -412,6 +428,8 @@ class SendGridBackend:
         self._session: aiohttp.ClientSession | None = None
         self._resume_at = 0.0  # loop time before which no request may leave (after a 429)
         self._gate: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._outbox: dict[Callable[[Sequence[Outcome]], None], list[Outcome]] = {}
         self._halt: AuthRejected | DeliveryStopped | None = None
         self._url = settings.url
         self._headers = {
@@ -435,8 +453,9 @@ class SendGridBackend:
     def send(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
         """Send one chunk concurrently; one result per message, in order.
 
-        Thread-safe: up to ``chunks_in_flight`` chunks may be sent at once from different
-        threads; they share the connections, the 429 pause and the stop.
+        Thread-safe: chunks may be sent at once from different threads; they share the
+        connections, the slots, the 429 pause and the stop. The send engine uses
+        :meth:`submit` instead, which reports each message as it finishes.
 
         Raises AuthRejected / DeliveryStopped (with the results that completed) when the run
         must stop; messages without a result there never reached SendGrid.
@@ -499,8 +518,10 @@ class SendGridBackend:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             s = self.settings
+            # No connection limit of its own: the slots bound the requests on the wire, and the
+            # engine's window bounds the slow ones that gave their slot back.
             connector = aiohttp.TCPConnector(
-                limit=s.max_in_flight, limit_per_host=s.max_in_flight, keepalive_timeout=15,
+                limit=0, limit_per_host=0, keepalive_timeout=15,
                 ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -516,10 +537,51 @@ class SendGridBackend:
 
     # -- the async core ------------------------------------------------------------------
 
+    def submit(self, messages: Sequence[OutgoingMessage],
+               done: Callable[[Sequence[Outcome]], None]) -> None:
+        """The engine's sliding window (see :mod:`tend.delivery.base`): every message becomes
+        its own request at once; ``done([outcome])`` is called, on the backend's loop thread,
+        as each one finishes. A message that never left because the backend stopped is
+        reported :class:`~tend.delivery.base.NotSent`."""
+        if not messages:
+            return
+        loop = self._ensure_loop()
+        loop.call_soon_threadsafe(self._start, list(messages), done)
+
+    def _start(self, messages: list[OutgoingMessage],
+               done: Callable[[Sequence[Outcome]], None]) -> None:
+        session = self._get_session()
+        for m in messages:
+            task = asyncio.ensure_future(self._report(session, m, done))
+            self._tasks.add(task)  # a task nobody references may be collected mid-flight
+            task.add_done_callback(self._tasks.discard)
+
+    async def _report(self, session: aiohttp.ClientSession, m: OutgoingMessage,
+                      done: Callable[[Sequence[Outcome]], None]) -> None:
+        try:
+            r = await self._send_one(session, m)
+        except Exception as exc:  # a bug must not leave the engine waiting for this message
+            log.exception("SendGrid request for message %s failed unexpectedly", m.message_id)
+            r = DeliveryResult(m.message_id, DeliveryStatus.UNKNOWN,
+                               error=f"{type(exc).__name__} in the SendGrid backend ({exc}); "
+                                     "not resent (at-most-once)")
+        if r is _NOT_SENT:
+            halt = self._halt
+            assert halt is not None
+            r = NotSent(m.message_id, halt)
+        # Outcomes finishing close together go to the engine in one call: one wake-up of its
+        # thread per few milliseconds rather than per request (they share one interpreter).
+        batch = self._outbox.get(done)
+        if batch is None:
+            batch = self._outbox[done] = []
+            asyncio.get_running_loop().call_later(_REPORT_EVERY, self._report_batch, done)
+        batch.append(r)
+
+    def _report_batch(self, done: Callable[[Sequence[Outcome]], None]) -> None:
+        done(self._outbox.pop(done))
+
     async def _send_chunk(self, messages: list[OutgoingMessage]) -> list[DeliveryResult]:
         session = self._get_session()
-        if self._gate is None:  # shared by every chunk in flight: max_in_flight in all
-            self._gate = asyncio.Semaphore(self.settings.max_in_flight)
         results = await asyncio.gather(*(self._send_one(session, m) for m in messages))
         if any(r is _NOT_SENT for r in results):  # only ever after the backend halted
             halt = self._halt
@@ -537,6 +599,41 @@ class SendGridBackend:
         cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
         return max(0.01, self._rng.uniform(cap / 2, cap))  # "equal jitter"
 
+    async def _not_before(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait out a 429's pause: the one "not before" time every request of the backend
+        respects, so the whole account backs off, not only the request that was refused."""
+        while (pause := self._resume_at - loop.time()) > 0:
+            await asyncio.sleep(pause)
+
+    async def _slot(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """One of ``max_in_flight`` slots, free of any 429 pause; returns its release (safe to
+        call twice). A request still unanswered after ``slow_after`` seconds gives its slot
+        back, so a slow reply never holds up the others; it still waits for its answer (up to
+        the read timeout) and still counts in the engine's window."""
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self.settings.max_in_flight)
+        gate = self._gate
+        while True:
+            await self._not_before(loop)
+            await gate.acquire()
+            if self._resume_at <= loop.time():
+                break
+            gate.release()  # a 429 arrived while this request queued for a slot
+        held = [True]
+
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                gate.release()
+
+        timer = loop.call_later(self.settings.slow_after, release)
+
+        def done() -> None:
+            timer.cancel()
+            release()
+
+        return done
+
     async def _send_one(self, session: aiohttp.ClientSession,
                         m: OutgoingMessage) -> DeliveryResult | None:
         s = self.settings
@@ -549,85 +646,87 @@ class SendGridBackend:
         loop = asyncio.get_running_loop()
         attempts = 0
         waited = 0.0
-        assert self._gate is not None
-        async with self._gate:
-            while True:
-                pause = self._resume_at - loop.time()
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                if self._halt is not None:
-                    return _NOT_SENT
-                attempts += 1
-                self.stats["requests"] += 1
-                try:
-                    async with session.post(self._url, data=body) as resp:
-                        status = resp.status
-                        headers = resp.headers
-                        try:
-                            text = (await resp.read()).decode("utf-8", "replace")
-                        except (TimeoutError, aiohttp.ClientError):
-                            text = ""
-                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                    # Never connected: the request cannot have reached SendGrid.
-                    why = f"could not connect to {s.base_url} ({type(exc).__name__}: {exc})"
-                    if await self._retry_later(attempts, why):
-                        continue
-                    return _NOT_SENT
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    self.stats["unknown"] += 1
-                    detail = str(exc) or "no answer"
-                    return DeliveryResult(
-                        m.message_id, DeliveryStatus.UNKNOWN,
-                        error=f"{type(exc).__name__} after the request was sent ({detail}); "
-                              "SendGrid may have accepted it: not resent (at-most-once)")
-
-                if status in (200, 202):
-                    provider_id = headers.get("X-Message-Id") or ("sandbox" if status == 200
-                                                                 else None)
-                    return DeliveryResult(m.message_id, DeliveryStatus.SENT,
-                                          provider_id=provider_id)
-                if status == 429:
-                    self.stats["rate_limited"] += 1
-                    wait = self._rate_limit_wait(headers, attempts)
-                    waited += wait
-                    if waited > s.max_rate_limit_wait:
-                        self._stop(DeliveryStopped(
-                            f"SendGrid kept answering 429 Too Many Requests for {waited:.0f}s; "
-                            "stopping: unsent messages stay claimed for the next attempt (check "
-                            "the account's rate limits)"))
-                        return _NOT_SENT
-                    resume = loop.time() + wait
-                    if resume > self._resume_at + 0.05:
-                        log.warning("SendGrid rate limit (429): pausing all requests for %.1fs",
-                                    wait)
-                    self._resume_at = max(self._resume_at, resume)
-                    attempts -= 1  # a 429 is not a failed attempt: it says when to come back
+        while True:
+            if self._halt is not None:
+                return _NOT_SENT
+            release = await self._slot(loop)
+            if self._halt is not None:
+                release()
+                return _NOT_SENT
+            attempts += 1
+            self.stats["requests"] += 1
+            try:
+                async with session.post(self._url, data=body) as resp:
+                    status = resp.status
+                    headers = resp.headers
+                    try:
+                        text = (await resp.read()).decode("utf-8", "replace")
+                    except (TimeoutError, aiohttp.ClientError):
+                        text = ""
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                release()  # the backoff below waits without a slot
+                # Never connected: the request cannot have reached SendGrid.
+                why = f"could not connect to {s.base_url} ({type(exc).__name__}: {exc})"
+                if await self._retry_later(attempts, why):
                     continue
-                if status == 503:
-                    if await self._retry_later(attempts, error_text(status, text)):
-                        continue
-                    return _NOT_SENT
-                if status in (401, 403):
-                    self._stop(AuthRejected(
-                            f"SendGrid refused the API key ({error_text(status, text)}); check "
-                            f"the {CONNECTION_ID} connection (password = an API key with the "
-                            "Mail Send permission). Unsent messages stay claimed for the next "
-                            "run"))
-                    return _NOT_SENT
-                if status in (404, 405):
-                    self._stop(DeliveryStopped(
-                            f"SendGrid answered {status} for POST {s.url}: the API URL is wrong; "
-                            f"check the host of the {CONNECTION_ID} connection (empty for "
-                            f"{DEFAULT_BASE_URL}). Unsent messages stay claimed"))
-                    return _NOT_SENT
-                if 400 <= status < 500:
-                    return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
-                                          error=error_text(status, text))
+                return _NOT_SENT
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                release()
                 self.stats["unknown"] += 1
+                detail = str(exc) or "no answer"
                 return DeliveryResult(
                     m.message_id, DeliveryStatus.UNKNOWN,
-                    error=f"{error_text(status, text)}; the request reached SendGrid, which "
-                          "may have queued it: not resent (at-most-once)")
+                    error=f"{type(exc).__name__} after the request was sent ({detail}); "
+                          "SendGrid may have accepted it: not resent (at-most-once)")
+            release()
+
+            if status in (200, 202):
+                provider_id = headers.get("X-Message-Id") or ("sandbox" if status == 200
+                                                             else None)
+                return DeliveryResult(m.message_id, DeliveryStatus.SENT,
+                                      provider_id=provider_id)
+            if status == 429:
+                self.stats["rate_limited"] += 1
+                wait = self._rate_limit_wait(headers, attempts)
+                waited += wait
+                if waited > s.max_rate_limit_wait:
+                    self._stop(DeliveryStopped(
+                        f"SendGrid kept answering 429 Too Many Requests for {waited:.0f}s; "
+                        "stopping: unsent messages stay claimed for the next attempt (check "
+                        "the account's rate limits)"))
+                    return _NOT_SENT
+                resume = loop.time() + wait
+                if resume > self._resume_at + 0.05:
+                    log.warning("SendGrid rate limit (429): pausing all requests for %.1fs",
+                                wait)
+                self._resume_at = max(self._resume_at, resume)
+                attempts -= 1  # a 429 is not a failed attempt: it says when to come back
+                continue
+            if status == 503:
+                if await self._retry_later(attempts, error_text(status, text)):
+                    continue
+                return _NOT_SENT
+            if status in (401, 403):
+                self._stop(AuthRejected(
+                        f"SendGrid refused the API key ({error_text(status, text)}); check "
+                        f"the {CONNECTION_ID} connection (password = an API key with the "
+                        "Mail Send permission). Unsent messages stay claimed for the next "
+                        "run"))
+                return _NOT_SENT
+            if status in (404, 405):
+                self._stop(DeliveryStopped(
+                        f"SendGrid answered {status} for POST {s.url}: the API URL is wrong; "
+                        f"check the host of the {CONNECTION_ID} connection (empty for "
+                        f"{DEFAULT_BASE_URL}). Unsent messages stay claimed"))
+                return _NOT_SENT
+            if 400 <= status < 500:
+                return DeliveryResult(m.message_id, DeliveryStatus.FAILED,
+                                      error=error_text(status, text))
+            self.stats["unknown"] += 1
+            return DeliveryResult(
+                m.message_id, DeliveryStatus.UNKNOWN,
+                error=f"{error_text(status, text)}; the request reached SendGrid, which "
+                      "may have queued it: not resent (at-most-once)")
 
     async def _retry_later(self, attempts: int, why: str) -> bool:
         """Back off before another try of a request that certainly did not reach SendGrid."""

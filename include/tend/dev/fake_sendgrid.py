@@ -23,7 +23,8 @@ What it does
 ``GET /_stats``, ``GET /_messages[?tend_message_id=ID]``, ``GET /_counts``, ``GET /_requests``
     What was accepted (one summary per message, the whole payload with ``--keep-payloads``),
     how many times each ``tend_message_id`` was accepted (a count above 1 is a duplicate the
-    customer would have received), and every request with the outcome it got.
+    customer would have received), and every request with the outcome it got, when it arrived
+    and when it was answered (epoch seconds: ``received_at``, ``answered_at``).
 
 ``GET /v3/suppression/{bounces,blocks,spam_reports,invalid_emails,unsubscribes}``
     SendGrid's suppression lists, as its API serves them (``Authorization`` checked as above;
@@ -48,7 +49,9 @@ kind       accepted   answer
 =========  =========  ===================================================================
 ``429``    no         429 with ``X-RateLimit-Limit/Remaining/Reset`` (and ``Retry-After``
                       when ``reset_ms`` is whole seconds; the stand-in allows a fractional
-                      ``X-RateLimit-Reset`` so tests need not wait a whole second)
+                      ``X-RateLimit-Reset`` so tests need not wait a whole second); until
+                      that reset every request gets the same 429, as under a real account
+                      limit (``hold_429``; ``while_limited`` in ``/_stats`` counts them)
 ``503``    no         503: the API is not available, nothing was processed
 ``500``    yes        500 after the message was queued: the sender cannot know
 ``slow``   yes        202, but only after ``slow_ms`` (past the sender's read timeout)
@@ -110,6 +113,7 @@ FAULT_KINDS = ("429", "503", "500", "slow", "drop", "reset", "400", "413", "401"
 _ACCEPTING_FAULTS = frozenset({"500", "slow", "drop"})
 _EMAIL = re.compile(
     r"[^@\s\"<>(),;:\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z0-9-]{2,}")
+_RECEIVED_AT = web.RequestKey("received_at", float)
 _HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html#message."
 
 
@@ -418,6 +422,10 @@ class FaultPlan:
     """slow: how long the accepted request waits for its 202."""
     latency_ms: float = 0.0
     """Every answer waits this long (a real API is not instantaneous)."""
+    hold_429: bool = True
+    """After a 429, every request until its reset is refused with a 429 too, as an account's
+    rate limit is; those are counted ``while_limited`` (a client that honours the reset sends
+    none after it has read the first 429)."""
 
     def __post_init__(self) -> None:
         self.kinds = tuple(str(k) for k in self.kinds)
@@ -475,6 +483,7 @@ class FakeSendGrid:
         self.requests: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
         self._attempts: dict[str, int] = {}
+        self._limited_until = 0.0  # epoch seconds: the current 429's reset (hold_429)
         self.suppression_lists: dict[str, list[dict[str, Any]]] = {
             name: [] for name in SUPPRESSION_LISTS}
 
@@ -494,6 +503,7 @@ class FakeSendGrid:
             self.faults = plan
             self._rng = random.Random(plan.seed)
             self._attempts = {}
+            self._limited_until = 0.0
 
     def reset(self) -> None:
         with self._lock:
@@ -501,6 +511,7 @@ class FakeSendGrid:
             self.requests.clear()
             self.counts.clear()
             self.faults = FaultPlan(latency_ms=self.faults.latency_ms)
+            self._limited_until = 0.0
             self.suppression_lists = {name: [] for name in SUPPRESSION_LISTS}
 
     def stats(self) -> dict[str, Any]:
@@ -511,6 +522,7 @@ class FakeSendGrid:
                 "accepted": len(self.accepted),
                 "distinct_messages": len(self.counts),
                 "duplicates": sum(n - 1 for n in self.counts.values() if n > 1),
+                "while_limited": sum(1 for r in self.requests if r.get("while_limited")),
                 "outcomes": dict(outcomes),
             }
 
@@ -568,15 +580,18 @@ class FakeSendGrid:
 
     def _log(self, request: web.Request, tend_id: str | None, outcome: str, *, accepted: bool,
              x_message_id: str | None = None, payload: Mapping[str, Any] | None = None,
-             sandbox: bool = False) -> None:
+             sandbox: bool = False, while_limited: bool = False) -> dict[str, Any]:
         peer = request.transport.get_extra_info("peername") if request.transport else None
+        now = time.time()
+        entry = {"seq": 0, "tend_message_id": tend_id, "outcome": outcome, "accepted": accepted,
+                 "x_message_id": x_message_id, "peer": f"{peer[0]}:{peer[1]}" if peer else None,
+                 "received_at": request.get(_RECEIVED_AT, now), "answered_at": now,
+                 "while_limited": while_limited}
         with self._lock:
-            seq = len(self.requests) + 1
-            self.requests.append({"seq": seq, "tend_message_id": tend_id, "outcome": outcome,
-                                  "accepted": accepted, "x_message_id": x_message_id,
-                                  "peer": f"{peer[0]}:{peer[1]}" if peer else None})
+            seq = entry["seq"] = len(self.requests) + 1
+            self.requests.append(entry)
             if not accepted or payload is None:
-                return
+                return entry
             pers = payload.get("personalizations") or [{}]
             record: dict[str, Any] = {
                 "seq": seq,
@@ -598,8 +613,10 @@ class FakeSendGrid:
             if self._record is not None:
                 self._record.write(json.dumps(record, ensure_ascii=False) + "\n")
                 self._record.flush()
+        return entry
 
     async def _mail_send(self, request: web.Request) -> web.StreamResponse:
+        request[_RECEIVED_AT] = time.time()
         plan = self.faults
         latency = plan.latency_ms / 1000.0
         auth = request.headers.get("Authorization", "")
@@ -637,6 +654,11 @@ class FakeSendGrid:
             self._log(request, None, "400", accepted=False)
             return _errors(400, [_err(None, "Bad Request")])
         tend_id = _tend_message_id(payload)
+        held = self._limited_until
+        if plan.hold_429 and time.time() < held:  # the account is over its limit until then
+            await asyncio.sleep(latency)
+            self._log(request, tend_id, "429", accepted=False, while_limited=True)
+            return _rate_limited(held, whole_seconds=plan.reset_ms % 1000 == 0)
         fault = self._draw_fault(tend_id)
         await asyncio.sleep(latency)
 
@@ -646,8 +668,12 @@ class FakeSendGrid:
                                              "The provided authorization grant is invalid, "
                                              "expired, or revoked")])
         if fault == "429":
+            reset = time.time() + plan.reset_ms / 1000.0
+            if plan.hold_429:
+                with self._lock:
+                    self._limited_until = max(self._limited_until, reset)
             self._log(request, tend_id, "429", accepted=False)
-            return _rate_limited(plan.reset_ms)
+            return _rate_limited(reset, whole_seconds=plan.reset_ms % 1000 == 0)
         if fault == "503":
             self._log(request, tend_id, "503", accepted=False)
             return _errors(503, [_err(None, "The SendGrid v3 Web API is not available.")])
@@ -672,8 +698,8 @@ class FakeSendGrid:
         outcome = "200" if sandbox else "202"
         if fault in _ACCEPTING_FAULTS:
             outcome = fault
-        self._log(request, tend_id, outcome, accepted=True, x_message_id=x_id, payload=payload,
-                  sandbox=sandbox)
+        logged = self._log(request, tend_id, outcome, accepted=True, x_message_id=x_id,
+                           payload=payload, sandbox=sandbox)
         if fault == "500":
             return _errors(500, [_err(None, "An error occurred on a SendGrid server.")])
         if fault == "drop":
@@ -681,6 +707,8 @@ class FakeSendGrid:
             return web.Response(status=204)
         if fault == "slow":
             await asyncio.sleep(plan.slow_ms / 1000.0)
+            with self._lock:
+                logged["answered_at"] = time.time()
         if sandbox:
             return web.Response(status=200)
         return web.Response(status=202, headers={"X-Message-Id": x_id or ""})
@@ -727,7 +755,9 @@ class FakeSendGrid:
             return _errors(401, [_err(None, "authorization required")])
         fault = self._draw_fault(None)
         if fault == "429":
-            return _rate_limited(self.faults.reset_ms)
+            reset_ms = self.faults.reset_ms
+            return _rate_limited(time.time() + reset_ms / 1000.0,
+                                 whole_seconds=reset_ms % 1000 == 0)
         if fault in ("500", "503"):
             return _errors(int(fault), [_err(None, "the service is not available")])
         q = request.rel_url.query
@@ -767,15 +797,17 @@ def _errors(status: int, errors: Sequence[Mapping[str, Any]]) -> web.Response:
     return web.json_response({"errors": list(errors)}, status=status)
 
 
-def _rate_limited(reset_ms: int) -> web.Response:
-    reset = time.time() + reset_ms / 1000.0
+def _rate_limited(reset: float, *, whole_seconds: bool) -> web.Response:
+    """A 429 saying the limit resets at ``reset`` (epoch seconds): ``X-RateLimit-Reset`` and,
+    in whole seconds, ``Retry-After`` (rounded up, so a client that obeys it is never early)."""
+    left = reset - time.time()
     headers = {
         "X-RateLimit-Limit": "600",
         "X-RateLimit-Remaining": "0",
-        "X-RateLimit-Reset": str(math.ceil(reset)) if reset_ms % 1000 == 0 else f"{reset:.3f}",
+        "X-RateLimit-Reset": str(math.ceil(reset)) if whole_seconds else f"{reset:.3f}",
     }
-    if reset_ms % 1000 == 0 and reset_ms > 0:
-        headers["Retry-After"] = str(reset_ms // 1000)
+    if whole_seconds and left > 0:
+        headers["Retry-After"] = str(math.ceil(left))
     return web.json_response({"errors": [{"field": None, "message": "too many requests"}]},
                              status=429, headers=headers)
 

@@ -172,9 +172,91 @@ def make_preview(
                             kind=kind)
     source = ("the template's sample content" if customer_id is None else
               f"not sent to {customer_id} by {program}: the template's sample content around "
-              "their own facts")
+              "their own facts (what tonight would send them: add --would)")
     return _write(program, template, kind, locale, customer_id, out_dir, png=png, width=width,
                   dark=dark, email=email, source=source)
+
+
+@dataclass
+class WouldPreview:
+    """``tend preview --customer C --would``: the night's decision for C, and the winning
+    message rendered (None when nothing would be sent)."""
+
+    would: Any  # tend.programs.would.Would
+    preview: Preview | None
+    program: str | None
+
+    def lines(self) -> list[str]:
+        out = self.would.lines()
+        winner = self.would.winner
+        if self.program and (winner is None or winner["program"] != self.program):
+            mine = self.would.decided.loc[self.would.decided["program"] == self.program]
+            out.append(f"{self.program} would send nothing: " + (
+                f"{mine.iloc[0]['fate']}: {mine.iloc[0]['why']}" if len(mine) else
+                "no signal of theirs is due for it that night"))
+        if self.preview is not None:
+            out += self.preview.lines()
+        return out
+
+
+def make_would_preview(
+    program: str | None,
+    *,
+    renderer: Renderer,
+    settings: ShopSettings,
+    out_dir: Path,
+    customer_id: str,
+    shop_url: str,
+    store_url: str,
+    as_of: dt.date | None = None,
+    locale: str | None = None,
+    png: bool = False,
+    width: int = 640,
+    dark: bool = False,
+    secret: str | None = None,
+) -> WouldPreview:
+    """What the night ``as_of`` (default: ``next_night``) would send ``customer_id``: the
+    same decision as the night for that one customer (``tend.programs.would``), nothing
+    claimed. The winner is rendered from the context the
+    night would store; ``program``, if given, must be a program, and the preview says why it
+    would not be the one."""
+    from tend.messages.contexts import context_for_render
+    from tend.programs.would import would_send
+
+    if program is not None:
+        _program(program)  # a clear error for a name that is no program
+    night = as_of or next_night(store_url)
+    would = would_send(shop_url, store_url, customer_id, night, settings=settings,
+                       secret=secret or config.unsubscribe_secret())
+    preview = None
+    if would.winner is not None and would.context is not None:
+        ctx = context_for_render(would.context)
+        kind = str(would.winner["kind"])
+        loc = locale or ctx["locale"]
+        preview = _write(
+            str(would.winner["program"]), ctx["template"], kind, loc, customer_id, out_dir,
+            png=png, width=width, dark=dark,
+            source=f"what night {night} would send (not claimed): {would.winner['why']}",
+            email=renderer.render(ctx["template"], loc, ctx, customer_id=customer_id,
+                                  kind=kind))
+    return WouldPreview(would, preview, program)
+
+
+def next_night(store_url: str) -> dt.date:
+    """The night the next tend_programs run will plan: the one the store's features are at
+    while no run has planned it, else today in the shop's timezone (tonight's ingest)."""
+    from zoneinfo import ZoneInfo
+
+    from tend.features.store import store_as_of
+    from tend.store import ledger
+    from tend.store.db import connect
+
+    stored = store_as_of(store_url)
+    if stored is not None:
+        with connect(store_url).connect() as conn:
+            if not ledger.nights_decided(conn, [stored]):
+                return stored
+    return dt.datetime.now(ZoneInfo(config.business_timezone())).date()
 
 
 def _sent(store_url: str, customer_id: str, program: str, as_of: dt.date

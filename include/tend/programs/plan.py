@@ -431,9 +431,11 @@ _SIGNAL_KEEP = ("signal", "reason", "due_date", "valid_until", "sku", "product_n
 _KEY = list(deferral.KEY)
 
 
-def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
-              ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Candidates deferred on earlier nights: still valid ones compete again, others expire."""
+def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program], *,
+              forget: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Candidates deferred on earlier nights: still valid ones compete again, others expire.
+
+    ``forget=False`` (a preview of the night's decision) leaves the expired ones stored."""
     with connect(store_url).connect() as conn:  # the driver's rows: dates are parsed below
         rows = deferral.read_all(conn)
     if rows.empty:
@@ -451,7 +453,7 @@ def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program]
                      + ", no longer relevant",
                      "the program was disabled while the message waited"),
     )[[*_KEY, "fate", "why"]]
-    if len(expired):
+    if len(expired) and forget:
         with connect(store_url).begin() as conn:
             deferral.forget(conn, expired)
     waiting = rows.loc[~(gone | off)].drop(columns=["last_reason"]).reset_index(drop=True)

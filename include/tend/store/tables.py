@@ -409,3 +409,18 @@ batch_leases = Table(
     Column("acquired_at", DateTime(timezone=True)),
     Column("expires_at", DateTime(timezone=True)),
 )
+
+# -- nights never planned (migration 0014) ----------------------------------------------------
+
+#: An ingested night that a later ingest overtook before any tend_programs run planned it: the
+#: store keeps one night's features, and the run that found it planned the newer night
+#: (``overtaken_by``) instead. Read with ``tend.store.nights``: a night planned since (a
+#: replay) no longer counts as unplanned.
+unplanned_nights = Table(
+    "unplanned_nights",
+    metadata,
+    Column("as_of", Date, primary_key=True),
+    Column("overtaken_by", Date, nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)

@@ -35,6 +35,25 @@ def test_defaults_are_safe() -> None:
     assert s.content["fr"].headline == "Printemps !"  # the subject when no headline
 
 
+def test_only_the_name_and_subjects_are_needed() -> None:
+    """What the form sends for fields left empty (null, or an empty string from a cleared
+    text field) is no word at all: the newsletter needs only its subjects."""
+    s = parse(preheader_en=None, text_en=None, headline_en=None, preheader_fr="", text_fr="  ")
+    for loc in ("en", "fr"):
+        c = s.content[loc]
+        assert (c.preheader, c.text) == ("", "") and c.headline == c.subject
+
+
+def test_a_template_that_needs_more_says_which_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tend.campaigns import spec
+
+    monkeypatch.setitem(spec.TEMPLATE_NEEDS, "newsletter", ("subject", "text"))
+    with pytest.raises(ConfigError, match=r"field 'text_en': the template 'newsletter' needs "
+                                          r"a text for customers who read 'en': write it"):
+        parse()
+    assert parse(text_en="Hello", text_fr="Bonjour").content["fr"].text == "Bonjour"
+
+
 def test_everything_set() -> None:
     s = parse(audience="category", audience_category="garden", audience_days=30,
               offer="percent", offer_amount=15, offer_valid_days=20, holdout_pct=10,
@@ -56,7 +75,7 @@ def test_everything_set() -> None:
     ({"name": None}, "name", "e.g."),
     ({"audience": "everyone"}, "audience", "pick one of"),
     ({"template": "winback"}, "template", "newsletter"),
-    ({"subject_fr": ""}, "subject_fr", "write the subject"),
+    ({"subject_fr": ""}, "subject_fr", "needs a subject for customers who read 'fr': write it"),
     ({"subject_en": "Hi {{ customer.__class__ }}"}, "subject_en", "customer fields"),
     ({"text_en": "{{ order.total }}"}, "text_en", "customer fields"),
     ({"audience": "category"}, "audience_category", "write one of"),

@@ -282,3 +282,93 @@ def test_two_chunks_at_once_share_one_loop_and_one_limit(fake: RunningFake) -> N
     assert {r.status for r in a + b} == {SENT}
     assert len(loops) == 1
     assert len({r["peer"] for r in fake.fake.request_log()}) <= 4  # the limit is shared
+
+
+# -- the sliding window (submit) ---------------------------------------------------------------
+
+def submit_all(backend: SendGridBackend, messages: list[OutgoingMessage]) -> list[Any]:
+    """Submit ``messages`` as the engine does; the outcomes in the order they were reported."""
+    import queue
+
+    reported: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    backend.submit(messages, reported.put)
+    out: list[Any] = []
+    while len(out) < len(messages):
+        out += reported.get(timeout=30)
+    return out
+
+
+def by_message(fake: RunningFake) -> dict[str, list[dict[str, Any]]]:
+    log: dict[str, list[dict[str, Any]]] = {}
+    for r in fake.fake.request_log():
+        log.setdefault(r["tend_message_id"], []).append(r)
+    return log
+
+
+def test_a_slow_reply_gives_its_slot_to_the_next_request(fake: RunningFake) -> None:
+    """One slot only, and the first request answers after 3 s: the others do not wait for it."""
+    faults(fake, by_message={"m0000": ["slow"]}, slow_ms=3000)
+    with backend_for(fake, max_in_flight=1, slow_after=0.1, read_timeout=10) as backend:
+        outcomes = submit_all(backend, [numbered_message(i) for i in range(20)])
+    assert [o.message_id for o in outcomes][-1] == "m0000"  # reported last...
+    assert {o.status for o in outcomes} == {SENT}  # ...and still sent: no read timeout
+    log = by_message(fake)
+    slow_answered = log["m0000"][0]["answered_at"]
+    others = [r for m, rs in log.items() if m != "m0000" for r in rs]
+    assert len(others) == 19 and max(r["answered_at"] for r in others) < slow_answered
+
+
+def test_a_503_backs_off_without_holding_a_slot(fake: RunningFake) -> None:
+    faults(fake, by_message={"m0000": ["503"]})
+    with backend_for(fake, max_in_flight=1, backoff_base=2.0, backoff_max=2.0) as backend:
+        outcomes = submit_all(backend, [numbered_message(i) for i in range(10)])
+    assert {o.status for o in outcomes} == {SENT} and outcomes[-1].message_id == "m0000"
+    log = by_message(fake)
+    retry = log["m0000"][1]  # the retry left after at least a second of backoff...
+    others = [r for m, rs in log.items() if m != "m0000" for r in rs]
+    assert max(r["answered_at"] for r in others) < retry["received_at"]  # ...others did not wait
+    assert fake.fake.accepted_counts() == {f"m{i:04d}": 1 for i in range(10)}
+
+
+def test_retry_after_pauses_every_request_of_the_backend(fake: RunningFake) -> None:
+    """A 429 with Retry-After: 1 on one connection: no request leaves on any connection before
+    that second is over; then everything is sent once."""
+    fake.fake.set_faults(FaultPlan(latency_ms=2, reset_ms=1000, by_message={"m0003": ["429"]}))
+    with backend_for(fake, max_in_flight=4) as backend:
+        outcomes = submit_all(backend, [numbered_message(i) for i in range(60)])
+    assert {o.status for o in outcomes} == {SENT}
+    log = fake.fake.request_log()
+    # The first 429; requests already on the wire then were refused too (the stand-in holds
+    # the account's limit until the reset, as SendGrid does).
+    refused = next(r for r in log if r["outcome"] == "429")
+    reset = refused["answered_at"] + 1.0
+    # What was already on the wire when the 429 was answered may arrive just after it; nothing
+    # sent after the backend read it arrives before the reset.
+    early = [r for r in log if refused["answered_at"] + 0.3 < r["received_at"] < reset]
+    assert early == []
+    assert any(r["received_at"] >= reset for r in log)  # the rest went after the pause
+    assert len({r["peer"] for r in log}) > 1  # several connections, one pause for all
+    assert set(fake.fake.accepted_counts().values()) == {1} and backend.stats["rate_limited"] >= 1
+
+
+def test_a_rejected_key_reports_what_never_left_as_not_sent(fake: RunningFake) -> None:
+    from tend.delivery.base import NotSent
+
+    faults(fake, by_message={"m0005": ["401"]})
+    with backend_for(fake, max_in_flight=2) as backend:
+        outcomes = submit_all(backend, [numbered_message(i) for i in range(40)])
+    not_sent = [o for o in outcomes if isinstance(o, NotSent)]
+    sent = {o.message_id for o in outcomes if not isinstance(o, NotSent)}
+    assert not_sent and all(isinstance(o.reason, AuthRejected) for o in not_sent)
+    assert sent == set(fake.fake.accepted_counts())  # a result exactly for what was accepted
+    assert "m0005" in {o.message_id for o in not_sent}
+
+
+def test_slow_after_comes_from_the_environment_and_must_be_positive() -> None:
+    env = {"TEND_SENDGRID_API_KEY": KEY, "TEND_SENDGRID_SLOW_AFTER": "0.5"}
+    assert SendGridSettings.from_env(env).slow_after == 0.5
+    assert SendGridSettings.from_env({"TEND_SENDGRID_API_KEY": KEY}).slow_after == 1.0
+    with pytest.raises(ConfigError, match="slow_after must be positive"):
+        SendGridSettings.from_env({**env, "TEND_SENDGRID_SLOW_AFTER": "-1"})
+    with pytest.raises(ConfigError, match="slow_after must be a positive number"):
+        SendGridSettings(api_key=KEY, slow_after=0)

@@ -165,7 +165,7 @@ def test_non_json_body_and_wrong_content_type(client: httpx.Client) -> None:
 
 def test_scripted_faults_in_order(client: httpx.Client) -> None:
     r = client.post("/_faults", json={"script": ["429", "503", "500", "ok", "400", "413"],
-                                      "reset_ms": 250})
+                                      "reset_ms": 250, "hold_429": False})
     assert r.status_code == 200
     statuses = []
     for i in range(6):
@@ -187,6 +187,30 @@ def test_whole_second_resets_come_with_retry_after(client: httpx.Client) -> None
     r = client.post("/v3/mail/send", json=doc())
     assert r.headers["Retry-After"] == "2"
     assert int(r.headers["X-RateLimit-Reset"]) >= int(time.time()) + 1
+
+
+def test_a_429_holds_every_request_until_its_reset(client: httpx.Client) -> None:
+    """As an account's rate limit: after a 429, the next request (another message, another
+    connection) is refused too, with the same reset, and counted as sent while limited."""
+    client.post("/_faults", json={"script": ["429"], "reset_ms": 5000})
+    first = client.post("/v3/mail/send", json=doc(custom_args={"tend_message_id": "m1"}))
+    with httpx.Client(base_url=str(client.base_url), headers=client.headers) as other:
+        second = other.post("/v3/mail/send", json=doc(custom_args={"tend_message_id": "m2"}))
+    assert (first.status_code, second.status_code) == (429, 429)
+    assert second.headers["X-RateLimit-Reset"] == first.headers["X-RateLimit-Reset"]
+    assert 1 <= int(second.headers["Retry-After"]) <= 5
+    log = client.get("/_requests").json()["requests"]
+    assert [r["while_limited"] for r in log] == [False, True]
+    assert all(r["received_at"] <= r["answered_at"] for r in log)
+    assert client.get("/_stats").json()["while_limited"] == 1
+    client.post("/_faults", json={"script": []})  # a new plan lifts the limit
+    assert client.post("/v3/mail/send", json=doc()).status_code == 202
+
+
+def test_without_hold_a_429_refuses_only_its_own_request(client: httpx.Client) -> None:
+    client.post("/_faults", json={"script": ["429"], "reset_ms": 5000, "hold_429": False})
+    assert client.post("/v3/mail/send", json=doc()).status_code == 429
+    assert client.post("/v3/mail/send", json=doc()).status_code == 202
 
 
 def test_per_message_faults_and_dropped_connections(client: httpx.Client) -> None:

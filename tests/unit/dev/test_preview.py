@@ -173,3 +173,71 @@ def test_preview_of_a_customer_renders_what_they_were_sent(
     assert main(["preview", "winback", "--customer", other, "--db", shop_db, "--store", store,
                  "--as-of", NIGHT, "--out", str(out_dir)]) == 0
     assert f"not sent to {other} by winback" in capsys.readouterr().out
+
+
+def test_would_preview_is_the_nights_own_decision(
+        env: Path, shop_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--would`` predicts, customer by customer, exactly what planning the night then claims
+    (consent, holdouts, caps and arbitration included), renders the winner with the customer's
+    own context, and says why when nothing would be sent; it claims nothing."""
+    import datetime as dt
+
+    from _support import night_decisions
+
+    from tend import config, messages
+    from tend.features.ingest import run_ingest
+    from tend.programs.plan import plan_night
+    from tend.programs.would import night_features, would_send
+    from tend.store import migrate
+
+    night = dt.date.fromisoformat(NIGHT)
+    store = f"sqlite:///{env / 'store.db'}"
+    migrate(store)
+    run_ingest(shop_db, store, night, "ingest")
+    settings = config.ShopSettings.from_env()
+    secret = config.unsubscribe_secret()
+    features = night_features(shop_db, store, night)
+    assert features[1] == "the store"
+    # Every detection runs over the whole shop, as the night's: a sample of customers keeps
+    # the test short.
+    sample = [str(c) for c in features[0].customers["customer_id"]][:24]
+    predicted, fates = {}, set()
+    for cid in sample:
+        would = would_send(shop_db, store, str(cid), night, settings=settings, secret=secret,
+                           features=features)
+        fates |= set(would.decided["fate"])
+        if would.winner is not None:
+            predicted[str(cid)] = would.winner["program"]
+    assert night_decisions(store).empty, "a preview must claim and log nothing"
+    assert predicted and fates - {"claimed"}, "the demo night should have winners and losers"
+
+    plan_night(shop_db, store, night, "night", settings=settings, secret=secret,
+               renderer=messages.default_renderer(settings))
+    decided = night_decisions(store)
+    claimed = decided.loc[(decided["fate"] == "claimed") & decided["customer_id"].isin(sample)]
+    assert dict(zip(claimed["customer_id"], claimed["program"], strict=True)) == predicted
+
+    # through the CLI, on a fresh store for the same night (nothing claimed yet)
+    fresh = f"sqlite:///{env / 'fresh.db'}"
+    migrate(fresh)
+    run_ingest(shop_db, fresh, night, "ingest")
+    # the default night: the store's while unplanned, else tonight's
+    from tend.dev.preview import next_night
+
+    assert next_night(fresh) == night and next_night(store) != night
+    winner, program = next(iter(predicted.items()))
+    out_dir = env / "would"
+    assert main(["preview", "--customer", winner, "--would", "--db", shop_db, "--store", fresh,
+                 "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert f"night {NIGHT} for {winner} (features from the store" in printed
+    assert f"content    what night {NIGHT} would send (not claimed)" in printed
+    first_name = _first(shop_db, f"customer_id = '{winner}'")[1]
+    assert first_name in next(out_dir.glob(f"{program}-*-{winner}.txt")).read_text()
+    nobody = next(c for c in sample
+                  if c not in predicted and c not in set(decided["customer_id"]))
+    assert main(["preview", "--customer", nobody, "--would", "--db", shop_db, "--store",
+                 fresh]) == 0
+    assert "no program wants this customer that night" in capsys.readouterr().out
+    assert main(["preview", "--would", "--db", shop_db, "--store", fresh]) == 2
+    assert "add --customer ID" in capsys.readouterr().err
