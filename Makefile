@@ -43,6 +43,7 @@ help:
 	@echo "make bench-read  the shop read alone (full and incremental) on that shop"
 	@echo "make bench-features  the feature computation alone on that shop's orders"
 	@echo "make bench-events  tend serve: signed webhook events/s (SQLite, PostgreSQL), unsubscribe p99"
+	@echo "make bench-scale  a 1M-customer night through Airflow's CeleryExecutor, 1 then 2 workers"
 	@echo "make clean-var  forget the demo shop, the contact store and the outbox"
 	@echo "make test-stack  the compose file (static) and a night on two Celery workers (PostgreSQL, Redis)"
 
@@ -215,3 +216,11 @@ bench-targeting: install
 	$(BIN)/python bench/bench_targeting.py $(BENCH_TARGETING_ARGS)
 
 
+# A demo night end to end through Airflow's CeleryExecutor (the Celery test's cluster, on the
+# local PostgreSQL and Redis) with 1 then 2 workers, against the SendGrid stand-in answering
+# after 20 ms: stage times, CPU per process group, every message sent once (bench/RESULTS.md,
+# docs/capacity.md). The 1M-customer shop is generated once under var/bench/ (a few minutes).
+# BENCH_SCALE_ARGS="--customers 250000 --workers 1,2 --batch-size 20000" etc.
+.PHONY: bench-scale
+bench-scale: install
+	$(BIN)/python bench/bench_scale.py $(BENCH_SCALE_ARGS)

@@ -28,31 +28,44 @@ def peak_gib() -> float:
     return (own + kids) / 1024 / 1024
 
 
+def cached_shop(customers: int) -> Path:
+    """The demo shop of ``customers`` customers under var/bench/, generated on first use.
+
+    Shared by the benchmarks that need a large shop (bench_scale.py too): generating 1M
+    customers takes minutes, so it is made once and reused until deleted.
+    """
+    from tend.dev.demo import generate_demo_shop
+    from tend.store.db import connect
+
+    VAR.mkdir(parents=True, exist_ok=True)
+    cached = VAR / f"shop-{customers}.db"
+    if not cached.exists():
+        t = time.perf_counter()
+        tmp = cached.with_suffix(".tmp")
+        for p in tmp.parent.glob(tmp.name + "*"):
+            p.unlink()  # a generation that was interrupted
+        summary = generate_demo_shop(f"sqlite:///{tmp}", customers=customers, seed=7,
+                                     as_of=NIGHT)
+        connect(f"sqlite:///{tmp}").dispose()  # closed: its WAL is folded in before the rename
+        tmp.rename(cached)
+        print(f"generated {cached.name}: {summary.orders:,} orders, {summary.order_lines:,} "
+              f"lines in {time.perf_counter() - t:.0f}s")
+    return cached
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--customers", type=int, default=1_000_000)
     args = ap.parse_args()
     import logging
 
-    from tend.dev.demo import generate_demo_shop
     from tend.features import ingest
     from tend.features.store import read_features
     from tend.signals import bgnbd, detect_all
     from tend.store import migrate
-    from tend.store.db import connect
 
     logging.basicConfig(level=logging.INFO, format="  %(message)s")
-    VAR.mkdir(parents=True, exist_ok=True)
-    cached = VAR / f"shop-{args.customers}.db"
-    if not cached.exists():
-        t = time.perf_counter()
-        tmp = cached.with_suffix(".tmp")
-        summary = generate_demo_shop(f"sqlite:///{tmp}", customers=args.customers, seed=7,
-                                     as_of=NIGHT)
-        connect(f"sqlite:///{tmp}").dispose()  # closed: its WAL is folded in before the rename
-        tmp.rename(cached)
-        print(f"generated {cached.name}: {summary.orders:,} orders, {summary.order_lines:,} "
-              f"lines in {time.perf_counter() - t:.0f}s")
+    cached = cached_shop(args.customers)
     # The incremental night: the shop as generated, ingested in full as of the night before;
     # the night's own orders then touch ~1% of the customers.
     shop = cached

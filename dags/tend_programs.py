@@ -2,19 +2,19 @@
 ### tend_programs — decide, claim and send tonight's messages
 
 Scheduled on the asset `tend://customer_features` (after **tend_ingest**), planning the night
-the last ingest brought the features to, unless the run gives its own *Night (as_of)*: a
-plain "Trigger" plans the latest ingested night, and a logical date in the future is refused
-at the trigger. `plan` detects signals, applies consent and suppressions, picks at most one
-message per customer within caps, and claims the winners in the contact ledger; `send` is
-mapped over the claimed batch ids (ids in XCom, never message lists), at most four at a time
-in the `tend_send` pool, through the backend named by the Variable `tend_delivery` (SendGrid
-reads the connection `sendgrid_default`; the *SendGrid sandbox* parameter, or
-`{"sendgrid_sandbox": true}` in the run's conf, switches SendGrid's sandbox mode for that
-run); `summary` prints the night's totals, warnings first; `complaints_digest` emails new
-complaints to `TEND_STAFF_EMAIL` (each once); `kpi` stores each program's results against its
-holdout for the months still open (docs/results.md); `check`, after the summary, fails the run
-when any of the night's messages failed, is unknown or still waits, so a green run is a sent
-night.
+the last ingest brought the features to, unless the run gives its own *Night (as_of)*: a plain
+"Trigger" plans the latest ingested night, and a logical date in the future is refused at the
+trigger. `plan` detects signals, applies consent and suppressions, picks at most one message
+per customer within caps, and claims the winners in the contact ledger; `send` is mapped over
+the claimed batch ids (ids in XCom, never message lists), at most four at a time
+(`TEND_SEND_TASKS_PER_RUN`) in the `tend_send` pool, through the backend named by the Variable
+`tend_delivery` (SendGrid reads the connection `sendgrid_default`; the *SendGrid sandbox*
+parameter, or `{"sendgrid_sandbox": true}` in the run's conf, switches SendGrid's sandbox mode
+for that run); `summary` prints the night's totals, warnings first; `complaints_digest` emails
+new complaints to `TEND_STAFF_EMAIL` (each once); `kpi` stores each program's results against
+its holdout for the months still open (docs/results.md); `check`, after the summary, fails the
+run when any of the night's messages failed, is unknown or still waits, so a green run is a
+sent night.
 
 Replay a night: `airflow dags test tend_programs 2026-11-20` (after tend_ingest for that date).
 Rerunning a night sends nothing new: the ledger already holds every message it claimed.
@@ -48,9 +48,10 @@ def tend_programs() -> None:
         return tasks.plan(context)
 
     # The pool bounds concurrent senders across every DAG run (create it once:
-    # `airflow pools set tend_send 4 "Tend senders"`; `make airflow`/`make run` do).
-    @task(pool="tend_send", max_active_tis_per_dagrun=4, multiple_outputs=True,
-          retry_delay=pendulum.duration(seconds=config.send_retry_delay()))
+    # `airflow pools set tend_send 4 "Tend senders"`; `make airflow`/`make run` do), and
+    # TEND_SEND_TASKS_PER_RUN (4) one night's.
+    @task(pool="tend_send", max_active_tis_per_dagrun=config.send_tasks_per_run(),
+          multiple_outputs=True, retry_delay=pendulum.duration(seconds=config.send_retry_delay()))
     def send(as_of: str, batch_id: int, **context) -> dict:
         return tasks.send(as_of, batch_id, context)
 

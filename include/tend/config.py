@@ -434,6 +434,7 @@ def sendgrid_webhook_key(env: Mapping[str, str] | None = None) -> str | None:
 
 DEFAULT_CLAIM_BATCH_SIZE = 5000
 DEFAULT_SEND_RETRY_DELAY = 120
+DEFAULT_SEND_TASKS_PER_RUN = 4
 
 
 def _positive_int(name: str, default: int, example: str) -> int:
@@ -456,6 +457,14 @@ def send_retry_delay() -> int:
     (read when the DAG file is parsed). A retry of a batch whose worker died sends only what is
     still claimed, so a short delay only gets the night done sooner."""
     return _positive_int("TEND_SEND_RETRY_DELAY", DEFAULT_SEND_RETRY_DELAY, "30")
+
+
+def send_tasks_per_run() -> int:
+    """``TEND_SEND_TASKS_PER_RUN``: how many send batches of one ``tend_programs`` run go at
+    once (the task's ``max_active_tis_per_dagrun``, read when the DAG file is parsed). The
+    ``tend_send`` pool bounds every run together; this bounds one night, so a night never takes
+    every slot from a campaign. Raise both when workers are added (docs/capacity.md)."""
+    return _positive_int("TEND_SEND_TASKS_PER_RUN", DEFAULT_SEND_TASKS_PER_RUN, "8")
 
 
 # -- send leases and recovery (tend.delivery.engine) -------------------------------------------

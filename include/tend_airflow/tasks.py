@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tend")
 
 AS_OF_XCOM = "as_of"
+#: The XCom key under which ``plan`` and ``send`` leave their seconds per step (the task log
+#: prints them too): what a scaling measurement adds up (bench/bench_scale.py).
+TIMINGS_XCOM = "timings"
 
 
 def migrate_store() -> str:
@@ -103,6 +106,7 @@ def plan(context: Mapping[str, Any]) -> list[int]:
                 nights.record(conn, older, overtaken_by=result.as_of,
                               run_id=runs.run_id(context), at=ledger.now())
     context["ti"].xcom_push(AS_OF_XCOM, result.as_of.isoformat())
+    context["ti"].xcom_push(TIMINGS_XCOM, result.timings)
     return list(result.batches)
 
 
@@ -152,6 +156,7 @@ def send(as_of: str, batch_id: int, context: Mapping[str, Any], *,
         raise AirflowFailException(str(exc)) from exc
     finally:
         backend.close()
+    context["ti"].xcom_push(TIMINGS_XCOM, {"seconds": result.seconds, **result.timings})
     return dict(result.counts)
 
 

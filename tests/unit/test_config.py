@@ -147,6 +147,7 @@ def test_a_uri_connection_keeps_its_fields() -> None:
 @pytest.mark.parametrize(("name", "read", "default"), [
     ("TEND_CLAIM_BATCH_SIZE", config.claim_batch_size, 5000),
     ("TEND_SEND_RETRY_DELAY", config.send_retry_delay, 120),
+    ("TEND_SEND_TASKS_PER_RUN", config.send_tasks_per_run, 4),
 ])
 def test_scale_out_settings(monkeypatch: pytest.MonkeyPatch, name: str, read, default: int
                             ) -> None:

@@ -684,7 +684,12 @@ def test_plan_names_the_nights_its_events_named_that_were_never_planned(
     pushed: dict[str, Any] = {}
     ctx = context(events={"a": [event("2026-11-18"), event("2026-11-20")]}) | {"ti": ti}
     tasks.plan(ctx)
-    assert pushed == {"as_of": "2026-11-20"}
+    assert pushed["as_of"] == "2026-11-20"
+    # The plan's seconds per step, in XCom for a scaling measurement.
+    from tend.programs.plan import PLAN_STEPS
+
+    assert set(pushed["timings"]) == set(PLAN_STEPS)
+    assert all(seconds >= 0 for seconds in pushed["timings"].values())
     assert "night 2026-11-18 was ingested but a later ingest (2026-11-20) overtook it" \
         in caplog.text
     # ... and the night's summary says so first, with what was and was not offered

@@ -17,8 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,9 @@ class PlanResult:
     candidates: int
     fates: pd.DataFrame  # program, fate, count
     batches: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per step (``PLAN_STEPS``): where a large night's planning time goes, for the
+    task log and the scaling benchmark (bench/bench_scale.py reads them from XCom)."""
 
     def claimed(self) -> int:
         return int(self.fates.loc[self.fates["fate"] == "claimed", "count"].sum())
@@ -59,7 +63,19 @@ class PlanResult:
         out = [f"plan {self.as_of}: {self.candidates:,} candidates, {self.claimed():,} claimed "
                f"in {len(self.batches)} batch(es)"]
         rows = [(r.program, r.fate, int(r.count)) for r in self.fates.itertuples()]
-        return out + table(["program", "fate", "customers"], rows)
+        out += table(["program", "fate", "customers"], rows)
+        if self.timings:
+            out.append("plan timings: " + ", ".join(
+                f"{step} {self.timings[step]:.1f}s" for step in PLAN_STEPS
+                if step in self.timings))
+        return out
+
+
+#: The steps of ``plan_night`` that ``PlanResult.timings`` times, in order: reading the
+#: features, detecting the signals, building the candidates (with the deferred ones and the
+#: shop's catalogue the contexts need), the decision up to and including the claim's
+#: transaction, the winners' render contexts, and listing the batches to send.
+PLAN_STEPS = ("features", "signals", "candidates", "claim", "contexts", "batches")
 
 
 def detect_signals(store_url: str, shop_url: str, as_of: dt.date,
@@ -168,10 +184,16 @@ def plan_night(
     check_templates(renderer, programs)
     by_program = {p.name: p for p in programs}
 
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
     feature_set = only if only is not None else read_feature_set(store_url)
     features = feature_set.customers
+    t1 = time.perf_counter()
+    timings["features"] = t1 - t0
     detected = (detector(store_url, shop_url, as_of) if detector
                 else detect_signals(store_url, shop_url, as_of, feature_set))
+    t0 = time.perf_counter()
+    timings["signals"] = t0 - t1
     signals = pd.concat([detected,
                          newsletter_signals(features, as_of, programs)], ignore_index=True)
     fresh = candidates_for(signals, programs, as_of)
@@ -183,11 +205,14 @@ def plan_night(
     cands = _merge(fresh, waiting)
     contexts = ContextBuilder(shop_url=shop_url, programs=by_program, settings=settings,
                               secret=secret, as_of=as_of, features=features)
+    timings["candidates"] = time.perf_counter() - t0
     decision = decide(cands, shop_url=shop_url, store_url=store_url, as_of=as_of,
                       run_id=run_id, programs=by_program, caps=registry.caps,
                       contexts=contexts, secret=secret, batch_size=batch_size,
                       expired=expired, own_only=only is not None)
-    result = PlanResult(as_of, decision.candidates, decision.counts(), decision.batches)
+    timings.update(decision.timings)
+    result = PlanResult(as_of, decision.candidates, decision.counts(), decision.batches,
+                        timings)
     for line in result.lines():
         log.info(line)
     return result
@@ -199,6 +224,8 @@ class Decision:
 
     decided: pd.DataFrame  # the candidates with fate, why, message_id
     batches: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds for the claim (consent to commit), the contexts and the batch list."""
 
     @property
     def candidates(self) -> int:
@@ -243,15 +270,19 @@ def decide(
     run would get at this moment, and nothing is claimed, logged, deferred or suppressed.
     ``own_only`` (an order event's run): render contexts only for this run's own claims.
     """
+    start = time.perf_counter()
     expired = expired if expired is not None else pd.DataFrame()
     if cands.empty and expired.empty:
         if not dry_run and not own_only:
             # An earlier run of the night may have stopped before storing its contexts.
             _store_contexts(store_url, as_of, pd.DataFrame(columns=["message_id"]),
                             lambda _: [], owner)
+        t0 = time.perf_counter()
         with connect(store_url).connect() as conn:
             batches = [] if dry_run else ledger.batches_to_send(conn, as_of, owner)
-        return Decision(pd.DataFrame(columns=["program", "fate", "customer_id"]), batches)
+        timings = {"claim": 0.0, "contexts": t0 - start, "batches": time.perf_counter() - t0}
+        return Decision(pd.DataFrame(columns=["program", "fate", "customer_id"]), batches,
+                        timings)
 
     cands = cands.copy()
     # A candidate may arrive decided (a campaign's customer beyond its max_recipients, or
@@ -322,10 +353,13 @@ def decide(
         finally:
             if tx.is_active:
                 tx.rollback()
+    t0 = time.perf_counter()
     _store_contexts(store_url, as_of, allowed, contexts, owner, own_only=own_only)
+    t1 = time.perf_counter()
     with connect(store_url).connect() as conn:
         batches = ledger.batches_to_send(conn, as_of, owner)
-    return Decision(decided, batches)
+    timings = {"claim": t0 - start, "contexts": t1 - t0, "batches": time.perf_counter() - t1}
+    return Decision(decided, batches, timings)
 
 
 def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,

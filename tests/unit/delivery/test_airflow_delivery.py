@@ -49,8 +49,10 @@ def tend_airflow(airflow_sdk: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Mo
 
 def run(conf: dict[str, Any] | None = None, params: dict[str, Any] | None = None
         ) -> dict[str, Any]:
+    pushed: dict[str, Any] = {}
+    ti = SimpleNamespace(pushed=pushed, xcom_push=lambda key, value: pushed.update({key: value}))
     return {"dag_run": SimpleNamespace(conf=conf or {}), "params": params or {},
-            "run_id": "manual__test"}
+            "run_id": "manual__test", "ti": ti}
 
 
 def test_sendgrid_settings_from_the_connection(tend_airflow: ModuleType,
@@ -157,8 +159,13 @@ def test_the_send_task_sends_a_batch_through_the_connection(
     with run_in_thread(api_key=KEY, faults=FaultPlan(latency_ms=1)) as fake:
         monkeypatch.setenv("TEND_DELIVERY", "sendgrid")
         monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT", f"http://:{KEY}@127.0.0.1:{fake.port}")
-        counts = tend_airflow.tasks.send(NIGHT.isoformat(), batches[0], run())
+        ctx = run()
+        counts = tend_airflow.tasks.send(NIGHT.isoformat(), batches[0], ctx)
         assert counts == {"sent": 40}
+        # Where the batch's time went, for a scaling measurement to add up across batches.
+        timings = ctx["ti"].pushed["timings"]
+        assert {"seconds", "render", "ledger"} <= set(timings)
+        assert timings["seconds"] >= timings["render"] > 0
         assert len(fake.fake.accepted_counts()) == 40
     assert statuses(store).count("sent") == 40
 
@@ -190,11 +197,16 @@ def load_programs_dag(airflow_sdk: ModuleType) -> Any:
     return dags[0]
 
 
-def test_the_send_task_runs_in_the_tend_send_pool(airflow_sdk: ModuleType) -> None:
+def test_the_send_task_runs_in_the_tend_send_pool(airflow_sdk: ModuleType,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEND_SEND_TASKS_PER_RUN", raising=False)
     send = load_programs_dag(airflow_sdk).get_task("send")
     assert send.pool == "tend_send"
     assert send.max_active_tis_per_dagrun == 4
     assert send.retries >= 1
+    # A larger deployment lets one night send more batches at once (docs/capacity.md).
+    monkeypatch.setenv("TEND_SEND_TASKS_PER_RUN", "12")
+    assert load_programs_dag(airflow_sdk).get_task("send").max_active_tis_per_dagrun == 12
 
 
 def test_send_is_mapped_over_the_planned_batch_ids(airflow_sdk: ModuleType) -> None:
