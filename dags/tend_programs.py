@@ -83,8 +83,11 @@ def tend_programs() -> None:
     sent = send.partial(as_of=night).expand(batch_id=batch_ids)
     # check, complaints_digest and kpi are the run's last tasks: a failure of any of them
     # turns the run red (none hides another's behind an all_done trigger rule).
-    sent >> summary() >> [complaints_digest(), check()]
-    sent >> kpi()
+    # summary, kpi and check read plan's night (XCom): plan is their upstream too.
+    told, checked, kpis = summary(), check(), kpi()
+    [batch_ids, sent] >> told >> [complaints_digest(), checked]
+    [batch_ids, sent] >> kpis
+    batch_ids >> checked
 
 
 tend_programs()
