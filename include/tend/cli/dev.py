@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="seed of the fault draws, for a run that repeats (default: random)")
     sp.add_argument("--reset-ms", type=int, default=1000, help="429: when the limit resets")
     sp.add_argument("--slow-ms", type=int, default=5000, help="slow: how late the 202 comes")
+    sp.add_argument("--hold-429", action="store_true",
+                    help="model an account limit: after a 429, refuse every request until its "
+                         "reset (default: a 429 is a fault of that one request)")
     sp.add_argument("--record", type=Path, help="append every accepted message to this JSONL")
     sp.add_argument("--keep-payloads", action="store_true",
                     help="keep whole payloads in memory and in --record (default: summaries)")

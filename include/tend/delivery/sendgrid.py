@@ -10,9 +10,11 @@ what happened                               could it?   what the backend does
 202 Accepted (X-Message-Id)                 yes         ``sent``, provider id = X-Message-Id
 200 OK (sandbox mode)                       no (test)   ``sent``, provider id ``sandbox``
 400 / 413 / other 4xx                       no          ``failed`` with SendGrid's error text
-429 Too Many Requests                       no          wait for Retry-After / X-RateLimit-
-                                                        Reset, then retry (the whole backend
-                                                        pauses, not only this request)
+429 Too Many Requests                       no          this request waits for Retry-After /
+                                                        X-RateLimit-Reset, then retries; the
+                                                        others go on. When the account is
+                                                        limited (most recent answers are 429),
+                                                        every request pauses until the reset
 503 Service Unavailable                     no          retry with backoff and jitter
 connection refused / connect timeout / DNS  no          retry with backoff and jitter
 401 / 403                                   no          stop the run now (AuthRejected)
@@ -32,8 +34,13 @@ over keep-alive connections. The send engine feeds it through ``submit()``: ever
 own request, reported as soon as it finishes, so a new one leaves whenever any slot frees (a
 sliding window, not a chunk waiting for its slowest request). A request unanswered after
 ``slow_after`` gives its slot back while it waits for its answer; a 503 or a refused connection
-backs off without a slot; a 429 sets one "not before" time (its ``Retry-After``, else
-``X-RateLimit-Reset``) that every request of the backend waits for. JSON bodies are
+backs off without a slot, and so does a 429: the request that got it waits its own
+``Retry-After`` (else ``X-RateLimit-Reset``) while the others keep flowing, because a sporadic
+429 says nothing about the next request. Only when the account itself is limited does the whole
+backend pause: when, among the answers of the last ``_LIMIT_WINDOW`` seconds (0.2 s), at least
+``_LIMIT_MIN_429`` (5) are 429 and they are at least half of them, the backend sets one "not
+before" time (the latest reset) that every request waits for, so a real account limit is not
+hammered with a window's worth of doomed requests. JSON bodies are
 built as plain dicts (the ``sendgrid`` package's ``Mail`` helper produces the same document but
 costs far more CPU per message; the tests compare both). CPU per request is what limits a
 2-core machine, so the hot path does as little as possible.
@@ -48,7 +55,7 @@ import random
 import threading
 import time
 import unicodedata
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
@@ -397,6 +404,12 @@ def event_webhook_verifier(public_key: str) -> Callable[[bytes | str, str, str],
 
 _NOT_SENT = None  # a message that never left because the backend stopped
 _REPORT_EVERY = 0.005  # seconds: outcomes reported to the engine together (see _report)
+# The account-limit breaker (module docstring): among the answers of the last _LIMIT_WINDOW
+# seconds, at least _LIMIT_MIN_429 429s making at least half of them mean the account, not one
+# request, is limited. Short enough to react within a few round trips at 64 in flight; the
+# minimum keeps a lone 429 on a quiet backend (one answer in the window) from pausing it all.
+_LIMIT_WINDOW = 0.2
+_LIMIT_MIN_429 = 5
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -426,7 +439,9 @@ class SendGridBackend:
         self._loop_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._resume_at = 0.0  # loop time before which no request may leave (after a 429)
+        self._resume_at = 0.0  # loop time before which no request may leave (account limit)
+        self._recent: deque[tuple[float, bool]] = deque()  # (loop time, was 429) of answers
+        self._recent_429 = 0
         self._gate: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._outbox: dict[Callable[[Sequence[Outcome]], None], list[Outcome]] = {}
@@ -454,7 +469,7 @@ class SendGridBackend:
         """Send one chunk concurrently; one result per message, in order.
 
         Thread-safe: chunks may be sent at once from different threads; they share the
-        connections, the slots, the 429 pause and the stop. The send engine uses
+        connections, the slots, the account-limit pause and the stop. The send engine uses
         :meth:`submit` instead, which reports each message as it finishes.
 
         Raises AuthRejected / DeliveryStopped (with the results that completed) when the run
@@ -599,17 +614,28 @@ class SendGridBackend:
         cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
         return max(0.01, self._rng.uniform(cap / 2, cap))  # "equal jitter"
 
+    def _account_limited(self, now: float, was_429: bool) -> bool:
+        """Record one answer; true when the recent answers say the account is limited (at
+        least ``_LIMIT_MIN_429`` 429s, half or more of the last ``_LIMIT_WINDOW`` seconds')."""
+        recent = self._recent
+        recent.append((now, was_429))
+        self._recent_429 += was_429
+        horizon = now - _LIMIT_WINDOW
+        while recent[0][0] < horizon:
+            self._recent_429 -= recent.popleft()[1]
+        return self._recent_429 >= _LIMIT_MIN_429 and 2 * self._recent_429 >= len(recent)
+
     async def _not_before(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait out a 429's pause: the one "not before" time every request of the backend
-        respects, so the whole account backs off, not only the request that was refused."""
+        """Wait out an account limit: the one "not before" time every request of the backend
+        respects once most recent answers are 429 (see :meth:`_account_limited`)."""
         while (pause := self._resume_at - loop.time()) > 0:
             await asyncio.sleep(pause)
 
     async def _slot(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-        """One of ``max_in_flight`` slots, free of any 429 pause; returns its release (safe to
-        call twice). A request still unanswered after ``slow_after`` seconds gives its slot
-        back, so a slow reply never holds up the others; it still waits for its answer (up to
-        the read timeout) and still counts in the engine's window."""
+        """One of ``max_in_flight`` slots, free of any account-limit pause; returns its
+        release (safe to call twice). A request still unanswered after ``slow_after`` seconds
+        gives its slot back, so a slow reply never holds up the others; it still waits for its
+        answer (up to the read timeout) and still counts in the engine's window."""
         if self._gate is None:
             self._gate = asyncio.Semaphore(self.settings.max_in_flight)
         gate = self._gate
@@ -618,7 +644,7 @@ class SendGridBackend:
             await gate.acquire()
             if self._resume_at <= loop.time():
                 break
-            gate.release()  # a 429 arrived while this request queued for a slot
+            gate.release()  # the account got limited while this request queued for a slot
         held = [True]
 
         def release() -> None:
@@ -679,6 +705,7 @@ class SendGridBackend:
                     error=f"{type(exc).__name__} after the request was sent ({detail}); "
                           "SendGrid may have accepted it: not resent (at-most-once)")
             release()
+            limited = self._account_limited(loop.time(), status == 429)
 
             if status in (200, 202):
                 provider_id = headers.get("X-Message-Id") or ("sandbox" if status == 200
@@ -695,12 +722,16 @@ class SendGridBackend:
                         "stopping: unsent messages stay claimed for the next attempt (check "
                         "the account's rate limits)"))
                     return _NOT_SENT
-                resume = loop.time() + wait
-                if resume > self._resume_at + 0.05:
-                    log.warning("SendGrid rate limit (429): pausing all requests for %.1fs",
-                                wait)
-                self._resume_at = max(self._resume_at, resume)
                 attempts -= 1  # a 429 is not a failed attempt: it says when to come back
+                if limited:  # the account, not this request: everyone waits for the reset
+                    resume = loop.time() + wait
+                    if resume > self._resume_at + 0.05:
+                        self.stats["account_limited"] += 1
+                        log.warning("SendGrid account rate limit (most recent answers are "
+                                    "429): pausing all requests for %.1fs", wait)
+                    self._resume_at = max(self._resume_at, resume)
+                else:  # only this request waits, without a slot; the others go on
+                    await asyncio.sleep(wait)
                 continue
             if status == 503:
                 if await self._retry_later(attempts, error_text(status, text)):

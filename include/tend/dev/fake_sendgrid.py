@@ -49,9 +49,10 @@ kind       accepted   answer
 =========  =========  ===================================================================
 ``429``    no         429 with ``X-RateLimit-Limit/Remaining/Reset`` (and ``Retry-After``
                       when ``reset_ms`` is whole seconds; the stand-in allows a fractional
-                      ``X-RateLimit-Reset`` so tests need not wait a whole second); until
-                      that reset every request gets the same 429, as under a real account
-                      limit (``hold_429``; ``while_limited`` in ``/_stats`` counts them)
+                      ``X-RateLimit-Reset`` so tests need not wait a whole second): a fault
+                      of that one request, like the others. With ``hold_429`` it models an
+                      account limit instead: until that reset every request gets the same
+                      429 (``while_limited`` in ``/_stats`` counts them)
 ``503``    no         503: the API is not available, nothing was processed
 ``500``    yes        500 after the message was queued: the sender cannot know
 ``slow``   yes        202, but only after ``slow_ms`` (past the sender's read timeout)
@@ -422,10 +423,11 @@ class FaultPlan:
     """slow: how long the accepted request waits for its 202."""
     latency_ms: float = 0.0
     """Every answer waits this long (a real API is not instantaneous)."""
-    hold_429: bool = True
-    """After a 429, every request until its reset is refused with a 429 too, as an account's
-    rate limit is; those are counted ``while_limited`` (a client that honours the reset sends
-    none after it has read the first 429)."""
+    hold_429: bool = False
+    """Off (the default), a drawn 429 is a fault of that one request, independent of the
+    others, as every other fault is. On, it models an account's rate limit: after a 429, every
+    request until its reset is refused with a 429 too; those are counted ``while_limited`` (a
+    client that honours an account limit sends few of them)."""
 
     def __post_init__(self) -> None:
         self.kinds = tuple(str(k) for k in self.kinds)
@@ -946,7 +948,8 @@ def run_from_args(args: Any, out: TextIO) -> None:
     try:
         plan = FaultPlan(rate=args.fault_rate, kinds=tuple(
             k.strip() for k in args.faults.split(",") if k.strip()), seed=args.seed,
-            reset_ms=args.reset_ms, slow_ms=args.slow_ms, latency_ms=args.latency_ms)
+            reset_ms=args.reset_ms, slow_ms=args.slow_ms, latency_ms=args.latency_ms,
+            hold_429=args.hold_429)
     except ValueError as exc:
         from tend.errors import ConfigError
 
