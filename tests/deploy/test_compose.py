@@ -55,6 +55,7 @@ NOT_FOR_CONTAINERS = {
     "TEND_SENDGRID_CHUNKS_IN_FLIGHT": "as above",
     "TEND_SENDGRID_CONNECT_TIMEOUT": "as above",
     "TEND_SENDGRID_READ_TIMEOUT": "as above",
+    "TEND_SENDGRID_SLOW_AFTER": "as above",
     "TEND_SENDGRID_UVLOOP": "a debugging switch",
     "TEND_SEND_LEASE_SECONDS": "the default (120 s) suits the stack's batch and chunk sizes",
     "TEND_SMTP_JOURNAL_DIR": "the stack sends through SendGrid or Mailpit from any worker; the "
