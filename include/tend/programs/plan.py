@@ -135,6 +135,21 @@ def candidates_for(signals: pd.DataFrame, programs: Sequence[Program], as_of: dt
     return pd.concat(frames, ignore_index=True)
 
 
+def fresh_candidates(detected: pd.DataFrame, features: pd.DataFrame,
+                     programs: Sequence[Program], as_of: dt.date) -> pd.DataFrame:
+    """Tonight's new candidates: the due signals ``detected`` and the newsletter's calendar
+    for the customers in ``features``, one per program listening, each with the customer's
+    last order date (arbitration reads it). The night and a one-customer preview
+    (``tend.programs.would``) share it, so both decide from the same rows."""
+    signals = pd.concat([detected, newsletter_signals(features, as_of, programs)],
+                        ignore_index=True)
+    fresh = candidates_for(signals, programs, as_of)
+    if not fresh.empty:
+        last = features.set_index("customer_id")["last_order_at"].dt.date
+        fresh["last_order_date"] = fresh["customer_id"].map(last)
+    return fresh
+
+
 def check_templates(renderer: Renderer, programs: Sequence[Program]) -> None:
     """Fail before anything is claimed when a program's template does not render.
 
@@ -194,12 +209,7 @@ def plan_night(
                 else detect_signals(store_url, shop_url, as_of, feature_set))
     t0 = time.perf_counter()
     timings["signals"] = t0 - t1
-    signals = pd.concat([detected,
-                         newsletter_signals(features, as_of, programs)], ignore_index=True)
-    fresh = candidates_for(signals, programs, as_of)
-    if not fresh.empty:
-        last = features.set_index("customer_id")["last_order_at"].dt.date
-        fresh["last_order_date"] = fresh["customer_id"].map(last)
+    fresh = fresh_candidates(detected, features, programs, as_of)
     waiting, expired = ((pd.DataFrame(), pd.DataFrame()) if only is not None
                         else _deferred(store_url, as_of, by_program))
     cands = _merge(fresh, waiting)

@@ -77,10 +77,9 @@ def would_send(shop_url: str, store_url: str, customer_id: str, as_of: dt.date, 
     from tend.programs.plan import (
         _deferred,
         _merge,
-        candidates_for,
         decide,
         due_signals,
-        newsletter_signals,
+        fresh_candidates,
     )
     from tend.shop import read as shop
     from tend.signals import detect
@@ -95,13 +94,10 @@ def would_send(shop_url: str, store_url: str, customer_id: str, as_of: dt.date, 
     by_program = {p.name: p for p in programs}
     fs, source = features or night_features(shop_url, store_url, as_of)
     customers = fs.customers
-    signals = pd.concat([due_signals(detect(fs, shop.read_products(shop_url), as_of), as_of),
-                         newsletter_signals(customers, as_of, programs)], ignore_index=True)
-    signals = signals.loc[signals["customer_id"] == customer_id].reset_index(drop=True)
-    fresh = candidates_for(signals, programs, as_of)
-    if not fresh.empty:
-        last = customers.set_index("customer_id")["last_order_at"].dt.date
-        fresh["last_order_date"] = fresh["customer_id"].map(last)
+    mine = customers.loc[customers["customer_id"] == customer_id]
+    detected = due_signals(detect(fs, shop.read_products(shop_url), as_of), as_of)
+    detected = detected.loc[detected["customer_id"] == customer_id].reset_index(drop=True)
+    fresh = fresh_candidates(detected, mine, programs, as_of)
     waiting, _ = _deferred(store_url, as_of, by_program, forget=False)
     if not waiting.empty:
         waiting = waiting.loc[waiting["customer_id"] == customer_id]
@@ -118,7 +114,6 @@ def would_send(shop_url: str, store_url: str, customer_id: str, as_of: dt.date, 
                 decided[["program", "fate", "why"]].reset_index(drop=True))
     won = decided.loc[decided["fate"] == "claimed"]
     if len(won):
-        mine = customers.loc[customers["customer_id"] == customer_id]
         build = ContextBuilder(shop_url=shop_url, programs=by_program, settings=settings,
                                secret=secret, as_of=as_of, features=mine)
         out.winner = won.iloc[0].to_dict()
