@@ -49,7 +49,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -337,39 +336,7 @@ class ConnectionSampler:
         return dict(self.peak)
 
 
-# -- the stand-in, the store ------------------------------------------------------------------
-
-
-class StandIn:
-    """``tend fake-sendgrid`` in a process of its own, output to a log file."""
-
-    def __init__(self, latency_ms: float, log: Path) -> None:
-        from _support import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(TEND), "fake-sendgrid", "--port", str(self.port), "--api-key", KEY,
-                 "--latency-ms", str(latency_ms)], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the SendGrid stand-in exited; see {log}")
-            try:
-                self.get("_stats")
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise SystemExit(f"the SendGrid stand-in did not answer; see {log}")
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.url}/{path}", timeout=120) as response:
-            return json.loads(response.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+# -- the store -------------------------------------------------------------------------------------
 
 
 def ledger_of_night(store: str) -> dict[str, str]:
@@ -443,11 +410,12 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
               latency_ms: float, workdir: Path, timeout: float, measure_store: bool
               ) -> dict[str, Any]:
     from airflow_cluster import airflow_cluster, private_pg_database
+    from send_bench import StandIn
 
     workdir.mkdir(parents=True, exist_ok=True)
     shop_url = f"sqlite:///{shop}"
     with private_pg_database("tend_bench_store") as store:
-        stand_in = StandIn(latency_ms, workdir / "fake-sendgrid.log")
+        stand_in = StandIn(latency_ms, api_key=KEY, log=workdir / "fake-sendgrid.log")
         try:
             sendgrid = {"conn_type": "http", "host": stand_in.url, "password": KEY}
             env = {
@@ -512,7 +480,7 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
         finally:
             stand_in_stats = stand_in.get("_stats")
             accepted = stand_in.get("_counts")
-            stand_in.stop()
+            stand_in.close()
         ledger = ledger_of_night(store)
         check = delivery_check(ledger, accepted)
         sizes = store_size(store) if measure_store else []

@@ -152,35 +152,55 @@ def batches(store_url: str) -> list[int]:
 # -- the stand-in -----------------------------------------------------------------------------
 
 class StandIn:
-    def __init__(self, latency_ms: float) -> None:
+    """``tend fake-sendgrid`` in a process of its own (its output to ``log``, else dropped),
+    ready once it answers ``/_stats``. bench_scale.py starts its stand-in with this too."""
+
+    def __init__(self, latency_ms: float, *, api_key: str | None = None,
+                 log: Path | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [str(TEND), "fake-sendgrid", "--port", str(self.port), "--latency-ms",
-             str(latency_ms)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert self.proc.stdout is not None
-        _log(self.proc.stdout.readline().strip())
+        cmd = [str(TEND), "fake-sendgrid", "--port", str(self.port), "--latency-ms",
+               str(latency_ms), *(["--api-key", api_key] if api_key else [])]
+        with (log.open("ab") if log else open(os.devnull, "wb")) as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the SendGrid stand-in exited (rc={self.proc.returncode})"
+                                 + (f"; see {log}" if log else ""))
+            try:
+                self.stats()
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the SendGrid stand-in did not answer"
+                                     + (f"; see {log}" if log else "")) from None
+                time.sleep(0.2)
+        _log(f"SendGrid stand-in on {self.url}, answering after {latency_ms:g} ms")
         self.ps = psutil.Process(self.proc.pid)
 
     def cpu(self) -> float:
         t = self.ps.cpu_times()
         return t.user + t.system
 
+    def get(self, path: str) -> Any:
+        return httpx.get(f"{self.url}/{path}", timeout=120).json()
+
     def reset(self) -> None:
         httpx.post(f"{self.url}/_reset", timeout=30)
 
     def stats(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/_stats", timeout=60).json()
+        return self.get("_stats")
 
     def faults(self, plan: dict[str, Any]) -> None:
         httpx.post(f"{self.url}/_faults", json=plan, timeout=30).raise_for_status()
 
     def requests(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.url}/_requests", timeout=120).json()["requests"]
+        return self.get("_requests")["requests"]
 
     def close(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=10)
+        self.proc.wait(timeout=30)
 
 
 # -- the measurements -------------------------------------------------------------------------
