@@ -72,13 +72,8 @@ def _worker_pg_database(base_url: str) -> str:
     # The run's id too: two runs of the suite (two checkouts) may share the server.
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:8]
     name = f"{base.database or 'postgres'}_{XDIST_WORKER}_{run}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
+    pg_admin(base_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+             f'CREATE DATABASE "{name}"')
     _WORKER_PG.append(base.set(database=name).render_as_string(hide_password=False))
     return _WORKER_PG[0]
 
@@ -88,10 +83,17 @@ def drop_worker_pg_database() -> None:
     if not (_WORKER_PG and PG_URL):
         return
     name = make_url(_WORKER_PG.pop()).database
-    admin = create_engine(make_url(PG_URL), isolation_level="AUTOCOMMIT")
+    pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_admin(url: str, *statements: str) -> None:
+    """Run statements that cannot run in a transaction (CREATE/DROP DATABASE) on ``url``'s
+    server, one after the other."""
+    admin = create_engine(make_url(url), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for statement in statements:
+                conn.execute(text(statement))
     finally:
         admin.dispose()
 

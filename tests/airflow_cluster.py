@@ -44,8 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from _support import PROJECT, free_port, require_postgres, require_redis
-from sqlalchemy import create_engine, text
+from _support import PROJECT, free_port, pg_admin, require_postgres, require_redis
 from sqlalchemy.engine import make_url
 
 BIN = Path(sys.executable).parent
@@ -62,17 +61,13 @@ START_TIMEOUT = 180.0
 @contextmanager
 def private_pg_database(prefix: str) -> Iterator[str]:
     """A fresh PostgreSQL database on the test server, dropped (connections and all) on exit."""
-    base = make_url(require_postgres())
+    server = require_postgres()
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    pg_admin(server, f'CREATE DATABASE "{name}"')
     try:
-        yield base.set(database=name).render_as_string(hide_password=False)
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        pg_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _psycopg(url: str) -> str:
