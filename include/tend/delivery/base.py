@@ -39,8 +39,8 @@ Contract
   says so with a true ``rehearsal`` attribute; the engine then puts every message back to
   ``claimed`` after the call, so a rehearsal never counts in the ledger, caps or cooldowns.
 * A backend may declare ``chunk_size``: how many messages it takes at once (the outbox and
-  SMTP 50 per ``send()`` call; SendGrid 64 per slice of its window), and ``chunks_in_flight``:
-  how many of those it holds at once (default 1; SendGrid 8). Their product is the backend's
+  SMTP 50 per ``send()`` call; SendGrid 128 per slice of its window), and ``chunks_in_flight``:
+  how many of those it holds at once (default 1; SendGrid 4). Their product is the backend's
   *window*: the engine hands a chunk over (and marks it ``sending`` just before) only while the
   messages handed over and not yet recorded stay within it, so it bounds how many messages a
   crash can leave ambiguous.
@@ -79,7 +79,6 @@ __all__ = [
     "resolver_of",
     "safe_display_name",
     "submitter_of",
-    "window_of",
 ]
 
 DEFAULT_CHUNK_SIZE = 50
@@ -184,11 +183,6 @@ def chunks_in_flight_of(backend: object) -> int:
     """How many chunks the backend takes at once (see the module docstring), else 1."""
     n = getattr(backend, "chunks_in_flight", None)
     return int(n) if isinstance(n, int) and n >= 1 else 1
-
-
-def window_of(backend: object) -> int:
-    """How many messages the backend holds at once: ``chunk_size`` x ``chunks_in_flight``."""
-    return chunk_size_of(backend) * chunks_in_flight_of(backend)
 
 
 @dataclass(frozen=True)

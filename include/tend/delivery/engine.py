@@ -43,7 +43,6 @@ from tend.delivery.base import (
     resolver_of,
     safe_display_name,
     submitter_of,
-    window_of,
 )
 from tend.errors import DeliveryAuthError, DeliveryError, TemplateError
 from tend.logs import log, mask_email, table
@@ -304,8 +303,7 @@ def _send_leased(engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Le
         log.warning("batch %s: rehearsal through %s's sandbox: messages are validated, none is "
                     "delivered, and every one goes back to 'claimed' (nothing counts in the "
                     "ledger, caps or cooldowns)", batch_id, result.backend)
-    window_size = max(window_of(backend) if size == chunk_size_of(backend) else
-                      size * chunks_in_flight_of(backend), size)
+    window_size = size * chunks_in_flight_of(backend)  # the backend's window, at this size
     log.info("batch %s: %s message(s) to send through %s, %s at a time (at most %s handed "
              "over and not yet recorded)", batch_id, f"{result.total:,}", result.backend, size,
              f"{window_size:,}")
