@@ -3,7 +3,7 @@
 
 The test ``tests/unit/dev/test_responses.py`` checks seeds 0-59 (each program covered in at
 least 54) because a suite cannot afford more; this runs the very same chain (its
-``measured``: the planner's holdout draw, the demo's simulated answers, attribution, Newcombe's
+``covered``: the planner's holdout draw, the demo's simulated answers, attribution, Newcombe's
 interval) over as many seeds as asked and prints, per program, how many intervals covered the
 truth. A calibrated 95 % interval covers in 95 % of seeds, with a standard error of
 sqrt(0.95 x 0.05 / seeds) (0.5 points over 2,000 seeds).
@@ -22,10 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit" / "dev"))
 
 # The test's own chain, not a copy of it.
-from test_responses import measured
+from test_responses import covered
 
 from tend.dev.responses import DEMO_TRUTH
-from tend.results import stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,19 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    covered = dict.fromkeys(DEMO_TRUTH, 0)
+    hits = dict.fromkeys(DEMO_TRUTH, 0)
     start = time.monotonic()
     for seed in range(args.first, args.first + args.seeds):
-        figures = measured(seed)
-        for program, truth in DEMO_TRUTH.items():
-            row = figures.loc[program]
-            interval = stats.Interval(row["lift"], row["lift_low"], row["lift_high"])
-            covered[program] += interval.covers(truth.uplift)
+        for program, hit in covered(seed).items():
+            hits[program] += hit
     se = math.sqrt(0.95 * 0.05 / args.seeds)
     print(f"seeds {args.first}-{args.first + args.seeds - 1} ({args.seeds}), "
           f"{time.monotonic() - start:.0f} s; a calibrated interval covers in 95 % "
           f"(standard error {100 * se:.1f} points)")
-    for program, n in covered.items():
+    for program, n in hits.items():
         truth = DEMO_TRUTH[program]
         print(f"  {program:<12} true uplift {100 * truth.uplift:+.1f} points: covered in "
               f"{n:,} of {args.seeds:,} ({100 * n / args.seeds:.1f} %)")
