@@ -119,16 +119,15 @@ def kill_worker2_mid_send(cluster: AirflowCluster, run_id: str, store: str,
                                      for t in every):
             batch_ids = [int(b) for b in cluster.xcom("tend_programs", run_id, "plan")]
         tis = [t for t in every if t["task_id"] == "send" and t["map_index"] >= 0]
-        for ti in tis:
-            if not (ti["hostname"] == "worker2" and ti["state"] == "running"
-                    and batch_ids is not None):
-                continue
-            # Some of the batch sent, and at least one chunk not yet handed over, so the kill
-            # lands mid-send and not just after the batch finished.
-            statuses = batch_statuses(store, batch_ids[ti["map_index"]])
-            if statuses["sent"] > 0 and statuses["claimed"] >= CHUNK:
-                cluster.kill("worker2")
-                return int(ti["map_index"])
+        running2 = [t for t in tis if t["hostname"] == "worker2" and t["state"] == "running"]
+        if batch_ids is not None:
+            for ti in running2:
+                # Some of the batch sent, and at least one chunk not yet handed over, so the
+                # kill lands mid-send and not just after the batch finished.
+                statuses = batch_statuses(store, batch_ids[ti["map_index"]])
+                if statuses["sent"] > 0 and statuses["claimed"] >= CHUNK:
+                    cluster.kill("worker2")
+                    return int(ti["map_index"])
         if tis and all(t["state"] in ("success", "failed") for t in tis):
             break
         time.sleep(0.2)
