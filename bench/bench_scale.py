@@ -54,7 +54,6 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +65,6 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = dt.date(2026, 11, 20)  # the night the cached demo shops end on (bench_signals.NIGHT)
 KEY = "SG.bench-scale"
-TEND = Path(sys.executable).parent / "tend"
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -244,15 +242,12 @@ class CpuSampler:
         return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
     def _members(self) -> Iterator[tuple[str, psutil.Process]]:
+        from airflow_cluster import _tree
+
         for group, pids in self.roots.items():
             for pid in pids:
-                try:
-                    root = psutil.Process(pid)
-                    yield group, root
-                    for child in root.children(recursive=True):
-                        yield group, child
-                except psutil.NoSuchProcess:
-                    continue
+                for p in _tree(pid):
+                    yield group, p
         for group, pid in self.alone.items():  # without its children (the cluster's parent)
             try:
                 yield group, psutil.Process(pid)
@@ -374,22 +369,11 @@ def store_size(store: str) -> list[dict[str, Any]]:
 # -- one night ----------------------------------------------------------------------------
 
 
-def _task_instances(cluster: Any, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    """Every task instance of a run, page by page (the REST API gives at most 100 at a time,
-    and a night has a send task per batch)."""
-    out: list[dict[str, Any]] = []
-    while True:
-        page = cluster.api("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances"
-                                  f"?limit=100&offset={len(out)}")
-        out += page["task_instances"]
-        if not page["task_instances"] or len(out) >= page["total_entries"]:
-            return out
-
-
-def _xcom(cluster: Any, path: str) -> dict[str, float]:
-    """A task's ``timings`` XCom (empty when the task failed before leaving it)."""
+def _timings(cluster: Any, run_id: str, task_id: str, map_index: int | None = None
+             ) -> dict[str, float]:
+    """A ``tend_programs`` task's ``timings`` XCom (empty when it failed before leaving it)."""
     try:
-        return dict(cluster.api("GET", f"{path}deserialize=true")["value"])
+        return dict(cluster.xcom("tend_programs", run_id, task_id, "timings", map_index))
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return {}
@@ -402,8 +386,8 @@ def _database_of(url: str) -> str:
     return str(make_url(url).database)
 
 
-def _pg_processes() -> dict[str, list[str]]:
-    return {"postgres": ["postgres"], "redis": ["redis-server"]}
+#: The machine's own services the night uses, sampled by process name.
+SERVICES = {"postgres": ["postgres"], "redis": ["redis-server"]}
 
 
 def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_size: int,
@@ -437,8 +421,7 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
                 "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "120",
             }
             with airflow_cluster(workdir / "cluster", workers=workers, concurrency=concurrency,
-                                 env=env) as cluster:
-                cluster.airflow("pools", "set", "tend_send", str(pool), "Tend senders")
+                                 pool=pool, env=env) as cluster:
                 roots = {name: [cluster.procs[name].pid] for name in cluster.workers}
                 roots["stand-in"] = [stand_in.proc.pid]
                 roots["airflow services"] = [cluster.procs[name].pid for name in
@@ -447,7 +430,7 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
                 load_before = os.getloadavg()
                 _log(f"{workers} worker(s): cluster up; triggering the night "
                      f"(load average {load_before[0]:.2f})")
-                sampler = CpuSampler(roots, _pg_processes(), {"bench": os.getpid()})
+                sampler = CpuSampler(roots, SERVICES, {"bench": os.getpid()})
                 connections = ConnectionSampler(
                     os.environ["TEST_DATABASE_URL"],
                     {"store": _database_of(store),
@@ -468,18 +451,17 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
                 _log(f"tend_programs {state} after {polled:.0f}s in all")
                 runs = {dag: cluster.api("GET", f"dags/{dag}/dagRuns/{run}")
                         for dag, run in (("tend_ingest", ingest), ("tend_programs", programs))}
-                ingest_tis = _task_instances(cluster, "tend_ingest", ingest)
-                programs_tis = _task_instances(cluster, "tend_programs", programs)
-                base = f"dags/tend_programs/dagRuns/{programs}/taskInstances"
-                plan_timings = _xcom(cluster, f"{base}/plan/xcomEntries/timings?")
-                send_timings = [
-                    _xcom(cluster, f"{base}/send/xcomEntries/timings?map_index={ti['map_index']}&")
-                    for ti in programs_tis if ti["task_id"] == "send" and ti["map_index"] >= 0]
+                ingest_tis = cluster.task_instances("tend_ingest", ingest)
+                programs_tis = cluster.task_instances("tend_programs", programs)
+                plan_timings = _timings(cluster, programs, "plan")
+                send_timings = [_timings(cluster, programs, "send", ti["map_index"])
+                                for ti in programs_tis
+                                if ti["task_id"] == "send" and ti["map_index"] >= 0]
                 failed = [f"{t['task_id']}[{t['map_index']}]: {t['state']}"
                           for t in programs_tis if t["state"] != "success"]
         finally:
-            stand_in_stats = stand_in.get("_stats")
-            accepted = stand_in.get("_counts")
+            stand_in_stats = stand_in.stats()
+            accepted = stand_in.counts()
             stand_in.close()
         ledger = ledger_of_night(store)
         check = delivery_check(ledger, accepted)

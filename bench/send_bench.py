@@ -198,6 +198,10 @@ class StandIn:
     def requests(self) -> list[dict[str, Any]]:
         return self.get("_requests")["requests"]
 
+    def counts(self) -> dict[str, int]:
+        """How many times the stand-in accepted each Tend message id."""
+        return self.get("_counts")
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)

@@ -213,8 +213,15 @@ class AirflowCluster:
         return state
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        return list(self.api("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances"
-                                    "?limit=1000")["task_instances"])
+        """Every task instance of a run, page by page (the REST API gives at most 100 at a
+        time, and a large night has a send task per batch)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self.api("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+                                   f"?limit=100&offset={len(out)}")
+            out += page["task_instances"]
+            if not page["task_instances"] or len(out) >= page["total_entries"]:
+                return out
 
     def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> list[dict[str, Any]]:
         """Every attempt of one (mapped) task instance, oldest first, with its host name."""
@@ -222,9 +229,13 @@ class AirflowCluster:
         tries = self.api("GET", path)["task_instances"]
         return sorted(tries, key=lambda t: t["try_number"])
 
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value",
+             map_index: int | None = None) -> Any:
+        """One XCom value (of one mapped task instance with ``map_index``); HTTPError 404
+        when the task never pushed it."""
         path = f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
-        return self.api("GET", f"{path}?deserialize=true")["value"]
+        mapped = "" if map_index is None else f"map_index={map_index}&"
+        return self.api("GET", f"{path}?{mapped}deserialize=true")["value"]
 
 
 def _note(tmp: Path, what: str) -> None:
@@ -273,12 +284,13 @@ def _fernet_key() -> str:
 
 
 @contextmanager
-def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2,
+def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2, pool: int = 4,
                     env: Mapping[str, str] | None = None) -> Iterator[AirflowCluster]:
     """Start the cluster in ``tmp`` and yield it once every component is up; stop everything
     and drop its database and Redis keys on exit. ``env`` adds to (and wins over) the
     cluster's environment: connections, Variables, TEND_* settings. Workers are named
-    ``worker1``..``workerN``; Airflow records those names as the task instances' host names."""
+    ``worker1``..``workerN``; Airflow records those names as the task instances' host names.
+    ``pool`` is the size of the ``tend_send`` pool, as airflow-init creates it."""
     redis_base = require_redis()
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "logs").mkdir(exist_ok=True)
@@ -334,7 +346,7 @@ def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2,
         stack.callback(cluster.stop)
 
         cluster.airflow("db", "migrate", timeout=300)
-        cluster.airflow("pools", "set", "tend_send", "4", "Tend senders")
+        cluster.airflow("pools", "set", "tend_send", str(pool), "Tend senders")
         cluster.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port))
         cluster.start("scheduler", "scheduler")
         cluster.start("dag-processor", "dag-processor")
