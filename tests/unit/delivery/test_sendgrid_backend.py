@@ -45,7 +45,10 @@ def backend_for(fake: RunningFake, **changes: object) -> SendGridBackend:
 
 
 def faults(fake: RunningFake, **plan: object) -> None:
-    fake.fake.set_faults(FaultPlan(latency_ms=2, reset_ms=100, **plan))  # type: ignore[arg-type]
+    """The stand-in's faults, answering after 2 ms with a 100 ms rate-limit reset unless
+    ``plan`` says otherwise."""
+    settings: dict[str, Any] = {"latency_ms": 2, "reset_ms": 100, **plan}
+    fake.fake.set_faults(FaultPlan(**settings))
 
 
 def test_a_chunk_is_sent_concurrently_over_reused_connections(fake: RunningFake) -> None:
@@ -333,7 +336,7 @@ def test_a_503_backs_off_without_holding_a_slot(fake: RunningFake) -> None:
 def test_a_sporadic_429_pauses_only_its_own_request(fake: RunningFake) -> None:
     """A 429 with Retry-After: 1 for one message (the stand-in's default: a fault of that one
     request): it waits its second, without a slot, while the others are answered meanwhile."""
-    fake.fake.set_faults(FaultPlan(latency_ms=2, reset_ms=1000, by_message={"m0003": ["429"]}))
+    faults(fake, reset_ms=1000, by_message={"m0003": ["429"]})
     with backend_for(fake, max_in_flight=4) as backend:
         outcomes = submit_all(backend, [numbered_message(i) for i in range(60)])
     assert {o.status for o in outcomes} == {SENT} and outcomes[-1].message_id == "m0003"
@@ -351,8 +354,7 @@ def test_an_account_limit_pauses_every_request_and_is_not_hammered(fake: Running
     """The stand-in with hold_429 (an account limit: after one 429, every request is refused
     until the reset): once most recent answers are 429 the whole backend waits for the reset,
     so only what was in flight or about to leave is refused meanwhile; then all go, once."""
-    fake.fake.set_faults(FaultPlan(latency_ms=2, reset_ms=1000, hold_429=True,
-                                   by_message={"m0003": ["429"]}))
+    faults(fake, reset_ms=1000, hold_429=True, by_message={"m0003": ["429"]})
     in_flight = 8
     with backend_for(fake, max_in_flight=in_flight) as backend:
         outcomes = submit_all(backend, [numbered_message(i) for i in range(200)])
