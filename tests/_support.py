@@ -789,27 +789,23 @@ def airflow_scenario(tmp: Path, *, as_of: str, customers: int = 300) -> AirflowS
     s = AirflowScenario(tmp, env)
     s.run(str(BIN / "tend"), "demo-data", "--db", env["AIRFLOW_CONN_TEND_SHOP"],
           "--customers", str(customers), "--seed", "3", "--as-of", as_of, label="demo-data")
-    migrated_airflow_db(Path(env["AIRFLOW_HOME"]), env)
+    migrated_airflow_db(s)
     return s
 
 
-def migrated_airflow_db(airflow_home: Path, env: dict[str, str]) -> None:
-    """A migrated SQLite Airflow metadata database at ``airflow_home/airflow.db``.
+def migrated_airflow_db(s: AirflowScenario) -> None:
+    """A migrated SQLite Airflow metadata database at the scenario's ``airflow/airflow.db``.
 
     Every test starts from the same one, so it is migrated once per test run (by whichever
-    xdist worker needs it first, with ``env``) and copied."""
+    xdist worker needs it first) and copied."""
     import shutil
 
-    target = airflow_home / "airflow.db"
+    target = Path(s.env["AIRFLOW_HOME"]) / "airflow.db"
     target.parent.mkdir(parents=True, exist_ok=True)
     with run_shared("airflow-db") as folder:
         template = folder / "airflow.db"
         if not template.exists():
-            proc = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env,
-                                  cwd=airflow_home, capture_output=True, text=True,
-                                  timeout=AIRFLOW_TIMEOUT)
-            assert proc.returncode == 0, f"airflow db migrate failed:\n{proc.stdout[-3000:]}" \
-                                         f"{proc.stderr[-3000:]}"
+            s.run(str(BIN / "airflow"), "db", "migrate", label="airflow db migrate")
             shutil.copyfile(target, folder / "airflow.db.part")
             (folder / "airflow.db.part").rename(template)
             return
