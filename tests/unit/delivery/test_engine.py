@@ -86,14 +86,26 @@ def fake() -> Iterator[RunningFake]:
         yield running
 
 
-def sendgrid(fake: RunningFake, **changes: Any) -> SendGridBackend:
+def sendgrid_settings(fake: RunningFake, **changes: Any) -> SendGridSettings:
     # A read timeout no answer reaches even on a loaded machine (a test that needs one sets
     # it), and slow replies give their slot back early, so those paths run in every test.
     opts: dict[str, Any] = {"api_key": KEY, "base_url": fake.url, "chunk_size": 20,
                             "max_in_flight": 8, "read_timeout": 10, "slow_after": 0.1,
                             "backoff_base": 0.01, "backoff_max": 0.05, "max_attempts": 8,
                             **changes}
-    return SendGridBackend(SendGridSettings(**opts))
+    return SendGridSettings(**opts)
+
+
+def sendgrid(fake: RunningFake, **changes: Any) -> SendGridBackend:
+    return SendGridBackend(sendgrid_settings(fake, **changes))
+
+
+def sending_at_handover(store_url: str, messages: Sequence[OutgoingMessage]) -> set[str]:
+    """The ledger's 'sending' rows when the engine hands ``messages`` over, which must be
+    among them (marked before they leave)."""
+    sending = {m for m, r in ledger(store_url).items() if r["status"] == "sending"}
+    assert {m.message_id for m in messages} <= sending  # marked before it was handed over
+    return sending
 
 
 def send_all(store_url: str, planned: plan.PlanResult, backend: Any,
@@ -202,12 +214,9 @@ class Inspecting:
         self.sizes: list[int] = []
 
     def send(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
-        rows = ledger(self.store_url)
-        sending = {m for m, r in rows.items() if r["status"] == "sending"}
-        mine = {m.message_id for m in messages}
-        assert mine <= sending  # marked before it was handed over
+        sending = sending_at_handover(self.store_url, messages)
         if self.chunks_in_flight == 1:
-            assert sending == mine  # ...and nothing else is in flight
+            assert sending == {m.message_id for m in messages}  # ...and nothing else is out
         self.sending_seen.append(len(sending))
         self.sizes.append(len(messages))
         return self.inner.send(messages)
@@ -239,8 +248,7 @@ class WindowWatch(SendGridBackend):
         self.sending_seen: list[int] = []
 
     def submit(self, messages: Sequence[OutgoingMessage], done: Any) -> None:
-        sending = {m for m, r in ledger(self.store_url).items() if r["status"] == "sending"}
-        assert {m.message_id for m in messages} <= sending  # marked before it was handed over
+        sending = sending_at_handover(self.store_url, messages)
         self.sending_seen.append(len(sending))
         super().submit(messages, done)
 
@@ -250,7 +258,7 @@ def test_the_window_refills_while_slow_replies_wait_and_stays_bounded(
     """Slices of 10, four at once: while a third of the requests answer late, new slices keep
     leaving, and never more than the window (40) is 'sending'."""
     fake.fake.set_faults(FaultPlan(latency_ms=1, rate=0.3, kinds=("slow",), seed=3, slow_ms=400))
-    settings = sendgrid(fake).settings.with_(chunk_size=10, chunks_in_flight=4, max_in_flight=4)
+    settings = sendgrid_settings(fake, chunk_size=10, chunks_in_flight=4, max_in_flight=4)
     backend = WindowWatch(store_url, settings)
     with backend:
         counts = send_all(store_url, planned, backend)
