@@ -30,7 +30,7 @@ from typing import Any
 
 import _support
 import pytest
-from _support import PROJECT, DemoShops, copy_sqlite, private_pg_schema, run_shared
+from _support import DemoShops, copy_sqlite, private_pg_schema, run_shared
 
 #: Modules whose tests run on one xdist worker, one module after the other. "airflow-services":
 #: the modules that start Airflow's long-running services (api-server, scheduler, workers):
@@ -85,9 +85,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     order (every worker sorts the same collection the same way, as xdist requires); a plain
     run keeps pytest's order. Everywhere: a module that starts an Airflow cluster must be in
     ONE_WORKER_GROUPS."""
-    for module in {item.module for item in items if isinstance(item, pytest.Function)}:
-        path = Path(module.__file__).resolve().relative_to(PROJECT).as_posix()
-        if hasattr(module, "airflow_cluster") and path not in _GROUP_OF:
+    # Module paths as the scheduler sees them (_work_unit: the node id's prefix).
+    clusters = {item.nodeid.split("::", 1)[0] for item in items
+                if isinstance(item, pytest.Function) and hasattr(item.module, "airflow_cluster")}
+    for path in sorted(clusters):
+        if path not in _GROUP_OF:
             raise pytest.UsageError(
                 f"{path} starts an Airflow cluster: add it to ONE_WORKER_GROUPS"
                 "['airflow-services'] in tests/conftest.py, so that it never runs beside "
