@@ -466,22 +466,29 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
         ledger = ledger_of_night(store)
         check = delivery_check(ledger, accepted)
         sizes = store_size(store) if measure_store else []
-    stages = stage_times(runs["tend_ingest"], runs["tend_programs"], ingest_tis, programs_tis,
-                         plan_timings, send_timings)
+    # What the figures were computed from, to recompute them (``--report``).
+    raw = {"runs": runs, "ingest_tis": ingest_tis, "programs_tis": programs_tis,
+           "plan_timings": plan_timings, "send_timings": send_timings}
     return {
         "workers": workers, "concurrency": concurrency, "pool": pool, "batch_size": batch_size,
         "state": state, "failed_tasks": failed, "polled_seconds": polled,
-        "stages": stages.__dict__, "messages": check.sent, "claimed": check.claimed,
-        "rate": check.sent / stages.wall if stages.wall else 0.0,
-        "send_rate": check.sent / stages.spans["send"] if stages.spans["send"] else 0.0,
+        "messages": check.sent, "claimed": check.claimed, **timed(raw, check.sent),
         "check": {"ok": check.ok, "duplicates": check.duplicates, "problems": check.problems()},
         "stand_in": stand_in_stats, "cpu": cpu,
         "load": {"before": load_before, "after": load_after}, "store": sizes,
-        "peak_connections": peak_connections, "peak_gib": peak_gib,
-        # What the figures were computed from, to recompute them (``--report``).
-        "raw": {"runs": runs, "ingest_tis": ingest_tis, "programs_tis": programs_tis,
-                "plan_timings": plan_timings, "send_timings": send_timings},
+        "peak_connections": peak_connections, "peak_gib": peak_gib, "raw": raw,
     }
+
+
+def timed(raw: Mapping[str, Any], messages: int) -> dict[str, Any]:
+    """The stage times of a night and the rates they give, from what Airflow and the tasks
+    recorded (``raw``): one computation for a run and for ``--report`` of a saved one."""
+    stages = stage_times(raw["runs"]["tend_ingest"], raw["runs"]["tend_programs"],
+                         raw["ingest_tis"], raw["programs_tis"], raw["plan_timings"],
+                         raw["send_timings"])
+    return {"stages": stages.__dict__,
+            "rate": messages / stages.wall if stages.wall else 0.0,
+            "send_rate": messages / stages.spans["send"] if stages.spans["send"] else 0.0}
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -589,11 +596,7 @@ def main() -> int:
         saved = json.loads(args.report.read_text())
         for r in saved["results"]:
             if "raw" in r:  # recomputed, so a report follows the current stage definitions
-                raw = r["raw"]
-                r["stages"] = stage_times(
-                    raw["runs"]["tend_ingest"], raw["runs"]["tend_programs"],
-                    raw["ingest_tis"], raw["programs_tis"], raw["plan_timings"],
-                    raw["send_timings"]).__dict__
+                r.update(timed(r["raw"], r["messages"]))
         print(report(saved["results"], saved["customers"]))
         return 0
     try:
