@@ -99,24 +99,33 @@ def pg_admin(url: str, *statements: str) -> None:
 
 
 #: A directory every worker of this test run shares (the run's base temporary directory; set by
-#: tests/conftest.py before the first test). See :func:`run_shared`.
+#: tests/conftest.py before the first test). See :func:`made_once`.
 RUN_DIR: list[Path] = []
 
 
-@contextmanager
-def run_shared(name: str) -> Iterator[Path]:
-    """``<run dir>/name``, held exclusively until the block exits: a directory the workers of
-    one run share, where the first to need something slow to make (a migrated Airflow
-    database, a demo shop) makes it while the others wait, then reuse it."""
-    import fcntl
-    import tempfile
+def made_once(name: str, make: Callable[[Path], None]) -> Path:
+    """``<run dir>/name``, filled by ``make(folder)`` once per test run and then shared by its
+    workers: the first to ask makes it while the others wait on a lock, then all reuse it.
 
-    root = RUN_DIR[0] if RUN_DIR else Path(tempfile.gettempdir())
-    folder = root / "shared" / name
+    A worker that died while making it leaves no ``.complete`` marker, so the next one to ask
+    clears the folder and makes it again rather than reuse half of it."""
+    import fcntl
+    import shutil
+
+    if not RUN_DIR:
+        raise RuntimeError("made_once needs the run directory tests/conftest.py sets; "
+                           "call it from a test or a fixture")
+    folder = RUN_DIR[0] / "shared" / name
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        yield folder
+        if not (folder / ".complete").exists():
+            for leftover in folder.iterdir():
+                if leftover.name != ".lock":
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            make(folder)
+            (folder / ".complete").touch()
+    return folder
 
 
 @contextmanager
@@ -802,13 +811,13 @@ def migrated_airflow_db(s: AirflowScenario) -> None:
 
     target = Path(s.env["AIRFLOW_HOME"]) / "airflow.db"
     target.parent.mkdir(parents=True, exist_ok=True)
-    with run_shared("airflow-db") as folder:
-        template = folder / "airflow.db"
-        if not template.exists():
-            s.run(str(BIN / "airflow"), "db", "migrate", label="airflow db migrate")
-            shutil.copyfile(target, folder / "airflow.db.part")
-            (folder / "airflow.db.part").rename(template)
-            return
+
+    def migrate(folder: Path) -> None:
+        s.run(str(BIN / "airflow"), "db", "migrate", label="airflow db migrate")
+        shutil.copyfile(target, folder / "airflow.db")
+
+    template = made_once("airflow-db", migrate) / "airflow.db"
+    if not target.exists():  # this scenario did not migrate it itself
         shutil.copyfile(template, target)
 
 

@@ -16,7 +16,7 @@ module-scoped fixtures are built once; SPLIT_MODULES' tests go out one by one) a
 of one of ONE_WORKER_GROUPS on one worker; the modules with ``slow`` tests are handed out
 first, so that the longest ones do not start last. Each worker has a PostgreSQL database of its
 own (``_support.require_postgres``) and ports of its own (``_support.free_port``); demo shops
-and the migrated Airflow database are made once per run and shared (``_support.run_shared``).
+and the migrated Airflow database are made once per run and shared (``_support.made_once``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 import _support
 import pytest
-from _support import DemoShops, copy_sqlite, private_pg_schema, run_shared
+from _support import DemoShops, copy_sqlite, made_once, private_pg_schema
 
 #: Modules whose tests run on one xdist worker, one module after the other. "airflow-services":
 #: the modules that start Airflow's long-running services (api-server, scheduler, workers):
@@ -102,7 +102,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def _run_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Where the workers of this run share what is made once (``_support.run_shared``): the
+    """Where the workers of this run share what is made once (``_support.made_once``): the
     run's base temporary directory, whose subdirectories are the workers' own."""
     base = tmp_path_factory.getbasetemp()
     _support.RUN_DIR[:] = [base.parent if _support.XDIST_WORKER else base]
@@ -162,15 +162,11 @@ def demo_shops() -> DemoShops:
     from tend.dev.demo import generate_demo_shop
 
     def demo_shop(*, customers: int, seed: int, as_of: dt.date) -> str:
-        # Made by the first worker of the run that asks for it; the others wait for it.
-        with run_shared(f"shop-{customers}-{seed}-{as_of.isoformat()}") as folder:
-            path, done = folder / "shop.db", folder / "complete"
-            if not done.exists():
-                for leftover in folder.glob("shop.db*"):  # a worker died while making it
-                    leftover.unlink()
-                generate_demo_shop(f"sqlite:///{path}", customers=customers, seed=seed,
-                                   as_of=as_of)
-                done.touch()
+        def make(folder: Path) -> None:
+            generate_demo_shop(f"sqlite:///{folder / 'shop.db'}", customers=customers,
+                               seed=seed, as_of=as_of)
+
+        path = made_once(f"shop-{customers}-{seed}-{as_of.isoformat()}", make) / "shop.db"
         return f"sqlite:///{path}"
 
     return demo_shop
