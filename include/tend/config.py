@@ -183,7 +183,7 @@ def public_base_url(value: str) -> str:
     raise ConfigError(
         f"TEND_BASE_URL={value!r} must be an https:// URL (plain http only for localhost): it "
         "is where customers' unsubscribe, preferences and survey links go; put tend serve "
-        "behind a TLS reverse proxy (docs/operations.md) and give its public https address"
+        "behind a TLS reverse proxy (docs/listen.md) and give its public https address"
     )
 
 
