@@ -76,7 +76,7 @@ def tend_programs() -> None:
     # AirflowFailException: no retry (the ledger's state will not change by itself).
     @task(trigger_rule="all_done")
     def check(**context) -> None:
-        tasks.night_check(tasks.planned_night(context))
+        tasks.night_check(tasks.planned_night(context), context)
 
     batch_ids = plan()
     night = batch_ids[tasks.AS_OF_XCOM]

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from tend.delivery.base import DeliveryBackend
 
 
-def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> list[str]:
+def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None, *,
+                  rehearsal: bool = False) -> list[str]:
     """The night's totals: candidates, claims and delivery outcomes, per program and per
     reason a candidate was skipped, and what the ingest quarantined.
 
@@ -55,7 +56,9 @@ def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> 
     settle them, then failed or still waiting ones, templates that failed, bounces and spam
     reports over their thresholds, new complaints). ``run_id``: the run printing it, so a
     replay says what it did itself (usually nothing new) rather than repeat the night's totals
-    as if it had sent them. The first warnings are the older nights that were ingested, then
+    as if it had sent them. ``rehearsal``: the run went through SendGrid's sandbox, which puts
+    every message back to 'claimed', so its waiting messages are said to be that rather than a
+    failed send task. The first warnings are the older nights that were ingested, then
     overtaken by this night's ingest before any run planned them (``tend.store.nights``;
     tend_programs plans only the night the store's features are at: docs/operations.md).
     """
@@ -85,10 +88,12 @@ def summary_lines(store_url: str, as_of: dt.date, run_id: str | None = None) -> 
         if fate != "claimed":
             skipped[fate] += n
     waiting = statuses.get("claimed", 0) + statuses.get("sending", 0)
-    warnings = _warnings(statuses, waiting, template_errors, week, before, len(new_complaints))
+    warnings = _warnings(statuses, waiting, template_errors, week, before, len(new_complaints),
+                         rehearsal=rehearsal)
     warnings = [*(unplanned_warning(night, as_of) for night in missed), *warnings]
     out = [*(f"WARNING: {w}" for w in warnings), *([""] if warnings else [])]
-    out += [f"Tend night {as_of}"]
+    out += [f"Tend night {as_of}" + (" (rehearsal: SendGrid sandbox, nothing delivered)"
+                                     if rehearsal else "")]
     if mine is not None:
         claimed_here = sum(mine.values())
         if claimed_here:
@@ -143,7 +148,8 @@ def _template_failures(conn: Any, as_of: dt.date) -> list[tuple[str, int]]:
 
 
 def _warnings(statuses: Mapping[str, int], waiting: int, template_errors: list[tuple[str, int]],
-              week: Any, before: Any, new_complaints: int) -> list[str]:
+              week: Any, before: Any, new_complaints: int, *,
+              rehearsal: bool = False) -> list[str]:
     from tend.dashboard import BOUNCE_WARNING, SPAM_LIMIT, SPAM_TARGET
 
     out = []
@@ -151,7 +157,11 @@ def _warnings(statuses: Mapping[str, int], waiting: int, template_errors: list[t
         out.append(f"{statuses['failed']:,} message(s) failed; `tend why CUSTOMER` shows each "
                    "error")
     # 'unknown' messages lead the summary with their own warning (ledger.unknown_warning_lines)
-    if waiting:
+    if waiting and rehearsal:
+        out.append(f"{waiting:,} message(s) not sent: this run was a rehearsal (SendGrid "
+                   "sandbox), which delivers nothing and puts every message back to "
+                   "'claimed'; a real run of this night sends them (docs/operations.md)")
+    elif waiting:
         out.append(f"{waiting:,} message(s) still waiting to be sent: a send task failed or "
                    "has not run; clear it in Airflow to send them")
     for program, n in template_errors:

@@ -185,14 +185,28 @@ def summary(as_of: str | None, context: Mapping[str, Any] | None = None) -> None
         log.error("WARNING: %s", NOT_PLANNED)
         return
     run = runs.run_id(context) if context else None
-    for line in summary_lines(store_url(), dt.date.fromisoformat(as_of), run):
+    for line in summary_lines(store_url(), dt.date.fromisoformat(as_of), run,
+                              rehearsal=rehearsal(context)):
         (log.warning if line.startswith("WARNING") else log.info)(line)
 
 
-def night_check(as_of: str | None) -> None:
+def rehearsal(context: Mapping[str, Any] | None) -> bool:
+    """Whether this run sends through SendGrid's sandbox (validated, never delivered); False
+    outside a task (no run to ask)."""
+    from tend_airflow.delivery import delivery_name, sendgrid_settings
+
+    return (context is not None and delivery_name() == "sendgrid"
+            and sendgrid_settings(context).sandbox)
+
+
+def night_check(as_of: str | None, context: Mapping[str, Any] | None = None) -> None:
     """The run's last word: fail it (after the summary is printed) when plan did not finish
     or any of the night's messages failed, is unknown or still waits, so a run that did not
-    send shows red."""
+    send shows red.
+
+    A rehearsal (SendGrid sandbox) ends red too, saying so: its messages are back to
+    'claimed', so the night is not sent, and a send task that failed would leave them
+    'claimed' just the same; only a real run can show green."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from tend.reports import night_problems
@@ -200,6 +214,11 @@ def night_check(as_of: str | None) -> None:
     if as_of is None:
         raise AirflowFailException(NOT_PLANNED)
     problems = night_problems(store_url(), dt.date.fromisoformat(as_of))
+    if problems and rehearsal(context):
+        raise AirflowFailException(
+            f"night {as_of} was a rehearsal (SendGrid sandbox): nothing was delivered, "
+            f"{', '.join(problems)} message(s); each send task's log says what SendGrid "
+            "validated or refused, and a real run of this night sends them")
     if problems:
         raise AirflowFailException(
             f"night {as_of}: {', '.join(problems)} message(s); see the summary task's log")
@@ -281,8 +300,8 @@ def campaign_check(context: Mapping[str, Any]) -> str:
     """Refuse a form that cannot run, before anything is read or claimed; the campaign name.
 
     A real run through SendGrid's sandbox mode is refused too: SendGrid accepts every message
-    and delivers none, the ledger would record them sent, and the campaign's name could never
-    send them for real.
+    and delivers none, so the run would claim the campaign's audience (counting in their caps)
+    and deliver nothing; a rehearsal is what dry_run is for.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -294,8 +313,9 @@ def campaign_check(context: Mapping[str, Any]) -> str:
     if not spec.dry_run and delivery_name() == "sendgrid" and sendgrid_settings(context).sandbox:
         raise AirflowFailException(
             "campaign form, field 'dry_run': SendGrid is in sandbox mode (the sendgrid_default "
-            "connection or this run), which delivers nothing but would record every message "
-            "as sent; switch dry_run on for a rehearsal, or sandbox mode off to send")
+            "connection or this run), which delivers nothing, so this run would claim the "
+            "audience and send none of it; switch dry_run on for a rehearsal, or sandbox mode "
+            "off to send")
     try:
         check_campaign(spec, shop_url=shop_url(), store_url=store_url())
     except DataError as exc:

@@ -32,6 +32,23 @@ def test_a_clean_night_has_no_warning_and_names_what_its_run_claimed(
     assert reports.night_problems(store_url, MONDAY) == []
 
 
+def test_a_rehearsal_says_its_waiting_messages_are_not_a_failed_send(
+        shop_url: str, store_url: str) -> None:
+    """A SendGrid sandbox run puts every message back to 'claimed': its summary says so, not
+    that a send task failed."""
+    plan_test_night(shop_url, store_url, MONDAY, REG)
+    with connect(store_url).begin() as conn:
+        claimed = conn.execute(update(contact_ledger).values(status="claimed")).rowcount
+    lines = reports.summary_lines(store_url, MONDAY, rehearsal=True)
+    assert lines[0] == (f"WARNING: {claimed:,} message(s) not sent: this run was a rehearsal "
+                        "(SendGrid sandbox), which delivers nothing and puts every message "
+                        "back to 'claimed'; a real run of this night sends them "
+                        "(docs/operations.md)")
+    assert f"Tend night {MONDAY} (rehearsal: SendGrid sandbox, nothing delivered)" in lines
+    assert not any("a send task failed" in line for line in lines)
+    assert any("a send task failed" in line for line in reports.summary_lines(store_url, MONDAY))
+
+
 def test_failures_unknown_sends_and_spam_reports_come_first(shop_url: str,
                                                             store_url: str) -> None:
     plan_test_night(shop_url, store_url, MONDAY, REG)
@@ -62,3 +79,4 @@ def test_failures_unknown_sends_and_spam_reports_come_first(shop_url: str,
         assert expected in text, text
     assert reports.night_problems(store_url, MONDAY) == [
         "1 failed", "1 unknown", "1 still waiting to be sent"]
+

@@ -568,6 +568,15 @@ def test_the_night_check_fails_the_run_while_messages_failed_or_wait(
     with pytest.raises(AirflowFailException,
                        match="night 2026-11-20: 1 failed, 1 still waiting to be sent"):
         tasks.night_check("2026-11-20")
+    # A SendGrid sandbox run is red too (nothing was delivered), and says it was a rehearsal.
+    clean_env.setenv("TEND_DELIVERY", "sendgrid")
+    clean_env.setenv("TEND_SENDGRID_API_KEY", "SG.test")
+    run = {"dag_run": SimpleNamespace(conf={"sendgrid_sandbox": True}), "params": {}}
+    with pytest.raises(AirflowFailException, match=r"night 2026-11-20 was a rehearsal \(Send"
+                       r"Grid sandbox\): nothing was delivered, 1 failed, 1 still waiting"):
+        tasks.night_check("2026-11-20", run)
+    with pytest.raises(AirflowFailException, match="night 2026-11-20: 1 failed"):
+        tasks.night_check("2026-11-20", {**run, "dag_run": SimpleNamespace(conf={})})
 
 
 def test_after_a_failed_plan_the_last_tasks_end_at_once(

@@ -138,4 +138,5 @@ def _night(args: argparse.Namespace) -> None:
                                               renderer=renderer, settings=settings).lines())
         finally:
             backend.close()
-        print_lines(["", *reports.summary_lines(store_url, args.as_of)])
+        print_lines(["", *reports.summary_lines(
+            store_url, args.as_of, rehearsal=bool(getattr(backend, "rehearsal", False)))])
