@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import html
+import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -211,10 +212,26 @@ def _stamp(value: Any) -> str:
     return str(value)[:16]
 
 
+#: Bidirectional controls: they reorder what a terminal or mail client shows after them.
+_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters (escape sequences, bidi overrides; not line breaks
+    or tabs) written out as ``\\x1b``-style escapes: a customer's comment is printed on staff's
+    terminals and in their mail, where an escape sequence could rewrite or hide other lines."""
+    return "".join(_escaped(ch) if (unicodedata.category(ch) == "Cc" and ch not in "\n\t")
+                   or ch in _BIDI else ch for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
 def _short(text: str | None, limit: int = 60) -> str:
     if not text:
         return ""
-    flat = " ".join(text.split())
+    flat = visible(" ".join(text.split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -294,7 +311,8 @@ def send_complaint_digest(store_url: str, *, backend: DeliveryBackend, settings:
              "Marketing to these customers is paused until you resolve the complaint:\n"
              "    tend complaints resolve ID --note \"what you did\"")
     text = "\n".join([intro, "", *complaint_table(pending), "", *(
-        f"#{r['id']} ({r['customer_id']}): {r['comment']}" for r in pending if r["comment"])])
+        f"#{r['id']} ({r['customer_id']}): {visible(r['comment'])}" for r in pending
+        if r["comment"])])
     body = "".join(
         f"<tr><td>#{r['id']}</td><td>{html.escape(_stamp(r['opened_at']))}</td>"
         f"<td>{html.escape(str(r['customer_id']))}</td><td>{html.escape(r['source'])}</td>"

@@ -80,3 +80,14 @@ def test_failures_unknown_sends_and_spam_reports_come_first(shop_url: str,
     assert reports.night_problems(store_url, MONDAY) == [
         "1 failed", "1 unknown", "1 still waiting to be sent"]
 
+
+def test_a_complaint_comment_cannot_drive_staff_terminals() -> None:
+    """A customer's comment reaches `tend complaints` and the digest: its escape sequences and
+    bidi overrides are printed as text, never passed to the terminal or the mail client."""
+    comment = "hi\x1b[2J\x1b]0;owned\x07 \u202eevil\u202c fine é\nsecond line"
+    row = {"id": 7, "opened_at": dt.datetime(2026, 11, 16, 9, 30), "customer_id": "C1",
+           "source": "survey", "rating": 1, "comment": comment}
+    printed = "\n".join(reports.complaint_table([row]))
+    assert "\x1b" not in printed and "\u202e" not in printed and "\x07" not in printed
+    assert r"hi\x1b[2J\x1b]0;owned\x07 \u202eevil\u202c fine é sec" in printed  # cut at 60
+    assert reports.visible("tab\tand\nline é") == "tab\tand\nline é"
