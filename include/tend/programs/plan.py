@@ -4,8 +4,9 @@
 
     signals (+ newsletter schedule) ─► one candidate per program that wants the customer
       + deferred candidates from earlier nights (expired ones are logged and dropped)
-      ─► consent & suppressions ─► holdouts ─► caps, cooldowns, arbitration, claim
-         (one transaction, tend.store.ledger.claim) ─► deferral of what is still relevant
+      ─► consent & suppressions ─► holdout draw ─► repeats, cooldowns, caps, then the
+         holdout (among those they let through), arbitration, claim (one transaction,
+         tend.store.ledger.claim) ─► deferral of what is still relevant
       ─► every candidate's fate in the decision log
 
 Nothing is sent here. Every candidate ends the night with a recorded fate and a sentence that
@@ -423,15 +424,18 @@ def _chosen_locale(allowed: pd.DataFrame, prefs: pd.DataFrame) -> pd.Series:
 
 
 def _holdouts(cands: pd.DataFrame, programs: Mapping[str, Program], as_of: dt.date) -> None:
+    """Mark (``holdout_why``) the candidates each program's holdout draw picks; the claim holds
+    out those its rules let through (``ledger.claim``), so a customer the program could not
+    contact tonight anyway (its cooldown, a repeat, the caps) is in neither group."""
+    cands["holdout_why"] = None
     for name, p in programs.items():
         if p.holdout_share <= 0:
             continue
         rows = cands.index[(cands["program"] == name) & cands["fate"].isna()]
         mask = held_out(cands.loc[rows, "customer_id"], name, as_of, p.holdout_share)
-        hit = rows[mask]
-        cands.loc[hit, "fate"] = "held_out"
-        cands.loc[hit, "why"] = (f"control group: {p.holdout_share:.0%} of eligible customers "
-                                 f"receive nothing from {name} in {holdout_period(as_of)}")
+        cands.loc[rows[mask], "holdout_why"] = (
+            f"control group: {p.holdout_share:.0%} of eligible customers receive nothing from "
+            f"{name} in {holdout_period(as_of)}")
 
 
 #: What a deferred candidate keeps of its signal row, to compete (and be rendered) later.

@@ -129,7 +129,9 @@ def claim(
     """Arbitrate ``candidates`` and claim at most one message per customer, within caps.
 
     ``candidates``: customer_id, program, occurrence, kind, priority, score, cooldown_days,
-    and optionally a ``context`` column or ``context_for``, which builds the contexts of the
+    optionally ``holdout_why`` (set for the candidates the program's holdout draw picked: those
+    the rules below let through are ``held_out``, with that reason, and claim nothing), and
+    optionally a ``context`` column or ``context_for``, which builds the contexts of the
     winners only (a night may have many more candidates than messages); with neither, the
     claims are written without contexts and the caller stores them with ``write_contexts``
     after this transaction (so building them does not hold the ledger's lock). Must run inside a
@@ -184,6 +186,14 @@ def claim(
         log.debug("claim: staged %s candidates in %.2fs", len(c), time.perf_counter() - started)
         lap("stage")
         _apply_rules(conn, c, fate, why, as_of=as_of, caps=caps)
+    if "holdout_why" in c.columns:
+        # The control group is drawn among the candidates the rules let through: a customer
+        # in the program's cooldown (last month's recipient, maybe holding a live voucher) or
+        # already messaged tonight is no more held out than contacted, so the held-out group
+        # stays like the contacted one (docs/results.md).
+        held = c["holdout_why"].notna().to_numpy() & pd.isna(fate)
+        fate[held] = "held_out"
+        why[held] = c["holdout_why"].to_numpy(dtype=object)[held]
     log.debug("claim: %s blocked by rules after %.2fs", int(pd.notna(fate).sum()),
               time.perf_counter() - started)
     lap("rules")

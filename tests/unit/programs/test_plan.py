@@ -17,6 +17,7 @@ from tend.config import ShopSettings
 from tend.errors import LedgerError
 from tend.features import ingest
 from tend.programs import plan
+from tend.programs.caps import held_out
 from tend.programs.registry import Registry
 from tend.store import ledger
 from tend.store.db import connect
@@ -114,6 +115,27 @@ def test_holdout_customers_are_recorded_and_receive_nothing(shop_url: str,
     assert set(d1.loc[d1["fate"] == "held_out", "customer_id"]) & both == held & both
 
 
+def test_the_holdout_is_drawn_among_customers_the_program_could_contact(
+        shop_url: str, store_url: str) -> None:
+    """A customer the program contacted last night (in its cooldown, or the same message) is
+    not held out tonight even when the draw picks them: the control group must not fill up
+    with recent recipients while their contacted twins are deferred."""
+    night(shop_url, store_url, MONDAY, registry(program("winback", cooldown_days=30), caps=[]))
+    contacted = set(decisions(store_url, MONDAY).query("fate == 'claimed'")["customer_id"])
+    tuesday = MONDAY + dt.timedelta(days=1)
+    night(shop_url, store_url, tuesday, registry(program("winback", cooldown_days=30,
+                                                         holdout_share=0.5),
+                                                 caps=[]))
+    d = decisions(store_url, tuesday).query("program == 'winback'")
+    ids = d["customer_id"].reset_index(drop=True)
+    drawn = set(ids[held_out(ids, "winback", tuesday, 0.5)])
+    again = contacted & drawn
+    assert again, "the draw should pick some of Monday's recipients"
+    fates = d.set_index("customer_id")
+    assert set(fates.loc[sorted(again), "fate"]) <= {"already_claimed", "deferred"}
+    assert not fates.loc[sorted(again), "reason"].str.contains("control group").any()
+
+
 def test_an_open_complaint_pauses_marketing_but_not_service(shop_url: str,
                                                             store_url: str) -> None:
     reg = registry(program("winback", priority=60),
@@ -199,7 +221,7 @@ def test_the_nightly_plan_honours_every_choice_of_the_preferences_page(
     from tend.store import preferences as chosen
     from tend.store.preferences import Preferences
 
-    night(shop_url, store_url, MONDAY, registry(program("winback"), caps=[]))
+    night(shop_url, store_url, MONDAY, registry(program("winback", cooldown_days=30), caps=[]))
     claimed = decisions(store_url, MONDAY).query("fate == 'claimed'")["customer_id"].tolist()
     paused, no_offers, fewer, french, pause_over = claimed[:5]
     tuesday = MONDAY + dt.timedelta(days=1)
