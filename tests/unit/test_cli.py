@@ -117,8 +117,33 @@ def test_a_sqlite_file_in_a_missing_folder_is_refused_not_created(
         env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{env / 'typo' / 'store.db'}"
     _one_line_error(capsys, ["migrate", "--store", url], "does not exist", "mkdir -p")
-    _one_line_error(capsys, ["ingest", "--db", url, "--as-of", NIGHT], "mkdir -p")
+    _one_line_error(capsys, ["ingest", "--db", url, "--as-of", NIGHT], "no shop database at")
     assert not (env / "typo").exists()
+
+
+def test_a_shop_that_is_not_there_is_refused_not_created(
+        env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate"]) == 0
+    shop = env / "no-shop.db"
+    _one_line_error(capsys, ["ingest", "--db", f"sqlite:///{shop}", "--as-of", NIGHT],
+                    f"no shop database at {shop}", "tend demo-data")
+    assert not shop.exists()
+
+
+def test_an_output_file_is_checked_before_the_work(env: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """--out names a file in a folder that exists, or the verb stops at once (exit 2) saying
+    so, before it computes anything."""
+    assert main(["migrate"]) == 0
+    for argv in (["report", "--from", NIGHT, "--to", NIGHT],
+                 ["suppressions", "export"], ["vouchers", "export", "--as-of", NIGHT]):
+        for out, says in ((env / "typo" / "x.csv", "mkdir -p"), (env, "is a folder")):
+            with pytest.raises(SystemExit) as exc:
+                main([*argv, "--out", str(out)])
+            assert exc.value.code == 2
+            assert says in capsys.readouterr().err
+    assert main(["report", "--from", NIGHT, "--to", NIGHT, "--out", str(env / "r.csv")]) == 0
+    assert (env / "r.csv").read_text().startswith("Tend results")
 
 
 def test_an_unmigrated_store_says_tend_migrate(env: Path, capsys: pytest.CaptureFixture[str]

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from tend.config import ShopSettings
     from tend.messages.render import Renderer
 
-__all__ = ["checked_renderer", "date", "known_locale", "positive", "print_lines", "ready_store",
-           "shop_arg", "stdout_gone", "store_arg"]
+__all__ = ["checked_renderer", "date", "known_locale", "out_file", "positive", "print_lines",
+           "ready_store", "shop_arg", "stdout_gone", "store_arg"]
 
 
 def date(value: str) -> dt.date:
@@ -44,6 +44,19 @@ def positive(value: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError("must be a whole number >= 1")
     return n
+
+
+def out_file(value: str) -> Path:
+    """A file to write: its folder must exist and it must not be a folder, so a mistyped path
+    fails at once rather than after the work that fills it."""
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a folder; give a file name in it")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"the folder {path.parent} does not exist: create it (mkdir -p {path.parent}) or "
+            "fix the path")
+    return path
 
 
 def shop_arg(sp: argparse.ArgumentParser) -> None:

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tend import config
-from tend.cli.args import date, print_lines, shop_arg, store_arg
+from tend.cli.args import date, out_file, print_lines, shop_arg, store_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                              "(customer_id, email, reason, since)")
     store_arg(export)
     shop_arg(export)
-    export.add_argument("--out", type=Path, required=True, help="the CSV file to write")
+    export.add_argument("--out", type=out_file, required=True, help="the CSV file to write")
     export.set_defaults(run=_export_suppressions)
 
     vp = sub.add_parser("vouchers", help="the voucher codes in a night's emails")
@@ -33,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                "import as discount codes in the shop")
     store_arg(vexport)
     vexport.add_argument("--as-of", type=date, required=True, help="the night (YYYY-MM-DD)")
-    vexport.add_argument("--out", type=Path, required=True, help="the CSV file to write")
+    vexport.add_argument("--out", type=out_file, required=True, help="the CSV file to write")
     vexport.set_defaults(run=_export_vouchers)
 
 

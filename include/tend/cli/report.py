@@ -7,10 +7,9 @@ import argparse
 import contextlib
 import datetime as dt
 import io
-from pathlib import Path
 
 from tend import config
-from tend.cli.args import date, positive, print_lines, shop_arg, store_arg
+from tend.cli.args import date, out_file, positive, print_lines, ready_store, shop_arg, store_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--format", choices=("table", "csv", "json"), default="table",
                     help="table (default): for reading; csv: one row per program; json")
     sp.add_argument("--by-month", action="store_true", help="one row per month and program")
-    sp.add_argument("--out", type=Path, help="write to this file instead of printing")
+    sp.add_argument("--out", type=out_file, help="write to this file instead of printing")
     sp.set_defaults(run=_report)
 
     sp = sub.add_parser("demo-nights", help="run demo nights whose customers answer their "
@@ -49,8 +48,7 @@ def _report(args: argparse.Namespace) -> None:
 
     if args.end < args.start:
         raise ConfigError(f"--to {args.end} is before --from {args.start}: swap them")
-    results = compute(config.shop_url(args.db), config.store_url(args.store), args.start,
-                      args.end)
+    results = compute(config.shop_url(args.db), ready_store(args.store), args.start, args.end)
     if args.format == "table":
         text = "\n".join(report.table_lines(results, by_month=args.by_month)) + "\n"
     elif args.format == "csv":

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ import pyarrow as pa
 from sqlalchemy import Engine, String, and_, cast, inspect, select
 
 from tend.config import mask_url, sqlite_file
-from tend.errors import DataError
+from tend.errors import ConfigError, DataError
 from tend.shop import rules
 from tend.shop import schema as s
 from tend.shop.columns import _NAT, _arrow_text, _missing, _parse_ms, _parse_number
@@ -47,8 +48,12 @@ from tend.store.db import connect, decode_lenient
 def _shop_engine(url: str) -> Engine:
     """The shop's engine: text that is not valid UTF-8 in a SQLite shop reads with U+FFFD in
     place of the bad bytes (then fails the rules like any odd text) instead of failing the
-    night."""
-    return connect(url, lenient_text=sqlite_file(url) is not None)
+    night. A SQLite shop that is not there is an error, not a new empty file left behind."""
+    path = sqlite_file(url)
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"no shop database at {path}: fix the path (--db or TEND_SHOP_URL), "
+                          "or make the demo shop with `tend demo-data`")
+    return connect(url, lenient_text=path is not None)
 
 
 _IN_CHUNK = 900  # stay under SQLite's bound-parameter limit
@@ -430,4 +435,15 @@ def read_order(url: str, order_id: str) -> dict[str, Any] | None:
                              .where(ln.c.order_id == str(order_id))).all()
     return {"order_id": str(row[0]), "customer_id": str(row[1]), "ordered_at": str(row[2]),
             "total": str(row[3]), "currency": str(row[4]),
-            "lines": [{"sku": str(sku), "quantity": int(q)} for sku, q in lines]}
+            "lines": [{"sku": str(sku), "quantity": _quantity(order_id, sku, q)}
+                      for sku, q in lines]}
+
+
+def _quantity(order_id: str, sku: Any, raw: Any) -> int:
+    """A line's quantity by the rule the nightly read applies, or the error that names the
+    order: an order the night would set aside is not published either."""
+    value, problem = rules.QUANTITY.parse("" if raw is None else str(raw).strip())
+    if problem is not None:
+        raise DataError(f"order {order_id}, sku {sku}: {problem}; fix the order in the shop "
+                        "(the nightly run sets it aside too)")
+    return int(value)

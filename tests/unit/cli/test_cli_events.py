@@ -48,3 +48,22 @@ def test_publish_order_tells_whether_anyone_listened(
     assert main(["publish-order", "O-MISSING", "--db", shop_url]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no order 'O-MISSING'" in err
+
+
+def test_an_order_the_night_would_set_aside_is_not_published(
+        shop_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A line quantity the shop's rules refuse ('two', 2.5) is one line naming the order and
+    the rule, exit 2, and nothing published: no traceback, no quantity silently rounded."""
+    import sqlite3
+
+    from tend.config import sqlite_file
+
+    add_first_order(shop_url, "C-BAD", "O-BAD", dt.datetime(2026, 11, 18, 9, tzinfo=dt.UTC))
+    for quantity, rule in (("two", "not a positive whole number"), ("2.5", "whole number")):
+        with sqlite3.connect(sqlite_file(shop_url)) as conn:
+            conn.execute("UPDATE order_lines SET quantity = ? WHERE order_id = 'O-BAD'",
+                         (quantity,))
+        assert main(["publish-order", "O-BAD", "--db", shop_url]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1, err
+        assert "order O-BAD, sku " in err and rule in err and "sets it aside too" in err

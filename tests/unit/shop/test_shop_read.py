@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from _support import sqlite_session
 
-from tend.errors import DataError
+from tend.errors import ConfigError, DataError
 from tend.shop import columns, sqlite_fast
 from tend.shop import read as shop
 from tend.shop.read import require_schema, validate_orders
@@ -64,8 +64,12 @@ def test_timestamps_in_any_common_spelling_become_utc(stamp: str) -> None:
 
 
 def test_a_shop_without_tends_tables_gets_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").touch()  # an empty file is an empty SQLite database
     with pytest.raises(DataError, match="create views with these names"):
         require_schema(f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(ConfigError, match=r"no shop database at .*fix the path"):
+        require_schema(f"sqlite:///{tmp_path / 'absent.db'}")
+    assert not (tmp_path / "absent.db").exists()
 
 
 # -- the SQLite fast path, part by part ------------------------------------------------------
