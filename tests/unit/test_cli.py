@@ -132,18 +132,21 @@ def test_a_shop_that_is_not_there_is_refused_not_created(
 
 def test_an_output_file_is_checked_before_the_work(env: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """--out names a file in a folder that exists, or the verb stops at once (exit 2) saying
-    so, before it computes anything."""
+    """--out names a file whose folder exists or can be made, or the verb stops at once
+    (exit 2) saying so, before it computes anything."""
     assert main(["migrate"]) == 0
+    (env / "a-file").touch()
     for argv in (["report", "--from", NIGHT, "--to", NIGHT],
                  ["suppressions", "export"], ["vouchers", "export", "--as-of", NIGHT]):
-        for out, says in ((env / "typo" / "x.csv", "mkdir -p"), (env, "is a folder")):
+        for out, says in ((env / "a-file" / "x.csv", "cannot make the folder"),
+                          (env, "is a folder")):
             with pytest.raises(SystemExit) as exc:
                 main([*argv, "--out", str(out)])
             assert exc.value.code == 2
             assert says in capsys.readouterr().err
-    assert main(["report", "--from", NIGHT, "--to", NIGHT, "--out", str(env / "r.csv")]) == 0
-    assert (env / "r.csv").read_text().startswith("Tend results")
+    new = env / "reports" / "r.csv"
+    assert main(["report", "--from", NIGHT, "--to", NIGHT, "--out", str(new)]) == 0
+    assert new.read_text().startswith("Tend results")
 
 
 def test_an_unmigrated_store_says_tend_migrate(env: Path, capsys: pytest.CaptureFixture[str]

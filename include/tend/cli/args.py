@@ -47,15 +47,16 @@ def positive(value: str) -> int:
 
 
 def out_file(value: str) -> Path:
-    """A file to write: its folder must exist and it must not be a folder, so a mistyped path
-    fails at once rather than after the work that fills it."""
+    """A file to write, its folder made if need be: a path that cannot be written (a folder, a
+    folder that cannot be made) fails at once rather than after the work that fills it."""
     path = Path(value)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{value} is a folder; give a file name in it")
-    if not path.parent.is_dir():
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
         raise argparse.ArgumentTypeError(
-            f"the folder {path.parent} does not exist: create it (mkdir -p {path.parent}) or "
-            "fix the path")
+            f"cannot make the folder {path.parent} ({exc.strerror}); fix the path") from exc
     return path
 
 
