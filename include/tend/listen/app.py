@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -78,19 +79,22 @@ class Service:
             return False
 
     def replay(self) -> int:
-        """Apply what the spool holds; 0 and no error while the store is still down."""
+        """Apply what the spool holds; 0 and no error while the store is still down. A record
+        that fails for another reason is quarantined (see :mod:`tend.listen.spool`)."""
         def apply(record: dict[str, Any]) -> None:
             handler = self.handlers.get(str(record.get("action")))
-            if handler is None:  # written by a newer version: keep it for that version
+            if handler is None:  # written by a newer version: quarantined, for that version
                 raise LookupError(f"no handler for spooled action {record.get('action')!r}")
             at = dt.datetime.fromisoformat(str(record["at"]))
             with self.engine.begin() as conn:
                 handler(conn, record.get("payload") or {}, at)
 
         try:
-            applied = self.spool.replay(apply)
-        except (OperationalError, DBAPIError, LookupError) as exc:
-            log.debug("spool not replayed yet: %s", exc)
+            applied = self.spool.replay(apply, outage=_retry_later)
+        except Exception as exc:
+            if not _retry_later(exc):
+                raise
+            log.debug("spool not replayed yet: %s", type(exc).__name__)
             return 0
         if applied:
             log.info("applied %d spooled record(s)", applied)
@@ -110,6 +114,22 @@ def _store_unreachable(exc: DBAPIError) -> bool:
     if exc.connection_invalidated or isinstance(exc, OperationalError):
         return True
     return "connect" in str(exc.orig).lower()
+
+
+#: PostgreSQL's "undefined table" and "undefined column": a store not migrated yet, or in the
+#: middle of an upgrade (SQLite says so with an OperationalError, an outage already).
+_SCHEMA_NOT_READY = frozenset({"42P01", "42703"})
+
+
+def _retry_later(exc: Exception) -> bool:
+    """Whether a spooled record that failed with ``exc`` will apply once the store is back
+    (an outage, every pooled connection busy, a store whose migration has not run yet), rather
+    than fail again on every try."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    return _store_unreachable(exc) or getattr(exc.orig, "sqlstate", None) in _SCHEMA_NOT_READY
 
 
 class BodyLimit:
@@ -203,14 +223,27 @@ _EMAIL_IN_TEXT = re.compile(r"[^\s@<>\"',;:()\[\]]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}
 
 class MaskEmails(logging.Filter):
     """A log filter that masks every email address in a record (``tend.logs.mask_email``):
-    what a customer typed, a URL or an error message must not put an address in the logs."""
+    what a customer typed, a URL or an error message must not put an address in the logs,
+    nor may a traceback (a database error's text carries the statement's parameters)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if "@" in text:
-            record.msg = _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group(0)), text)
+            record.msg = _mask(text)
             record.args = None
+        if record.exc_info and not record.exc_text:
+            # A handler's formatter formats the exception only when exc_text is unset; set
+            # it here, masked, and every handler prints this text instead.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and "@" in record.exc_text:
+            record.exc_text = _mask(record.exc_text)
+        if record.stack_info and "@" in record.stack_info:
+            record.stack_info = _mask(record.stack_info)
         return True
+
+
+def _mask(text: str) -> str:
+    return _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group(0)), text)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -219,8 +252,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _plain(500)
+    """The 500 page. Starlette answers it from its outermost middleware, outside
+    :class:`SecurityHeaders`, so the headers are set here. The log names the route's
+    template, never the path: a path carries the customer's token."""
+    route = request.scope.get("route")
+    log.exception("unhandled error on %s %s", request.method,
+                  getattr(route, "path", "(no route)"))
+    response = _plain(500)
+    response.raw_headers.extend(SECURITY_HEADERS)
+    return response
 
 
 def create_app(
@@ -249,8 +289,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async def keep_replaying() -> None:
+            # Never ends before shutdown: a spooled unsubscribe waits on this loop alone.
             while True:
-                await asyncio.to_thread(service.replay)
+                try:
+                    await asyncio.to_thread(service.replay)
+                except Exception:
+                    log.exception("replaying the spool failed; retrying in %g s (records "
+                                  "stay in %s)", replay_seconds, service.spool.directory)
                 await asyncio.sleep(replay_seconds)
 
         task = asyncio.create_task(keep_replaying())
@@ -281,10 +326,12 @@ def create_app(
 def _health(service: Service) -> Callable[[Request], Any]:
     async def health(request: Request) -> Response:
         """For load balancers: 200 while the service can take requests (it spools when the
-        store is down, so a store outage is reported, not failed)."""
+        store is down, so a store outage is reported, not failed). ``quarantined``: spooled
+        records that could not be applied and wait for an operator (docs/listen.md)."""
         store = await asyncio.to_thread(service.store_ok)
         return JSONResponse({"status": "ok", "store": "ok" if store else "unreachable",
-                             "spooled": service.spool.pending()},
+                             "spooled": service.spool.pending(),
+                             "quarantined": service.spool.failed()},
                             headers={"Cache-Control": "no-store"})
 
     return health

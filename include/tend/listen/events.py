@@ -7,7 +7,8 @@ of this clock; anything else gets 403 and is not read further. Without a key the
 answers 503 (SendGrid keeps retrying for a day, so events wait for the key to be set rather than
 being taken unsigned).
 
-Each event is checked on its own: a malformed one is counted and skipped, never a 500. The
+Each event is checked on its own: a malformed one (including one holding text no store can
+keep: a NUL or a lone UTF-16 surrogate) is counted and skipped, never a 500. The
 well-formed ones are written in one transaction (or spooled while the store is down) by
 :func:`apply_events`, which stores each ``sg_event_id`` once and gives only its first arrival
 effects (the table in docs/sendgrid-events.md):
@@ -55,6 +56,11 @@ MAX_EVENTS = 5000
 _EVENT = re.compile(r"[a-z_]{1,32}")
 _EVENT_ID = re.compile(r"[\x21-\x7e]{1,100}")
 _MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
+#: ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses.
+_STAMP = re.compile(r"[0-9]{1,12}")
+#: What neither backend stores: NUL (PostgreSQL text) and lone surrogates (not UTF-8), which
+#: JSON's \u escapes can carry.
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 _DETAIL_KEYS = ("reason", "type", "status", "response", "url", "sg_message_id", "asm_group_id",
                 "bounce_classification", "attempt")
 _TEXT_MAX = 300
@@ -133,6 +139,8 @@ def _event(raw: Any) -> dict[str, Any] | None:
     mid = raw.get("tend_message_id")
     email = raw.get("email")
     detail = {k: t for k in _DETAIL_KEYS if (t := _text(raw.get(k))) is not None}
+    if any(isinstance(t, str) and _UNSTORABLE.search(t) for t in (mid, email, *detail.values())):
+        return None
     if isinstance(mid, str) and mid and not _MESSAGE_ID.fullmatch(mid):
         detail["tend_message_id"] = mid[:64]  # not one of ours: kept for the record only
     return {
@@ -219,7 +227,7 @@ def routes(service: Service) -> list[BaseRoute]:
             return _refuse(503, "The SendGrid webhook key is not configured")
         signature = request.headers.get(SIGNATURE_HEADER, "")
         stamp = request.headers.get(TIMESTAMP_HEADER, "")
-        if not signature or not stamp.isdigit() or len(stamp) > 12 or len(signature) > 200:
+        if not signature or not _STAMP.fullmatch(stamp) or len(signature) > 200:
             return _refuse(403, "Forbidden")
         if abs(time.time() - int(stamp)) > tolerance:
             return _refuse(403, "Forbidden")

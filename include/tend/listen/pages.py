@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import jinja2
+from python_multipart.multipart import parse_options_header
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.requests import Request
@@ -74,6 +76,18 @@ PAUSE_MONTHS = (1, 3)
 
 _CSRF = "form"
 _SEP = "\x1f"
+#: The charsets a multipart form may declare: UTF-8, and the single-byte ones a mail client
+#: may still name, which map each byte to one code point (what such a decoding can yield, NUL,
+#: is refused with the field). Codecs such as unicode_escape, which can yield any code point,
+#: are refused with the form.
+_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1",
+                       "iso8859-1", "windows-1252", "cp1252"})
+#: What no field may hold: NUL and lone surrogates cannot be stored (PostgreSQL text, UTF-8).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+#: Removed from a comment: control characters but line feed and tab (ESC sequences would
+#: reach staff terminals through ``tend complaints``; a textarea's CR LF becomes LF) and the
+#: bidi overrides and isolates that make text read otherwise than it is stored.
+_HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 class _Refused(Exception):
@@ -274,7 +288,12 @@ class Pages:
 
 
 def _bounded_query(request: Request) -> None:
+    """400 for a query string too long, or naming a parameter twice (as for a form's
+    fields: a choice is made once, not picked from several)."""
     if len(request.scope.get("query_string", b"")) > MAX_QUERY_CHARS:
+        raise _Refused(400)
+    keys = [k for k, _ in request.query_params.multi_items()]
+    if len(keys) != len(set(keys)):
         raise _Refused(400)
 
 
@@ -302,15 +321,36 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
+def _comment(text: str) -> str:
+    """A survey comment as staff will read it: without hidden characters (:data:`_HIDDEN`)."""
+    return _HIDDEN.sub("", text).strip()
+
+
+def _known_charset(content_type: str) -> bool:
+    """Whether the form's declared charset (none: UTF-8) is one of :data:`_CHARSETS`.
+    Starlette decodes multipart fields with the charset the client names (read with the same
+    parser as here), and some codecs (``unicode_escape``) turn bytes into any code point."""
+    _, params = parse_options_header(content_type)
+    charset = params.get(b"charset", b"utf-8").decode("latin-1").strip().lower()
+    return charset in _CHARSETS
+
+
 async def form_fields(request: Request) -> dict[str, str]:
     """The posted form, parsed strictly: urlencoded (or, for mail providers' one-click posts,
-    multipart) UTF-8, small, each field once. Anything else is a 4xx."""
+    multipart) UTF-8, small, each field once, nothing a store cannot keep. Anything else is a
+    4xx."""
     _bounded_query(request)
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = request.headers.get("content-type", "")
+    kind = content_type.split(";")[0].strip().lower()
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+    if declared is not None and declared.isascii() and declared.isdigit() \
+            and int(declared) > MAX_FORM_BYTES:
         raise _Refused(413)
     if kind == "multipart/form-data":
+        # (A urlencoded body is decoded as strict UTF-8 below, whatever it declares: refusing
+        # a one-click unsubscribe over a label would keep mailing someone who said stop.)
+        if not _known_charset(content_type):
+            raise _Refused(400)
         try:
             form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS,
                                       max_part_size=MAX_FORM_BYTES)
@@ -333,7 +373,7 @@ async def form_fields(request: Request) -> dict[str, str]:
         raise _Refused(415)
     fields: dict[str, str] = {}
     for key, value in items:
-        if key in fields or "\x00" in value:
+        if key in fields or _UNSTORABLE.search(key) or _UNSTORABLE.search(value):
             raise _Refused(400)
         fields[key] = value
     return fields
@@ -427,7 +467,7 @@ def routes(service: Service) -> list[BaseRoute]:
             fields = await form_fields(request)
             pages.check_form(request, fields, customer_id, form_name)
             rating = _rating(fields.get("rating"))
-            comment = fields.get("comment", "").strip()
+            comment = _comment(fields.get("comment", ""))
             if len(comment) > MAX_COMMENT_CHARS:
                 raise _Refused(413)
         else:

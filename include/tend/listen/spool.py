@@ -7,20 +7,33 @@ before the endpoint answers; :meth:`Spool.replay` applies the records in order o
 is back and removes a file only when every record in it was applied. Records are applied by
 idempotent handlers (an unsubscribe twice is one unsubscribe, an event id is stored once), so a
 crash between applying and removing replays harmlessly.
+
+A record that fails for any reason other than an outage would fail on every try, and would hold
+back every record after it; it is moved to a quarantine file beside the spool
+(``failed-<pid>.jsonl``, the record plus why it failed) for an operator to re-apply or discard
+(docs/listen.md), and the replay goes on with the rest.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
+import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Spool"]
+__all__ = ["FAILED_PREFIX", "Spool"]
+
+log = logging.getLogger("tend.listen")  # the logger tend serve masks emails on
+
+#: The name of a quarantine file starts with this; replay leaves such files alone.
+FAILED_PREFIX = "failed-"
 
 
 class Spool:
@@ -41,10 +54,12 @@ class Spool:
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Write ``record`` and fsync it (and, for a new file, its directory) before returning."""
+        self._append(self._path(), record)
+
+    def _append(self, path: Path, record: Mapping[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8")
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
-            path = self._path()
             while True:
                 new = not path.exists()
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -68,16 +83,31 @@ class Spool:
         """How many records wait to be applied."""
         return sum(1 for path in self._files() for _ in _read(path))
 
-    def _files(self) -> list[Path]:
+    def failed(self) -> int:
+        """How many records wait in quarantine files for an operator."""
+        return sum(1 for path in self._files(failed=True) for _ in _read(path))
+
+    def _files(self, *, failed: bool = False) -> list[Path]:
         if not self.directory.is_dir():
             return []
-        return sorted(self.directory.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime, p.name))
+        files = []
+        for path in self.directory.glob("*.jsonl"):
+            try:
+                stamp = path.stat().st_mtime
+            except FileNotFoundError:  # replayed or renamed by another worker meanwhile
+                continue
+            if path.name.startswith(FAILED_PREFIX) == failed:
+                files.append((stamp, path.name, path))
+        return [path for *_, path in sorted(files)]
 
-    def replay(self, apply: Callable[[dict[str, Any]], None]) -> int:
+    def replay(self, apply: Callable[[dict[str, Any]], None], *,
+               outage: Callable[[Exception], bool]) -> int:
         """Apply every spooled record in order; return how many were applied.
 
-        Stops at the first record ``apply`` raises on (the store is still down): that file
-        stays, renamed, for the next try. A file is removed only once all of it was applied.
+        When ``apply`` raises and ``outage`` says the error is the store being unreachable,
+        the replay stops and re-raises: that file stays, renamed, for the next try. Any other
+        error is the record's own: it goes to the quarantine file, logged at error level, and
+        the replay goes on. A file is removed only once every record in it was dealt with.
         """
         applied = 0
         for path in self._files():
@@ -94,17 +124,70 @@ class Spool:
                 continue
             try:
                 # Waits for a writer that opened the file before the rename; another worker
-                # replaying the same file holds it too, and has removed it once we get it.
+                # replaying the same file holds it too, and has removed (or rewritten) it once
+                # we get it: the next replay takes it up again.
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                if not path.exists():
+                if not _same_file(fd, path):
                     continue
-                for record in _read(path):
-                    apply(record)
-                    applied += 1
+                records = list(_read(path))
+                quarantined = False
+                for n, record in enumerate(records):
+                    try:
+                        apply(record)
+                    except Exception as exc:
+                        if outage(exc):
+                            if quarantined:  # keep the quarantined ones from a second copy
+                                _rewrite(path, records[n:])
+                            raise
+                        self._quarantine(record, exc)
+                        quarantined = True
+                    else:
+                        applied += 1
                 path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
         return applied
+
+    def _quarantine(self, record: dict[str, Any], exc: Exception) -> None:
+        """Move ``record`` to this process's quarantine file, with why it failed."""
+        path = self.directory / f"{FAILED_PREFIX}{os.getpid()}.jsonl"
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        self._append(path, {**record, "failed": {
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "error": reason}})
+        log.error("a spooled %r record cannot be applied (%s); it is kept in %s and the "
+                  "others go on. Fix the cause, then rename the file without its %r prefix "
+                  "to apply it again, or delete it to discard it (docs/listen.md)",
+                  record.get("action"), reason, path, FAILED_PREFIX)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's own message (a SQLAlchemy error's text also carries the statement and its
+    parameters, which may hold what a customer typed), first line, bounded."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return (text.splitlines() or [""])[0][:200]
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace ``path`` by ``records``, keeping its modification time (files replay in that
+    order). The caller holds the file's lock."""
+    before = path.stat()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rest-", suffix=".tmp")
+    with os.fdopen(fd, "wb") as handle:
+        handle.writelines((json.dumps(r, separators=(",", ":"), default=str) + "\n").encode()
+                          for r in records)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -161,6 +161,9 @@ def test_forged_stale_and_malformed_requests_are_refused_and_write_nothing(
             "future": post(c, signer, good, at=time.time() + 11 * 60),
             "garbage signature": c.post(url, content=good, headers={
                 **signer.headers(good), "X-Twilio-Email-Event-Webhook-Signature": "%%%"}),
+            # latin-1 "²", a digit to str.isdigit, not to int
+            "superscript timestamp": c.post(url, content=good, headers={
+                **signer.headers(good), "X-Twilio-Email-Event-Webhook-Timestamp": b"\xb2"}),
             "non-UTF-8": post(c, signer, b'[{"event": "\xff\xfe"}]'),
             "not JSON": post(c, signer, b"[{"),
             "NaN": post(c, signer, b'[{"event":"open","sg_event_id":"n","timestamp":NaN}]'),
@@ -175,15 +178,34 @@ def test_forged_stale_and_malformed_requests_are_refused_and_write_nothing(
         statuses = {k: r.status_code for k, r in answers.items()}
         assert statuses == {
             "unsigned": 403, "other key": 403, "tampered": 403, "stale": 403, "future": 403,
-            "garbage signature": 403, "non-UTF-8": 403, "not JSON": 400, "NaN": 400,
-            "not an array": 400, "too many": 400, "deep": 400, "GET": 405, "PUT": 405,
-            "oversized": 413}
+            "garbage signature": 403, "superscript timestamp": 403, "non-UTF-8": 403,
+            "not JSON": 400, "NaN": 400, "not an array": 400, "too many": 400, "deep": 400,
+            "GET": 405, "PUT": 405, "oversized": 413}
         for r in answers.values():
             assert "Traceback" not in r.text and "spam" not in r.text
         assert state(store_url) == before
         assert svc.service.spool.pending() == 0
         ok = post(c, signer, good)
         assert ok.status_code == 200 and state(store_url) != before  # the key does work
+
+
+def test_an_event_holding_text_no_store_keeps_is_skipped_and_the_others_applied(
+        store_url: str, tmp_path: Path, signer: WebhookSigner) -> None:
+    """JSON's \\u escapes can carry a lone surrogate (not UTF-8) or a NUL (not PostgreSQL
+    text): such an event is counted as malformed, not a 500 that loses the whole batch."""
+    seed(store_url)
+    doc = [event("bounce", M["bounce"], 1, type="bounce", reason="550 bad \ud800"),
+           event("spamreport", M["spam"], 2, email="c2\x00@example.com"),
+           event("delivered", "\udfff" * 32, 3),
+           event("unsubscribe", M["unsub"], 4)]
+    with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
+        r = post(c, signer, doc)
+        assert r.status_code == 200 and r.json() == {"accepted": 1, "skipped": 3}
+        assert svc.service.spool.pending() == 0
+    after = state(store_url)
+    assert after["events"] == 1 and after["complaints"] == []
+    assert after["suppressions"] == [
+        ("cust-unsub", "unsubscribed", "c4@example.com", "sendgrid:unsubscribe")]
 
 
 def test_without_a_key_the_endpoint_answers_503(tmp_path: Path,

@@ -76,10 +76,18 @@ def test_one_click_post_unsubscribes_at_once_without_cookie_or_redirect(
         # a second click (or SendGrid retrying) changes nothing
         assert c.post(f"/unsubscribe/{token('cus_1')}", data=ONE_CLICK).status_code == 200
         # mail providers may post multipart/form-data (RFC 8058 section 3.1)
-        multipart = c.post(f"/unsubscribe/{token('cus_2')}",
-                           files={"List-Unsubscribe": (None, "One-Click")})
-        assert multipart.status_code == 200
-    assert table_counts(store_url)["suppressions"] == 2
+        posted = c.post(f"/unsubscribe/{token('cus_2')}",
+                        files={"List-Unsubscribe": (None, "One-Click")})
+        assert posted.status_code == 200
+        # a urlencoded post is read as UTF-8 whatever charset it declares: never refused for it
+        latin = c.post(f"/unsubscribe/{token('cus_3')}", content=b"List-Unsubscribe=One-Click",
+                       headers={"Content-Type": "application/x-www-form-urlencoded; "
+                                                "charset=ISO-8859-1"})
+        assert latin.status_code == 200
+        body, headers = multipart({"List-Unsubscribe": b"One-Click"}, "iso-8859-1")
+        assert c.post(f"/unsubscribe/{token('cus_4')}", content=body,
+                      headers=headers).status_code == 200
+    assert table_counts(store_url)["suppressions"] == 4
     assert active_reasons(store_url, "cus_2") == {"unsubscribed"}
 
 
@@ -326,6 +334,19 @@ SURVEY = "/survey/" + make_message_token(SECRET, "cus_1", "0123456789abcdef01234
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
+def multipart(fields: dict[str, bytes], charset: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body as a client writes it, declaring ``charset`` if given."""
+    body = b"".join(b"--zz\r\nContent-Disposition: form-data; name=\"" + k.encode()
+                    + b"\"\r\n\r\n" + v + b"\r\n" for k, v in fields.items()) + b"--zz--\r\n"
+    declared = f"; charset={charset}" if charset else ""
+    return body, {"Content-Type": f"multipart/form-data{declared}; boundary=zz"}
+
+
+#: Starlette decodes a multipart form with the charset the client declares: this one turns
+#: the text "\ud800" into a lone surrogate, which no store can keep.
+ESCAPED = multipart({"List-Unsubscribe": b"One-Click", "x": b"\\ud800"}, "unicode_escape")
+
+
 #: (method, path, body, headers, expected status)
 BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("PUT", UNSUB, b"List-Unsubscribe=One-Click", FORM, 405),
@@ -344,6 +365,8 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("POST", UNSUB, b"List-Unsubscribe=One-Click&x=\xff\xfe", FORM, 400),  # not UTF-8
     ("POST", UNSUB, b"List-Unsubscribe=One-Click&x=%ff%fe", FORM, 400),    # encoded, not UTF-8
     ("POST", UNSUB, "&".join(f"f{i}=1" for i in range(40)).encode(), FORM, 400),
+    ("POST", UNSUB, b"List-Unsubscribe=One-Click&x%00=1", FORM, 400),  # NUL in a name
+    ("POST", UNSUB, *ESCAPED, 400),                                    # a lone surrogate
     ("POST", UNSUB, b"--x\r\nContent-Disposition: form-data; name=\"List-Unsub",
      {"Content-Type": "multipart/form-data; boundary=x"}, 400),          # truncated multipart
     ("POST", UNSUB + "?" + "a" * 5000, b"List-Unsubscribe=One-Click", FORM, 400),
@@ -354,6 +377,8 @@ BAD_REQUESTS: list[tuple[str, str, bytes, dict[str, str], int]] = [
     ("GET", SURVEY + "?rating=6", b"", {}, 400),
     ("GET", SURVEY + "?rating=%C2%B2", b"", {}, 400),                  # a superscript two
     ("GET", SURVEY + "?rating=%ff", b"", {}, 400),
+    ("GET", SURVEY + "?rating=5&rating=1", b"", {}, 400),              # which one?
+    ("GET", UNSUB + "?lang=fr&lang=en", b"", {}, 400),
     ("POST", PREFS, b"pause=1&lang=", FORM, 403),                      # no form token
     ("GET", "/unsubscribe/" + "A" * 5000 + ".x", b"", {}, 404),
     ("GET", "/unsubscribe/%ff%fe.%00", b"", {}, 404),
@@ -385,6 +410,33 @@ def test_bad_choices_in_a_genuine_form_are_refused(store_url: str, tmp_path: Pat
                    c.post(PREFS, data={"form": good, "pause": "1\x00", "lang": ""})]
     assert [r.status_code for r in answers] == [400] * 4
     assert set(table_counts(store_url).values()) == {0}
+
+
+def test_a_comment_is_kept_without_hidden_characters_and_unstorable_text_is_refused(
+        store_url: str, tmp_path: Path) -> None:
+    """Staff read comments in a terminal (``tend complaints``) and in the digest: control
+    characters (ESC sequences) and bidi overrides are removed when the comment is taken."""
+    mid = "0123456789abcdef0123456789abcdef"
+    sent_survey(store_url, "cus_1", mid)
+    with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
+        form = form_token(c.get(survey_url("cus_1", mid) + "?rating=3").text)
+        fields = {"form": form.encode(), "rating": b"3"}
+        body, headers = multipart({**fields, "comment": b"bad \\ud800 here"}, "unicode_escape")
+        escaped = c.post(survey_url("cus_1", mid), content=body, headers=headers)
+        assert escaped.status_code == 400 and escaped.text == "Bad request\n"
+        body, headers = multipart({**fields, "comment": "Très bien".encode()}, "UTF-8")
+        assert c.post(survey_url("cus_1", mid), content=body, headers=headers).status_code == 200
+        assert table_counts(store_url)["complaints"] == 1
+        with connect(store_url).connect() as conn:
+            assert conn.execute(select(survey_answers.c.comment)).scalar_one() == "Très bien"
+        hidden = c.post(survey_url("cus_1", mid), data={
+            "form": form, "rating": "3",
+            "comment": "Line one\r\n\x1b[2J\x1b]0;pwned\x07 \u202eevil\u2066 ok\tdone\x85"})
+        assert hidden.status_code == 200
+    clean = "Line one\n[2J]0;pwned evil ok\tdone"
+    with connect(store_url).connect() as conn:
+        assert conn.execute(select(survey_answers.c.comment)).scalar_one() == clean
+        assert [c["comment"] for c in complaints.open_ones(conn)] == [clean]
 
 
 def test_emails_are_masked_in_the_service_logs(store_url: str, tmp_path: Path,
