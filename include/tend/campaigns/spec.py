@@ -96,6 +96,12 @@ def _field(params: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
+def code_prefix(name: str) -> str:
+    """The voucher prefix of campaign ``name``: derived from the name rather than stored, so
+    the results read it back the same way (``tend.results.lift``)."""
+    return re.sub(r"[^A-Z0-9]", "", name.upper())[:8] or "CAMPAIGN"
+
+
 def parse_spec(params: Mapping[str, Any], *, templates: Sequence[str],
                locales: Sequence[str], quiet: SendWindow) -> CampaignSpec:
     """The form's values as a ``CampaignSpec``, or a ConfigError that names the field and says
@@ -172,9 +178,8 @@ def parse_spec(params: Mapping[str, Any], *, templates: Sequence[str],
                                       "means 15 % off), an amount offer a number above 0 (in "
                                       "the shop's currency)")
         valid = _int(params, "offer_valid_days", 30, bad, low=1, high=365)
-        prefix = re.sub(r"[^A-Z0-9]", "", name.upper())[:8] or "CAMPAIGN"
         offer = Offer(kind=offer_kind, amount=float(amount), valid_days=valid,
-                      code_prefix=prefix)
+                      code_prefix=code_prefix(name))
 
     holdout = _int(params, "holdout_pct", 0, bad, low=0, high=50)
     priority = _int(params, "priority", 20, bad, low=0, high=1000)

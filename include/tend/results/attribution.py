@@ -16,8 +16,11 @@ chances to "respond" than the contacted group. A unit belongs to the month of it
 
 The same rule decides a response in both groups: **an order placed on one of the
 ``window_days`` days after the night** (the night's own orders were already known when it
-decided). The window is the program's ``attribution_days`` (tend.programs.registry). What the
-contacted group buys beyond what the held-out group buys is what the contact caused.
+decided). The window is the program's ``attribution_days`` (tend.programs.registry), cut short
+where the same customer's next unit of the program takes over: it ends on that unit's night, whose
+message can only have caused what was ordered after it, so an order counts for at most one unit
+of a program. What the contacted group buys beyond what the held-out group buys is what the
+contact caused.
 
 A **direct response** is an order in the window that redeemed the program's voucher (a
 ``discount_code`` starting with the offer's ``code_prefix``), when the shop's orders carry
@@ -45,26 +48,43 @@ def period_start(day: dt.date) -> dt.date:
     return dt.date(day.year, 3 * ((day.month - 1) // 3) + 1, 1)
 
 
+def _periods(nights: pd.Series) -> pd.Series:
+    """Each night's holdout period (a few nights, many rows: label each night once)."""
+    unique = pd.Series(nights.unique())
+    return nights.map(dict(zip(unique, unique.map(holdout_period), strict=True)))
+
+
 def units(exposures: pd.DataFrame) -> pd.DataFrame:
     """One row per (program, customer, holdout period): the first exposure of it, with its
-    ``period`` and ``month``.
+    ``period``, ``month`` and ``next_night``, the night of the same customer's next unit of the
+    program (None when there is none), where this unit's windows end.
 
     ``exposures``: customer_id, program, night (date), group, message_id (from
-    ``tend.store.ledger.exposures``), read from the start of a period. When a customer has both
-    kinds on one night (a holdout share changed mid-quarter), the contact wins: it is the one
-    that can have caused something.
+    ``tend.store.ledger.exposures``), read from the start of a period, and as far past the
+    nights of interest as orders are known, so that ``next_night`` does not depend on the range
+    a report asks for. When a customer has both kinds on one night (a holdout share changed
+    mid-quarter), the contact wins: it is the one that can have caused something.
     """
     if exposures.empty:
-        return exposures.assign(period=pd.Series(dtype=object),
-                                month=pd.Series(dtype=object)).reset_index(drop=True)
+        return exposures.assign(period=pd.Series(dtype=object), month=pd.Series(dtype=object),
+                                next_night=pd.Series(dtype=object)).reset_index(drop=True)
     e = exposures.copy()
     nights = pd.Series(e["night"].unique())  # a few nights, many rows: label each night once
-    e["period"] = e["night"].map(dict(zip(nights, nights.map(holdout_period), strict=True)))
+    e["period"] = _periods(e["night"])
     e["month"] = e["night"].map(dict(zip(nights, nights.map(lambda d: f"{d:%Y-%m}"),
                                          strict=True)))
     e["_rank"] = (e["group"] != "contacted").astype(int)
     e = e.sort_values(["night", "_rank"], kind="stable")
-    return e.drop_duplicates(UNIT_KEY, keep="first").drop(columns="_rank").reset_index(drop=True)
+    u = e.drop_duplicates(UNIT_KEY, keep="first").drop(columns="_rank").reset_index(drop=True)
+    # sorted by night: the next row of a customer and program is its next period's unit
+    following = u.groupby(["program", "customer_id"], sort=False)["night"].shift(-1)
+    u["next_night"] = following.astype(object).where(following.notna(), None)
+    return u
+
+
+def _dates(values: pd.Series) -> pd.Series:
+    """Dates (or None) as timestamps (NaT), to compare with order and opt-out days."""
+    return pd.to_datetime(pd.Series(values, dtype=object))
 
 
 def attribute(exposure_units: pd.DataFrame, orders: pd.DataFrame, windows: Mapping[str, int],
@@ -74,13 +94,21 @@ def attribute(exposure_units: pd.DataFrame, orders: pd.DataFrame, windows: Mappi
     window), ``orders``, ``direct`` (a voucher of the program redeemed in the window) and
     ``window_open`` (the window ends after ``until``, the last day whose orders are known).
 
-    ``orders``: customer_id, ordered_at (UTC timestamps), total, and optionally
-    discount_code. ``windows``: days per program (a program not listed gets 7).
+    ``exposure_units``: from ``units``; a window ends at ``window_days`` after the night, or on
+    the unit's ``next_night`` when that comes first. ``orders``: customer_id, ordered_at (UTC
+    timestamps), total, and optionally discount_code. ``windows``: days per program (a program
+    not listed gets 7).
     """
     u = exposure_units.reset_index(drop=True).copy()
     u["window_days"] = u["program"].map(lambda p: int(windows.get(p, 7))).astype(int)
-    nights = pd.to_datetime(pd.Series(u["night"], dtype=object))
-    u["window_end"] = (nights + pd.to_timedelta(u["window_days"], unit="D")).dt.date
+    nights = _dates(u["night"])
+    end = nights + pd.to_timedelta(u["window_days"], unit="D")
+    if "next_night" in u:
+        # the next unit's message was sent after the orders of its night were known: the
+        # orders up to that night are this unit's, the later ones the next unit's
+        following = _dates(u["next_night"])
+        end = end.mask(following < end, following)
+    u["window_end"] = end.dt.date
     u["window_open"] = u["window_end"] > until
     for col, dtype in (("responded", bool), ("direct", bool), ("orders", np.int64),
                        ("revenue", float)):
@@ -118,10 +146,19 @@ def attribute(exposure_units: pd.DataFrame, orders: pd.DataFrame, windows: Mappi
     return u
 
 
-def opted_out(contacted: pd.DataFrame, opt_outs: pd.DataFrame) -> pd.DataFrame:
+def opted_out(contacted: pd.DataFrame, opt_outs: pd.DataFrame, sent: pd.DataFrame
+              ) -> pd.DataFrame:
     """Per contacted unit: ``unsubscribed`` and ``complained`` when the customer did so about
-    that message (its id), or, when the record names no message, from the night of the contact
-    to the end of its attribution window."""
+    one of the unit's messages (its id), or, when the record names no message, from the unit's
+    night to the end of the window of its last message.
+
+    A unit is every message its program sent the customer in its holdout period (the count in
+    ``messages``), so an opt-out about the second message of a quarter is the unit's as much as
+    one about the first. ``contacted``: attributed units (``attribute``); ``sent``: the messages
+    (``tend.store.ledger.exposures`` rows of group ``contacted``) of the same nights. The span
+    of a record without a message id stops the day before the same customer's next unit of the
+    program (``next_night``), which claims that record from its own night on.
+    """
     c = contacted.reset_index(drop=True).copy()
     c["unsubscribed"] = False
     c["complained"] = False
@@ -129,16 +166,37 @@ def opted_out(contacted: pd.DataFrame, opt_outs: pd.DataFrame) -> pd.DataFrame:
         return c
     o = opt_outs.copy()
     o["day"] = pd.to_datetime(o["at"], utc=True).dt.tz_localize(None).dt.normalize()
-    pairs = c[["customer_id", "message_id", "night", "window_end"]].reset_index(
-        names="unit").merge(o, on="customer_id", how="inner", suffixes=("", "_out"))
-    if pairs.empty:
-        return c
-    night = pd.to_datetime(pd.Series(pairs["night"], dtype=object))
-    end = pd.to_datetime(pd.Series(pairs["window_end"], dtype=object))
-    same_message = pairs["message_id_out"].notna() & (
-        pairs["message_id_out"].astype(str) == pairs["message_id"].astype(str))
-    in_window = pairs["message_id_out"].isna() & (pairs["day"] >= night) & (pairs["day"] <= end)
-    hit = pairs.loc[same_message | in_window]
+    # every message of each unit: its own, and those sent later in its holdout period
+    own = c.loc[c["message_id"].notna(), ["customer_id", "night", "message_id"]].reset_index(
+        names="unit")
+    if len(sent):
+        later = sent[["customer_id", "program", "night", "message_id"]].assign(
+            period=_periods(sent["night"])).merge(c[UNIT_KEY].reset_index(names="unit"),
+                                                  on=UNIT_KEY)
+        own = pd.concat([own, later[["unit", "customer_id", "night", "message_id"]]],
+                        ignore_index=True)
+    own = own.loc[own["message_id"].notna()]
+    own = own.assign(message_id=own["message_id"].astype(str))
+
+    named = o.loc[o["message_id"].notna()]
+    by_message = named.assign(message_id=named["message_id"].astype(str)).merge(
+        own[["unit", "customer_id", "message_id"]], on=["customer_id", "message_id"])
+
+    last = _dates(c["night"])
+    if len(own):
+        last_sent = _dates(own["night"]).groupby(own["unit"].to_numpy()).max().reindex(c.index)
+        last = last.mask(last_sent > last, last_sent)
+    span_end = last + pd.to_timedelta(c["window_days"], unit="D")
+    if "next_night" in c:
+        stop = _dates(c["next_night"]) - pd.Timedelta(days=1)
+        span_end = span_end.mask(stop < span_end, stop)
+    spans = c[["customer_id"]].assign(start=_dates(c["night"]), end=span_end).reset_index(
+        names="unit")
+    pairs = spans.merge(o.loc[o["message_id"].isna()], on="customer_id", how="inner")
+    unnamed = pairs.loc[(pairs["day"] >= pairs["start"]) & (pairs["day"] <= pairs["end"])]
+
+    hit = pd.concat([by_message[["unit", "kind"]], unnamed[["unit", "kind"]]],
+                    ignore_index=True)
     for kind, col in (("unsubscribe", "unsubscribed"), ("complaint", "complained")):
         c.loc[hit.loc[hit["kind"] == kind, "unit"].unique(), col] = True
     return c

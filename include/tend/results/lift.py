@@ -9,8 +9,9 @@ is grouped like a program, by its name.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ import pandas as pd
 from tend.programs.caps import holdout_period
 from tend.programs.registry import Registry, load_registry
 from tend.results import attribution, stats
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 #: The figures of one row, in the order the csv gives them.
 COLUMNS = (
@@ -110,7 +114,8 @@ def compute(shop_url: str, store_url: str, start: dt.date, end: dt.date, *,
 
     Orders are known up to ``until`` (default: ``end`` plus the longest attribution window,
     but never after today): a unit whose window reaches past it is counted with what is known,
-    and the rows say how many windows are still open.
+    and the rows say how many windows are still open. Campaigns (ledger programs
+    ``campaign:NAME``) take their voucher prefix from their stored form.
     """
     from tend.shop import read as shop
     from tend.store import ledger
@@ -125,24 +130,26 @@ def compute(shop_url: str, store_url: str, start: dt.date, end: dt.date, *,
     if until is None:
         until = min(end + dt.timedelta(days=longest), dt.datetime.now(dt.UTC).date())
     with connect(store_url).connect() as conn:
-        # from the start of the holdout period: who was exposed before the range is not new
-        raw = ledger.exposures(conn, attribution.period_start(start), end)
+        # from the start of the holdout period: who was exposed before the range is not new;
+        # up to the last known orders: a later unit of the same program ends a unit's window
+        raw = ledger.exposures(conn, attribution.period_start(start), max(end, until))
         since = dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC)
         outs = suppressed.opt_outs(conn, since)
+        prefixes = {n: p.offer.code_prefix for n, p in programs.items() if p.offer is not None}
+        prefixes |= _campaign_prefixes(conn, raw["program"].unique())
     unit_frame = attribution.units(raw)
-    unit_frame = unit_frame.loc[unit_frame["night"] >= start].reset_index(drop=True)
-    raw = raw.loc[raw["night"] >= start]
+    unit_frame = unit_frame.loc[unit_frame["night"].between(start, end)].reset_index(drop=True)
+    raw = raw.loc[raw["night"].between(start, end)]
     orders = pd.DataFrame(columns=["customer_id", "ordered_at", "total"])
     if len(unit_frame):
         customers = sorted(unit_frame["customer_id"].unique())
         orders, _ = shop.read_orders(shop_url, until, customers)
         orders = shop.with_discount_codes(shop_url, orders)
-    prefixes = {n: p.offer.code_prefix for n, p in programs.items() if p.offer is not None}
     attributed = attribution.attribute(unit_frame, orders, windows, until=until,
                                        code_prefixes=prefixes)
-    attributed = attribution.opted_out(attributed, outs)
     sent = raw.loc[raw["group"] == "contacted"].assign(
         month=[f"{d:%Y-%m}" for d in raw.loc[raw["group"] == "contacted", "night"]])
+    attributed = attribution.opted_out(attributed, outs, sent)
     attributed = _with_messages(attributed, sent)
     reactivation = frozenset(n for n, p in programs.items()
                              if set(p.signals) & REACTIVATION_SIGNALS)
@@ -156,6 +163,35 @@ def compute(shop_url: str, store_url: str, start: dt.date, end: dt.date, *,
         ["month", "program"], key=lambda s: s.map(lambda v: (v == ALL, v)), kind="stable"
     ).reset_index(drop=True) if len(by_month) else by_month
     return Results(start, end, until, by_program, by_month)
+
+
+def campaign_code_prefix(name: str, params: Mapping[str, Any] | None) -> str | None:
+    """The voucher prefix of campaign ``name`` with the stored form ``params``, or None when it
+    offers no voucher."""
+    from tend.campaigns.spec import code_prefix
+
+    offer = (params or {}).get("offer")
+    if not isinstance(offer, str) or offer.strip() in ("", "none"):
+        return None
+    return code_prefix(name)
+
+
+def _campaign_prefixes(conn: Connection, programs: Iterable[str]) -> dict[str, str]:
+    """The voucher prefix of each campaign among the ledger's ``programs``, by that name, from
+    the campaigns table: the registry knows no campaign."""
+    from tend.store import campaigns as stored
+    from tend.store.ledger import CAMPAIGN_PREFIX
+
+    out = {}
+    for program in programs:
+        if not str(program).startswith(CAMPAIGN_PREFIX):
+            continue
+        name = str(program)[len(CAMPAIGN_PREFIX):]
+        row = stored.read(conn, name)
+        prefix = campaign_code_prefix(name, row["params"]) if row else None
+        if prefix:
+            out[program] = prefix
+    return out
 
 
 def _with_messages(units: pd.DataFrame, sent: pd.DataFrame) -> pd.DataFrame:

@@ -25,6 +25,10 @@ from tend.results.lift import ALL, COLUMNS, Results
 
 #: The csv's columns: one row per program (``--by-month``: per month and program).
 CSV_COLUMNS = COLUMNS
+#: The columns that count customers, messages or days. A row without the figure (``(all)``
+#: has no holdout_responses or window_days) turns a column into floats, and 8 would read 8.0.
+COUNTS = ("contacted", "held_out", "responses", "holdout_responses", "direct_responses",
+          "messages", "window_days", "open_windows")
 
 
 def verdict(low: float, high: float) -> str:
@@ -100,17 +104,22 @@ def csv_text(results: Results, *, by_month: bool = False) -> str:
     frame = results.months if by_month else results.programs
     cols = [*(["month"] if by_month else []), *CSV_COLUMNS]
     buf = io.StringIO()
-    frame.reindex(columns=cols).to_csv(buf, index=False, float_format="%.6g",
-                                       quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    _counted(frame.reindex(columns=cols)).to_csv(buf, index=False, float_format="%.6g",
+                                                 quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
     return buf.getvalue()
 
 
 def json_text(results: Results) -> str:
     def records(frame: pd.DataFrame) -> list[dict]:
-        return json.loads(frame.to_json(orient="records"))
+        return json.loads(_counted(frame).to_json(orient="records"))
 
     return json.dumps({
         "from": results.start.isoformat(), "to": results.end.isoformat(),
         "orders_until": results.until.isoformat(),
         "programs": records(results.programs), "months": records(results.months),
     }, indent=2)
+
+
+def _counted(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its counts as integers (missing ones stay empty)."""
+    return frame.astype({c: "Int64" for c in COUNTS if c in frame})

@@ -123,8 +123,27 @@ def test_orders_without_a_discount_code_column() -> None:
     assert bool(out.loc[0, "responded"]) and not out.loc[0, "direct"]
 
 
+def test_an_order_counts_for_one_unit_of_a_program_across_a_quarter_boundary() -> None:
+    """Held out at the end of a quarter, contacted at the start of the next: the held-out
+    unit's window ends on the contact's night, so the order after the message is the contact's
+    alone, and the order of that night (known before the message) the holdout's."""
+    q1, q2 = dt.date(2026, 3, 29), dt.date(2026, 4, 1)
+    exposures = [exposure("C1", "held_out", q1), exposure("C1", "held_out", q1 + dt.timedelta(1)),
+                 exposure("C1", "contacted", q2, message_id="m1")]
+    out = attribute(exposures, [order("C1", q2, total=30.0),
+                                order("C1", q2 + dt.timedelta(days=1), total=50.0)]
+                    ).set_index("group")
+    assert out.loc["held_out", "window_end"] == q2
+    assert out.loc["held_out", "revenue"] == 30.0 and out.loc["held_out", "orders"] == 1
+    assert out.loc["contacted", "revenue"] == 50.0 and out.loc["contacted", "orders"] == 1
+    assert out["next_night"].tolist() == [q2, None]
+    # a window cut short by a unit whose night is known is over, whatever ``until`` says
+    assert not out.loc["held_out", "window_open"]
+
+
 def test_opt_outs_by_message_or_within_the_window() -> None:
-    units = attribute([exposure(c, "contacted", message_id=f"m-{c}") for c in "ABCD"], [])
+    sent = [exposure(c, "contacted", message_id=f"m-{c}") for c in "ABCD"]
+    units = attribute(sent, [])
     at = lambda days: pd.Timestamp(dt.datetime.combine(  # noqa: E731
         NIGHT + dt.timedelta(days=days), dt.time(12)), tz="UTC")
     outs = pd.DataFrame([
@@ -133,6 +152,49 @@ def test_opt_outs_by_message_or_within_the_window() -> None:
         {"customer_id": "C", "message_id": None, "kind": "complaint", "at": at(30)},
         {"customer_id": "D", "message_id": None, "kind": "complaint", "at": at(1)},
     ])
-    out = attribution.opted_out(units, outs).set_index("customer_id")
+    out = attribution.opted_out(units, outs, pd.DataFrame(sent)).set_index("customer_id")
     assert out["unsubscribed"].to_dict() == {"A": True, "B": True, "C": False, "D": False}
     assert out["complained"].to_dict() == {"A": False, "B": False, "C": False, "D": True}
+
+
+def at(day: dt.date) -> pd.Timestamp:
+    return pd.Timestamp(dt.datetime.combine(day, dt.time(12)), tz="UTC")
+
+
+def test_opt_outs_about_a_later_message_of_the_unit() -> None:
+    """Replenish writes twice in a quarter: one unit, two messages. An unsubscribe naming the
+    second message, and a complaint without a message id in the second message's window
+    (past the first's), are the unit's."""
+    first, second = NIGHT, NIGHT + dt.timedelta(days=20)
+    sent = pd.DataFrame([exposure(c, "contacted", n, "replenish", f"{c}-{k}")
+                         for c in "AB" for k, n in enumerate((first, second))])
+    units = attribution.attribute(attribution.units(sent),
+                                  pd.DataFrame(columns=["customer_id", "ordered_at", "total"]),
+                                  {"replenish": 30}, until=dt.date(2026, 12, 31))
+    assert units["message_id"].tolist() == ["A-0", "B-0"]  # the unit is the first message
+    outs = pd.DataFrame([
+        {"customer_id": "A", "message_id": "A-1", "kind": "unsubscribe",
+         "at": at(second + dt.timedelta(days=1))},
+        {"customer_id": "B", "message_id": None, "kind": "complaint",
+         "at": at(second + dt.timedelta(days=25))},
+        {"customer_id": "B", "message_id": None, "kind": "unsubscribe",
+         "at": at(second + dt.timedelta(days=31))},  # past the last window
+    ])
+    out = attribution.opted_out(units, outs, sent).set_index("customer_id")
+    assert out["unsubscribed"].to_dict() == {"A": True, "B": False}
+    assert out["complained"].to_dict() == {"A": False, "B": True}
+
+
+def test_an_opt_out_without_a_message_id_belongs_to_one_unit_of_a_program() -> None:
+    """Written at the end of a quarter and again at the start of the next: an unsubscribe
+    without a message id after the second message is the second unit's only."""
+    q1, q2 = dt.date(2026, 3, 30), dt.date(2026, 4, 1)
+    sent = pd.DataFrame([exposure("C1", "contacted", q1, message_id="m1"),
+                         exposure("C1", "contacted", q2, message_id="m2")])
+    units = attribution.attribute(attribution.units(sent),
+                                  pd.DataFrame(columns=["customer_id", "ordered_at", "total"]),
+                                  {"winback": 7}, until=dt.date(2026, 5, 1))
+    outs = pd.DataFrame([{"customer_id": "C1", "message_id": None, "kind": "unsubscribe",
+                          "at": at(q2 + dt.timedelta(days=1))}])
+    out = attribution.opted_out(units, outs, sent)
+    assert out.set_index("message_id")["unsubscribed"].to_dict() == {"m1": False, "m2": True}

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from tend.cli import main
 from tend.results import kpi, lift
-from tend.results.report import verdict
+from tend.results.report import COUNTS, verdict
 from tend.shop import schema as shop_schema
 from tend.store import kpi as kpi_store
 from tend.store.db import connect
@@ -105,6 +105,10 @@ def test_json_and_table(nights: tuple[str, str, str], capsys: pytest.CaptureFixt
     assert (data["from"], data["to"]) == ("2026-10-02", "2026-10-04")
     assert {r["program"] for r in data["programs"]} >= {"winback", lift.ALL}
     assert {r["month"] for r in data["months"]} == {"2026-10"}
+    # counts are integers, though (all) has no holdout_responses and makes pandas hold floats
+    by_program = {r["program"]: r for r in data["programs"]}
+    assert all(type(by_program["winback"][c]) is int for c in COUNTS)
+    assert by_program[lift.ALL]["holdout_responses"] is None
     text = report(shop, store, capsys=capsys)
     assert "95 % interval" in text and "winback" in text
     monthly = report(shop, store, "--by-month", "--format", "csv", capsys=capsys)
