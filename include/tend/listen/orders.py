@@ -34,6 +34,7 @@ import pandas as pd
 from tend import config
 from tend.errors import DataError
 from tend.logs import log
+from tend.shop import rules
 
 if TYPE_CHECKING:
     from tend.messages.render import Renderer
@@ -122,7 +123,15 @@ def _timestamp(value: Any) -> dt.datetime:
     if ts.tzinfo is None:
         raise DataError(f"order event's ordered_at {value[:40]!r} has no timezone; add Z or an "
                         "offset")
-    return ts.astimezone(dt.UTC)
+    try:
+        utc = ts.astimezone(dt.UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is past the last datetime in UTC
+        utc = None
+    if utc is None or not rules.EARLIEST <= utc < rules.LATEST:
+        raise DataError(f"order event's ordered_at {value[:40]!r} is outside "
+                        f"{rules.EARLIEST:%Y-%m-%d}..{rules.LATEST:%Y-%m-%d}, the dates the "
+                        "shop's orders may carry")
+    return utc
 
 
 def _optional_text(doc: Mapping[str, Any], key: str) -> str | None:
@@ -183,7 +192,14 @@ def event_for_order(shop_url: str, order_id: str) -> OrderEvent:
 
 def _iso(text: str) -> str:
     """The shop's timestamp text (a naive SQLite one is UTC) as ISO 8601 with a zone."""
-    ts = pd.Timestamp(text)
+    try:
+        ts = pd.Timestamp(text)
+    except (ValueError, OverflowError):  # pandas' DateParseError is a ValueError
+        ts = pd.NaT
+    if ts is pd.NaT:
+        raise DataError(f"the shop's order has ordered_at {text[:40]!r}, which is not a date "
+                        "and time; fix the order in the shop (the nightly run sets it aside "
+                        "too)")
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
     return ts.isoformat()
 

@@ -67,3 +67,17 @@ def test_an_order_the_night_would_set_aside_is_not_published(
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1, err
         assert "order O-BAD, sku " in err and rule in err and "sets it aside too" in err
+
+
+def test_an_order_time_that_is_no_date_is_one_line(
+        shop_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    from tend.config import sqlite_file
+
+    add_first_order(shop_url, "C-WHEN", "O-WHEN", dt.datetime(2026, 11, 18, 9, tzinfo=dt.UTC))
+    with sqlite3.connect(sqlite_file(shop_url)) as conn:
+        conn.execute("UPDATE orders SET ordered_at = 'yesterday' WHERE order_id = 'O-WHEN'")
+    assert main(["publish-order", "O-WHEN", "--db", shop_url]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "'yesterday', which is not a date" in err

@@ -49,6 +49,9 @@ def test_an_event_round_trips_through_its_json() -> None:
     (json.dumps({k: v for k, v in GOOD.items() if k != "customer_id"}), "customer_id"),
     (json.dumps({**GOOD, "ordered_at": "yesterday"}), "ISO 8601"),
     (json.dumps({**GOOD, "ordered_at": "2026-11-18T10:14:03"}), "no timezone"),
+    # past the last datetime once in UTC: an OverflowError that used to stop the whole run
+    (json.dumps({**GOOD, "ordered_at": "9999-12-31T23:00:00-05:00"}), "outside 1970-01-01"),
+    (json.dumps({**GOOD, "ordered_at": "0001-01-01T00:00:00+05:00"}), "outside 1970-01-01"),
     (json.dumps({**GOOD, "type": "order.cancelled"}), "order.placed"),
     (json.dumps({**GOOD, "email": "a@b.c"}), "unknown fields email"),
     (json.dumps({**GOOD, "lines": [{"sku": "X", "quantity": "two"}]}), "lines"),
@@ -67,6 +70,9 @@ def test_screening_keeps_each_order_once_and_a_reason_for_everything_else() -> N
         [redis_message, json.dumps(GOOD), "{oops", {"type": "message"}, 42])
     assert [e.order_id for e in events] == ["O-1"]
     assert len(skipped) == 3 and "not JSON" in skipped[0]
+    far = json.dumps({**GOOD, "order_id": "O-2", "ordered_at": "9999-12-31T23:00:00-05:00"})
+    events, skipped = orders.screen_events([far, json.dumps(GOOD)])
+    assert [e.order_id for e in events] == ["O-1"] and "outside" in skipped[0]
 
 
 def test_publish_order_sends_the_shops_row_to_the_channel(shop_url: str) -> None:
