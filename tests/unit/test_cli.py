@@ -35,6 +35,27 @@ def test_demo_then_night_then_why(env: Path, capsys: pytest.CaptureFixture[str])
     assert "customer C000001" in capsys.readouterr().out
 
 
+def test_a_sandbox_night_says_it_was_a_rehearsal(env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Through SendGrid's sandbox (the local stand-in) nothing is delivered and every message
+    goes back to 'claimed': the summary says so, not that a send task failed."""
+    from tend.dev.fake_sendgrid import run_in_thread
+
+    assert main(["demo-data", "--customers", "150", "--seed", "5", "--as-of", NIGHT]) == 0
+    with run_in_thread(api_key="SG.test") as fake:
+        for name, value in (("TEND_DELIVERY", "sendgrid"), ("TEND_SENDGRID_URL", fake.url),
+                            ("TEND_SENDGRID_API_KEY", "SG.test"),
+                            ("TEND_SENDGRID_SANDBOX", "true")):
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        assert main(["night", "--as-of", NIGHT]) == 0
+        assert fake.fake.accepted_counts() == {}
+    out = capsys.readouterr().out
+    assert f"Tend night {NIGHT} (rehearsal: SendGrid sandbox, nothing delivered)" in out
+    assert "this run was a rehearsal (SendGrid sandbox)" in out
+    assert "a send task failed" not in out
+
+
 def test_programs_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["programs", "check"]) == 0
     out = capsys.readouterr().out

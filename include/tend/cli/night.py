@@ -109,6 +109,7 @@ def _why(args: argparse.Namespace) -> None:
 def _night(args: argparse.Namespace) -> None:
     from tend import delivery, messages, reports
     from tend.delivery import engine
+    from tend.delivery.base import is_rehearsal
     from tend.features import ingest
     from tend.programs import plan
     from tend.store import migrate
@@ -139,4 +140,4 @@ def _night(args: argparse.Namespace) -> None:
         finally:
             backend.close()
         print_lines(["", *reports.summary_lines(
-            store_url, args.as_of, rehearsal=bool(getattr(backend, "rehearsal", False)))])
+            store_url, args.as_of, rehearsal=is_rehearsal(backend))])

@@ -37,7 +37,8 @@ Contract
   chunk's message ids just before it marks the chunk ``sending`` (SMTP's journal).
 * A backend whose sends are rehearsals (SendGrid's sandbox mode: validated, never delivered)
   says so with a true ``rehearsal`` attribute; the engine then puts every message back to
-  ``claimed`` after the call, so a rehearsal never counts in the ledger, caps or cooldowns.
+  ``claimed`` after the call: a rehearsal records no message as sent, and the night's claims
+  stay for its real run (counting in caps and cooldowns as any claim does).
 * A backend may declare ``chunk_size``: how many messages it takes at once (the outbox and
   SMTP 50 per ``send()`` call; SendGrid 128 per slice of its window), and ``chunks_in_flight``:
   how many of those it holds at once (default 1; SendGrid 4). Their product is the backend's

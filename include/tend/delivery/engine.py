@@ -105,8 +105,8 @@ class SendResult:
         if self.rehearsal:
             seen = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rehearsal.items()))
             out.append(f"rehearsal ({self.backend} sandbox): {seen}; nothing was delivered or "
-                       "recorded, every message is back to 'claimed' and counts against no cap "
-                       "or cooldown")
+                       "recorded as sent: every message is back to 'claimed', for the night's "
+                       "real run")
         return [*out, *self.table_lines()]
 
     def table_lines(self) -> list[str]:
@@ -301,8 +301,8 @@ def _send_leased(engine: Engine, as_of: dt.date, batch_id: int, lease: ledger.Le
                 contact_ledger.c.status == "claimed")).scalar_one()
     if rehearsal:
         log.warning("batch %s: rehearsal through %s's sandbox: messages are validated, none is "
-                    "delivered, and every one goes back to 'claimed' (nothing counts in the "
-                    "ledger, caps or cooldowns)", batch_id, result.backend)
+                    "delivered, and every one goes back to 'claimed' (none is recorded as "
+                    "sent)", batch_id, result.backend)
     window_size = size * chunks_in_flight_of(backend)  # the backend's window, at this size
     log.info("batch %s: %s message(s) to send through %s, %s at a time (at most %s handed "
              "over and not yet recorded)", batch_id, f"{result.total:,}", result.backend, size,

@@ -454,8 +454,8 @@ class SendGridBackend:
         }
         if settings.sandbox:
             log.warning("SendGrid sandbox mode: SendGrid validates every message and delivers "
-                        "none; the send engine puts every message back to 'claimed' (a "
-                        "rehearsal counts nowhere)")
+                        "none; the send engine puts every message back to 'claimed' (none is "
+                        "recorded as sent)")
 
     def __repr__(self) -> str:
         s = self.settings
