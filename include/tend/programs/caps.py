@@ -71,11 +71,13 @@ class SendWindow:
 
 
 def _zone(name: str | None) -> ZoneInfo | None:
+    """The customer's zone, or None (the shop's) for anything that is not one: unknown names,
+    malformed ones, and a folder of the tz database ("Canada"), which raises an OSError."""
     if not name:
         return None
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return None
 
 

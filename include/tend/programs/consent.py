@@ -80,9 +80,10 @@ def consent_fates(
         decide(has & c["kind"].isin(kinds), f"suppressed:{reason}",
                f"on the suppression list ({reason.replace('_', ' ')})")
 
-    end = pd.Timestamp(as_of + dt.timedelta(days=1), tz="UTC")
-    unsubscribed_at = pd.to_datetime(c["unsubscribed_at"], utc=True, errors="coerce")
-    unsub = unsubscribed_at.notna() & (unsubscribed_at < end)
+    # Any unsubscribe the shop holds counts, whatever its date: the night's run starts hours
+    # after the night's date ends, and a replayed night sends real mail today.
+    said = c["unsubscribed_at"]
+    unsub = said.notna() & (said.astype(str).str.strip() != "")
     decide(unsub & c["kind"].isin(SUPPRESSION_SCOPE["unsubscribed"]), "suppressed:unsubscribed",
            "unsubscribed in the shop")
 

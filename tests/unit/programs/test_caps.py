@@ -37,6 +37,9 @@ UTC = dt.UTC
         # Paris, and an unknown zone falls back to UTC
         ("2026-11-23T05:00", "Europe/Paris", "2026-11-23T08:00"),
         ("2026-11-23T05:00", "Mars/Olympus", "2026-11-23T09:00"),
+        # a folder of the tz database is no zone either (ZoneInfo raises an OSError for it)
+        ("2026-11-23T05:00", "Canada", "2026-11-23T09:00"),
+        ("2026-11-23T05:00", "America", "2026-11-23T09:00"),
         ("2026-11-23T05:00", None, "2026-11-23T09:00"),
     ],
 )
