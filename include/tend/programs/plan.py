@@ -380,15 +380,24 @@ def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,
 
     Right after a claim these are its winners. After a stage that stopped between its claim and
     this step, they are the earlier run's winners: this run's candidates carry the same message
-    ids (marked already claimed), so their contexts are built from them. A message whose
-    candidate no longer exists cannot be rendered and is marked failed with the reason.
-    ``own_only``: only this run's claims (an event run must not judge a nightly run's).
+    ids (marked already claimed), so their contexts are built from them; a deferred candidate
+    among them is still in the deferred table, whose row is removed here, with its context. A
+    message whose candidate no longer exists cannot be rendered and is marked failed with the
+    reason. ``own_only``: only this run's claims (an event run must not judge a nightly run's).
     """
     with connect(store_url).connect() as conn:
         need = ledger.claims_without_contexts(conn, as_of, owner)
+    # The candidates holding a message kept their deferred rows through the claim (``_defer``):
+    # a deferred candidate that tonight's signals no longer produce is rebuilt from its row
+    # alone, so the row must outlive a stop before this point. It goes in the transaction that
+    # stores the contexts, unless the message still waits for another run's contexts.
+    settled = (allowed.loc[allowed["fate"].isin(_HOLD)] if "fate" in allowed
+               else allowed.iloc[:0])
     if own_only:
-        need = need.loc[need["message_id"].isin(allowed["message_id"].dropna())]
-    if need.empty:
+        mine = need["message_id"].isin(allowed["message_id"].dropna())
+        settled = settled.loc[~settled["message_id"].isin(need.loc[~mine, "message_id"])]
+        need = need.loc[mine]
+    if need.empty and settled.empty:
         return
     rows = allowed.loc[allowed["message_id"].notna()].drop_duplicates("message_id")
     rows = need.merge(rows, on="message_id", how="left", indicator=True)
@@ -399,6 +408,7 @@ def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,
     with connect(store_url).begin() as conn:
         ledger.write_contexts(conn, as_of, rows["batch_id"].to_numpy(),
                               rows["message_id"].tolist(), built)
+        deferral.forget(conn, settled)
         if lost:
             ledger.fail_unrenderable(conn, lost, "no render context: the programs stage stopped "
                                      "before storing it and tonight's signals no longer "
@@ -444,6 +454,10 @@ _SIGNAL_KEEP = ("signal", "reason", "due_date", "valid_until", "sku", "product_n
 
 _KEY = list(deferral.KEY)
 
+#: Fates of candidates whose message is in the ledger (tonight's claim, or an earlier run's):
+#: their deferred rows go with the contexts (``_store_contexts``), not with the claim.
+_HOLD = ("claimed", "already_claimed")
+
 
 def _deferred(store_url: str, as_of: dt.date, programs: dict[str, Program], *,
               forget: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -488,7 +502,9 @@ def _merge(fresh: pd.DataFrame, waiting: pd.DataFrame) -> pd.DataFrame:
 
 
 def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
-    """Blocked but still valid -> 'deferred' (kept in the store); claimed/final -> forgotten."""
+    """Blocked but still valid -> 'deferred' (kept in the store); other final fates ->
+    forgotten. A candidate holding a message (``_HOLD``) keeps its row until its context is
+    stored (``_store_contexts``): a stage stopped in between rebuilds the context from it."""
     d = decided.reset_index(drop=True)
     blocked = d["fate"].astype(str).str.startswith(DEFERRABLE)
     until = (_iso_dates(d["valid_until"]) if "valid_until" in d
@@ -499,7 +515,7 @@ def _defer(conn: Any, decided: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
                            + "; deferred: still valid until " + until[defer])
     d.loc[defer, "fate"] = "deferred"
 
-    deferral.forget(conn, d)
+    deferral.forget(conn, d.loc[~d["fate"].isin(_HOLD)])
     later = d.loc[defer]
     if len(later):
         # What the candidate needs to compete (and be rendered) later, as JSON, written in one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pandas as pd
 import pytest
 from _support import make_program as program
 from _support import make_registry as registry
@@ -19,6 +20,7 @@ from tend.features import ingest
 from tend.programs import plan
 from tend.programs.caps import held_out
 from tend.programs.registry import Registry
+from tend.signals import SIGNAL_COLUMNS
 from tend.store import ledger
 from tend.store.db import connect
 from tend.store.tables import (
@@ -250,3 +252,59 @@ def test_the_nightly_plan_honours_every_choice_of_the_preferences_page(
 
     story = "\n".join(why_lines(store_url, paused))
     assert "preference:paused" in story and "paused marketing until" in story
+
+
+def test_a_deferred_winner_keeps_its_row_until_its_context_is_stored(
+        shop_url: str, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deferred candidate that wins on a night whose signals no longer produce it exists only
+    in the deferred table. A stage stopped between the claim and the contexts (here twice: a
+    retry can stop too) must leave that row to the retry, which builds the context from it and
+    only then removes it; otherwise the claimed message ends failed and is never sent."""
+    both = [program("first", priority=60), program("second", priority=50)]
+    night(shop_url, store_url, MONDAY, registry(*both))
+    mon = decisions(store_url, MONDAY)
+    waiting = set(mon.loc[(mon["program"] == "second") & (mon["fate"] == "deferred"),
+                          "customer_id"])
+    assert waiting
+
+    tuesday = MONDAY + dt.timedelta(days=1)
+    ingest.run_ingest(shop_url, store_url, tuesday, "i")
+    store_contexts = plan._store_contexts
+    stops = iter((True, True))
+
+    def stopping(*args: object, **kwargs: object) -> None:
+        if next(stops, False):
+            raise RuntimeError("the stage stopped between the claim and the contexts")
+        store_contexts(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plan, "_store_contexts", stopping)
+
+    def run(run_id: str) -> plan.PlanResult:
+        # No signal tonight: the deferred candidates are the only ones, and no cap stops them.
+        return plan.plan_night(shop_url, store_url, tuesday, run_id, settings=SETTINGS,
+                               renderer=messages.default_renderer(SETTINGS), secret="s",
+                               registry=registry(*both, caps=[]),
+                               detector=lambda *_: pd.DataFrame(columns=SIGNAL_COLUMNS))
+
+    for run_id in ("p1", "p2"):
+        with pytest.raises(RuntimeError, match="stopped"):
+            run(run_id)
+    again = run("p3")
+
+    assert again.claimed() == 0  # the first run's claims stand, nothing claimed twice
+    with connect(store_url).connect() as conn:
+        rows = conn.execute(select(contact_ledger.c.message_id, contact_ledger.c.customer_id,
+                                   contact_ledger.c.program, contact_ledger.c.status,
+                                   contact_ledger.c.batch_id)
+                            .where(contact_ledger.c.as_of == tuesday)).all()
+        assert {r.customer_id for r in rows} == waiting
+        assert {(r.program, r.status) for r in rows} == {("second", "claimed")}
+        assert ledger.claims_without_contexts(conn, tuesday).empty
+        sendable = [c.message_id for b in sorted({r.batch_id for r in rows})
+                    for c in ledger.next_claimed(conn, tuesday, b, len(rows))]
+        assert sorted(sendable) == sorted(r.message_id for r in rows)
+        left = conn.execute(select(deferred.c.customer_id)
+                            .where(deferred.c.program == "second")).scalars().all()
+    assert not set(left) & waiting  # stored with its context, the row is gone
+    contexts = _contexts(store_url, tuesday)
+    assert {json.loads(c)["signal"]["name"] for c in contexts.values()} == {"lapsed"}
