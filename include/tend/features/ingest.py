@@ -99,7 +99,10 @@ def run_ingest(
         t_read = time.perf_counter() - clock
         orders = history.orders
         watermark = orders["ordered_at"].max() if len(orders) else None
-        rows_read, quarantined = history.rows_read, history.quarantined
+        # the customers and products rows the night's reads set aside (a repeated key) are
+        # recorded and counted here, the one stage that writes the quarantine table
+        rows_read = history.rows_read
+        quarantined = [*history.quarantined, *shop.duplicated_rows(shop_url)]
         # The features take over the only references to the frames (they need no order ids),
         # and memory the reader's Arrow pool kept goes back.
         frames = [orders.drop(columns="order_id"), history.lines]

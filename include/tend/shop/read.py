@@ -13,14 +13,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from sqlalchemy import Engine, String, and_, cast, inspect, select
+from sqlalchemy import Engine, String, and_, cast, func, inspect, select
 
 from tend.config import mask_url, sqlite_file
 from tend.errors import ConfigError, DataError
@@ -39,6 +39,7 @@ from tend.shop.screen import (
     _screen_orders,
     _Screened,
     end_of_day,
+    quarantine_records,
     usable_ids,
 )
 from tend.shop.sqlite_fast import _read_sqlite_fast
@@ -249,21 +250,9 @@ def _screen_raw_orders(raw: pd.DataFrame, known: set[str], as_of: dt.date,
 
 
 def read_customers(url: str, customer_ids: Iterable[str]) -> pd.DataFrame:
-    """Contact details and consent of the given customers (the shop's current view of them)."""
-    c = s.customers
-    cols = [
-        c.c.customer_id, c.c.email, c.c.first_name, c.c.last_name, c.c.locale, c.c.timezone,
-        c.c.marketing_consent, cast(c.c.consent_at, String).label("consent_at"),
-        cast(c.c.unsubscribed_at, String).label("unsubscribed_at"),
-    ]
-    names = [col.name for col in cols]
-    frames = []
-    with _shop_engine(url).connect() as conn:
-        for chunk in _chunks(list(customer_ids), _IN_CHUNK):
-            rows = conn.execute(select(*cols).where(c.c.customer_id.in_(chunk))).all()
-            frames.append(pd.DataFrame(rows, columns=names))
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
-    df["customer_id"] = df["customer_id"].astype(str)
+    """Contact details and consent of the given customers (the shop's current view of them),
+    one row per customer (see ``_customer_rows``)."""
+    df, _ = _customer_rows(url, customer_ids)
     for col in ("consent_at", "unsubscribed_at"):
         raw = df[col]
         ts = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
@@ -281,23 +270,147 @@ def read_customers(url: str, customer_ids: Iterable[str]) -> pd.DataFrame:
     return df
 
 
+def _customer_rows(url: str, customer_ids: Iterable[str]
+                   ) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """The given customers' rows as read (text), one per customer_id, and the repeats set aside.
+
+    Text is read as text (a blob in a SQLite shop with U+FFFD for bytes that are not UTF-8): a
+    value left as bytes fails the night where a message is encoded. A view that joins addresses
+    or translations repeats a customer; the row kept is the one that allows the least mail
+    (``_least_mail``), so a copy can neither grant a consent nor lift an unsubscribe that
+    another copy records.
+    """
+    c = s.customers
+    cols = [
+        c.c.customer_id,
+        *(cast(col, String).label(col.name) for col in (
+            c.c.email, c.c.first_name, c.c.last_name, c.c.locale, c.c.timezone,
+            c.c.marketing_consent, c.c.consent_at, c.c.unsubscribed_at)),
+    ]
+    names = [col.name for col in cols]
+    frames = []
+    with _shop_engine(url).connect() as conn:
+        # each id asked once: an id in two chunks would come back twice
+        for chunk in _chunks(list(dict.fromkeys(customer_ids)), _IN_CHUNK):
+            rows = conn.execute(select(*cols).where(c.c.customer_id.in_(chunk))).all()
+            frames.append(pd.DataFrame(rows, columns=names))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
+    df["customer_id"] = df["customer_id"].astype(str)
+    df, differ = _emails_differ(df)
+    kept, repeats = _one_row_per_key(df, "customer_id", "customers", rules.CUSTOMER_DUPLICATE,
+                                     prefer=_least_mail)
+    return kept, [*differ, *repeats]
+
+
+def _emails_differ(df: pd.DataFrame) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """``df`` without the customers whose rows disagree on the email (compared as the address
+    is matched: trimmed, case-insensitive), and those rows as quarantine records: such a
+    customer is not mailed until the shop says which address is theirs."""
+    email = df["email"].where(df["email"].notna(), "").astype(str).str.strip().str.lower()
+    differ = email.groupby(df["customer_id"]).transform("nunique").gt(1).to_numpy()
+    if not differ.any():
+        return df, []
+    set_aside = quarantine_records("customers", df, differ,
+                                   pd.Series(rules.CUSTOMER_EMAILS_DIFFER, index=df.index),
+                                   "customer_id")
+    ids = sorted(df.loc[differ, "customer_id"].unique())
+    _log.warning("%s customers row(s) set aside, %s: %s customer(s) not mailed: %s",
+                 int(differ.sum()), rules.CUSTOMER_EMAILS_DIFFER, len(ids),
+                 ", ".join(repr(i) for i in ids[:5]))
+    return df.loc[~differ].reset_index(drop=True), set_aside
+
+
+#: Consent as ``tend.programs.consent`` reads it (lower-cased), from the least mail allowed;
+#: anything else is no consent.
+_CONSENT_RANK = {"implied": 1, "express": 2}
+
+
+def _least_mail(row: dict[str, Any]) -> tuple[int, int]:
+    """Orders a customer's rows from the one that allows the least mail: an unsubscribe (any
+    value, as the planner reads it), then the weaker consent."""
+    unsubscribed = row["unsubscribed_at"]
+    said = not _missing(unsubscribed) and bool(str(unsubscribed).strip())
+    consent = row["marketing_consent"]
+    rank = 0 if _missing(consent) else _CONSENT_RANK.get(str(consent).lower(), 0)
+    return (0 if said else 1, rank)
+
+
+def _one_row_per_key(df: pd.DataFrame, key: str, source: str, reason: str, *,
+                     prefer: Callable[[dict[str, Any]], tuple[int, ...]] | None = None,
+                     ) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """``df`` (as read, with a unique index) with one row per value of ``key``, and the other
+    rows as quarantine records (logged with their count); rows without a key are left to the
+    reader's own checks.
+
+    The row kept depends on the rows alone, never on the order a shop's view returns them in,
+    so every read of a night (signals, messages, a rerun) keeps the same one: the first by
+    ``prefer``, then by its values as text. Every later step indexes these frames by their key.
+    """
+    keys = df[key]
+    dup = (keys.notna() & keys.duplicated(keep=False)).to_numpy()
+    if not dup.any():
+        return df, []
+    rows = df.loc[dup]
+
+    def order(item: tuple[Any, dict[str, Any]]) -> tuple[Any, ...]:
+        row = item[1]
+        text = tuple((1, "") if _missing(v) else (0, str(v)) for v in row.values())
+        return (*(prefer(row) if prefer else ()), text)
+
+    kept: set[Any] = set()
+    drop: list[Any] = []
+    for index, row in sorted(zip(rows.index, rows.to_dict("records"), strict=True), key=order):
+        if row[key] in kept:
+            drop.append(index)
+        else:
+            kept.add(row[key])
+    bad = df.index.isin(drop)
+    set_aside = quarantine_records(source, df, bad, pd.Series(reason, index=df.index), key)
+    _log.warning("%s %s row(s) set aside, %s: %s %s(s) repeated, one row kept for each: %s",
+                 len(drop), source, reason, len(kept), key,
+                 ", ".join(repr(k) for k in sorted(map(str, kept))[:5]))
+    return df.loc[~bad].reset_index(drop=True), set_aside
+
+
+def duplicated_rows(url: str) -> list[Quarantined]:
+    """Every customers and products row the night's reads set aside because its key repeats.
+
+    ``read_customers`` and ``read_products`` only log them (they have no store): these are
+    the quarantine records, for a stage that writes the quarantine table.
+    """
+    c = s.customers
+    with _shop_engine(url).connect() as conn:
+        repeated = [r[0] for r in conn.execute(
+            select(c.c.customer_id).where(c.c.customer_id.is_not(None))
+            .group_by(c.c.customer_id).having(func.count() > 1))]
+    customers = _customer_rows(url, repeated)[1] if repeated else []
+    return customers + _product_rows(url)[1]
+
+
 def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
     items = list(items)
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
 
+def _product_rows(url: str) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """The products rows as read, every column as text (a blob in a SQLite shop with U+FFFD for
+    bytes that are not UTF-8: a name left as bytes fails the night where a message is encoded),
+    one per sku (``_one_row_per_key``), and the repeats set aside. The catalogue and the price
+    list read these same rows, so both keep the same row of a repeated sku."""
+    p = s.products
+    cols = [p.c.sku, p.c.name, p.c.category, p.c.price, p.c.service_interval_days,
+            p.c.replenish_days, p.c.complements]
+    with _shop_engine(url).connect() as conn:
+        rows = conn.execute(select(*(cast(col, String).label(col.name) for col in cols))).all()
+    df = pd.DataFrame(rows, columns=[col.name for col in cols])
+    return _one_row_per_key(df, "sku", "products", rules.PRODUCT_DUPLICATE)
+
+
 def read_products(url: str) -> pd.DataFrame:
     """The catalogue: sku, name, category, price, service_interval_days, replenish_days,
-    complements (a list of skus)."""
-    p = s.products
-    with _shop_engine(url).connect() as conn:
-        rows = conn.execute(select(
-            cast(p.c.sku, String).label("sku"), p.c.name, p.c.category,
-            cast(p.c.price, String).label("price"),
-            p.c.service_interval_days, p.c.replenish_days, p.c.complements)).all()
-    df = pd.DataFrame(rows, columns=["sku", "name", "category", "price", "service_interval_days",
-                                     "replenish_days", "complements"])
+    complements (a list of skus); one row per sku (``_product_rows``)."""
+    df, _ = _product_rows(url)
     # a product no line can name (no sku, one a store cannot hold) is not in the catalogue
     df["sku"] = [None if _missing(v) else str(v) for v in df["sku"]]
     usable = set(usable_ids(pa.array(df["sku"], pa.string()), "products", "sku").to_pylist())
@@ -321,10 +434,9 @@ def read_products(url: str) -> pd.DataFrame:
 
 def read_price_list(url: str) -> list[tuple[str, str, str | None]]:
     """(sku, name, price) of every product, the price as the shop stores it ("24.00"), so that
-    an email shows the shop's own figure, not a float's."""
-    p = s.products
-    with _shop_engine(url).connect() as conn:
-        rows = conn.execute(select(p.c.sku, p.c.name, cast(p.c.price, String))).all()
+    an email shows the shop's own figure, not a float's; one row per sku, the catalogue's."""
+    df, _ = _product_rows(url)
+    rows = zip(df["sku"], df["name"], df["price"], strict=True)
     # a price outside the rules' range shows no price; a name is shown as text an email holds
     return [(str(sku), rules.printable(str(name)),
              str(price) if rules.PRICE.parse(str(price).strip())[1] is None else None)

@@ -207,6 +207,9 @@ class Timestamp:
 # --- products -------------------------------------------------------------------------------
 
 PRODUCT_WITHOUT_SKU = "empty sku"
+#: The reader keeps one row of a sku the products table (or a view joining, say, translations)
+#: repeats: the first by its values as text, whatever order the rows come back in.
+PRODUCT_DUPLICATE = "duplicate sku (one row was kept)"
 PRODUCT_WITHOUT_NAME = "missing name (emails show it to customers)"
 #: A product without a category is kept under this one (a warning, not a reject).
 DEFAULT_CATEGORY = "uncategorized"
@@ -219,6 +222,13 @@ REPLENISH_DAYS = Number("replenish_days", whole=True, required=False, minimum=1,
 # --- customers ------------------------------------------------------------------------------
 
 CUSTOMER_WITHOUT_ID = "empty customer_id"
+#: The reader keeps one row of a customer_id the customers table (or a view joining, say,
+#: addresses) repeats: the one that allows the least mail (an unsubscribe, then the weaker
+#: consent), then the first by its values as text, whatever order the rows come back in.
+CUSTOMER_DUPLICATE = "duplicate customer_id (one row was kept)"
+#: Repeated rows of a customer that disagree on the email are all set aside: nothing tells
+#: which address is the customer's, and a message to the other would reach a stranger.
+CUSTOMER_EMAILS_DIFFER = "duplicate customer_id with different emails (no row kept)"
 #: An invalid email is only a warning: losing a customer's history over a typo would hurt every
 #: later signal, and delivery refuses the address anyway.
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
