@@ -16,3 +16,9 @@ honour. It runs on its own, in public, so the Airflow UI never faces the interne
 - ``orders``: "order placed" events from the shop (Redis pub/sub), decided within minutes by
   the tend_events DAG; not part of ``tend serve``.
 """
+
+import re
+
+#: What no store keeps and a request can still carry (a form decoded with an odd charset,
+#: JSON's \\u escapes): NUL (PostgreSQL text) and lone UTF-16 surrogates (not UTF-8).
+UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")

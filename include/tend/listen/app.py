@@ -62,20 +62,22 @@ class Service:
     handlers: dict[str, Handler] = field(default_factory=dict)
 
     def record(self, action: str, payload: Mapping[str, Any]) -> bool:
-        """Apply ``action`` now (True), or spool it durably when the store is down (False)."""
+        """Apply ``action`` now (True), or spool it durably when the store cannot take it yet
+        (False): the same rule (``_retry_later``) as the replay's, so what the replay would wait
+        for is never a 500 that loses a customer's click."""
         now = dt.datetime.now(dt.UTC)
         handler = self.handlers[action]
         try:
             with self.engine.begin() as conn:
                 handler(conn, payload, now)
             return True
-        except (OperationalError, DBAPIError) as exc:
-            if not _store_unreachable(exc):
+        except Exception as exc:
+            if not _retry_later(exc):
                 raise
             self.spool.append({"action": action, "payload": dict(payload),
                                "at": now.isoformat()})
-            log.warning("store unreachable (%s): %s spooled, applied when it is back",
-                        type(exc.orig or exc).__name__, action)
+            log.warning("store cannot take it yet (%s): %s spooled, applied when it can",
+                        type(getattr(exc, "orig", None) or exc).__name__, action)
             return False
 
     def replay(self) -> int:
@@ -99,6 +101,12 @@ class Service:
         if applied:
             log.info("applied %d spooled record(s)", applied)
         return applied
+
+    @staticmethod
+    def can_wait(exc: Exception) -> bool:
+        """Whether the store failed in a way it recovers from by itself (``_retry_later``):
+        what the routes then spool or show without the store's figures, instead of a 500."""
+        return _retry_later(exc)
 
     def store_ok(self) -> bool:
         try:

@@ -7,8 +7,9 @@ of this clock; anything else gets 403 and is not read further. Without a key the
 answers 503 (SendGrid keeps retrying for a day, so events wait for the key to be set rather than
 being taken unsigned).
 
-Each event is checked on its own: a malformed one (including one holding text no store can
-keep: a NUL or a lone UTF-16 surrogate) is counted and skipped, never a 500. The
+Each event is checked on its own: a malformed one is counted and skipped, never a 500. Text no
+store can keep (a NUL or a lone UTF-16 surrogate) is no reason to drop an event's effect: such
+an address is dropped and such characters in the details are replaced. The
 well-formed ones are written in one transaction (or spooled while the store is down) by
 :func:`apply_events`, which stores each ``sg_event_id`` once and gives only its first arrival
 effects (the table in docs/sendgrid-events.md):
@@ -36,6 +37,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tend import config
+from tend.listen import UNSTORABLE
 from tend.store import complaints, ledger, message_events, suppressions
 
 if TYPE_CHECKING:
@@ -58,9 +60,6 @@ _EVENT_ID = re.compile(r"[\x21-\x7e]{1,100}")
 _MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
 #: ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses.
 _STAMP = re.compile(r"[0-9]{1,12}")
-#: What neither backend stores: NUL (PostgreSQL text) and lone surrogates (not UTF-8), which
-#: JSON's \u escapes can carry.
-_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 _DETAIL_KEYS = ("reason", "type", "status", "response", "url", "sg_message_id", "asm_group_id",
                 "bounce_classification", "attempt")
 _TEXT_MAX = 300
@@ -138,11 +137,15 @@ def _event(raw: Any) -> dict[str, Any] | None:
         return None
     mid = raw.get("tend_message_id")
     email = raw.get("email")
-    detail = {k: t for k in _DETAIL_KEYS if (t := _text(raw.get(k))) is not None}
-    if any(isinstance(t, str) and _UNSTORABLE.search(t) for t in (mid, email, *detail.values())):
-        return None
+    if isinstance(email, str) and UNSTORABLE.search(email):
+        email = None  # not an address; the event still counts by its message id
+    # The details are for the record: what no store keeps is replaced, never a reason to drop
+    # a spam report or an unsubscribe (the event's effect).
+    detail = {k: UNSTORABLE.sub("\ufffd", t) for k in _DETAIL_KEYS
+              if (t := _text(raw.get(k))) is not None}
     if isinstance(mid, str) and mid and not _MESSAGE_ID.fullmatch(mid):
-        detail["tend_message_id"] = mid[:64]  # not one of ours: kept for the record only
+        # not one of ours: kept for the record only
+        detail["tend_message_id"] = UNSTORABLE.sub("\ufffd", mid[:64])
     return {
         "id": event_id,
         "event": kind,

@@ -26,6 +26,7 @@ would have.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import datetime as dt
 import json
 import re
@@ -39,12 +40,12 @@ from urllib.parse import parse_qsl, urlsplit
 import jinja2
 from python_multipart.multipart import parse_options_header
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tend import config
+from tend.listen import UNSTORABLE
 from tend.messages.contexts import SURVEY_PURPOSE
 from tend.messages.tokens import make_token, verify_message_token, verify_token
 from tend.store import complaints, ledger, survey
@@ -76,18 +77,14 @@ PAUSE_MONTHS = (1, 3)
 
 _CSRF = "form"
 _SEP = "\x1f"
-#: The charsets a multipart form may declare: UTF-8, and the single-byte ones a mail client
-#: may still name, which map each byte to one code point (what such a decoding can yield, NUL,
-#: is refused with the field). Codecs such as unicode_escape, which can yield any code point,
-#: are refused with the form.
-_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1",
-                       "iso8859-1", "windows-1252", "cp1252"})
-#: What no field may hold: NUL and lone surrogates cannot be stored (PostgreSQL text, UTF-8).
-_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+#: Codecs a multipart form may not declare: they turn escapes in the bytes into any code point
+#: at all. Any other label is taken (Starlette reads an unknown one as Latin-1); what a decoding
+#: can still yield that no store keeps (NUL, lone surrogates) is refused with the field.
+_ESCAPE_CODECS = frozenset({"unicode-escape", "raw-unicode-escape", "utf-7"})
 #: Removed from a comment: control characters but line feed and tab (ESC sequences would
 #: reach staff terminals through ``tend complaints``; a textarea's CR LF becomes LF) and the
 #: bidi overrides and isolates that make text read otherwise than it is stored.
-_HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class _Refused(Exception):
@@ -240,8 +237,8 @@ class Pages:
         try:
             with self.service.engine.connect() as conn:
                 return fn(conn)
-        except (OperationalError, DBAPIError) as exc:
-            if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+        except Exception as exc:
+            if not self.service.can_wait(exc):
                 raise  # a bug in a statement, not an outage
             return default
 
@@ -327,12 +324,15 @@ def _comment(text: str) -> str:
 
 
 def _known_charset(content_type: str) -> bool:
-    """Whether the form's declared charset (none: UTF-8) is one of :data:`_CHARSETS`.
+    """Whether the form's declared charset (none: UTF-8) is not one of :data:`_ESCAPE_CODECS`.
     Starlette decodes multipart fields with the charset the client names (read with the same
-    parser as here), and some codecs (``unicode_escape``) turn bytes into any code point."""
+    parser as here); a label is compared by the codec it names, as Starlette looks it up."""
     _, params = parse_options_header(content_type)
-    charset = params.get(b"charset", b"utf-8").decode("latin-1").strip().lower()
-    return charset in _CHARSETS
+    charset = params.get(b"charset", b"utf-8").decode("latin-1").strip()
+    try:
+        return codecs.lookup(charset).name not in _ESCAPE_CODECS
+    except LookupError:
+        return True
 
 
 async def form_fields(request: Request) -> dict[str, str]:
@@ -373,7 +373,7 @@ async def form_fields(request: Request) -> dict[str, str]:
         raise _Refused(415)
     fields: dict[str, str] = {}
     for key, value in items:
-        if key in fields or _UNSTORABLE.search(key) or _UNSTORABLE.search(value):
+        if key in fields or UNSTORABLE.search(key) or UNSTORABLE.search(value):
             raise _Refused(400)
         fields[key] = value
     return fields

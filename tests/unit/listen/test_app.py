@@ -148,3 +148,32 @@ def test_a_store_not_migrated_yet_is_waited_for_not_quarantined(store_url: str) 
     if store_url.startswith("postgresql"):
         assert not _retry_later(error_of("SELECT CAST(:v AS text)", v="x\x00"))
     assert not _retry_later(ValueError("not a database error"))
+
+
+def test_a_click_while_the_store_is_mid_upgrade_is_spooled_not_lost(
+        store_url: str, tmp_path: Path) -> None:
+    """While a table is missing (a migration running), a one-click unsubscribe is answered
+    and spooled, as in an outage, then applied once the table is back: a mail provider does
+    not retry it, so a 500 here would keep mailing someone who said stop."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from tend.listen.app import Service
+
+    assert Service.can_wait(PoolTimeout("every pooled connection is busy"))
+    with running_service(store_url, tmp_path, replay_seconds=0.2) as svc, \
+            httpx.Client(base_url=svc.url) as c:
+        engine = db.connect(store_url)
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE suppressions RENAME TO suppressions_aside"))
+        try:
+            r = c.post(f"/unsubscribe/{make_token('test-secret', 'cus_9')}",
+                       data={"List-Unsubscribe": "One-Click"})
+            assert r.status_code == 200
+            assert svc.service.spool.pending() == 1
+        finally:
+            with engine.begin() as conn:
+                conn.execute(text("ALTER TABLE suppressions_aside RENAME TO suppressions"))
+        wait_until_replayed(svc)
+        assert c.get("/healthz").json()["quarantined"] == 0
+    assert unsubscribed(store_url) == {"cus_9"}
