@@ -13,13 +13,13 @@ import csv
 import datetime as dt
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from tend.shop.read import read_customers
+from tend.shop.read import customer_emails
 from tend.store import ledger, suppressions
 from tend.store.db import connect
 from tend.store.tables import contact_ledger
@@ -35,17 +35,23 @@ _VOUCHER_STATUSES = ("claimed", "sending", "sent", "unknown")
 
 
 def suppressions_csv(store_url: str, shop_url: str, out: Path) -> int:
-    """Write the active suppression list (one row per customer and reason, the address from
-    the shop when Tend did not record one); return the number of rows."""
+    """Write the active suppression list (one row per customer, reason and address; the
+    addresses from the shop when Tend did not record one, every one the shop holds for the
+    customer, empty when it holds none); return the number of rows."""
     with connect(store_url).connect() as conn:
         listed = suppressions.listed(conn)
     missing = listed.loc[listed["email"].isna(), "customer_id"].unique().tolist()
-    if missing:
-        emails = read_customers(shop_url, missing).set_index("customer_id")["email"]
-        listed.loc[listed["email"].isna(), "email"] = listed["customer_id"].map(emails)
-    rows = ([r.customer_id, r.email or "", r.reason, _iso(r.since)]
-            for r in listed.itertuples(index=False))
-    return _write(out, SUPPRESSION_COLUMNS, rows)
+    found = customer_emails(shop_url, missing) if missing else {}
+
+    def rows() -> Iterator[list[str]]:
+        for r in listed.itertuples(index=False):
+            since = _iso(r.since)
+            emails = [r.email] if isinstance(r.email, str) and r.email else \
+                found.get(str(r.customer_id)) or [""]
+            for email in emails:
+                yield [r.customer_id, email, r.reason, since]
+
+    return _write(out, SUPPRESSION_COLUMNS, rows())
 
 
 def vouchers_csv(store_url: str, as_of: dt.date, out: Path) -> int:

@@ -66,7 +66,8 @@ def consent_fates(
         why.loc[m] = w
 
     decide(c["email"].isna(), "suppressed:unknown_customer",
-           "customer not found in the shop's customers table")
+           "customer not found in the shop's customers table, or set aside there because "
+           "their rows disagree on the email (the ingest's quarantine names them)")
     decide(~c["email"].map(is_valid_email), "suppressed:invalid_address",
            "the email address is not valid")
 

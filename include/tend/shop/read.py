@@ -270,7 +270,7 @@ def read_customers(url: str, customer_ids: Iterable[str]) -> pd.DataFrame:
     return df
 
 
-def _customer_rows(url: str, customer_ids: Iterable[str]
+def _customer_rows(url: str, customer_ids: Iterable[str], *, records: bool = False
                    ) -> tuple[pd.DataFrame, list[Quarantined]]:
     """The given customers' rows as read (text), one per customer_id, and the repeats set aside.
 
@@ -296,13 +296,14 @@ def _customer_rows(url: str, customer_ids: Iterable[str]
             frames.append(pd.DataFrame(rows, columns=names))
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
     df["customer_id"] = df["customer_id"].astype(str)
-    df, differ = _emails_differ(df)
+    df, differ = _emails_differ(df, records=records)
     kept, repeats = _one_row_per_key(df, "customer_id", "customers", rules.CUSTOMER_DUPLICATE,
-                                     prefer=_least_mail)
+                                     prefer=_least_mail, records=records)
     return kept, [*differ, *repeats]
 
 
-def _emails_differ(df: pd.DataFrame) -> tuple[pd.DataFrame, list[Quarantined]]:
+def _emails_differ(df: pd.DataFrame, *, records: bool = False
+                   ) -> tuple[pd.DataFrame, list[Quarantined]]:
     """``df`` without the customers whose rows disagree on the email (compared as the address
     is matched: trimmed, case-insensitive), and those rows as quarantine records: such a
     customer is not mailed until the shop says which address is theirs."""
@@ -312,7 +313,7 @@ def _emails_differ(df: pd.DataFrame) -> tuple[pd.DataFrame, list[Quarantined]]:
         return df, []
     set_aside = quarantine_records("customers", df, differ,
                                    pd.Series(rules.CUSTOMER_EMAILS_DIFFER, index=df.index),
-                                   "customer_id")
+                                   "customer_id") if records else []
     ids = sorted(df.loc[differ, "customer_id"].unique())
     _log.warning("%s customers row(s) set aside, %s: %s customer(s) not mailed: %s",
                  int(differ.sum()), rules.CUSTOMER_EMAILS_DIFFER, len(ids),
@@ -325,51 +326,69 @@ def _emails_differ(df: pd.DataFrame) -> tuple[pd.DataFrame, list[Quarantined]]:
 _CONSENT_RANK = {"implied": 1, "express": 2}
 
 
-def _least_mail(row: dict[str, Any]) -> tuple[int, int]:
-    """Orders a customer's rows from the one that allows the least mail: an unsubscribe (any
-    value, as the planner reads it), then the weaker consent."""
-    unsubscribed = row["unsubscribed_at"]
-    said = not _missing(unsubscribed) and bool(str(unsubscribed).strip())
-    consent = row["marketing_consent"]
-    rank = 0 if _missing(consent) else _CONSENT_RANK.get(str(consent).lower(), 0)
-    return (0 if said else 1, rank)
+def _least_mail(rows: pd.DataFrame) -> pd.DataFrame:
+    """Sort keys that put a customer's rows in order from the one that allows the least mail:
+    an unsubscribe (any value, as the planner reads it), then the weaker consent."""
+    said = rows["unsubscribed_at"]
+    unsubscribed = said.notna() & (said.astype(str).str.strip() != "")
+    consent = rows["marketing_consent"].where(rows["marketing_consent"].notna(), "")
+    rank = consent.astype(str).str.lower().map(_CONSENT_RANK).fillna(0).astype(int)
+    return pd.DataFrame({"_unsubscribed": (~unsubscribed).astype(int), "_consent": rank},
+                        index=rows.index)
 
 
 def _one_row_per_key(df: pd.DataFrame, key: str, source: str, reason: str, *,
-                     prefer: Callable[[dict[str, Any]], tuple[int, ...]] | None = None,
-                     ) -> tuple[pd.DataFrame, list[Quarantined]]:
-    """``df`` (as read, with a unique index) with one row per value of ``key``, and the other
-    rows as quarantine records (logged with their count); rows without a key are left to the
-    reader's own checks.
+                     prefer: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                     records: bool = False) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """``df`` (as read, with a unique index) with one row per value of ``key``, and (with
+    ``records``) the other rows as quarantine records; their count is logged. Rows without a
+    key are left to the reader's own checks.
 
     The row kept depends on the rows alone, never on the order a shop's view returns them in,
     so every read of a night (signals, messages, a rerun) keeps the same one: the first by
-    ``prefer``, then by its values as text. Every later step indexes these frames by their key.
+    ``prefer``'s sort keys, then by its values as text (a missing value last). Column-wise: a
+    view that joins addresses repeats every customer, and this runs on each read.
     """
     keys = df[key]
     dup = (keys.notna() & keys.duplicated(keep=False)).to_numpy()
     if not dup.any():
         return df, []
     rows = df.loc[dup]
-
-    def order(item: tuple[Any, dict[str, Any]]) -> tuple[Any, ...]:
-        row = item[1]
-        text = tuple((1, "") if _missing(v) else (0, str(v)) for v in row.values())
-        return (*(prefer(row) if prefer else ()), text)
-
-    kept: set[Any] = set()
-    drop: list[Any] = []
-    for index, row in sorted(zip(rows.index, rows.to_dict("records"), strict=True), key=order):
-        if row[key] in kept:
-            drop.append(index)
-        else:
-            kept.add(row[key])
+    order = prefer(rows) if prefer is not None else pd.DataFrame(index=rows.index)
+    for n, col in enumerate(rows.columns):
+        values = rows[col]
+        order[f"_missing{n}"] = values.isna()
+        order[f"_text{n}"] = values.where(values.notna(), "").astype(str)
+    ranked = order.sort_values(list(order.columns), kind="stable").index
+    later = rows.loc[ranked, key].duplicated(keep="first")
+    drop = later.index[later.to_numpy()]
     bad = df.index.isin(drop)
-    set_aside = quarantine_records(source, df, bad, pd.Series(reason, index=df.index), key)
+    set_aside = quarantine_records(source, df, bad, pd.Series(reason, index=df.index), key) \
+        if records else []
+    repeated = keys[dup].astype(str).unique()
     _log.warning("%s %s row(s) set aside, %s: %s %s(s) repeated, one row kept for each: %s",
-                 len(drop), source, reason, len(kept), key,
-                 ", ".join(repr(k) for k in sorted(map(str, kept))[:5]))
+                 len(drop), source, reason, len(repeated), key,
+                 ", ".join(repr(k) for k in sorted(repeated)[:5]))
     return df.loc[~bad].reset_index(drop=True), set_aside
+
+
+def customer_emails(url: str, customer_ids: Iterable[str]) -> dict[str, list[str]]:
+    """Every address the shop holds for each of these customers, from every row (repeated and
+    disagreeing rows included, unlike ``read_customers``): an erasure must hash each of them,
+    and an opt-out list must name each."""
+    c = s.customers
+    out: dict[str, list[str]] = {}
+    with _shop_engine(url).connect() as conn:
+        for chunk in _chunks(list(dict.fromkeys(map(str, customer_ids))), _IN_CHUNK):
+            rows = conn.execute(select(c.c.customer_id, cast(c.c.email, String))
+                                .where(c.c.customer_id.in_(chunk)))
+            for customer_id, email in rows:
+                if email is None or not str(email).strip():
+                    continue
+                known = out.setdefault(str(customer_id), [])
+                if email not in known:
+                    known.append(email)
+    return out
 
 
 def duplicated_rows(url: str) -> list[Quarantined]:
@@ -383,8 +402,8 @@ def duplicated_rows(url: str) -> list[Quarantined]:
         repeated = [r[0] for r in conn.execute(
             select(c.c.customer_id).where(c.c.customer_id.is_not(None))
             .group_by(c.c.customer_id).having(func.count() > 1))]
-    customers = _customer_rows(url, repeated)[1] if repeated else []
-    return customers + _product_rows(url)[1]
+    customers = _customer_rows(url, repeated, records=True)[1] if repeated else []
+    return customers + _product_rows(url, records=True)[1]
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
@@ -393,7 +412,8 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
         yield items[i : i + size]
 
 
-def _product_rows(url: str) -> tuple[pd.DataFrame, list[Quarantined]]:
+def _product_rows(url: str, *, records: bool = False
+                  ) -> tuple[pd.DataFrame, list[Quarantined]]:
     """The products rows as read, every column as text (a blob in a SQLite shop with U+FFFD for
     bytes that are not UTF-8: a name left as bytes fails the night where a message is encoded),
     one per sku (``_one_row_per_key``), and the repeats set aside. The catalogue and the price
@@ -404,7 +424,7 @@ def _product_rows(url: str) -> tuple[pd.DataFrame, list[Quarantined]]:
     with _shop_engine(url).connect() as conn:
         rows = conn.execute(select(*(cast(col, String).label(col.name) for col in cols))).all()
     df = pd.DataFrame(rows, columns=[col.name for col in cols])
-    return _one_row_per_key(df, "sku", "products", rules.PRODUCT_DUPLICATE)
+    return _one_row_per_key(df, "sku", "products", rules.PRODUCT_DUPLICATE, records=records)
 
 
 def read_products(url: str) -> pd.DataFrame:

@@ -102,21 +102,18 @@ def forget(store_url: str, customer_ids: Iterable[str], *, secret: str,
 
 def _from_shop(shop_url: str, people: dict[str, _Person]) -> None:
     from tend.errors import TendError
-    from tend.shop.read import read_customers
+    from tend.shop.read import customer_emails
 
     try:
-        rows = read_customers(shop_url, list(people))
+        found = customer_emails(shop_url, list(people))
     except (TendError, OSError, ValueError) as exc:  # the shop already deleted them, or is away
         from tend.logs import log
 
         log.info("forget: the shop could not be read (%s); using the store's own records", exc)
         return
-    for r in rows.itertuples():
-        p = people.get(str(r.customer_id))
-        if p is None:
-            continue
-        if isinstance(r.email, str) and r.email:
-            p.emails.add(r.email)
+    for customer_id, emails in found.items():
+        if customer_id in people:
+            people[customer_id].emails.update(emails)
 
 
 def _find(conn: Connection, people: dict[str, _Person]) -> None:

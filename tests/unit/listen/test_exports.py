@@ -58,6 +58,34 @@ def test_the_suppression_list_with_addresses_from_the_shop(
     ]  # an open complaint is not an opt-out
 
 
+def test_every_address_the_shop_holds_is_on_the_list(store_url: str, demo_shop: str,
+                                                     tmp_path: Path) -> None:
+    """A customer the shop's view repeats with two addresses is listed under both (the
+    planner mails neither), and one the shop no longer holds with an empty address."""
+    from _support import copy_sqlite, sqlite_session
+
+    shop = copy_sqlite(demo_shop, tmp_path / "shop.db")
+    with sqlite_session(tmp_path / "shop.db") as con:
+        con.executescript("""
+            ALTER TABLE customers RENAME TO customer_rows;
+            CREATE VIEW customers AS SELECT * FROM customer_rows
+              UNION ALL SELECT customer_id, 'other@x.example', first_name, last_name, locale,
+                               timezone, marketing_consent, consent_at, created_at,
+                               unsubscribed_at
+                        FROM customer_rows WHERE customer_id = 'C000001';""")
+    since = dt.datetime(2026, 11, 19, 8, 30, tzinfo=dt.UTC)
+    with connect(store_url).begin() as conn:
+        supp.add(conn, ["C000001", "GONE-1"], reason="unsubscribed", source="page",
+                 created_at=since)
+    out = tmp_path / "suppressions.csv"
+    assert main(["suppressions", "export", "--store", store_url, "--db", shop,
+                 "--out", str(out)]) == 0
+    listed = sorted((r["customer_id"], r["email"]) for r in read(out))
+    assert len(listed) == 3 and listed[2] == ("GONE-1", "")
+    assert [c for c, _ in listed[:2]] == ["C000001", "C000001"]
+    assert "other@x.example" in {e for _, e in listed} and "nan" not in {e for _, e in listed}
+
+
 def test_a_nights_vouchers_as_the_emails_show_them(
         store_url: str, demo_shop: str, tmp_path: Path) -> None:
     migrate(store_url)

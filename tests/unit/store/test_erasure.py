@@ -153,3 +153,31 @@ def test_forget_erases_everywhere_and_the_next_plan_skips_them(
     assert fates and set(fates) == {"suppressed:erased"}, fates
     assert theirs == []
 
+
+
+def test_every_address_the_shop_holds_is_kept_as_a_keyed_hash(
+        demo_shop: str, store_url: str, tmp_path: Path) -> None:
+    """A customer whose rows in the shop's view disagree on the email (the planner mails
+    neither): both addresses are kept as keyed hashes, so neither is mailed again under
+    another id."""
+    import pandas as pd
+    from _support import copy_sqlite, sqlite_session
+
+    from tend.store import suppressions
+
+    shop = copy_sqlite(demo_shop, tmp_path / "shop.db")
+    with sqlite_session(tmp_path / "shop.db") as con:
+        con.executescript("""
+            ALTER TABLE customers RENAME TO customer_rows;
+            CREATE VIEW customers AS SELECT * FROM customer_rows
+              UNION ALL SELECT customer_id, 'second@x.example', first_name, last_name, locale,
+                               timezone, marketing_consent, consent_at, created_at,
+                               unsubscribed_at
+                        FROM customer_rows WHERE customer_id = 'C000001';""")
+    assert len(forget(store_url, ["C000001"], secret=SECRET, shop_url=shop)) == 1
+    first = read_customers(demo_shop, ["C000001"])["email"].iloc[0]
+    later = pd.DataFrame({"customer_id": ["NEW-1", "NEW-2"],
+                          "email": [first, "Second@X.example"]})
+    with connect(store_url).connect() as conn:
+        caught = set(suppressions.erased(conn, later, SECRET)["customer_id"])
+    assert caught == {"NEW-1", "NEW-2"}
