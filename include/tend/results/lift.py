@@ -139,6 +139,8 @@ def compute(shop_url: str, store_url: str, start: dt.date, end: dt.date, *,
         prefixes |= _campaign_prefixes(conn, raw["program"].unique())
     unit_frame = attribution.units(raw)
     unit_frame = unit_frame.loc[unit_frame["night"].between(start, end)].reset_index(drop=True)
+    # an opt-out about any of a unit's messages is the unit's, also one sent after --to
+    quarter_sent = raw.loc[raw["group"] == "contacted"]
     raw = raw.loc[raw["night"].between(start, end)]
     orders = pd.DataFrame(columns=["customer_id", "ordered_at", "total"])
     if len(unit_frame):
@@ -149,7 +151,7 @@ def compute(shop_url: str, store_url: str, start: dt.date, end: dt.date, *,
                                        code_prefixes=prefixes)
     sent = raw.loc[raw["group"] == "contacted"].assign(
         month=[f"{d:%Y-%m}" for d in raw.loc[raw["group"] == "contacted", "night"]])
-    attributed = attribution.opted_out(attributed, outs, sent)
+    attributed = attribution.opted_out(attributed, outs, quarter_sent)
     attributed = _with_messages(attributed, sent)
     reactivation = frozenset(n for n, p in programs.items()
                              if set(p.signals) & REACTIVATION_SIGNALS)

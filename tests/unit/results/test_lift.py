@@ -214,3 +214,25 @@ def test_a_unit_ends_where_the_next_quarter_s_unit_starts_whatever_the_range(
     row = both.programs.set_index("program").loc["winback"]
     assert (row["contacted"], row["responses"], row["held_out"], row["holdout_responses"]) == (
         1, 1, 1, 0)
+
+
+@DEMO
+def test_an_opt_out_about_a_later_message_of_the_quarter_counts_whatever_the_range(
+        store_url: str, shop_url: str) -> None:
+    """A unit is every message its program sent the customer in the quarter: an unsubscribe
+    about the second one is the unit's, also in a report whose --to comes before it."""
+    from tend.store.db import connect
+    from tend.store.tables import message_events
+
+    first, second = dt.date(2026, 1, 5), dt.date(2026, 2, 20)
+    claim_sent(store_url, ["C000001"], "winback", first, "lapsed::1")
+    (later,) = claim_sent(store_url, ["C000001"], "winback", second, "lapsed::2")
+    at = dt.datetime(2026, 2, 21, 12, tzinfo=dt.UTC)
+    with connect(store_url).begin() as conn:
+        conn.execute(message_events.insert().values(
+            event_id="e1", message_id=later, customer_id="C000001", event="unsubscribe",
+            occurred_at=at, received_at=at, detail=None))
+    for end in (dt.date(2026, 1, 31), dt.date(2026, 3, 31)):
+        results = lift.compute(shop_url, store_url, first, end, until=dt.date(2026, 4, 30))
+        row = results.programs.set_index("program").loc["winback"]
+        assert (row["contacted"], row["unsubscribe_rate"]) == (1, 1.0), end
