@@ -192,11 +192,18 @@ def summary(as_of: str | None, context: Mapping[str, Any] | None = None) -> None
 
 def rehearsal(context: Mapping[str, Any] | None) -> bool:
     """Whether this run sends through SendGrid's sandbox (validated, never delivered); False
-    outside a task (no run to ask)."""
+    outside a task (no run to ask), and when the delivery settings cannot be read: the send
+    tasks have failed on those already, and the summary must still be printed."""
+    from tend.errors import TendError
     from tend_airflow.delivery import delivery_name, sendgrid_settings
 
-    return (context is not None and delivery_name() == "sendgrid"
-            and sendgrid_settings(context).sandbox)
+    if context is None:
+        return False
+    try:
+        return delivery_name() == "sendgrid" and sendgrid_settings(context).sandbox
+    except TendError as exc:
+        log.warning("cannot tell whether this run was a SendGrid rehearsal: %s", exc)
+        return False
 
 
 def night_check(as_of: str | None, context: Mapping[str, Any] | None = None) -> None:

@@ -160,7 +160,7 @@ def test_an_output_file_is_checked_before_the_work(env: Path,
     for argv in (["report", "--from", NIGHT, "--to", NIGHT],
                  ["suppressions", "export"], ["vouchers", "export", "--as-of", NIGHT]):
         for out, says in ((env / "a-file" / "x.csv", "cannot make the folder"),
-                          (env, "is a folder")):
+                          (env, "is a folder"), (Path("/proc/tend-x.csv"), "cannot write")):
             with pytest.raises(SystemExit) as exc:
                 main([*argv, "--out", str(out)])
             assert exc.value.code == 2

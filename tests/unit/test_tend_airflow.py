@@ -577,6 +577,11 @@ def test_the_night_check_fails_the_run_while_messages_failed_or_wait(
         tasks.night_check("2026-11-20", run)
     with pytest.raises(AirflowFailException, match="night 2026-11-20: 1 failed"):
         tasks.night_check("2026-11-20", {**run, "dag_run": SimpleNamespace(conf={})})
+    # SendGrid settings that cannot be read (no key) failed the send tasks already; check
+    # still gives its verdict, not a ConfigError Airflow would retry
+    clean_env.delenv("TEND_SENDGRID_API_KEY")
+    with pytest.raises(AirflowFailException, match="night 2026-11-20: 1 failed"):
+        tasks.night_check("2026-11-20", run)
 
 
 def test_after_a_failed_plan_the_last_tasks_end_at_once(

@@ -57,6 +57,15 @@ def out_file(value: str) -> Path:
     except OSError as exc:
         raise argparse.ArgumentTypeError(
             f"cannot make the folder {path.parent} ({exc.strerror}); fix the path") from exc
+    existed = path.exists()
+    try:  # the one sure test of a path: write to it (nothing is added; a new file goes again)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write {value} ({exc.strerror}); give a path "
+                                         "in a folder you can write") from exc
+    if not existed:
+        path.unlink(missing_ok=True)
     return path
 
 
