@@ -163,6 +163,21 @@ def sqlite_session(path: str | Path) -> Iterator[sqlite3.Connection]:
         con.close()
 
 
+def shop_with_second_address(shop_url: str, path: Path, customer_id: str, email: str) -> str:
+    """A copy of SQLite shop ``shop_url`` at ``path`` whose customers view repeats
+    ``customer_id`` with another address (as a view joining an address table does)."""
+    url = copy_sqlite(shop_url, path)
+    with sqlite_session(path) as con:
+        con.executescript(f"""
+            ALTER TABLE customers RENAME TO customer_rows;
+            CREATE VIEW customers AS SELECT * FROM customer_rows
+              UNION ALL SELECT customer_id, '{email}', first_name, last_name, locale,
+                               timezone, marketing_consent, consent_at, created_at,
+                               unsubscribed_at
+                        FROM customer_rows WHERE customer_id = '{customer_id}';""")
+    return url
+
+
 def copy_sqlite(src_url: str, dst: Path) -> str:
     """A private copy of a SQLite database (WAL included), so a test may change it freely."""
     with sqlite_session(src_url.removeprefix("sqlite:///")) as src, \

@@ -62,17 +62,10 @@ def test_every_address_the_shop_holds_is_on_the_list(store_url: str, demo_shop: 
                                                      tmp_path: Path) -> None:
     """A customer the shop's view repeats with two addresses is listed under both (the
     planner mails neither), and one the shop no longer holds with an empty address."""
-    from _support import copy_sqlite, sqlite_session
+    from _support import shop_with_second_address
 
-    shop = copy_sqlite(demo_shop, tmp_path / "shop.db")
-    with sqlite_session(tmp_path / "shop.db") as con:
-        con.executescript("""
-            ALTER TABLE customers RENAME TO customer_rows;
-            CREATE VIEW customers AS SELECT * FROM customer_rows
-              UNION ALL SELECT customer_id, 'other@x.example', first_name, last_name, locale,
-                               timezone, marketing_consent, consent_at, created_at,
-                               unsubscribed_at
-                        FROM customer_rows WHERE customer_id = 'C000001';""")
+    shop = shop_with_second_address(demo_shop, tmp_path / "shop.db", "C000001",
+                                    "other@x.example")
     since = dt.datetime(2026, 11, 19, 8, 30, tzinfo=dt.UTC)
     with connect(store_url).begin() as conn:
         supp.add(conn, ["C000001", "GONE-1"], reason="unsubscribed", source="page",

@@ -161,19 +161,12 @@ def test_every_address_the_shop_holds_is_kept_as_a_keyed_hash(
     neither): both addresses are kept as keyed hashes, so neither is mailed again under
     another id."""
     import pandas as pd
-    from _support import copy_sqlite, sqlite_session
+    from _support import shop_with_second_address
 
     from tend.store import suppressions
 
-    shop = copy_sqlite(demo_shop, tmp_path / "shop.db")
-    with sqlite_session(tmp_path / "shop.db") as con:
-        con.executescript("""
-            ALTER TABLE customers RENAME TO customer_rows;
-            CREATE VIEW customers AS SELECT * FROM customer_rows
-              UNION ALL SELECT customer_id, 'second@x.example', first_name, last_name, locale,
-                               timezone, marketing_consent, consent_at, created_at,
-                               unsubscribed_at
-                        FROM customer_rows WHERE customer_id = 'C000001';""")
+    shop = shop_with_second_address(demo_shop, tmp_path / "shop.db", "C000001",
+                                    "second@x.example")
     assert len(forget(store_url, ["C000001"], secret=SECRET, shop_url=shop)) == 1
     first = read_customers(demo_shop, ["C000001"])["email"].iloc[0]
     later = pd.DataFrame({"customer_id": ["NEW-1", "NEW-2"],
