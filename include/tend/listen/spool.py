@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAILED_PREFIX", "Spool"]
+__all__ = ["FAILED_PREFIX", "Spool", "replace_lines"]
 
 log = logging.getLogger("tend.listen")  # the logger tend serve masks emails on
 
@@ -57,18 +57,14 @@ class Spool:
         self._append(self._path(), record)
 
     def _append(self, path: Path, record: Mapping[str, Any]) -> None:
-        line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8")
+        line = _line(record)
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
             while True:
                 new = not path.exists()
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    same = os.fstat(fd).st_ino == os.stat(path).st_ino
-                except FileNotFoundError:
-                    same = False
-                if same:
+                if _same_file(fd, path):
                     break
                 os.close(fd)  # replay renamed it meanwhile: write to a fresh file
             try:
@@ -137,7 +133,7 @@ class Spool:
                     except Exception as exc:
                         if outage(exc):
                             if quarantined:  # keep the quarantined ones from a second copy
-                                _rewrite(path, records[n:])
+                                replace_lines(path, [_line(r) for r in records[n:]])
                             raise
                         self._quarantine(record, exc)
                         quarantined = True
@@ -168,21 +164,27 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines() or [""])[0][:200]
 
 
+def _line(record: Mapping[str, Any]) -> bytes:
+    return (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8")
+
+
 def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open ``fd`` is still the file at ``path`` (a replay or an erasure may have
+    renamed or replaced it since it was opened)."""
     try:
         return os.fstat(fd).st_ino == os.stat(path).st_ino
     except FileNotFoundError:
         return False
 
 
-def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace ``path`` by ``records``, keeping its modification time (files replay in that
-    order). The caller holds the file's lock."""
+def replace_lines(path: Path, lines: list[bytes]) -> None:
+    """Replace spool file ``path`` by ``lines``, durably and keeping its modification time
+    (files replay in that order). The caller holds the file's lock; a writer that opened the
+    old file sees it replaced (``_same_file``) and writes to a fresh one."""
     before = path.stat()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rest-", suffix=".tmp")
     with os.fdopen(fd, "wb") as handle:
-        handle.writelines((json.dumps(r, separators=(",", ":"), default=str) + "\n").encode()
-                          for r in records)
+        handle.writelines(lines)
         handle.flush()
         os.fsync(handle.fileno())
     os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))

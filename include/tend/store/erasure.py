@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -235,6 +234,8 @@ def _erase_spool(directory: Path, person: _Person) -> int:
     """Their records in ``tend serve``'s spool (JSON lines), rewritten under the spool's own
     lock protocol (``tend.listen.spool``): a writer that opened the old file sees it replaced
     and writes to a fresh one."""
+    from tend.listen.spool import replace_lines  # the spool's own rewrite (its order kept)
+
     if not directory.is_dir():
         return 0
     token = json.dumps(person.customer_id).encode()
@@ -251,12 +252,7 @@ def _erase_spool(directory: Path, person: _Person) -> int:
             if len(keep) == len(lines):
                 continue
             removed += len(lines) - len(keep)
-            tmp_fd, tmp = tempfile.mkstemp(dir=directory, prefix=".forget-", suffix=".tmp")
-            with os.fdopen(tmp_fd, "wb") as handle:
-                handle.writelines(keep)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            replace_lines(path, keep)
         finally:
             os.close(fd)
     return removed
