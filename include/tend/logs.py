@@ -7,9 +7,16 @@ read the same in the Airflow UI, a terminal and a CI log.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 log = logging.getLogger("tend")
+
+
+#: What a customer's text must not carry to a staff terminal or a mail client: control
+#: characters but line feed and tab (escape sequences can rewrite or hide other lines), and the
+#: bidi marks, overrides and isolates (they make text display otherwise than it reads).
+HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def mask_email(email: str | None) -> str:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import html
-import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from tend.logs import table
+from tend.logs import HIDDEN, table
 from tend.store import complaints, ledger
 from tend.store import preferences as chosen
 from tend.store import suppressions as suppressed
@@ -212,16 +211,11 @@ def _stamp(value: Any) -> str:
     return str(value)[:16]
 
 
-#: Bidirectional controls: they reorder what a terminal or mail client shows after them.
-_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
 def visible(text: str) -> str:
-    """``text`` with its control characters (escape sequences, bidi overrides; not line breaks
-    or tabs) written out as ``\\x1b``-style escapes: a customer's comment is printed on staff's
-    terminals and in their mail, where an escape sequence could rewrite or hide other lines."""
-    return "".join(_escaped(ch) if (unicodedata.category(ch) == "Cc" and ch not in "\n\t")
-                   or ch in _BIDI else ch for ch in text)
+    """``text`` with its hidden characters (``tend.logs.HIDDEN``) written out as
+    ``\\x1b``-style escapes: a customer's comment is printed on staff's terminals and in their
+    mail, where an escape sequence could rewrite or hide other lines."""
+    return HIDDEN.sub(lambda m: _escaped(m.group()), text)
 
 
 def _escaped(ch: str) -> str:

@@ -29,7 +29,6 @@ import asyncio
 import codecs
 import datetime as dt
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -46,6 +45,7 @@ from starlette.routing import BaseRoute, Route
 
 from tend import config
 from tend.listen import UNSTORABLE
+from tend.logs import HIDDEN
 from tend.messages.contexts import SURVEY_PURPOSE
 from tend.messages.tokens import make_token, verify_message_token, verify_token
 from tend.store import complaints, ledger, survey
@@ -81,10 +81,6 @@ _SEP = "\x1f"
 #: at all. Any other label is taken (Starlette reads an unknown one as Latin-1); what a decoding
 #: can still yield that no store keeps (NUL, lone surrogates) is refused with the field.
 _ESCAPE_CODECS = frozenset({"unicode-escape", "raw-unicode-escape", "utf-7"})
-#: Removed from a comment: control characters but line feed and tab (ESC sequences would
-#: reach staff terminals through ``tend complaints``; a textarea's CR LF becomes LF) and the
-#: bidi overrides and isolates that make text read otherwise than it is stored.
-_HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class _Refused(Exception):
@@ -319,8 +315,9 @@ def _origin(url: str) -> str:
 
 
 def _comment(text: str) -> str:
-    """A survey comment as staff will read it: without hidden characters (:data:`_HIDDEN`)."""
-    return _HIDDEN.sub("", text).strip()
+    """A survey comment as staff will read it: without hidden characters (``tend.logs.HIDDEN``;
+    a textarea's CR LF becomes LF)."""
+    return HIDDEN.sub("", text).strip()
 
 
 def _known_charset(content_type: str) -> bool:
