@@ -61,6 +61,11 @@ def smtp_settings() -> SmtpSettings:
     return SmtpSettings.from_connection(conn) if conn is not None else SmtpSettings.from_env()
 
 
+def sandboxed(context: Mapping[str, Any] | None = None) -> bool:
+    """Whether this run delivers through SendGrid's sandbox (validated, never delivered)."""
+    return delivery_name() == "sendgrid" and sendgrid_settings(context).sandbox
+
+
 def delivery_backend(context: Mapping[str, Any] | None = None) -> DeliveryBackend:
     """The backend named by TEND_DELIVERY / the Variable, built from its Airflow connection."""
     from tend.delivery import make_backend

@@ -195,12 +195,12 @@ def rehearsal(context: Mapping[str, Any] | None) -> bool:
     outside a task (no run to ask), and when the delivery settings cannot be read: the send
     tasks have failed on those already, and the summary must still be printed."""
     from tend.errors import TendError
-    from tend_airflow.delivery import delivery_name, sendgrid_settings
+    from tend_airflow.delivery import sandboxed
 
     if context is None:
         return False
     try:
-        return delivery_name() == "sendgrid" and sendgrid_settings(context).sandbox
+        return sandboxed(context)
     except TendError as exc:
         log.warning("cannot tell whether this run was a SendGrid rehearsal: %s", exc)
         return False
@@ -314,10 +314,10 @@ def campaign_check(context: Mapping[str, Any]) -> str:
 
     from tend.campaigns.run import check_campaign
     from tend.errors import DataError
-    from tend_airflow.delivery import delivery_name, sendgrid_settings
+    from tend_airflow.delivery import sandboxed
 
     spec = _campaign(context)
-    if not spec.dry_run and delivery_name() == "sendgrid" and sendgrid_settings(context).sandbox:
+    if not spec.dry_run and sandboxed(context):
         raise AirflowFailException(
             "campaign form, field 'dry_run': SendGrid is in sandbox mode (the sendgrid_default "
             "connection or this run), which delivers nothing, so this run would claim the "

@@ -390,13 +390,12 @@ def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,
     # The candidates holding a message kept their deferred rows through the claim (``_defer``):
     # a deferred candidate that tonight's signals no longer produce is rebuilt from its row
     # alone, so the row must outlive a stop before this point. It goes in the transaction that
-    # stores the contexts, unless the message still waits for another run's contexts.
+    # stores the contexts; a holder still without one is among ``need`` (every message of
+    # ``allowed`` is this run's to build, ``own_only`` or not), so its context goes with it.
     settled = (allowed.loc[allowed["fate"].isin(_HOLD)] if "fate" in allowed
                else allowed.iloc[:0])
     if own_only:
-        mine = need["message_id"].isin(allowed["message_id"].dropna())
-        settled = settled.loc[~settled["message_id"].isin(need.loc[~mine, "message_id"])]
-        need = need.loc[mine]
+        need = need.loc[need["message_id"].isin(allowed["message_id"].dropna())]
     if need.empty and settled.empty:
         return
     rows = allowed.loc[allowed["message_id"].notna()].drop_duplicates("message_id")
