@@ -31,7 +31,7 @@ beside the lift, never in it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -48,10 +48,10 @@ def period_start(day: dt.date) -> dt.date:
     return dt.date(day.year, 3 * ((day.month - 1) // 3) + 1, 1)
 
 
-def _periods(nights: pd.Series) -> pd.Series:
-    """Each night's holdout period (a few nights, many rows: label each night once)."""
+def _per_night(nights: pd.Series, label: Callable[[dt.date], str]) -> pd.Series:
+    """Each night's ``label`` (a few nights, many rows: label each night once)."""
     unique = pd.Series(nights.unique())
-    return nights.map(dict(zip(unique, unique.map(holdout_period), strict=True)))
+    return nights.map(dict(zip(unique, unique.map(label), strict=True)))
 
 
 def units(exposures: pd.DataFrame) -> pd.DataFrame:
@@ -69,10 +69,8 @@ def units(exposures: pd.DataFrame) -> pd.DataFrame:
         return exposures.assign(period=pd.Series(dtype=object), month=pd.Series(dtype=object),
                                 next_night=pd.Series(dtype=object)).reset_index(drop=True)
     e = exposures.copy()
-    nights = pd.Series(e["night"].unique())  # a few nights, many rows: label each night once
-    e["period"] = _periods(e["night"])
-    e["month"] = e["night"].map(dict(zip(nights, nights.map(lambda d: f"{d:%Y-%m}"),
-                                         strict=True)))
+    e["period"] = _per_night(e["night"], holdout_period)
+    e["month"] = _per_night(e["night"], lambda d: f"{d:%Y-%m}")
     e["_rank"] = (e["group"] != "contacted").astype(int)
     e = e.sort_values(["night", "_rank"], kind="stable")
     u = e.drop_duplicates(UNIT_KEY, keep="first").drop(columns="_rank").reset_index(drop=True)
@@ -171,8 +169,8 @@ def opted_out(contacted: pd.DataFrame, opt_outs: pd.DataFrame, sent: pd.DataFram
         names="unit")
     if len(sent):
         later = sent[["customer_id", "program", "night", "message_id"]].assign(
-            period=_periods(sent["night"])).merge(c[UNIT_KEY].reset_index(names="unit"),
-                                                  on=UNIT_KEY)
+            period=_per_night(sent["night"], holdout_period)).merge(
+            c[UNIT_KEY].reset_index(names="unit"), on=UNIT_KEY)
         own = pd.concat([own, later[["unit", "customer_id", "night", "message_id"]]],
                         ignore_index=True)
     own = own.loc[own["message_id"].notna()]
