@@ -59,3 +59,28 @@ def test_an_execution_api_that_dies_is_reported_with_its_output(
     with pytest.raises(RuntimeError, match=r"(?s)exited \(rc=3\).*no such database"), \
             dagtest.execution_api({}, log, timeout=30):
         pass
+
+
+@pytest.mark.parametrize(("state", "rc"), [("success", 0), ("failed", 1)])
+def test_a_run_that_finished_is_not_held_by_a_hung_executor_shutdown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        state: str, rc: int) -> None:
+    """``dags test`` printed the run's end, then hangs in its executor's shutdown: stopped
+    after the grace period, the exit code is the run's own state's, not the run's timeout."""
+    import contextlib
+    import time
+
+    fake = tmp_path / "airflow"
+    fake.write_text("#!/bin/sh\n"
+                    f"echo 'DagRun Finished: dag_id=d, logical_date=x, run_id=r, state={state}'\n"
+                    "exec sleep 600\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(dagtest, "_airflow", lambda: str(fake))
+    monkeypatch.setattr(dagtest, "execution_api",
+                        lambda env, log: contextlib.nullcontext("http://127.0.0.1:9"))
+    monkeypatch.setattr(dagtest, "SHUTDOWN_GRACE", 0.5)
+    monkeypatch.setattr(dagtest, "failed_task_logs", lambda finished, env: None)
+    start = time.monotonic()
+    assert dagtest.dags_test("d", None, env={}, timeout=300) == rc
+    assert time.monotonic() - start < 30
+    assert "finished but did not exit within 0 s" in capsys.readouterr().err
