@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAILED_PREFIX", "Spool", "replace_lines"]
+__all__ = ["FAILED_PREFIX", "Spool", "replace_lines", "same_file", "take"]
 
 log = logging.getLogger("tend.listen")  # the logger tend serve masks emails on
 
@@ -64,7 +64,7 @@ class Spool:
                 new = not path.exists()
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                if _same_file(fd, path):
+                if same_file(fd, path):
                     break
                 os.close(fd)  # replay renamed it meanwhile: write to a fresh file
             try:
@@ -107,13 +107,10 @@ class Spool:
         """
         applied = 0
         for path in self._files():
-            if path.name.startswith("pending-"):
-                taken = path.with_name(f"replaying-{time.time_ns()}-{path.name[8:]}")
-                try:
-                    path.rename(taken)
-                except FileNotFoundError:
-                    continue
-                path = taken
+            taken = take(path)
+            if taken is None:
+                continue
+            path = taken
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:  # another worker applied it meanwhile
@@ -123,7 +120,7 @@ class Spool:
                 # replaying the same file holds it too, and has removed (or rewritten) it once
                 # we get it: the next replay takes it up again.
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                if not _same_file(fd, path):
+                if not same_file(fd, path):
                     continue
                 records = list(_read(path))
                 quarantined = False
@@ -168,7 +165,7 @@ def _line(record: Mapping[str, Any]) -> bytes:
     return (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8")
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def same_file(fd: int, path: Path) -> bool:
     """Whether the open ``fd`` is still the file at ``path`` (a replay or an erasure may have
     renamed or replaced it since it was opened)."""
     try:
@@ -177,10 +174,26 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
 
 
+def take(path: Path) -> Path | None:
+    """Rename a ``pending-`` file out of its writers' way before it is locked and rewritten,
+    and return its new name (None when it is gone). Writers create and rename nothing else,
+    so once taken, the name stays the file's until a replay or an erasure replaces it under
+    the lock; a writer that opened it before sees the name gone (``same_file``) and starts a
+    fresh file. Any other file is returned as it is."""
+    if not path.name.startswith("pending-"):
+        return path
+    taken = path.with_name(f"replaying-{time.time_ns()}-{path.name.removeprefix('pending-')}")
+    try:
+        path.rename(taken)
+    except FileNotFoundError:
+        return None
+    return taken
+
+
 def replace_lines(path: Path, lines: list[bytes]) -> None:
     """Replace spool file ``path`` by ``lines``, durably and keeping its modification time
     (files replay in that order). The caller holds the file's lock; a writer that opened the
-    old file sees it replaced (``_same_file``) and writes to a fresh one."""
+    old file sees it replaced (``same_file``) and writes to a fresh one."""
     before = path.stat()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rest-", suffix=".tmp")
     with os.fdopen(fd, "wb") as handle:

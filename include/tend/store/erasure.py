@@ -234,28 +234,58 @@ def _erase_spool(directory: Path, person: _Person) -> int:
     """Their records in ``tend serve``'s spool (JSON lines), rewritten under the spool's own
     lock protocol (``tend.listen.spool``): a writer that opened the old file sees it replaced
     and writes to a fresh one."""
-    from tend.listen.spool import replace_lines  # the spool's own rewrite (its order kept)
-
     if not directory.is_dir():
         return 0
     token = json.dumps(person.customer_id).encode()
     removed = 0
-    for path in sorted(directory.glob("*.jsonl")):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            lines = path.read_bytes().splitlines(keepends=True)
-            keep = [x for x in lines if token not in x and not _mentions(x, person)]
-            if len(keep) == len(lines):
-                continue
-            removed += len(lines) - len(keep)
-            replace_lines(path, keep)
-        finally:
-            os.close(fd)
+    # A replay renames a pending file before it locks it, so a file may move between the
+    # listing and the lock; look again until a pass finds every file where it was listed.
+    for _ in range(_SPOOL_PASSES):
+        moved = False
+        for path in sorted(directory.glob("*.jsonl")):
+            n = _erase_spool_file(path, token, person)
+            moved |= n is None
+            removed += n or 0
+        if not moved:
+            break
     return removed
+
+
+#: Passes over the spool folder before ``forget`` settles for what it found: each extra pass
+#: is only taken when a replay moved a file during the previous one.
+_SPOOL_PASSES = 10
+
+
+def _erase_spool_file(path: Path, token: bytes, person: _Person) -> int | None:
+    """How many of their records ``path`` held (now removed), or None when the file moved
+    or was replaced before it could be locked: a replay renames a pending file without its
+    lock, so a file that names them is taken (renamed) first, as the replay does, and is
+    rewritten only while its name is still the locked file."""
+    from tend.listen.spool import replace_lines, same_file, take  # the spool's own protocol
+
+    try:
+        if not _mentions(data := path.read_bytes(), person) and token not in data:
+            return 0
+    except FileNotFoundError:
+        return None
+    taken = take(path)
+    if taken is None:
+        return None
+    try:
+        fd = os.open(taken, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not same_file(fd, taken):
+            return None
+        lines = taken.read_bytes().splitlines(keepends=True)
+        keep = [x for x in lines if token not in x and not _mentions(x, person)]
+        if len(keep) < len(lines):
+            replace_lines(taken, keep)
+        return len(lines) - len(keep)
+    finally:
+        os.close(fd)
 
 
 def forget_ids_from_file(path: Path) -> Sequence[str]:

@@ -5,6 +5,7 @@ PostgreSQL, with every kind of data ``tend serve`` records added for the custome
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 from collections import Counter
 from pathlib import Path
@@ -20,7 +21,7 @@ from tend.programs import plan
 from tend.programs.caps import SendWindow
 from tend.shop.read import read_customers
 from tend.store import ledger
-from tend.store.db import connect
+from tend.store.db import connect, migrate
 from tend.store.erasure import forget
 from tend.store.tables import (
     complaints,
@@ -131,8 +132,8 @@ def test_forget_erases_everywhere_and_the_next_plan_skips_them(
         assert not [f for f in files if email.lower() in f or name.lower() in f]
     assert not [t for t in texts if t in people]  # not even their id
     assert len(texts) > len(before) // 2  # everyone else's data is still there
-    left = [json.loads(x)["payload"].get("customer_id") for x in
-            (spool / "pending-1.jsonl").read_text().splitlines()]
+    left = [json.loads(x)["payload"].get("customer_id") for f in spool.glob("*.jsonl")
+            for x in f.read_text().splitlines()]
     assert left == [other]
 
     # Erasing twice finds nothing more and says so.
@@ -174,3 +175,43 @@ def test_every_address_the_shop_holds_is_kept_as_a_keyed_hash(
     with connect(store_url).connect() as conn:
         caught = set(suppressions.erased(conn, later, SECRET)["customer_id"])
     assert caught == {"NEW-1", "NEW-2"}
+
+
+def test_a_spool_file_a_replay_renames_under_forget_is_still_erased(tmp_path: Path) -> None:
+    """A replay renames a pending file without its lock (then locks it). Were ``forget`` to
+    lock the file it opened and rewrite whatever the name holds by then, a replay renaming it
+    in between would keep their records in the renamed file (and a rewrite by name would
+    replace the writer's fresh file instead). A stand-in ``flock`` plays that replay and a
+    writer at the worst moment: just before the erasure's lock is taken."""
+    from types import SimpleNamespace
+
+    from tend.listen.spool import Spool
+    from tend.store import erasure
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    migrate(store)
+    spool_dir = tmp_path / "spool"
+    writer = Spool(spool_dir)
+    writer.append({"action": "unsubscribe", "payload": {"customer_id": "gone"}})
+    writer.append({"action": "unsubscribe", "payload": {"customer_id": "stays"}})
+    pending = next(spool_dir.glob("pending-*.jsonl"))
+    real = fcntl.flock
+    interleaved = []
+
+    def flock(fd: int, op: int) -> None:
+        if not interleaved:
+            interleaved.append(True)
+            if pending.exists():  # the replay takes the file the erasure has opened
+                pending.rename(spool_dir / f"replaying-1-{pending.name[8:]}")
+            writer.append({"action": "unsubscribe", "payload": {"customer_id": "later"}})
+        real(fd, op)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(erasure, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX))
+        erased = forget(store, ["gone"], secret=SECRET, spool_dir=spool_dir)
+
+    assert interleaved
+    assert erased[0].counts["spool records"] == 1
+    left = sorted(json.loads(x)["payload"]["customer_id"] for f in spool_dir.glob("*.jsonl")
+                  for x in f.read_text().splitlines())
+    assert left == ["later", "stays"]
