@@ -17,14 +17,16 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import datetime as dt
+import json
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -49,7 +51,8 @@ from tend.logs import log, mask_email, table
 from tend.messages.contexts import context_for_render
 from tend.messages.render import Renderer
 from tend.programs.caps import SendWindow
-from tend.store import ledger, suppressions
+from tend.programs.consent import preference_fates
+from tend.store import ledger, preferences, suppressions
 from tend.store.db import connect
 from tend.store.tables import contact_ledger
 
@@ -157,6 +160,9 @@ class _Chunk:
     failed: list[dict[str, Any]]
     who: list[tuple[str, str, str]] = field(default_factory=list)
     """(message_id, customer_id, kind): what the last suppression check needs."""
+    contexts: dict[str, str] = field(default_factory=dict)
+    """The stored render context of each message (the batch cache's own strings): the last
+    look reads a message's signal from it for the few customers with preferences."""
 
 
 _WARN_LIMIT = 20  # per-message warnings per batch; the rest are counted
@@ -465,7 +471,8 @@ class _Pipeline:
                     return
                 after = rows[-1].message_id
                 chunk = _Chunk([r.message_id for r in rows], [], [],
-                               [(r.message_id, r.customer_id, r.kind) for r in rows])
+                               [(r.message_id, r.customer_id, r.kind) for r in rows],
+                               {r.message_id: r.context for r in rows})
                 now = self.now_utc()
                 for r in rows:
                     try:
@@ -543,7 +550,7 @@ class _Pipeline:
                                    "lease was taken over; it stops here")
         t0 = self.clock()
         with self.engine.begin() as conn:
-            if stopped := _drop_suppressed(conn, chunk):
+            if stopped := _drop_suppressed(conn, chunk, self.now_utc().date()):
                 self.result.counts["suppressed"] += stopped
             if callable(self.expect):
                 self.expect(chunk.ids)
@@ -673,23 +680,47 @@ class _Pipeline:
             self.to.pop(m, None)
 
 
-def _drop_suppressed(conn: Any, chunk: _Chunk) -> int:
+def _drop_suppressed(conn: Any, chunk: _Chunk, today: dt.date) -> int:
     """The last look before a chunk leaves: a customer suppressed since tonight's planning
-    (an unsubscribe, a bounce or a spam report that ``tend serve`` received meanwhile) is not
-    written to. Those messages end ``failed`` with the reason, in the transaction that marks
-    the rest ``sending``."""
-    stopped = suppressions.blocked(conn, chunk.who)
+    (an unsubscribe, a bounce or a spam report that ``tend serve`` received meanwhile), or who
+    has since paused marketing or opted out of offers on the preferences page, is not written
+    to. Those messages end ``failed`` with the reason, in the transaction that marks the rest
+    ``sending``."""
+    stopped = {m: f"suppressed after planning ({reason.replace('_', ' ')})"
+               for m, reason in suppressions.blocked(conn, chunk.who).items()}
+    stopped.update(_chosen_since(conn, chunk, stopped, today))
     if not stopped:
         return 0
     for reason in set(stopped.values()):
         ledger.fail_unrenderable(conn, [m for m, r in stopped.items() if r == reason],
-                                 f"suppressed after planning ({reason.replace('_', ' ')}); "
-                                 "not sent")
+                                 f"{reason}; not sent")
     chunk.ids = [m for m in chunk.ids if m not in stopped]
     chunk.outgoing = [m for m in chunk.outgoing if m.message_id not in stopped]
     chunk.failed = [f for f in chunk.failed if f["message_id"] not in stopped]
-    log.info("%s message(s) not sent: suppressed since planning", f"{len(stopped):,}")
+    log.info("%s message(s) not sent: suppressed or preferences changed since planning",
+             f"{len(stopped):,}")
     return len(stopped)
+
+
+def _chosen_since(conn: Any, chunk: _Chunk, stopped: Mapping[str, str],
+                  today: dt.date) -> dict[str, str]:
+    """Marketing messages of the chunk that the customer's preferences now forbid, with why:
+    planning applied them, but a pause or an opt-out of offers chosen since (the preferences
+    page is a click away in every email) must hold too. The rule is planning's own
+    (:func:`tend.programs.consent.preference_fates`), on the day the message leaves."""
+    marketing = [(m, c) for m, c, kind in chunk.who if kind == "marketing" and m not in stopped]
+    chosen = preferences.chosen_by(conn, sorted({c for _, c in marketing}))
+    if chosen.empty:
+        return {}
+    ids = set(chosen["customer_id"])
+    mine = [(m, c) for m, c in marketing if c in ids]
+    candidates = pd.DataFrame({
+        "customer_id": [c for _, c in mine], "kind": "marketing",
+        "signal": [json.loads(chunk.contexts[m])["signal"]["name"] for m, _ in mine]},
+        index=[m for m, _ in mine])
+    fates = preference_fates(candidates, chosen, today)
+    fates = fates[fates["fate"].notna()]
+    return {m: f"preferences changed after planning ({why})" for m, why in fates["why"].items()}
 
 
 def _message(row: Any, renderer: Renderer, settings: ShopSettings,

@@ -433,6 +433,59 @@ def test_a_bounce_received_between_planning_and_sending_stops_that_message(
             conn.execute(message_events.delete())
 
 
+def test_a_pause_or_an_offers_opt_out_chosen_after_planning_stops_those_messages(
+        planned: plan.PlanResult, store_url: str, fake: RunningFake) -> None:
+    """The preferences page between plan and send: a customer who takes a break gets none of
+    tonight's marketing; one who opts out of offers keeps a reminder but not an offer; a
+    pause already over, and service mail, go as planned."""
+    from tend.programs.consent import REMINDER_SIGNALS
+    from tend.store import preferences
+    from tend.store.tables import preferences as preferences_table
+
+    rows = ledger(store_url)
+    with connect(store_url).connect() as conn:
+        contexts = {m: json.loads(c) for b in planned.batches
+                    for m, c in store_ledger.batch_contexts(conn, NIGHT, b).items()}
+    signal = {m: contexts[m]["signal"]["name"] for m in rows}
+    by_customer: dict[str, list[str]] = defaultdict(list)
+    for m, r in sorted(rows.items()):
+        by_customer[r["customer_id"]].append(m)
+    marketing = [c for c, ms in by_customer.items()
+                 if all(rows[m]["kind"] == "marketing" for m in ms)]
+    offer = next(c for c in marketing if signal[by_customer[c][0]] not in REMINDER_SIGNALS)
+    reminder = next(c for c in marketing if signal[by_customer[c][0]] in REMINDER_SIGNALS)
+    paused, past = [c for c in marketing if c not in (offer, reminder)][:2]
+    service = next(c for c, ms in by_customer.items()
+                   if all(rows[m]["kind"] == "service" for m in ms))
+    now = store_ledger.now()
+    today = dt.datetime.now(dt.UTC).date()
+    chosen = {paused: preferences.Preferences(paused_until=today + dt.timedelta(days=30)),
+              past: preferences.Preferences(paused_until=today),
+              service: preferences.Preferences(paused_until=today + dt.timedelta(days=30)),
+              offer: preferences.Preferences(offers_opt_out=True),
+              reminder: preferences.Preferences(offers_opt_out=True)}
+    try:
+        with connect(store_url).begin() as conn:
+            for customer, prefs in chosen.items():
+                preferences.save(conn, customer, prefs, now=now)
+        with sendgrid(fake) as backend:
+            counts = send_all(store_url, planned, backend)
+        after = ledger(store_url)
+        stopped = {after[m]["customer_id"]: after[m]["error"] for m in after
+                   if after[m]["status"] == "failed"}
+        assert set(stopped) == {paused, offer}
+        assert stopped[paused].startswith("preferences changed after planning (the customer "
+                                          "paused marketing until")
+        assert "opted out of offers" in stopped[offer]
+        assert all(after[m]["status"] == "sent"
+                   for c in (past, service, reminder) for m in by_customer[c])
+        assert counts["suppressed"] == len(by_customer[paused]) + len(by_customer[offer])
+        assert counts["sent"] == planned.claimed() - counts["suppressed"]
+    finally:
+        with connect(store_url).begin() as conn:
+            conn.execute(preferences_table.delete())
+
+
 def test_a_sandbox_rehearsal_counts_nowhere_and_the_real_send_follows(
         planned: plan.PlanResult, store_url: str, fake: RunningFake,
         caplog: pytest.LogCaptureFixture) -> None:
