@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,13 @@ def product_url_pattern() -> str | None:
             f"TEND_PRODUCT_URL={value!r} has no {{sku}}; use e.g. https://shop.example/p/{{sku}}"
         )
     return value or None
+
+
+def product_url(pattern: str, sku: str) -> str:
+    """The product page of ``sku`` in ``pattern`` (``TEND_PRODUCT_URL``): the sku is
+    percent-encoded, so one holding ``/``, ``?``, ``&``, ``#`` or a space still names its own
+    page, and any other brace in the pattern is kept as written."""
+    return pattern.replace("{sku}", urllib.parse.quote(str(sku), safe=""))
 
 
 def chromium_path() -> str | None:

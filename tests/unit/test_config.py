@@ -210,3 +210,14 @@ def test_order_events_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("TEND_ORDER_EVENTS_CHANNEL", bad)
         with pytest.raises(ConfigError, match="TEND_ORDER_EVENTS_CHANNEL"):
             config.order_events_channel()
+
+
+def test_a_sku_goes_into_the_product_url_percent_encoded() -> None:
+    """A sku holding URL syntax still links to its own page, and a pattern's other braces
+    (a template of the shop's own) are left alone instead of failing the night."""
+    assert (config.product_url("https://shop.example/p/{sku}", 'COF/BEANS?HOUSE&"x"#1')
+            == "https://shop.example/p/COF%2FBEANS%3FHOUSE%26%22x%22%231")
+    assert (config.product_url("https://shop.example/p?id={sku}&utm={campaign}", "A 1")
+            == "https://shop.example/p?id=A%201&utm={campaign}")
+    assert config.product_url("https://shop.example/p/{sku}", "SKU-12") == \
+        "https://shop.example/p/SKU-12"

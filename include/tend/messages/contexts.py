@@ -39,7 +39,7 @@ class Catalogue:
         return cls({
             sku: {"sku": sku, "name": name, "price": price,
                        "currency": settings.currency,
-                       "url": url_pattern.format(sku=sku) if url_pattern else None,
+                       "url": config.product_url(url_pattern, sku) if url_pattern else None,
                        "image_url": None}
             for sku, name, price in rows
         })
