@@ -6,9 +6,13 @@ import argparse
 import datetime as dt
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tend import config
 from tend.cli.args import date, positive, print_lines, ready_store, shop_arg
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,5 +103,26 @@ def _analyst(args: argparse.Namespace) -> None:
     else:
         out = signals.detect(fs, read_products(shop_url), args.as_of)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(args.out, index=False)
+    _spreadsheet_safe(out).to_csv(args.out, index=False)
     print(f"{len(out):,} rows written to {args.out}")
+
+
+#: What a spreadsheet takes for the start of a formula (OWASP's "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every text cell a spreadsheet would run as a formula (a product the shop
+    named ``=HYPERLINK(...)``) behind an apostrophe, which makes it show as the text it is.
+    These files are for analysts' spreadsheets; numbers are not text cells and stay as they
+    are."""
+    from pandas.api.types import is_bool_dtype, is_datetime64_any_dtype, is_numeric_dtype
+
+    out = frame.copy()
+    for col in out.columns:
+        kind = out[col].dtype
+        if not (is_numeric_dtype(kind) or is_bool_dtype(kind) or is_datetime64_any_dtype(kind)):
+            out[col] = out[col].astype(object)
+            risky = out[col].map(lambda v: isinstance(v, str) and v.startswith(_FORMULA_START))
+            out.loc[risky, col] = "'" + out.loc[risky, col]
+    return out

