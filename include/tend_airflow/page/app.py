@@ -20,10 +20,12 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse
 
+from tend.campaigns.form import NAME_PATTERN
 from tend_airflow.page import render
 
-#: A campaign name as the form accepts it, and a locale as the templates folder names them.
-_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,59}")
+#: A campaign name as the form accepts it (its own pattern, so every name it takes has its
+#: samples served), and a locale as the templates folder names them.
+_NAME = re.compile(NAME_PATTERN)
 _LOCALE = re.compile(r"[a-z]{2}(?:[-_][A-Za-z]{2})?")
 
 
@@ -79,8 +81,9 @@ def create_app(store_url: Callable[[], str] = page_store_url,
 
 
 def _sample(store_url: str, name: str, locale: str) -> Path:
-    """The PNG sample of campaign ``name`` in ``locale``, as its dry-run report names it; only
-    files under the campaigns' samples folder are served."""
+    """The PNG sample of campaign ``name`` in ``locale``, as its reports name it (the real
+    run's first, as the page shows it, then the dry run's); only files under the campaigns'
+    samples folder are served."""
     from tend import config
     from tend.store import campaigns
     from tend.store.db import connect
@@ -89,9 +92,9 @@ def _sample(store_url: str, name: str, locale: str) -> Path:
         raise HTTPException(404)
     with connect(store_url).connect() as conn:
         row = campaigns.read(conn, name)
-    report = (row or {}).get("dry_run_report") or (row or {}).get("report") or {}
+    reports = [(row or {}).get(key) or {} for key in ("report", "dry_run_report")]
     root = (config.var_dir() / "campaigns").resolve()
-    for sample in report.get("samples", []):
+    for sample in (s for report in reports for s in report.get("samples") or []):
         if sample.get("locale") == locale and sample.get("png"):
             path = Path(sample["png"]).resolve()
             if path.is_relative_to(root) and path.is_file():

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tend.dashboard import SPAM_LIMIT, SPAM_TARGET, Dashboard, by_day, report_json, warnings
+from tend.logs import mask_email
 from tend_airflow.page import svg
 
 _CSS = """
@@ -125,7 +126,8 @@ def _results(d: Dashboard) -> str:
         [(r["month"], r["program"], r["contacted"], r["held_out"],
           _pct(r["response_rate"]), _pct(r["holdout_response_rate"]), _pct(r["lift"]),
           "" if r["lift"] is None else f"{r['lift_low'] * 100:+.1f} to {r['lift_high'] * 100:+.1f}",
-          "" if r["lift"] is None else verdict(r["lift_low"], r["lift_high"]) or r["note"])
+          # no lift figure: the note says why (the chart sends the reader here for it)
+          r["note"] if r["lift"] is None else verdict(r["lift_low"], r["lift_high"]) or r["note"])
          for r in d.results]))
 
 
@@ -151,36 +153,71 @@ def _complaints(d: Dashboard) -> str:
           c["comment"]) for c in d.open_complaints])
 
 
+#: What the page shows of a report's sample: never its ``context`` (the customer's name, full
+#: address, voucher code... as the message was rendered from them), and the address masked. A
+#: field is shown only once it is listed here, so a field added to the report later stays off
+#: the page (every Airflow user sees it) until someone decides it may show.
+_SAMPLE_FIELDS = ("locale", "customer_id", "to", "subject", "eml", "html", "png")
+
+
+def _shown(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` as the page may show it: its samples without the customers' details."""
+    samples = [{k: mask_email(v) if k == "to" else v for k, v in s.items()
+                if k in _SAMPLE_FIELDS} for s in report.get("samples") or []]
+    return {**report, "samples": samples} if "samples" in report else dict(report)
+
+
 def _campaigns(d: Dashboard) -> str:
+    """Each campaign's real run when it has one (what was sent, by the ledger), else its dry
+    run (what would be sent); both reports in full, without the customers' details."""
     if not d.campaigns:
         return ('<h2>Campaigns</h2><p class="ok">No campaign yet (trigger tend_campaign).</p>')
     out = ["<h2>Campaigns</h2>"]
     for c in d.campaigns:
-        report = c.get("dry_run_report") or {}
-        out.append(f"<h3>{_e(c['name'])} ({_e(c['status'])}, {_e(c['template'])}, audience "
-                   f"{_e(c['audience'])}, {_e(c['as_of'])})</h3>")
+        real = bool(c.get("report"))
+        report = c.get("report") or c.get("dry_run_report") or {}
+        name = str(c.get("name", ""))
+        # The status as stored, whatever it is: the runs may record ones this page never saw.
+        out.append(f"<h3>{_e(name)} ({_e(c.get('status'))}, {_e(c.get('template'))}, audience "
+                   f"{_e(c.get('audience'))}, {_e(c.get('as_of'))})</h3>")
         if report:
-            out.append(f"<p>Dry run on {_e(report.get('as_of', ''))}: audience "
-                       f"{int(report.get('audience_size', 0)):,}, would send "
-                       f"{int(report.get('claimed', 0)):,}, estimated send time "
-                       f"{float(report.get('estimated_seconds', 0)):,.0f} s.</p>")
+            out.append(f"<p>{_headline(report, real=real)}</p>")
         fates = report.get("fates") or {}
         if isinstance(fates, dict) and fates:
             rows = sorted(((str(k), float(v)) for k, v in fates.items()), key=lambda r: -r[1])
-            out.append(svg.hbars(f"campaign-{c['name']}", f"Dry run of {c['name']}: fates",
-                                 rows))
-        for sample in report.get("samples", []):
+            out.append(svg.hbars(f"campaign-{name}",
+                                 f"{'Real run' if real else 'Dry run'} of {name}: fates", rows))
+        for sample in report.get("samples") or []:
             if sample.get("png"):
                 loc = _e(sample.get("locale", ""))
-                out.append(f'<figure><img src="campaigns/{_e(c["name"])}/{loc}.png" '
-                           f'alt="Sample of {_e(c["name"])} in {loc}" width="320">'
+                out.append(f'<figure><img src="campaigns/{_e(name)}/{loc}.png" '
+                           f'alt="Sample of {_e(name)} in {loc}" width="320">'
                            f"<figcaption>{loc}: {_e(sample.get('subject', ''))}</figcaption>"
                            "</figure>")
         for key, label in (("dry_run_report", "dry-run report"), ("report", "real run report")):
             if c.get(key):
                 out.append(f"<details><summary>{label}</summary><pre>"
-                           f"{_e(report_json(c[key]))}</pre></details>")
+                           f"{_e(report_json(_shown(c[key])))}</pre></details>")
     return "".join(out)
+
+
+def _headline(report: dict[str, Any], *, real: bool) -> str:
+    """The report's figures in a sentence that says which run they are from: the real run's
+    ledger counts once its finish task stored them, its claims before that."""
+    audience = f"audience {int(report.get('audience_size') or 0):,}"
+    claimed = int(report.get("claimed") or 0)
+    estimate = f"estimated send time {float(report.get('estimated_seconds') or 0):,.0f} s"
+    if not real:
+        return (f"Dry run on {_e(report.get('as_of', ''))}: {audience}, would send "
+                f"{claimed:,}, {estimate}.")
+    ledger = report.get("ledger") or {}
+    if isinstance(ledger, dict) and ledger:
+        counts = ", ".join(f"{_e(s)} {int(n or 0):,}" for s, n in sorted(
+            ledger.items(), key=lambda kv: (kv[0] != "sent", str(kv[0]))))
+        return (f"Real run on {_e(report.get('as_of', ''))}: {audience}, claimed {claimed:,}; "
+                f"messages by status: {counts}.")
+    return (f"Real run on {_e(report.get('as_of', ''))}: {audience}, claimed {claimed:,}, "
+            f"{estimate}; no count of what was sent yet (its finish task stores it).")
 
 
 def gallery(previews: Sequence[dict[str, Any]]) -> str:
