@@ -60,7 +60,7 @@ def consent_fates(
     fate = pd.Series(None, index=c.index, dtype="object")
     why = pd.Series(None, index=c.index, dtype="object")
 
-    def decide(mask: pd.Series | np.ndarray, f: str, w: str) -> None:
+    def decide(mask: pd.Series | np.ndarray, f: str, w: str | pd.Series) -> None:
         m = pd.Series(mask, index=c.index).fillna(False).astype(bool) & fate.isna()
         fate.loc[m] = f
         why.loc[m] = w
@@ -71,15 +71,30 @@ def consent_fates(
     decide(~c["email"].map(is_valid_email), "suppressed:invalid_address",
            "the email address is not valid")
 
-    by_customer = (
-        suppressions.groupby("customer_id")["reason"].agg(set)
-        if not suppressions.empty else pd.Series(dtype=object)
-    )
-    held = c["customer_id"].map(by_customer)
+    # A row with a ``via`` is another record's suppression reaching this one through a shared
+    # address (tend.programs.plan._shared_address); the customer's own rows come first.
+    via = (suppressions["via"] if "via" in suppressions
+           else pd.Series(None, index=suppressions.index, dtype=object))
+    own = suppressions.loc[via.isna()]
+    shared = suppressions.loc[via.notna()]
+
+    def held_by(rows: pd.DataFrame) -> pd.Series:
+        by_customer = (rows.groupby("customer_id")["reason"].agg(set) if not rows.empty
+                       else pd.Series(dtype=object))
+        return c["customer_id"].map(by_customer)
+
+    held, held_shared = held_by(own), held_by(shared)
     for reason, kinds in SUPPRESSION_SCOPE.items():
+        text = f"on the suppression list ({reason.replace('_', ' ')})"
         has = held.map(lambda s, r=reason: isinstance(s, set) and r in s)
-        decide(has & c["kind"].isin(kinds), f"suppressed:{reason}",
-               f"on the suppression list ({reason.replace('_', ' ')})")
+        decide(has & c["kind"].isin(kinds), f"suppressed:{reason}", text)
+        if shared.empty:
+            continue
+        through = held_shared.map(lambda s, r=reason: isinstance(s, set) and r in s)
+        first = shared.loc[shared["reason"] == reason].drop_duplicates("customer_id")
+        who = c["customer_id"].map(first.set_index("customer_id")["via"]).astype(str)
+        decide(through & c["kind"].isin(kinds), f"suppressed:{reason}",
+               text + " through customer " + who + ", who has the same email address")
 
     # Any unsubscribe the shop holds counts, whatever its date: the night's run starts hours
     # after the night's date ends, and a replayed night sends real mail today.

@@ -309,6 +309,7 @@ def decide(
         recent = chosen.recent_marketing_of_fewer(conn, as_of, FEWER_EMAILS_DAYS,
                                                   ledger.COUNTED)
         supp = pd.concat([supp, suppressed.erased(conn, customers, secret)], ignore_index=True)
+    supp = pd.concat([supp, _shared_address(supp, customers, shop_url)], ignore_index=True)
     if len(cands):
         fates = consent_fates(cands, customers, supp, as_of)
         cands["fate"], cands["why"] = fates["fate"], fates["why"]
@@ -371,6 +372,47 @@ def decide(
         batches = ledger.batches_to_send(conn, as_of, owner)
     timings = {"claim": t0 - start, "contexts": t1 - t0, "batches": time.perf_counter() - t1}
     return Decision(decided, batches, timings)
+
+
+def _shared_address(supp: pd.DataFrame, customers: pd.DataFrame,
+                    shop_url: str) -> pd.DataFrame:
+    """``customer_id``, ``reason``, ``via``: the suppressions that reach tonight's customers
+    through another customer record with the same address.
+
+    A shop may hold one person twice (a guest checkout and an account, a typo fixed by a new
+    record). An unsubscribe, a bounce, a spam report or a complaint is the address owner's, and
+    the law and the mailbox providers judge the sender by the address, so it holds for every
+    record that writes to it. The suppressed records' addresses are read from the shop (a
+    suppression row may predate any address Tend saw), compared trimmed and lower-cased.
+    """
+    empty = pd.DataFrame(columns=["customer_id", "reason", "via"])
+    if supp.empty or customers.empty:
+        return empty
+
+    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+        key = frame["email"].map(lambda e: e.strip().lower() if isinstance(e, str) else None)
+        return pd.DataFrame({"customer_id": frame["customer_id"].astype(str).to_numpy(),
+                             "key": key.to_numpy()}).dropna().drop_duplicates()
+
+    tonight = keyed(customers)
+    held = supp["customer_id"].astype(str).unique()
+    seen = set(tonight["customer_id"])
+    others = [c for c in held if c not in seen]
+    if others:
+        tonight_keys = set(tonight["key"])
+        read = keyed(shop.read_customers(shop_url, others))
+        their = pd.concat([tonight, read.loc[read["key"].isin(tonight_keys)]])
+    else:
+        their = tonight
+    via = (their.merge(supp.assign(customer_id=supp["customer_id"].astype(str))
+                       [["customer_id", "reason"]], on="customer_id")
+           .rename(columns={"customer_id": "via"}))
+    hits = tonight.merge(via, on="key")
+    hits = hits.loc[hits["customer_id"] != hits["via"]]
+    if hits.empty:
+        return empty
+    return (hits.sort_values("via").drop_duplicates(["customer_id", "reason"])
+            [["customer_id", "reason", "via"]].reset_index(drop=True))
 
 
 def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,

@@ -157,6 +157,43 @@ def test_an_open_complaint_pauses_marketing_but_not_service(shop_url: str,
     assert d2.loc[(who, "care"), "fate"] in ("claimed", "already_claimed")
 
 
+def test_a_suppression_holds_for_every_record_with_the_same_address(shop_url: str,
+                                                                   store_url: str) -> None:
+    """One person, two customer records (a guest checkout and an account): an unsubscribe
+    recorded for one stops marketing and service mail to the other, whose address matches but
+    for case, and `tend why` says through whom."""
+    import sqlite3
+
+    reg = registry(program("winback", priority=60),
+                   program("care", kind="service", priority=10), caps=[])
+    ingest.run_ingest(shop_url, store_url, MONDAY, "i")
+    night(shop_url, store_url, MONDAY, reg)
+    d = decisions(store_url, MONDAY)
+    both = set(d.loc[d["program"] == "winback", "customer_id"]) & set(
+        d.loc[d["program"] == "care", "customer_id"])
+    who, bystander = sorted(set(d.loc[(d["program"] == "winback")
+                                      & (d["fate"] == "claimed"), "customer_id"]) & both)[:2]
+    with sqlite3.connect(shop_url.removeprefix("sqlite:///")) as db:
+        other, email = db.execute("SELECT customer_id, email FROM customers WHERE customer_id "
+                                  "NOT IN (?, ?) ORDER BY customer_id LIMIT 1",
+                                  (who, bystander)).fetchone()
+        db.execute("UPDATE customers SET email = ? WHERE customer_id = ?",
+                   (email.upper(), who))
+    with connect(store_url).begin() as conn:
+        conn.execute(suppressions.insert().values(
+            customer_id=other, reason="unsubscribed", source="one_click",
+            created_at=ledger.now()))
+    later = MONDAY + dt.timedelta(days=200)  # past every cooldown; still lapsed
+    night(shop_url, store_url, later, reg)
+    d2 = decisions(store_url, later).set_index(["customer_id", "program"])
+    assert d2.loc[(who, "winback"), "fate"] == "suppressed:unsubscribed"
+    assert d2.loc[(who, "winback"), "reason"] == (
+        f"on the suppression list (unsubscribed) through customer {other}, who has the same "
+        "email address")
+    assert d2.loc[(who, "care"), "fate"] == "suppressed:unsubscribed"  # service too, as for them
+    assert d2.loc[(bystander, "winback"), "fate"] in ("claimed", "already_claimed")
+
+
 def test_disabling_a_program_expires_its_waiting_messages(shop_url: str,
                                                          store_url: str) -> None:
     both = registry(program("first", priority=60), program("second", priority=50))
