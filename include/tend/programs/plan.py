@@ -323,6 +323,7 @@ def decide(
             cands.loc[keep, "fate"] = preset[0][keep]
             cands.loc[keep, "why"] = preset[1][keep]
         _holdouts(cands, programs, as_of)
+        _one_record_per_address(cands, customers)
 
     allowed = cands.loc[cands["fate"].isna()].merge(
         customers, on="customer_id", how="left", suffixes=("", "_customer"))
@@ -413,6 +414,31 @@ def _shared_address(supp: pd.DataFrame, customers: pd.DataFrame,
         return empty
     return (hits.sort_values("via").drop_duplicates(["customer_id", "reason"])
             [["customer_id", "reason", "via"]].reset_index(drop=True))
+
+
+def _one_record_per_address(cands: pd.DataFrame, customers: pd.DataFrame) -> None:
+    """Marketing to one address, one customer record a night: where several records share an
+    address (``_shared_address``), the record whose best candidate ranks first (priority, then
+    the lowest customer id, so a rerun decides alike) competes tonight and the others' marketing
+    waits (``capped:same_address``, deferred while it is still valid)."""
+    open_ = cands["fate"].isna() & (cands["kind"] == "marketing")
+    if not open_.any() or customers.empty:
+        return
+    emails = customers.drop_duplicates("customer_id").set_index("customer_id")["email"]
+    key = cands.loc[open_, "customer_id"].map(emails).map(
+        lambda e: e.strip().lower() if isinstance(e, str) else None).dropna()
+    if not key.duplicated().any():
+        return
+    ranked = pd.DataFrame({"key": key, "customer_id": cands.loc[key.index, "customer_id"],
+                           "priority": cands.loc[key.index, "priority"]})
+    first = (ranked.sort_values(["key", "priority", "customer_id"],
+                                ascending=[True, False, True])
+             .drop_duplicates("key").set_index("key")["customer_id"])
+    chosen = key.map(first)
+    lose = chosen.index[chosen.to_numpy() != ranked["customer_id"].to_numpy()]
+    cands.loc[lose, "fate"] = "capped:same_address"
+    cands.loc[lose, "why"] = ("customer " + chosen[lose].astype(str) + ", who has the same "
+                              "email address, is the one contacted tonight")
 
 
 def _store_contexts(store_url: str, as_of: dt.date, allowed: pd.DataFrame,

@@ -26,6 +26,7 @@ from tend.store.db import connect
 from tend.store.tables import (
     contact_ledger,
     context_batches,
+    decision_log,
     deferred,
     suppressions,
 )
@@ -192,6 +193,39 @@ def test_a_suppression_holds_for_every_record_with_the_same_address(shop_url: st
         "email address")
     assert d2.loc[(who, "care"), "fate"] == "suppressed:unsubscribed"  # service too, as for them
     assert d2.loc[(bystander, "winback"), "fate"] in ("claimed", "already_claimed")
+
+
+def test_one_record_per_address_gets_marketing_on_a_night(shop_url: str,
+                                                         store_url: str) -> None:
+    """Two customer records with one address, both due a win-back: one is contacted, the other
+    waits (deferred), and its service mail still goes."""
+    import sqlite3
+
+    reg = registry(program("winback", priority=60),
+                   program("care", kind="service", priority=10), caps=[])
+    ingest.run_ingest(shop_url, store_url, MONDAY, "i")
+    night(shop_url, store_url, MONDAY, reg)
+    d = decisions(store_url, MONDAY)
+    both = set(d.loc[d["program"] == "care", "customer_id"])
+    first, second = sorted(set(d.loc[(d["program"] == "winback")
+                                     & (d["fate"] == "claimed"), "customer_id"]) & both)[:2]
+    with sqlite3.connect(shop_url.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE customers SET email = (SELECT upper(email) FROM customers WHERE "
+                   "customer_id = ?) WHERE customer_id = ?", (first, second))
+    with connect(store_url).begin() as conn:  # the same night again, from scratch
+        for table in (contact_ledger, context_batches, decision_log, deferred):
+            conn.execute(table.delete())
+    night(shop_url, store_url, MONDAY, reg)
+    d2 = decisions(store_url, MONDAY).set_index(["customer_id", "program"])
+    assert d2.loc[(first, "winback"), "fate"] == "claimed"
+    assert d2.loc[(second, "winback"), "fate"] == "deferred"
+    assert d2.loc[(second, "winback"), "reason"].startswith(
+        f"capped:same_address: customer {first}, who has the same email address, is the one "
+        "contacted tonight; deferred: still valid until")
+    with connect(store_url).connect() as conn:
+        waiting = set(conn.execute(select(deferred.c.customer_id)).scalars())
+    assert second in waiting
+    assert d2.loc[(second, "care"), "fate"] == "claimed"  # its service mail is its own
 
 
 def test_disabling_a_program_expires_its_waiting_messages(shop_url: str,
