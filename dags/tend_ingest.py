@@ -40,7 +40,8 @@ def tend_ingest() -> None:
     def migrate_store() -> str:
         return tasks.migrate_store()
 
-    @task(outlets=[CUSTOMER_FEATURES], multiple_outputs=True)
+    # TEND_HEAVY_QUEUE: the worker with the memory for it (docs/capacity.md).
+    @task(outlets=[CUSTOMER_FEATURES], multiple_outputs=True, queue=tasks.heavy_queue())
     def ingest_orders(**context) -> dict:
         return tasks.ingest(context)
 

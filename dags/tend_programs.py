@@ -43,7 +43,8 @@ from tend_airflow.params import AS_OF, SENDGRID_SANDBOX, dag_params
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=2)},
 )
 def tend_programs() -> None:
-    @task(multiple_outputs=False)
+    # TEND_HEAVY_QUEUE: the worker with the memory for it (docs/capacity.md).
+    @task(multiple_outputs=False, queue=tasks.heavy_queue())
     def plan(**context) -> list[int]:
         return tasks.plan(context)
 

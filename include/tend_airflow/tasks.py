@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,18 @@ AS_OF_XCOM = "as_of"
 #: The XCom key under which ``plan`` and ``send`` leave their seconds per step (the task log
 #: prints them too): what a scaling measurement adds up (bench/bench_scale.py).
 TIMINGS_XCOM = "timings"
+
+
+def heavy_queue() -> str:
+    """``TEND_HEAVY_QUEUE``: the Celery queue of the two tasks whose memory grows with the
+    number of customers, tend_ingest's ``ingest_orders`` and tend_programs' ``plan``
+    (docs/capacity.md), so that only a worker sized for them takes them (``celery worker
+    --queues NAME``). Read when the DAG files are parsed; unset, Airflow's default queue
+    (``[operators] default_queue``), which every worker consumes."""
+    from airflow.sdk import conf
+
+    name = (os.environ.get("TEND_HEAVY_QUEUE") or "").strip()
+    return name or conf.get("operators", "default_queue")
 
 
 def migrate_store() -> str:

@@ -105,6 +105,7 @@ PARSE_SCRIPT = textwrap.dedent(
                 "start_date_aware": aware(d.start_date),
                 "timezone": str(d.timezone),
                 "tasks": {t.task_id: t.retries for t in d.tasks},
+                "queues": {t.task_id: t.queue for t in d.tasks},
                 "params": {
                     k: {"title": p.schema.get("title"), "description": p.description,
                         "type": p.schema.get("type"), "format": p.schema.get("format"),
@@ -124,8 +125,10 @@ PARSE_SCRIPT = textwrap.dedent(
 )
 
 
-def parse_dags(dag_folder: Path, workdir: Path) -> dict[str, Any]:
-    """Fill a DagBag from ``dag_folder`` in a fresh interpreter; return its JSON report."""
+def parse_dags(dag_folder: Path, workdir: Path,
+               settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fill a DagBag from ``dag_folder`` in a fresh interpreter (with the TEND_* ``settings``
+    a deployment would give it); return its JSON report."""
     home = workdir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     report = workdir / "report.json"
@@ -140,6 +143,7 @@ def parse_dags(dag_folder: Path, workdir: Path) -> dict[str, Any]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(workdir / "plugins"),
         # This checkout's code, whichever one the environment has installed.
         "PYTHONPATH": str(PROJECT / "include"),
+        **(settings or {}),
     }
     proc = subprocess.run(
         [sys.executable, "-c", PARSE_SCRIPT, str(dag_folder), str(report)],
@@ -259,6 +263,26 @@ def test_ingest_emits_the_asset_programs_is_scheduled_on(
     assert ingest["emitted"] == [["tend://customer_features/", True]]
     assert programs["scheduled"] == [["tend://customer_features/", True]]
     assert ingest["scheduled"] == [] and programs["emitted"] == []
+
+
+#: The tasks whose memory grows with the customers: TEND_HEAVY_QUEUE sends them to the worker
+#: sized for them (docs/capacity.md).
+HEAVY_TASKS = {("tend_ingest", "ingest_orders"), ("tend_programs", "plan")}
+
+
+def test_the_heavy_tasks_go_to_the_queue_tend_heavy_queue_names(
+        dags: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    def queues(parsed: dict[str, dict[str, Any]]) -> dict[tuple[str, str], str]:
+        return {(dag_id, task): q for dag_id, d in parsed.items()
+                for task, q in d["queues"].items()}
+
+    unset = queues(dags)
+    assert set(unset.values()) == {"default"}, "unset: Airflow's default queue, for every task"
+    heavy = parse_dags(DAGS, tmp_path, {"TEND_HEAVY_QUEUE": "tend_heavy"})
+    assert heavy["import_errors"] == {}
+    routed = queues({d["dag_id"]: d for d in heavy["dags"]})
+    assert {k for k, q in routed.items() if q == "tend_heavy"} == HEAVY_TASKS
+    assert {q for k, q in routed.items() if k not in HEAVY_TASKS} == {"default"}
 
 
 def test_order_events_schedule_tend_events_through_a_redis_watcher(

@@ -36,14 +36,13 @@ SCHEMA = Path(__file__).with_name("compose-spec.json")
 #: Services that run once and exit (no healthcheck: others wait for them to complete).
 ONE_SHOT = {"airflow-init", "airflow-cli"}
 AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                    "airflow-triggerer", "airflow-worker"}
+                    "airflow-triggerer", "airflow-worker", "airflow-worker-heavy"}
 #: Every container that runs `tend` (the DAGs' tasks, airflow-init's `tend migrate`, serve).
 RUNS_TEND = AIRFLOW_SERVICES | {"airflow-init", "airflow-cli", "tend-serve"}
 
 #: Settings the code reads that the containers do not need, and why.
 NOT_FOR_CONTAINERS = {
     "TEND_DELIVERY": "left unset on purpose, so the Variable tend_delivery chooses the backend",
-    "TEND_VAR_DIR": "every path under it is set explicitly (outbox, spool, templates)",
     "TEND_PROGRAMS_FILE": "the image bundles the program registry",
     "TEND_CHROMIUM": "previews run on a developer's machine",
     "TEND_SENDGRID_API_KEY": "the sendgrid_default connection holds SendGrid's key and options",
@@ -68,6 +67,7 @@ IMAGE_VARIABLES = {
     "mailpit": {"MP_MAX_MESSAGES"},
     # The Airflow image's entrypoint: signals to the whole group; skip the DB wait.
     "airflow-worker": {"DUMB_INIT_SETSID"},
+    "airflow-worker-heavy": {"DUMB_INIT_SETSID"},
     "airflow-cli": {"CONNECTION_CHECK_MAX_COUNT"},
 }
 
@@ -206,6 +206,7 @@ def test_the_services() -> None:
     assert set(services()) == AIRFLOW_SERVICES | ONE_SHOT | {
         "postgres", "redis", "tend-serve", "mailpit"}
     assert services()["airflow-cli"]["profiles"] == ["debug"]
+    assert services()["airflow-worker-heavy"]["profiles"] == ["heavy"]
     assert environment("airflow-worker")["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert services()["airflow-worker"]["command"] == "celery worker"
     assert services()["tend-serve"]["command"][:4] == ["tend", "serve", "--host", "0.0.0.0"]
@@ -238,21 +239,78 @@ def test_workers_scale() -> None:
         "db+postgresql://")
 
 
+def mounts(service: str) -> dict[str, str]:
+    """The service's mounts: container path -> volume (or host path)."""
+    return {v.split(":")[1]: v.split(":")[0] for v in services()[service].get("volumes", [])}
+
+
+def image_env() -> dict[str, str]:
+    """The TEND_* settings the Dockerfile sets (ENV) in every container of the image."""
+    return dict(re.findall(r"^ENV (TEND_[A-Z_]+)=(\S+)$", DOCKERFILE.read_text(), re.M))
+
+
 def test_volumes() -> None:
     declared = set(compose()["volumes"])
     used: set[str] = set()
     for name, svc in services().items():
-        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", [])}
-        used |= {src for src in mounts.values() if not src.startswith((".", "/"))}
-        if name in AIRFLOW_SERVICES | {"airflow-init"}:
-            assert mounts.get("/opt/airflow/logs") == "airflow-logs", f"{name}: shared logs"
+        used |= {src for src in mounts(name).values() if not src.startswith((".", "/"))}
+        if name in AIRFLOW_SERVICES | {"airflow-init", "airflow-cli"}:
+            assert mounts(name).get("/opt/airflow/logs") == "airflow-logs", f"{name}: shared logs"
             assert svc["user"] in ("1000:0", "0:0"), f"{name} runs as AIRFLOW_UID"
-            assert mounts.get("/opt/tend/outbox") == "tend-outbox"
+            assert mounts(name).get("/opt/tend/outbox") == "tend-outbox"
     assert used == declared
     serve = services()["tend-serve"]
-    assert "/opt/tend/spool" in {v.split(":")[1] for v in serve["volumes"]}
+    assert mounts("tend-serve").get("/opt/tend/spool") == "tend-spool"
     assert environment("tend-serve")["TEND_SPOOL_DIR"] == "/opt/tend/spool"
     assert serve["user"] == "1000:0"
+
+
+def test_tend_forget_finds_the_outbox_and_the_spool_in_any_airflow_container() -> None:
+    """An erasure deletes the customer's .eml files and spooled records: the container it
+    runs in (docs/operations.md#an-erasure-request) must hold both, where its settings say."""
+    for name in AIRFLOW_SERVICES | {"airflow-cli"}:
+        env = environment(name)
+        assert mounts(name).get(env["TEND_OUTBOX_DIR"]) == "tend-outbox", name
+        assert mounts(name).get(env["TEND_SPOOL_DIR"]) == "tend-spool", name
+    assert environment("tend-serve")["TEND_SPOOL_DIR"] == environment("airflow-worker")[
+        "TEND_SPOOL_DIR"]
+
+
+def test_campaign_samples_are_shared_by_the_worker_and_the_page() -> None:
+    """The worker that plans a campaign writes its samples under TEND_VAR_DIR/campaigns; the
+    Tend page, in the api-server, serves them from its own TEND_VAR_DIR/campaigns."""
+    var_dir = image_env()["TEND_VAR_DIR"]
+    for name in ("airflow-worker", "airflow-worker-heavy", "airflow-apiserver"):
+        assert environment(name).get("TEND_VAR_DIR", var_dir) == var_dir, name
+        assert mounts(name).get(f"{var_dir}/campaigns") == "tend-campaigns", name
+    assert "/opt/tend/var/campaigns" in " ".join(services()["airflow-init"]["command"])
+
+
+def test_every_published_port_listens_on_localhost_only() -> None:
+    """Nothing is published on every interface: the Airflow UI and Mailpit are reached over
+    a tunnel, and tend serve only through the TLS proxy on the host, which bounds slow and
+    idle clients (uvicorn alone has no header-read timeout: a client holding its connections
+    open would make every unsubscribe answer 503)."""
+    published = {name: svc.get("ports", []) for name, svc in services().items()}
+    assert published["tend-serve"] == ["127.0.0.1:8090:8090"]
+    for name, ports in published.items():
+        for port in ports:
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_a_worker_for_the_heavy_queue() -> None:
+    """airflow-worker-heavy is an ordinary worker (everything the others have) that consumes
+    TEND_HEAVY_QUEUE, the queue the DAGs give ingest_orders and plan; unset, the default."""
+    heavy, worker = services()["airflow-worker-heavy"], services()["airflow-worker"]
+    assert {k: v for k, v in heavy.items() if k not in ("command", "profiles")} == {
+        k: v for k, v in worker.items() if k != "command"}
+    assert environment("airflow-worker")["TEND_HEAVY_QUEUE"] == ""
+    assert heavy["command"] == "celery worker --queues default"
+    named = interpolate(raw(), {**filled_env(), "TEND_HEAVY_QUEUE": "tend_heavy"})
+    assert named["services"]["airflow-worker-heavy"]["command"] == (
+        "celery worker --queues tend_heavy")
+    for name in AIRFLOW_SERVICES:  # the dag-processor decides the queue, the workers obey it
+        assert named["services"][name]["environment"]["TEND_HEAVY_QUEUE"] == "tend_heavy"
 
 
 def test_airflow_init_prepares_everything() -> None:
@@ -314,7 +372,7 @@ def test_every_variable_is_read_by_something() -> None:
 def test_every_setting_the_code_reads_reaches_the_containers_or_is_not_needed() -> None:
     passed = set(environment("airflow-worker")) | set(environment("tend-serve"))
     # TEND_TEMPLATES_DIR is set by the image (Dockerfile ENV).
-    passed |= set(re.findall(r"^ENV (TEND_[A-Z_]+)=", DOCKERFILE.read_text(), re.M))
+    passed |= set(image_env())
     missing = settings_in_code() - passed - set(NOT_FOR_CONTAINERS)
     assert not missing, f"read by the code, neither passed nor explained: {sorted(missing)}"
     stale = set(NOT_FOR_CONTAINERS) - settings_in_code()
@@ -341,6 +399,11 @@ def test_the_image() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM apache/airflow:3\.3\.2(-python3\.11)?$", text, re.M)
     assert "-r /opt/tend/requirements.txt" in text
+    # The requirements install before Tend's code is copied: a code change reuses that layer.
+    install = text.index("-r /opt/tend/requirements.txt")
+    assert text.index("COPY --chown=airflow:root requirements.txt /opt/tend/") < install
+    assert install < text.index("COPY --chown=airflow:root include") < text.index(
+        "--no-deps -e /opt/tend")
     pins = (PROJECT / "requirements.txt").read_text().split()
     assert "apache-airflow==3.3.2" in pins
     assert any(p.startswith("apache-airflow-providers-celery==") for p in pins)
