@@ -22,6 +22,7 @@ and the migrated Airflow database are made once per run and shared (``_support.m
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,13 @@ from typing import Any
 import _support
 import pytest
 from _support import DemoShops, copy_sqlite, made_once, private_pg_schema
+
+# Tests replay fixed past nights, and a replay checks implied consent against the day it runs
+# (tend.config.today). A day before every test's night pins that to each night's next day, as
+# when it ran on time, so what the suite decides does not change as the calendar moves on;
+# the tests of the replay rule set their own day. Set here, Airflow's and Celery's processes
+# that the tests start inherit it.
+os.environ["TEND_TODAY"] = "2000-01-01"
 
 #: Modules whose tests run on one xdist worker, one module after the other. "airflow-services":
 #: the modules that start Airflow's long-running services (api-server, scheduler, workers):

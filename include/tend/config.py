@@ -13,6 +13,7 @@ the functions here; this module never imports airflow.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import urllib.parse
@@ -106,6 +107,20 @@ def delivery_pinned() -> bool:
 
 
 DEFAULT_TIMEZONE = "America/Toronto"
+
+
+def today() -> dt.date:
+    """``TEND_TODAY`` (an ISO date), else today's date in UTC: the day a message planned now
+    leaves, which a replay of a past night checks consent against (implied consent counts
+    back from the day a message is sent). Set it only to rehearse as if on another day."""
+    value = (os.environ.get("TEND_TODAY") or "").strip()
+    if not value:
+        return dt.datetime.now(dt.UTC).date()
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"TEND_TODAY={value!r} is not a date; use YYYY-MM-DD, or unset it "
+                          "for today's date") from None
 
 
 def business_timezone() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,14 @@ def test_a_sku_goes_into_the_product_url_percent_encoded() -> None:
             == "https://shop.example/p?id=A%201&utm={campaign}")
     assert config.product_url("https://shop.example/p/{sku}", "SKU-12") == \
         "https://shop.example/p/SKU-12"
+
+
+def test_today_is_the_utc_date_unless_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEND_TODAY", raising=False)
+    assert config.today() == dt.datetime.now(dt.UTC).date()
+    monkeypatch.setenv("TEND_TODAY", " 2027-03-01 ")
+    assert config.today() == dt.date(2027, 3, 1)
+    monkeypatch.setenv("TEND_TODAY", "yesterday")
+    with pytest.raises(ConfigError, match=r"TEND_TODAY='yesterday' is not a date; use "
+                                          r"YYYY-MM-DD"):
+        config.today()

@@ -45,8 +45,12 @@ def consent_fates(
     customers: pd.DataFrame,
     suppressions: pd.DataFrame,
     as_of: dt.date,
+    today: dt.date | None = None,
 ) -> pd.DataFrame:
     """Fate per candidate row (same index): columns ``fate`` (None = allowed) and ``why``.
+
+    Implied consent counts back from the day the message is sent: the night's next day (the
+    run starts after the night ends), or ``today`` when later (a past night replayed now).
 
     ``candidates``: customer_id, kind, last_order_date. ``customers``: the shop's customer rows
     (email, marketing_consent, consent_at, unsubscribed_at). ``suppressions``: customer_id,
@@ -106,12 +110,14 @@ def consent_fates(
     marketing = c["kind"] == "marketing"
     consent = c["marketing_consent"].fillna("none").str.lower()
     last = pd.to_datetime(c["last_order_date"])
-    age_days = (pd.Timestamp(as_of) - last).dt.days
+    sent_on = max(as_of + dt.timedelta(days=1), today or as_of)
+    age_days = (pd.Timestamp(sent_on) - last).dt.days
     implied_ok = (consent == "implied") & (age_days <= IMPLIED_CONSENT_DAYS)
     lawful = (consent == "express") | implied_ok
     expired = (consent == "implied") & ~implied_ok
     decide(marketing & expired, "no_consent",
-           f"implied consent expired: last purchase more than {IMPLIED_CONSENT_DAYS} days ago")
+           f"implied consent expired: last purchase more than {IMPLIED_CONSENT_DAYS} days "
+           f"before {sent_on:%Y-%m-%d}, the day the message would be sent")
     decide(marketing & ~lawful, "no_consent", "no express or implied consent to marketing")
     return pd.DataFrame({"fate": fate, "why": why})
 

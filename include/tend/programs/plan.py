@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tend import config
 from tend.config import ShopSettings, claim_batch_size
 from tend.errors import TemplateError
 from tend.features.columns import FeatureSet
@@ -311,7 +312,7 @@ def decide(
         supp = pd.concat([supp, suppressed.erased(conn, customers, secret)], ignore_index=True)
     supp = pd.concat([supp, _shared_address(supp, customers, shop_url)], ignore_index=True)
     if len(cands):
-        fates = consent_fates(cands, customers, supp, as_of)
+        fates = consent_fates(cands, customers, supp, as_of, config.today())
         cands["fate"], cands["why"] = fates["fate"], fates["why"]
         for choice in (preference_fates(cands, prefs, as_of),
                        fewer_emails_fates(cands, recent)):

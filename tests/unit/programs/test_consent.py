@@ -104,3 +104,27 @@ def test_the_customers_own_choices(prefs: dict[str, object], kind: str, signal: 
     assert fates["fate"].tolist() == [expected, None]
     if expected:
         assert "preferences page" in fates.loc[0, "why"]
+
+
+@pytest.mark.parametrize(("days_before_night", "today", "expected"), [
+    (729, None, None),  # 730 days before the night's next day, when its run sends
+    (730, None, "no_consent"),  # two years and a day by the time the message leaves
+    (715, None, None),
+    (715, NIGHT + dt.timedelta(days=20), "no_consent"),  # replayed 20 days late: sent today
+    (715, NIGHT - dt.timedelta(days=3), None),  # a "today" before the night changes nothing
+])
+def test_implied_consent_counts_back_from_the_day_the_message_is_sent(
+        days_before_night: int, today: dt.date | None, expected: str | None) -> None:
+    """CASL s.10(10): a purchase within the two years immediately before the day the message
+    is sent. The night's run sends on its next day; a past night replayed sends today."""
+    cands = pd.DataFrame([{"customer_id": "C1", "kind": "marketing",
+                           "last_order_date": NIGHT - dt.timedelta(days=days_before_night)}])
+    out = consent_fates(cands, pd.DataFrame([customer(marketing_consent="implied")]),
+                        pd.DataFrame(columns=["customer_id", "reason"]), NIGHT, today)
+    fate = out.loc[0, "fate"]
+    assert (None if pd.isna(fate) else fate) == expected
+    if expected:
+        sent_on = max(NIGHT + dt.timedelta(days=1), today or NIGHT)
+        assert out.loc[0, "why"] == ("implied consent expired: last purchase more than 730 "
+                                     f"days before {sent_on}, the day the message would be "
+                                     "sent")
