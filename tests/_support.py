@@ -795,6 +795,7 @@ def airflow_scenario(tmp: Path, *, as_of: str, customers: int = 300) -> AirflowS
     """
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "TEND_", "_AIRFLOW"))}
+    env["TEND_TODAY"] = os.environ.get("TEND_TODAY", "")  # the suite's pinned day (conftest)
     decoy = tmp / "no-such-dir"
     env.update({
         "AIRFLOW_HOME": str(tmp / "airflow"),

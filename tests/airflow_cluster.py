@@ -304,6 +304,7 @@ def airflow_cluster(tmp: Path, *, workers: int = 2, concurrency: int = 2, pool: 
         api_port = free_port()
         base = {k: v for k, v in os.environ.items()
                 if not k.startswith(("AIRFLOW", "TEND_", "_AIRFLOW"))}
+        base["TEND_TODAY"] = os.environ.get("TEND_TODAY", "")  # the suite's pinned day (conftest)
         cluster_env = {
             **base,
             "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
