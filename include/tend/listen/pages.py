@@ -11,7 +11,12 @@ verify gets the same plain 404 as an unknown path, whether or not the customer e
 - ``/preferences/<token>``: pause marketing 1 or 3 months, fewer emails, no offers (reminders
   still come), language.
 - ``/survey/<token>?rating=N``: records the rating of that message (a later click changes
-  it), then thanks the customer and offers a comment box. A low rating opens a complaint.
+  it), then thanks the customer and offers a comment box. A low rating opens a complaint,
+  unless it changes a rating given moments before: that is a mail scanner fetching every
+  rating link (:data:`SWEEP`).
+
+The emails' links carry their language (``?lang=fr``); a page speaks the customer's chosen
+language, else that one, else the browser's, and its own links and forms keep it.
 
 Forms other than the one-click unsubscribe carry a signed, short-lived token bound to the
 customer and the form (no cookie needed), and a request whose ``Origin`` or ``Referer`` names
@@ -34,7 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jinja2
 from python_multipart.multipart import parse_options_header
@@ -72,6 +77,11 @@ FORM_SECONDS = 2 * 3600
 #: A rating this low opens a complaint; a comment opens one up to :data:`COMMENT_COMPLAINT`.
 COMPLAINT_RATING = 2
 COMMENT_COMPLAINT = 3
+#: Rating changes this close to the message's previous answer are a mail scanner fetching
+#: every rating link, not the customer (see :func:`_survey_answer`). Scanners fetch within
+#: seconds; the price is that a customer who lowers their rating this soon opens no complaint
+#: unless they add a comment (the thank-you page asks for one).
+SWEEP = dt.timedelta(minutes=2)
 #: How long the preferences page's pauses last, in months.
 PAUSE_MONTHS = (1, 3)
 
@@ -128,14 +138,30 @@ def _survey_answer(conn: Connection, payload: Mapping[str, Any], now: dt.datetim
 
     A message the ledger does not know (or knows for another customer) writes nothing: the
     token is ours, but the answer must be about a message we sent.
+
+    Mail scanners fetch all five rating links, in any order and often in parallel. So a rating
+    without a comment that arrives within :data:`SWEEP` of the message's previous answer is
+    not the customer's: when it changes the rating it opens no complaint and closes one not
+    yet told to staff and without a comment (the sweep's first fetch may have opened it); when
+    it repeats the rating (a second fetch, a reload) it changes no complaint. Whatever the
+    order, a sweep ends with no complaint. :func:`survey.answer` locks the answer until this
+    transaction ends, so requests that race are decided one after the other.
     """
     customer_id, message_id = str(payload["customer_id"]), str(payload["message_id"])
     rating, comment = int(payload["rating"]), payload.get("comment") or None
     sent = ledger.customer_and_program(conn, message_id)
     if sent is None or sent[0] != customer_id:
         return
-    survey.answer(conn, message_id=message_id, customer_id=customer_id, program=sent[1],
-                  sku=_asked_about(conn, message_id), rating=rating, comment=comment, now=now)
+    previous = survey.answer(conn, message_id=message_id, customer_id=customer_id,
+                             program=sent[1], sku=_asked_about(conn, message_id),
+                             rating=rating, comment=comment, now=now)
+    # abs(): a request may take its time before the one it raced with and commit after it.
+    if previous is not None and comment is None and abs(now - previous.at) <= SWEEP:
+        if previous.rating != rating:
+            complaints.withdraw_unheard(
+                conn, message_id=message_id, source="survey", now=now,
+                note="every rating link opened within moments: a mail scanner's sweep")
+        return
     if rating <= COMPLAINT_RATING or (comment and rating <= COMMENT_COMPLAINT):
         complaints.open_complaint(conn, customer_id=customer_id, source="survey", now=now,
                                   message_id=message_id, rating=rating, comment=comment)
@@ -201,12 +227,14 @@ class Pages:
         return customer_id
 
     def locale(self, request: Request, chosen_locale: str | None) -> str:
-        """The customer's stored choice, else ``?lang=``, else the browser's, else the shop's."""
+        """The customer's stored choice, else ``?lang=`` (the email's language, which its links
+        carry), else the browser's, else the shop's. A ``lang`` the pages do not speak is
+        passed over, as an unknown browser language is: the page still shows."""
         if chosen_locale in LOCALES:
             return str(chosen_locale)
-        asked = request.query_params.get("lang")
+        asked = request.query_params.get("lang", "").replace("_", "-").split("-")[0].lower()
         if asked in LOCALES:
-            return str(asked)
+            return asked
         for part in request.headers.get("accept-language", "").split(",")[:10]:
             tag = part.split(";")[0].strip().lower()[:2]
             if tag in LOCALES:
@@ -268,16 +296,23 @@ class Pages:
             locale=locale, root="../" * depth, **context)
         return HTMLResponse(html)
 
-    def links(self, request: Request, customer_id: str) -> dict[str, str]:
-        """The customer's unsubscribe and preferences pages, relative to this one."""
+    def links(self, request: Request, customer_id: str, locale: str) -> dict[str, str]:
+        """The customer's unsubscribe and preferences pages, relative to this one, in this
+        page's language (a customer who chose none keeps the email's)."""
         root = "../" * request.url.path.strip("/").count("/")
         unsubscribe = f"{root}unsubscribe/{make_token(self.secret, customer_id, 'unsubscribe')}"
-        return {"unsubscribe_url": unsubscribe, "change_url": f"{unsubscribe}/change",
+        lang = _lang(locale)
+        return {"unsubscribe_url": unsubscribe + lang, "change_url": f"{unsubscribe}/change{lang}",
                 "preferences_url": f"{root}preferences/"
-                                   f"{make_token(self.secret, customer_id, 'preferences')}"}
+                                   f"{make_token(self.secret, customer_id, 'preferences')}{lang}"}
 
     async def stylesheet(self, request: Request) -> Response:
         return Response(self.css, media_type="text/css")
+
+
+def _lang(locale: str) -> str:
+    """The query that keeps a page's language on the next page (a form's answer)."""
+    return f"?{urlencode({'lang': locale})}"
 
 
 def _bounded_query(request: Request) -> None:
@@ -411,7 +446,7 @@ def routes(service: Service) -> list[BaseRoute]:
         locale = pages.locale(request, prefs.locale)
         return pages.page(request, "unsubscribe", locale, state=state, one_click=one_click,
                           form=pages.form_token(customer_id, "unsubscribe"),
-                          **pages.links(request, customer_id))
+                          **pages.links(request, customer_id, locale))
 
     async def change_unsubscribe(request: Request) -> Response:
         customer_id = pages.customer(request, "unsubscribe")
@@ -422,10 +457,10 @@ def routes(service: Service) -> list[BaseRoute]:
                                                    "fewer": choice == "fewer"},
                                    then=lambda c: chosen.load(c, customer_id),
                                    default=Preferences())
-        return pages.page(request, "unsubscribe", pages.locale(request, prefs.locale),
-                          state=choice, one_click=one_click,
+        locale = pages.locale(request, prefs.locale)
+        return pages.page(request, "unsubscribe", locale, state=choice, one_click=one_click,
                           form=pages.form_token(customer_id, "unsubscribe"),
-                          **pages.links(request, customer_id))
+                          **pages.links(request, customer_id, locale))
 
     async def preferences(request: Request) -> Response:
         customer_id = pages.customer(request, "preferences")
@@ -444,8 +479,9 @@ def routes(service: Service) -> list[BaseRoute]:
         today = dt.datetime.now(dt.UTC).date()
         paused = prefs.paused_until if prefs.paused_until and prefs.paused_until > today \
             else None
-        links = pages.links(request, customer_id)
-        return pages.page(request, "preferences", pages.locale(request, prefs.locale),
+        locale = pages.locale(request, prefs.locale)
+        links = pages.links(request, customer_id, locale)
+        return pages.page(request, "preferences", locale,
                           saved=saved, prefs=prefs, paused_until=paused, locales=LOCALES,
                           pause_months=PAUSE_MONTHS, action=links["preferences_url"],
                           unsubscribe_url=links["unsubscribe_url"],
@@ -474,10 +510,11 @@ def routes(service: Service) -> list[BaseRoute]:
                 "customer_id": customer_id, "message_id": message_id, "rating": rating,
                 "comment": comment or None})
         prefs = await pages.read(lambda c: chosen.load(c, customer_id), Preferences())
-        return pages.page(request, "survey", pages.locale(request, prefs.locale),
+        locale = pages.locale(request, prefs.locale)
+        return pages.page(request, "survey", locale,
                           rating=rating, commented=bool(comment),
                           low=rating <= COMMENT_COMPLAINT,
-                          action=request.path_params["token"],
+                          action=request.path_params["token"] + _lang(locale),
                           form=pages.form_token(customer_id, form_name))
 
     def guarded(endpoint: Callable[[Request], Awaitable[Response]]

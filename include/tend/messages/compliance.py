@@ -13,6 +13,7 @@ from __future__ import annotations
 import html as html_lib
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from tend.errors import ConfigError, TemplateError
 from tend.messages.loader import BROKEN_LINK, LINK_ATTRIBUTE
@@ -57,15 +58,23 @@ class ComplianceLinks:
         self._unsubscribe_token = token_maker(secret, "unsubscribe")
         self._preferences_token = token_maker(secret, "preferences")
 
-    def for_customer(self, customer_id: str, kind: str
+    def for_customer(self, customer_id: str, kind: str, locale: str | None = None
                      ) -> tuple[str | None, str | None, dict[str, str]]:
         """The unsubscribe URL, the preferences URL and the headers of one message to
         ``customer_id``: the two URLs are None and there are no headers for a kind that does
-        not carry them."""
+        not carry them.
+
+        ``locale``, the message's language, goes into both URLs as ``?lang=``: the pages then
+        speak the language of the email, not that of the device the link is opened on. The
+        ``List-Unsubscribe`` header carries the very URL the footer shows (RFC 8058: mailbox
+        providers post to it as it is, query included)."""
         if kind not in UNSUBSCRIBE_KINDS:
             return None, None, {}
-        unsubscribe_url = f"{self._base_url}/unsubscribe/{self._unsubscribe_token(customer_id)}"
-        preferences_url = f"{self._base_url}/preferences/{self._preferences_token(customer_id)}"
+        query = f"?{urlencode({'lang': locale})}" if locale else ""
+        unsubscribe_url = (f"{self._base_url}/unsubscribe/"
+                           f"{self._unsubscribe_token(customer_id)}{query}")
+        preferences_url = (f"{self._base_url}/preferences/"
+                           f"{self._preferences_token(customer_id)}{query}")
         return unsubscribe_url, preferences_url, {
             "List-Unsubscribe": f"<{unsubscribe_url}>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",

@@ -15,6 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import pandas as pd
 
@@ -144,7 +145,9 @@ class ContextBuilder:
                 # Bound to this message: one answer per message, a later click changes it.
                 message_id = ledger.message_id_for(cid, program.name, row["occurrence"])
                 token = make_message_token(self.secret, cid, message_id, SURVEY_PURPOSE)
-                ctx["survey"] = {"url": f"{self.settings.base_url}/survey/{token}"}
+                # The page answers in the email's language (the template adds rating=N).
+                ctx["survey"] = {"url": f"{self.settings.base_url}/survey/{token}"
+                                        f"?{urlencode({'lang': locale})}"}
         elif product is not None:
             ctx["products"] = [product]
         if program.offer is not None:

@@ -467,7 +467,8 @@ class Renderer:
         *, fast: bool = True,
     ) -> RenderedEmail:
         require_known_kind(kind)
-        unsubscribe_url, preferences_url, headers = self._links.for_customer(customer_id, kind)
+        unsubscribe_url, preferences_url, headers = self._links.for_customer(
+            customer_id, kind, bundle.template_locale)
         # Jinja's globals, then the caller's context, then the renderer's own names, which win:
         # nobody can pass in a different unsubscribe link or shop identity by accident.
         ctx = {**self._globals, **context, **bundle.fixed, "kind": kind,

@@ -7,24 +7,55 @@ product for the results page.
 from __future__ import annotations
 
 import datetime as dt
+from typing import NamedTuple
 
 import pandas as pd
 from sqlalchemy import Connection, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
-from tend.store import bulk
 from tend.store.tables import survey_answers
 
 
+class Previous(NamedTuple):
+    """The rating an answer replaced, and when the message was last answered."""
+
+    rating: int
+    at: dt.datetime
+
+
 def answer(conn: Connection, *, message_id: str, customer_id: str, program: str,
-           sku: str | None, rating: int, comment: str | None, now: dt.datetime) -> None:
+           sku: str | None, rating: int, comment: str | None, now: dt.datetime
+           ) -> Previous | None:
     """Record the answer to ``message_id``: a later click changes the rating; a rating-only
-    click keeps a comment given before."""
-    bulk.insert_ignore(conn, survey_answers, [{
-        "message_id": message_id, "customer_id": customer_id, "program": program, "sku": sku,
-        "rating": rating, "comment": comment, "answered_at": now, "updated_at": now}])
+    click keeps a comment given before.
+
+    Returns what this answer replaced (None for the message's first answer). The answer's row
+    stays locked until the caller's transaction ends, so answers to one message that arrive
+    together (a mail scanner fetching every rating link at once) are applied one after the
+    other, each seeing the one before it: what the caller decides from the return value holds.
+    """
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    # RETURNING says whether this is the first answer (psycopg's row count does not, here).
+    # On PostgreSQL the insert waits for a concurrent writer of the same answer to finish.
+    inserted = conn.execute(insert(survey_answers).values(
+        message_id=message_id, customer_id=customer_id, program=program, sku=sku,
+        rating=rating, comment=comment, answered_at=now, updated_at=now,
+    ).on_conflict_do_nothing().returning(survey_answers.c.message_id)).first()
+    if inserted is not None:
+        return None
+    # FOR UPDATE: read the answer as the last writer left it and hold it until this
+    # transaction ends, whatever the insert above did or did not wait for (on SQLite,
+    # BEGIN IMMEDIATE already runs one writer at a time).
+    before = conn.execute(
+        select(survey_answers.c.rating, survey_answers.c.updated_at)
+        .where(survey_answers.c.message_id == message_id).with_for_update()).one()
     conn.execute(survey_answers.update().where(survey_answers.c.message_id == message_id)
                  .values(rating=rating, updated_at=now,
                          **({"comment": comment} if comment is not None else {})))
+    at = before.updated_at
+    # SQLite keeps UTC timestamps without their offset.
+    return Previous(int(before.rating), at if at.tzinfo else at.replace(tzinfo=dt.UTC))
+
 
 def get(conn: Connection, message_id: str) -> dict[str, object] | None:
     row = conn.execute(select(survey_answers).where(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -18,9 +21,11 @@ from _support import (
     sent_survey,
     shop_settings,
 )
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
+from tend.listen import pages
 from tend.listen.app import SECURITY_HEADERS
+from tend.messages.compliance import ComplianceLinks
 from tend.messages.contexts import SURVEY_PURPOSE
 from tend.messages.tokens import make_message_token, make_token
 from tend.store import complaints, suppressions
@@ -108,6 +113,50 @@ def test_a_get_shows_the_page_and_changes_nothing(store_url: str, tmp_path: Path
     assert "Ne plus recevoir les courriels de Maison Verte" in fr.text
     assert 'lang="fr"' in fr.text
     assert table_counts(store_url)["suppressions"] == 0
+
+
+def test_the_emails_links_carry_their_language_and_the_pages_prefer_it(
+        store_url: str, tmp_path: Path) -> None:
+    """A French customer whose phone is set to English: the links of a French email (the
+    List-Unsubscribe header's URL, the same in the footer) bring French pages, and the pages'
+    own links and forms stay in French."""
+    english_phone = {"Accept-Language": "en-US,en;q=0.9"}
+    with running_service(store_url, tmp_path) as svc, \
+            httpx.Client(base_url=svc.url, headers=english_phone) as c:
+        links = ComplianceLinks(svc.url, SECRET.encode())
+        unsubscribe, prefs_url, headers = links.for_customer("cus_1", "marketing", "fr")
+        assert unsubscribe is not None and prefs_url is not None
+        assert headers["List-Unsubscribe"] == f"<{unsubscribe}>"
+        assert unsubscribe.endswith("?lang=fr") and prefs_url.endswith("?lang=fr")
+
+        page = c.get(unsubscribe)
+        assert page.status_code == 200 and 'lang="fr"' in page.text
+        assert "Ne plus recevoir les courriels de" in page.text
+        # the button posts to the page's own link, language kept
+        assert re.search(r'method="post" action="\.\./unsubscribe/[\w.-]+\?lang=fr"', page.text)
+        # RFC 8058: the mailbox provider posts to the header's URL, query and all
+        done = c.post(headers["List-Unsubscribe"][1:-1], data=ONE_CLICK)
+        assert done.status_code == 200 and 'lang="fr"' in done.text
+        assert active_reasons(store_url, "cus_1") == {"unsubscribed"}
+        change = re.search(r'action="\.\./(unsubscribe/[\w.-]+/change\?lang=fr)"', done.text)
+        assert change, "the undo form lost the language"
+        undo = c.post(f"/{change.group(1)}", data={"form": form_token(done.text),
+                                                   "choice": "undo"})
+        assert undo.status_code == 200 and 'lang="fr"' in undo.text
+        assert active_reasons(store_url, "cus_1") == set()
+
+        preferences_page = c.get(prefs_url)
+        assert 'lang="fr"' in preferences_page.text
+        assert re.search(r'<form method="post" action="\.\./preferences/[\w.-]+\?lang=fr"',
+                         preferences_page.text)
+        # a language the pages do not speak is passed over, like an unknown browser language
+        assert 'lang="en"' in c.get(f"/unsubscribe/{token('cus_2')}?lang=de").text
+        assert 'lang="fr"' in c.get(f"/unsubscribe/{token('cus_2')}?lang=fr-CA").text
+        # the customer's own choice still comes first
+        with connect(store_url).begin() as conn:
+            chosen.save(conn, "cus_3", chosen.Preferences(locale="en"),
+                        now=dt.datetime.now(dt.UTC))
+        assert 'lang="en"' in c.get(f"/unsubscribe/{token('cus_3')}?lang=fr").text
 
 
 def test_undo_and_fewer_emails_instead(store_url: str, tmp_path: Path) -> None:
@@ -290,13 +339,128 @@ def test_a_low_rating_opens_a_complaint_that_pauses_marketing(store_url: str,
 
 def test_a_good_rating_after_a_low_one_withdraws_a_complaint_not_yet_heard(
         store_url: str, tmp_path: Path) -> None:
-    """Mail scanners open every rating link in turn: the last one counts."""
     mid = "0123456789abcdef0123456789abcdef"
     sent_survey(store_url, "cus_1", mid)
     with running_service(store_url, tmp_path) as svc, httpx.Client(base_url=svc.url) as c:
         for n in (1, 2, 3, 4, 5):
             assert c.get(survey_url("cus_1", mid) + f"?rating={n}").status_code == 200
     assert active_reasons(store_url, "cus_1") == set()
+
+
+def answer_at(store_url: str, at: dt.datetime, rating: int, comment: str | None = None,
+              message_id: str = "0123456789abcdef0123456789abcdef") -> None:
+    """Apply a survey answer of cus_1 as ``tend serve`` does, at a chosen time."""
+    with connect(store_url).begin() as conn:
+        pages.HANDLERS["survey_answer"](conn, {"customer_id": "cus_1", "message_id": message_id,
+                                               "rating": rating, "comment": comment}, at)
+
+
+def test_a_scanners_sweep_of_the_rating_links_in_any_order_opens_no_complaint(
+        store_url: str) -> None:
+    """Mail scanners fetch all five rating links in any order: every order of the five,
+    a second apart, leaves the last rating and no complaint."""
+    mid = "0123456789abcdef0123456789abcdef"
+    sent_survey(store_url, "cus_1", mid)
+    start = dt.datetime(2026, 11, 17, 8, tzinfo=dt.UTC)
+    engine = connect(store_url)
+    for order in itertools.permutations((1, 2, 3, 4, 5)):
+        with engine.begin() as conn:
+            conn.execute(delete(survey_answers))
+            conn.execute(delete(complaints_table))
+        for i, rating in enumerate(order):
+            answer_at(store_url, start + dt.timedelta(seconds=i), rating)
+        with engine.connect() as conn:
+            assert complaints.open_ones(conn) == [], order
+            assert conn.execute(select(survey_answers.c.rating)).scalar_one() == order[-1]
+
+
+def test_rating_links_fetched_in_parallel_open_no_complaint(store_url: str,
+                                                            tmp_path: Path) -> None:
+    """The five links of a message fetched at the same moment over HTTP: the answers race in
+    the store, and each is decided after the one before it."""
+    mids = [f"{n:032x}" for n in range(1, 7)]
+    for n, mid in enumerate(mids):
+        sent_survey(store_url, "cus_1", mid, as_of=MONDAY + dt.timedelta(days=n))
+    orders = [(5, 4, 3, 2, 1), (3, 5, 1, 4, 2), (1, 2, 3, 4, 5), (2, 1, 5, 3, 4),
+              (4, 1, 2, 5, 3), (1, 5, 2, 4, 3)]
+    with running_service(store_url, tmp_path) as svc:
+        def fetch(url: str, ready: threading.Barrier) -> int:
+            with httpx.Client(base_url=svc.url, timeout=30) as c:
+                ready.wait()
+                return c.get(url).status_code
+
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            for mid, order in zip(mids, orders, strict=True):
+                ready = threading.Barrier(5)
+                codes = list(pool.map(
+                    lambda n, m=mid, b=ready: fetch(survey_url("cus_1", m) + f"?rating={n}", b),
+                    order))
+                assert codes == [200] * 5
+    assert active_reasons(store_url, "cus_1") == set()
+    with connect(store_url).connect() as conn:
+        assert complaints.open_ones(conn) == []
+    assert table_counts(store_url)["survey_answers"] == len(mids)
+
+
+def test_outside_a_sweep_a_low_rating_still_opens_a_complaint(store_url: str) -> None:
+    """What a sweep does not cover counts as usual: a low rating clicked more than the sweep's
+    interval after the previous answer, and a low rating sent with a comment."""
+    mid = "0123456789abcdef0123456789abcdef"
+    sent_survey(store_url, "cus_1", mid)
+    t0 = dt.datetime(2026, 11, 17, 8, tzinfo=dt.UTC)
+    engine = connect(store_url)
+
+    def open_ratings() -> list[tuple[int | None, str | None]]:
+        with engine.connect() as conn:
+            return [(c["rating"], c["comment"]) for c in complaints.open_ones(conn)]
+
+    for n, at in enumerate((t0, t0 + dt.timedelta(seconds=1))):  # a sweep: ends on 5
+        answer_at(store_url, at, (1, 5)[n])
+    assert open_ratings() == []
+    later = t0 + dt.timedelta(seconds=1) + pages.SWEEP + dt.timedelta(seconds=1)
+    answer_at(store_url, later, 2)  # the customer, after reading the email
+    assert open_ratings() == [(2, None)]
+    # the same rating again soon after (a reload) keeps it; a good one soon after is a sweep
+    answer_at(store_url, later + dt.timedelta(seconds=5), 2)
+    assert open_ratings() == [(2, None)]
+
+    with engine.begin() as conn:
+        conn.execute(delete(survey_answers))
+        conn.execute(delete(complaints_table))
+    answer_at(store_url, t0, 4)
+    answer_at(store_url, t0 + dt.timedelta(seconds=20), 2, comment="Arrived broken")
+    assert open_ratings() == [(2, "Arrived broken")]
+    # a commented complaint is the customer's: a later sweep-like click does not close it
+    answer_at(store_url, t0 + dt.timedelta(seconds=30), 5)
+    assert open_ratings() == [(2, "Arrived broken")]
+
+
+def test_a_sweep_leaves_a_complaint_staff_were_told_of(store_url: str) -> None:
+    mid = "0123456789abcdef0123456789abcdef"
+    sent_survey(store_url, "cus_1", mid)
+    t0 = dt.datetime(2026, 11, 17, 8, tzinfo=dt.UTC)
+    answer_at(store_url, t0, 1)
+    with connect(store_url).begin() as conn:
+        (opened,) = complaints.open_ones(conn)
+        complaints.mark_notified(conn, [opened["id"]], now=t0)
+    answer_at(store_url, t0 + dt.timedelta(seconds=3), 5)
+    with connect(store_url).connect() as conn:
+        assert [c["id"] for c in complaints.open_ones(conn)] == [opened["id"]]
+
+
+def test_the_survey_page_speaks_the_links_language(store_url: str, tmp_path: Path) -> None:
+    mid = "0123456789abcdef0123456789abcdef"
+    sent_survey(store_url, "cus_1", mid)
+    with running_service(store_url, tmp_path) as svc, \
+            httpx.Client(base_url=svc.url, headers={"Accept-Language": "en"}) as c:
+        page = c.get(survey_url("cus_1", mid) + "?lang=fr&rating=4")
+        assert page.status_code == 200 and 'lang="fr"' in page.text
+        action = re.search(r'<form method="post" action="([\w.-]+\?lang=fr)"', page.text)
+        assert action, "the comment form lost the language"
+        thanks = c.post(f"/survey/{action.group(1)}",
+                        data={"form": form_token(page.text), "rating": "4",
+                              "comment": "Très bien"})
+        assert thanks.status_code == 200 and 'lang="fr"' in thanks.text
 
 
 def test_a_survey_link_for_a_message_never_sent_writes_nothing(store_url: str,

@@ -8,11 +8,13 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from _support import TEMPLATES, shop_settings
 
 from tend.errors import ConfigError, TemplateError
+from tend.messages.compliance import ComplianceLinks
 from tend.messages.formatting import (
     format_long_date,
     format_money,
@@ -209,14 +211,37 @@ def test_unsubscribe_link_and_headers(renderer: Renderer, locale: str) -> None:
     url = unsubscribe[1:-1]
     assert url in email.html
     assert url in email.text
-    assert verify_token(SECRET, url.rsplit("/", 1)[1]) == "cus_000142"
+    assert verify_token(SECRET, _token(url)) == "cus_000142"
     preferences = [w for w in email.text.split() if "/preferences/" in w]
     assert len(preferences) == 1
     assert preferences[0] in email.html
-    assert verify_token(SECRET, preferences[0].rsplit("/", 1)[1], "preferences") == "cus_000142"
+    assert verify_token(SECRET, _token(preferences[0]), "preferences") == "cus_000142"
     # Footer identifies the sender (CASL): name and postal address.
     assert "1234, rue Saint-Denis" in email.text
     assert "Montréal (Québec)  H2X 3K2" in email.html
+
+
+def _token(url: str) -> str:
+    """The signed token of a page link (its last path segment; the query is the language)."""
+    return urlsplit(url).path.rsplit("/", 1)[1]
+
+
+def test_compliance_links_carry_the_messages_language() -> None:
+    """The pages speak the language the link names, not the device's it is opened on; the
+    List-Unsubscribe header is the footer's URL, query included (RFC 8058 posts to it)."""
+    links = ComplianceLinks("http://localhost:8090/", SECRET.encode())
+    unsubscribe, preferences, headers = links.for_customer("cus_000142", "service", "fr")
+    assert unsubscribe is not None and preferences is not None
+    assert headers == {"List-Unsubscribe": f"<{unsubscribe}>",
+                       "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    for url, purpose in ((unsubscribe, "unsubscribe"), (preferences, "preferences")):
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.netloc, parts.query) == ("http", "localhost:8090", "lang=fr")
+        assert verify_token(SECRET, _token(url), purpose) == "cus_000142"
+    bare, _, bare_headers = links.for_customer("cus_000142", "marketing")
+    assert bare is not None and "?" not in bare and bare == unsubscribe.split("?")[0]
+    assert bare_headers["List-Unsubscribe"] == f"<{bare}>"
+    assert links.for_customer("cus_000142", "transactional", "fr") == (None, None, {})
 
 
 def test_transactional_has_no_unsubscribe(renderer: Renderer) -> None:
