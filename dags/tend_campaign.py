@@ -8,12 +8,15 @@ optional *offer*, *holdout*, *priority* against the nightly programs, when to se
 how many. **Dry run is on by default**: the run then reports the audience, every customer's
 fate (no consent, suppressed, capped, held out...), three rendered samples (.eml and PNG) and
 the estimated send time, and claims and sends nothing. *Proof to* sends staff a `[PROOF]`
-copy of one message per language before anything else.
+copy of one message per language before anything else (a sample customer's words and products,
+with inert unsubscribe links and a placeholder voucher code).
 
 `check` refuses a form that cannot run and says which field to change; `plan` takes the very
 path the nightly programs take (consent, suppressions, holdout, caps, one message per customer
 per day, the claim in the contact ledger); `proof` mails staff; `send` is mapped over the
-claimed batches exactly as in tend_programs; `finish` prints the campaign's totals.
+claimed batches exactly as in tend_programs; `finish` prints the campaign's totals and stores
+its status (`sent`, `partly_sent`, `failed`, `nothing_to_send`; a dry run keeps the status of
+an earlier real run).
 
 From the command line: `airflow dags test tend_campaign -c '{"name": "winter-news",
 "subject_en": "...", "subject_fr": "...", "dry_run": false}'`.

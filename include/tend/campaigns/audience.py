@@ -13,7 +13,7 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import String, cast, func, select
 
 from tend.campaigns.form import AUDIENCES
 from tend.campaigns.spec import CampaignSpec
@@ -81,11 +81,16 @@ def select_audience(spec: CampaignSpec, *, store_url: str, shop_url: str,
 
 def _consenting(shop_url: str) -> pd.DataFrame:
     """Every customer of the shop who gave marketing consent, with or without an order (a
-    newsletter sign-up has none); the consent rules still decide each one later."""
+    newsletter sign-up has none); the consent rules still decide each one later.
+
+    The consent is matched whatever its case or surrounding spaces (``EXPRESS``, ``Implied ``):
+    the consent rules (``tend.programs.consent``) read it lower-cased, so a narrower match here
+    would silently leave out customers the nightly run treats as consenting."""
     cu = shop_schema.customers
+    consent = func.lower(func.trim(cast(cu.c.marketing_consent, String)))
     with connect(shop_url).connect() as conn:
         ids = conn.execute(select(cu.c.customer_id).where(
-            cu.c.marketing_consent.in_(("express", "implied", "Express", "Implied")))).scalars()
+            consent.in_(("express", "implied")))).scalars()
         return pd.DataFrame({"customer_id": [str(i) for i in ids]})
 
 

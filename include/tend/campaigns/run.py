@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -27,7 +28,7 @@ from tend.campaigns.audience import select_audience
 from tend.campaigns.form import AUDIENCES
 from tend.campaigns.spec import CampaignSpec, Content
 from tend.config import ShopSettings
-from tend.errors import DataError
+from tend.errors import DataError, TemplateError
 from tend.features.columns import FeatureSet
 from tend.features.store import read_feature_set, store_as_of
 from tend.logs import log, mask_email, table
@@ -40,6 +41,9 @@ from tend.shop import read as shop
 from tend.store import campaigns as stored
 from tend.store import deferral, ledger
 from tend.store.db import connect, require_current
+
+if TYPE_CHECKING:
+    from tend.delivery.base import OutgoingMessage
 
 #: Messages a second per sender, end to end through SendGrid (bench/RESULTS.md, `make
 #: bench-send`, one send process), and the senders the tend_send pool runs at once.
@@ -66,6 +70,9 @@ class CampaignReport:
     send_at: str
     samples: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The Airflow run that made the report: a rehearsal after a real run keeps the real
+    #: run's record, so its own tasks find their report by this.
+    run_id: str = ""
 
     def lines(self) -> list[str]:
         mode = "DRY RUN (nothing claimed or sent)" if self.dry_run else "real run"
@@ -118,12 +125,19 @@ def check_campaign(spec: CampaignSpec, *, shop_url: str, store_url: str) -> None
 
 
 class CampaignContexts(ContextBuilder):
-    """The programs' context builder, plus the form's words and each customer's picks."""
+    """The programs' context builder, plus the form's words and each customer's picks.
+
+    A customer whose words do not render (text the form's check let through that fails on
+    this customer's data, say ``first_name[4]`` of a three-letter name) never stops the others:
+    their context is built without the words, so it can never be sent, and the reason is kept
+    in ``unrenderable`` (by message id) for ``plan_campaign`` to mark the message failed.
+    """
 
     def __init__(self, spec: CampaignSpec, *, features: FeatureSet, products: pd.DataFrame,
                  **kwargs: Any) -> None:
         super().__init__(features=features.customers, **kwargs)
         self.spec = spec
+        self.unrenderable: dict[str, str] = {}
         category = products.set_index("sku")["category"].astype(str).to_dict()
         self.category = category
         s = features.skus
@@ -136,20 +150,32 @@ class CampaignContexts(ContextBuilder):
               orders: Mapping[tuple[str, dt.date], dict[str, Any]]) -> dict[str, Any]:
         ctx = super().build(row, detail, orders)
         ctx["signal"] = {"name": "campaign", "reason": row.get("reason")}
-        words = content_for(self.spec.content, ctx["locale"], self.settings.default_locale)
+        lang = content_language(self.spec.content, ctx["locale"], self.settings.default_locale)
+        words = self.spec.content[lang]
         who = {"customer": ctx["customer"]}
-        ctx["newsletter"] = {
-            "subject": render_user_text(words.subject, who, single_line=True),
-            "preheader": render_user_text(words.preheader, who, single_line=True),
-            "title": render_user_text(words.headline, who, single_line=True),
-            "intro": render_user_text(words.text, who),
-            "articles": [],
-        }
+        rendered: dict[str, str] = {}
+        for key, typed, single in (("subject", "subject", True), ("preheader", "preheader", True),
+                                   ("title", "headline", True), ("intro", "text", False)):
+            try:
+                rendered[key] = render_user_text(getattr(words, typed), who, single_line=single)
+            except TemplateError as exc:
+                message_id = ledger.message_id_for(ctx["customer"]["customer_id"],
+                                                   str(row["program"]), str(row["occurrence"]))
+                self.unrenderable[message_id] = (
+                    f"campaign form, field '{typed}_{lang}' does not render for this "
+                    f"customer: {exc}")
+                return ctx
+        ctx["newsletter"] = {**rendered, "articles": []}
         picks = [p for p in (self.catalogue.get(s) for s in self.picks(ctx["customer"][
             "customer_id"])) if p]
         if picks:
             ctx["products"] = picks
         return ctx
+
+    def take_unrenderable(self) -> dict[str, str]:
+        """The messages built without words since the last call (message id -> reason)."""
+        out, self.unrenderable = self.unrenderable, {}
+        return out
 
     def picks(self, customer_id: str) -> list[str]:
         """The featured products closest to what the customer bought (same category first,
@@ -165,14 +191,14 @@ class CampaignContexts(ContextBuilder):
         return [featured[i] for i in order[:PICKS]]
 
 
-def content_for(content: Mapping[str, Content], locale: str | None, default: str) -> Content:
-    """The words for a customer's language: ``fr-CA`` reads the French, an unknown language
-    the shop's default (or the first written)."""
+def content_language(content: Mapping[str, Content], locale: str | None, default: str) -> str:
+    """The language of the form's words a customer reads: ``fr-CA`` reads the French, an
+    unknown language the shop's default (or the first written)."""
     for loc in (locale, default):
         lang = (loc or "").replace("-", "_").split("_")[0].lower()
         if lang in content:
-            return content[lang]
-    return next(iter(content.values()))
+            return lang
+    return next(iter(content))
 
 
 def plan_campaign(
@@ -237,8 +263,13 @@ def plan_campaign(
             trial = decide(cands, **common, dry_run=True)
     decision = trial if spec.dry_run else decide(cands, **common)
     fates = decision.decided["fate"].value_counts().to_dict() if len(decision.decided) else {}
-    claimed = int(fates.get("claimed", 0))
     winners = decision.decided.loc[decision.decided["fate"] == "claimed"]
+    if spec.dry_run and len(winners):
+        builder(winners)  # each would-be recipient's words, rendered as the real run will
+    broken = builder.take_unrenderable()
+    if broken:
+        _unrenderable(spec, store_url, winners, broken, fates, notes)
+    claimed = int(fates.get("claimed", 0))
     samples = []
     if samples_dir is not None:
         samples = render_samples(spec, winners if len(winners) else decision.decided, builder,
@@ -254,7 +285,7 @@ def plan_campaign(
                                                                      * senders),
         send_at=spec.send_at if spec.send_at == "now" else f"{spec.send_at} in each "
                                                              "customer's timezone",
-        samples=samples, notes=notes)
+        samples=samples, notes=notes, run_id=run_id)
     with connect(store_url).begin() as conn:
         stored.save_run(conn, name=spec.name, template=spec.template, audience=spec.audience,
                         status="dry_run" if spec.dry_run else "planned", as_of=as_of,
@@ -263,6 +294,33 @@ def plan_campaign(
     for line in report.lines():
         log.info(line)
     return report
+
+
+def _unrenderable(spec: CampaignSpec, store_url: str, winners: pd.DataFrame,
+                  broken: Mapping[str, str], fates: dict[Any, int], notes: list[str]) -> None:
+    """Messages whose words do not render for their customer (``CampaignContexts``): in a
+    real run marked failed in the ledger with the reason (never sent, counted in no cap), and
+    in both runs counted apart from ``claimed`` in the report's fates, with a note."""
+    if not spec.dry_run:
+        by_reason: dict[str, list[str]] = {}
+        for message_id, reason in broken.items():
+            by_reason.setdefault(reason, []).append(message_id)
+        with connect(store_url).begin() as conn:
+            for reason, ids in by_reason.items():
+                ledger.fail_unrenderable(conn, ids, f"{reason}; not sent")
+    ids = winners["message_id"] if "message_id" in winners else pd.Series(dtype=object)
+    mine = winners.loc[ids.isin(list(broken))]
+    if len(mine):
+        fates["claimed"] = int(fates.get("claimed", 0)) - len(mine)
+        fates["unrenderable"] = len(mine)
+    first = next(iter(broken.items()))
+    example = winners.loc[ids == first[0], "customer_id"]
+    who = f" (e.g. customer {example.iloc[0]})" if len(example) else ""
+    notes.append(f"{len(broken):,} message(s) {'would' if spec.dry_run else 'did'} not render "
+                 f"for their customer{who}: {first[1]}; "
+                 + ("a real run would mark them failed and send the others" if spec.dry_run
+                    else "marked failed, not sent; the others go out"))
+    log.warning("campaign %s: %s", spec.name, notes[-1])
 
 
 def _audience_label(spec: CampaignSpec) -> str:
@@ -329,15 +387,22 @@ def render_samples(spec: CampaignSpec, rows: pd.DataFrame, builder: CampaignCont
     lang = customers.set_index("customer_id")["locale"].fillna("").astype(str).str.replace(
         "-", "_").str.split("_").str[0].str.lower()
     out = []
+    shown = [str(c) for c in rows["customer_id"].head(2000)]
     for loc in renderer.locales(regional=False):
-        match = [c for c in rows["customer_id"].head(2000) if lang.get(c) == loc]
-        cid = match[0] if match else str(rows["customer_id"].iloc[0])
-        row = customers.loc[customers["customer_id"] == cid].iloc[0].to_dict()
-        row.update({"program": spec.program, "occurrence": spec.occurrence,
-                    "signal": "campaign", "reason": "sample", "due_date": builder.as_of,
-                    "locale": row["locale"] if match else loc})
-        ctx = builder.build(row, {}, {})
-        message_id = ledger.message_id_for(cid, spec.program, spec.occurrence)
+        match = [c for c in shown if lang.get(c) == loc]
+        # A customer whose words do not render (their message is marked failed) is no
+        # sample: the next one is.
+        for cid in dict.fromkeys([*match[:10], *shown[:10]]):
+            row = customers.loc[customers["customer_id"] == cid].iloc[0].to_dict()
+            row.update({"program": spec.program, "occurrence": spec.occurrence,
+                        "signal": "campaign", "reason": "sample", "due_date": builder.as_of,
+                        "locale": row["locale"] if cid in match else loc})
+            ctx = builder.build(row, {}, {})
+            message_id = ledger.message_id_for(cid, spec.program, spec.occurrence)
+            if not builder.take_unrenderable():
+                break
+        else:
+            continue
         claimed = ledger.Claimed(message_id, cid, spec.program, "marketing",
                                  json.dumps(ctx, default=str), run_id)
         message = _message(claimed, renderer, settings)
@@ -358,34 +423,35 @@ def render_samples(spec: CampaignSpec, rows: pd.DataFrame, builder: CampaignCont
     return out
 
 
+#: Whom a proof is rendered for: its links are signed for this id, never a customer's.
+PROOF_CUSTOMER = "proof"
+
+
 def send_proofs(name: str, store_url: str, *, to: Sequence[str], backend: Any,
                 renderer: Renderer, settings: ShopSettings, run_id: str) -> int:
-    """A ``[PROOF]`` copy of each stored sample (one per locale) to each staff address,
+    """A ``[PROOF]`` copy of each sample of this run (one per locale) to each staff address,
     through the run's backend and never through the ledger: a rehearsal counts in no cap.
-    Returns how many were accepted; a refused proof stops the run before any customer mail."""
-    from dataclasses import replace
+    Returns how many were accepted; a refused proof stops the run before any customer mail.
 
+    A proof shows the sample customer's words and products but carries nothing that acts for
+    them (``proof_message``): a staff member's click, or their mail client's unsubscribe
+    button, must not unsubscribe a customer, and an outside address must not get a working
+    voucher.
+    """
     from tend.delivery.base import DeliveryStatus
-    from tend.delivery.engine import _message
     from tend.errors import DeliveryError
 
     with connect(store_url).connect() as conn:
         row = stored.read(conn, name)
     if row is None:
         raise DataError(f"no campaign {name!r} in the store; its plan task stores it first")
-    report = (row["dry_run_report"] if row["status"] == "dry_run" else row["report"]) or {}
     outgoing = []
-    for sample in report.get("samples", []):
-        claimed = ledger.Claimed(f"proof-{sample['locale']}", sample["customer_id"],
-                                 f"{ledger.CAMPAIGN_PREFIX}{name}", "marketing",
-                                 sample["context"], run_id)
-        message = _message(claimed, renderer, settings)
+    stamp = f"{ledger.now():%H%M%S}"
+    for sample in _run_report(row, run_id).get("samples", []):
         for i, address in enumerate(to):
-            outgoing.append(replace(
-                message, message_id=f"proof-{name}-{sample['locale']}-{i}-{ledger.now():%H%M%S}",
-                to_email=address, to_name=None, subject=f"[PROOF] {message.subject}",
-                categories=("proof", "campaign"),
-                custom_args={**message.custom_args, "proof": "1"}))
+            outgoing.append(proof_message(
+                sample, renderer, settings, name=name, run_id=run_id, to=address,
+                message_id=f"proof-{name}-{sample['locale']}-{i}-{stamp}"))
     if not outgoing:
         log.warning("campaign %s: no sample to proof (the audience is empty)", name)
         return 0
@@ -400,12 +466,68 @@ def send_proofs(name: str, store_url: str, *, to: Sequence[str], backend: Any,
     return len(outgoing)
 
 
+def proof_message(sample: Mapping[str, Any], renderer: Renderer, settings: ShopSettings, *,
+                  name: str, run_id: str, to: str, message_id: str) -> OutgoingMessage:
+    """The ``[PROOF]`` of one sample to ``to``: the sample customer's message (words, products,
+    layout) rendered for ``PROOF_CUSTOMER``, with inert unsubscribe and preferences links
+    (``BASE/unsubscribe/proof``, which the pages refuse), no List-Unsubscribe headers, a voucher
+    code that is only its prefix and ``XXXX-XXXX`` (no shop accepts it), and ``kind`` "proof"
+    in its custom args (SendGrid attaches its marketing unsubscribe group to marketing mail
+    only, and a staff address unsubscribed from it would get no more proofs)."""
+    from dataclasses import replace
+
+    from tend.delivery.engine import _message
+
+    ctx = json.loads(sample["context"])
+    offer = ctx.get("offer")
+    if isinstance(offer, dict) and offer.get("code"):
+        offer["code"] = str(offer["code"]).split("-")[0] + "-XXXX-XXXX"
+    claimed = ledger.Claimed(message_id, PROOF_CUSTOMER, f"{ledger.CAMPAIGN_PREFIX}{name}",
+                             "marketing", json.dumps(ctx, default=str), run_id)
+    message = _message(claimed, renderer, settings)
+    base = renderer.shop.base_url.rstrip("/")
+    signed = re.compile(re.escape(base) + r"/(unsubscribe|preferences)/[A-Za-z0-9_.=-]+")
+
+    def inert(text: str) -> str:
+        return signed.sub(lambda m: f"{base}/{m.group(1)}/{PROOF_CUSTOMER}", text)
+
+    return replace(
+        message, to_email=to, to_name=None, subject=f"[PROOF] {message.subject}",
+        html=inert(message.html), text=inert(message.text),
+        headers={k: v for k, v in message.headers.items()
+                 if not k.lower().startswith("list-unsubscribe")},
+        categories=("proof", "campaign"),
+        custom_args={**message.custom_args, "kind": "proof", "proof": "1"})
+
+
+def _rehearsal(row: Mapping[str, Any], run_id: str) -> bool | None:
+    """Whether run ``run_id`` of the campaign stored as ``row`` was its rehearsal (True), its
+    real run (False), or planned nothing (None). A rehearsal after a real run keeps the real
+    run's record and is found by the run id in its report."""
+    if row["run_id"] == run_id:
+        return row["status"] == "dry_run"
+    if (row["dry_run_report"] or {}).get("run_id") == run_id:
+        return True
+    return None
+
+
+def _run_report(row: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """The report run ``run_id`` stored: its rehearsal's, its real run's, or none."""
+    rehearsal = _rehearsal(row, run_id)
+    if rehearsal is None:
+        return {}
+    return (row["dry_run_report"] if rehearsal else row["report"]) or {}
+
+
 def finish(name: str, store_url: str, run_id: str) -> list[str]:
     """The campaign's totals by ledger status, logged, and its final status stored.
 
     Raises (so the run's state tells the truth) when this run did not plan the campaign (an
     earlier task failed) or when any of its messages is not sent: failed, unknown, or still
-    waiting in a batch that did not finish.
+    waiting in a batch that did not finish. The status: ``sending`` while messages wait,
+    ``sent`` when all were, ``partly_sent`` when some were and others failed (or are unknown),
+    ``failed`` when none was, ``nothing_to_send`` when the campaign has no message at all
+    (everyone refused by consent, caps...). A rehearsal leaves the status as it was.
     """
     from sqlalchemy import func, select
 
@@ -413,27 +535,37 @@ def finish(name: str, store_url: str, run_id: str) -> list[str]:
 
     with connect(store_url).begin() as conn:
         row = stored.read(conn, name)
-        if row is None or row["run_id"] != run_id:
+        rehearsal = None if row is None else _rehearsal(row, run_id)
+        if row is None or rehearsal is None:
             raise DataError(f"campaign {name}: this run planned nothing (an earlier task "
                             "failed: its log says why); nothing was sent by this run")
-        program = ledger.CAMPAIGN_PREFIX + name
-        counts = {s: int(n) for s, n in conn.execute(
-            select(L.c.status, func.count()).where(L.c.program == program)
-            .group_by(L.c.status))}
-        if row["status"] == "dry_run":
+        if rehearsal:
             done = (f"campaign {name}: dry run, nothing claimed or sent; trigger it again with "
                     "dry_run off to send")
             log.info(done)
             return [done]
+        program = ledger.CAMPAIGN_PREFIX + name
+        counts = {s: int(n) for s, n in conn.execute(
+            select(L.c.status, func.count()).where(L.c.program == program)
+            .group_by(L.c.status))}
         pending = counts.get("claimed", 0) + counts.get("sending", 0)
-        status = "sending" if pending else ("failed" if not counts.get("sent") and (
-            counts.get("failed") or counts.get("unknown")) else "sent")
+        lost = counts.get("failed", 0) + counts.get("unknown", 0)
+        if pending:
+            status = "sending"
+        elif not counts:
+            status = "nothing_to_send"
+        elif not lost:
+            status = "sent"
+        else:
+            status = "partly_sent" if counts.get("sent") else "failed"
         report = dict(row["report"] or {})
         report["ledger"] = counts
         stored.set_status(conn, name, status, now=ledger.now(), report=report)
     rows = [(s, counts.get(s, 0)) for s in ("sent", "failed", "unknown", "claimed", "sending")]
     lines = [f"campaign {name} (day {row['as_of']}): {status}",
              *table(["status", "messages"], rows)]
+    if status == "nothing_to_send":
+        lines.append("no message to send: the report's fates say why each customer got none")
     for line in lines:
         log.info(line)
     short = {s: n for s, n in rows if s != "sent" and n}

@@ -233,18 +233,31 @@ SAMPLE_TEXT_CONTEXT = {"customer": {"customer_id": "cus_000142", "first_name": "
                                     "last_name": "Tremblay", "email": "marie@example.com",
                                     "locale": "fr-CA", "orders_count": 3,
                                     "member_since": "2024-05-02"}}
+#: The same customer as little as a real message may know of one
+#: (``tend.messages.contexts.ContextBuilder.build``): no name, no address, no order yet (a
+#: newsletter sign-up), so no first-order date either.
+SPARSE_TEXT_CONTEXT = {"customer": {"customer_id": "cus_000143", "first_name": None,
+                                    "last_name": None, "email": None, "locale": "en",
+                                    "orders_count": 0, "member_since": ""}}
 
 
 def _check_text(content: Mapping[str, Content]) -> None:
-    """Render every field once in the sandbox, so a typo fails the first task, not a send."""
+    """Render every field in the sandbox for a customer the shop knows well and for one it
+    knows little of, so that text failing for some customers fails the first task, before
+    anything is claimed, rather than the run after its claim."""
     from tend.messages.user_text import render_user_text
 
     for loc, c in content.items():
         for key in ("subject", "preheader", "headline", "text"):
-            try:
-                render_user_text(getattr(c, key), SAMPLE_TEXT_CONTEXT,
-                                 single_line=key != "text")
-            except TemplateError as exc:
-                raise ConfigError(f"campaign form, field {key + '_' + loc!r}: {exc}; only "
-                                  "{{ customer.first_name }} and the other customer fields "
-                                  "may be used") from exc
+            field_name = f"{key}_{loc}"
+            for sample, who in ((SAMPLE_TEXT_CONTEXT, ""),
+                                (SPARSE_TEXT_CONTEXT, " for a customer with no name, no "
+                                                      "address or no order yet")):
+                try:
+                    render_user_text(getattr(c, key), sample, single_line=key != "text")
+                except TemplateError as exc:
+                    raise ConfigError(
+                        f"campaign form, field {field_name!r}: {exc}{who}; only "
+                        "{{ customer.first_name }} and the other customer fields may be used, "
+                        "and a field a customer may lack prints as nothing (give it a "
+                        "fallback: {{ customer.first_name|default(\"there\") }})") from exc

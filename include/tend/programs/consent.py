@@ -108,7 +108,7 @@ def consent_fates(
            "unsubscribed in the shop")
 
     marketing = c["kind"] == "marketing"
-    consent = c["marketing_consent"].fillna("none").str.lower()
+    consent = c["marketing_consent"].fillna("none").astype(str).str.strip().str.lower()
     last = pd.to_datetime(c["last_order_date"])
     sent_on = max(as_of + dt.timedelta(days=1), today or as_of)
     age_days = (pd.Timestamp(sent_on) - last).dt.days

@@ -17,15 +17,22 @@ from sqlalchemy import Connection, delete, func, select, update
 from tend.store import bulk
 from tend.store.tables import campaign_audiences, campaigns
 
-STATUSES = ("dry_run", "planned", "sending", "sent", "failed")
+#: A campaign's status: ``dry_run`` (only rehearsed), ``planned`` (claimed), ``sending``,
+#: then ``sent``, ``partly_sent`` (some failed or unknown), ``failed`` (none sent) or
+#: ``nothing_to_send`` (a real run that claimed no message).
+STATUSES = ("dry_run", "planned", "sending", "sent", "partly_sent", "failed", "nothing_to_send")
 
 
 def save_run(conn: Connection, *, name: str, template: str, audience: str, status: str,
              as_of: dt.date, run_id: str, params: Mapping[str, Any],
              report: Mapping[str, Any], dry_run: bool, now: dt.datetime) -> None:
-    """Record a run of campaign ``name``: its form, status and report (a dry run's report goes
-    to ``dry_run_report`` and leaves the real run's, if any, as it was)."""
-    existing = conn.execute(select(campaigns.c.created_at)
+    """Record a run of campaign ``name``: its form, status and report.
+
+    A dry run's report goes to ``dry_run_report``. Once the campaign has had a real run, a
+    dry run changes nothing else: the status, form, day and run id stay the real run's, which
+    its finish, the results (the voucher prefix comes from the stored form) and the Tend page
+    read."""
+    existing = conn.execute(select(campaigns.c.status, campaigns.c.report)
                             .where(campaigns.c.name == name)).first()
     values: dict[str, Any] = {
         "template": template, "audience": audience, "status": status, "as_of": as_of,
@@ -35,8 +42,10 @@ def save_run(conn: Connection, *, name: str, template: str, audience: str, statu
     }
     if existing is None:
         conn.execute(campaigns.insert().values(name=name, created_at=now, **values))
-    else:
-        conn.execute(update(campaigns).where(campaigns.c.name == name).values(**values))
+        return
+    if dry_run and (existing.report is not None or existing.status != "dry_run"):
+        values = {"dry_run_report": values["dry_run_report"], "updated_at": now}
+    conn.execute(update(campaigns).where(campaigns.c.name == name).values(**values))
 
 
 def set_status(conn: Connection, name: str, status: str, *, now: dt.datetime,

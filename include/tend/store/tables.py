@@ -371,7 +371,7 @@ campaigns = Table(
     Column("name", String(60), primary_key=True),
     Column("template", String(100), nullable=False),
     Column("audience", String(32), nullable=False),
-    # dry_run | planned | sending | sent | failed
+    # one of tend.store.campaigns.STATUSES
     Column("status", String(16), nullable=False),
     Column("as_of", Date, nullable=False),
     Column("run_id", String(250), nullable=False),

@@ -109,3 +109,19 @@ def test_read_ids_shapes() -> None:
         read_ids("a,b\n1,2\n", "f")
     with pytest.raises(DataError, match="empty"):
         read_ids("\n\n", "f")
+
+
+def test_consent_is_matched_whatever_its_case_and_spaces(ingested: tuple[str, str]) -> None:
+    """The consent rules read ``EXPRESS`` as express: so does the audience, or it would leave
+    out customers the nightly run writes to."""
+    shop_url, store_url = ingested
+    everyone = audience(shop_url, store_url)
+    changed = sorted(everyone)[:3]
+    unwilling = sorted(shop_sql(shop_url, "SELECT customer_id FROM customers WHERE "
+                                          "marketing_consent = 'none'"))[:1]
+    with sqlite3.connect(shop_url.removeprefix("sqlite:///")) as db:
+        for cid, value in zip([*changed, *unwilling], ["EXPRESS", " Implied ", "Express ", "NONE"],
+                              strict=True):
+            db.execute("UPDATE customers SET marketing_consent = ? WHERE customer_id = ?",
+                       (value, cid))
+    assert audience(shop_url, store_url) == everyone

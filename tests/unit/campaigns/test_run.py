@@ -158,10 +158,20 @@ def test_max_recipients_and_holdout(ingested: tuple[str, str]) -> None:
     assert fates["claimed"] == 7 and fates["held_out"] == report.fates["held_out"]
 
 
+def body_of(msg: email.message.Message) -> str:
+    return "".join(str(part.get_payload(decode=True), "utf-8") for part in msg.walk()
+                   if part.get_content_maintype() == "text")
+
+
 def test_proofs_go_to_staff_only_and_not_in_the_ledger(ingested: tuple[str, str],
                                                        tmp_path: Path) -> None:
+    """A proof shows the sample customer's message but nothing in it acts for them: no
+    List-Unsubscribe headers, links that unsubscribe nobody, no voucher a shop accepts."""
+    from tend.messages.tokens import make_token, verify_token, voucher_code
+
     shop_url, store_url = ingested
-    run(shop_url, store_url, spec(dry_run=True), tmp=tmp_path)
+    report = run(shop_url, store_url, spec(dry_run=True, offer="percent", offer_amount=10),
+                 tmp=tmp_path)
     outbox = tmp_path / "proofs"
     n = send_proofs("winter-news", store_url, to=["boss@shop.example"],
                     backend=OutboxBackend(outbox), renderer=messages.default_renderer(SETTINGS),
@@ -171,6 +181,20 @@ def test_proofs_go_to_staff_only_and_not_in_the_ledger(ingested: tuple[str, str]
     assert {m["To"] for m in sent} == {"boss@shop.example"}
     assert all(m["Subject"].startswith("[PROOF] ") for m in sent)
     assert ledger_rows(store_url).empty
+    for m in sent:
+        assert m["List-Unsubscribe"] is None and m["List-Unsubscribe-Post"] is None
+        body = body_of(m)
+        assert f"{SETTINGS.base_url}/unsubscribe/proof" in body
+        assert f"{SETTINGS.base_url}/preferences/proof" in body
+        assert verify_token("s", "proof") is None
+        assert "WINTERNE-XXXX-XXXX" in body
+        for sample in report.samples:
+            cid = sample["customer_id"]
+            for purpose in ("unsubscribe", "preferences"):
+                assert make_token("s", cid, purpose) not in body
+            code = voucher_code("s", ledger.message_id_for(cid, "campaign:winter-news",
+                                                           "winter-news"), "WINTERNE")
+            assert code not in body and code in sample["context"]
 
 
 def test_campaign_and_nightly_at_the_same_time_contact_nobody_twice(
@@ -270,3 +294,98 @@ def test_a_local_send_time_is_each_customers_own(ingested: tuple[str, str],
         zones.add(str(zone))
     assert len(zones) >= 2, "customers in several timezones"
     assert report.claimed == 20
+
+
+def shop_sql(shop_url: str, sql: str, *args: Any) -> list[Any]:
+    import sqlite3
+
+    with sqlite3.connect(shop_url.removeprefix("sqlite:///")) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def test_text_that_fails_for_some_customers_fails_only_their_messages(
+        ingested: tuple[str, str], tmp_path: Path) -> None:
+    """``first_name[4]`` passes the form's check (it renders for "Marie" and for a customer
+    with no name) but not for a three-letter name: those messages end failed with the reason,
+    before anything is sent; everyone else is claimed, rendered and sent, and the run's status
+    and failure say that not every message went out."""
+    shop_url, store_url = ingested
+    shop_sql(shop_url, "UPDATE customers SET first_name = 'Marianne'")
+    shop_sql(shop_url, "UPDATE customers SET first_name = 'Bob' WHERE customer_id LIKE '%1'")
+    shop_sql(shop_url, "UPDATE customers SET first_name = NULL WHERE customer_id LIKE '%2'")
+    words = {"subject_en": "{{ customer.first_name[4] }} news",
+             "subject_fr": "{{ customer.first_name[4] }} nouvelles"}
+    dry = run(shop_url, store_url, spec(dry_run=True, **words))
+    assert dry.fates["unrenderable"] > 0
+    assert any("field 'subject_" in n and "would not render" in n for n in dry.notes)
+    assert ledger_rows(store_url).empty
+
+    real = run(shop_url, store_url, spec(**words), tmp=tmp_path)
+    rows = ledger_rows(store_url)
+    bob = rows["customer_id"].str.endswith("1")
+    assert bob.sum() == real.fates["unrenderable"] == dry.fates["unrenderable"]
+    assert set(rows.loc[bob, "status"]) == {"failed"}
+    assert rows.loc[bob, "error"].str.contains("field 'subject_(?:en|fr)' does not render").all()
+    assert set(rows.loc[~bob, "status"]) == {"claimed"}
+    assert real.claimed == (~bob).sum() == dry.claimed
+    assert sum(real.fates.values()) == real.audience_size
+    with connect(store_url).connect() as conn:
+        assert ledger.claims_without_contexts(conn, DAY, "campaign:winter-news").empty
+    assert real.samples and not any(s["customer_id"].endswith("1") for s in real.samples)
+
+    outbox = tmp_path / "outbox"
+    for b in real.batches:
+        send_batch(store_url, DAY, b, backend=OutboxBackend(outbox),
+                   renderer=messages.default_renderer(SETTINGS), settings=SETTINGS)
+    sent = {p.stem: email.message_from_bytes(p.read_bytes()) for p in outbox.glob("*.eml")}
+    assert len(sent) == (~bob).sum()
+    nameless = rows.loc[rows["customer_id"].str.endswith("2"), "message_id"]
+    assert {str(sent[m]["Subject"]) for m in nameless} <= {"news", "nouvelles"}
+    with pytest.raises(DataError, match=r"not every message was sent \(failed "):
+        finish("winter-news", store_url, "c1")
+    with connect(store_url).connect() as conn:
+        assert stored.read(conn, "winter-news")["status"] == "partly_sent"
+
+
+def test_a_rehearsal_after_the_real_run_leaves_its_record(ingested: tuple[str, str],
+                                                          tmp_path: Path) -> None:
+    """A dry run of a campaign already sent stores its own report and nothing else: the
+    status, form (whose offer the results read) and run stay the real run's; its own finish
+    and proofs find its report."""
+    shop_url, store_url = ingested
+    real = run(shop_url, store_url, spec(offer="percent", offer_amount=10, max_recipients=5))
+    mark_claimed_sent(store_url, DAY)
+    finish("winter-news", store_url, "c1")
+    run(shop_url, store_url, spec(dry_run=True, subject_en="Rehearsed", subject_fr="Repete"),
+        tmp=tmp_path, run_id="c2")
+    with connect(store_url).connect() as conn:
+        row = stored.read(conn, "winter-news")
+    assert (row["status"], row["run_id"], row["params"]["offer"]) == ("sent", "c1", "percent")
+    assert row["report"]["claimed"] == real.claimed and row["report"]["ledger"] == {"sent": 5}
+    assert row["dry_run_report"]["run_id"] == "c2"
+    assert finish("winter-news", store_url, "c2")[0].startswith("campaign winter-news: dry run")
+    outbox = tmp_path / "proofs"
+    send_proofs("winter-news", store_url, to=["boss@shop.example"],
+                backend=OutboxBackend(outbox), renderer=messages.default_renderer(SETTINGS),
+                settings=SETTINGS, run_id="c2")
+    subjects = {str(email.message_from_bytes(p.read_bytes())["Subject"])
+                for p in outbox.glob("*.eml")}
+    assert subjects == {"[PROOF] Rehearsed", "[PROOF] Repete"}
+    with connect(store_url).connect() as conn:
+        assert stored.read(conn, "winter-news")["status"] == "sent"
+
+
+def test_a_real_run_with_nobody_to_write_to_ends_nothing_to_send(
+        ingested: tuple[str, str]) -> None:
+    shop_url, store_url = ingested
+    nobody = [r[0] for r in shop_sql(shop_url, "SELECT customer_id FROM customers WHERE "
+                                               "marketing_consent = 'none' LIMIT 3")]
+    assert nobody
+    with connect(store_url).begin() as conn:
+        stored.replace_audience(conn, "no-consent", nobody, now=ledger.now())
+    report = run(shop_url, store_url, spec(audience="upload", audience_upload="no-consent"))
+    assert report.claimed == 0 and report.fates == {"no_consent": len(nobody)}
+    lines = finish("winter-news", store_url, "c1")
+    assert lines[0] == "campaign winter-news (day 2026-11-20): nothing_to_send"
+    with connect(store_url).connect() as conn:
+        assert stored.read(conn, "winter-news")["status"] == "nothing_to_send"

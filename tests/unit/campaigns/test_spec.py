@@ -70,6 +70,15 @@ def test_everything_set() -> None:
     assert s.as_program().holdout_share == 0.1
 
 
+def test_text_that_fits_every_customer_is_accepted() -> None:
+    """What a customer may lack prints as nothing, so these render for every customer and
+    pass the check (a customer with no name gets "Hi there")."""
+    s = parse(subject_en="{{ customer.first_name[0] }}, hello",
+              subject_fr="Membre depuis {{ customer.member_since|date(customer.locale) }}",
+              text_en='Hi {{ customer.first_name|default("there") }}!')
+    assert s.content["en"].subject == "{{ customer.first_name[0] }}, hello"
+
+
 @pytest.mark.parametrize(("over", "field", "advice"), [
     ({"name": "Spring Sale!"}, "name", "lower-case letters"),
     ({"name": None}, "name", "e.g."),
@@ -78,6 +87,11 @@ def test_everything_set() -> None:
     ({"subject_fr": ""}, "subject_fr", "needs a subject for customers who read 'fr': write it"),
     ({"subject_en": "Hi {{ customer.__class__ }}"}, "subject_en", "customer fields"),
     ({"text_en": "{{ order.total }}"}, "text_en", "customer fields"),
+    # Fine for the shop's best-known customer, not for one with no name or no order yet.
+    ({"subject_fr": "{{ customer.first_name + '!' }}"},
+     "subject_fr", "for a customer with no name, no address or no order yet"),
+    ({"headline_en": "{{ 10 // customer.orders_count }} orders"}, "headline_en",
+     "for a customer with no name, no address or no order yet"),
     ({"audience": "category"}, "audience_category", "write one of"),
     ({"audience": "loyalty_tier", "audience_tier": "diamond"}, "audience_tier", "silver"),
     ({"audience": "upload"}, "audience_upload", "upload-audience"),

@@ -121,3 +121,35 @@ def test_user_text_is_escaped_where_an_html_template_shows_it() -> None:
     assert "<img src=x" not in email.html
     assert "Bonjour Marie &lt;img src=x onerror=alert(1)&gt;" in email.html
     assert email.subject == "Pour Marie !"
+
+
+NAMELESS = {"customer": {"first_name": None, "last_name": "", "locale": "fr-CA",
+                         "orders_count": 0, "member_since": ""}}
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ('Hi {{ customer.first_name|default("there") }}!', "Hi there!"),
+    ('Hi {{ customer.last_name|default("there") }}!', "Hi there!"),
+    ("Bonjour {{ customer.first_name|upper }}", "Bonjour"),
+    ("{{ customer.first_name|title|truncate(3) }}, hello", ", hello"),
+    ("{{ customer.first_name[0] }}{{ customer.first_name.upper() }}.", "."),
+    ("since {{ customer.member_since|date(customer.locale) }}!", "since !"),
+    ("since {{ customer.member_since|date(customer.locale)|default('ever') }}", "since ever"),
+    ("{{ customer.first_name|length }} {{ customer.orders_count }}", "0 0"),
+    ("{% if customer.first_name %}named{% else %}nameless{% endif %}", "nameless"),
+])
+def test_a_value_the_customer_lacks_prints_nothing_and_takes_a_default(
+        source: str, expected: str) -> None:
+    """None or empty text is missing, not "None" and not an error: the same subject renders
+    for every customer, and ``default`` works as the docstring says."""
+    assert render_user_text(source, NAMELESS, single_line=True) == expected
+    assert NAMELESS["customer"]["first_name"] is None  # the caller's context is unchanged
+
+
+def test_a_missing_value_still_refuses_arithmetic_and_a_misspelt_field_is_an_error() -> None:
+    with pytest.raises(TemplateError, match=r"customer\.first_name has no value"):
+        render_user_text('{{ customer.first_name + "!" }}', NAMELESS)
+    with pytest.raises(TemplateError, match="first_nme"):
+        render_user_text("{{ customer.first_nme }}", NAMELESS)
+    with pytest.raises(TemplateError, match="not allowed"):
+        render_user_text("{{ customer.first_name.__class__ }}", NAMELESS)

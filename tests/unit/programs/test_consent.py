@@ -28,6 +28,8 @@ def customer(**over: object) -> dict[str, object]:
         (customer(marketing_consent="implied"), "marketing", OLD, None, "no_consent"),
         (customer(marketing_consent="none"), "marketing", RECENT, None, "no_consent"),
         (customer(marketing_consent=None), "marketing", RECENT, None, "no_consent"),
+        (customer(marketing_consent=" Express "), "marketing", RECENT, None, None),  # as typed
+        (customer(marketing_consent="IMPLIED"), "marketing", RECENT, None, None),
         (customer(marketing_consent="none"), "transactional", RECENT, None, None),
         (customer(email="bob@"), "marketing", RECENT, None, "suppressed:invalid_address"),
         (customer(email="bob@"), "transactional", RECENT, None, "suppressed:invalid_address"),

@@ -28,7 +28,7 @@ def test_a_dry_run_then_a_real_run_keep_both_reports(store_url: str) -> None:
         row = campaigns.read(conn, "spring")
         assert row is not None
         assert (row["status"], row["dry_run_report"], row["report"]) == (
-            "dry_run", {"claimed": 1}, {"claimed": 2})
+            "planned", {"claimed": 1}, {"claimed": 2})  # a rehearsal keeps the real run's
         assert row["params"] == {"name": "spring"} and row["as_of"] == DAY
         campaigns.set_status(conn, "spring", "sent", now=NOW, report={"ledger": {"sent": 2}})
         assert campaigns.read(conn, "spring")["report"] == {"ledger": {"sent": 2}}
