@@ -51,7 +51,7 @@ def tend_campaign() -> None:
     def check(**context) -> str:
         return tasks.campaign_check(context)
 
-    @task(multiple_outputs=False)
+    @task(multiple_outputs=False, queue=tasks.heavy_queue())
     def plan(**context) -> list[int]:
         return tasks.campaign_plan(context)
 

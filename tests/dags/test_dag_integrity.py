@@ -267,7 +267,8 @@ def test_ingest_emits_the_asset_programs_is_scheduled_on(
 
 #: The tasks whose memory grows with the customers: TEND_HEAVY_QUEUE sends them to the worker
 #: sized for them (docs/capacity.md).
-HEAVY_TASKS = {("tend_ingest", "ingest_orders"), ("tend_programs", "plan")}
+HEAVY_TASKS = {("tend_ingest", "ingest_orders"), ("tend_programs", "plan"),
+               ("tend_campaign", "plan")}
 
 
 def test_the_heavy_tasks_go_to_the_queue_tend_heavy_queue_names(
