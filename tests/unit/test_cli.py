@@ -247,8 +247,14 @@ def test_forget_from_a_file_prints_what_it_erased(env: Path,
     ids = env / "erase.txt"
     ids.write_text(f"# erasure requests\n{customer}\n\n")
     assert main(["forget", "--file", str(ids)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert out.startswith(f"customer {customer}: erased ") and "outbox files 1" in out
+    # No tend serve ran here: the spool folder is not there, and the output says so.
+    spool = env / "spool"
+    assert not spool.exists()
+    assert f"warning: no spool folder at {spool}: nothing was erased from one; if this " \
+           "machine has one elsewhere, run again with --spool DIR (or TEND_SPOOL_DIR)" in err
+    assert "outbox folder" not in err
     assert not mails[0].exists()
     assert not any(to.split("<")[-1].rstrip(">") in p.read_text()
                    for p in (env / "outbox").glob("*.eml"))

@@ -9,6 +9,7 @@ that they are never mailed again (``tend.store.erasure``).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tend import config
@@ -54,8 +55,16 @@ def _forget(args: argparse.Namespace) -> int:
     shop_file = config.sqlite_file(shop or "")
     if shop_file is not None and not Path(shop_file).exists():
         shop = None  # no shop here: the store's own records name the addresses
+    outbox, spool = config.outbox_dir(args.outbox), config.spool_dir(args.spool)
     done = forget(store_url, ids, secret=config.unsubscribe_secret(), shop_url=shop,
-                  outbox_dir=config.outbox_dir(args.outbox),
-                  spool_dir=config.spool_dir(args.spool))
+                  outbox_dir=outbox, spool_dir=spool)
     print_lines([line for erased in done for line in erased.lines()])
+    # A folder that is not there holds nothing here, which is also what a mistyped path or a
+    # container without the volume looks like: say so rather than let the erasure look whole.
+    for what, folder, flag, var in (("outbox", outbox, "--outbox", "TEND_OUTBOX_DIR"),
+                                    ("spool", spool, "--spool", "TEND_SPOOL_DIR")):
+        if not folder.is_dir():
+            print(f"warning: no {what} folder at {folder}: nothing was erased from one; if "
+                  f"this machine has one elsewhere, run again with {flag} DIR (or {var})",
+                  file=sys.stderr)
     return 0
