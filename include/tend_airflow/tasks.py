@@ -151,9 +151,12 @@ def send(as_of: str, batch_id: int, context: Mapping[str, Any], *,
 
     Rejected credentials fail the task without retries (a retry cannot fix a key); any other
     error fails it normally, and Airflow's retry sends what is still claimed. ``send_window``:
-    when messages may be delivered (default: the registry's quiet hours).
+    when messages may be delivered (default: the registry's quiet hours). Messages a backend
+    that delivers at once (SMTP) must not take before their opening stay claimed, and the task
+    is rescheduled for the first opening (up_for_reschedule: no retry spent, no worker slot
+    held), where it sends them; the night's ``check`` waits for it.
     """
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
     from tend import messages
     from tend.config import ShopSettings
@@ -171,6 +174,11 @@ def send(as_of: str, batch_id: int, context: Mapping[str, Any], *,
     finally:
         backend.close()
     context["ti"].xcom_push(TIMINGS_XCOM, {"seconds": result.seconds, **result.timings})
+    if result.held and result.held_until is not None:
+        log.info("batch %s: rescheduled for %s UTC, when quiet hours end for the first of its "
+                 "%s held message(s)", batch_id, f"{result.held_until:%Y-%m-%d %H:%M}",
+                 f"{result.held:,}")
+        raise AirflowRescheduleException(result.held_until)
     return dict(result.counts)
 
 

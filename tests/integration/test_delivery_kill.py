@@ -90,9 +90,11 @@ def inbox(backend: str, tmp_path: Path, *, latency_ms: float = 20,
                     {"dir": folder})
     elif backend == "smtp":
         with smtp_inbox(latency=latency_ms / 1000 / 4) as (handler, port):
-            # Its journal settles all but the one message inside DATA at the kill.
+            # Its journal settles all but the one message inside DATA at the kill. SMTP keeps
+            # a message outside quiet hours claimed; these kills are about sending, at any hour.
             yield Inbox(backend, {"TEND_SMTP_URL": f"smtp://127.0.0.1:{port}?chunk_size={CHUNK}",
-                                  "TEND_SMTP_JOURNAL_DIR": str(tmp_path / "journal")},
+                                  "TEND_SMTP_JOURNAL_DIR": str(tmp_path / "journal"),
+                                  "TEND_PROGRAMS_FILE": str(open_all_day(tmp_path))},
                         handler.counts, CHUNK, 1)
     else:
         with run_in_thread(api_key=KEY, faults=FaultPlan(latency_ms=latency_ms)) as running:
@@ -101,6 +103,19 @@ def inbox(backend: str, tmp_path: Path, *, latency_ms: float = 20,
                 "TEND_SENDGRID_CHUNK_SIZE": str(chunk), "TEND_SENDGRID_CHUNKS_IN_FLIGHT": "2",
                 "TEND_SENDGRID_MAX_IN_FLIGHT": "8"}, running.fake.accepted_counts, 2 * chunk,
                 2 * chunk, {"fake": running.fake})
+
+
+def open_all_day(folder: Path) -> Path:
+    """The shop's programs.yaml with a send window open all day."""
+    from tend.programs.registry import DEFAULT_REGISTRY
+
+    text = DEFAULT_REGISTRY.read_text(encoding="utf-8")
+    window = 'send_window: {start: "09:00", end: "20:00"}'
+    assert window in text
+    path = folder / "programs.yaml"
+    path.write_text(text.replace(window, 'send_window: {start: "00:00", end: "23:59:59"}'),
+                    encoding="utf-8")
+    return path
 
 
 def ledger(store_url: str) -> dict[str, dict[str, Any]]:

@@ -726,3 +726,50 @@ def test_plan_names_the_nights_its_events_named_that_were_never_planned(
     caplog.clear()
     tasks.summary("2026-11-20", context())
     assert "never planned" not in caplog.text and read_dashboard(store).unplanned == []
+
+
+def test_a_send_through_smtp_is_rescheduled_for_the_end_of_quiet_hours(
+        clean_env: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """SMTP delivers at once, so messages outside the send window stay claimed and the send
+    task goes up_for_reschedule until the first opening, instead of mailing at 02:00 or
+    spending a retry; what may go at any hour (receipts) went."""
+    from _support import smtp_inbox
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    from tend import messages
+    from tend.config import ShopSettings
+    from tend.dev.demo import generate_demo_shop
+    from tend.features.ingest import run_ingest
+    from tend.programs import plan
+    from tend.programs.caps import SendWindow
+    from tend.store import migrate
+    from tend.store.db import connect
+    from tend.store.tables import contact_ledger
+    from tend_airflow import tasks
+
+    shop, store = f"sqlite:///{tmp_path / 'shop.db'}", f"sqlite:///{tmp_path / 'store.db'}"
+    generate_demo_shop(shop, customers=120, seed=4, as_of=NOV20)
+    migrate(store)
+    run_ingest(shop, store, NOV20, "i")
+    settings = ShopSettings.from_env({})
+    planned = plan.plan_night(shop, store, NOV20, "r", settings=settings,
+                              renderer=messages.default_renderer(settings), secret="s")
+    # One second a day: closed, at any moment of the test, for every customer's timezone.
+    closed = SendWindow(dt.time(3, 0, 0), dt.time(3, 0, 1))
+    pushed: dict[str, Any] = {}
+    ctx = context() | {"ti": SimpleNamespace(xcom_push=lambda k, v: pushed.update({k: v}))}
+    with smtp_inbox() as (inbox, port):
+        clean_env.setenv("TEND_STORE_URL", store)
+        clean_env.setenv("TEND_DELIVERY", "smtp")
+        clean_env.setenv("AIRFLOW_CONN_SMTP_DEFAULT", f"smtp://127.0.0.1:{port}")
+        with pytest.raises(AirflowRescheduleException) as later:
+            tasks.send(NOV20.isoformat(), planned.batches[0], ctx, send_window=closed)
+    with connect(store).connect() as conn:
+        rows = conn.execute(contact_ledger.select().where(
+            contact_ledger.c.batch_id == planned.batches[0])).mappings().all()
+    waiting = {r["message_id"] for r in rows if r["status"] == "claimed"}
+    assert waiting == {r["message_id"] for r in rows if r["kind"] != "transactional"}
+    assert set(inbox.counts()) == {r["message_id"] for r in rows} - waiting
+    now = dt.datetime.now(dt.UTC)
+    assert now < later.value.reschedule_date <= now + dt.timedelta(days=1, hours=1)
+    assert "seconds" in pushed["timings"]

@@ -76,6 +76,7 @@ __all__ = [
     "Resolution",
     "chunk_size_of",
     "chunks_in_flight_of",
+    "delivers_at_once",
     "is_rehearsal",
     "resolver_of",
     "safe_display_name",
@@ -221,6 +222,14 @@ def resolver_of(backend: object) -> Callable[[Sequence[str]], Resolution] | None
     """The backend's ``resolve`` (see the module docstring), or None when it cannot tell."""
     resolve = getattr(backend, "resolve", None)
     return resolve if callable(resolve) else None
+
+
+def delivers_at_once(backend: object) -> bool:
+    """Whether what the backend is handed reaches the customer at once, with no way to hold a
+    message until its ``send_at`` (SMTP): the engine then keeps a message outside quiet hours
+    claimed in the ledger until its opening. SendGrid holds it itself (``send_at``); the
+    outbox writes files that nobody reads in the night."""
+    return getattr(backend, "delivers_at_once", False) is True
 
 
 def is_rehearsal(backend: object) -> bool:

@@ -41,6 +41,7 @@ from tend.delivery.base import (
     OutgoingMessage,
     chunk_size_of,
     chunks_in_flight_of,
+    delivers_at_once,
     is_rehearsal,
     resolver_of,
     safe_display_name,
@@ -76,6 +77,11 @@ class SendResult:
     as_of: dt.date | None = None
     rehearsal: Counter[str] = field(default_factory=Counter)
     """A rehearsal's outcomes (SendGrid sandbox): none recorded, all back to 'claimed'."""
+    held: int = 0
+    """Messages kept claimed for quiet hours (a backend that delivers at once): a later
+    attempt, after ``held_until``, sends them."""
+    held_until: dt.datetime | None = None
+    """The earliest opening among the held messages (UTC)."""
     seconds: float = 0.0
     total: int = 0
     """Messages the batch still had to send when the task started."""
@@ -96,7 +102,8 @@ class SendResult:
 
     def lines(self) -> list[str]:
         done = ", ".join(f"{k} {v:,}" for k, v in sorted(self.counts.items()) if v)
-        head = f"batch {self.batch_id}: {done or 'nothing to send'}"
+        idle = "none sent yet" if self.held else "nothing to send"
+        head = f"batch {self.batch_id}: {done or idle}"
         out = [*self.warning_lines(), f"{head} in {self.seconds:.1f}s ({self.rate():,.0f} msg/s)"]
         if self.recovered_unknown:
             out.append(f"{self.recovered_unknown:,} message(s) were mid-send when a previous "
@@ -105,6 +112,10 @@ class SendResult:
             out.append(f"{self.resolved_sent + self.resolved_released:,} unknown message(s) "
                        f"resolved: {self.resolved_sent:,} had gone out (now sent), "
                        f"{self.resolved_released:,} never left (sent by this attempt)")
+        if self.held and self.held_until is not None:
+            out.append(f"{self.held:,} message(s) wait for quiet hours to end (the first "
+                       f"opening at {self.held_until:%Y-%m-%d %H:%M} UTC): {self.backend} "
+                       "delivers at once, so they stay claimed for an attempt after then")
         if self.rehearsal:
             seen = ", ".join(f"{k} {v:,}" for k, v in sorted(self.rehearsal.items()))
             out.append(f"rehearsal ({self.backend} sandbox): {seen}; nothing was delivered or "
@@ -230,7 +241,9 @@ def send_batch(
 
     Quiet hours: a marketing or service message rendered outside ``send_window`` (default: the
     registry's ``send_window``) in the customer's timezone gets ``send_at`` = the next opening,
-    which SendGrid honours (``send_at``) and the outbox/SMTP record (``X-Tend-Send-At``).
+    which SendGrid honours (``send_at``) and the outbox records (``X-Tend-Send-At``). A backend
+    that delivers at once (SMTP) is not handed such a message: it stays claimed and the result
+    says how many wait, and until when (``held``, ``held_until``).
     """
 
     if send_window is None:
@@ -428,6 +441,7 @@ class _Pipeline:
         self.send_window, self.business_tz, self.now_utc = send_window, business_tz, now_utc
         self.clock, self.progress = clock, progress
         self.rehearsal = is_rehearsal(backend)
+        self.hold = delivers_at_once(backend)  # quiet hours kept here, not by the provider
         self.expect = getattr(backend, "expect", None)  # a backend's own record (see base)
         self.rendered: queue.Queue[_Chunk | BaseException | None] = queue.Queue(_AHEAD)
         self.events: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -481,10 +495,28 @@ class _Pipeline:
                     except TemplateError as exc:
                         chunk.failed.append({"message_id": r.message_id, "status": "failed",
                                              "error": f"render: {exc}"})
+                if self.hold:
+                    self._hold_for_quiet_hours(chunk, now)
                 timings["render"] += self.clock() - t1
                 self._put(chunk)
         except BaseException as exc:  # raised again on the task's thread
             self._put(exc)
+
+    def _hold_for_quiet_hours(self, chunk: _Chunk, now: dt.datetime) -> None:
+        """Take the messages whose opening is still ahead out of ``chunk``: they stay claimed,
+        and the attempt after ``result.held_until`` sends them (the renderer thread's own
+        counters, read once it has ended)."""
+        later = [m for m in chunk.outgoing if m.send_at is not None and m.send_at > now]
+        if not later:
+            return
+        held = {m.message_id for m in later}
+        chunk.ids = [m for m in chunk.ids if m not in held]
+        chunk.who = [w for w in chunk.who if w[0] not in held]
+        chunk.outgoing = [m for m in chunk.outgoing if m.message_id not in held]
+        first = min(m.send_at for m in later if m.send_at is not None)
+        r = self.result
+        r.held += len(held)
+        r.held_until = first if r.held_until is None else min(r.held_until, first)
 
     def _put(self, item: _Chunk | BaseException | None) -> None:
         while not self.halt.is_set():

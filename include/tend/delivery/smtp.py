@@ -250,6 +250,9 @@ class SmtpBackend:
     """Deliver over one reused SMTP connection; see the module docstring."""
 
     name = "smtp"
+    #: A relay delivers what it takes: quiet hours are kept by not handing a message over
+    #: before its opening (``tend.delivery.base.delivers_at_once``).
+    delivers_at_once = True
 
     def __init__(self, settings: SmtpSettings, *,
                  sleep: Callable[[float], None] = time.sleep,

@@ -486,6 +486,57 @@ def test_a_pause_or_an_offers_opt_out_chosen_after_planning_stops_those_messages
             conn.execute(preferences_table.delete())
 
 
+def test_smtp_keeps_each_message_claimed_until_its_customers_quiet_hours_end(
+        planned: plan.PlanResult, store_url: str) -> None:
+    """SMTP delivers what it is handed at once, so quiet hours are kept by the engine: a
+    message outside the window in its customer's timezone stays claimed, and the attempt at
+    the first opening the result names sends those whose window is open by then. Attempt by
+    attempt, every message leaves inside its customer's window, once."""
+    from _support import smtp_inbox
+
+    from tend import config
+    from tend.delivery.smtp import SmtpBackend, SmtpSettings
+
+    window = SendWindow(dt.time(9), dt.time(20))
+    with connect(store_url).connect() as conn:
+        contexts = {m: json.loads(c) for b in planned.batches
+                    for m, c in store_ledger.batch_contexts(conn, NIGHT, b).items()}
+    kind = {m: r["kind"] for m, r in ledger(store_url).items()}
+    zone = {m: c.get("timezone") for m, c in contexts.items()}
+    clock = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.UTC)  # the night's run: dark in America
+    sent_at: dict[str, dt.datetime] = {}
+    with smtp_inbox() as (inbox, port):
+        backend = SmtpBackend(SmtpSettings(host="127.0.0.1", port=port))
+        for attempt in range(48):
+            held, first = 0, None
+            for b in planned.batches:
+                result = engine.send_batch(store_url, NIGHT, b, backend=backend,
+                                           renderer=messages.default_renderer(SETTINGS),
+                                           settings=SETTINGS, send_window=window,
+                                           wall_clock=lambda c=clock: c)
+                held += result.held
+                if result.held_until is not None:
+                    first = min(first or result.held_until, result.held_until)
+            for m, r in ledger(store_url).items():
+                if r["status"] == "sent":
+                    sent_at.setdefault(m, clock)
+            if attempt == 0:
+                assert 0 < held < len(kind) and first is not None and first > clock
+            if not held:
+                break
+            assert first is not None and first > clock
+            clock = first
+        backend.close()
+        assert not held, "every message left within two days of attempts"
+        assert inbox.counts() == dict.fromkeys(kind, 1)  # each once, none lost
+    assert set(sent_at) == set(kind)
+    for m, at in sent_at.items():
+        if kind[m] == "transactional":
+            continue
+        assert window.next_send_time(at, zone[m], config.business_timezone()) is None, (
+            m, at, zone[m])
+
+
 def test_a_sandbox_rehearsal_counts_nowhere_and_the_real_send_follows(
         planned: plan.PlanResult, store_url: str, fake: RunningFake,
         caplog: pytest.LogCaptureFixture) -> None:
