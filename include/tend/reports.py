@@ -183,13 +183,15 @@ def _warnings(statuses: Mapping[str, int], waiting: int, template_errors: list[t
 
 def night_problems(store_url: str, as_of: dt.date) -> list[str]:
     """Why the night's run must not show green: its own messages that failed, are unknown or
-    still wait to be sent (a campaign's are its own run's business)."""
+    still wait to be sent (a campaign's are its own run's business). A message the send
+    stage stopped because the customer opted out after planning is no problem."""
     L = contact_ledger.c
     with connect(store_url).connect() as conn:
         counts = dict(conn.execute(
             select(L.status, func.count()).where(
                 L.as_of == as_of, ledger.owned_by(None),
-                L.status.in_(("failed", "unknown", "claimed", "sending")))
+                L.status.in_(("failed", "unknown", "claimed", "sending")),
+                ~((L.status == "failed") & ledger.stopped_after_planning(L.error)))
             .group_by(L.status)).all())
     waiting = counts.get("claimed", 0) + counts.get("sending", 0)
     return [f"{n:,} {what}" for n, what in (

@@ -562,6 +562,11 @@ def test_the_night_check_fails_the_run_while_messages_failed_or_wait(
     with connect(store).begin() as conn:
         conn.execute(contact_ledger.insert(), [row("a", "sent"),
                                                row("b", "claimed", "campaign:spring")])
+        # the send stage stopped these: the customers opted out after planning
+        conn.execute(contact_ledger.insert(), [
+            row("e", "failed") | {"error": "suppressed after planning (unsubscribed); not sent"},
+            row("f", "failed") | {"error": "preferences changed after planning (the customer "
+                                           "paused marketing until 2027-01-01); not sent"}])
     tasks.night_check("2026-11-20")  # a campaign's waiting message is not the night's
     with connect(store).begin() as conn:
         conn.execute(contact_ledger.insert(), [row("c", "failed"), row("d", "claimed")])

@@ -548,6 +548,13 @@ def finish(name: str, store_url: str, run_id: str) -> list[str]:
         counts = {s: int(n) for s, n in conn.execute(
             select(L.c.status, func.count()).where(L.c.program == program)
             .group_by(L.c.status))}
+        # Stopped by the last look (the customer opted out after planning): not a failure.
+        stopped = int(conn.execute(select(func.count()).where(
+            L.c.program == program, L.c.status == "failed",
+            ledger.stopped_after_planning(L.c.error))).scalar_one())
+        if stopped:
+            counts["failed"] -= stopped
+            counts = {s: n for s, n in counts.items() if n} | {"stopped": stopped}
         pending = counts.get("claimed", 0) + counts.get("sending", 0)
         lost = counts.get("failed", 0) + counts.get("unknown", 0)
         if pending:
@@ -555,20 +562,22 @@ def finish(name: str, store_url: str, run_id: str) -> list[str]:
         elif not counts:
             status = "nothing_to_send"
         elif not lost:
-            status = "sent"
+            status = "sent" if counts.get("sent") else "nothing_to_send"
         else:
             status = "partly_sent" if counts.get("sent") else "failed"
         report = dict(row["report"] or {})
         report["ledger"] = counts
         stored.set_status(conn, name, status, now=ledger.now(), report=report)
     rows = [(s, counts.get(s, 0)) for s in ("sent", "failed", "unknown", "claimed", "sending")]
+    if counts.get("stopped"):
+        rows.append(("stopped (opted out after planning)", counts["stopped"]))
     lines = [f"campaign {name} (day {row['as_of']}): {status}",
              *table(["status", "messages"], rows)]
     if status == "nothing_to_send":
         lines.append("no message to send: the report's fates say why each customer got none")
     for line in lines:
         log.info(line)
-    short = {s: n for s, n in rows if s != "sent" and n}
+    short = {s: n for s, n in rows if s in ("failed", "unknown", "claimed", "sending") and n}
     if short:
         counted = ", ".join(f"{s} {n:,}" for s, n in short.items())
         raise DataError(

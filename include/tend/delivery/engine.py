@@ -718,7 +718,7 @@ def _drop_suppressed(conn: Any, chunk: _Chunk, today: dt.date) -> int:
     has since paused marketing or opted out of offers on the preferences page, is not written
     to. Those messages end ``failed`` with the reason, in the transaction that marks the rest
     ``sending``."""
-    stopped = {m: f"suppressed after planning ({reason.replace('_', ' ')})"
+    stopped = {m: f"{ledger.SUPPRESSED_AFTER_PLANNING} ({reason.replace('_', ' ')})"
                for m, reason in suppressions.blocked(conn, chunk.who).items()}
     stopped.update(_chosen_since(conn, chunk, stopped, today))
     if not stopped:
@@ -752,7 +752,7 @@ def _chosen_since(conn: Any, chunk: _Chunk, stopped: Mapping[str, str],
         index=[m for m, _ in mine])
     fates = preference_fates(candidates, chosen, today)
     fates = fates[fates["fate"].notna()]
-    return {m: f"preferences changed after planning ({why})" for m, why in fates["why"].items()}
+    return {m: f"{ledger.CHOSE_AFTER_PLANNING} ({why})" for m, why in fates["why"].items()}
 
 
 def _message(row: Any, renderer: Renderer, settings: ShopSettings,

@@ -310,7 +310,8 @@ def decide(
         recent = chosen.recent_marketing_of_fewer(conn, as_of, FEWER_EMAILS_DAYS,
                                                   ledger.COUNTED)
         supp = pd.concat([supp, suppressed.erased(conn, customers, secret)], ignore_index=True)
-    supp = pd.concat([supp, _shared_address(supp, customers, shop_url)], ignore_index=True)
+    addresses = _address_keys(customers)
+    supp = pd.concat([supp, _shared_address(supp, addresses, shop_url)], ignore_index=True)
     if len(cands):
         fates = consent_fates(cands, customers, supp, as_of, config.today())
         cands["fate"], cands["why"] = fates["fate"], fates["why"]
@@ -324,7 +325,7 @@ def decide(
             cands.loc[keep, "fate"] = preset[0][keep]
             cands.loc[keep, "why"] = preset[1][keep]
         _holdouts(cands, programs, as_of)
-        _one_record_per_address(cands, customers)
+        _one_record_per_address(cands, addresses)
 
     allowed = cands.loc[cands["fate"].isna()].merge(
         customers, on="customer_id", how="left", suffixes=("", "_customer"))
@@ -376,39 +377,64 @@ def decide(
     return Decision(decided, batches, timings)
 
 
-def _shared_address(supp: pd.DataFrame, customers: pd.DataFrame,
+#: Suppressions about an address rather than its owner's wishes: they travel with the address
+#: they were filed for, never with a record's later one.
+_ADDRESS_REASONS = ("hard_bounce", "invalid_address")
+
+
+def _address_keys(customers: pd.DataFrame) -> pd.Series:
+    """Each customer's address as compared across records (trimmed, lower-cased), by
+    customer id; customers without one are left out."""
+    if customers.empty:
+        return pd.Series(dtype=object)
+    key = _address_key(customers["email"])
+    ids = customers["customer_id"].astype(str)
+    out = pd.Series(key.to_numpy(), index=ids.to_numpy(), dtype=object).dropna()
+    return out[~out.index.duplicated()]
+
+
+def _address_key(emails: pd.Series) -> pd.Series:
+    key = emails.astype("string").str.strip().str.lower()
+    return key.where(key.notna() & (key != ""), None).astype(object)
+
+
+def _shared_address(supp: pd.DataFrame, addresses: pd.Series,
                     shop_url: str) -> pd.DataFrame:
     """``customer_id``, ``reason``, ``via``: the suppressions that reach tonight's customers
-    through another customer record with the same address.
+    (``addresses``: their address keys) through another customer record with the same
+    address.
 
     A shop may hold one person twice (a guest checkout and an account, a typo fixed by a new
-    record). An unsubscribe, a bounce, a spam report or a complaint is the address owner's, and
-    the law and the mailbox providers judge the sender by the address, so it holds for every
-    record that writes to it. The suppressed records' addresses are read from the shop (a
-    suppression row may predate any address Tend saw), compared trimmed and lower-cased.
+    record). An unsubscribe, a spam report or a complaint is the address owner's, and the law
+    and the mailbox providers judge the sender by the address, so it holds for every record
+    that writes to it. A suppression carries the address it was filed for when known; one
+    filed through Tend's own pages does not, and the record's current address in the shop
+    stands for it. A bounce or an invalid address is about the address itself, so it travels
+    only with the address it was recorded for.
     """
     empty = pd.DataFrame(columns=["customer_id", "reason", "via"])
-    if supp.empty or customers.empty:
+    if supp.empty or addresses.empty:
         return empty
-
-    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
-        key = frame["email"].map(lambda e: e.strip().lower() if isinstance(e, str) else None)
-        return pd.DataFrame({"customer_id": frame["customer_id"].astype(str).to_numpy(),
-                             "key": key.to_numpy()}).dropna().drop_duplicates()
-
-    tonight = keyed(customers)
-    held = supp["customer_id"].astype(str).unique()
-    seen = set(tonight["customer_id"])
-    others = [c for c in held if c not in seen]
-    if others:
-        tonight_keys = set(tonight["key"])
-        read = keyed(shop.read_customers(shop_url, others))
-        their = pd.concat([tonight, read.loc[read["key"].isin(tonight_keys)]])
-    else:
-        their = tonight
-    via = (their.merge(supp.assign(customer_id=supp["customer_id"].astype(str))
-                       [["customer_id", "reason"]], on="customer_id")
-           .rename(columns={"customer_id": "via"}))
+    s = supp.loc[supp["reason"] != suppressed.ERASED]  # matched by their keyed hash instead
+    ids = s["customer_id"].astype(str)
+    filed = (_address_key(s["email"]) if "email" in s
+             else pd.Series(None, index=s.index, dtype=object))
+    owner = filed.isna() & ~s["reason"].isin(_ADDRESS_REASONS)
+    # get_indexer, not isin: isin walks Arrow-backed strings one by one in Python
+    unknown = ids[owner & (addresses.index.get_indexer(ids) < 0)].unique()
+    current = addresses
+    if len(unknown):
+        read = shop.read_customers(shop_url, list(unknown))
+        current = pd.concat([addresses, _address_keys(read)])
+        current = current[~current.index.duplicated()]
+    key = filed.where(~owner, ids.map(current))
+    via = pd.DataFrame({"via": ids.to_numpy(), "reason": s["reason"].to_numpy(),
+                        "key": key.to_numpy()}).dropna(subset=["key"])
+    if via.empty:
+        return empty
+    near = pd.Index(via["key"].unique()).get_indexer(addresses.to_numpy()) >= 0
+    tonight = pd.DataFrame({"customer_id": addresses.index[near],
+                            "key": addresses.to_numpy()[near]})
     hits = tonight.merge(via, on="key")
     hits = hits.loc[hits["customer_id"] != hits["via"]]
     if hits.empty:
@@ -417,25 +443,27 @@ def _shared_address(supp: pd.DataFrame, customers: pd.DataFrame,
             [["customer_id", "reason", "via"]].reset_index(drop=True))
 
 
-def _one_record_per_address(cands: pd.DataFrame, customers: pd.DataFrame) -> None:
+def _one_record_per_address(cands: pd.DataFrame, addresses: pd.Series) -> None:
     """Marketing to one address, one customer record a night: where several records share an
     address (``_shared_address``), the record whose best candidate ranks first (priority, then
     the lowest customer id, so a rerun decides alike) competes tonight and the others' marketing
     waits (``capped:same_address``, deferred while it is still valid)."""
+    # Only the records whose address another record holds are ranked (a handful a night).
+    twins = addresses[addresses.duplicated(keep=False)]
+    if twins.empty:
+        return
     open_ = cands["fate"].isna() & (cands["kind"] == "marketing")
-    if not open_.any() or customers.empty:
+    mine = open_.to_numpy() & (pd.Index(twins.index).get_indexer(cands["customer_id"]) >= 0)
+    if not mine.any():
         return
-    emails = customers.drop_duplicates("customer_id").set_index("customer_id")["email"]
-    key = cands.loc[open_, "customer_id"].map(emails).map(
-        lambda e: e.strip().lower() if isinstance(e, str) else None).dropna()
-    if not key.duplicated().any():
-        return
-    ranked = pd.DataFrame({"key": key, "customer_id": cands.loc[key.index, "customer_id"],
-                           "priority": cands.loc[key.index, "priority"]})
+    rows = cands.index[mine]
+    ids = cands.loc[rows, "customer_id"].astype(str)
+    ranked = pd.DataFrame({"key": ids.map(twins), "customer_id": ids,
+                           "priority": cands.loc[rows, "priority"]})
     first = (ranked.sort_values(["key", "priority", "customer_id"],
                                 ascending=[True, False, True])
              .drop_duplicates("key").set_index("key")["customer_id"])
-    chosen = key.map(first)
+    chosen = ranked["key"].map(first)
     lose = chosen.index[chosen.to_numpy() != ranked["customer_id"].to_numpy()]
     cands.loc[lose, "fate"] = "capped:same_address"
     cands.loc[lose, "why"] = ("customer " + chosen[lose].astype(str) + ", who has the same "

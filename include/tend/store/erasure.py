@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, or_, select, update
 
+from tend.logs import log
 from tend.store import ledger
 from tend.store import suppressions as suppressed
 from tend.store.db import connect
@@ -106,8 +107,6 @@ def _from_shop(shop_url: str, people: dict[str, _Person]) -> None:
     try:
         found = customer_emails(shop_url, list(people))
     except (TendError, OSError, ValueError) as exc:  # the shop already deleted them, or is away
-        from tend.logs import log
-
         log.info("forget: the shop could not be read (%s); using the store's own records", exc)
         return
     for customer_id, emails in found.items():
@@ -248,6 +247,10 @@ def _erase_spool(directory: Path, person: _Person) -> int:
             removed += n or 0
         if not moved:
             break
+    else:
+        log.warning("forget %s: tend serve's spool in %s kept changing under %s passes; run "
+                    "tend forget again for this customer once it is quiet", person.customer_id,
+                    directory, _SPOOL_PASSES)
     return removed
 
 

@@ -35,10 +35,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     bindparam,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -57,6 +59,20 @@ from tend.store.tables import decision_log, message_events
 
 #: Statuses that mean "this customer got (or may have got) this message".
 COUNTED = ("claimed", "sending", "sent", "unknown")
+
+#: How the send stage's last look words the ``failed`` messages it stops because the customer
+#: unsubscribed, bounced or changed their preferences after planning: the customer's choice
+#: honoured, not a failure for an operator, so the night's check and a campaign's finish do
+#: not count them as failed (``stopped_after_planning``).
+SUPPRESSED_AFTER_PLANNING = "suppressed after planning"
+CHOSE_AFTER_PLANNING = "preferences changed after planning"
+
+
+def stopped_after_planning(error: ColumnElement[str | None]) -> ColumnElement[bool]:
+    """Whether a ``failed`` row's ``error`` is one of the last look's stops."""
+    said = func.coalesce(error, "")  # NULL would make the test NULL, and NOT of it too
+    return or_(*(said.like(f"{p} (%") for p in (SUPPRESSED_AFTER_PLANNING,
+                                                 CHOSE_AFTER_PLANNING)))
 
 #: A campaign's ledger rows carry ``program = CAMPAIGN_PREFIX + name`` (tend.campaigns): its
 #: batches and contexts belong to its own run, never to the night's, and the reverse.

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, literal, select, union
+from sqlalchemy import Connection, literal, null, select, union
 
 from tend.store import bulk
 from tend.store.tables import complaints, message_events, suppressions
@@ -22,9 +22,16 @@ __all__ = ["active", "add", "add_rows", "blocked", "listed"]
 
 
 def active(conn: Connection) -> pd.DataFrame:
-    """The unresolved suppressions: ``customer_id``, ``reason``; a customer with an open
-    complaint (the ``complaints`` table) appears once with reason ``complaint``."""
-    return pd.DataFrame(conn.execute(_active_query()).all(), columns=["customer_id", "reason"])
+    """The unresolved suppressions: ``customer_id``, ``reason``, ``email`` (the address it was
+    filed for, when known: SendGrid's events and lists carry it, a click on Tend's own pages
+    does not); a customer with an open complaint (the ``complaints`` table) appears once
+    with reason ``complaint``."""
+    listed_q = select(suppressions.c.customer_id, suppressions.c.reason,
+                      suppressions.c.email).where(suppressions.c.resolved_at.is_(None))
+    complained = select(complaints.c.customer_id, literal("complaint").label("reason"),
+                        null().label("email")).where(complaints.c.resolved_at.is_(None))
+    return pd.DataFrame(conn.execute(union(listed_q, complained)).all(),
+                        columns=["customer_id", "reason", "email"])
 
 
 def _active_query(customer_ids: Sequence[str] | None = None) -> Any:

@@ -195,6 +195,72 @@ def test_a_suppression_holds_for_every_record_with_the_same_address(shop_url: st
     assert d2.loc[(bystander, "winback"), "fate"] in ("claimed", "already_claimed")
 
 
+def test_a_bounce_travels_with_the_address_it_was_recorded_for(shop_url: str,
+                                                               store_url: str) -> None:
+    """A record that bounced at its old address, and whose shop address is now another
+    record's, blocks nobody else: the bounce was the old address's. A bounce recorded for the
+    address two records share blocks both."""
+    import sqlite3
+
+    reg = registry(program("winback", priority=60), caps=[])
+    ingest.run_ingest(shop_url, store_url, MONDAY, "i")
+    night(shop_url, store_url, MONDAY, reg)
+    d = decisions(store_url, MONDAY)
+    who = sorted(d.loc[(d["program"] == "winback") & (d["fate"] == "claimed"),
+                       "customer_id"])[0]
+    with sqlite3.connect(shop_url.removeprefix("sqlite:///")) as db:
+        other, email = db.execute("SELECT c.customer_id, w.email FROM customers c, customers w "
+                                  "WHERE w.customer_id = ? AND c.customer_id != ? "
+                                  "ORDER BY c.customer_id LIMIT 1", (who, who)).fetchone()
+        db.execute("UPDATE customers SET email = ? WHERE customer_id = ?", (email, other))
+
+    def again(bounced_at: str) -> str:
+        with connect(store_url).begin() as conn:
+            for table in (contact_ledger, context_batches, decision_log, deferred,
+                          suppressions):
+                conn.execute(table.delete())
+            conn.execute(suppressions.insert().values(
+                customer_id=other, email=bounced_at, reason="hard_bounce", source="webhook",
+                created_at=ledger.now()))
+        night(shop_url, store_url, MONDAY, reg)
+        return str(decisions(store_url, MONDAY).set_index(["customer_id", "program"])
+                   .loc[(who, "winback"), "fate"])
+
+    assert again("old.address@example.com") == "claimed"
+    assert again(f" {email.upper()}") == "suppressed:hard_bounce"
+
+
+def test_a_night_replayed_late_checks_implied_consent_on_the_day_it_runs(
+        shop_url: str, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same night planned on time and replayed three years later: every customer whose
+    marketing rested on implied consent (a purchase within two years of the send) is refused
+    on the replay, with the day it counted back from; express consent still goes."""
+    import sqlite3
+
+    reg = registry(program("winback", priority=60), caps=[])
+    ingest.run_ingest(shop_url, store_url, MONDAY, "i")
+    night(shop_url, store_url, MONDAY, reg)
+    d = decisions(store_url, MONDAY)
+    claimed = set(d.loc[d["fate"] == "claimed", "customer_id"])
+    with sqlite3.connect(shop_url.removeprefix("sqlite:///")) as db:
+        implied = {c for (c,) in db.execute(
+            "SELECT customer_id FROM customers WHERE lower(marketing_consent) = 'implied'")}
+    assert claimed & implied and claimed - implied
+    with connect(store_url).begin() as conn:
+        for table in (contact_ledger, context_batches, decision_log, deferred):
+            conn.execute(table.delete())
+    later = MONDAY + dt.timedelta(days=3 * 365)
+    monkeypatch.setenv("TEND_TODAY", later.isoformat())
+    night(shop_url, store_url, MONDAY, reg)
+    d2 = decisions(store_url, MONDAY).set_index("customer_id")
+    for c in claimed & implied:
+        assert d2.loc[c, "fate"] == "no_consent"
+        assert d2.loc[c, "reason"] == (
+            "implied consent expired: last purchase more than 730 days before "
+            f"{later}, the day the message would be sent")
+    assert (d2.loc[sorted(claimed - implied), "fate"] == "claimed").all()
+
+
 def test_one_record_per_address_gets_marketing_on_a_night(shop_url: str,
                                                          store_url: str) -> None:
     """Two customer records with one address, both due a win-back: one is contacted, the other
