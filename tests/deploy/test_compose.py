@@ -45,6 +45,7 @@ NOT_FOR_CONTAINERS = {
     "TEND_DELIVERY": "left unset on purpose, so the Variable tend_delivery chooses the backend",
     "TEND_PROGRAMS_FILE": "the image bundles the program registry",
     "TEND_CHROMIUM": "previews run on a developer's machine",
+    "TEND_TODAY": "production runs on today's date; pinned only to rehearse as if on another day",
     "TEND_SENDGRID_API_KEY": "the sendgrid_default connection holds SendGrid's key and options",
     "TEND_SENDGRID_URL": "as above",
     "TEND_SENDGRID_SANDBOX": "as above (and the trigger form's SendGrid sandbox)",
