@@ -413,6 +413,10 @@ def one_night(*, shop: Path, workers: int, concurrency: int, pool: int, batch_si
                 "TEND_SEND_TASKS_PER_RUN": str(pool),  # one night may use the whole pool
                 "TEND_SECRET_KEY": "bench-scale",
                 "TEND_VAR_DIR": str(workdir / "var"),
+                # The night as when it runs on time (the next day): implied consent counts back
+                # from the day a message is sent, so a later run would refuse more customers
+                # and the nights measured on different days would not compare.
+                "TEND_TODAY": (NIGHT + dt.timedelta(days=1)).isoformat(),
                 # Airflow's own defaults, not the integration test's seconds (which that test
                 # needs to see a killed worker quickly): a task waiting its turn in the Celery
                 # queue, or a busy machine delaying a heartbeat, is not a failure here.
