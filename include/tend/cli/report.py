@@ -7,6 +7,8 @@ import argparse
 import contextlib
 import datetime as dt
 import io
+import os
+from collections.abc import Iterator
 
 from tend import config
 from tend.cli.args import date, out_file, positive, print_lines, ready_store, shop_arg, store_arg
@@ -79,7 +81,10 @@ def _demo_nights(args: argparse.Namespace) -> None:
     for k in range(args.nights):
         night = args.start + dt.timedelta(days=k)
         quiet = io.StringIO()
-        with contextlib.redirect_stdout(quiet):  # each night's own report is long
+        # Each night runs as on its own next day, as the 02:00 run would have: implied consent
+        # counts back from the day a message is sent (tend.config.today), and a demo replayed
+        # today must not refuse customers its nights would have mailed.
+        with contextlib.redirect_stdout(quiet), _today(night + dt.timedelta(days=1)):
             code = main(["night", "--db", shop_url, "--store", store_url,
                          "--as-of", night.isoformat()])
         if code:
@@ -93,3 +98,17 @@ def _demo_nights(args: argparse.Namespace) -> None:
     print_lines([f"tend report --from {args.start} --to {last}", ""])
     _report(argparse.Namespace(db=shop_url, store=store_url, start=args.start, end=last,
                                format="table", by_month=False, out=None))
+
+
+@contextlib.contextmanager
+def _today(day: dt.date) -> Iterator[None]:
+    """``TEND_TODAY`` set to ``day`` for the duration (``tend.config.today``)."""
+    before = os.environ.get("TEND_TODAY")
+    os.environ["TEND_TODAY"] = day.isoformat()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TEND_TODAY", None)
+        else:
+            os.environ["TEND_TODAY"] = before

@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def nights(demo_shops: DemoShops, tmp_path_factory: pytest.TempPathFactory
     store = f"sqlite:///{tmp / 'store.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEND_VAR_DIR", str(tmp))
+        # A day years after the nights: demo-nights must run each night as on its next day
+        mp.setenv("TEND_TODAY", "2031-01-01")
         for var in ("TEND_SHOP_URL", "TEND_STORE_URL", "TEND_DELIVERY", "TEND_OUTBOX_DIR"):
             mp.delenv(var, raising=False)
         out = io.StringIO()
@@ -47,6 +50,7 @@ def nights(demo_shops: DemoShops, tmp_path_factory: pytest.TempPathFactory
             code = main(["demo-nights", "--db", shop, "--store", store, "--from",
                          FIRST.isoformat(), "--nights", "3", "--seed", "2"])
         assert code == 0
+        assert os.environ["TEND_TODAY"] == "2031-01-01"  # given back as it was
         yield shop, store, out.getvalue()
 
 
@@ -68,6 +72,22 @@ def test_demo_nights_send_and_simulate_answers(nights: tuple[str, str, str]) -> 
         redeemed = conn.execute(select(func.count()).where(o.c.discount_code.like("WB-%"))
                                 ).scalar()
     assert simulated > 0 and redeemed > 0
+
+
+def test_demo_nights_run_each_night_as_on_its_next_day(nights: tuple[str, str, str]) -> None:
+    """Implied consent counted back from each night's next day, not from the day the demo
+    runs: with TEND_TODAY years later, no customer's implied consent would still hold, yet
+    the nights mailed customers who only have that."""
+    from tend.store.tables import contact_ledger as ledger
+
+    shop, store, _ = nights
+    with connect(shop).connect() as conn:
+        implied = {c for (c,) in conn.execute(select(shop_schema.customers.c.customer_id).where(
+            func.lower(shop_schema.customers.c.marketing_consent) == "implied"))}
+    with connect(store).connect() as conn:
+        mailed = {c for (c,) in conn.execute(select(ledger.c.customer_id).where(
+            ledger.c.kind == "marketing"))}
+    assert mailed & implied
 
 
 def test_simulating_a_night_again_adds_nothing(nights: tuple[str, str, str]) -> None:
