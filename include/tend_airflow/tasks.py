@@ -35,10 +35,9 @@ TIMINGS_XCOM = "timings"
 def heavy_queue() -> str:
     """``TEND_HEAVY_QUEUE``: the Celery queue of the tasks whose memory grows with the
     number of customers, tend_ingest's ``ingest_orders`` and the ``plan`` of tend_programs and
-    tend_campaign
-    (docs/capacity.md), so that only a worker sized for them takes them (``celery worker
-    --queues NAME``). Read when the DAG files are parsed; unset, Airflow's default queue
-    (``[operators] default_queue``), which every worker consumes."""
+    tend_campaign (docs/capacity.md), so that only a worker sized for them takes them
+    (``celery worker --queues NAME``). Read when the DAG files are parsed; unset, Airflow's
+    default queue (``[operators] default_queue``), which every worker consumes."""
     from airflow.sdk import conf
 
     name = (os.environ.get("TEND_HEAVY_QUEUE") or "").strip()

@@ -741,7 +741,7 @@ def _chosen_since(conn: Any, chunk: _Chunk, stopped: Mapping[str, str],
     page is a click away in every email) must hold too. The rule is planning's own
     (:func:`tend.programs.consent.preference_fates`), on the day the message leaves."""
     marketing = [(m, c) for m, c, kind in chunk.who if kind == "marketing" and m not in stopped]
-    chosen = preferences.chosen_by(conn, sorted({c for _, c in marketing}))
+    chosen = preferences.all_chosen(conn, sorted({c for _, c in marketing}))
     if chosen.empty:
         return {}
     ids = set(chosen["customer_id"])

@@ -37,6 +37,16 @@ def insert_ignore(conn: Connection, table: Table, rows: Sequence[Mapping[str, An
         conn.execute(stmt, list(rows[i : i + 5000]))
 
 
+def insert_new(conn: Connection, table: Table, row: Mapping[str, Any]) -> bool:
+    """Insert ``row`` unless its key exists (on PostgreSQL, after waiting for a concurrent
+    writer of the same key); whether it was inserted. RETURNING says so: psycopg's row count
+    for ON CONFLICT DO NOTHING does not."""
+    ins = (postgresql.insert(table) if conn.dialect.name == "postgresql"
+           else sqlite.insert(table)).values(**row)
+    key = next(iter(table.primary_key.columns))
+    return conn.execute(ins.on_conflict_do_nothing().returning(key)).first() is not None
+
+
 def upsert(conn: Connection, table: Table, row: Mapping[str, Any], *, key: Sequence[str]) -> None:
     """Insert ``row``, or update the row with the same ``key`` columns to its other values."""
     ins = (postgresql.insert(table) if conn.dialect.name == "postgresql"

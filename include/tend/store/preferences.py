@@ -44,18 +44,15 @@ def save(conn: Connection, customer_id: str, prefs: Preferences, *, now: dt.date
     bulk.upsert(conn, preferences, {"customer_id": customer_id, **values}, key=["customer_id"])
 
 
-def all_chosen(conn: Connection) -> pd.DataFrame:
-    """Every customer who chose something: one row each, columns :data:`COLUMNS`."""
-    return pd.DataFrame(conn.execute(select(*(preferences.c[c] for c in COLUMNS))).all(),
-                        columns=list(COLUMNS))
-
-
-def chosen_by(conn: Connection, customer_ids: Sequence[str]) -> pd.DataFrame:
-    """:func:`all_chosen`, for these customers only (the send stage's last look)."""
-    rows = []
-    for i in range(0, len(customer_ids), 500):
-        rows += conn.execute(select(*(preferences.c[c] for c in COLUMNS)).where(
-            preferences.c.customer_id.in_(list(customer_ids[i : i + 500])))).all()
+def all_chosen(conn: Connection, customer_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every customer who chose something (or, given ``customer_ids``, those of them who did:
+    the send stage's last look): one row each, columns :data:`COLUMNS`."""
+    q = select(*(preferences.c[c] for c in COLUMNS))
+    if customer_ids is None:
+        rows = conn.execute(q).all()
+    else:
+        rows = [r for i in range(0, len(customer_ids), 500) for r in conn.execute(
+            q.where(preferences.c.customer_id.in_(list(customer_ids[i : i + 500]))))]
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 

@@ -26,19 +26,15 @@ def active(conn: Connection) -> pd.DataFrame:
     filed for, when known: SendGrid's events and lists carry it, a click on Tend's own pages
     does not); a customer with an open complaint (the ``complaints`` table) appears once
     with reason ``complaint``."""
-    listed_q = select(suppressions.c.customer_id, suppressions.c.reason,
-                      suppressions.c.email).where(suppressions.c.resolved_at.is_(None))
-    complained = select(complaints.c.customer_id, literal("complaint").label("reason"),
-                        null().label("email")).where(complaints.c.resolved_at.is_(None))
-    return pd.DataFrame(conn.execute(union(listed_q, complained)).all(),
+    return pd.DataFrame(conn.execute(_active_query()).all(),
                         columns=["customer_id", "reason", "email"])
 
 
 def _active_query(customer_ids: Sequence[str] | None = None) -> Any:
-    listed_q = select(suppressions.c.customer_id, suppressions.c.reason).where(
-        suppressions.c.resolved_at.is_(None))
-    complained = select(complaints.c.customer_id, literal("complaint").label("reason")).where(
-        complaints.c.resolved_at.is_(None)).distinct()
+    listed_q = select(suppressions.c.customer_id, suppressions.c.reason,
+                      suppressions.c.email).where(suppressions.c.resolved_at.is_(None))
+    complained = select(complaints.c.customer_id, literal("complaint").label("reason"),
+                        null().label("email")).where(complaints.c.resolved_at.is_(None))
     if customer_ids is not None:
         listed_q = listed_q.where(suppressions.c.customer_id.in_(list(customer_ids)))
         complained = complained.where(complaints.c.customer_id.in_(list(customer_ids)))
@@ -99,7 +95,7 @@ def blocked(conn: Connection, messages: Sequence[tuple[str, str, str]]) -> dict[
     held: dict[str, set[str]] = {}
     customers = sorted({c for _, c, _ in messages})
     for i in range(0, len(customers), 500):
-        for customer_id, reason in conn.execute(_active_query(customers[i : i + 500])):
+        for customer_id, reason, _ in conn.execute(_active_query(customers[i : i + 500])):
             held.setdefault(str(customer_id), set()).add(str(reason))
     out: dict[str, str] = {}
     for message_id, customer_id, kind in messages:

@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 import pandas as pd
 from sqlalchemy import Connection, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from tend.store import bulk
 from tend.store.tables import survey_answers
 
 
@@ -34,14 +34,10 @@ def answer(conn: Connection, *, message_id: str, customer_id: str, program: str,
     together (a mail scanner fetching every rating link at once) are applied one after the
     other, each seeing the one before it: what the caller decides from the return value holds.
     """
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    # RETURNING says whether this is the first answer (psycopg's row count does not, here).
-    # On PostgreSQL the insert waits for a concurrent writer of the same answer to finish.
-    inserted = conn.execute(insert(survey_answers).values(
-        message_id=message_id, customer_id=customer_id, program=program, sku=sku,
-        rating=rating, comment=comment, answered_at=now, updated_at=now,
-    ).on_conflict_do_nothing().returning(survey_answers.c.message_id)).first()
-    if inserted is not None:
+    if bulk.insert_new(conn, survey_answers, {
+            "message_id": message_id, "customer_id": customer_id, "program": program,
+            "sku": sku, "rating": rating, "comment": comment, "answered_at": now,
+            "updated_at": now}):
         return None
     # FOR UPDATE: read the answer as the last writer left it and hold it until this
     # transaction ends, whatever the insert above did or did not wait for (on SQLite,
